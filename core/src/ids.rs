@@ -1,0 +1,151 @@
+//! Identifiers on the wire: entity ids, session ids and message ids.
+//!
+//! All three are short ASCII strings that are safe in URLs, query strings and HTTP headers.
+//! - An **entity id** names a participant: 1 to 64 bytes of `A-Z a-z 0-9 . _ -`. It is bound to an
+//!   Ed25519 public key by the [`TrustStore`](crate::identity::TrustStore), not derived from it.
+//! - A **session id** is `sess_` followed by 22 base64url characters (16 random bytes), chosen by
+//!   the handshake responder.
+//! - A **message id** is 1 to 64 bytes of `A-Z a-z 0-9 _ -`; peerlink generates 22 base64url
+//!   characters (16 random bytes). It stays the same when a message is re-sent, which is what
+//!   receivers deduplicate on.
+
+use std::fmt;
+
+use rand_core::CryptoRng;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::encoding::b64u;
+use crate::error::UsageError;
+
+const MAX_ID_LEN: usize = 64;
+
+fn check_id(kind: &'static str, s: &str, allow_dot: bool) -> Result<(), UsageError> {
+    if s.is_empty() || s.len() > MAX_ID_LEN {
+        return Err(UsageError::InvalidId { kind, reason: "length must be 1 to 64 bytes" });
+    }
+    let ok =
+        |b: u8| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || (allow_dot && b == b'.');
+    if !s.bytes().all(ok) {
+        return Err(UsageError::InvalidId { kind, reason: "character outside the allowed set" });
+    }
+    Ok(())
+}
+
+macro_rules! string_id {
+    ($(#[$doc:meta])* $name:ident, $kind:literal, $allow_dot:expr) => {
+        $(#[$doc])*
+        #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        pub struct $name(String);
+
+        impl $name {
+            /// Validates `s` against the spec's syntax.
+            pub fn new(s: impl Into<String>) -> Result<Self, UsageError> {
+                let s = s.into();
+                check_id($kind, &s, $allow_dot)?;
+                Ok(Self(s))
+            }
+
+            /// The id as a string slice.
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{}({:?})", stringify!($name), self.0)
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl std::str::FromStr for $name {
+            type Err = UsageError;
+            fn from_str(s: &str) -> Result<Self, UsageError> {
+                Self::new(s)
+            }
+        }
+
+        impl Serialize for $name {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(&self.0)
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = String::deserialize(d)?;
+                Self::new(s).map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+
+string_id!(
+    /// The name of a participant (spec §"Identities").
+    EntityId, "entity id", true
+);
+string_id!(
+    /// Names one end-to-end session; chosen by the handshake responder.
+    SessionId, "session id", false
+);
+string_id!(
+    /// Names one application message across all its re-sends.
+    MessageId, "message id", false
+);
+
+impl SessionId {
+    /// A fresh session id: `sess_` and 16 random bytes in base64url.
+    pub fn random(rng: &mut (impl CryptoRng + ?Sized)) -> Self {
+        let mut bytes = [0u8; 16];
+        rng.fill_bytes(&mut bytes);
+        Self(format!("sess_{}", b64u(&bytes)))
+    }
+}
+
+impl MessageId {
+    /// A fresh message id: 16 random bytes in base64url.
+    pub fn random(rng: &mut (impl CryptoRng + ?Sized)) -> Self {
+        let mut bytes = [0u8; 16];
+        rng.fill_bytes(&mut bytes);
+        Self(b64u(&bytes))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand_chacha::ChaCha20Rng;
+    use rand_core::SeedableRng;
+
+    #[test]
+    fn syntax_is_enforced() {
+        assert!(EntityId::new("alice.example-01_x").is_ok());
+        assert!(EntityId::new("").is_err());
+        assert!(EntityId::new("a".repeat(65)).is_err());
+        assert!(EntityId::new("a".repeat(64)).is_ok());
+        assert!(EntityId::new("a b").is_err());
+        assert!(EntityId::new("é").is_err());
+        assert!(SessionId::new("sess.1").is_err(), "no dots in session ids");
+        assert!(MessageId::new("abc/def").is_err());
+        let parsed: Result<EntityId, _> = serde_json::from_str("\"bad id\"");
+        assert!(parsed.is_err());
+    }
+
+    #[test]
+    fn random_ids_are_valid_and_seeded() {
+        let mut a = ChaCha20Rng::seed_from_u64(7);
+        let mut b = ChaCha20Rng::seed_from_u64(7);
+        let s = SessionId::random(&mut a);
+        assert_eq!(s, SessionId::random(&mut b));
+        assert!(SessionId::new(s.as_str()).is_ok());
+        assert_eq!(s.as_str().len(), 27);
+        let m = MessageId::random(&mut a);
+        assert!(MessageId::new(m.as_str()).is_ok());
+        assert_ne!(m, MessageId::random(&mut a));
+    }
+}

@@ -1,0 +1,83 @@
+//! # peerlink-core
+//!
+//! The sans-IO core of peerlink, a secure peer-to-peer messaging protocol: the wire format,
+//! Ed25519 identities and the trust store, the 6-step handshake and the encrypted sessions it
+//! yields. Nothing here performs I/O, reads a clock or draws OS randomness: the current time is an
+//! argument ([`Timestamp`]), randomness comes from an injected [`rand_core::CryptoRng`], and all
+//! collections are ordered, so one seed replays a run byte for byte.
+//!
+//! The normative description is `spec/protocol.md` in the repository; each module names the
+//! section it implements.
+//!
+//! ## Shape
+//! - [`envelope`]: the JSON envelope, its canonical bytes, signing and size-checked decoding.
+//! - [`identity`] and [`ids`]: who is who, and the allowlist binding entity ids to keys.
+//! - [`handshake`]: [`Initiator`] and [`Responder`], fed envelopes, producing envelopes and
+//!   finally a [`Session`].
+//! - [`session`]: sealing and opening data messages with replay protection.
+//! - [`signed`]: signed session-less messages (`PING`, `ERROR`, …) and their replay cache.
+//! - [`error`]: wire error codes; [`ProtocolError`] (the peer misbehaved) apart from
+//!   [`UsageError`] (the embedder misused the API).
+//!
+//! ## A handshake, end to end
+//! ```
+//! use std::sync::Arc;
+//! use peerlink_core::{EntityId, HandshakeConfig, HandshakeOutput, Identity, Initiator,
+//!     Responder, Timestamp, TrustPolicy, TrustStore, MessageType, MessageId};
+//! use rand_chacha::ChaCha20Rng;
+//! use rand_core::SeedableRng;
+//!
+//! let mut rng = ChaCha20Rng::seed_from_u64(1);
+//! let alice = Arc::new(Identity::generate(EntityId::new("alice")?, &mut rng));
+//! let bob = Arc::new(Identity::generate(EntityId::new("bob")?, &mut rng));
+//! let mut trust = TrustStore::new(TrustPolicy::Allowlist);
+//! trust.insert(alice.id().clone(), alice.public_key());
+//! trust.insert(bob.id().clone(), bob.public_key());
+//! let now = Timestamp::from_unix_millis(1_700_000_000_000);
+//!
+//! let (mut init, m1) = Initiator::start(alice, bob.id().clone(), &trust,
+//!     HandshakeConfig::default(), now, &mut rng)?;
+//! let (mut resp, m2) = Responder::accept(bob, &trust, HandshakeConfig::default(), &m1, now, &mut rng)?;
+//! let HandshakeOutput::Send(m3) = init.handle(&m2, now, &mut rng)? else { unreachable!() };
+//! let HandshakeOutput::Send(m4) = resp.handle(&m3, now, &mut rng)? else { unreachable!() };
+//! let HandshakeOutput::Send(m5) = init.handle(&m4, now, &mut rng)? else { unreachable!() };
+//! let HandshakeOutput::Complete { send: Some(m6), session: mut bob_session } =
+//!     resp.handle(&m5, now, &mut rng)? else { unreachable!() };
+//! let HandshakeOutput::Complete { session: mut alice_session, .. } =
+//!     init.handle(&m6, now, &mut rng)? else { unreachable!() };
+//!
+//! let sealed = alice_session.seal(MessageType::PeerMessage, MessageId::random(&mut rng), b"hi", now)?;
+//! assert_eq!(bob_session.open(&sealed, now)?.plaintext, b"hi");
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+#![forbid(unsafe_code)]
+#![deny(unused_must_use)]
+#![warn(missing_docs)]
+
+pub mod canonical;
+pub mod capabilities;
+pub mod encoding;
+pub mod envelope;
+pub mod error;
+pub mod handshake;
+pub mod identity;
+pub mod ids;
+pub mod limits;
+pub mod message_type;
+pub mod replay;
+pub mod session;
+pub mod signed;
+pub mod time;
+
+pub use capabilities::{Capabilities, Transport};
+pub use envelope::{Envelope, PROTOCOL_VERSION, Payload};
+pub use error::{Disposition, ErrorCode, ProtocolError, UsageError};
+pub use handshake::{HandshakeConfig, HandshakeOutput, Initiator, Responder};
+pub use identity::{Identity, PublicKey, TrustPolicy, TrustStore};
+pub use ids::{EntityId, MessageId, SessionId};
+pub use limits::Limits;
+pub use message_type::{MessageClass, MessageType};
+pub use session::{Opened, Role, Session};
+pub use signed::{ErrorBody, SignedMessageGuard, error_message, signed_message};
+pub use time::Timestamp;
