@@ -286,6 +286,7 @@ mod tests {
         assert!(parse(r#"{"a":1.0}"#).is_err());
         assert!(parse(r#"{"a":1e3}"#).is_err());
         assert!(parse("9007199254740992").is_err());
+        assert!(parse("-0").is_err(), "-0 is refused: it has no integer reading distinct from 0");
         assert!(parse("-9007199254740992").is_err());
         assert!(parse(&format!("{}1{}", "[".repeat(MAX_DEPTH), "]".repeat(MAX_DEPTH))).is_ok());
         assert!(

@@ -59,6 +59,13 @@ pub struct ReplayWindow {
     top: u64,
 }
 
+impl Default for ReplayWindow {
+    /// A window of [`ReplayWindow::DEFAULT_SIZE`].
+    fn default() -> Self {
+        Self { bits: vec![0; (Self::DEFAULT_SIZE / 64) as usize], size: Self::DEFAULT_SIZE, top: 0 }
+    }
+}
+
 impl ReplayWindow {
     /// Default window size in bits.
     pub const DEFAULT_SIZE: u32 = 2048;

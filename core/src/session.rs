@@ -113,16 +113,21 @@ fn nonce_for(seq: u64) -> [u8; NONCE_LEN] {
     nonce
 }
 
+/// Length of unpadded base64url for `n` bytes.
+const fn b64u_len(n: usize) -> usize {
+    n.saturating_mul(4).saturating_add(2) / 3
+}
+
+/// The exact length of a sealed frame, known before encrypting: the associated data's JSON with
+/// the `payload` and `signature` members inserted, both base64url strings (never escaped) or null.
 fn frame_len(aad_len: usize, ciphertext_len: usize, signed: bool) -> usize {
-    // The wire form is the AAD's JSON with `payload` and `signature` members inserted; both are
-    // base64url strings (no escaping) or null.
-    let b64 = ciphertext_len.saturating_mul(4).saturating_add(2) / 3;
+    let signature = if signed { b64u_len(SIGNATURE_LEN) + 2 } else { "null".len() };
     aad_len
         .saturating_sub(AAD_CONTEXT.len())
         .saturating_add(r#","payload":"""#.len())
-        .saturating_add(b64)
+        .saturating_add(b64u_len(ciphertext_len))
         .saturating_add(r#","signature":"#.len())
-        .saturating_add(if signed { SIGNATURE_LEN.div_ceil(3) * 4 - 2 + 2 } else { 4 })
+        .saturating_add(signature)
 }
 
 impl Session {
@@ -131,7 +136,8 @@ impl Session {
             Role::Initiator => (&p.keys.i2r, &p.keys.r2i),
             Role::Responder => (&p.keys.r2i, &p.keys.i2r),
         };
-        let window = ReplayWindow::new(p.limits.replay_window).unwrap_or_else(|_| default_window());
+        // `HandshakeConfig` validated the size; the default is only a formality.
+        let window = ReplayWindow::new(p.limits.replay_window).unwrap_or_default();
         Self {
             role: p.role,
             local: p.local,
@@ -293,15 +299,6 @@ impl Session {
         mac.update(RESUMPTION_PROOF_CONTEXT);
         mac.update(context);
         mac.finalize().into_bytes().into()
-    }
-}
-
-fn default_window() -> ReplayWindow {
-    // DEFAULT_SIZE is valid by construction; `Limits::validate` refuses bad sizes before a
-    // session can be built, so this is only reached with a validated default.
-    match ReplayWindow::new(ReplayWindow::DEFAULT_SIZE) {
-        Ok(w) => w,
-        Err(_) => unreachable!("the default replay window size is valid"),
     }
 }
 

@@ -128,6 +128,7 @@ fn signatures_follow_sign_all() {
     b.capabilities.sign_all = false;
     let env = a.seal(MessageType::PeerMessage, mid(2), b"x", T0).unwrap();
     assert!(env.signature.is_none());
+    assert_eq!(env.encode().len(), frame_len(env.associated_data().len(), 1 + TAG_LEN, false));
     assert!(b.open(&env, T0).is_ok());
 }
 
