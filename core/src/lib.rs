@@ -68,6 +68,7 @@ pub mod message_type;
 pub mod replay;
 pub mod session;
 pub mod signed;
+pub mod stream;
 pub mod time;
 
 pub use capabilities::{Capabilities, Transport};

@@ -1,0 +1,287 @@
+//! Delivery-layer tests: frame codecs, and exactly-once in-order delivery over a lossy,
+//! duplicating, reordering channel checked against a model.
+
+use proptest::prelude::*;
+use rand_chacha::ChaCha20Rng;
+use rand_core::{Rng, SeedableRng};
+
+use super::*;
+
+fn mid(s: &str) -> MessageId {
+    MessageId::new(s).unwrap()
+}
+
+fn single(id: &str, body: &[u8]) -> OutgoingMessage {
+    OutgoingMessage {
+        id: mid(id),
+        frames: vec![FrameSpec {
+            message_type: MessageType::PeerMessage,
+            message_id: mid(id),
+            reply_to: None,
+            chunk: None,
+            body: body.to_vec(),
+        }],
+    }
+}
+
+const T0: Timestamp = Timestamp::from_unix_millis(1_000_000);
+
+#[test]
+fn data_frames_round_trip_and_reject_garbage() {
+    let header = DataHeader {
+        epoch: 9,
+        no: 3,
+        base: 2,
+        reply_to: Some(mid("req-1")),
+        chunk: Some(ChunkHeader {
+            id: mid("big"),
+            seq: 1,
+            last: false,
+            total: 10,
+            message_type: MessageType::PeerMessage,
+        }),
+    };
+    let bytes = encode_data(&header, b"body\nwith newline");
+    let (h, body) = decode_data(&bytes).unwrap();
+    assert_eq!(h, header);
+    assert_eq!(body, b"body\nwith newline");
+    let plain = encode_data(&DataHeader { reply_to: None, chunk: None, ..header.clone() }, b"");
+    assert_eq!(plain, b"{\"epoch\":9,\"no\":3,\"base\":2}\n");
+    for bad in [
+        &b"no newline"[..],
+        b"{\"epoch\":1,\"no\":0,\"base\":0}\n",
+        b"{\"epoch\":1,\"no\":1,\"base\":2}\n",
+        b"{\"epoch\":0,\"no\":1,\"base\":1}\n",
+        b"{\"epoch\":1,\"no\":1,\"base\":1,\"x\":1}\n",
+        b"[]\n",
+    ] {
+        assert!(decode_data(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
+    }
+    let long = [vec![b' '; 2000], b"\n".to_vec()].concat();
+    assert!(decode_data(&long).is_err());
+    let control = StreamControl {
+        ack: Some(Ack { epoch: 1, cumulative: 5, selective: vec![7, 9] }),
+        forward: Some(Forward { epoch: 3, base: 4 }),
+    };
+    assert_eq!(StreamControl::decode(&control.encode()).unwrap(), control);
+    let many = StreamControl {
+        ack: Some(Ack { epoch: 1, cumulative: 0, selective: (1..=65).collect() }),
+        forward: None,
+    };
+    assert!(StreamControl::decode(&many.encode()).is_err());
+    assert!(StreamControl::decode(b"{\"forward\":{\"epoch\":1,\"base\":0}}").is_err());
+}
+
+#[test]
+fn outbox_is_bounded_and_reports_why() {
+    let config =
+        StreamConfig { max_outbox_messages: 2, max_outbox_bytes: 10, ..Default::default() };
+    let mut s = SendStream::new(1);
+    assert!(s.push(single("a", b"12345"), T0, &config).is_ok());
+    assert!(s.push(single("a", b"1"), T0, &config).is_err(), "duplicate id");
+    let err = s.push(single("b", b"123456"), T0, &config).unwrap_err();
+    assert_eq!((err.messages, err.bytes, err.max_bytes), (1, 5, 10));
+    assert!(s.push(single("b", b"12345"), T0, &config).is_ok());
+    assert!(s.push(single("c", b""), T0, &config).is_err(), "message limit");
+    let done = s.on_ack(&Ack { epoch: 1, cumulative: 1, selective: vec![] }, T0);
+    assert_eq!(done, vec![mid("a")]);
+    assert!(s.push(single("c", b""), T0, &config).is_ok());
+}
+
+#[test]
+fn retransmission_backs_off_and_window_limits_in_flight() {
+    let config = StreamConfig { send_window: 2, ..Default::default() };
+    let mut s = SendStream::new(1);
+    for id in ["a", "b", "c"] {
+        s.push(single(id, b"x"), T0, &config).unwrap();
+    }
+    assert_eq!(s.due(T0, &config), vec![1, 2], "window of 2");
+    s.on_sent(1, T0, &config);
+    s.on_sent(2, T0, &config);
+    assert!(s.due(T0, &config).is_empty());
+    let rto = config.initial_rto;
+    assert_eq!(s.due(T0.saturating_add(rto), &config), vec![1, 2]);
+    s.on_sent(1, T0.saturating_add(rto), &config);
+    // Second attempt waits twice as long.
+    assert_eq!(s.frames[&1].due, T0.saturating_add(rto * 3));
+    s.on_ack(&Ack { epoch: 1, cumulative: 0, selective: vec![2] }, T0);
+    assert_eq!(s.base(), 1);
+    s.on_ack(&Ack { epoch: 1, cumulative: 1, selective: vec![] }, T0);
+    assert_eq!(s.base(), 3);
+    assert_eq!(s.due(T0, &config), vec![3]);
+    // ACKs of another epoch are ignored.
+    assert!(s.on_ack(&Ack { epoch: 2, cumulative: 9, selective: vec![] }, T0).is_empty());
+}
+
+#[test]
+fn failed_messages_move_base_so_the_receiver_stops_waiting() {
+    let config = StreamConfig::default();
+    let mut s = SendStream::new(5);
+    s.push(single("a", b"1"), T0, &config).unwrap();
+    s.push(single("b", b"2"), T0, &config).unwrap();
+    let late = T0.saturating_add(config.send_timeout);
+    assert_eq!(s.expire(late), vec![mid("a"), mid("b")]);
+    s.push(single("c", b"3"), late, &config).unwrap();
+    let (_, _, plain) = s.plaintext(3).unwrap();
+    let (header, _) = decode_data(&plain).unwrap();
+    assert_eq!((header.no, header.base), (3, 3));
+    let mut r = RecvStreams::default();
+    let got = r.accept(
+        InFrame {
+            message_type: MessageType::PeerMessage,
+            message_id: mid("c"),
+            header,
+            body: b"3".to_vec(),
+        },
+        &config,
+    );
+    assert!(matches!(got, Received::Deliver(v) if v.len() == 1));
+}
+
+/// One in-flight item of the simulated channel.
+#[derive(Debug, Clone)]
+enum Packet {
+    Data(Vec<u8>),
+    Ack(Ack),
+    Forward(Forward),
+}
+
+struct Channel {
+    items: Vec<(u64, Packet)>,
+}
+
+impl Channel {
+    fn send(&mut self, at: u64, p: Packet, rng: &mut ChaCha20Rng, loss: u32, dup: u32) {
+        if rng.next_u32() % 100 < loss {
+            return;
+        }
+        let copies = if rng.next_u32() % 100 < dup { 2 } else { 1 };
+        for _ in 0..copies {
+            let delay = 1 + u64::from(rng.next_u32() % 400);
+            self.items.push((at + delay, p.clone()));
+        }
+    }
+    fn due(&mut self, now: u64, rng: &mut ChaCha20Rng) -> Vec<Packet> {
+        let (mut ready, rest): (Vec<_>, Vec<_>) =
+            self.items.drain(..).partition(|(t, _)| *t <= now);
+        self.items = rest;
+        // Reorder what arrives in the same step.
+        for i in (1..ready.len()).rev() {
+            let j = (rng.next_u32() as usize) % (i + 1);
+            ready.swap(i, j);
+        }
+        ready.into_iter().map(|(_, p)| p).collect()
+    }
+}
+
+/// Runs a sender and a receiver over a lossy channel; returns what was delivered, what the sender
+/// was told succeeded, and what it was told failed.
+fn simulate(
+    seed: u64,
+    messages: usize,
+    loss: u32,
+    dup: u32,
+    config: &StreamConfig,
+) -> (Vec<String>, Vec<String>, Vec<String>) {
+    let mut rng = ChaCha20Rng::seed_from_u64(seed);
+    let mut sender = SendStream::new(1 + rng.next_u64() % 1000);
+    let mut receiver = RecvStreams::default();
+    let (mut to_recv, mut to_send) = (Channel { items: vec![] }, Channel { items: vec![] });
+    let (mut delivered, mut acked, mut failed) = (vec![], vec![], vec![]);
+    let mut now = 1_000_000u64;
+    let mut pushed = 0;
+    for _ in 0..20_000 {
+        now += 1 + u64::from(rng.next_u32() % 50);
+        let t = Timestamp::from_unix_millis(now);
+        if pushed < messages && rng.next_u32() % 3 == 0 {
+            let id = format!("m{pushed}");
+            if sender.push(single(&id, id.as_bytes()), t, config).is_ok() {
+                pushed += 1;
+            }
+        }
+        for no in sender.due(t, config) {
+            let (_, _, plain) = sender.plaintext(no).unwrap();
+            sender.on_sent(no, t, config);
+            to_recv.send(now, Packet::Data(plain), &mut rng, loss, dup);
+        }
+        if let Some(forward) = sender.poll_forward(t, config) {
+            to_recv.send(now, Packet::Forward(forward), &mut rng, loss, dup);
+        }
+        for p in to_recv.due(now, &mut rng) {
+            let plain = match p {
+                Packet::Data(plain) => plain,
+                Packet::Forward(f) => {
+                    if let Received::Deliver(frames) = receiver.forward(f, config) {
+                        delivered
+                            .extend(frames.into_iter().map(|f| String::from_utf8(f.body).unwrap()));
+                    }
+                    if let Some(ack) = receiver.ack(f.epoch) {
+                        to_send.send(now, Packet::Ack(ack), &mut rng, loss, dup);
+                    }
+                    continue;
+                }
+                Packet::Ack(_) => unreachable!(),
+            };
+            let (header, body) = decode_data(&plain).unwrap();
+            let epoch = header.epoch;
+            let frame = InFrame {
+                message_type: MessageType::PeerMessage,
+                message_id: mid("x"),
+                header,
+                body: body.to_vec(),
+            };
+            if let Received::Deliver(frames) = receiver.accept(frame, config) {
+                delivered.extend(frames.into_iter().map(|f| String::from_utf8(f.body).unwrap()));
+            }
+            if let Some(ack) = receiver.ack(epoch) {
+                to_send.send(now, Packet::Ack(ack), &mut rng, loss, dup);
+            }
+        }
+        for p in to_send.due(now, &mut rng) {
+            let Packet::Ack(ack) = p else { unreachable!() };
+            acked.extend(sender.on_ack(&ack, t).into_iter().map(|m| m.as_str().to_owned()));
+        }
+        failed.extend(sender.expire(t).into_iter().map(|m| m.as_str().to_owned()));
+        assert!(sender.messages() <= config.max_outbox_messages);
+        assert!(receiver.buffered_bytes() <= config.max_recv_buffer_bytes);
+        if pushed == messages
+            && sender.messages() == 0
+            && to_recv.items.is_empty()
+            && !sender.forward_needed()
+        {
+            break;
+        }
+    }
+    (delivered, acked, failed)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(96))]
+
+    /// Under loss, duplication and reordering, the receiver sees every message at most once and
+    /// in order; every message is acknowledged to the sender or reported failed; and without a
+    /// failure every message is delivered.
+    #[test]
+    fn exactly_once_in_order(seed in any::<u64>(), messages in 1usize..60, loss in 0u32..40, dup in 0u32..40) {
+        let config = StreamConfig { send_window: 8, recv_window: 16, ..Default::default() };
+        let (delivered, acked, failed) = simulate(seed, messages, loss, dup, &config);
+        let index = |m: &String| m[1..].parse::<usize>().unwrap();
+        let order: Vec<usize> = delivered.iter().map(index).collect();
+        prop_assert!(order.windows(2).all(|w| w[0] < w[1]), "out of order or duplicated: {:?}", order);
+        for m in &acked {
+            prop_assert!(delivered.contains(m), "{} acknowledged but never delivered", m);
+        }
+        let mut outcome: Vec<&String> = acked.iter().chain(failed.iter()).collect();
+        outcome.sort();
+        outcome.dedup();
+        prop_assert_eq!(outcome.len(), messages, "every message ends acknowledged or failed");
+        if failed.is_empty() {
+            prop_assert_eq!(delivered.len(), messages);
+        }
+        // Nothing acknowledged is left stranded behind a given-up message.
+        let last_acked = acked.iter().map(index).max();
+        if let Some(last) = last_acked {
+            prop_assert!(order.contains(&last));
+        }
+    }
+}
