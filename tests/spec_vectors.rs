@@ -929,8 +929,19 @@ fn check_signed_message_shape(env: &Envelope) -> Result<(), String> {
     let empty = Value::Object(Map::new());
     match message_type {
         "PING" if !session_null => Err("PING session_id must be null (§5)".into()),
-        "PING" | "BYE" if *payload != empty => {
+        "PING" if *payload != empty => {
             Err(format!("{message_type} payload must be {{}} (§5), got {payload}"))
+        }
+        "BYE" => {
+            let o = payload.as_object().ok_or("BYE payload is not an object (§5)")?;
+            let reason_ok = match o.get("reason") {
+                None => true,
+                Some(r) => r.as_str().is_some_and(|t| t.len() <= 256),
+            };
+            if o.keys().any(|k| k != "reason") || !reason_ok {
+                return Err(format!("BYE payload differs from §5: {payload}"));
+            }
+            Ok(())
         }
         "PONG" => {
             let ok = payload.as_object().is_some_and(|o| {
@@ -957,6 +968,10 @@ fn check_signed_message_shape(env: &Envelope) -> Result<(), String> {
             let text = o["message"].as_str().ok_or("ERROR message is not a string")?;
             if text.len() > 256 {
                 return Err("ERROR message longer than 256 bytes".into());
+            }
+            let fixed = ERROR_TEXTS.iter().find(|(c, _)| *c == code).map(|(_, t)| *t);
+            if fixed != Some(text) {
+                return Err(format!("ERROR text {text:?} is not §10's text for {code}"));
             }
             Ok(())
         }
@@ -1040,9 +1055,25 @@ fn canonical_vectors() {
 // envelopes.json
 // ---------------------------------------------------------------------------------------------
 
-/// Vectors whose payload differs from the §5 table; see the report accompanying this file.
-/// Listed so the test stays green while the discrepancy is open and fails once it changes.
-const KNOWN_SECTION5_DISCREPANCIES: [&str; 1] = ["BYE with escapes in the payload"];
+/// Vectors whose payload differs from the §5 table: none.
+const KNOWN_SECTION5_DISCREPANCIES: [&str; 0] = [];
+
+/// The "text peerlink sends" column of §10.
+const ERROR_TEXTS: [(&str, &str); 13] = [
+    ("SESSION_NOT_FOUND", "no such session"),
+    ("SESSION_EXPIRED", "session expired; start a new handshake"),
+    ("INVALID_MESSAGE", "malformed message"),
+    ("AUTHENTICATION_FAILED", "authentication failed"),
+    ("RATE_LIMIT_EXCEEDED", "rate limit exceeded"),
+    ("MESSAGE_TOO_LARGE", "message too large"),
+    ("INVALID_STATE", "message not allowed in the current state"),
+    ("REPLAY_DETECTED", "replayed or stale message"),
+    ("UNSUPPORTED_VERSION", "unsupported protocol version"),
+    ("UNKNOWN_RECIPIENT", "unknown recipient"),
+    ("MAILBOX_FULL", "recipient mailbox full"),
+    ("TIMEOUT", "timed out"),
+    ("INTERNAL_ERROR", "internal error"),
+];
 
 #[test]
 fn envelope_vectors() {
@@ -1337,11 +1368,10 @@ fn verify_handshake() -> HandshakeResult {
         "{ctx}: max_frame_bytes = min(a, b)"
     );
 
-    // §7.7 resumption proof. The context "ctx" is not hex (§12 says binary values are hex),
-    // so it is read as the ASCII bytes of the text.
+    // §7.7 resumption proof over the given context bytes (hex, per §12).
     let rp = get(&v, "resumption_proof", ctx);
-    let context = get_str(rp, "context", ctx);
-    let proof = hmac_sha256(&keys.k_resumption, &[b"peerlink v1 resume", context.as_bytes()]);
+    let context = hex_decode(get_str(rp, "context", ctx), ctx);
+    let proof = hmac_sha256(&keys.k_resumption, &[b"peerlink v1 resume", &context]);
     assert_eq!(hex_encode(&proof), get_str(rp, "proof", ctx), "{ctx}: resumption proof differs");
 
     HandshakeResult { initiator: alice, responder: bob, session_id, keys, agreed }

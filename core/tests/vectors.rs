@@ -120,7 +120,7 @@ fn envelope_vectors() -> Value {
         NOW,
         &mut rng,
     );
-    let bye_payload = json!({"reason": "shutdown \"now\" \u{e9}\n", "codes": [1, -2]});
+    let bye_payload = json!({"reason": "shutdown \"now\" \u{e9}\n\u{1}"});
     let bye = signed_message(
         &alice,
         MessageType::Bye,
@@ -241,7 +241,7 @@ fn handshake_vectors() -> Handshake {
         "confirm_tags": confirm.iter().map(|t| hex(t)).collect::<Vec<_>>(),
         "agreed_capabilities": initiator.capabilities().to_value(),
         "resumption_proof": {
-            "context": "ctx",
+            "context": hex(b"ctx"),
             "proof": hex(&initiator.resumption_proof(b"ctx")),
         },
     });
