@@ -55,8 +55,10 @@
 #![deny(unused_must_use)]
 #![warn(missing_docs)]
 
+pub mod backoff;
 pub mod canonical;
 pub mod capabilities;
+pub mod chunking;
 pub mod encoding;
 pub mod envelope;
 pub mod error;
@@ -65,11 +67,15 @@ pub mod identity;
 pub mod ids;
 pub mod limits;
 pub mod message_type;
+pub mod node;
+pub mod rate_limit;
 pub mod replay;
 pub mod session;
 pub mod signed;
 pub mod stream;
 pub mod time;
+pub mod timers;
+pub mod transport;
 
 pub use capabilities::{Capabilities, Transport};
 pub use envelope::{Envelope, PROTOCOL_VERSION, Payload};
@@ -79,6 +85,7 @@ pub use identity::{Identity, PublicKey, TrustPolicy, TrustStore};
 pub use ids::{EntityId, MessageId, SessionId};
 pub use limits::Limits;
 pub use message_type::{MessageClass, MessageType};
+pub use node::{Event, Node, NodeAddr, NodeConfig, Output, SendError, SendOptions};
 pub use session::{Opened, Role, Session};
 pub use signed::{ErrorBody, SignedMessageGuard, error_message, signed_message};
 pub use time::Timestamp;

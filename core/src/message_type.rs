@@ -62,6 +62,12 @@ pub enum MessageType {
     SessionResume,
     /// Confirms a resumed session.
     SessionResumed,
+    /// Subscribes the sending link to a topic.
+    Subscribe,
+    /// Ends a subscription.
+    Unsubscribe,
+    /// Publishes data on a topic; the node sends the same bytes to every subscriber.
+    Publish,
 }
 
 impl MessageType {
@@ -87,7 +93,10 @@ impl MessageType {
             | MessageType::Error
             | MessageType::Bye
             | MessageType::SessionResume
-            | MessageType::SessionResumed => MessageClass::Signed,
+            | MessageType::SessionResumed
+            | MessageType::Subscribe
+            | MessageType::Unsubscribe
+            | MessageType::Publish => MessageClass::Signed,
         }
     }
 
@@ -127,11 +136,14 @@ impl MessageType {
             MessageType::Bye => "BYE",
             MessageType::SessionResume => "SESSION_RESUME",
             MessageType::SessionResumed => "SESSION_RESUMED",
+            MessageType::Subscribe => "SUBSCRIBE",
+            MessageType::Unsubscribe => "UNSUBSCRIBE",
+            MessageType::Publish => "PUBLISH",
         }
     }
 
     /// Every type, in spec order.
-    pub const ALL: [MessageType; 20] = [
+    pub const ALL: [MessageType; 23] = [
         MessageType::HandshakeInit,
         MessageType::HandshakeInitAck,
         MessageType::ChallengeResponse,
@@ -152,6 +164,9 @@ impl MessageType {
         MessageType::Bye,
         MessageType::SessionResume,
         MessageType::SessionResumed,
+        MessageType::Subscribe,
+        MessageType::Unsubscribe,
+        MessageType::Publish,
     ];
 }
 

@@ -534,6 +534,11 @@ impl SendStream {
         ids
     }
 
+    /// The earliest send timeout of a waiting message.
+    pub fn next_expiry(&self) -> Option<Timestamp> {
+        self.logical.values().map(|l| l.deadline).min()
+    }
+
     /// The earliest time something is due: a transmission or a send timeout.
     pub fn next_deadline(&self, config: &StreamConfig) -> Option<Timestamp> {
         let limit = self.base().saturating_add(config.send_window);
@@ -545,6 +550,11 @@ impl SendStream {
             None
         };
         [due, timeout, forward].into_iter().flatten().min()
+    }
+
+    /// The logical message frame `no` belongs to.
+    pub fn logical_of(&self, no: u64) -> Option<&MessageId> {
+        self.frames.get(&no).map(|f| &f.logical)
     }
 
     /// Whether frame `no` is still waiting for acknowledgement.

@@ -1,0 +1,474 @@
+//! Next hops this node dials: the WebSocket link to each, reconnect with backoff, the transport
+//! decision per frame, HTTP batches with retries, and long-polls while WebSocket is down.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use super::links::{Direction, Source};
+use super::{Event, HttpMethod, LinkId, LinkKind, Node, NodeAddr, Output, RequestId, Timer};
+use crate::backoff::Backoff;
+use crate::capabilities::Transport;
+use crate::ids::{EntityId, MessageId};
+use crate::stream::FailReason;
+use crate::time::Timestamp;
+use crate::transport::{
+    HopTransport, HttpOutcome, Route, RouteQuery, TransportPreference, WsLink, classify_http, route,
+};
+
+/// A frame queued for an HTTP `POST`, with the message it carries (to fail it on a 4xx).
+#[derive(Debug, Clone)]
+pub(super) struct BatchItem {
+    pub frame: Arc<[u8]>,
+    pub owner: Option<(EntityId, MessageId)>,
+}
+
+/// An HTTP `POST` in flight or waiting to be retried.
+#[derive(Debug, Clone)]
+pub(super) struct Exchange {
+    pub items: Vec<BatchItem>,
+    pub attempt: u32,
+    pub retry_at: Option<Timestamp>,
+}
+
+/// One next hop.
+#[derive(Debug)]
+pub(super) struct Hop {
+    pub addr: NodeAddr,
+    pub ws_link: Option<LinkId>,
+    pub transport: HopTransport,
+    pub backoff: Backoff,
+    pub reconnect_at: Option<Timestamp>,
+    /// Whether a WebSocket link to it was ever up (a later one is a reconnect).
+    pub had_link: bool,
+    /// Whether the application asked to keep it connected.
+    pub wanted: bool,
+    /// Whether the application closed it; no reconnects until the next send or connect.
+    pub closed_by_app: bool,
+    pub batch: Vec<BatchItem>,
+    pub inflight: BTreeMap<RequestId, Exchange>,
+    pub poll: Option<RequestId>,
+    pub poll_retry_at: Option<Timestamp>,
+    pub poll_backoff: Backoff,
+}
+
+/// The WebSocket URL of a node's HTTP base URL (seed 000: http → ws, https → wss, plus the path).
+pub fn websocket_url(base_url: &str, kind: LinkKind) -> String {
+    let base = base_url.trim_end_matches('/');
+    let swapped = if let Some(rest) = base.strip_prefix("https://") {
+        format!("wss://{rest}")
+    } else if let Some(rest) = base.strip_prefix("http://") {
+        format!("ws://{rest}")
+    } else {
+        base.to_owned()
+    };
+    let path = match kind {
+        LinkKind::Peers => "/ws/v1/peers",
+        LinkKind::Events => "/ws/v1/events",
+    };
+    format!("{swapped}{path}")
+}
+
+/// The messages endpoint of a node's HTTP base URL.
+pub fn messages_url(base_url: &str) -> String {
+    format!("{}/v1/messages", base_url.trim_end_matches('/'))
+}
+
+/// What happened to a frame handed to a hop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum HopSend {
+    Sent,
+    Wait,
+    Failed,
+}
+
+impl Node {
+    pub(super) fn ensure_hop(&mut self, addr: NodeAddr) {
+        let stable = self.config.websocket_stable_after;
+        let reconnect = self.config.reconnect.clone();
+        self.hops.entry(addr.entity.clone()).or_insert_with(|| Hop {
+            addr,
+            ws_link: None,
+            transport: HopTransport::new(stable),
+            backoff: Backoff::new(reconnect.clone()),
+            reconnect_at: None,
+            had_link: false,
+            wanted: false,
+            closed_by_app: false,
+            batch: Vec::new(),
+            inflight: BTreeMap::new(),
+            poll: None,
+            poll_retry_at: None,
+            poll_backoff: Backoff::new(reconnect),
+        });
+    }
+
+    /// The next hop toward `peer`, if a route is configured.
+    pub(super) fn route_of(&self, peer: &EntityId) -> Option<EntityId> {
+        if self.hops.contains_key(peer) {
+            return Some(peer.clone());
+        }
+        self.routes.get(peer).or(self.default_route.as_ref()).cloned()
+    }
+
+    /// Opens the WebSocket link to `hop` unless it is open, opening, backing off, or closed by
+    /// the application.
+    pub(super) fn ensure_ws(&mut self, now: Timestamp, hop: &EntityId) {
+        let resume = self.peers.get(hop).and_then(|p| p.session.as_ref()).map(|s| s.id().clone());
+        let link = self.next_link_id();
+        let Some(h) = self.hops.get_mut(hop) else { return };
+        if h.ws_link.is_some() || h.reconnect_at.is_some() || h.closed_by_app {
+            return;
+        }
+        if h.had_link {
+            self.stats.reconnects = self.stats.reconnects.saturating_add(1);
+        }
+        h.ws_link = Some(link);
+        h.transport.set_ws(WsLink::Connecting);
+        let url = websocket_url(&h.addr.base_url, LinkKind::Peers);
+        let l = self.new_outbound_link(hop.clone(), now);
+        self.links.insert(link, l);
+        self.emit(Output::OpenLink { link, url, kind: LinkKind::Peers, resume });
+    }
+
+    fn new_outbound_link(&self, hop: EntityId, now: Timestamp) -> super::links::Link {
+        super::links::Link {
+            kind: LinkKind::Peers,
+            direction: Direction::Outbound(hop),
+            up: false,
+            rate: None,
+            pings: crate::rate_limit::TokenBucket::new(self.config.ping_rate, now),
+            errors: crate::rate_limit::TokenBucket::new(
+                crate::rate_limit::RateLimit::per_minute(60),
+                now,
+            ),
+            last_rx: now,
+            ping_sent: false,
+            subscriptions: Default::default(),
+        }
+    }
+
+    pub(super) fn close_hop_ws(&mut self, now: Timestamp, hop: &EntityId) {
+        let link = match self.hops.get_mut(hop) {
+            Some(h) => {
+                h.closed_by_app = true;
+                h.wanted = false;
+                h.reconnect_at = None;
+                h.ws_link
+            }
+            None => None,
+        };
+        if let Some(link) = link {
+            self.close_link(now, link, None);
+        }
+        self.reschedule_hop(now, hop);
+    }
+
+    /// Schedules the next reconnect attempt, with exponential backoff and jitter.
+    pub(super) fn schedule_reconnect(&mut self, now: Timestamp, hop: &EntityId) {
+        let Some(h) = self.hops.get_mut(hop) else { return };
+        if h.closed_by_app || h.reconnect_at.is_some() {
+            return;
+        }
+        let delay = h.backoff.next_delay(&mut self.rng);
+        h.reconnect_at = Some(now.saturating_add(delay));
+        self.reschedule_hop(now, hop);
+    }
+
+    /// Which transports the next hop supports: what a session with it agreed, else both.
+    fn hop_transports(&self, hop: &EntityId) -> (bool, bool) {
+        match self.peers.get(hop).and_then(|p| p.session.as_ref()) {
+            Some(s) => {
+                let t = &s.capabilities().transports;
+                (t.contains(&Transport::WebSocket), t.contains(&Transport::Http))
+            }
+            None => (true, true),
+        }
+    }
+
+    /// Hands one frame to `hop` according to `preference`.
+    pub(super) fn send_via_hop(
+        &mut self,
+        now: Timestamp,
+        hop: &EntityId,
+        frame: Arc<[u8]>,
+        preference: TransportPreference,
+        owner: Option<(EntityId, MessageId)>,
+    ) -> HopSend {
+        let transports = self.hop_transports(hop);
+        let Some(h) = self.hops.get_mut(hop) else { return HopSend::Failed };
+        if h.closed_by_app && preference != TransportPreference::HttpOnly {
+            // A send after `disconnect` reconnects (lazily), as seed 001 asks.
+            h.closed_by_app = false;
+        }
+        let q = RouteQuery {
+            preference,
+            peer_transports: transports,
+            ws: h.transport.ws(),
+            now,
+            ws_usable: h.transport.websocket_usable(now),
+        };
+        let decision = route(&q);
+        let wants_ws = transports.0
+            && !matches!(
+                preference,
+                TransportPreference::HttpOnly | TransportPreference::HttpFirst
+            );
+        let (used, result) = match decision {
+            Route::WebSocket => match h.ws_link {
+                Some(link) => {
+                    self.transmit(link, frame);
+                    (Some(Transport::WebSocket), HopSend::Sent)
+                }
+                None => (None, HopSend::Wait),
+            },
+            Route::Http => {
+                self.stats.sent(Transport::Http, frame.len());
+                h.batch.push(BatchItem { frame, owner });
+                (Some(Transport::Http), HopSend::Sent)
+            }
+            Route::WaitForWebSocket => (None, HopSend::Wait),
+            Route::Fail(_) => (None, HopSend::Failed),
+        };
+        if let Some(t) = used
+            && let Some(h) = self.hops.get_mut(hop)
+            && let Some((from, to)) = h.transport.note_used(t)
+        {
+            self.event(Event::TransportSwitched { node: hop.clone(), from, to });
+        }
+        if wants_ws {
+            self.ensure_ws(now, hop);
+        }
+        if result == HopSend::Wait {
+            let waiting_on_down_link = self.hops.get(hop).is_some_and(|h| {
+                h.ws_link.is_none() && (h.reconnect_at.is_some() || h.closed_by_app)
+            });
+            if waiting_on_down_link && preference == TransportPreference::WebsocketOnly {
+                // WEBSOCKET_ONLY with no link coming up now: seed 001 says fail.
+                return HopSend::Failed;
+            }
+        }
+        result
+    }
+
+    /// Posts every frame batched this step, one request per hop (split by body size).
+    pub(super) fn flush_http_batches(&mut self, now: Timestamp) {
+        let hops: Vec<EntityId> =
+            self.hops.iter().filter(|(_, h)| !h.batch.is_empty()).map(|(k, _)| k.clone()).collect();
+        for hop in hops {
+            let Some(h) = self.hops.get_mut(&hop) else { continue };
+            let items = std::mem::take(&mut h.batch);
+            let mut group: Vec<BatchItem> = Vec::new();
+            let mut size = 0usize;
+            for item in items {
+                let len = item.frame.len().saturating_add(1);
+                if !group.is_empty() && size.saturating_add(len) > self.config.max_http_body_bytes {
+                    self.post(now, &hop, std::mem::take(&mut group), 1);
+                    size = 0;
+                }
+                size = size.saturating_add(len);
+                group.push(item);
+            }
+            if !group.is_empty() {
+                self.post(now, &hop, group, 1);
+            }
+        }
+        self.ensure_polls(now);
+    }
+
+    fn post(&mut self, _now: Timestamp, hop: &EntityId, items: Vec<BatchItem>, attempt: u32) {
+        let request = self.next_request_id();
+        let Some(h) = self.hops.get_mut(hop) else { return };
+        let mut body = Vec::new();
+        for item in &items {
+            body.extend_from_slice(&item.frame);
+            body.push(b'\n');
+        }
+        let url = messages_url(&h.addr.base_url);
+        h.inflight.insert(request, Exchange { items, attempt, retry_at: None });
+        self.emit(Output::HttpRequest { request, method: HttpMethod::Post, url, body });
+    }
+
+    /// Keeps one long-poll open to each hop that has traffic for us while WebSocket is unusable.
+    fn ensure_polls(&mut self, now: Timestamp) {
+        let candidates: Vec<EntityId> = self
+            .hops
+            .iter()
+            .filter(|(_, h)| {
+                h.poll.is_none() && h.poll_retry_at.is_none() && !h.transport.websocket_usable(now)
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        for hop in candidates {
+            if !self.hop_active(&hop) {
+                continue;
+            }
+            let request = self.next_request_id();
+            let wait = self.config.poll_wait.as_millis();
+            let Some(h) = self.hops.get_mut(&hop) else { continue };
+            h.poll = Some(request);
+            let url = format!("{}?wait_ms={wait}", messages_url(&h.addr.base_url));
+            self.emit(Output::HttpRequest {
+                request,
+                method: HttpMethod::Get,
+                url,
+                body: Vec::new(),
+            });
+        }
+    }
+
+    /// Whether anything is expected from `hop`: the application wants it, or a peer routed
+    /// through it has a session, a handshake or messages in flight.
+    fn hop_active(&self, hop: &EntityId) -> bool {
+        if self.hops.get(hop).is_some_and(|h| h.wanted) {
+            return true;
+        }
+        self.peers.iter().any(|(id, p)| {
+            self.route_of(id).as_ref() == Some(hop)
+                && !self.bound.contains_key(id)
+                && (p.session.is_some() || p.handshaking() || p.needs_session())
+        })
+    }
+
+    /// The answer to an HTTP request this node made.
+    pub fn handle_http_response(
+        &mut self,
+        now: Timestamp,
+        request: RequestId,
+        status: u16,
+        body: &[u8],
+    ) {
+        self.on_http_result(now, request, Some(status), body);
+        self.finish(now);
+    }
+
+    /// An HTTP request this node made failed without an answer (connection refused, timeout).
+    pub fn handle_http_failure(&mut self, now: Timestamp, request: RequestId) {
+        self.on_http_result(now, request, None, &[]);
+        self.finish(now);
+    }
+
+    fn on_http_result(
+        &mut self,
+        now: Timestamp,
+        request: RequestId,
+        status: Option<u16>,
+        body: &[u8],
+    ) {
+        let Some(hop) = self
+            .hops
+            .iter()
+            .find(|(_, h)| h.poll == Some(request) || h.inflight.contains_key(&request))
+            .map(|(k, _)| k.clone())
+        else {
+            return;
+        };
+        let outcome = classify_http(status);
+        let Some(h) = self.hops.get_mut(&hop) else { return };
+        if h.poll == Some(request) {
+            h.poll = None;
+            if outcome == HttpOutcome::Delivered {
+                h.poll_backoff.reset();
+            } else {
+                let delay = h.poll_backoff.next_delay(&mut self.rng);
+                h.poll_retry_at = Some(now.saturating_add(delay));
+            }
+        } else if let Some(mut ex) = h.inflight.remove(&request) {
+            match outcome {
+                HttpOutcome::Delivered => {}
+                HttpOutcome::Retry => match self.config.http_retry.delay_after(ex.attempt) {
+                    Some(delay) => {
+                        ex.retry_at = Some(now.saturating_add(delay));
+                        h.inflight.insert(request, ex);
+                    }
+                    None => self.fail_owners(now, ex.items, FailReason::Rejected),
+                },
+                HttpOutcome::Rejected | HttpOutcome::Unexpected => {
+                    self.fail_owners(now, ex.items, FailReason::Rejected)
+                }
+            }
+        }
+        if outcome == HttpOutcome::Delivered {
+            self.process_ndjson(now, Source::Hop(hop.clone()), body);
+        }
+        self.reschedule_hop(now, &hop);
+    }
+
+    /// Processes an NDJSON body: one envelope per non-empty line.
+    pub(super) fn process_ndjson(&mut self, now: Timestamp, source: Source, body: &[u8]) {
+        for line in body.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+            self.stats.received(Transport::Http, line.len());
+            self.process_frame(now, source.clone(), line);
+        }
+    }
+
+    fn fail_owners(&mut self, now: Timestamp, items: Vec<BatchItem>, reason: FailReason) {
+        for item in items {
+            if let Some((peer, id)) = item.owner {
+                self.fail_message(now, &peer, &id, reason);
+            }
+        }
+    }
+
+    pub(super) fn on_hop_timer(&mut self, now: Timestamp, hop: &EntityId) {
+        let Some(h) = self.hops.get_mut(hop) else { return };
+        if h.reconnect_at.is_some_and(|t| t <= now) {
+            h.reconnect_at = None;
+            self.ensure_ws(now, hop);
+        }
+        let Some(h) = self.hops.get_mut(hop) else { return };
+        if h.poll_retry_at.is_some_and(|t| t <= now) {
+            h.poll_retry_at = None;
+        }
+        let due: Vec<RequestId> = h
+            .inflight
+            .iter()
+            .filter(|(_, e)| e.retry_at.is_some_and(|t| t <= now))
+            .map(|(k, _)| *k)
+            .collect();
+        for request in due {
+            if let Some(ex) = self.hops.get_mut(hop).and_then(|h| h.inflight.remove(&request)) {
+                let attempt = ex.attempt.saturating_add(1);
+                self.post(now, hop, ex.items, attempt);
+            }
+        }
+        // WebSocket may have become usable again: move traffic back to it.
+        if self.hops.get(hop).is_some_and(|h| h.transport.usable_at().is_some_and(|t| t <= now)) {
+            self.flush_peers_via(now, hop);
+        }
+        self.reschedule_hop(now, hop);
+    }
+
+    pub(super) fn reschedule_hop(&mut self, now: Timestamp, hop: &EntityId) {
+        let at = self.hops.get(hop).and_then(|h| {
+            let retries = h.inflight.values().filter_map(|e| e.retry_at).min();
+            // The moment WebSocket becomes usable again after a fallback, if still ahead.
+            let usable = h.transport.usable_at().filter(|t| *t > now);
+            [h.reconnect_at, h.poll_retry_at, retries, usable].into_iter().flatten().min()
+        });
+        self.schedule(Timer::Hop(hop.clone()), at);
+    }
+
+    /// Peers whose traffic goes through `hop` (and who have no direct inbound link).
+    pub(super) fn peers_via(&self, hop: &EntityId) -> Vec<EntityId> {
+        self.peers
+            .keys()
+            .filter(|id| !self.bound.contains_key(*id) && self.route_of(id).as_ref() == Some(hop))
+            .cloned()
+            .collect()
+    }
+
+    pub(super) fn flush_peers_via(&mut self, now: Timestamp, hop: &EntityId) {
+        for peer in self.peers_via(hop) {
+            self.flush_peer(now, &peer);
+        }
+    }
+
+    /// After losing the link to `hop`, frames possibly lost with it are re-sent.
+    pub(super) fn retransmit_via(&mut self, now: Timestamp, hop: &EntityId) {
+        for peer in self.peers_via(hop) {
+            if let Some(p) = self.peers.get_mut(&peer) {
+                p.send.retransmit_all(now);
+            }
+        }
+    }
+}

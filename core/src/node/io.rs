@@ -1,0 +1,207 @@
+//! What a driver feeds a [`Node`](super::Node) and what it drains from it.
+
+use std::sync::Arc;
+
+use crate::capabilities::Transport;
+use crate::error::ErrorCode;
+use crate::ids::{EntityId, MessageId, SessionId};
+use crate::stream::FailReason;
+
+/// Names one link (a WebSocket connection) for the lifetime of the node; never reused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct LinkId(pub u64);
+
+/// Names one HTTP exchange, outbound or inbound; never reused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RequestId(pub u64);
+
+/// The WebSocket endpoint a link belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum LinkKind {
+    /// `/ws/v1/peers`: peer traffic.
+    Peers,
+    /// `/ws/v1/events`: topic subscriptions and server push.
+    Events,
+}
+
+/// An HTTP method the node asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HttpMethod {
+    /// `GET` (long-poll for waiting messages).
+    Get,
+    /// `POST` (messages).
+    Post,
+}
+
+/// An inbound HTTP call, already authenticated by the driver (spec §"Endpoints").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HttpCall {
+    /// `POST /v1/messages`: envelopes, one per line (NDJSON).
+    PostMessages {
+        /// The request body.
+        body: Vec<u8>,
+    },
+    /// `GET /v1/messages`: wait up to the node's `poll_wait` for messages to this entity.
+    Poll,
+}
+
+/// Something the driver must do.
+#[must_use]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    /// Write one frame (a WebSocket text message) on a link.
+    Transmit {
+        /// The link.
+        link: LinkId,
+        /// The frame; shared when the same bytes go to many links.
+        frame: Arc<[u8]>,
+    },
+    /// Open a WebSocket link; answer with `link_up` or `link_failed`.
+    OpenLink {
+        /// The id the node gave the link.
+        link: LinkId,
+        /// `ws://…/ws/v1/peers` or `wss://…`.
+        url: String,
+        /// The endpoint.
+        kind: LinkKind,
+        /// The session to resume over it, when the node is the peer itself (`?session_id=`).
+        resume: Option<SessionId>,
+    },
+    /// Close a link.
+    CloseLink {
+        /// The link.
+        link: LinkId,
+        /// Why, for logs and the close frame; `None` for an orderly close.
+        reason: Option<ErrorCode>,
+    },
+    /// Make an HTTP request; answer with `handle_http_response` or `handle_http_failure`.
+    HttpRequest {
+        /// The exchange.
+        request: RequestId,
+        /// The method.
+        method: HttpMethod,
+        /// The full URL.
+        url: String,
+        /// NDJSON body (empty for `GET`).
+        body: Vec<u8>,
+    },
+    /// Answer an inbound HTTP call.
+    HttpRespond {
+        /// The exchange.
+        request: RequestId,
+        /// The status code.
+        status: u16,
+        /// NDJSON body: envelopes for the caller.
+        body: Vec<u8>,
+    },
+    /// Tell the application something.
+    Event(Event),
+}
+
+/// What the application learns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A message arrived (exactly once, in the sender's order).
+    Message {
+        /// The sender.
+        from: EntityId,
+        /// Its id.
+        id: MessageId,
+        /// `PEER_MESSAGE`, `BROADCAST` or `STATUS`.
+        kind: crate::message_type::MessageType,
+        /// The content.
+        payload: Vec<u8>,
+    },
+    /// A task request arrived; answer it with `Node::respond`.
+    Request {
+        /// The requester.
+        from: EntityId,
+        /// The request's id.
+        id: MessageId,
+        /// The content.
+        payload: Vec<u8>,
+    },
+    /// The answer to one of this node's requests.
+    Response {
+        /// The responder.
+        from: EntityId,
+        /// The request's id.
+        request: MessageId,
+        /// The content.
+        payload: Vec<u8>,
+    },
+    /// A request got no answer before its deadline.
+    RequestTimedOut {
+        /// The peer asked.
+        to: EntityId,
+        /// The request's id.
+        request: MessageId,
+    },
+    /// The peer acknowledged a message: it was delivered.
+    Delivered {
+        /// The recipient.
+        to: EntityId,
+        /// The message.
+        id: MessageId,
+    },
+    /// A message will not be delivered.
+    Failed {
+        /// The recipient.
+        to: EntityId,
+        /// The message.
+        id: MessageId,
+        /// Why.
+        reason: FailReason,
+    },
+    /// A session with a peer was established (a full handshake).
+    SessionEstablished {
+        /// The peer.
+        peer: EntityId,
+        /// The session.
+        session: SessionId,
+    },
+    /// A session continued on a new link without a handshake.
+    SessionResumed {
+        /// The peer.
+        peer: EntityId,
+        /// The session.
+        session: SessionId,
+    },
+    /// A session ended; a new handshake will be needed.
+    SessionLost {
+        /// The peer.
+        peer: EntityId,
+        /// Why.
+        reason: ErrorCode,
+    },
+    /// Traffic to a node moved from one transport to another.
+    TransportSwitched {
+        /// The next hop.
+        node: EntityId,
+        /// The transport used before.
+        from: Transport,
+        /// The transport used now.
+        to: Transport,
+    },
+    /// A message published on a topic.
+    Topic {
+        /// The topic.
+        topic: String,
+        /// The publisher.
+        from: EntityId,
+        /// The published JSON data.
+        data: serde_json::Value,
+    },
+    /// A peer or next hop reported an error, or a frame was refused.
+    Error {
+        /// Who it concerns.
+        peer: Option<EntityId>,
+        /// The code.
+        code: ErrorCode,
+    },
+    /// Events were dropped because the application did not drain them (the queue is bounded).
+    EventsDropped {
+        /// How many.
+        count: u64,
+    },
+}

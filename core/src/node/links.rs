@@ -1,0 +1,259 @@
+//! WebSocket links: accepting, opening, closing, heartbeats and per-link rate limits.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use serde_json::json;
+
+use super::{Event, LinkId, LinkKind, Node, Output, Timer};
+use crate::capabilities::Transport;
+use crate::envelope::Payload;
+use crate::error::ErrorCode;
+use crate::identity::TrustPolicy;
+use crate::ids::EntityId;
+use crate::message_type::MessageType;
+use crate::rate_limit::TokenBucket;
+use crate::signed::signed_message;
+use crate::time::Timestamp;
+use crate::transport::WsLink;
+
+/// Who is at the other end of a link.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Direction {
+    /// A client connected to this node and authenticated as this entity.
+    Inbound(EntityId),
+    /// This node dialled the next hop `hop`.
+    Outbound(EntityId),
+}
+
+/// One WebSocket link.
+#[derive(Debug, Clone)]
+pub(super) struct Link {
+    pub kind: LinkKind,
+    pub direction: Direction,
+    /// Outbound links are up once the driver says so; inbound links are up when accepted.
+    pub up: bool,
+    /// Frames accepted from an inbound link.
+    pub rate: Option<TokenBucket>,
+    /// `PING`s accepted from the link.
+    pub pings: TokenBucket,
+    /// `ERROR` replies this node sends on the link (so a flood cannot make it sign forever).
+    pub errors: TokenBucket,
+    pub last_rx: Timestamp,
+    pub ping_sent: bool,
+    pub subscriptions: BTreeSet<String>,
+}
+
+/// Where a frame came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Source {
+    /// A WebSocket link.
+    Link(LinkId),
+    /// An HTTP `POST` from an authenticated entity (this node is the server).
+    Http(EntityId),
+    /// The body of an HTTP response from a next hop (this node is the client).
+    Hop(EntityId),
+}
+
+impl Node {
+    fn new_link(&self, kind: LinkKind, direction: Direction, up: bool, now: Timestamp) -> Link {
+        let inbound = matches!(direction, Direction::Inbound(_));
+        Link {
+            kind,
+            direction,
+            up,
+            rate: inbound.then(|| TokenBucket::new(self.config.link_rate, now)),
+            pings: TokenBucket::new(self.config.ping_rate, now),
+            errors: TokenBucket::new(crate::rate_limit::RateLimit::per_minute(60), now),
+            last_rx: now,
+            ping_sent: false,
+            subscriptions: BTreeSet::new(),
+        }
+    }
+
+    /// An inbound WebSocket connection, already authenticated by the driver as `entity` (JWT).
+    /// Returns the link's id, or the code to close it with: `RATE_LIMIT_EXCEEDED` past
+    /// `max_links`, `AUTHENTICATION_FAILED` for an entity the trust store refuses.
+    pub fn accept_link(
+        &mut self,
+        now: Timestamp,
+        kind: LinkKind,
+        entity: EntityId,
+    ) -> Result<LinkId, ErrorCode> {
+        if self.links.len() >= self.config.max_links {
+            return Err(ErrorCode::RateLimitExceeded);
+        }
+        if self.trust.policy() == TrustPolicy::Allowlist && self.trust.get(&entity).is_none() {
+            return Err(ErrorCode::AuthenticationFailed);
+        }
+        let id = self.next_link_id();
+        let link = self.new_link(kind, Direction::Inbound(entity.clone()), true, now);
+        self.links.insert(id, link);
+        if kind == LinkKind::Peers {
+            self.bound.insert(entity.clone(), id);
+            self.drain_mailbox_to_link(now, &entity, id);
+            if self.peers.contains_key(&entity) {
+                self.flush_peer(now, &entity);
+            }
+        }
+        self.reschedule_link(id);
+        self.finish(now);
+        Ok(id)
+    }
+
+    /// An outbound link this node asked for (`Output::OpenLink`) is connected.
+    pub fn link_up(&mut self, now: Timestamp, link: LinkId) {
+        let Some(l) = self.links.get_mut(&link) else { return };
+        l.up = true;
+        l.last_rx = now;
+        let Direction::Outbound(hop) = l.direction.clone() else { return };
+        let reconnected = match self.hops.get_mut(&hop) {
+            Some(h) => {
+                h.transport.set_ws(WsLink::Up { since: now });
+                h.backoff.reset();
+                std::mem::replace(&mut h.had_link, true)
+            }
+            None => false,
+        };
+        if reconnected {
+            self.resume_sessions_via(now, &hop);
+        }
+        self.reschedule_hop(now, &hop);
+        self.reschedule_link(link);
+        for topic in self.topics.remote(&hop) {
+            self.send_subscription(now, &hop, &topic, MessageType::Subscribe);
+        }
+        self.flush_peers_via(now, &hop);
+        self.finish(now);
+    }
+
+    /// An outbound link could not be opened.
+    pub fn link_failed(&mut self, now: Timestamp, link: LinkId) {
+        self.drop_link(now, link);
+        self.finish(now);
+    }
+
+    /// A link closed (either side, any reason).
+    pub fn link_closed(&mut self, now: Timestamp, link: LinkId) {
+        self.drop_link(now, link);
+        self.finish(now);
+    }
+
+    /// Forgets a link and repairs everything that used it.
+    pub(super) fn drop_link(&mut self, now: Timestamp, link: LinkId) {
+        let Some(l) = self.links.remove(&link) else { return };
+        self.timers.cancel(&Timer::Link(link));
+        self.topics.remove_link(link, &l.subscriptions);
+        match l.direction {
+            Direction::Inbound(entity) => {
+                if self.bound.get(&entity) == Some(&link) {
+                    self.bound.remove(&entity);
+                    // Frames in flight to it are lost; the stream re-sends them another way.
+                    if let Some(p) = self.peers.get_mut(&entity) {
+                        p.send.retransmit_all(now);
+                        self.reschedule_peer(&entity);
+                    }
+                }
+            }
+            Direction::Outbound(hop) => {
+                if let Some(h) = self.hops.get_mut(&hop)
+                    && h.ws_link == Some(link)
+                {
+                    h.ws_link = None;
+                    h.transport.set_ws(WsLink::Down);
+                    h.transport.note_ws_failure(now);
+                    self.stats.fallbacks = self.stats.fallbacks.saturating_add(1);
+                    self.schedule_reconnect(now, &hop);
+                    self.retransmit_via(now, &hop);
+                    self.flush_peers_via(now, &hop);
+                }
+            }
+        }
+    }
+
+    /// One frame received on a link.
+    pub fn handle_frame(&mut self, now: Timestamp, link: LinkId, frame: &[u8]) {
+        let Some(l) = self.links.get_mut(&link) else { return };
+        l.last_rx = now;
+        l.ping_sent = false;
+        let limited = l.rate.as_mut().is_some_and(|r| !r.try_take(now));
+        self.stats.received(Transport::WebSocket, frame.len());
+        if limited {
+            self.stats.rejected = self.stats.rejected.saturating_add(1);
+            self.reply_error(now, &Source::Link(link), None, ErrorCode::RateLimitExceeded, None);
+        } else {
+            self.process_frame(now, Source::Link(link), frame);
+        }
+        self.reschedule_link(link);
+        self.finish(now);
+    }
+
+    /// Writes one frame on a link.
+    pub(super) fn transmit(&mut self, link: LinkId, frame: Arc<[u8]>) {
+        self.stats.sent(Transport::WebSocket, frame.len());
+        self.emit(Output::Transmit { link, frame });
+    }
+
+    /// Closes a link with a reason and forgets it.
+    pub(super) fn close_link(&mut self, now: Timestamp, link: LinkId, reason: Option<ErrorCode>) {
+        if self.links.contains_key(&link) {
+            self.emit(Output::CloseLink { link, reason });
+            self.drop_link(now, link);
+        }
+    }
+
+    /// Sends `PING` on idle links and closes links silent past `ping_interval + pong_grace`.
+    pub(super) fn on_link_timer(&mut self, now: Timestamp, link: LinkId) {
+        let Some(l) = self.links.get(&link) else { return };
+        if !l.up {
+            return;
+        }
+        let idle = now.saturating_duration_since(l.last_rx);
+        if idle >= self.config.ping_interval.saturating_add(self.config.pong_grace) {
+            let (Direction::Outbound(who) | Direction::Inbound(who)) = &l.direction;
+            let peer = Some(who.clone());
+            self.event(Event::Error { peer, code: ErrorCode::Timeout });
+            self.close_link(now, link, Some(ErrorCode::Timeout));
+            return;
+        }
+        if idle >= self.config.ping_interval && !l.ping_sent {
+            let payload = Payload::trusted(json!({}));
+            if let Ok(ping) = signed_message(
+                &self.identity,
+                MessageType::Ping,
+                None,
+                None,
+                payload,
+                now,
+                &mut self.rng,
+            ) {
+                self.transmit(link, Arc::from(ping.encode()));
+            }
+            if let Some(l) = self.links.get_mut(&link) {
+                l.ping_sent = true;
+            }
+        }
+        self.reschedule_link(link);
+    }
+
+    pub(super) fn reschedule_link(&mut self, link: LinkId) {
+        let at = self.links.get(&link).filter(|l| l.up).map(|l| {
+            let ping = l.last_rx.saturating_add(self.config.ping_interval);
+            if l.ping_sent { ping.saturating_add(self.config.pong_grace) } else { ping }
+        });
+        self.schedule(Timer::Link(link), at);
+    }
+
+    /// The entity a source is bound to, if any: the authenticated client of an inbound link or
+    /// HTTP call. Frames from it must carry that `sender_id`.
+    pub(super) fn bound_entity(&self, source: &Source) -> Option<EntityId> {
+        match source {
+            Source::Link(link) => match &self.links.get(link)?.direction {
+                Direction::Inbound(e) => Some(e.clone()),
+                Direction::Outbound(_) => None,
+            },
+            Source::Http(e) => Some(e.clone()),
+            Source::Hop(_) => None,
+        }
+    }
+}

@@ -1,0 +1,509 @@
+//! The node: one local entity's whole protocol state, as a sans-IO state machine.
+//!
+//! A [`Node`] composes everything below it: end-to-end sessions with many peers, the reliable
+//! stream to each, the links (WebSocket connections it opened or accepted), HTTP exchanges, the
+//! transport decision for every frame, relaying for other entities, mailboxes and topics.
+//!
+//! ## Driving it
+//!
+//! The driver owns sockets and clocks; the node owns every decision. The loop is:
+//!
+//! 1. Feed one input with the current time: an event from the network (`link_up`, `link_failed`,
+//!    `link_closed`, `accept_link`, `handle_frame`, `handle_http_response`,
+//!    `handle_http_failure`, `handle_http_request`), a command from the application (`send`,
+//!    `broadcast`, `request`, `respond`, `connect`, `disconnect`, `subscribe`, `unsubscribe`,
+//!    `publish`), or `handle_timeout` once the deadline from `poll_timeout` has passed.
+//! 2. Drain [`Node::poll_output`] until it returns `None`, carrying out each [`Output`]: write a
+//!    frame, open or close a link, make or answer an HTTP request, or hand an [`Event`] to the
+//!    application.
+//! 3. Sleep until [`Node::poll_timeout`] or the next input, whichever comes first.
+//!
+//! Nothing else is needed to run a peer, a relay, or both at once. All randomness comes from the
+//! RNG given to [`Node::new`] and all collections are ordered, so the same inputs with the same
+//! seed produce the same outputs, byte for byte.
+
+mod config;
+mod hops;
+mod io;
+mod links;
+mod peers;
+mod routing;
+mod stats;
+mod topics;
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand_core::CryptoRng;
+
+pub use config::NodeConfig;
+pub use io::{Event, HttpCall, HttpMethod, LinkId, LinkKind, Output, RequestId};
+pub use stats::TransportStats;
+
+use crate::error::UsageError;
+use crate::handshake::HandshakeConfig;
+use crate::identity::{Identity, PublicKey, TrustStore};
+use crate::ids::{EntityId, MessageId};
+use crate::message_type::MessageType;
+use crate::signed::SignedMessageGuard;
+use crate::stream::{FailReason, OutboxFull};
+use crate::time::Timestamp;
+use crate::timers::TimerQueue;
+
+use hops::Hop;
+use links::Link;
+use peers::PeerState;
+use routing::Mailboxes;
+use topics::Topics;
+
+/// Where a next-hop node is reached: its entity id and its HTTP base URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeAddr {
+    /// The node's entity id (it signs its `ERROR`s, `PONG`s and tokens).
+    pub entity: EntityId,
+    /// `http://host:port` or `https://host:port`; the WebSocket URL is derived from it.
+    pub base_url: String,
+}
+
+/// Options of one message (seed 000: `send_message(..., prefer_websocket)`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SendOptions {
+    /// `Some(true)`: WebSocket first for this message; `Some(false)`: HTTP first; `None`: the
+    /// node's preference. An `*_ONLY` preference is never overridden.
+    pub prefer_websocket: Option<bool>,
+}
+
+/// Why a message was not accepted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SendError {
+    /// The peer's outbox is full; retry once messages are delivered.
+    #[error(transparent)]
+    OutboxFull(#[from] OutboxFull),
+    /// The message exceeds the largest message the peer accepts.
+    #[error("message of {len} bytes exceeds the limit of {max}")]
+    TooLarge {
+        /// Its size.
+        len: usize,
+        /// The limit.
+        max: u64,
+    },
+    /// No route, link or mailbox leads to the peer, or it is not trusted.
+    #[error("no route to {0}")]
+    Unreachable(EntityId),
+    /// Too many peers or requests are tracked already.
+    #[error("limit reached: {0}")]
+    LimitReached(&'static str),
+    /// The request id names no request received from that peer.
+    #[error("no pending request {0} from that peer")]
+    UnknownRequest(MessageId),
+    /// The embedder misused the API.
+    #[error(transparent)]
+    Usage(#[from] UsageError),
+}
+
+/// What [`Node::broadcast`] did: the copies accepted, and the peers whose outbox refused one.
+pub type BroadcastResult = (Vec<(EntityId, MessageId)>, Vec<(EntityId, SendError)>);
+
+/// Keys of the node's timers: each object keeps one deadline, its earliest.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum Timer {
+    Peer(EntityId),
+    Link(LinkId),
+    Hop(EntityId),
+    Poll(EntityId),
+    Mailboxes,
+}
+
+/// One local entity's protocol state machine. See the [module docs](self) for the driving loop.
+pub struct Node {
+    config: NodeConfig,
+    handshake: HandshakeConfig,
+    identity: Arc<Identity>,
+    trust: TrustStore,
+    rng: Box<dyn CryptoRng + Send>,
+    next_id: u64,
+    links: BTreeMap<LinkId, Link>,
+    /// Inbound `/ws/v1/peers` links by the entity they authenticated as (the newest wins).
+    bound: BTreeMap<EntityId, LinkId>,
+    hops: BTreeMap<EntityId, Hop>,
+    routes: BTreeMap<EntityId, EntityId>,
+    default_route: Option<EntityId>,
+    peers: BTreeMap<EntityId, PeerState>,
+    mailboxes: Mailboxes,
+    /// Held long-polls by entity: the request and when to answer it empty.
+    polls: BTreeMap<EntityId, (RequestId, Timestamp)>,
+    /// Entities whose HTTP callers are rate limited, with their buckets.
+    http_rate: BTreeMap<EntityId, crate::rate_limit::TokenBucket>,
+    topics: Topics,
+    guard: SignedMessageGuard,
+    timers: TimerQueue<Timer>,
+    outputs: VecDeque<Output>,
+    events_queued: usize,
+    events_dropped: u64,
+    stats: TransportStats,
+    /// Envelope ids of recently sent frames → the peer they were for (to correlate `ERROR`s).
+    recent: BTreeMap<MessageId, EntityId>,
+    recent_order: VecDeque<MessageId>,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("identity", &self.identity)
+            .field("links", &self.links.len())
+            .field("peers", &self.peers.len())
+            .field("hops", &self.hops.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Envelope ids remembered for correlating `ERROR` replies.
+const RECENT_SENDS: usize = 4096;
+
+impl Node {
+    /// A node for `identity`, trusting the entities of `trust`, drawing all randomness from `rng`.
+    pub fn new(
+        config: NodeConfig,
+        identity: Identity,
+        trust: TrustStore,
+        rng: impl CryptoRng + Send + 'static,
+    ) -> Result<Self, UsageError> {
+        config.validate()?;
+        let handshake = HandshakeConfig::new(config.limits.clone(), config.capabilities.clone())?;
+        Ok(Self {
+            guard: SignedMessageGuard::new(&config.limits),
+            topics: Topics::default(),
+            mailboxes: Mailboxes::default(),
+            handshake,
+            identity: Arc::new(identity),
+            trust,
+            rng: Box::new(rng),
+            next_id: 1,
+            links: BTreeMap::new(),
+            bound: BTreeMap::new(),
+            hops: BTreeMap::new(),
+            routes: BTreeMap::new(),
+            default_route: None,
+            peers: BTreeMap::new(),
+            polls: BTreeMap::new(),
+            http_rate: BTreeMap::new(),
+            timers: TimerQueue::new(),
+            outputs: VecDeque::new(),
+            events_queued: 0,
+            events_dropped: 0,
+            stats: TransportStats::default(),
+            recent: BTreeMap::new(),
+            recent_order: VecDeque::new(),
+            config,
+        })
+    }
+
+    /// This node's entity id.
+    pub fn id(&self) -> &EntityId {
+        self.identity.id()
+    }
+
+    /// This node's public key.
+    pub fn public_key(&self) -> PublicKey {
+        self.identity.public_key()
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &NodeConfig {
+        &self.config
+    }
+
+    /// The trust store.
+    pub fn trust(&self) -> &TrustStore {
+        &self.trust
+    }
+
+    /// Adds or replaces a trusted entity.
+    pub fn trust_entity(&mut self, id: EntityId, key: PublicKey) {
+        self.trust.insert(id, key);
+    }
+
+    /// Makes `node` the next hop for `peer` (the node may be the peer itself: a direct route).
+    pub fn add_route(&mut self, peer: EntityId, node: NodeAddr) {
+        let hop = node.entity.clone();
+        self.ensure_hop(node);
+        self.routes.insert(peer, hop);
+    }
+
+    /// Makes `node` the next hop for every peer without a route of its own (a relay).
+    pub fn set_default_route(&mut self, node: NodeAddr) {
+        let hop = node.entity.clone();
+        self.ensure_hop(node);
+        self.default_route = Some(hop);
+    }
+
+    /// Transport counters over all peers.
+    pub fn stats(&self) -> &TransportStats {
+        &self.stats
+    }
+
+    /// Transport counters for one peer.
+    pub fn peer_stats(&self, peer: &EntityId) -> Option<&TransportStats> {
+        self.peers.get(peer).map(|p| &p.stats)
+    }
+
+    /// Whether a session with `peer` is established.
+    pub fn has_session(&self, peer: &EntityId) -> bool {
+        self.peers.get(peer).is_some_and(|p| p.session.is_some())
+    }
+
+    /// Messages waiting for acknowledgement by `peer`.
+    pub fn outbox_len(&self, peer: &EntityId) -> usize {
+        self.peers.get(peer).map_or(0, |p| p.send.messages())
+    }
+
+    /// Envelopes waiting in this node's mailboxes, over all entities.
+    pub fn mailbox_len(&self) -> usize {
+        self.mailboxes.len()
+    }
+
+    /// Bytes held in this node's mailboxes.
+    pub fn mailbox_bytes(&self) -> usize {
+        self.mailboxes.bytes()
+    }
+
+    /// Links currently open or opening.
+    pub fn link_count(&self) -> usize {
+        self.links.len()
+    }
+
+    /// A diagnostic dump of what this node holds for `peer` (stream positions, buffers); for
+    /// simulators and debugging, not a stable format.
+    #[doc(hidden)]
+    pub fn debug_peer(&self, peer: &EntityId) -> String {
+        match self.peers.get(peer) {
+            Some(p) => format!(
+                "session={:?} handshaking={} send(epoch={}, base={}, messages={}) recv={:?} partials={}",
+                p.session.as_ref().map(|s| s.id().clone()),
+                p.handshaking(),
+                p.send.epoch(),
+                p.send.base(),
+                p.send.messages(),
+                p.recv,
+                p.reassembly.partials(),
+            ),
+            None => "unknown".to_owned(),
+        }
+    }
+
+    /// The next output for the driver, or `None` when there is nothing left to do.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        let out = self.outputs.pop_front()?;
+        if matches!(out, Output::Event(_)) {
+            self.events_queued = self.events_queued.saturating_sub(1);
+        }
+        Some(out)
+    }
+
+    /// The earliest time [`Node::handle_timeout`] has work to do.
+    pub fn poll_timeout(&self) -> Option<Timestamp> {
+        self.timers.next()
+    }
+
+    /// Runs everything due at `now`.
+    pub fn handle_timeout(&mut self, now: Timestamp) {
+        // Bounded: each object's handler reschedules it strictly later or not at all.
+        let mut budget = self.timers.len().saturating_add(16);
+        while budget > 0 {
+            budget -= 1;
+            let Some(timer) = self.timers.pop_due(now) else { break };
+            match timer {
+                Timer::Peer(p) => self.on_peer_timer(now, &p),
+                Timer::Link(l) => self.on_link_timer(now, l),
+                Timer::Hop(h) => self.on_hop_timer(now, &h),
+                Timer::Poll(e) => self.on_poll_timer(now, &e),
+                Timer::Mailboxes => self.on_mailbox_timer(now),
+            }
+        }
+        self.finish(now);
+    }
+
+    fn next_link_id(&mut self) -> LinkId {
+        self.next_id = self.next_id.saturating_add(1);
+        LinkId(self.next_id)
+    }
+
+    fn next_request_id(&mut self) -> RequestId {
+        self.next_id = self.next_id.saturating_add(1);
+        RequestId(self.next_id)
+    }
+
+    fn emit(&mut self, output: Output) {
+        self.outputs.push_back(output);
+    }
+
+    /// Queues an event for the application; past `max_events` undrained events, new ones are
+    /// counted and dropped (reported once the application drains again).
+    fn event(&mut self, event: Event) {
+        if self.events_queued >= self.config.max_events {
+            self.events_dropped = self.events_dropped.saturating_add(1);
+            return;
+        }
+        if self.events_dropped > 0 {
+            let count = std::mem::take(&mut self.events_dropped);
+            self.events_queued = self.events_queued.saturating_add(1);
+            self.outputs.push_back(Output::Event(Event::EventsDropped { count }));
+        }
+        self.events_queued = self.events_queued.saturating_add(1);
+        self.outputs.push_back(Output::Event(event));
+    }
+
+    fn remember_sent(&mut self, envelope: &MessageId, peer: &EntityId) {
+        if self.recent.insert(envelope.clone(), peer.clone()).is_none() {
+            self.recent_order.push_back(envelope.clone());
+        }
+        while self.recent_order.len() > RECENT_SENDS {
+            if let Some(old) = self.recent_order.pop_front() {
+                self.recent.remove(&old);
+            }
+        }
+    }
+
+    /// Work every public entry point ends with: flush batched HTTP requests and reschedule.
+    fn finish(&mut self, now: Timestamp) {
+        self.flush_http_batches(now);
+    }
+
+    fn schedule(&mut self, timer: Timer, at: Option<Timestamp>) {
+        match at {
+            Some(at) => self.timers.set(timer, at),
+            None => {
+                self.timers.cancel(&timer);
+            }
+        }
+    }
+
+    // ----- application commands -----
+
+    /// Sends `payload` to `peer` as a `PEER_MESSAGE`. The message is accepted into the peer's
+    /// outbox (connecting and handshaking as needed); [`Event::Delivered`] or [`Event::Failed`]
+    /// follows.
+    pub fn send(
+        &mut self,
+        now: Timestamp,
+        peer: &EntityId,
+        payload: Vec<u8>,
+        options: SendOptions,
+    ) -> Result<MessageId, SendError> {
+        let r = self.enqueue(now, peer, MessageType::PeerMessage, None, payload, options);
+        self.finish(now);
+        r
+    }
+
+    /// Sends a `STATUS` message to `peer`.
+    pub fn send_status(
+        &mut self,
+        now: Timestamp,
+        peer: &EntityId,
+        payload: Vec<u8>,
+    ) -> Result<MessageId, SendError> {
+        let r = self.enqueue(now, peer, MessageType::Status, None, payload, SendOptions::default());
+        self.finish(now);
+        r
+    }
+
+    /// Sends one `BROADCAST` copy to every peer with an established session, each encrypted under
+    /// its own session. Returns the peers and message ids accepted, and the peers whose outbox
+    /// refused the copy.
+    pub fn broadcast(&mut self, now: Timestamp, payload: &[u8]) -> BroadcastResult {
+        let targets: Vec<EntityId> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.session.is_some())
+            .map(|(id, _)| id.clone())
+            .collect();
+        let (mut ok, mut failed) = (Vec::new(), Vec::new());
+        for peer in targets {
+            let options = SendOptions::default();
+            match self.enqueue(now, &peer, MessageType::Broadcast, None, payload.to_vec(), options)
+            {
+                Ok(id) => ok.push((peer, id)),
+                Err(e) => failed.push((peer, e)),
+            }
+        }
+        self.finish(now);
+        (ok, failed)
+    }
+
+    /// Sends a `TASK_REQUEST`; the answer arrives as [`Event::Response`], or
+    /// [`Event::RequestTimedOut`] after `timeout`.
+    pub fn request(
+        &mut self,
+        now: Timestamp,
+        peer: &EntityId,
+        payload: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<MessageId, SendError> {
+        let pending: usize = self.peers.values().map(|p| p.requests.len()).sum();
+        if pending >= self.config.max_pending_requests {
+            return Err(SendError::LimitReached("max_pending_requests"));
+        }
+        let options = SendOptions::default();
+        let r = self.enqueue(now, peer, MessageType::TaskRequest, None, payload, options);
+        if let (Ok(id), Some(p)) = (&r, self.peers.get_mut(peer)) {
+            p.requests.insert(id.clone(), now.saturating_add(timeout));
+            self.reschedule_peer(peer);
+        }
+        self.finish(now);
+        r
+    }
+
+    /// Answers a request received as [`Event::Request`] with a `TASK_RESPONSE`.
+    pub fn respond(
+        &mut self,
+        now: Timestamp,
+        peer: &EntityId,
+        request: &MessageId,
+        payload: Vec<u8>,
+    ) -> Result<MessageId, SendError> {
+        let options = SendOptions::default();
+        let kind = MessageType::TaskResponse;
+        let r = self.enqueue(now, peer, kind, Some(request.clone()), payload, options);
+        self.finish(now);
+        r
+    }
+
+    /// Opens the WebSocket link toward `peer` now and starts the handshake, instead of waiting
+    /// for the first message (seed 000: `init_websocket_connection`).
+    pub fn connect(&mut self, now: Timestamp, peer: &EntityId) -> Result<(), SendError> {
+        let hop = self.route_of(peer).ok_or_else(|| SendError::Unreachable(peer.clone()))?;
+        if let Some(h) = self.hops.get_mut(&hop) {
+            h.wanted = true;
+        }
+        self.ensure_ws(now, &hop);
+        self.ensure_peer(peer)?;
+        self.flush_peer(now, peer);
+        self.finish(now);
+        Ok(())
+    }
+
+    /// Closes the WebSocket link toward `peer` and stops reconnecting it (seed 000:
+    /// `close_websocket_connection`). Sessions stay; traffic moves to HTTP if allowed.
+    pub fn disconnect(&mut self, now: Timestamp, peer: &EntityId) {
+        if let Some(hop) = self.route_of(peer) {
+            self.close_hop_ws(now, &hop);
+        }
+        self.finish(now);
+    }
+
+    /// Gives up on every message to `peer`, forgets its session, and reports them failed.
+    pub fn close_peer(&mut self, now: Timestamp, peer: &EntityId) {
+        if let Some(mut p) = self.peers.remove(peer) {
+            for id in p.send.fail_all() {
+                self.event(Event::Failed { to: peer.clone(), id, reason: FailReason::Closed });
+            }
+            self.timers.cancel(&Timer::Peer(peer.clone()));
+        }
+        self.finish(now);
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,830 @@
+//! Per-peer state: the handshake, the session, the reliable stream, reassembly, tasks, and
+//! session resume (spec §"Delivery" and §"Recovery").
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use serde_json::json;
+
+use super::links::Source;
+use super::stats::TransportStats;
+use super::{Event, Node, SendError, SendOptions, Timer};
+use crate::backoff::Backoff;
+use crate::capabilities::Transport;
+use crate::chunking::{Chunk, Reassembler, split};
+use crate::encoding::{b64u, decode_b64u_array};
+use crate::envelope::{Envelope, NONCE_LEN, PROTOCOL_VERSION, Payload};
+use crate::error::{ErrorCode, ProtocolError, UsageError};
+use crate::handshake::{HandshakeOutput, Initiator, Responder};
+use crate::ids::{EntityId, MessageId};
+use crate::message_type::MessageType;
+use crate::session::Session;
+use crate::signed::ErrorBody;
+use crate::stream::{
+    ChunkHeader, FailReason, FrameSpec, InFrame, OutgoingMessage, Received, RecvStreams,
+    SendStream, StreamControl, decode_data,
+};
+use crate::time::Timestamp;
+
+/// Context of the proof in `SESSION_RESUME`, followed by the envelope's nonce.
+const RESUME_REQUEST: &[u8] = b"request";
+/// Context of the proof in `SESSION_RESUMED`, followed by the request's nonce.
+const RESUME_RESPONSE: &[u8] = b"response";
+
+/// Everything this node keeps about one remote peer.
+pub(super) struct PeerState {
+    pub session: Option<Session>,
+    pub initiator: Option<Initiator>,
+    pub responder: Option<Responder>,
+    pub handshake_out: Option<Envelope>,
+    pub next_handshake_at: Option<Timestamp>,
+    pub handshake_backoff: Backoff,
+    pub send: SendStream,
+    pub recv: RecvStreams,
+    pub reassembly: Reassembler,
+    pub ack_due: Option<Timestamp>,
+    pub ack_epochs: BTreeSet<u64>,
+    pub prefs: BTreeMap<MessageId, Option<bool>>,
+    /// Requests this node sent, with their deadlines.
+    pub requests: BTreeMap<MessageId, Timestamp>,
+    /// Requests received and not yet answered.
+    pub inbound_requests: BTreeSet<MessageId>,
+    /// A `SESSION_RESUME` sent and not yet answered: its id and nonce.
+    pub resume: Option<(MessageId, [u8; NONCE_LEN])>,
+    /// The last flush stopped at a frame waiting for a WebSocket link.
+    pub blocked: bool,
+    pub stats: TransportStats,
+}
+
+impl PeerState {
+    /// Whether this side has something the peer must hear: messages, or a `forward` for
+    /// messages it gave up. Either way a session is needed.
+    pub fn needs_session(&self) -> bool {
+        self.send.messages() > 0 || self.send.forward_needed()
+    }
+
+    pub fn handshaking(&self) -> bool {
+        self.initiator.is_some() || self.responder.is_some() || self.handshake_out.is_some()
+    }
+
+    fn deadline(&self, config: &super::NodeConfig) -> Option<Timestamp> {
+        // Frames waiting for a link are woken by the link, not by the clock; until then only
+        // their send timeouts count.
+        let data = if self.session.is_some() && !self.blocked {
+            self.send.next_deadline(&config.stream)
+        } else {
+            self.send.next_expiry()
+        };
+        [
+            data,
+            self.session.as_ref().and(self.ack_due),
+            self.reassembly.next_expiry(),
+            self.requests.values().min().copied(),
+            self.initiator.as_ref().and_then(Initiator::poll_timeout),
+            self.responder.as_ref().and_then(Responder::poll_timeout),
+            self.next_handshake_at
+                .filter(|_| self.session.is_none() && !self.handshaking() && self.needs_session()),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+}
+
+/// Compares two byte strings without an early exit.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+impl Node {
+    pub(super) fn ensure_peer(&mut self, peer: &EntityId) -> Result<(), SendError> {
+        if self.peers.contains_key(peer) {
+            return Ok(());
+        }
+        if self.peers.len() >= self.config.max_peers {
+            return Err(SendError::LimitReached("max_peers"));
+        }
+        let epoch = 1 + self.rng.next_u64() % crate::canonical::MAX_SAFE_INTEGER;
+        let state = PeerState {
+            session: None,
+            initiator: None,
+            responder: None,
+            handshake_out: None,
+            next_handshake_at: None,
+            handshake_backoff: Backoff::new(self.config.reconnect.clone()),
+            send: SendStream::new(epoch),
+            recv: RecvStreams::default(),
+            reassembly: Reassembler::new(self.config.reassembly.clone()),
+            ack_due: None,
+            ack_epochs: BTreeSet::new(),
+            prefs: BTreeMap::new(),
+            requests: BTreeMap::new(),
+            inbound_requests: BTreeSet::new(),
+            resume: None,
+            blocked: false,
+            stats: TransportStats::default(),
+        };
+        self.peers.insert(peer.clone(), state);
+        Ok(())
+    }
+
+    fn reachable(&self, peer: &EntityId) -> bool {
+        self.bound.contains_key(peer)
+            || self.route_of(peer).is_some()
+            || self.trust.get(peer).is_some()
+            || self.peers.get(peer).is_some_and(|p| p.session.is_some())
+    }
+
+    /// Accepts an application message into `peer`'s outbox and starts sending it.
+    pub(super) fn enqueue(
+        &mut self,
+        now: Timestamp,
+        peer: &EntityId,
+        kind: MessageType,
+        reply_to: Option<MessageId>,
+        payload: Vec<u8>,
+        options: SendOptions,
+    ) -> Result<MessageId, SendError> {
+        if peer == self.identity.id() {
+            return Err(UsageError::InvalidId {
+                kind: "entity id",
+                reason: "cannot send to itself",
+            }
+            .into());
+        }
+        if !self.reachable(peer) {
+            return Err(SendError::Unreachable(peer.clone()));
+        }
+        let max = self.config.reassembly.max_message_bytes;
+        if u64::try_from(payload.len()).unwrap_or(u64::MAX) > max {
+            return Err(SendError::TooLarge { len: payload.len(), max });
+        }
+        if let Some(request) = &reply_to
+            && !self.peers.get(peer).is_some_and(|p| p.inbound_requests.contains(request))
+        {
+            return Err(SendError::UnknownRequest(request.clone()));
+        }
+        self.ensure_peer(peer)?;
+        let id = MessageId::random(&mut *self.rng);
+        let frames = if payload.len() > self.config.chunk_threshold {
+            let total = u64::try_from(payload.len()).unwrap_or(u64::MAX);
+            split(&id, &payload, self.config.chunk_size)
+                .into_iter()
+                .map(|c| FrameSpec {
+                    message_type: MessageType::ChunkedMessage,
+                    message_id: MessageId::random(&mut *self.rng),
+                    reply_to: reply_to.clone(),
+                    chunk: Some(ChunkHeader {
+                        id: id.clone(),
+                        seq: c.sequence_number,
+                        last: c.is_last,
+                        total,
+                        message_type: kind,
+                    }),
+                    body: c.data,
+                })
+                .collect()
+        } else {
+            vec![FrameSpec {
+                message_type: kind,
+                message_id: id.clone(),
+                reply_to: reply_to.clone(),
+                chunk: None,
+                body: payload,
+            }]
+        };
+        let Some(p) = self.peers.get_mut(peer) else {
+            return Err(SendError::Unreachable(peer.clone()));
+        };
+        p.send.push(OutgoingMessage { id: id.clone(), frames }, now, &self.config.stream)?;
+        p.prefs.insert(id.clone(), options.prefer_websocket);
+        if let Some(request) = &reply_to {
+            p.inbound_requests.remove(request);
+        }
+        self.flush_peer(now, peer);
+        Ok(id)
+    }
+
+    /// Reports one message failed and removes it from the outbox.
+    pub(super) fn fail_message(
+        &mut self,
+        now: Timestamp,
+        peer: &EntityId,
+        id: &MessageId,
+        reason: FailReason,
+    ) {
+        let Some(p) = self.peers.get_mut(peer) else { return };
+        if p.send.fail(id) {
+            p.prefs.remove(id);
+            p.requests.remove(id);
+            p.stats.failures = p.stats.failures.saturating_add(1);
+            self.stats.failures = self.stats.failures.saturating_add(1);
+            self.event(Event::Failed { to: peer.clone(), id: id.clone(), reason });
+            // The peer may be waiting for the frames given up: tell it where the stream stands.
+            self.flush_peer(now, peer);
+        }
+    }
+
+    fn fail_all(&mut self, peer: &EntityId, reason: FailReason) {
+        let Some(p) = self.peers.get_mut(peer) else { return };
+        let ids = p.send.fail_all();
+        p.prefs.clear();
+        let n = u64::try_from(ids.len()).unwrap_or(u64::MAX);
+        p.stats.failures = p.stats.failures.saturating_add(n);
+        self.stats.failures = self.stats.failures.saturating_add(n);
+        for id in ids {
+            self.event(Event::Failed { to: peer.clone(), id, reason });
+        }
+    }
+
+    /// Sends whatever `peer` has due: a handshake message, data frames, acknowledgements.
+    pub(super) fn flush_peer(&mut self, now: Timestamp, peer: &EntityId) {
+        if self.peers.get(peer).is_some_and(|p| p.session.is_none()) {
+            self.flush_handshake(now, peer);
+        } else {
+            self.flush_data(now, peer);
+            self.flush_control(now, peer);
+        }
+        self.reschedule_peer(peer);
+    }
+
+    fn flush_handshake(&mut self, now: Timestamp, peer: &EntityId) {
+        let Some(p) = self.peers.get_mut(peer) else { return };
+        let start =
+            !p.handshaking() && p.needs_session() && p.next_handshake_at.is_none_or(|t| t <= now);
+        if start {
+            match Initiator::start(
+                Arc::clone(&self.identity),
+                peer.clone(),
+                &self.trust,
+                self.handshake.clone(),
+                now,
+                &mut *self.rng,
+            ) {
+                Ok((initiator, init)) => {
+                    p.initiator = Some(initiator);
+                    p.handshake_out = Some(init);
+                    p.next_handshake_at = None;
+                }
+                Err(_) => {
+                    self.fail_all(peer, FailReason::Unreachable);
+                    return;
+                }
+            }
+        }
+        let Some(env) = self.peers.get_mut(peer).and_then(|p| p.handshake_out.take()) else {
+            return;
+        };
+        let frame: Arc<[u8]> = Arc::from(env.encode());
+        let preference = self.config.preference;
+        match self.send_frame_to(now, peer, frame, preference, None) {
+            super::hops::HopSend::Sent => self.remember_sent(&env.message_id, peer),
+            super::hops::HopSend::Wait => {
+                if let Some(p) = self.peers.get_mut(peer) {
+                    p.handshake_out = Some(env);
+                }
+            }
+            super::hops::HopSend::Failed => {
+                if let Some(p) = self.peers.get_mut(peer) {
+                    p.initiator = None;
+                }
+                self.fail_all(peer, FailReason::Unreachable);
+            }
+        }
+    }
+
+    fn flush_data(&mut self, now: Timestamp, peer: &EntityId) {
+        let due = match self.peers.get_mut(peer) {
+            Some(p) => {
+                p.blocked = false;
+                p.send.due(now, &self.config.stream)
+            }
+            None => return,
+        };
+        for no in due {
+            let Some(p) = self.peers.get_mut(peer) else { return };
+            let Some((kind, message_id, plaintext)) = p.send.plaintext(no) else { continue };
+            let Some(logical) = p.send.logical_of(no).cloned() else { continue };
+            let prefer = p.prefs.get(&logical).copied().flatten();
+            let preference = self.config.preference.for_message(prefer);
+            let Some(session) = p.session.as_mut() else { return };
+            let sealed = session.seal(kind, message_id.clone(), &plaintext, now);
+            let env = match sealed {
+                Ok(env) => env,
+                Err(_) => {
+                    self.fail_message(now, peer, &logical, FailReason::Rejected);
+                    continue;
+                }
+            };
+            let frame: Arc<[u8]> = Arc::from(env.encode());
+            let owner = Some((peer.clone(), logical.clone()));
+            match self.send_frame_to(now, peer, frame, preference, owner) {
+                super::hops::HopSend::Sent => {
+                    if let Some(p) = self.peers.get_mut(peer) {
+                        p.send.on_sent(no, now, &self.config.stream);
+                    }
+                    self.remember_sent(&message_id, peer);
+                }
+                super::hops::HopSend::Wait => {
+                    if let Some(p) = self.peers.get_mut(peer) {
+                        p.blocked = true;
+                    }
+                    break;
+                }
+                super::hops::HopSend::Failed => {
+                    self.fail_message(now, peer, &logical, FailReason::Rejected);
+                }
+            }
+        }
+    }
+
+    /// Sends acknowledgements that are due, and a `forward` announcement when needed.
+    fn flush_control(&mut self, now: Timestamp, peer: &EntityId) {
+        let Some(p) = self.peers.get_mut(peer) else { return };
+        let mut controls = Vec::new();
+        if p.ack_due.is_some_and(|t| t <= now) {
+            p.ack_due = None;
+            for epoch in std::mem::take(&mut p.ack_epochs) {
+                controls.push(StreamControl { ack: p.recv.ack(epoch), forward: None });
+            }
+        }
+        if let Some(forward) = p.send.poll_forward(now, &self.config.stream) {
+            match controls.first_mut() {
+                Some(c) => c.forward = Some(forward),
+                None => controls.push(StreamControl { ack: None, forward: Some(forward) }),
+            }
+        }
+        for control in controls {
+            let id = MessageId::random(&mut *self.rng);
+            let Some(session) = self.peers.get_mut(peer).and_then(|p| p.session.as_mut()) else {
+                return;
+            };
+            let Ok(env) = session.seal(MessageType::Ack, id, &control.encode(), now) else {
+                continue;
+            };
+            let preference = self.config.preference;
+            let _ = self.send_frame_to(now, peer, Arc::from(env.encode()), preference, None);
+        }
+    }
+
+    pub(super) fn reschedule_peer(&mut self, peer: &EntityId) {
+        let at = self.peers.get(peer).and_then(|p| p.deadline(&self.config));
+        self.schedule(Timer::Peer(peer.clone()), at);
+    }
+
+    pub(super) fn on_peer_timer(&mut self, now: Timestamp, peer: &EntityId) {
+        let Some(p) = self.peers.get_mut(peer) else { return };
+        // Handshake deadlines.
+        let failed = [
+            p.initiator.as_mut().map(|i| i.handle_timeout(now)),
+            p.responder.as_mut().map(|r| r.handle_timeout(now)),
+        ];
+        if failed.iter().flatten().any(Result::is_err) {
+            self.handshake_failed(now, peer, ErrorCode::Timeout);
+        }
+        let Some(p) = self.peers.get_mut(peer) else { return };
+        // Send timeouts.
+        let expired = p.send.expire(now);
+        let n = u64::try_from(expired.len()).unwrap_or(u64::MAX);
+        p.stats.failures = p.stats.failures.saturating_add(n);
+        self.stats.failures = self.stats.failures.saturating_add(n);
+        for id in expired {
+            if let Some(p) = self.peers.get_mut(peer) {
+                p.prefs.remove(&id);
+                p.requests.remove(&id);
+            }
+            self.event(Event::Failed { to: peer.clone(), id, reason: FailReason::Timeout });
+        }
+        let Some(p) = self.peers.get_mut(peer) else { return };
+        // Partial chunked messages too old to finish.
+        let stale = p.reassembly.expire(now);
+        // Requests past their deadline.
+        let late: Vec<MessageId> =
+            p.requests.iter().filter(|(_, t)| **t <= now).map(|(id, _)| id.clone()).collect();
+        for id in &late {
+            p.requests.remove(id);
+        }
+        if !stale.is_empty() {
+            self.event(Event::Error { peer: Some(peer.clone()), code: ErrorCode::Timeout });
+        }
+        for request in late {
+            self.event(Event::RequestTimedOut { to: peer.clone(), request });
+        }
+        self.flush_peer(now, peer);
+    }
+
+    fn handshake_failed(&mut self, now: Timestamp, peer: &EntityId, code: ErrorCode) {
+        let Some(p) = self.peers.get_mut(peer) else { return };
+        p.initiator = None;
+        p.responder = None;
+        p.handshake_out = None;
+        let delay = p.handshake_backoff.next_delay(&mut *self.rng);
+        p.next_handshake_at = Some(now.saturating_add(delay));
+        self.event(Event::Error { peer: Some(peer.clone()), code });
+        self.reschedule_peer(peer);
+    }
+
+    fn install_session(&mut self, now: Timestamp, peer: &EntityId, session: Session) {
+        let Some(p) = self.peers.get_mut(peer) else { return };
+        let id = session.id().clone();
+        p.session = Some(session);
+        p.initiator = None;
+        p.responder = None;
+        p.handshake_out = None;
+        p.next_handshake_at = None;
+        p.resume = None;
+        p.handshake_backoff.reset();
+        // Everything unacknowledged goes again under the new session.
+        p.send.retransmit_all(now);
+        p.stats.handshakes = p.stats.handshakes.saturating_add(1);
+        self.stats.handshakes = self.stats.handshakes.saturating_add(1);
+        self.event(Event::SessionEstablished { peer: peer.clone(), session: id });
+        self.flush_peer(now, peer);
+    }
+
+    /// Forgets the session with `peer`; the next flush starts a new handshake.
+    fn lose_session(&mut self, now: Timestamp, peer: &EntityId, reason: ErrorCode) {
+        let Some(p) = self.peers.get_mut(peer) else { return };
+        if p.session.take().is_none() {
+            return;
+        }
+        p.resume = None;
+        p.send.retransmit_all(now);
+        self.event(Event::SessionLost { peer: peer.clone(), reason });
+        self.flush_peer(now, peer);
+    }
+
+    fn send_handshake_reply(&mut self, now: Timestamp, peer: &EntityId, env: Envelope) {
+        let preference = self.config.preference;
+        let frame: Arc<[u8]> = Arc::from(env.encode());
+        if self.send_frame_to(now, peer, frame, preference, None) == super::hops::HopSend::Wait
+            && let Some(p) = self.peers.get_mut(peer)
+        {
+            p.handshake_out = Some(env);
+        }
+    }
+
+    /// A handshake message addressed to this node.
+    pub(super) fn on_handshake(&mut self, now: Timestamp, source: &Source, env: Envelope) {
+        let peer = env.sender_id.clone();
+        if env.message_type == MessageType::HandshakeInit {
+            if self.ensure_peer(&peer).is_err() {
+                self.answer(now, source, &env, ErrorCode::InternalError);
+                return;
+            }
+            // Simultaneous open: the handshake started by the smaller entity id wins.
+            if self.peers.get(&peer).is_some_and(|p| p.initiator.is_some())
+                && self.identity.id() < &peer
+            {
+                return;
+            }
+            match Responder::accept(
+                Arc::clone(&self.identity),
+                &self.trust,
+                self.handshake.clone(),
+                &env,
+                now,
+                &mut *self.rng,
+            ) {
+                Ok((responder, ack)) => {
+                    if let Some(p) = self.peers.get_mut(&peer) {
+                        p.initiator = None;
+                        p.handshake_out = None;
+                        p.responder = Some(responder);
+                    }
+                    self.send_handshake_reply(now, &peer, ack);
+                }
+                Err(e) => self.answer(now, source, &env, e.code()),
+            }
+            self.reschedule_peer(&peer);
+            return;
+        }
+        let Some(p) = self.peers.get_mut(&peer) else {
+            self.answer(now, source, &env, ErrorCode::InvalidState);
+            return;
+        };
+        let result = match env.message_type {
+            MessageType::HandshakeInitAck
+            | MessageType::SessionEstablished
+            | MessageType::Ready => {
+                p.initiator.as_mut().map(|i| i.handle(&env, now, &mut *self.rng))
+            }
+            _ => p.responder.as_mut().map(|r| r.handle(&env, now, &mut *self.rng)),
+        };
+        match result {
+            None => self.answer(now, source, &env, ErrorCode::InvalidState),
+            Some(Ok(HandshakeOutput::Send(reply))) => self.send_handshake_reply(now, &peer, reply),
+            Some(Ok(HandshakeOutput::Complete { send, session })) => {
+                if let Some(ready) = send {
+                    self.send_handshake_reply(now, &peer, ready);
+                }
+                self.install_session(now, &peer, *session);
+            }
+            Some(Err(e)) => {
+                let code = e.code();
+                if !matches!(e, ProtocolError::PeerReported { .. }) {
+                    self.answer(now, source, &env, code);
+                }
+                self.handshake_failed(now, &peer, code);
+            }
+        }
+        self.reschedule_peer(&peer);
+    }
+
+    /// A session message addressed to this node.
+    pub(super) fn on_session(&mut self, now: Timestamp, source: &Source, env: Envelope) {
+        let peer = env.sender_id.clone();
+        let transport = match source {
+            Source::Link(_) => Transport::WebSocket,
+            Source::Http(_) | Source::Hop(_) => Transport::Http,
+        };
+        let opened = match self.peers.get_mut(&peer).and_then(|p| p.session.as_mut()) {
+            Some(session) if Some(session.id()) == env.session_id.as_ref() => {
+                session.open(&env, now)
+            }
+            _ => Err(ProtocolError::WrongSession),
+        };
+        let opened = match opened {
+            Ok(o) => o,
+            Err(e) => {
+                self.answer(now, source, &env, e.code());
+                return;
+            }
+        };
+        let Some(p) = self.peers.get_mut(&peer) else { return };
+        p.stats.received(transport, opened.plaintext.len());
+        match opened.message_type {
+            MessageType::Ack => match StreamControl::decode(&opened.plaintext) {
+                Ok(control) => self.on_control(now, &peer, control),
+                Err(e) => self.answer(now, source, &env, e.code()),
+            },
+            MessageType::CapabilityExchange => {}
+            _ => {
+                let (header, body) = match decode_data(&opened.plaintext) {
+                    Ok(v) => v,
+                    Err(e) => {
+                        self.answer(now, source, &env, e.code());
+                        return;
+                    }
+                };
+                let epoch = header.epoch;
+                let frame = InFrame {
+                    message_type: opened.message_type,
+                    message_id: opened.message_id,
+                    header,
+                    body: body.to_vec(),
+                };
+                let received = p.recv.accept(frame, &self.config.stream);
+                if received != Received::Dropped {
+                    p.ack_epochs.insert(epoch);
+                    let due = now.saturating_add(self.config.stream.ack_delay);
+                    p.ack_due = Some(p.ack_due.map_or(due, |d| d.min(due)));
+                }
+                if let Received::Deliver(frames) = received {
+                    self.deliver_frames(now, &peer, frames);
+                }
+            }
+        }
+        self.flush_peer(now, &peer);
+    }
+
+    fn on_control(&mut self, now: Timestamp, peer: &EntityId, control: StreamControl) {
+        let Some(p) = self.peers.get_mut(peer) else { return };
+        if let Some(ack) = control.ack {
+            let done = p.send.on_ack(&ack, now);
+            if let Some(rtt) = p.send.srtt() {
+                p.stats.last_rtt = Some(rtt);
+                self.stats.last_rtt = Some(rtt);
+            }
+            for id in done {
+                if let Some(p) = self.peers.get_mut(peer) {
+                    p.prefs.remove(&id);
+                }
+                self.event(Event::Delivered { to: peer.clone(), id });
+            }
+        }
+        if let Some(forward) = control.forward
+            && let Some(p) = self.peers.get_mut(peer)
+        {
+            let received = p.recv.forward(forward, &self.config.stream);
+            p.ack_epochs.insert(forward.epoch);
+            p.ack_due = Some(now);
+            if let Received::Deliver(frames) = received {
+                self.deliver_frames(now, peer, frames);
+            }
+        }
+    }
+
+    fn deliver_frames(&mut self, now: Timestamp, peer: &EntityId, frames: Vec<InFrame>) {
+        for f in frames {
+            match f.header.chunk {
+                Some(c) => {
+                    let Some(p) = self.peers.get_mut(peer) else { return };
+                    let chunk = Chunk {
+                        chunk_id: c.id.clone(),
+                        sequence_number: c.seq,
+                        is_last: c.last,
+                        total_len: c.total,
+                        data: f.body,
+                    };
+                    match p.reassembly.insert(chunk, now) {
+                        Ok(Some(message)) => self.deliver_message(
+                            peer,
+                            c.message_type,
+                            c.id,
+                            f.header.reply_to,
+                            message,
+                        ),
+                        Ok(None) => {}
+                        Err(e) => {
+                            self.event(Event::Error { peer: Some(peer.clone()), code: e.code() })
+                        }
+                    }
+                }
+                None => self.deliver_message(
+                    peer,
+                    f.message_type,
+                    f.message_id,
+                    f.header.reply_to,
+                    f.body,
+                ),
+            }
+        }
+    }
+
+    fn deliver_message(
+        &mut self,
+        peer: &EntityId,
+        kind: MessageType,
+        id: MessageId,
+        reply_to: Option<MessageId>,
+        payload: Vec<u8>,
+    ) {
+        let from = peer.clone();
+        match kind {
+            MessageType::PeerMessage | MessageType::Broadcast | MessageType::Status => {
+                self.event(Event::Message { from, id, kind, payload })
+            }
+            MessageType::TaskRequest => {
+                let max = self.config.max_pending_requests;
+                if let Some(p) = self.peers.get_mut(peer) {
+                    if p.inbound_requests.len() >= max {
+                        p.inbound_requests.pop_first();
+                    }
+                    p.inbound_requests.insert(id.clone());
+                }
+                self.event(Event::Request { from, id, payload })
+            }
+            MessageType::TaskResponse => {
+                let pending = reply_to.and_then(|r| {
+                    self.peers.get_mut(peer).and_then(|p| p.requests.remove_entry(&r))
+                });
+                if let Some((request, _)) = pending {
+                    self.event(Event::Response { from, request, payload });
+                }
+            }
+            _ => self.event(Event::Error { peer: Some(from), code: ErrorCode::InvalidMessage }),
+        }
+    }
+
+    /// An `ERROR` from a peer or a next hop.
+    pub(super) fn on_error(&mut self, now: Timestamp, env: &Envelope) {
+        let Ok(body) = ErrorBody::parse(&env.payload) else { return };
+        let sender = env.sender_id.clone();
+        // An error during our handshake with the sender ends that handshake.
+        if let Some(p) = self.peers.get_mut(&sender)
+            && let Some(i) = p.initiator.as_mut()
+        {
+            if let Err(e) = i.handle(env, now, &mut *self.rng) {
+                self.handshake_failed(now, &sender, e.code());
+            }
+            return;
+        }
+        let about = body.in_reply_to.as_ref().and_then(|id| self.recent.get(id)).cloned();
+        match body.code {
+            ErrorCode::SessionNotFound | ErrorCode::SessionExpired => {
+                let target = if self.peers.get(&sender).is_some_and(|p| p.session.is_some()) {
+                    Some(sender.clone())
+                } else {
+                    about.clone()
+                };
+                if let Some(peer) = target {
+                    self.lose_session(now, &peer, body.code);
+                }
+            }
+            ErrorCode::UnknownRecipient => {
+                if let Some(peer) = about.clone() {
+                    if let Some(p) = self.peers.get_mut(&peer) {
+                        p.initiator = None;
+                        p.handshake_out = None;
+                    }
+                    self.fail_all(&peer, FailReason::Unreachable);
+                }
+            }
+            _ => {}
+        }
+        self.event(Event::Error { peer: Some(about.unwrap_or(sender)), code: body.code });
+    }
+
+    /// After a WebSocket link to `hop` came back: asks each peer behind it to resume its
+    /// session, proving possession of the resumption secret.
+    pub(super) fn resume_sessions_via(&mut self, now: Timestamp, hop: &EntityId) {
+        for peer in self.peers_via(hop) {
+            let mut nonce = [0u8; NONCE_LEN];
+            self.rng.fill_bytes(&mut nonce);
+            let message_id = MessageId::random(&mut *self.rng);
+            let Some(p) = self.peers.get_mut(&peer) else { continue };
+            let Some(session) = p.session.as_ref() else { continue };
+            if !session.capabilities().resume {
+                continue;
+            }
+            let proof = session.resumption_proof(&[RESUME_REQUEST, &nonce].concat());
+            let mut env = Envelope {
+                message_id: message_id.clone(),
+                message_type: MessageType::SessionResume,
+                version: PROTOCOL_VERSION.to_owned(),
+                timestamp: now,
+                seq: 0,
+                session_id: Some(session.id().clone()),
+                sender_id: self.identity.id().clone(),
+                recipient_id: Some(peer.clone()),
+                payload: Payload::trusted(json!({"proof": b64u(&proof)})),
+                nonce,
+                signature: None,
+            };
+            env.sign(&self.identity);
+            p.resume = Some((message_id, nonce));
+            let preference = self.config.preference;
+            let _ = self.send_frame_to(now, &peer, Arc::from(env.encode()), preference, None);
+        }
+    }
+
+    /// `SESSION_RESUME` from a peer (already signature- and replay-checked).
+    pub(super) fn on_resume(&mut self, now: Timestamp, source: &Source, env: &Envelope) {
+        let peer = env.sender_id.clone();
+        let proof = env.payload.value().get("proof").and_then(|v| v.as_str());
+        let proof = proof.and_then(|p| decode_b64u_array::<32>("proof", p).ok());
+        let session = self.peers.get(&peer).and_then(|p| p.session.as_ref());
+        let Some(session) = session.filter(|s| Some(s.id()) == env.session_id.as_ref()) else {
+            self.answer(now, source, env, ErrorCode::SessionNotFound);
+            return;
+        };
+        let expected = session.resumption_proof(&[RESUME_REQUEST, &env.nonce].concat());
+        if !proof.is_some_and(|p| constant_time_eq(&p, &expected)) {
+            self.answer(now, source, env, ErrorCode::AuthenticationFailed);
+            return;
+        }
+        let answer = session.resumption_proof(&[RESUME_RESPONSE, &env.nonce].concat());
+        let session_id = session.id().clone();
+        let payload = Payload::trusted(json!({
+            "proof": b64u(&answer),
+            "in_reply_to": env.message_id.as_str(),
+        }));
+        let reply = crate::signed::signed_message(
+            &self.identity,
+            MessageType::SessionResumed,
+            Some(peer.clone()),
+            Some(session_id.clone()),
+            payload,
+            now,
+            &mut *self.rng,
+        );
+        if let Ok(reply) = reply {
+            let preference = self.config.preference;
+            let _ = self.send_frame_to(now, &peer, Arc::from(reply.encode()), preference, None);
+        }
+        self.resumed(now, &peer, session_id);
+    }
+
+    /// `SESSION_RESUMED` from a peer (already signature- and replay-checked).
+    pub(super) fn on_resumed(&mut self, now: Timestamp, env: &Envelope) {
+        let peer = env.sender_id.clone();
+        let Some(p) = self.peers.get_mut(&peer) else { return };
+        let (Some((request, nonce)), Some(session)) = (p.resume.as_ref(), p.session.as_ref())
+        else {
+            return;
+        };
+        let answers = env.payload.value().get("in_reply_to").and_then(|v| v.as_str());
+        let proof = env.payload.value().get("proof").and_then(|v| v.as_str());
+        let proof = proof.and_then(|p| decode_b64u_array::<32>("proof", p).ok());
+        let expected = session.resumption_proof(&[RESUME_RESPONSE, nonce.as_slice()].concat());
+        if answers != Some(request.as_str())
+            || !proof.is_some_and(|p| constant_time_eq(&p, &expected))
+        {
+            return;
+        }
+        let session_id = session.id().clone();
+        p.resume = None;
+        self.resumed(now, &peer, session_id);
+    }
+
+    fn resumed(&mut self, now: Timestamp, peer: &EntityId, session: crate::ids::SessionId) {
+        if let Some(p) = self.peers.get_mut(peer) {
+            p.send.retransmit_all(now);
+            p.stats.resumes = p.stats.resumes.saturating_add(1);
+        }
+        self.stats.resumes = self.stats.resumes.saturating_add(1);
+        self.event(Event::SessionResumed { peer: peer.clone(), session });
+        self.flush_peer(now, peer);
+    }
+}

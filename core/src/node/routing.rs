@@ -1,0 +1,429 @@
+//! Frames in: checks, relaying to other entities, mailboxes for offline entities, and this
+//! node's HTTP server side (spec §"Routing").
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+
+use serde_json::json;
+
+use super::links::Source;
+use super::{HttpCall, Node, Output, RequestId, Timer};
+use crate::capabilities::Transport;
+use crate::envelope::{Envelope, Payload};
+use crate::error::ErrorCode;
+use crate::identity::{PublicKey, TrustPolicy};
+use crate::ids::{EntityId, MessageId};
+use crate::message_type::{MessageClass, MessageType};
+use crate::rate_limit::TokenBucket;
+use crate::signed::{error_message, signed_message};
+use crate::time::Timestamp;
+use crate::transport::TransportPreference;
+
+/// One entity's mailbox: frames with the time they expire, oldest first.
+type Mailbox = VecDeque<(Timestamp, Arc<[u8]>)>;
+
+/// Envelopes held for entities that are not connected, bounded per entity and in total.
+#[derive(Debug, Default)]
+pub(super) struct Mailboxes {
+    boxes: BTreeMap<EntityId, Mailbox>,
+    bytes: usize,
+    count: usize,
+}
+
+impl Mailboxes {
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    fn push(
+        &mut self,
+        entity: &EntityId,
+        frame: Arc<[u8]>,
+        expires: Timestamp,
+        max_messages: usize,
+        max_bytes: usize,
+        max_boxes: usize,
+    ) -> Result<(), ErrorCode> {
+        if !self.boxes.contains_key(entity) && self.boxes.len() >= max_boxes {
+            return Err(ErrorCode::MailboxFull);
+        }
+        let b = self.boxes.entry(entity.clone()).or_default();
+        let held: usize = b.iter().map(|(_, f)| f.len()).sum();
+        if b.len() >= max_messages || held.saturating_add(frame.len()) > max_bytes {
+            return Err(ErrorCode::MailboxFull);
+        }
+        self.bytes = self.bytes.saturating_add(frame.len());
+        self.count = self.count.saturating_add(1);
+        b.push_back((expires, frame));
+        Ok(())
+    }
+
+    /// Removes and returns up to `max_bytes` of an entity's frames, oldest first (at least one).
+    fn drain(&mut self, entity: &EntityId, max_bytes: usize) -> Vec<Arc<[u8]>> {
+        let mut out = Vec::new();
+        let Some(b) = self.boxes.get_mut(entity) else { return out };
+        let mut size = 0usize;
+        while let Some((_, f)) = b.front() {
+            if !out.is_empty() && size.saturating_add(f.len()) > max_bytes {
+                break;
+            }
+            size = size.saturating_add(f.len().saturating_add(1));
+            if let Some((_, f)) = b.pop_front() {
+                self.bytes = self.bytes.saturating_sub(f.len());
+                self.count = self.count.saturating_sub(1);
+                out.push(f);
+            }
+        }
+        if b.is_empty() {
+            self.boxes.remove(entity);
+        }
+        out
+    }
+
+    fn has(&self, entity: &EntityId) -> bool {
+        self.boxes.get(entity).is_some_and(|b| !b.is_empty())
+    }
+
+    fn expire(&mut self, now: Timestamp) {
+        for b in self.boxes.values_mut() {
+            while b.front().is_some_and(|(t, _)| *t <= now) {
+                if let Some((_, f)) = b.pop_front() {
+                    self.bytes = self.bytes.saturating_sub(f.len());
+                    self.count = self.count.saturating_sub(1);
+                }
+            }
+        }
+        self.boxes.retain(|_, b| !b.is_empty());
+    }
+
+    fn next_expiry(&self) -> Option<Timestamp> {
+        self.boxes.values().filter_map(|b| b.front().map(|(t, _)| *t)).min()
+    }
+}
+
+fn ndjson(frames: &[Arc<[u8]>]) -> Vec<u8> {
+    let mut body = Vec::new();
+    for f in frames {
+        body.extend_from_slice(f);
+        body.push(b'\n');
+    }
+    body
+}
+
+impl Node {
+    /// One frame from any source: decode, check the sender binding, then relay or handle.
+    pub(super) fn process_frame(&mut self, now: Timestamp, source: Source, bytes: &[u8]) {
+        let env = match Envelope::decode(bytes, self.config.limits.max_frame_bytes) {
+            Ok(env) => env,
+            Err(e) => {
+                self.stats.rejected = self.stats.rejected.saturating_add(1);
+                self.reply_error(now, &source, None, e.code(), None);
+                return;
+            }
+        };
+        if let Some(bound) = self.bound_entity(&source)
+            && env.sender_id != bound
+        {
+            // A link cannot send as an entity it is not.
+            self.stats.rejected = self.stats.rejected.saturating_add(1);
+            self.reply_error(now, &source, None, ErrorCode::AuthenticationFailed, None);
+            if let Source::Link(link) = source {
+                self.close_link(now, link, Some(ErrorCode::AuthenticationFailed));
+            }
+            return;
+        }
+        if env.sender_id == *self.identity.id() {
+            self.stats.rejected = self.stats.rejected.saturating_add(1);
+            return;
+        }
+        match env.recipient_id.clone() {
+            Some(to) if to != *self.identity.id() => self.forward(now, &source, &env, bytes, &to),
+            _ => match env.message_type.class() {
+                MessageClass::Handshake => self.on_handshake(now, &source, env),
+                MessageClass::Session => self.on_session(now, &source, env),
+                MessageClass::Signed => self.on_signed(now, &source, env),
+            },
+        }
+    }
+
+    /// Relays an envelope for another entity: to its link, else its mailbox (spec §"Routing").
+    fn forward(
+        &mut self,
+        now: Timestamp,
+        source: &Source,
+        env: &Envelope,
+        bytes: &[u8],
+        to: &EntityId,
+    ) {
+        let from_client = self.bound_entity(source).is_some();
+        if !self.config.relay || !from_client {
+            // Only a relay forwards, and only for its own clients: no forwarding loops.
+            self.answer(now, source, env, ErrorCode::UnknownRecipient);
+            return;
+        }
+        if let Err(code) = self.deliver_to_entity(now, to, Arc::from(bytes)) {
+            self.answer(now, source, env, code);
+        }
+    }
+
+    /// Delivers a frame to an entity connected to this node (or waiting on it): its inbound
+    /// link, else its mailbox (answering a held poll at once).
+    pub(super) fn deliver_to_entity(
+        &mut self,
+        now: Timestamp,
+        to: &EntityId,
+        frame: Arc<[u8]>,
+    ) -> Result<Transport, ErrorCode> {
+        if let Some(link) = self.bound.get(to).copied() {
+            self.transmit(link, frame);
+            return Ok(Transport::WebSocket);
+        }
+        let known = self.trust.get(to).is_some() || self.peers.contains_key(to);
+        if !known {
+            return Err(ErrorCode::UnknownRecipient);
+        }
+        let expires = now.saturating_add(self.config.limits.max_clock_skew);
+        let len = frame.len();
+        self.mailboxes.push(
+            to,
+            frame,
+            expires,
+            self.config.mailbox_messages,
+            self.config.mailbox_bytes,
+            self.config.max_mailboxes,
+        )?;
+        self.stats.sent(Transport::Http, len);
+        if let Some((request, _)) = self.polls.remove(to) {
+            self.timers.cancel(&Timer::Poll(to.clone()));
+            self.answer_poll(request, to);
+        }
+        self.schedule(Timer::Mailboxes, self.mailboxes.next_expiry());
+        Ok(Transport::Http)
+    }
+
+    pub(super) fn drain_mailbox_to_link(
+        &mut self,
+        _now: Timestamp,
+        entity: &EntityId,
+        link: super::LinkId,
+    ) {
+        for frame in self.mailboxes.drain(entity, usize::MAX) {
+            self.transmit(link, frame);
+        }
+    }
+
+    fn answer_poll(&mut self, request: RequestId, entity: &EntityId) {
+        let frames = self.mailboxes.drain(entity, self.config.max_http_body_bytes);
+        self.emit(Output::HttpRespond { request, status: 200, body: ndjson(&frames) });
+    }
+
+    pub(super) fn on_poll_timer(&mut self, _now: Timestamp, entity: &EntityId) {
+        if let Some((request, _)) = self.polls.remove(entity) {
+            self.answer_poll(request, entity);
+        }
+    }
+
+    pub(super) fn on_mailbox_timer(&mut self, now: Timestamp) {
+        self.mailboxes.expire(now);
+        self.schedule(Timer::Mailboxes, self.mailboxes.next_expiry());
+    }
+
+    /// An HTTP call to this node, already authenticated by the driver as `entity` (JWT).
+    /// The answer comes as [`Output::HttpRespond`] with the returned id: at once for a `POST`
+    /// (carrying whatever waits for the caller), or when a message arrives or `poll_wait`
+    /// passes for a poll.
+    pub fn handle_http_request(
+        &mut self,
+        now: Timestamp,
+        entity: EntityId,
+        call: HttpCall,
+    ) -> RequestId {
+        let request = self.next_request_id();
+        if self.trust.policy() == TrustPolicy::Allowlist && self.trust.get(&entity).is_none() {
+            self.emit(Output::HttpRespond { request, status: 403, body: Vec::new() });
+            return request;
+        }
+        match call {
+            HttpCall::PostMessages { body } => {
+                if body.len() > self.config.max_http_body_bytes {
+                    self.emit(Output::HttpRespond { request, status: 413, body: Vec::new() });
+                    return request;
+                }
+                let limit = self.config.link_rate;
+                for line in body.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+                    self.stats.received(Transport::Http, line.len());
+                    let bucket = self
+                        .http_rate
+                        .entry(entity.clone())
+                        .or_insert_with(|| TokenBucket::new(limit, now));
+                    let source = Source::Http(entity.clone());
+                    if bucket.try_take(now) {
+                        self.process_frame(now, source, line);
+                    } else {
+                        self.stats.rejected = self.stats.rejected.saturating_add(1);
+                        self.reply_error(now, &source, None, ErrorCode::RateLimitExceeded, None);
+                    }
+                }
+                self.finish(now);
+                self.answer_poll(request, &entity);
+            }
+            HttpCall::Poll => {
+                if self.mailboxes.has(&entity) {
+                    self.answer_poll(request, &entity);
+                } else {
+                    if let Some((old, _)) = self.polls.remove(&entity) {
+                        self.emit(Output::HttpRespond {
+                            request: old,
+                            status: 200,
+                            body: Vec::new(),
+                        });
+                    }
+                    let until = now.saturating_add(self.config.poll_wait);
+                    self.polls.insert(entity.clone(), (request, until));
+                    self.schedule(Timer::Poll(entity), Some(until));
+                }
+                self.finish(now);
+            }
+        }
+        request
+    }
+
+    /// The key that verifies `entity`'s signatures: the trust store's, else a session's.
+    pub(super) fn key_of(&self, entity: &EntityId) -> Option<PublicKey> {
+        self.trust.get(entity).copied().or_else(|| {
+            self.peers.get(entity).and_then(|p| p.session.as_ref()).map(|s| *s.peer_key())
+        })
+    }
+
+    /// Sends an envelope back the way a frame came.
+    pub(super) fn reply_on(&mut self, now: Timestamp, source: &Source, env: &Envelope) {
+        let frame: Arc<[u8]> = Arc::from(env.encode());
+        match source {
+            Source::Link(link) => self.transmit(*link, frame),
+            Source::Http(entity) => {
+                let _ = self.deliver_to_entity(now, entity, frame);
+            }
+            Source::Hop(hop) => {
+                let preference = self.config.preference;
+                let _ = self.send_via_hop(now, hop, frame, preference, None);
+            }
+        }
+    }
+
+    /// Answers an offending envelope with an `ERROR` (never an `ERROR` with an `ERROR`).
+    pub(super) fn answer(
+        &mut self,
+        now: Timestamp,
+        source: &Source,
+        env: &Envelope,
+        code: ErrorCode,
+    ) {
+        self.stats.rejected = self.stats.rejected.saturating_add(1);
+        if env.message_type == MessageType::Error {
+            return;
+        }
+        let to = Some(env.sender_id.clone());
+        self.reply_error(now, source, to, code, Some(env.message_id.clone()));
+    }
+
+    /// Sends a signed `ERROR` back the way a frame came, at most 60 a minute per link.
+    pub(super) fn reply_error(
+        &mut self,
+        now: Timestamp,
+        source: &Source,
+        to: Option<EntityId>,
+        code: ErrorCode,
+        in_reply_to: Option<MessageId>,
+    ) {
+        if let Source::Link(link) = source
+            && let Some(l) = self.links.get_mut(link)
+            && !l.errors.try_take(now)
+        {
+            return;
+        }
+        let err = error_message(&self.identity, to, None, code, in_reply_to, now, &mut *self.rng);
+        self.reply_on(now, source, &err);
+    }
+
+    /// A `PONG` for a `PING` received from `source`, if the link's `PING` budget allows.
+    pub(super) fn answer_ping(&mut self, now: Timestamp, source: &Source, ping: &Envelope) {
+        if let Source::Link(link) = source
+            && let Some(l) = self.links.get_mut(link)
+            && !l.pings.try_take(now)
+        {
+            // Seed 002: at most 2 heartbeats a minute from a peer.
+            self.answer(now, source, ping, ErrorCode::RateLimitExceeded);
+            return;
+        }
+        let payload = Payload::trusted(json!({"in_reply_to": ping.message_id.as_str()}));
+        if let Ok(pong) = signed_message(
+            &self.identity,
+            MessageType::Pong,
+            None,
+            None,
+            payload,
+            now,
+            &mut *self.rng,
+        ) {
+            self.reply_on(now, source, &pong);
+        }
+    }
+
+    /// Sends a frame this node originated to `peer`: over its inbound link, through the route's
+    /// next hop, or into its mailbox. Returns whether it left (or is queued to leave).
+    pub(super) fn send_frame_to(
+        &mut self,
+        now: Timestamp,
+        peer: &EntityId,
+        frame: Arc<[u8]>,
+        preference: TransportPreference,
+        owner: Option<(EntityId, MessageId)>,
+    ) -> super::hops::HopSend {
+        use super::hops::HopSend;
+        let len = frame.len();
+        let result = if let Some(link) = self.bound.get(peer).copied() {
+            self.transmit(link, frame);
+            Ok(Transport::WebSocket)
+        } else if let Some(hop) = self.route_of(peer) {
+            return self.send_via_hop_counted(now, peer, &hop, frame, preference, owner);
+        } else {
+            self.deliver_to_entity(now, peer, frame)
+        };
+        match result {
+            Ok(t) => {
+                if let Some(p) = self.peers.get_mut(peer) {
+                    p.stats.sent(t, len);
+                }
+                HopSend::Sent
+            }
+            Err(_) => HopSend::Failed,
+        }
+    }
+
+    fn send_via_hop_counted(
+        &mut self,
+        now: Timestamp,
+        peer: &EntityId,
+        hop: &EntityId,
+        frame: Arc<[u8]>,
+        preference: TransportPreference,
+        owner: Option<(EntityId, MessageId)>,
+    ) -> super::hops::HopSend {
+        let len = frame.len();
+        let before = (self.stats.ws_messages_sent, self.stats.http_messages_sent);
+        let r = self.send_via_hop(now, hop, frame, preference, owner);
+        let after = (self.stats.ws_messages_sent, self.stats.http_messages_sent);
+        if let Some(p) = self.peers.get_mut(peer) {
+            if after.0 > before.0 {
+                p.stats.sent(Transport::WebSocket, len);
+            } else if after.1 > before.1 {
+                p.stats.sent(Transport::Http, len);
+            }
+        }
+        r
+    }
+}

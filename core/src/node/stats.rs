@@ -1,0 +1,72 @@
+//! Transport counters (seed 000's `TransportStats`), per peer and over the whole node.
+
+use std::time::Duration;
+
+use crate::capabilities::Transport;
+
+/// Counters of one peer, or of the whole node.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TransportStats {
+    /// Frames sent over WebSocket.
+    pub ws_messages_sent: u64,
+    /// Bytes sent over WebSocket.
+    pub ws_bytes_sent: u64,
+    /// Frames sent over HTTP (POSTed, or queued in a mailbox for an HTTP poll).
+    pub http_messages_sent: u64,
+    /// Bytes sent over HTTP.
+    pub http_bytes_sent: u64,
+    /// Frames received over WebSocket.
+    pub ws_messages_received: u64,
+    /// Bytes received over WebSocket.
+    pub ws_bytes_received: u64,
+    /// Frames received over HTTP.
+    pub http_messages_received: u64,
+    /// Bytes received over HTTP.
+    pub http_bytes_received: u64,
+    /// Times traffic moved from WebSocket to HTTP.
+    pub fallbacks: u64,
+    /// Messages that failed (reported with `Event::Failed`).
+    pub failures: u64,
+    /// WebSocket reconnect attempts.
+    pub reconnects: u64,
+    /// Sessions resumed without a handshake.
+    pub resumes: u64,
+    /// Full handshakes completed.
+    pub handshakes: u64,
+    /// Frames refused, by any check.
+    pub rejected: u64,
+    /// Last measured round-trip time (data frame to its acknowledgement, or `PING` to `PONG`).
+    pub last_rtt: Option<Duration>,
+}
+
+impl TransportStats {
+    /// Counts one frame sent.
+    pub fn sent(&mut self, transport: Transport, bytes: usize) {
+        let bytes = u64::try_from(bytes).unwrap_or(u64::MAX);
+        match transport {
+            Transport::WebSocket => {
+                self.ws_messages_sent = self.ws_messages_sent.saturating_add(1);
+                self.ws_bytes_sent = self.ws_bytes_sent.saturating_add(bytes);
+            }
+            Transport::Http => {
+                self.http_messages_sent = self.http_messages_sent.saturating_add(1);
+                self.http_bytes_sent = self.http_bytes_sent.saturating_add(bytes);
+            }
+        }
+    }
+
+    /// Counts one frame received.
+    pub fn received(&mut self, transport: Transport, bytes: usize) {
+        let bytes = u64::try_from(bytes).unwrap_or(u64::MAX);
+        match transport {
+            Transport::WebSocket => {
+                self.ws_messages_received = self.ws_messages_received.saturating_add(1);
+                self.ws_bytes_received = self.ws_bytes_received.saturating_add(bytes);
+            }
+            Transport::Http => {
+                self.http_messages_received = self.http_messages_received.saturating_add(1);
+                self.http_bytes_received = self.http_bytes_received.saturating_add(bytes);
+            }
+        }
+    }
+}

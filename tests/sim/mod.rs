@@ -1,0 +1,820 @@
+//! A deterministic network simulator for peerlink nodes.
+//!
+//! Several peers and one relay run over a simulated network and clock, all driven from one seed:
+//! WebSocket links with latency (in order, as TCP), HTTP exchanges that can fail (5xx, a lost
+//! request, a lost response), link cuts, partitions of a peer, and restarts of the relay that lose
+//! all its state. The application on each peer sends messages (some large enough to be chunked,
+//! with random transport preferences) and answers requests. After the run the invariants of spec
+//! §"Delivery" are checked.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use peerlink_core::node::{HttpCall, HttpMethod, LinkId, LinkKind, RequestId};
+use peerlink_core::transport::TransportPreference;
+use peerlink_core::{
+    EntityId, Event, Identity, MessageId, Node, NodeAddr, NodeConfig, Output, SendOptions,
+    Timestamp, TrustPolicy, TrustStore,
+};
+use rand_chacha::ChaCha20Rng;
+use rand_core::{Rng, SeedableRng};
+
+/// Fault rates and sizes of one run.
+#[derive(Debug, Clone)]
+pub struct Faults {
+    /// Per-mille chance, per second of simulated time, that some link is cut.
+    pub cut_per_mille: u32,
+    /// Per-mille chance an HTTP request gets a 503 without reaching the server.
+    pub http_5xx_per_mille: u32,
+    /// Per-mille chance an HTTP request is lost (the client sees a failure).
+    pub http_lost_request_per_mille: u32,
+    /// Per-mille chance an HTTP response is lost after the server processed the request.
+    pub http_lost_response_per_mille: u32,
+    /// Whether the relay restarts (losing its state) once during the run.
+    pub relay_restart: bool,
+    /// Whether one peer is partitioned away for a long stretch.
+    pub partition: bool,
+    /// Latency range of one hop, in milliseconds.
+    pub latency_ms: (u64, u64),
+}
+
+impl Faults {
+    /// Faults drawn from the seed.
+    pub fn from_rng(rng: &mut ChaCha20Rng) -> Self {
+        Self {
+            cut_per_mille: rng.next_u32() % 80,
+            http_5xx_per_mille: rng.next_u32() % 150,
+            http_lost_request_per_mille: rng.next_u32() % 80,
+            http_lost_response_per_mille: rng.next_u32() % 80,
+            relay_restart: rng.next_u32().is_multiple_of(3),
+            partition: rng.next_u32().is_multiple_of(4),
+            latency_ms: (1, 1 + u64::from(rng.next_u32() % 120)),
+        }
+    }
+}
+
+/// A message accepted by `send`: its id and payload.
+pub type Sent = (MessageId, Vec<u8>);
+
+/// What happened, for the invariant checks.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    /// Messages accepted by `send`, per (sender, receiver), in send order, with their payloads.
+    pub sent: BTreeMap<(usize, usize), Vec<Sent>>,
+    /// Messages delivered to each receiver, per sender, in delivery order.
+    pub delivered: BTreeMap<(usize, usize), Vec<MessageId>>,
+    /// Messages the sender was told were delivered.
+    pub acked: BTreeSet<MessageId>,
+    /// Messages the sender was told failed.
+    pub failed: BTreeSet<MessageId>,
+    /// Requests answered, and requests timed out.
+    pub responses: usize,
+    /// Requests that timed out.
+    pub timeouts: usize,
+    /// Frames and HTTP bodies that carried plaintext (must stay empty).
+    pub leaks: Vec<String>,
+    /// Largest relay mailbox seen, in bytes.
+    pub max_mailbox_bytes: usize,
+    /// Number of frames that crossed the network.
+    pub frames: u64,
+    /// Transport switches reported.
+    pub switches: u64,
+    /// Sessions resumed and established.
+    pub resumes: u64,
+    /// Full handshakes.
+    pub handshakes: u64,
+}
+
+#[derive(Debug, Clone)]
+enum Net {
+    Connect {
+        client: usize,
+        link: LinkId,
+        server: usize,
+        kind: LinkKind,
+        generation: u64,
+    },
+    Connected {
+        client: usize,
+        link: LinkId,
+    },
+    ConnectFailed {
+        client: usize,
+        link: LinkId,
+    },
+    Frame {
+        to: usize,
+        link: LinkId,
+        frame: Arc<[u8]>,
+    },
+    Closed {
+        node: usize,
+        link: LinkId,
+    },
+    HttpRequest {
+        client: usize,
+        request: RequestId,
+        server: usize,
+        call: HttpCall,
+        lose_response: bool,
+        generation: u64,
+    },
+    HttpResponse {
+        client: usize,
+        request: RequestId,
+        status: u16,
+        body: Vec<u8>,
+    },
+    HttpFailure {
+        client: usize,
+        request: RequestId,
+    },
+    Send {
+        from: usize,
+    },
+    RestartRelay,
+    RelayUp,
+    Partition {
+        node: usize,
+        on: bool,
+    },
+}
+
+struct SimNode {
+    node: Node,
+    base_url: String,
+    /// Bumped on restart: in-flight work addressed to an older generation is lost.
+    generation: u64,
+    down: bool,
+    partitioned: bool,
+}
+
+/// The simulated world.
+pub struct World {
+    seed: u64,
+    now: Timestamp,
+    rng: ChaCha20Rng,
+    faults: Faults,
+    nodes: Vec<SimNode>,
+    queue: BTreeMap<(Timestamp, u64), Net>,
+    counter: u64,
+    /// Link pairs: (node, link) → (other node, other link).
+    pairs: BTreeMap<(usize, LinkId), (usize, LinkId)>,
+    /// Per-link time of the last scheduled delivery, to keep links in order.
+    link_clock: BTreeMap<(usize, LinkId), Timestamp>,
+    /// Server-side HTTP requests: (server, server request) → (client, client request, lose).
+    http: BTreeMap<(usize, RequestId), (usize, RequestId, bool)>,
+    outcome: Outcome,
+    config: NodeConfig,
+    identities: Vec<[u8; 32]>,
+    trust: TrustStore,
+    /// Messages still to send, per peer.
+    budget: Vec<usize>,
+    send_until: Timestamp,
+    pub trace: bool,
+}
+
+const RELAY: usize = 0;
+const START: u64 = 1_700_000_000_000;
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+impl World {
+    /// A world of one relay and `peers` peers, each sending `messages` messages.
+    pub fn new(seed: u64, peers: usize, messages: usize) -> Self {
+        let mut rng = ChaCha20Rng::seed_from_u64(seed);
+        let faults = Faults::from_rng(&mut rng);
+        // Small chunks so chunking is exercised cheaply; a generous rate limit for the relay.
+        let mut config = NodeConfig {
+            chunk_threshold: 3000,
+            chunk_size: 1024,
+            link_rate: peerlink_core::rate_limit::RateLimit::per_minute(100_000),
+            ..NodeConfig::default()
+        };
+        config.capabilities.sign_all = rng.next_u32().is_multiple_of(2);
+        config.mailbox_messages = 64;
+        config.mailbox_bytes = 256 * 1024;
+        config.stream.send_timeout = Duration::from_secs(60);
+        config.preference = match rng.next_u32() % 6 {
+            0 => TransportPreference::HttpFirst,
+            1 => TransportPreference::HttpOnly,
+            _ => TransportPreference::WebsocketFirst,
+        };
+        let names: Vec<EntityId> = (0..=peers)
+            .map(|i| {
+                EntityId::new(if i == RELAY { "relay".to_owned() } else { format!("p{i}") })
+                    .unwrap()
+            })
+            .collect();
+        let identities: Vec<[u8; 32]> = (0..=peers)
+            .map(|_| {
+                let mut b = [0u8; 32];
+                rng.fill_bytes(&mut b);
+                b
+            })
+            .collect();
+        let mut trust = TrustStore::new(TrustPolicy::Allowlist);
+        for (name, secret) in names.iter().zip(&identities) {
+            let id = Identity::from_secret_bytes(name.clone(), secret);
+            trust.insert(name.clone(), id.public_key());
+        }
+        let mut world = World {
+            seed,
+            now: Timestamp::from_unix_millis(START),
+            rng,
+            faults,
+            nodes: Vec::new(),
+            queue: BTreeMap::new(),
+            counter: 0,
+            pairs: BTreeMap::new(),
+            link_clock: BTreeMap::new(),
+            http: BTreeMap::new(),
+            outcome: Outcome::default(),
+            config,
+            identities,
+            trust,
+            budget: vec![messages; peers + 1],
+            send_until: Timestamp::from_unix_millis(START + 120_000),
+            trace: false,
+        };
+        for i in 0..=peers {
+            let node = world.make_node(i, &names);
+            world.nodes.push(SimNode {
+                node,
+                base_url: format!("http://{}.sim", names[i]),
+                generation: 0,
+                down: false,
+                partitioned: false,
+            });
+        }
+        for i in 1..=peers {
+            let at = ms(world.rng.next_u64() % 2000);
+            world.schedule(at, Net::Send { from: i });
+        }
+        if world.faults.relay_restart {
+            let at = 20_000 + world.rng.next_u64() % 60_000;
+            world.schedule(ms(at), Net::RestartRelay);
+        }
+        if world.faults.partition && peers > 0 {
+            let node = 1 + (world.rng.next_u64() as usize) % peers;
+            let at = 10_000 + world.rng.next_u64() % 40_000;
+            let length = 5_000 + world.rng.next_u64() % 90_000;
+            world.schedule(ms(at), Net::Partition { node, on: true });
+            world.schedule(ms(at + length), Net::Partition { node, on: false });
+        }
+        world
+    }
+
+    fn make_node(&mut self, i: usize, names: &[EntityId]) -> Node {
+        let identity = Identity::from_secret_bytes(names[i].clone(), &self.identities[i]);
+        let node_seed =
+            self.seed.wrapping_mul(1_000_003).wrapping_add(i as u64).wrapping_add(self.counter);
+        let mut node = Node::new(
+            self.config.clone(),
+            identity,
+            self.trust.clone(),
+            ChaCha20Rng::seed_from_u64(node_seed),
+        )
+        .expect("valid config");
+        if i != RELAY {
+            node.set_default_route(NodeAddr {
+                entity: names[RELAY].clone(),
+                base_url: format!("http://{}.sim", names[RELAY]),
+            });
+        }
+        node
+    }
+
+    fn schedule(&mut self, after: Duration, event: Net) {
+        self.counter += 1;
+        self.queue.insert((self.now.saturating_add(after), self.counter), event);
+    }
+
+    fn latency(&mut self) -> Duration {
+        let (lo, hi) = self.faults.latency_ms;
+        ms(lo + self.rng.next_u64() % (hi - lo + 1))
+    }
+
+    fn chance(&mut self, per_mille: u32) -> bool {
+        self.rng.next_u32() % 1000 < per_mille
+    }
+
+    fn reachable(&self, a: usize, b: usize) -> bool {
+        !self.nodes[a].down
+            && !self.nodes[b].down
+            && !self.nodes[a].partitioned
+            && !self.nodes[b].partitioned
+    }
+
+    fn node_of_url(&self, url: &str) -> Option<usize> {
+        self.nodes.iter().position(|n| {
+            let host = n.base_url.trim_start_matches("http://");
+            url.contains(&format!("//{host}/"))
+        })
+    }
+
+    /// Runs the world until `until` simulated milliseconds after the start.
+    pub fn run(&mut self, until_ms: u64) -> &Outcome {
+        let end = Timestamp::from_unix_millis(START + until_ms);
+        let mut last_cut_check = self.now;
+        let mut steps = 0u64;
+        let mut same_time = 0u64;
+        let mut last_time = self.now;
+        for _ in 0..5_000_000u64 {
+            steps += 1;
+            let next_net = self.queue.keys().next().map(|(t, _)| *t);
+            let next_timer =
+                self.nodes.iter().filter(|n| !n.down).filter_map(|n| n.node.poll_timeout()).min();
+            let Some(next) = [next_net, next_timer].into_iter().flatten().min() else { break };
+            if next > end {
+                break;
+            }
+            self.now = self.now.max(next);
+            if self.now == last_time {
+                same_time += 1;
+                if same_time > 100_000 {
+                    panic!(
+                        "seed {}: livelock at {:?} after {steps} steps (timers {:?})",
+                        self.seed,
+                        self.now,
+                        self.nodes.iter().map(|n| n.node.poll_timeout()).collect::<Vec<_>>()
+                    );
+                }
+            } else {
+                same_time = 0;
+                last_time = self.now;
+            }
+            // Random link cuts, checked once per simulated second.
+            while self.now.saturating_duration_since(last_cut_check) >= Duration::from_secs(1) {
+                last_cut_check = last_cut_check.saturating_add(Duration::from_secs(1));
+                if self.now < self.send_until && self.chance(self.faults.cut_per_mille) {
+                    self.cut_random_link();
+                }
+            }
+            if next_net == Some(next) {
+                let key = *self.queue.keys().next().unwrap();
+                let event = self.queue.remove(&key).unwrap();
+                self.apply(event);
+            } else {
+                for i in 0..self.nodes.len() {
+                    if !self.nodes[i].down
+                        && self.nodes[i].node.poll_timeout().is_some_and(|t| t <= self.now)
+                    {
+                        self.nodes[i].node.handle_timeout(self.now);
+                        self.drain(i);
+                    }
+                }
+            }
+            let mailbox = self.nodes[RELAY].node.mailbox_bytes();
+            self.outcome.max_mailbox_bytes = self.outcome.max_mailbox_bytes.max(mailbox);
+        }
+        &self.outcome
+    }
+
+    fn cut_random_link(&mut self) {
+        let links: Vec<(usize, LinkId)> = self.pairs.keys().copied().collect();
+        if links.is_empty() {
+            return;
+        }
+        let pick = links[(self.rng.next_u64() as usize) % links.len()];
+        self.cut(pick.0, pick.1);
+    }
+
+    fn cut(&mut self, node: usize, link: LinkId) {
+        if let Some((other, other_link)) = self.pairs.remove(&(node, link)) {
+            self.pairs.remove(&(other, other_link));
+            let d = self.latency();
+            self.schedule(d, Net::Closed { node: other, link: other_link });
+            self.schedule(d, Net::Closed { node, link });
+        }
+    }
+
+    fn apply(&mut self, event: Net) {
+        if self.trace {
+            eprintln!("{:?} {:?}", self.now, short(&event));
+        }
+        match event {
+            Net::Send { from } => self.app_send(from),
+            Net::Connect { client, link, server, kind, generation } => {
+                let alive =
+                    self.nodes[server].generation == generation && self.reachable(client, server);
+                let d = self.latency();
+                if !alive {
+                    self.schedule(d, Net::ConnectFailed { client, link });
+                    return;
+                }
+                let entity = self.nodes[client].node.id().clone();
+                match self.nodes[server].node.accept_link(self.now, kind, entity) {
+                    Ok(server_link) => {
+                        self.pairs.insert((client, link), (server, server_link));
+                        self.pairs.insert((server, server_link), (client, link));
+                        self.drain(server);
+                        self.schedule(d, Net::Connected { client, link });
+                    }
+                    Err(_) => self.schedule(d, Net::ConnectFailed { client, link }),
+                }
+            }
+            Net::Connected { client, link } => {
+                if self.pairs.contains_key(&(client, link)) {
+                    self.nodes[client].node.link_up(self.now, link);
+                } else {
+                    self.nodes[client].node.link_failed(self.now, link);
+                }
+                self.drain(client);
+            }
+            Net::ConnectFailed { client, link } => {
+                self.nodes[client].node.link_failed(self.now, link);
+                self.drain(client);
+            }
+            Net::Frame { to, link, frame } => {
+                if self.pairs.contains_key(&(to, link)) {
+                    self.nodes[to].node.handle_frame(self.now, link, &frame);
+                    self.drain(to);
+                }
+            }
+            Net::Closed { node, link } => {
+                if !self.nodes[node].down {
+                    self.nodes[node].node.link_closed(self.now, link);
+                    self.drain(node);
+                }
+            }
+            Net::HttpRequest { client, request, server, call, lose_response, generation } => {
+                let d = self.latency();
+                if self.nodes[server].generation != generation || !self.reachable(client, server) {
+                    self.schedule(d + ms(1000), Net::HttpFailure { client, request });
+                    return;
+                }
+                let entity = self.nodes[client].node.id().clone();
+                let server_request =
+                    self.nodes[server].node.handle_http_request(self.now, entity, call);
+                self.http.insert((server, server_request), (client, request, lose_response));
+                self.drain(server);
+            }
+            Net::HttpResponse { client, request, status, body } => {
+                if self.nodes[client].partitioned {
+                    self.nodes[client].node.handle_http_failure(self.now, request);
+                } else {
+                    self.nodes[client].node.handle_http_response(self.now, request, status, &body);
+                }
+                self.drain(client);
+            }
+            Net::HttpFailure { client, request } => {
+                self.nodes[client].node.handle_http_failure(self.now, request);
+                self.drain(client);
+            }
+            Net::RestartRelay => self.restart_relay(),
+            Net::RelayUp => self.nodes[RELAY].down = false,
+            Net::Partition { node, on } => {
+                self.nodes[node].partitioned = on;
+                if on {
+                    let links: Vec<LinkId> =
+                        self.pairs.keys().filter(|(n, _)| *n == node).map(|(_, l)| *l).collect();
+                    for link in links {
+                        self.cut(node, link);
+                    }
+                }
+            }
+        }
+    }
+
+    fn restart_relay(&mut self) {
+        let links: Vec<LinkId> =
+            self.pairs.keys().filter(|(n, _)| *n == RELAY).map(|(_, l)| *l).collect();
+        for link in links {
+            self.cut(RELAY, link);
+        }
+        // Held polls and in-flight requests at the relay are lost: their clients see failures.
+        let lost: Vec<(usize, RequestId)> = self
+            .http
+            .iter()
+            .filter(|((s, _), _)| *s == RELAY)
+            .map(|(_, (c, r, _))| (*c, *r))
+            .collect();
+        self.http.retain(|(s, _), _| *s != RELAY);
+        for (client, request) in lost {
+            self.schedule(ms(500), Net::HttpFailure { client, request });
+        }
+        let names: Vec<EntityId> = self.nodes.iter().map(|n| n.node.id().clone()).collect();
+        self.counter += 1;
+        let fresh = self.make_node(RELAY, &names);
+        let relay = &mut self.nodes[RELAY];
+        relay.node = fresh;
+        relay.generation += 1;
+        relay.down = true;
+        let downtime = 1000 + self.rng.next_u64() % 10_000;
+        self.schedule(ms(downtime), Net::RelayUp);
+    }
+
+    fn app_send(&mut self, from: usize) {
+        let peers = self.nodes.len() - 1;
+        if self.now < self.send_until && self.budget[from] > 0 && peers > 1 {
+            self.budget[from] -= 1;
+            let mut to = 1 + (self.rng.next_u64() as usize) % peers;
+            if to == from {
+                to = 1 + (to % peers);
+            }
+            let k = self.outcome.sent.get(&(from, to)).map_or(0, Vec::len);
+            let mut payload = format!("MSG|{}|{from}->{to}|{k}|", self.seed).into_bytes();
+            if self.rng.next_u32().is_multiple_of(10) {
+                payload.resize(payload.len() + 2000 + (self.rng.next_u64() % 9000) as usize, b'x');
+            }
+            let prefer_websocket = match self.rng.next_u32() % 4 {
+                0 => Some(true),
+                1 => Some(false),
+                _ => None,
+            };
+            let target = self.nodes[to].node.id().clone();
+            let request = self.rng.next_u32().is_multiple_of(8);
+            let result = if request {
+                self.nodes[from].node.request(
+                    self.now,
+                    &target,
+                    payload.clone(),
+                    Duration::from_secs(90),
+                )
+            } else {
+                self.nodes[from].node.send(
+                    self.now,
+                    &target,
+                    payload.clone(),
+                    SendOptions { prefer_websocket },
+                )
+            };
+            if let Ok(id) = result {
+                self.outcome.sent.entry((from, to)).or_default().push((id, payload));
+            }
+            self.drain(from);
+        }
+        if self.budget[from] > 0 {
+            let d = ms(200 + self.rng.next_u64() % 3000);
+            self.schedule(d, Net::Send { from });
+        }
+    }
+
+    fn index_of(&self, id: &EntityId) -> Option<usize> {
+        self.nodes.iter().position(|n| n.node.id() == id)
+    }
+
+    fn check_leak(&mut self, what: &str, bytes: &[u8]) {
+        self.outcome.frames += 1;
+        if bytes.windows(4).any(|w| w == b"MSG|") {
+            self.outcome.leaks.push(format!(
+                "{what}: {}",
+                String::from_utf8_lossy(&bytes[..bytes.len().min(200)])
+            ));
+        }
+    }
+
+    /// Carries out everything node `i` asked for.
+    fn drain(&mut self, i: usize) {
+        while let Some(out) = self.nodes[i].node.poll_output() {
+            match out {
+                Output::Transmit { link, frame } => {
+                    self.check_leak("frame", &frame);
+                    if let Some((to, to_link)) = self.pairs.get(&(i, link)).copied() {
+                        let at = self.now.saturating_add(self.latency());
+                        let last = self.link_clock.get(&(to, to_link)).copied().unwrap_or(at);
+                        let at = at.max(last);
+                        self.link_clock.insert((to, to_link), at);
+                        let after = at.saturating_duration_since(self.now);
+                        self.schedule(after, Net::Frame { to, link: to_link, frame });
+                    }
+                }
+                Output::OpenLink { link, url, kind, .. } => {
+                    let d = self.latency();
+                    match self.node_of_url(&url) {
+                        Some(server) if self.reachable(i, server) => {
+                            let generation = self.nodes[server].generation;
+                            self.schedule(
+                                d,
+                                Net::Connect { client: i, link, server, kind, generation },
+                            );
+                        }
+                        _ => self.schedule(d + ms(1000), Net::ConnectFailed { client: i, link }),
+                    }
+                }
+                Output::CloseLink { link, .. } => {
+                    if let Some((other, other_link)) = self.pairs.remove(&(i, link)) {
+                        self.pairs.remove(&(other, other_link));
+                        let d = self.latency();
+                        self.schedule(d, Net::Closed { node: other, link: other_link });
+                    }
+                }
+                Output::HttpRequest { request, method, url, body } => {
+                    self.check_leak("http request", &body);
+                    let d = self.latency();
+                    let Some(server) = self.node_of_url(&url).filter(|s| self.reachable(i, *s))
+                    else {
+                        self.schedule(d + ms(1000), Net::HttpFailure { client: i, request });
+                        continue;
+                    };
+                    if self.chance(self.faults.http_5xx_per_mille) {
+                        self.schedule(
+                            d,
+                            Net::HttpResponse { client: i, request, status: 503, body: Vec::new() },
+                        );
+                        continue;
+                    }
+                    if self.chance(self.faults.http_lost_request_per_mille) {
+                        self.schedule(d + ms(5000), Net::HttpFailure { client: i, request });
+                        continue;
+                    }
+                    let lose_response = self.chance(self.faults.http_lost_response_per_mille);
+                    let call = match method {
+                        HttpMethod::Post => HttpCall::PostMessages { body },
+                        HttpMethod::Get => HttpCall::Poll,
+                    };
+                    let generation = self.nodes[server].generation;
+                    self.schedule(
+                        d,
+                        Net::HttpRequest {
+                            client: i,
+                            request,
+                            server,
+                            call,
+                            lose_response,
+                            generation,
+                        },
+                    );
+                }
+                Output::HttpRespond { request, status, body } => {
+                    self.check_leak("http response", &body);
+                    if let Some((client, client_request, lose)) = self.http.remove(&(i, request)) {
+                        let d = self.latency();
+                        if lose {
+                            self.schedule(
+                                d + ms(5000),
+                                Net::HttpFailure { client, request: client_request },
+                            );
+                        } else {
+                            self.schedule(
+                                d,
+                                Net::HttpResponse { client, request: client_request, status, body },
+                            );
+                        }
+                    }
+                }
+                Output::Event(e) => self.on_event(i, e),
+            }
+        }
+    }
+
+    fn on_event(&mut self, i: usize, e: Event) {
+        match e {
+            Event::Message { from, id, .. } | Event::Request { from, id, .. } => {
+                if let Some(f) = self.index_of(&from) {
+                    self.outcome.delivered.entry((f, i)).or_default().push(id.clone());
+                }
+                if let Some(f) = self.index_of(&from)
+                    && self
+                        .outcome
+                        .sent
+                        .get(&(f, i))
+                        .is_some_and(|s| s.iter().any(|(m, p)| *m == id && p.starts_with(b"MSG|")))
+                {
+                    // Answer requests (responses are not tracked as sent messages).
+                    let _ = self.nodes[i].node.respond(self.now, &from, &id, b"done".to_vec());
+                }
+            }
+            Event::Delivered { id, .. } => {
+                self.outcome.acked.insert(id);
+            }
+            Event::Failed { id, .. } => {
+                self.outcome.failed.insert(id);
+            }
+            Event::Response { .. } => self.outcome.responses += 1,
+            Event::RequestTimedOut { .. } => self.outcome.timeouts += 1,
+            Event::TransportSwitched { .. } => self.outcome.switches += 1,
+            Event::SessionResumed { .. } => self.outcome.resumes += 1,
+            Event::SessionEstablished { .. } => self.outcome.handshakes += 1,
+            other => {
+                if self.trace {
+                    eprintln!("{:?} node {i} event {other:?}", self.now);
+                }
+            }
+        }
+    }
+
+    /// Checks the invariants; returns a description of every violation.
+    pub fn violations(&self) -> Vec<String> {
+        let o = &self.outcome;
+        let mut v = Vec::new();
+        v.extend(o.leaks.iter().map(|l| format!("plaintext left a session: {l}")));
+        for ((from, to), delivered) in &o.delivered {
+            let sent: Vec<&MessageId> = o
+                .sent
+                .get(&(*from, *to))
+                .map(|s| s.iter().map(|(m, _)| m).collect())
+                .unwrap_or_default();
+            let mut last = None;
+            let mut seen = BTreeSet::new();
+            for id in delivered {
+                if !seen.insert(id) {
+                    v.push(format!("p{from}->p{to}: {id} delivered twice"));
+                }
+                match sent.iter().position(|m| *m == id) {
+                    None => v.push(format!("p{from}->p{to}: {id} delivered but never sent")),
+                    Some(pos) => {
+                        if last.is_some_and(|l| pos <= l) {
+                            v.push(format!("p{from}->p{to}: {id} delivered out of order"));
+                        }
+                        last = Some(pos);
+                    }
+                }
+            }
+        }
+        for ((from, to), sent) in &o.sent {
+            let delivered: BTreeSet<&MessageId> =
+                o.delivered.get(&(*from, *to)).map(|d| d.iter().collect()).unwrap_or_default();
+            for (id, _) in sent {
+                let got = delivered.contains(id);
+                if o.acked.contains(id) && !got {
+                    v.push(format!("p{from}->p{to}: {id} reported delivered but never arrived"));
+                }
+                if !got && !o.failed.contains(id) {
+                    v.push(format!("p{from}->p{to}: {id} neither delivered nor reported failed"));
+                }
+                if !o.acked.contains(id) && !o.failed.contains(id) {
+                    v.push(format!("p{from}->p{to}: {id} has no outcome at its sender"));
+                }
+            }
+        }
+        let bound = self.config.mailbox_bytes.saturating_mul(self.nodes.len());
+        if o.max_mailbox_bytes > bound {
+            v.push(format!("relay mailboxes held {} bytes, bound {bound}", o.max_mailbox_bytes));
+        }
+        v
+    }
+
+    /// Every node's view of every other, for failure reports.
+    pub fn dump(&self) -> String {
+        let mut out = String::new();
+        for n in &self.nodes {
+            for m in &self.nodes {
+                if n.node.id() != m.node.id() {
+                    out += &format!(
+                        "{} about {}: {}\n",
+                        n.node.id(),
+                        m.node.id(),
+                        n.node.debug_peer(m.node.id())
+                    );
+                }
+            }
+        }
+        out
+    }
+
+    /// A one-line summary of the run.
+    pub fn summary(&self) -> String {
+        let o = &self.outcome;
+        let sent: usize = o.sent.values().map(Vec::len).sum();
+        let delivered: usize = o.delivered.values().map(Vec::len).sum();
+        format!(
+            "seed {}: {sent} sent, {delivered} delivered, {} failed, {} frames, {} handshakes, {} resumes, {} switches, faults {:?}",
+            self.seed,
+            o.failed.len(),
+            o.frames,
+            o.handshakes,
+            o.resumes,
+            o.switches,
+            self.faults
+        )
+    }
+}
+
+fn short(e: &Net) -> String {
+    match e {
+        Net::Frame { to, link, frame } => {
+            let text = String::from_utf8_lossy(frame);
+            let kind =
+                text.split("\"type\":\"").nth(1).and_then(|s| s.split('"').next()).unwrap_or("?");
+            let id = text
+                .split("\"message_id\":\"")
+                .nth(1)
+                .and_then(|s| s.split('"').next())
+                .unwrap_or("?");
+            let seq =
+                text.split("\"seq\":").nth(1).and_then(|s| s.split(',').next()).unwrap_or("?");
+            let sid = text
+                .split("\"session_id\":")
+                .nth(1)
+                .and_then(|s| s.split(',').next())
+                .unwrap_or("?");
+            format!("Frame to {to} {link:?} {kind} id={id} seq={seq} sid={sid} ({} B)", frame.len())
+        }
+        Net::HttpRequest { client, request, server, call, .. } => format!(
+            "HttpRequest {client}->{server} {request:?} {}",
+            match call {
+                HttpCall::PostMessages { body } => format!("POST {} B", body.len()),
+                HttpCall::Poll => "GET".to_owned(),
+            }
+        ),
+        Net::HttpResponse { client, request, status, body } => {
+            format!("HttpResponse to {client} {request:?} {status} {} B", body.len())
+        }
+        other => format!("{other:?}"),
+    }
+}
