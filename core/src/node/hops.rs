@@ -15,11 +15,20 @@ use crate::transport::{
     HopTransport, HttpOutcome, Route, RouteQuery, TransportPreference, WsLink, classify_http, route,
 };
 
-/// A frame queued for an HTTP `POST`, with the message it carries (to fail it on a 4xx).
+/// What a frame carries, so an HTTP refusal can be reported to the right place.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Owner {
+    /// A frame of an application message.
+    Message(EntityId, MessageId),
+    /// A handshake message to this peer: refusing it refuses every message waiting for it.
+    Handshake(EntityId),
+}
+
+/// A frame queued for an HTTP `POST`, with what it carries (to fail it on a 4xx).
 #[derive(Debug, Clone)]
 pub(super) struct BatchItem {
     pub frame: Arc<[u8]>,
-    pub owner: Option<(EntityId, MessageId)>,
+    pub owner: Option<Owner>,
 }
 
 /// An HTTP `POST` in flight or waiting to be retried.
@@ -192,7 +201,7 @@ impl Node {
         hop: &EntityId,
         frame: Arc<[u8]>,
         preference: TransportPreference,
-        owner: Option<(EntityId, MessageId)>,
+        owner: Option<Owner>,
     ) -> HopSend {
         let transports = self.hop_transports(hop);
         let Some(h) = self.hops.get_mut(hop) else { return HopSend::Failed };
@@ -403,8 +412,10 @@ impl Node {
 
     fn fail_owners(&mut self, now: Timestamp, items: Vec<BatchItem>, reason: FailReason) {
         for item in items {
-            if let Some((peer, id)) = item.owner {
-                self.fail_message(now, &peer, &id, reason);
+            match item.owner {
+                Some(Owner::Message(peer, id)) => self.fail_message(now, &peer, &id, reason),
+                Some(Owner::Handshake(peer)) => self.handshake_refused(now, &peer, reason),
+                None => {}
             }
         }
     }

@@ -277,7 +277,8 @@ impl Node {
         };
         let frame: Arc<[u8]> = Arc::from(env.encode());
         let preference = self.config.preference;
-        match self.send_frame_to(now, peer, frame, preference, None) {
+        let owner = Some(super::hops::Owner::Handshake(peer.clone()));
+        match self.send_frame_to(now, peer, frame, preference, owner) {
             super::hops::HopSend::Sent => self.remember_sent(&env.message_id, peer),
             super::hops::HopSend::Wait => {
                 if let Some(p) = self.peers.get_mut(peer) {
@@ -317,7 +318,7 @@ impl Node {
                 }
             };
             let frame: Arc<[u8]> = Arc::from(env.encode());
-            let owner = Some((peer.clone(), logical.clone()));
+            let owner = Some(super::hops::Owner::Message(peer.clone(), logical.clone()));
             match self.send_frame_to(now, peer, frame, preference, owner) {
                 super::hops::HopSend::Sent => {
                     if let Some(p) = self.peers.get_mut(peer) {
@@ -413,6 +414,20 @@ impl Node {
         self.flush_peer(now, peer);
     }
 
+    /// A transport refused a handshake message (HTTP 4xx, or 5xx past its retries): every
+    /// message waiting for that handshake fails (seed 001: no retry on 4xx).
+    pub(super) fn handshake_refused(
+        &mut self,
+        now: Timestamp,
+        peer: &EntityId,
+        reason: FailReason,
+    ) {
+        if self.peers.get(peer).is_some_and(|p| p.session.is_none()) {
+            self.handshake_failed(now, peer, ErrorCode::AuthenticationFailed);
+            self.fail_all(peer, reason);
+        }
+    }
+
     fn handshake_failed(&mut self, now: Timestamp, peer: &EntityId, code: ErrorCode) {
         let Some(p) = self.peers.get_mut(peer) else { return };
         p.initiator = None;
@@ -457,7 +472,8 @@ impl Node {
     fn send_handshake_reply(&mut self, now: Timestamp, peer: &EntityId, env: Envelope) {
         let preference = self.config.preference;
         let frame: Arc<[u8]> = Arc::from(env.encode());
-        if self.send_frame_to(now, peer, frame, preference, None) == super::hops::HopSend::Wait
+        let owner = Some(super::hops::Owner::Handshake(peer.clone()));
+        if self.send_frame_to(now, peer, frame, preference, owner) == super::hops::HopSend::Wait
             && let Some(p) = self.peers.get_mut(peer)
         {
             p.handshake_out = Some(env);

@@ -381,7 +381,7 @@ impl Node {
         peer: &EntityId,
         frame: Arc<[u8]>,
         preference: TransportPreference,
-        owner: Option<(EntityId, MessageId)>,
+        owner: Option<super::hops::Owner>,
     ) -> super::hops::HopSend {
         use super::hops::HopSend;
         let len = frame.len();
@@ -411,7 +411,7 @@ impl Node {
         hop: &EntityId,
         frame: Arc<[u8]>,
         preference: TransportPreference,
-        owner: Option<(EntityId, MessageId)>,
+        owner: Option<super::hops::Owner>,
     ) -> super::hops::HopSend {
         let len = frame.len();
         let before = (self.stats.ws_messages_sent, self.stats.http_messages_sent);

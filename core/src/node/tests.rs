@@ -1,1 +1,782 @@
-//! Node tests.
+//! Node tests: hostile input on links and HTTP, relaying and mailboxes, heartbeats, topics, and
+//! end-to-end exchanges through an in-memory network with zero latency.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use proptest::prelude::*;
+use rand_chacha::ChaCha20Rng;
+use rand_core::SeedableRng;
+use serde_json::json;
+
+use super::*;
+use crate::envelope::{Envelope, Payload};
+use crate::error::ErrorCode;
+use crate::identity::{Identity, TrustPolicy};
+use crate::rate_limit::RateLimit;
+use crate::signed::{ErrorBody, signed_message};
+use crate::transport::TransportPreference;
+
+const T0: Timestamp = Timestamp::from_unix_millis(1_700_000_000_000);
+
+fn ident(name: &str) -> Identity {
+    let seed = name.bytes().fold(7u8, |a, b| a.wrapping_mul(31).wrapping_add(b));
+    Identity::from_secret_bytes(EntityId::new(name).unwrap(), &[seed; 32])
+}
+
+fn trust_all(names: &[&str]) -> TrustStore {
+    let mut t = TrustStore::new(TrustPolicy::Allowlist);
+    for n in names {
+        let i = ident(n);
+        t.insert(i.id().clone(), i.public_key());
+    }
+    t
+}
+
+fn node(name: &str, config: NodeConfig) -> Node {
+    let names = ["relay", "alice", "bob", "carol"];
+    let rng = ChaCha20Rng::seed_from_u64(name.len() as u64);
+    Node::new(config, ident(name), trust_all(&names), rng).unwrap()
+}
+
+fn id(name: &str) -> EntityId {
+    EntityId::new(name).unwrap()
+}
+
+fn drain(n: &mut Node) -> Vec<Output> {
+    std::iter::from_fn(|| n.poll_output()).collect()
+}
+
+/// The codes of the `ERROR` frames among `outputs`.
+fn error_codes(outputs: &[Output]) -> Vec<ErrorCode> {
+    frames(outputs)
+        .iter()
+        .filter_map(|f| Envelope::decode(f, 1 << 20).ok())
+        .filter(|e| e.message_type == MessageType::Error)
+        .filter_map(|e| ErrorBody::parse(&e.payload).ok().map(|b| b.code))
+        .collect()
+}
+
+fn frames(outputs: &[Output]) -> Vec<Arc<[u8]>> {
+    outputs
+        .iter()
+        .filter_map(|o| match o {
+            Output::Transmit { frame, .. } => Some(Arc::clone(frame)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn types(outputs: &[Output]) -> Vec<MessageType> {
+    frames(outputs)
+        .iter()
+        .filter_map(|f| Envelope::decode(f, 1 << 20).ok())
+        .map(|e| e.message_type)
+        .collect()
+}
+
+fn signed(
+    from: &str,
+    kind: MessageType,
+    to: Option<&str>,
+    payload: serde_json::Value,
+    now: Timestamp,
+) -> Vec<u8> {
+    let mut rng = ChaCha20Rng::seed_from_u64(now.as_unix_millis() ^ kind as u64);
+    signed_message(
+        &ident(from),
+        kind,
+        to.map(id),
+        None,
+        Payload::new(payload).unwrap(),
+        now,
+        &mut rng,
+    )
+    .unwrap()
+    .encode()
+}
+
+/// A frame from `from` for `to` that a relay forwards without opening (a `PEER_MESSAGE` header
+/// with an opaque payload).
+fn opaque_for(from: &str, to: &str, n: u64) -> Vec<u8> {
+    let env = Envelope {
+        message_id: MessageId::new(format!("m{n}")).unwrap(),
+        message_type: MessageType::PeerMessage,
+        version: crate::PROTOCOL_VERSION.to_owned(),
+        timestamp: T0,
+        seq: n + 1,
+        session_id: Some(crate::ids::SessionId::new("sess_x").unwrap()),
+        sender_id: id(from),
+        recipient_id: Some(id(to)),
+        payload: Payload::string("AAAA".to_owned()),
+        nonce: [0; 12],
+        signature: None,
+    };
+    env.encode()
+}
+
+#[test]
+fn hostile_frames_get_typed_errors_and_the_node_keeps_serving() {
+    let mut relay = node("relay", NodeConfig::default());
+    let link = relay.accept_link(T0, LinkKind::Peers, id("alice")).unwrap();
+    drain(&mut relay);
+    let cases: Vec<(Vec<u8>, ErrorCode)> = vec![
+        (b"not json".to_vec(), ErrorCode::InvalidMessage),
+        (vec![0xff, 0x00, 0x13], ErrorCode::InvalidMessage),
+        (vec![b' '; (1 << 20) + 1], ErrorCode::MessageTooLarge),
+        (b"{\"type\":\"PING\"}".to_vec(), ErrorCode::InvalidMessage),
+    ];
+    for (frame, code) in cases {
+        relay.handle_frame(T0, link, &frame);
+        let out = drain(&mut relay);
+        assert_eq!(error_codes(&out), vec![code]);
+        assert!(!out.iter().any(|o| matches!(o, Output::CloseLink { .. })));
+    }
+    // A replayed signed message is refused; a fresh one is answered.
+    let ping = signed("alice", MessageType::Ping, None, json!({}), T0);
+    relay.handle_frame(T0, link, &ping);
+    assert_eq!(types(&drain(&mut relay)), vec![MessageType::Pong]);
+    relay.handle_frame(T0, link, &ping);
+    assert_eq!(error_codes(&drain(&mut relay)), vec![ErrorCode::ReplayDetected]);
+    // A message older than the allowed skew is refused too.
+    let stale = signed(
+        "alice",
+        MessageType::Ping,
+        None,
+        json!({}),
+        T0.saturating_sub(Duration::from_secs(301)),
+    );
+    relay.handle_frame(T0, link, &stale);
+    assert_eq!(error_codes(&drain(&mut relay)), vec![ErrorCode::ReplayDetected]);
+    assert_eq!(relay.link_count(), 1);
+}
+
+#[test]
+fn a_link_cannot_send_as_another_entity() {
+    let mut relay = node("relay", NodeConfig::default());
+    let link = relay.accept_link(T0, LinkKind::Peers, id("alice")).unwrap();
+    relay.handle_frame(T0, link, &signed("bob", MessageType::Ping, None, json!({}), T0));
+    let out = drain(&mut relay);
+    assert_eq!(error_codes(&out), vec![ErrorCode::AuthenticationFailed]);
+    assert!(out.iter().any(|o| matches!(o, Output::CloseLink { link: l, .. } if *l == link)));
+    assert_eq!(relay.link_count(), 0);
+    // Entities outside the allowlist cannot attach at all.
+    assert_eq!(
+        relay.accept_link(T0, LinkKind::Peers, id("mallory")),
+        Err(ErrorCode::AuthenticationFailed)
+    );
+}
+
+#[test]
+fn links_are_rate_limited_and_heartbeats_more_so() {
+    let config = NodeConfig { link_rate: RateLimit::per_minute(5), ..NodeConfig::default() };
+    let mut relay = node("relay", config);
+    let link = relay.accept_link(T0, LinkKind::Peers, id("alice")).unwrap();
+    let mut codes = Vec::new();
+    for n in 0..8 {
+        relay.handle_frame(T0, link, &opaque_for("alice", "bob", n));
+        codes.extend(error_codes(&drain(&mut relay)));
+    }
+    assert_eq!(codes, vec![ErrorCode::RateLimitExceeded; 3]);
+    assert_eq!(relay.mailbox_len(), 5);
+
+    let mut relay = node("relay", NodeConfig::default());
+    let link = relay.accept_link(T0, LinkKind::Peers, id("alice")).unwrap();
+    let mut kinds = Vec::new();
+    for n in 0..3u64 {
+        let t = T0.saturating_add(Duration::from_millis(n));
+        relay.handle_frame(t, link, &signed("alice", MessageType::Ping, None, json!({}), t));
+        let out = drain(&mut relay);
+        kinds.extend(types(&out));
+    }
+    // Seed 002: at most 2 heartbeats a minute from a peer.
+    assert_eq!(kinds, vec![MessageType::Pong, MessageType::Pong, MessageType::Error]);
+}
+
+#[test]
+fn idle_links_are_pinged_and_silent_ones_closed() {
+    let mut relay = node("relay", NodeConfig::default());
+    let link = relay.accept_link(T0, LinkKind::Peers, id("alice")).unwrap();
+    drain(&mut relay);
+    assert_eq!(relay.poll_timeout(), Some(T0.saturating_add(Duration::from_secs(30))));
+    relay.handle_timeout(T0.saturating_add(Duration::from_secs(30)));
+    assert_eq!(types(&drain(&mut relay)), vec![MessageType::Ping]);
+    // Nothing back within the 10 s grace: the link is dead (seed 002: 30 s + 10 s).
+    relay.handle_timeout(T0.saturating_add(Duration::from_secs(40)));
+    let out = drain(&mut relay);
+    assert!(out.iter().any(|o| matches!(o, Output::CloseLink { link: l, reason: Some(ErrorCode::Timeout) } if *l == link)));
+    assert_eq!(relay.link_count(), 0);
+}
+
+#[test]
+fn relay_queues_for_offline_entities_and_refuses_unknown_ones() {
+    let config = NodeConfig { mailbox_messages: 3, ..NodeConfig::default() };
+    let mut relay = node("relay", config);
+    let alice = relay.accept_link(T0, LinkKind::Peers, id("alice")).unwrap();
+    let mut codes = Vec::new();
+    for n in 0..4 {
+        relay.handle_frame(T0, alice, &opaque_for("alice", "bob", n));
+        codes.extend(error_codes(&drain(&mut relay)));
+    }
+    assert_eq!(codes, vec![ErrorCode::MailboxFull]);
+    relay.handle_frame(T0, alice, &opaque_for("alice", "mallory", 9));
+    assert_eq!(error_codes(&drain(&mut relay)), vec![ErrorCode::UnknownRecipient]);
+    // Bob polls over HTTP: the poll drains the mailbox in order.
+    let poll = relay.handle_http_request(T0, id("bob"), HttpCall::Poll);
+    let out = drain(&mut relay);
+    let Some(Output::HttpRespond { request, status: 200, body }) = out.first() else {
+        panic!("{out:?}")
+    };
+    assert_eq!(*request, poll);
+    let ids: Vec<String> = body
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| Envelope::decode(l, 1 << 20).unwrap().message_id.as_str().to_owned())
+        .collect();
+    assert_eq!(ids, vec!["m0", "m1", "m2"]);
+    assert_eq!(relay.mailbox_len(), 0);
+    // A held poll is answered as soon as something arrives.
+    let poll = relay.handle_http_request(T0, id("bob"), HttpCall::Poll);
+    assert!(drain(&mut relay).is_empty());
+    relay.handle_frame(T0, alice, &opaque_for("alice", "bob", 7));
+    let out = drain(&mut relay);
+    assert!(
+        matches!(out.as_slice(), [Output::HttpRespond { request, status: 200, body }] if *request == poll && !body.is_empty())
+    );
+    // Or empty once the poll wait passes.
+    let poll = relay.handle_http_request(T0, id("bob"), HttpCall::Poll);
+    relay.handle_timeout(T0.saturating_add(Duration::from_secs(25)));
+    let out = drain(&mut relay);
+    assert!(out.iter().any(|o| matches!(o, Output::HttpRespond { request, body, .. } if *request == poll && body.is_empty())));
+    // Frames for an entity that connects over WebSocket go to its link.
+    relay.handle_frame(T0, alice, &opaque_for("alice", "bob", 8));
+    drain(&mut relay);
+    let bob = relay.accept_link(T0, LinkKind::Peers, id("bob")).unwrap();
+    let out = drain(&mut relay);
+    assert!(matches!(out.as_slice(), [Output::Transmit { link, .. }] if *link == bob));
+}
+
+#[test]
+fn topics_send_the_same_bytes_to_every_subscriber() {
+    let mut relay = node("relay", NodeConfig::default());
+    let a = relay.accept_link(T0, LinkKind::Events, id("alice")).unwrap();
+    let b = relay.accept_link(T0, LinkKind::Events, id("bob")).unwrap();
+    let sub =
+        |who: &str, t| signed(who, MessageType::Subscribe, None, json!({"topic": "training"}), t);
+    relay.handle_frame(T0, a, &sub("alice", T0));
+    relay.handle_frame(T0, b, &sub("bob", T0.saturating_add(Duration::from_millis(1))));
+    drain(&mut relay);
+    assert_eq!(relay.publish(T0, "training", json!({"progress": 42})).unwrap(), 2);
+    let out = drain(&mut relay);
+    let sent = frames(&out);
+    assert_eq!(sent.len(), 2);
+    assert!(Arc::ptr_eq(&sent[0], &sent[1]), "encoded once, shared");
+    // A client publishes: every other subscriber gets its frame.
+    let publish =
+        signed("alice", MessageType::Publish, None, json!({"topic": "training", "data": 1}), T0);
+    relay.handle_frame(T0, a, &publish);
+    let out = drain(&mut relay);
+    assert!(matches!(out.as_slice(), [Output::Transmit { link, .. }] if *link == b));
+    // Closed links leave their topics.
+    relay.link_closed(T0, b);
+    assert_eq!(relay.publish(T0, "training", json!(null)).unwrap(), 1);
+    assert!(relay.publish(T0, "bad topic!", json!(null)).is_err());
+    // Subscribing needs a signed message with a valid topic.
+    let t1 = T0.saturating_add(Duration::from_millis(5));
+    relay.handle_frame(
+        t1,
+        a,
+        &signed("alice", MessageType::Subscribe, None, json!({"topic": ""}), t1),
+    );
+    assert_eq!(error_codes(&drain(&mut relay)), vec![ErrorCode::InvalidMessage]);
+}
+
+/// An in-memory network with zero latency.
+struct Pump {
+    nodes: BTreeMap<String, Node>,
+    pairs: BTreeMap<(String, LinkId), (String, LinkId)>,
+    http: BTreeMap<(String, RequestId), (String, RequestId)>,
+    now: Timestamp,
+    events: Vec<(String, Event)>,
+    /// Nodes whose HTTP server answers every request with this status instead.
+    http_status: BTreeMap<String, u16>,
+    /// Nodes refusing WebSocket connections.
+    no_ws: Vec<String>,
+}
+
+impl Pump {
+    fn new(names: &[(&str, NodeConfig)]) -> Self {
+        let nodes = names.iter().map(|(n, c)| ((*n).to_owned(), node(n, c.clone()))).collect();
+        Self {
+            nodes,
+            pairs: BTreeMap::new(),
+            http: BTreeMap::new(),
+            now: T0,
+            events: Vec::new(),
+            http_status: BTreeMap::new(),
+            no_ws: Vec::new(),
+        }
+    }
+
+    fn addr(name: &str) -> NodeAddr {
+        NodeAddr { entity: id(name), base_url: format!("http://{name}.test") }
+    }
+
+    fn target(url: &str) -> String {
+        url.split("//").nth(1).and_then(|s| s.split('.').next()).unwrap_or_default().to_owned()
+    }
+
+    fn node(&mut self, name: &str) -> &mut Node {
+        self.nodes.get_mut(name).unwrap()
+    }
+
+    fn run(&mut self) {
+        for _ in 0..10_000 {
+            let mut progressed = false;
+            let names: Vec<String> = self.nodes.keys().cloned().collect();
+            for name in names {
+                while let Some(out) = self.node(&name).poll_output() {
+                    progressed = true;
+                    self.carry(&name, out);
+                }
+            }
+            if !progressed {
+                return;
+            }
+        }
+        panic!("network did not settle");
+    }
+
+    fn carry(&mut self, from: &str, out: Output) {
+        let now = self.now;
+        match out {
+            Output::OpenLink { link, url, kind, .. } => {
+                let to = Self::target(&url);
+                let me = id(from);
+                let accepted = if self.no_ws.contains(&to) || !self.nodes.contains_key(&to) {
+                    None
+                } else {
+                    self.node(&to).accept_link(now, kind, me).ok()
+                };
+                match accepted {
+                    Some(server) => {
+                        self.pairs.insert((from.to_owned(), link), (to.clone(), server));
+                        self.pairs.insert((to, server), (from.to_owned(), link));
+                        self.node(from).link_up(now, link);
+                    }
+                    None => self.node(from).link_failed(now, link),
+                }
+            }
+            Output::Transmit { link, frame } => {
+                if let Some((to, l)) = self.pairs.get(&(from.to_owned(), link)).cloned() {
+                    self.node(&to).handle_frame(now, l, &frame);
+                }
+            }
+            Output::CloseLink { link, .. } => {
+                if let Some((to, l)) = self.pairs.remove(&(from.to_owned(), link)) {
+                    self.pairs.remove(&(to.clone(), l));
+                    self.node(&to).link_closed(now, l);
+                }
+            }
+            Output::HttpRequest { request, method, url, body } => {
+                let to = Self::target(&url);
+                if let Some(status) = self.http_status.get(&to).copied() {
+                    self.node(from).handle_http_response(now, request, status, &[]);
+                    return;
+                }
+                let call = match method {
+                    HttpMethod::Post => HttpCall::PostMessages { body },
+                    HttpMethod::Get => HttpCall::Poll,
+                };
+                let me = id(from);
+                let server = self.node(&to).handle_http_request(now, me, call);
+                self.http.insert((to, server), (from.to_owned(), request));
+            }
+            Output::HttpRespond { request, status, body } => {
+                if let Some((client, r)) = self.http.remove(&(from.to_owned(), request)) {
+                    self.node(&client).handle_http_response(now, r, status, &body);
+                }
+            }
+            Output::Event(e) => self.events.push((from.to_owned(), e)),
+        }
+    }
+
+    fn advance(&mut self, by: Duration) {
+        let until = self.now.saturating_add(by);
+        loop {
+            let next = self.nodes.values().filter_map(Node::poll_timeout).min();
+            match next {
+                Some(t) if t <= until => {
+                    self.now = self.now.max(t);
+                    let now = self.now;
+                    for n in self.nodes.values_mut() {
+                        if n.poll_timeout().is_some_and(|t| t <= now) {
+                            n.handle_timeout(now);
+                        }
+                    }
+                    self.run();
+                }
+                _ => break,
+            }
+        }
+        self.now = until;
+    }
+
+    fn cut(&mut self, a: &str) {
+        let links: Vec<(String, LinkId)> =
+            self.pairs.keys().filter(|(n, _)| n == a).cloned().collect();
+        for (n, l) in links {
+            if let Some((to, tl)) = self.pairs.remove(&(n.clone(), l)) {
+                self.pairs.remove(&(to.clone(), tl));
+                let now = self.now;
+                self.node(&to).link_closed(now, tl);
+                self.node(&n).link_closed(now, l);
+            }
+        }
+    }
+
+    fn events_of(&self, name: &str) -> Vec<&Event> {
+        self.events.iter().filter(|(n, _)| n == name).map(|(_, e)| e).collect()
+    }
+
+    fn messages_at(&self, name: &str) -> Vec<Vec<u8>> {
+        self.events_of(name)
+            .into_iter()
+            .filter_map(|e| match e {
+                Event::Message { payload, .. } => Some(payload.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+fn via_relay(preference: TransportPreference) -> Pump {
+    let config = NodeConfig { preference, ..NodeConfig::default() };
+    let mut p =
+        Pump::new(&[("relay", NodeConfig::default()), ("alice", config.clone()), ("bob", config)]);
+    for n in ["alice", "bob"] {
+        p.node(n).set_default_route(Pump::addr("relay"));
+    }
+    p
+}
+
+#[test]
+fn messages_cross_a_relay_end_to_end_under_every_preference() {
+    for preference in TransportPreference::ALL {
+        let mut p = via_relay(preference);
+        let now = p.now;
+        // Bob makes himself reachable: over WebSocket unless HTTP-only, else by polling.
+        p.node("bob").connect(now, &id("alice")).unwrap();
+        p.run();
+        for n in 0..5u8 {
+            let now = p.now;
+            p.node("alice").send(now, &id("bob"), vec![b'm', n], SendOptions::default()).unwrap();
+            p.run();
+        }
+        p.advance(Duration::from_secs(3));
+        assert_eq!(
+            p.messages_at("bob"),
+            (0..5u8).map(|n| vec![b'm', n]).collect::<Vec<_>>(),
+            "{preference:?}"
+        );
+        let delivered =
+            p.events_of("alice").iter().filter(|e| matches!(e, Event::Delivered { .. })).count();
+        assert_eq!(delivered, 5, "{preference:?}");
+        let stats = p.node("alice").stats().clone();
+        match preference {
+            TransportPreference::WebsocketOnly => assert_eq!(stats.http_messages_sent, 0),
+            TransportPreference::HttpOnly => {
+                assert_eq!(stats.ws_messages_sent, 0);
+                assert_eq!(p.node("alice").link_count(), 0, "HTTP_ONLY never opens a WebSocket");
+            }
+            TransportPreference::WebsocketFirst => {
+                assert!(stats.ws_messages_sent > stats.http_messages_sent)
+            }
+            TransportPreference::HttpFirst => assert!(stats.http_messages_sent > 0),
+        }
+        assert!(!format!("{:?}", p.events).contains("AuthenticationFailed"));
+    }
+}
+
+#[test]
+fn a_cut_websocket_falls_back_to_http_and_comes_back() {
+    let mut p = via_relay(TransportPreference::WebsocketFirst);
+    let now = p.now;
+    p.node("bob").connect(now, &id("alice")).unwrap();
+    p.node("alice").send(now, &id("bob"), b"before".to_vec(), SendOptions::default()).unwrap();
+    p.run();
+    p.advance(Duration::from_secs(1));
+    let ws_before = p.node("alice").stats().ws_messages_sent;
+    // The relay refuses WebSocket for a while; alice's link is cut.
+    p.no_ws.push("relay".to_owned());
+    p.cut("alice");
+    for n in 0..3u8 {
+        let now = p.now;
+        p.node("alice").send(now, &id("bob"), vec![b'h', n], SendOptions::default()).unwrap();
+        p.run();
+        p.advance(Duration::from_millis(300));
+    }
+    p.advance(Duration::from_secs(2));
+    assert!(p.node("alice").stats().http_messages_sent > 0, "fell back to HTTP");
+    // WebSocket is accepted again: after the reconnect backoff, traffic returns to it.
+    p.no_ws.clear();
+    p.advance(Duration::from_secs(70));
+    let ws_mid = p.node("alice").stats().ws_messages_sent;
+    let now = p.now;
+    p.node("alice").send(now, &id("bob"), b"after".to_vec(), SendOptions::default()).unwrap();
+    p.run();
+    p.advance(Duration::from_secs(2));
+    assert!(p.node("alice").stats().ws_messages_sent > ws_mid, "returned to WebSocket");
+    assert!(ws_mid >= ws_before);
+    let mut expected = vec![b"before".to_vec()];
+    expected.extend((0..3u8).map(|n| vec![b'h', n]));
+    expected.push(b"after".to_vec());
+    assert_eq!(p.messages_at("bob"), expected, "nothing lost, nothing duplicated");
+    let switches = p
+        .events_of("alice")
+        .iter()
+        .filter(|e| matches!(e, Event::TransportSwitched { .. }))
+        .count();
+    assert!((2..=4).contains(&switches), "switched {switches} times");
+}
+
+#[test]
+fn websocket_only_fails_fast_and_http_errors_follow_the_table() {
+    // WEBSOCKET_ONLY, relay refusing WebSocket: the message fails at the first failed connect.
+    let mut p = via_relay(TransportPreference::WebsocketOnly);
+    p.no_ws.push("relay".to_owned());
+    let now = p.now;
+    let id1 = p.node("alice").send(now, &id("bob"), b"x".to_vec(), SendOptions::default()).unwrap();
+    p.run();
+    p.advance(Duration::from_secs(2));
+    assert!(
+        p.events_of("alice").iter().any(|e| matches!(e, Event::Failed { id, .. } if *id == id1)),
+        "{:?}",
+        p.events_of("alice")
+    );
+
+    // HTTP_ONLY against a relay answering 403: no retry, failed at once.
+    let mut p = via_relay(TransportPreference::HttpOnly);
+    p.http_status.insert("relay".to_owned(), 403);
+    let now = p.now;
+    p.node("alice").send(now, &id("bob"), b"x".to_vec(), SendOptions::default()).unwrap();
+    p.run();
+    let failed = p.events_of("alice").iter().filter(|e| matches!(e, Event::Failed { .. })).count();
+    assert_eq!(failed, 1);
+
+    // HTTP_ONLY against 503: retried with backoff, then failed.
+    let mut p = via_relay(TransportPreference::HttpOnly);
+    p.http_status.insert("relay".to_owned(), 503);
+    let now = p.now;
+    p.node("alice").send(now, &id("bob"), b"x".to_vec(), SendOptions::default()).unwrap();
+    p.run();
+    assert!(p.events_of("alice").iter().all(|e| !matches!(e, Event::Failed { .. })), "not at once");
+    p.advance(Duration::from_secs(10));
+    assert!(p.events_of("alice").iter().any(|e| matches!(e, Event::Failed { .. })));
+}
+
+#[test]
+fn requests_are_answered_or_time_out() {
+    let mut p = via_relay(TransportPreference::WebsocketFirst);
+    let now = p.now;
+    p.node("bob").connect(now, &id("alice")).unwrap();
+    let request =
+        p.node("alice").request(now, &id("bob"), b"work".to_vec(), Duration::from_secs(5)).unwrap();
+    p.run();
+    p.advance(Duration::from_millis(100));
+    let got = p.events_of("bob").iter().find_map(|e| match e {
+        Event::Request { id, payload, .. } => Some((id.clone(), payload.clone())),
+        _ => None,
+    });
+    assert_eq!(got, Some((request.clone(), b"work".to_vec())));
+    let now = p.now;
+    assert!(
+        p.node("bob").respond(now, &id("alice"), &MessageId::new("nope").unwrap(), vec![]).is_err()
+    );
+    p.node("bob").respond(now, &id("alice"), &request, b"done".to_vec()).unwrap();
+    p.run();
+    p.advance(Duration::from_millis(100));
+    assert!(p.events_of("alice").iter().any(|e| matches!(e, Event::Response { request: r, payload, .. } if *r == request && payload == b"done")));
+    // Unanswered: a timeout event.
+    let now = p.now;
+    let late =
+        p.node("alice").request(now, &id("bob"), b"slow".to_vec(), Duration::from_secs(2)).unwrap();
+    p.run();
+    p.advance(Duration::from_secs(3));
+    assert!(
+        p.events_of("alice")
+            .iter()
+            .any(|e| matches!(e, Event::RequestTimedOut { request, .. } if *request == late))
+    );
+}
+
+#[test]
+fn broadcast_and_large_messages_reach_every_session() {
+    let mut p = via_relay(TransportPreference::WebsocketFirst);
+    let carol = NodeConfig::default();
+    p.nodes.insert("carol".to_owned(), node("carol", carol));
+    p.node("carol").set_default_route(Pump::addr("relay"));
+    let now = p.now;
+    p.node("bob").connect(now, &id("alice")).unwrap();
+    p.node("carol").connect(now, &id("alice")).unwrap();
+    p.run();
+    p.advance(Duration::from_secs(1));
+    // A message several chunks long.
+    let big: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
+    let now = p.now;
+    p.node("alice").send(now, &id("bob"), big.clone(), SendOptions::default()).unwrap();
+    p.node("alice").send(now, &id("carol"), b"hello".to_vec(), SendOptions::default()).unwrap();
+    p.run();
+    p.advance(Duration::from_secs(5));
+    assert_eq!(p.messages_at("bob"), vec![big]);
+    let now = p.now;
+    let (ok, failed) = p.node("alice").broadcast(now, b"all");
+    assert_eq!((ok.len(), failed.len()), (2, 0));
+    p.run();
+    p.advance(Duration::from_secs(1));
+    assert_eq!(p.messages_at("bob").last().unwrap(), b"all");
+    assert_eq!(p.messages_at("carol"), vec![b"hello".to_vec(), b"all".to_vec()]);
+}
+
+#[test]
+fn direct_sessions_resume_after_a_reconnect_and_forged_resumes_fail() {
+    // Alice talks to bob's own node directly; the link drops and comes back.
+    let mut p = Pump::new(&[("alice", NodeConfig::default()), ("bob", NodeConfig::default())]);
+    p.node("alice").add_route(id("bob"), Pump::addr("bob"));
+    let now = p.now;
+    p.node("alice").send(now, &id("bob"), b"one".to_vec(), SendOptions::default()).unwrap();
+    p.run();
+    p.advance(Duration::from_secs(1));
+    p.cut("alice");
+    p.advance(Duration::from_secs(3));
+    let now = p.now;
+    p.node("alice").send(now, &id("bob"), b"two".to_vec(), SendOptions::default()).unwrap();
+    p.run();
+    p.advance(Duration::from_secs(3));
+    assert_eq!(p.messages_at("bob"), vec![b"one".to_vec(), b"two".to_vec()]);
+    assert!(p.events_of("alice").iter().any(|e| matches!(e, Event::SessionResumed { .. })));
+    let established = p
+        .events_of("alice")
+        .iter()
+        .filter(|e| matches!(e, Event::SessionEstablished { .. }))
+        .count();
+    assert_eq!(established, 1, "resumed without a new handshake");
+
+    // Mallory (holding alice's identity key but not the session) cannot resume it.
+    let session = p
+        .node("bob")
+        .peers
+        .get(&id("alice"))
+        .and_then(|s| s.session.as_ref())
+        .unwrap()
+        .id()
+        .clone();
+    let mut forged = Envelope {
+        message_id: MessageId::new("forged").unwrap(),
+        message_type: MessageType::SessionResume,
+        version: crate::PROTOCOL_VERSION.to_owned(),
+        timestamp: p.now,
+        seq: 0,
+        session_id: Some(session),
+        sender_id: id("alice"),
+        recipient_id: Some(id("bob")),
+        payload: Payload::new(json!({"proof": crate::encoding::b64u(&[0u8; 32])})).unwrap(),
+        nonce: [9; 12],
+        signature: None,
+    };
+    forged.sign(&ident("alice"));
+    let now = p.now;
+    let link = p.node("bob").accept_link(now, LinkKind::Peers, id("alice")).unwrap();
+    drain(p.node("bob"));
+    p.node("bob").handle_frame(now, link, &forged.encode());
+    assert_eq!(error_codes(&drain(p.node("bob"))), vec![ErrorCode::AuthenticationFailed]);
+}
+
+#[derive(Debug, Clone)]
+enum Input {
+    Accept(u8),
+    Frame(u8, Vec<u8>),
+    Mutated(u8, u16, u8),
+    Close(u8),
+    Post(u8, Vec<u8>),
+    Poll(u8),
+    Advance(u16),
+    Send(u8),
+}
+
+fn input() -> impl Strategy<Value = Input> {
+    prop_oneof![
+        any::<u8>().prop_map(Input::Accept),
+        (any::<u8>(), prop::collection::vec(any::<u8>(), 0..64))
+            .prop_map(|(l, b)| Input::Frame(l, b)),
+        (any::<u8>(), any::<u16>(), any::<u8>()).prop_map(|(l, i, b)| Input::Mutated(l, i, b)),
+        any::<u8>().prop_map(Input::Close),
+        (any::<u8>(), prop::collection::vec(any::<u8>(), 0..64))
+            .prop_map(|(e, b)| Input::Post(e, b)),
+        any::<u8>().prop_map(Input::Poll),
+        any::<u16>().prop_map(Input::Advance),
+        any::<u8>().prop_map(Input::Send),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// Arbitrary inputs never panic, and every peer-fed structure stays within its bound.
+    #[test]
+    fn arbitrary_inputs_never_panic_and_stay_bounded(inputs in prop::collection::vec(input(), 1..60)) {
+        let config = NodeConfig { mailbox_messages: 4, mailbox_bytes: 4096, max_links: 6, ..NodeConfig::default() };
+        let mut relay = node("relay", config);
+        let names = ["alice", "bob", "carol", "mallory"];
+        let mut links: Vec<LinkId> = Vec::new();
+        let mut now = T0;
+        let valid = [
+            signed("alice", MessageType::Ping, None, json!({}), T0),
+            opaque_for("alice", "bob", 1),
+            signed("bob", MessageType::Subscribe, None, json!({"topic": "t"}), T0),
+        ];
+        for i in inputs {
+            match i {
+                Input::Accept(n) => {
+                    let who = names[usize::from(n) % names.len()];
+                    let kind = if n % 2 == 0 { LinkKind::Peers } else { LinkKind::Events };
+                    if let Ok(l) = relay.accept_link(now, kind, id(who)) { links.push(l) }
+                }
+                Input::Frame(l, bytes) => if let Some(link) = links.get(usize::from(l) % links.len().max(1)) {
+                    relay.handle_frame(now, *link, &bytes);
+                },
+                Input::Mutated(l, at, b) => if let Some(link) = links.get(usize::from(l) % links.len().max(1)) {
+                    let mut f = valid[usize::from(b) % valid.len()].clone();
+                    let len = f.len();
+                    f[usize::from(at) % len] ^= b | 1;
+                    relay.handle_frame(now, *link, &f);
+                },
+                Input::Close(l) => if let Some(link) = links.get(usize::from(l) % links.len().max(1)) {
+                    relay.link_closed(now, *link);
+                },
+                Input::Post(e, body) => {
+                    let who = names[usize::from(e) % names.len()];
+                    let mut b = body;
+                    b.extend_from_slice(b"\n");
+                    b.extend_from_slice(&valid[usize::from(e) % valid.len()]);
+                    relay.handle_http_request(now, id(who), HttpCall::PostMessages { body: b });
+                }
+                Input::Poll(e) => {
+                    relay.handle_http_request(now, id(names[usize::from(e) % names.len()]), HttpCall::Poll);
+                }
+                Input::Advance(ms) => {
+                    now = now.saturating_add(Duration::from_millis(u64::from(ms) * 50));
+                    relay.handle_timeout(now);
+                }
+                Input::Send(n) => {
+                    let _ = relay.send(now, &id(names[usize::from(n) % names.len()]), vec![n], SendOptions::default());
+                }
+            }
+            while relay.poll_output().is_some() {}
+            prop_assert!(relay.mailbox_bytes() <= 4096 * 4);
+            prop_assert!(relay.link_count() <= 6 + 4);
+            prop_assert!(relay.poll_timeout().is_none_or(|t| t >= now) || relay.poll_timeout() <= Some(now));
+        }
+    }
+}
