@@ -267,6 +267,29 @@ impl Reassembler {
     pub fn partials(&self) -> usize {
         self.partials.len()
     }
+
+    /// Drops the partial message `id`, if held (its sender gave up on it); returns whether it was.
+    pub fn discard(&mut self, id: &MessageId) -> bool {
+        self.partials.remove(id).is_some()
+    }
+}
+
+#[cfg(test)]
+mod discard_tests {
+    use super::*;
+
+    #[test]
+    fn discard_frees_the_partial() {
+        let id = MessageId::new("m").unwrap();
+        let mut r = Reassembler::new(ReassemblyLimits::default());
+        let chunks = split(&id, b"abcdef", 2);
+        let t = Timestamp::from_unix_millis(0);
+        assert_eq!(r.insert(chunks[0].clone(), t), Ok(None));
+        assert_eq!(r.partials(), 1);
+        assert!(r.discard(&id));
+        assert!(!r.discard(&id));
+        assert_eq!((r.partials(), r.held_bytes()), (0, 0));
+    }
 }
 
 #[cfg(test)]

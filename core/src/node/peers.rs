@@ -53,6 +53,9 @@ pub(super) struct PeerState {
     pub resume: Option<(MessageId, [u8; NONCE_LEN])>,
     /// The last flush stopped at a frame waiting for a WebSocket link.
     pub blocked: bool,
+    /// The chunked message being reassembled. Its chunks come on consecutive stream numbers, so
+    /// any frame of another message means the sender gave up on the rest of it.
+    pub assembling: Option<MessageId>,
     pub stats: TransportStats,
 }
 
@@ -122,6 +125,7 @@ impl Node {
             inbound_requests: BTreeSet::new(),
             resume: None,
             blocked: false,
+            assembling: None,
             stats: TransportStats::default(),
         };
         self.peers.insert(peer.clone(), state);
@@ -633,9 +637,13 @@ impl Node {
 
     fn deliver_frames(&mut self, now: Timestamp, peer: &EntityId, frames: Vec<InFrame>) {
         for f in frames {
+            let Some(p) = self.peers.get_mut(peer) else { return };
+            let current = f.header.chunk.as_ref().map(|c| c.id.clone());
+            if let Some(orphan) = p.assembling.take().filter(|a| Some(a) != current.as_ref()) {
+                p.reassembly.discard(&orphan);
+            }
             match f.header.chunk {
                 Some(c) => {
-                    let Some(p) = self.peers.get_mut(peer) else { return };
                     let chunk = Chunk {
                         chunk_id: c.id.clone(),
                         sequence_number: c.seq,
@@ -651,7 +659,7 @@ impl Node {
                             f.header.reply_to,
                             message,
                         ),
-                        Ok(None) => {}
+                        Ok(None) => p.assembling = Some(c.id),
                         Err(e) => {
                             self.event(Event::Error { peer: Some(peer.clone()), code: e.code() })
                         }
