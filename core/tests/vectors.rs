@@ -248,7 +248,7 @@ fn handshake_vectors() -> Handshake {
     Handshake { vectors, initiator: *initiator, responder: *responder }
 }
 
-fn session_vectors(mut hs: Handshake) -> Value {
+fn session_vectors(hs: &mut Handshake) -> Value {
     let mut out = Vec::new();
     let plan: [(bool, MessageType, &str, &[u8]); 4] = [
         (true, MessageType::PeerMessage, "msg-0001", b"hello bob"),
@@ -282,6 +282,84 @@ fn session_vectors(mut hs: Handshake) -> Value {
         "description": "Session messages sealed with the keys of handshake.json (spec §8); sign_all is on",
         "session_id": hs.initiator.id().as_str(),
         "messages": out,
+    })
+}
+
+fn delivery_vectors(mut hs: Handshake) -> Value {
+    use peerlink_core::stream::{
+        Ack, ChunkHeader, DataHeader, Forward, StreamControl, encode_data,
+    };
+    let header =
+        |no: u64, base: u64| DataHeader { epoch: 4242, no, base, reply_to: None, chunk: None };
+    let big = MessageId::new("big-0001").unwrap();
+    let chunk = |seq: u32, last: bool| ChunkHeader {
+        id: big.clone(),
+        seq,
+        last,
+        total: 10,
+        message_type: MessageType::PeerMessage,
+    };
+    let frames: Vec<(&str, MessageType, &str, Vec<u8>)> = vec![
+        (
+            "a message, the first frame of epoch 4242",
+            MessageType::PeerMessage,
+            "msg-d001",
+            encode_data(&header(1, 1), b"hello"),
+        ),
+        (
+            "a task response naming its request",
+            MessageType::TaskResponse,
+            "msg-d002",
+            encode_data(
+                &DataHeader { reply_to: Some(MessageId::new("msg-0002").unwrap()), ..header(2, 1) },
+                b"done",
+            ),
+        ),
+        (
+            "chunk 0 of a 10-byte message",
+            MessageType::ChunkedMessage,
+            "msg-d003",
+            encode_data(&DataHeader { chunk: Some(chunk(0, false)), ..header(3, 3) }, b"01234"),
+        ),
+        (
+            "chunk 1, the last",
+            MessageType::ChunkedMessage,
+            "msg-d004",
+            encode_data(&DataHeader { chunk: Some(chunk(1, true)), ..header(4, 3) }, b"56789"),
+        ),
+        (
+            "stream control: an acknowledgement and a forward",
+            MessageType::Ack,
+            "msg-d005",
+            StreamControl {
+                ack: Some(Ack { epoch: 77, cumulative: 9, selective: vec![11, 12] }),
+                forward: Some(Forward { epoch: 4242, base: 5 }),
+            }
+            .encode(),
+        ),
+    ];
+    let mut out = Vec::new();
+    for (description, kind, id, plaintext) in frames {
+        let env = hs.initiator.seal(kind, MessageId::new(id).unwrap(), &plaintext, NOW).unwrap();
+        assert_eq!(hs.responder.open(&env, NOW).unwrap().plaintext, plaintext);
+        out.push(json!({
+            "description": description,
+            "plaintext_text": String::from_utf8_lossy(&plaintext),
+            "plaintext": hex(&plaintext),
+            "wire": text(&env.encode()),
+        }));
+    }
+    let nonce = [0x5au8; 12];
+    let request = hs.initiator.resumption_proof(&[b"request".as_slice(), &nonce].concat());
+    let response = hs.initiator.resumption_proof(&[b"response".as_slice(), &nonce].concat());
+    json!({
+        "description": "Delivery-layer plaintexts (spec §13, §14) sealed initiator to responder with the keys of session.json's session, after its messages; resume proofs (§15.3)",
+        "frames": out,
+        "resume": {
+            "nonce": hex(&nonce),
+            "request_proof": hex(&request),
+            "response_proof": hex(&response),
+        },
     })
 }
 
@@ -356,7 +434,10 @@ fn generate() -> BTreeMap<&'static str, Value> {
     files.insert("canonical.json", canonical_vectors());
     files.insert("envelopes.json", envelope_vectors());
     files.insert("handshake.json", hs.vectors.clone());
-    files.insert("session.json", session_vectors(hs));
+    let mut hs = hs;
+    let session = session_vectors(&mut hs);
+    files.insert("session.json", session);
+    files.insert("delivery.json", delivery_vectors(hs));
     files.insert("invalid.json", invalid_vectors());
     files
 }

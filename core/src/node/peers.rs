@@ -56,10 +56,34 @@ pub(super) struct PeerState {
     /// The chunked message being reassembled. Its chunks come on consecutive stream numbers, so
     /// any frame of another message means the sender gave up on the rest of it.
     pub assembling: Option<MessageId>,
+    /// Sessions with this peer that were replaced or lost (newest last): a message for one of
+    /// them is answered `SESSION_EXPIRED` rather than `SESSION_NOT_FOUND`.
+    pub retired: std::collections::VecDeque<crate::ids::SessionId>,
     pub stats: TransportStats,
 }
 
+/// Retired session ids remembered per peer.
+const RETIRED_SESSIONS: usize = 4;
+
 impl PeerState {
+    /// Forgets the current session, remembering its id as retired.
+    fn retire_session(&mut self) -> Option<Session> {
+        let old = self.session.take()?;
+        self.retired.push_back(old.id().clone());
+        while self.retired.len() > RETIRED_SESSIONS {
+            self.retired.pop_front();
+        }
+        Some(old)
+    }
+
+    /// The code for a message naming a session this side does not hold.
+    pub(super) fn missing_session_code(&self, id: Option<&crate::ids::SessionId>) -> ErrorCode {
+        match id {
+            Some(id) if self.retired.contains(id) => ErrorCode::SessionExpired,
+            _ => ErrorCode::SessionNotFound,
+        }
+    }
+
     /// Whether this side has something the peer must hear: messages, or a `forward` for
     /// messages it gave up. Either way a session is needed.
     pub fn needs_session(&self) -> bool {
@@ -126,6 +150,7 @@ impl Node {
             resume: None,
             blocked: false,
             assembling: None,
+            retired: std::collections::VecDeque::new(),
             stats: TransportStats::default(),
         };
         self.peers.insert(peer.clone(), state);
@@ -446,6 +471,7 @@ impl Node {
     fn install_session(&mut self, now: Timestamp, peer: &EntityId, session: Session) {
         let Some(p) = self.peers.get_mut(peer) else { return };
         let id = session.id().clone();
+        p.retire_session();
         p.session = Some(session);
         p.initiator = None;
         p.responder = None;
@@ -462,9 +488,9 @@ impl Node {
     }
 
     /// Forgets the session with `peer`; the next flush starts a new handshake.
-    fn lose_session(&mut self, now: Timestamp, peer: &EntityId, reason: ErrorCode) {
+    pub(super) fn lose_session(&mut self, now: Timestamp, peer: &EntityId, reason: ErrorCode) {
         let Some(p) = self.peers.get_mut(peer) else { return };
-        if p.session.take().is_none() {
+        if p.retire_session().is_none() {
             return;
         }
         p.resume = None;
@@ -566,6 +592,13 @@ impl Node {
         };
         let opened = match opened {
             Ok(o) => o,
+            Err(ProtocolError::WrongSession) => {
+                let code = self.peers.get(&peer).map_or(ErrorCode::SessionNotFound, |p| {
+                    p.missing_session_code(env.session_id.as_ref())
+                });
+                self.answer(now, source, &env, code);
+                return;
+            }
             Err(e) => {
                 self.answer(now, source, &env, e.code());
                 return;
@@ -790,7 +823,10 @@ impl Node {
         let proof = proof.and_then(|p| decode_b64u_array::<32>("proof", p).ok());
         let session = self.peers.get(&peer).and_then(|p| p.session.as_ref());
         let Some(session) = session.filter(|s| Some(s.id()) == env.session_id.as_ref()) else {
-            self.answer(now, source, env, ErrorCode::SessionNotFound);
+            let code = self.peers.get(&peer).map_or(ErrorCode::SessionNotFound, |p| {
+                p.missing_session_code(env.session_id.as_ref())
+            });
+            self.answer(now, source, env, code);
             return;
         };
         let expected = session.resumption_proof(&[RESUME_REQUEST, &env.nonce].concat());

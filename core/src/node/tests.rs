@@ -780,3 +780,44 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn messages_for_a_replaced_session_get_session_expired() {
+    let mut p = Pump::new(&[("alice", NodeConfig::default()), ("bob", NodeConfig::default())]);
+    p.node("alice").add_route(id("bob"), Pump::addr("bob"));
+    let now = p.now;
+    p.node("alice").send(now, &id("bob"), b"one".to_vec(), SendOptions::default()).unwrap();
+    p.run();
+    let old = p
+        .node("bob")
+        .peers
+        .get(&id("alice"))
+        .and_then(|s| s.session.as_ref())
+        .unwrap()
+        .id()
+        .clone();
+    // Bob loses the session (as after SESSION_NOT_FOUND); a message for it is now "expired".
+    p.node("bob").lose_session(now, &id("alice"), ErrorCode::SessionNotFound);
+    drain(p.node("bob"));
+    let bob = p.node("bob");
+    assert_eq!(
+        bob.peers.get(&id("alice")).unwrap().missing_session_code(Some(&old)),
+        ErrorCode::SessionExpired
+    );
+    let other = crate::ids::SessionId::new("sess_other").unwrap();
+    assert_eq!(
+        bob.peers.get(&id("alice")).unwrap().missing_session_code(Some(&other)),
+        ErrorCode::SessionNotFound
+    );
+    // Alice's next message hits the expired session, re-handshakes, and still arrives once.
+    let now = p.now;
+    p.node("alice").send(now, &id("bob"), b"two".to_vec(), SendOptions::default()).unwrap();
+    p.run();
+    p.advance(Duration::from_secs(2));
+    assert!(
+        p.events_of("alice")
+            .iter()
+            .any(|e| matches!(e, Event::SessionLost { reason: ErrorCode::SessionExpired, .. }))
+    );
+    assert_eq!(p.messages_at("bob"), vec![b"one".to_vec(), b"two".to_vec()]);
+}
