@@ -57,7 +57,8 @@ pub struct NodeConfig {
     pub mailbox_bytes: usize,
     /// Offline entities with a mailbox at once. Default 10 000.
     pub max_mailboxes: usize,
-    /// Links this node accepts at once. Default 10 000.
+    /// Links this node accepts at once; also bounds held long-polls and per-caller HTTP rate
+    /// buckets. Default 10 000.
     pub max_links: usize,
     /// Remote peers this node keeps state for. Default 10 000.
     pub max_peers: usize,

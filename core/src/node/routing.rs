@@ -254,6 +254,12 @@ impl Node {
                     return request;
                 }
                 let limit = self.config.link_rate;
+                // One bucket per HTTP caller, at most `max_links` of them (the oldest goes first).
+                if !self.http_rate.contains_key(&entity)
+                    && self.http_rate.len() >= self.config.max_links
+                {
+                    self.http_rate.pop_first();
+                }
                 for line in body.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
                     self.stats.received(Transport::Http, line.len());
                     let bucket = self
@@ -276,6 +282,17 @@ impl Node {
                     self.answer_poll(request, &entity);
                 } else {
                     if let Some((old, _)) = self.polls.remove(&entity) {
+                        self.emit(Output::HttpRespond {
+                            request: old,
+                            status: 200,
+                            body: Vec::new(),
+                        });
+                    }
+                    // At most `max_links` polls are held; past that the oldest is released empty.
+                    if self.polls.len() >= self.config.max_links
+                        && let Some((other, (old, _))) = self.polls.pop_first()
+                    {
+                        self.timers.cancel(&Timer::Poll(other));
                         self.emit(Output::HttpRespond {
                             request: old,
                             status: 200,
