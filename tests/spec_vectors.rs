@@ -490,7 +490,7 @@ enum Class {
     Signed,
 }
 
-const MESSAGE_TYPES: [(&str, Class); 20] = [
+const MESSAGE_TYPES: [(&str, Class); 23] = [
     ("HANDSHAKE_INIT", Class::Handshake),
     ("HANDSHAKE_INIT_ACK", Class::Handshake),
     ("CHALLENGE_RESPONSE", Class::Handshake),
@@ -511,6 +511,9 @@ const MESSAGE_TYPES: [(&str, Class); 20] = [
     ("BYE", Class::Signed),
     ("SESSION_RESUME", Class::Signed),
     ("SESSION_RESUMED", Class::Signed),
+    ("SUBSCRIBE", Class::Signed),
+    ("UNSUBSCRIBE", Class::Signed),
+    ("PUBLISH", Class::Signed),
 ];
 
 fn class_of(message_type: &str) -> Option<Class> {

@@ -76,6 +76,8 @@ pub struct Outcome {
     pub leaks: Vec<String>,
     /// Largest relay mailbox seen, in bytes.
     pub max_mailbox_bytes: usize,
+    /// Largest outbox seen (messages waiting for one peer).
+    pub max_outbox: usize,
     /// Number of frames that crossed the network.
     pub frames: u64,
     /// Transport switches reported.
@@ -370,6 +372,12 @@ impl World {
             }
             let mailbox = self.nodes[RELAY].node.mailbox_bytes();
             self.outcome.max_mailbox_bytes = self.outcome.max_mailbox_bytes.max(mailbox);
+            for n in &self.nodes {
+                for m in &self.nodes {
+                    let outbox = n.node.outbox_len(m.node.id());
+                    self.outcome.max_outbox = self.outcome.max_outbox.max(outbox);
+                }
+            }
         }
         &self.outcome
     }
@@ -745,6 +753,12 @@ impl World {
         let bound = self.config.mailbox_bytes.saturating_mul(self.nodes.len());
         if o.max_mailbox_bytes > bound {
             v.push(format!("relay mailboxes held {} bytes, bound {bound}", o.max_mailbox_bytes));
+        }
+        if o.max_outbox > self.config.stream.max_outbox_messages {
+            v.push(format!(
+                "an outbox held {} messages, bound {}",
+                o.max_outbox, self.config.stream.max_outbox_messages
+            ));
         }
         v
     }

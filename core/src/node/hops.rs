@@ -424,7 +424,10 @@ impl Node {
         let Some(h) = self.hops.get_mut(hop) else { return };
         if h.reconnect_at.is_some_and(|t| t <= now) {
             h.reconnect_at = None;
-            self.ensure_ws(now, hop);
+            // A legacy peer without WebSocket is not dialled again once a session says so.
+            if self.hop_transports(hop).0 {
+                self.ensure_ws(now, hop);
+            }
         }
         let Some(h) = self.hops.get_mut(hop) else { return };
         if h.poll_retry_at.is_some_and(|t| t <= now) {

@@ -821,3 +821,36 @@ fn messages_for_a_replaced_session_get_session_expired() {
     );
     assert_eq!(p.messages_at("bob"), vec![b"one".to_vec(), b"two".to_vec()]);
 }
+
+#[test]
+fn a_legacy_http_only_peer_is_reached_over_http() {
+    let legacy = NodeConfig {
+        capabilities: crate::capabilities::Capabilities {
+            transports: [crate::capabilities::Transport::Http].into_iter().collect(),
+            ..Default::default()
+        },
+        ..NodeConfig::default()
+    };
+    let mut p = Pump::new(&[("alice", NodeConfig::default()), ("bob", legacy)]);
+    // Bob's server speaks only HTTP.
+    p.no_ws.push("bob".to_owned());
+    p.node("alice").add_route(id("bob"), Pump::addr("bob"));
+    let now = p.now;
+    p.node("alice").send(now, &id("bob"), b"one".to_vec(), SendOptions::default()).unwrap();
+    p.run();
+    p.advance(Duration::from_secs(1));
+    let opened_before = p.node("alice").stats().reconnects;
+    let ws_before = p.node("alice").stats().ws_messages_sent;
+    for n in 0..3u8 {
+        let now = p.now;
+        p.node("alice")
+            .send(now, &id("bob"), vec![n], SendOptions { prefer_websocket: Some(true) })
+            .unwrap();
+        p.run();
+        p.advance(Duration::from_secs(70));
+    }
+    assert_eq!(p.messages_at("bob"), vec![b"one".to_vec(), vec![0], vec![1], vec![2]]);
+    assert_eq!(p.node("alice").stats().ws_messages_sent, ws_before, "never over WebSocket");
+    assert_eq!(p.node("alice").stats().reconnects, opened_before, "no more WebSocket attempts");
+    assert!(p.node("alice").stats().http_messages_sent > 0);
+}
