@@ -1492,6 +1492,809 @@ fn session_vectors() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// §13.1 data frames, §13.2 stream control, §14 reassembly: parsers written from the spec
+// ---------------------------------------------------------------------------------------------
+
+/// §13.1 / §11: the longest data-frame header, in bytes, the terminating `\n` excluded.
+const MAX_HEADER_BYTES: usize = 1024;
+/// §13.2 / §11: selective acknowledgements per `ACK`.
+const MAX_SELECTIVE: usize = 64;
+/// §14 / §11: the longest reassembled message.
+const MAX_REASSEMBLED_BYTES: u64 = 16 * 1024 * 1024;
+/// §14 / §11: chunks per message.
+const MAX_CHUNKS: u64 = 65_536;
+/// §14 / §11: partial messages held per peer.
+const MAX_PARTIALS: usize = 4;
+
+/// §5: the session types whose plaintext is a data frame (§13.1).
+const DATA_FRAME_TYPES: [&str; 6] =
+    ["PEER_MESSAGE", "BROADCAST", "TASK_REQUEST", "TASK_RESPONSE", "STATUS", "CHUNKED_MESSAGE"];
+/// §14: the logical types a chunked message may have.
+const CHUNK_LOGICAL_TYPES: [&str; 5] =
+    ["PEER_MESSAGE", "BROADCAST", "TASK_REQUEST", "TASK_RESPONSE", "STATUS"];
+
+/// §14: the `chunk` member of a data-frame header.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct ChunkInfo {
+    id: String,
+    seq: u64,
+    last: bool,
+    total: u64,
+    logical_type: String,
+}
+
+/// §13.1: a parsed data frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct DataFrame {
+    epoch: u64,
+    no: u64,
+    base: u64,
+    reply_to: Option<String>,
+    chunk: Option<ChunkInfo>,
+    body: Vec<u8>,
+}
+
+/// §13.2 `ack`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct AckInfo {
+    epoch: u64,
+    cumulative: u64,
+    selective: Vec<u64>,
+}
+
+/// §13.2 `forward`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct ForwardInfo {
+    epoch: u64,
+    base: u64,
+}
+
+/// §13.2: the plaintext of an `ACK`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct StreamControl {
+    ack: Option<AckInfo>,
+    forward: Option<ForwardInfo>,
+}
+
+/// What §5 says a session message's plaintext is.
+#[derive(Debug)]
+enum SessionPlaintext {
+    Data(DataFrame),
+    Control(StreamControl),
+    Capabilities,
+}
+
+/// Exactly the `required` members, plus any of `optional`; anything else is `INVALID_MESSAGE`.
+fn check_member_names(
+    obj: &Map<String, Value>,
+    required: &[&str],
+    optional: &[&str],
+    what: &str,
+) -> Result<(), Rejection> {
+    if let Some(name) =
+        obj.keys().find(|k| !required.contains(&k.as_str()) && !optional.contains(&k.as_str()))
+    {
+        return Err(invalid(format!("{what}: unknown member `{name}`")));
+    }
+    if let Some(name) = required.iter().find(|k| !obj.contains_key(**k)) {
+        return Err(invalid(format!("{what}: missing member `{name}`")));
+    }
+    Ok(())
+}
+
+/// A required integer member in 0..=2^53 − 1 (negative values are out of every range here).
+fn int_member(obj: &Map<String, Value>, name: &str, what: &str) -> Result<u64, Rejection> {
+    obj.get(name)
+        .ok_or_else(|| invalid(format!("{what}: missing member `{name}`")))?
+        .as_u64()
+        .filter(|n| *n <= MAX_SAFE)
+        .ok_or_else(|| invalid(format!("{what}: `{name}` is not an integer in 0..=2^53-1")))
+}
+
+/// Strict JSON (§3.1 applied to the plaintext too: a guess, the spec only says "JSON").
+fn strict_json_object(bytes: &[u8], what: &str) -> Result<Map<String, Value>, Rejection> {
+    let text =
+        std::str::from_utf8(bytes).map_err(|e| invalid(format!("{what}: not UTF-8: {e}")))?;
+    match parse_strict_json(text).map_err(|e| invalid(format!("{what}: {e}")))? {
+        Value::Object(obj) => Ok(obj),
+        _ => Err(invalid(format!("{what}: not a JSON object"))),
+    }
+}
+
+/// §13.1: `header (≤ 1024 bytes) || "\n" || body`, for a session message of `envelope_type`.
+fn parse_data_frame(plaintext: &[u8], envelope_type: &str) -> Result<DataFrame, Rejection> {
+    if !DATA_FRAME_TYPES.contains(&envelope_type) {
+        return Err(invalid(format!("{envelope_type} does not carry a data frame (§5)")));
+    }
+    let window = &plaintext[..plaintext.len().min(MAX_HEADER_BYTES + 1)];
+    let newline = window
+        .iter()
+        .position(|b| *b == b'\n')
+        .ok_or_else(|| invalid("data frame: no `\\n` within 1025 bytes"))?;
+    let header = strict_json_object(&plaintext[..newline], "data-frame header")?;
+    let body = plaintext[newline + 1..].to_vec();
+    let what = "data-frame header";
+    check_member_names(&header, &["epoch", "no", "base"], &["reply_to", "chunk"], what)?;
+    let epoch = int_member(&header, "epoch", what)?;
+    if epoch == 0 {
+        return Err(invalid("data-frame header: `epoch` outside 1..=2^53-1"));
+    }
+    let no = int_member(&header, "no", what)?;
+    if no == 0 {
+        return Err(invalid("data-frame header: `no` < 1"));
+    }
+    let base = int_member(&header, "base", what)?;
+    if base > no {
+        return Err(invalid(format!("data-frame header: base {base} > no {no}")));
+    }
+    // Guess: frame numbers start at 1 and the sender holds at least this frame, so base ≥ 1.
+    if base == 0 {
+        return Err(invalid("data-frame header: `base` < 1"));
+    }
+    // Guess: `chunk` is required in a CHUNKED_MESSAGE and forbidden elsewhere.
+    let chunk = header.get("chunk").map(parse_chunk_info).transpose()?;
+    match (envelope_type == "CHUNKED_MESSAGE", chunk.is_some()) {
+        (true, false) => return Err(invalid("CHUNKED_MESSAGE without `chunk`")),
+        (false, true) => return Err(invalid(format!("`chunk` in a {envelope_type}"))),
+        _ => {}
+    }
+    // Guess: `reply_to` has `message_id` syntax and is allowed only when the (logical) type is
+    // TASK_RESPONSE, including a chunked TASK_RESPONSE.
+    let logical_type = chunk.as_ref().map_or(envelope_type, |c| c.logical_type.as_str());
+    let reply_to = match header.get("reply_to") {
+        None => None,
+        Some(Value::String(s)) if is_message_id(s) => Some(s.clone()),
+        Some(other) => return Err(invalid(format!("`reply_to` {other} is not a message id"))),
+    };
+    if reply_to.is_some() && logical_type != "TASK_RESPONSE" {
+        return Err(invalid(format!("`reply_to` in a {logical_type}")));
+    }
+    Ok(DataFrame { epoch, no, base, reply_to, chunk, body })
+}
+
+/// §14: `{"id", "seq", "last", "total", "type"}`, all required (a guess), nothing else (a guess).
+fn parse_chunk_info(v: &Value) -> Result<ChunkInfo, Rejection> {
+    let what = "chunk";
+    let obj = v.as_object().ok_or_else(|| invalid("`chunk` is not an object"))?;
+    check_member_names(obj, &["id", "seq", "last", "total", "type"], &[], what)?;
+    let id = match &obj["id"] {
+        Value::String(s) if is_message_id(s) => s.clone(),
+        other => return Err(invalid(format!("chunk `id` {other} is not a message id"))),
+    };
+    let seq = int_member(obj, "seq", what)?;
+    let last = obj["last"].as_bool().ok_or_else(|| invalid("chunk `last` is not a boolean"))?;
+    let total = int_member(obj, "total", what)?;
+    let logical_type = match obj["type"].as_str() {
+        Some(t) if CHUNK_LOGICAL_TYPES.contains(&t) => t.to_owned(),
+        _ => return Err(invalid(format!("chunk `type` {} is not one of §14's", obj["type"]))),
+    };
+    if total > MAX_REASSEMBLED_BYTES || seq >= MAX_CHUNKS {
+        return Err(Rejection {
+            code: "MESSAGE_TOO_LARGE",
+            reason: format!("chunk total {total} or position {seq} beyond §14's bounds"),
+        });
+    }
+    Ok(ChunkInfo { id, seq, last, total, logical_type })
+}
+
+/// §13.2: `{"ack": {"epoch", "cumulative", "selective"}, "forward": {"epoch", "base"}}`, both
+/// optional. Guesses: the inner members are all required and no unknown member is allowed at
+/// any level (§13.1's rule carried over); `selective` need not be sorted.
+fn parse_stream_control(plaintext: &[u8]) -> Result<StreamControl, Rejection> {
+    let obj = strict_json_object(plaintext, "stream control")?;
+    check_member_names(&obj, &[], &["ack", "forward"], "stream control")?;
+    let ack = match obj.get("ack") {
+        None => None,
+        Some(v) => {
+            let what = "ack";
+            let a = v.as_object().ok_or_else(|| invalid("`ack` is not an object"))?;
+            check_member_names(a, &["epoch", "cumulative", "selective"], &[], what)?;
+            let epoch = int_member(a, "epoch", what)?;
+            if epoch == 0 {
+                return Err(invalid("ack: `epoch` outside 1..=2^53-1"));
+            }
+            let cumulative = int_member(a, "cumulative", what)?;
+            let listed =
+                a["selective"].as_array().ok_or_else(|| invalid("`selective` is not an array"))?;
+            if listed.len() > MAX_SELECTIVE {
+                return Err(invalid(format!(
+                    "{} selective entries > {MAX_SELECTIVE}",
+                    listed.len()
+                )));
+            }
+            let mut selective = Vec::with_capacity(listed.len());
+            for n in listed {
+                let n = n
+                    .as_u64()
+                    .filter(|n| *n <= MAX_SAFE)
+                    .ok_or_else(|| invalid(format!("selective entry {n} is not an integer")))?;
+                if n <= cumulative {
+                    return Err(invalid(format!(
+                        "selective {n} not above cumulative {cumulative}"
+                    )));
+                }
+                selective.push(n);
+            }
+            Some(AckInfo { epoch, cumulative, selective })
+        }
+    };
+    let forward = match obj.get("forward") {
+        None => None,
+        Some(v) => {
+            let what = "forward";
+            let f = v.as_object().ok_or_else(|| invalid("`forward` is not an object"))?;
+            check_member_names(f, &["epoch", "base"], &[], what)?;
+            let epoch = int_member(f, "epoch", what)?;
+            let base = int_member(f, "base", what)?;
+            if epoch == 0 || base == 0 {
+                return Err(invalid("forward: `epoch` and `base` must be ≥ 1"));
+            }
+            Some(ForwardInfo { epoch, base })
+        }
+    };
+    Ok(StreamControl { ack, forward })
+}
+
+/// §5: parses a session message's plaintext as what its type carries.
+fn parse_session_plaintext(
+    message_type: &str,
+    plaintext: &[u8],
+) -> Result<SessionPlaintext, Rejection> {
+    match message_type {
+        "ACK" => parse_stream_control(plaintext).map(SessionPlaintext::Control),
+        "CAPABILITY_EXCHANGE" => {
+            strict_json_object(plaintext, "capabilities").map(|_| SessionPlaintext::Capabilities)
+        }
+        t => parse_data_frame(plaintext, t).map(SessionPlaintext::Data),
+    }
+}
+
+/// §14: one partial message.
+struct Partial {
+    total: u64,
+    logical_type: String,
+    last: Option<u64>,
+    chunks: std::collections::BTreeMap<u64, Vec<u8>>,
+}
+
+/// §14: reassembly of the chunks of one peer (the 60 s age limit and the "another message was
+/// delivered after it" rule are about time and stream order, not exercised here).
+#[derive(Default)]
+struct Reassembler {
+    partials: std::collections::BTreeMap<String, Partial>,
+}
+
+impl Reassembler {
+    /// Adds one chunk; returns `(logical type, message)` once positions 0..=last are present.
+    fn add(
+        &mut self,
+        chunk: &ChunkInfo,
+        body: &[u8],
+    ) -> Result<Option<(String, Vec<u8>)>, Rejection> {
+        if !self.partials.contains_key(&chunk.id) {
+            if self.partials.len() >= MAX_PARTIALS {
+                return Err(Rejection {
+                    code: "MESSAGE_TOO_LARGE",
+                    reason: format!("a partial message beyond {MAX_PARTIALS}"),
+                });
+            }
+            let partial = Partial {
+                total: chunk.total,
+                logical_type: chunk.logical_type.clone(),
+                last: None,
+                chunks: std::collections::BTreeMap::new(),
+            };
+            self.partials.insert(chunk.id.clone(), partial);
+        }
+        let partial = self.partials.get_mut(&chunk.id).expect("inserted above");
+        match Self::absorb(partial, chunk, body) {
+            Ok(done) => {
+                if done {
+                    let partial = self.partials.remove(&chunk.id).expect("present");
+                    let message = partial.chunks.into_values().flatten().collect();
+                    return Ok(Some((partial.logical_type, message)));
+                }
+                Ok(None)
+            }
+            Err(e) => {
+                // §14: an inconsistent chunk discards the partial.
+                self.partials.remove(&chunk.id);
+                Err(e)
+            }
+        }
+    }
+
+    /// Returns whether the message is complete.
+    fn absorb(partial: &mut Partial, chunk: &ChunkInfo, body: &[u8]) -> Result<bool, Rejection> {
+        if chunk.total != partial.total {
+            return Err(invalid(format!("total {} after {}", chunk.total, partial.total)));
+        }
+        // Guess: a different logical type is as inconsistent as a different total.
+        if chunk.logical_type != partial.logical_type {
+            return Err(invalid("chunks of one message with different types"));
+        }
+        if let Some(last) = partial.last {
+            if chunk.last && chunk.seq != last {
+                return Err(invalid(format!("two lasts: {last} and {}", chunk.seq)));
+            }
+            if chunk.seq > last {
+                return Err(invalid(format!("chunk {} after last {last}", chunk.seq)));
+            }
+        }
+        if chunk.last {
+            if let Some(beyond) = partial.chunks.keys().find(|s| **s > chunk.seq) {
+                return Err(invalid(format!("chunk {beyond} after last {}", chunk.seq)));
+            }
+            partial.last = Some(chunk.seq);
+        }
+        match partial.chunks.get(&chunk.seq) {
+            Some(held) if held.as_slice() != body => {
+                return Err(invalid(format!("duplicate chunk {} with other content", chunk.seq)));
+            }
+            Some(_) => {} // a duplicate: tolerated
+            None => {
+                partial.chunks.insert(chunk.seq, body.to_vec());
+            }
+        }
+        let held: u64 = partial.chunks.values().map(|c| c.len() as u64).sum();
+        if held > partial.total {
+            return Err(invalid(format!("chunk lengths {held} exceed total {}", partial.total)));
+        }
+        match partial.last {
+            Some(last) if partial.chunks.len() as u64 == last + 1 => {
+                if held != partial.total {
+                    return Err(invalid(format!("chunk lengths {held} ≠ total {}", partial.total)));
+                }
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// delivery.json
+// ---------------------------------------------------------------------------------------------
+
+/// session.json seals arbitrary bytes: §5 says plaintexts are any byte string at the session
+/// layer, and only a node (§12 on) puts data frames and stream control in them. These are the
+/// session.json messages that are not also valid node plaintexts (informational).
+const SESSION_LAYER_ONLY_PLAINTEXTS: [&str; 4] = ["msg-0001", "msg-0002", "msg-0003", "msg-0004"];
+
+/// delivery.json TASK_RESPONSEs whose `reply_to` names no TASK_REQUEST in the vectors (§13.5):
+/// msg-d002 answers `req-from-bob`, which its description says bob sent earlier, outside the files.
+const KNOWN_REPLY_TO_DISCREPANCIES: [&str; 1] = ["msg-d002"];
+
+#[test]
+fn delivery_vectors() {
+    let hs = verify_handshake();
+    assert!(hs.agreed.sign_all, "handshake.json must agree sign_all");
+    // delivery.json has no `now` (§22); its frames are checked against handshake.json's.
+    let now = get_u64(&load("handshake.json"), "now", "handshake.json");
+    let ctx = "delivery.json";
+    let v = load(ctx);
+
+    // session.json: where the initiator's sequence numbers stand, the message ids in use, and
+    // the requests the responder sent (what a TASK_RESPONSE from the initiator may answer).
+    let session = load("session.json");
+    let mut last_sent_i2r = 0u64;
+    let mut message_ids = BTreeSet::new();
+    let mut requests_from_responder = BTreeSet::new();
+    let mut session_discrepancies = Vec::new();
+    for (i, m) in get_array(&session, "messages", "session.json").iter().enumerate() {
+        let mctx = format!("session.json message {i}");
+        let env = decode_valid(get_str(m, "wire", &mctx), &mctx);
+        let id = env_str(&env, "message_id", &mctx).to_owned();
+        assert!(message_ids.insert(id.clone()), "{mctx}: message_id {id} used twice");
+        let message_type = env_str(&env, "type", &mctx);
+        match get_str(m, "direction", &mctx) {
+            "initiator_to_responder" => {
+                last_sent_i2r = last_sent_i2r.max(env_u64(&env, "seq", &mctx));
+            }
+            _ if message_type == "TASK_REQUEST" => {
+                requests_from_responder.insert(id.clone());
+            }
+            _ => {}
+        }
+        let plaintext = hex_decode(get_str(m, "plaintext", &mctx), &mctx);
+        if parse_session_plaintext(message_type, &plaintext).is_err() {
+            session_discrepancies.push(id);
+        }
+    }
+    assert_eq!(
+        session_discrepancies, SESSION_LAYER_ONLY_PLAINTEXTS,
+        "session.json: set of session-layer-only plaintexts changed"
+    );
+    assert!(last_sent_i2r > 0, "session.json has initiator-to-responder messages");
+
+    let frames = get_array(&v, "frames", ctx);
+    assert!(!frames.is_empty(), "{ctx}: no frames");
+    let mut last_sent = last_sent_i2r;
+    let mut epoch = None;
+    let mut highest_no = 0u64;
+    let mut last_base = 0u64;
+    let mut data_frames: Vec<DataFrame> = Vec::new();
+    let mut controls = 0usize;
+    let mut reply_discrepancies = Vec::new();
+    for (i, f) in frames.iter().enumerate() {
+        let fctx = format!("{ctx} frame {i} ({})", get_str(f, "description", ctx));
+        let wire_text = get_str(f, "wire", &fctx);
+        let env = decode_valid(wire_text, &fctx);
+        assert_eq!(wire(&env), wire_text, "{fctx}: wire string is not canonical (§6.1)");
+        assert!(
+            wire_text.len() as u64 <= hs.agreed.max_frame_bytes,
+            "{fctx}: longer than the agreed max_frame_bytes (§8.2)"
+        );
+
+        // Envelope: a session message of the handshake's session, initiator → responder.
+        let message_type = env_str(&env, "type", &fctx);
+        assert_eq!(class_of(message_type), Some(Class::Session), "{fctx}: not a session type");
+        assert_eq!(env_str(&env, "session_id", &fctx), hs.session_id, "{fctx}: session_id");
+        assert_eq!(env_str(&env, "version", &fctx), VERSION, "{fctx}: version");
+        assert_eq!(
+            env_str(&env, "sender_id", &fctx),
+            hs.initiator.entity_id,
+            "{fctx}: sender_id is not the initiator (§8.3 step 2)"
+        );
+        assert_eq!(
+            env_str(&env, "recipient_id", &fctx),
+            hs.responder.entity_id,
+            "{fctx}: recipient_id is not the responder (§8.3 step 2)"
+        );
+        let message_id = env_str(&env, "message_id", &fctx).to_owned();
+        assert!(
+            message_ids.insert(message_id.clone()),
+            "{fctx}: message_id {message_id} already names another message (§4.1)"
+        );
+
+        // §8.2 step 1: the initiator's sequence continues after session.json's I → R messages.
+        let seq = env_u64(&env, "seq", &fctx);
+        assert_eq!(
+            seq,
+            last_sent + 1,
+            "{fctx}: seq is not last sent + 1 (session.json's I → R messages end at \
+             {last_sent_i2r})"
+        );
+        last_sent = seq;
+
+        // §8.3 step 3: nonce = 0^4 || u64be(seq).
+        let nonce = session_nonce(seq);
+        let nonce_member = b64u_decode_len(env_str(&env, "nonce", &fctx), 12, "nonce")
+            .unwrap_or_else(|e| panic!("{fctx}: {e}"));
+        assert_eq!(nonce_member, nonce, "{fctx}: nonce member is not 0^4 || u64be(seq)");
+
+        // §8.3 step 4.
+        let ts = env_u64(&env, "timestamp", &fctx);
+        assert!(ts.abs_diff(now) <= CLOCK_SKEW_MS, "{fctx}: timestamp outside the skew");
+
+        // §8.3 step 6: decrypt with K_i2r under associated_data(E).
+        let aad = associated_data(&env);
+        let payload =
+            env["payload"].as_str().unwrap_or_else(|| panic!("{fctx}: payload is not a string"));
+        let ciphertext = b64u_decode(payload).unwrap_or_else(|e| panic!("{fctx}: payload: {e}"));
+        let plaintext = aead_open(&hs.keys.k_i2r, &nonce, &ciphertext, aad.as_bytes())
+            .unwrap_or_else(|| panic!("{fctx}: does not decrypt with K_i2r"));
+        assert_eq!(ciphertext.len(), plaintext.len() + 16, "{fctx}: 16-byte tag appended");
+        assert_eq!(hex_encode(&plaintext), get_str(f, "plaintext", &fctx), "{fctx}: plaintext");
+        assert_eq!(
+            std::str::from_utf8(&plaintext).ok(),
+            Some(get_str(f, "plaintext_text", &fctx)),
+            "{fctx}: plaintext_text is not the plaintext as UTF-8"
+        );
+        assert_eq!(
+            aead_seal(&hs.keys.k_i2r, &nonce, &plaintext, aad.as_bytes()),
+            ciphertext,
+            "{fctx}: re-encrypting the plaintext gives another ciphertext"
+        );
+        assert!(
+            aead_open(&hs.keys.k_r2i, &nonce, &ciphertext, aad.as_bytes()).is_none(),
+            "{fctx}: also decrypts with K_r2i"
+        );
+
+        // §8.3 step 7: sign_all is on.
+        check_envelope_signature(&env, &hs.initiator, &fctx);
+
+        // §5 / §13: the plaintext, with this side's stream state (§13.1, §13.3).
+        match parse_session_plaintext(message_type, &plaintext) {
+            Err(r) => panic!("{fctx}: my §13 parser rejects the plaintext: {r:?}"),
+            Ok(SessionPlaintext::Capabilities) => panic!("{fctx}: unexpected CAPABILITY_EXCHANGE"),
+            Ok(SessionPlaintext::Data(d)) => {
+                // One sender state for this peer: one epoch, numbered 1, 2, 3 … in sending
+                // order (no re-sends here: every message id is new), `base` never decreasing.
+                assert_eq!(*epoch.get_or_insert(d.epoch), d.epoch, "{fctx}: epoch changed");
+                assert_eq!(d.no, highest_no + 1, "{fctx}: `no` is not the next stream number");
+                highest_no = d.no;
+                assert!(d.base >= last_base, "{fctx}: base went back from {last_base}");
+                last_base = d.base;
+                let logical = d.chunk.as_ref().map_or(message_type, |c| &c.logical_type);
+                if logical == "TASK_RESPONSE" {
+                    let answers_a_request =
+                        d.reply_to.as_ref().is_some_and(|r| requests_from_responder.contains(r));
+                    if !answers_a_request {
+                        eprintln!(
+                            "SPEC/VECTOR DISCREPANCY in {fctx} ({message_id}): reply_to {:?} names \
+                             no TASK_REQUEST that {} sent to {} (§13.5)",
+                            d.reply_to, hs.responder.entity_id, hs.initiator.entity_id
+                        );
+                        reply_discrepancies.push(message_id.clone());
+                    }
+                }
+                data_frames.push(d);
+            }
+            Ok(SessionPlaintext::Control(c)) => {
+                controls += 1;
+                assert!(c.ack.is_some() || c.forward.is_some(), "{fctx}: an empty ACK");
+                // `forward` announces this side's own stream (§13.2): its epoch, and a base
+                // that has not gone back and is at most one past the highest frame sent.
+                if let Some(fwd) = &c.forward {
+                    assert_eq!(Some(fwd.epoch), epoch, "{fctx}: forward names another epoch");
+                    assert!(
+                        (last_base..=highest_no + 1).contains(&fwd.base),
+                        "{fctx}: forward base {} outside {last_base}..={}",
+                        fwd.base,
+                        highest_no + 1
+                    );
+                    last_base = fwd.base;
+                }
+                // `ack` acknowledges the peer's stream, of which the vectors hold no frame;
+                // only its own rules (checked by the parser) apply.
+            }
+        }
+    }
+    assert_eq!(
+        reply_discrepancies, KNOWN_REPLY_TO_DISCREPANCIES,
+        "{ctx}: set of TASK_RESPONSEs that answer no request changed"
+    );
+    assert!(controls >= 1, "{ctx}: no stream control frame");
+
+    // §14: the chunk frames reassemble into one message.
+    let mut chunked: Vec<&DataFrame> = data_frames.iter().filter(|d| d.chunk.is_some()).collect();
+    assert_eq!(chunked.len(), 2, "{ctx}: two chunk frames expected");
+    let info = |d: &DataFrame| d.chunk.clone().expect("filtered on chunk");
+    chunked.sort_by_key(|d| info(d).seq);
+    let first = info(chunked[0]);
+    for (k, d) in chunked.iter().enumerate() {
+        let c = info(d);
+        assert_eq!(c.id, first.id, "chunks of one message share `id`");
+        assert_eq!(c.seq, k as u64, "chunk positions 0, 1, …");
+        assert_eq!(c.last, k + 1 == chunked.len(), "only the final chunk is `last`");
+        assert_eq!(c.total, first.total, "`total` is the same in every chunk");
+        assert_eq!(d.no, chunked[0].no + k as u64, "chunks go on consecutive stream numbers");
+    }
+    let expected: Vec<u8> = chunked.iter().flat_map(|d| d.body.iter().copied()).collect();
+    let mut reassembler = Reassembler::default();
+    let mut delivered = None;
+    for d in &chunked {
+        let out = reassembler.add(&info(d), &d.body).unwrap_or_else(|r| panic!("{r:?}"));
+        if let Some(message) = out {
+            assert!(delivered.is_none(), "delivered twice");
+            delivered = Some(message);
+        }
+    }
+    let (logical_type, message) = delivered.expect("the chunks did not reassemble");
+    assert_eq!(message.len() as u64, first.total, "reassembled length is `total`");
+    assert_eq!(message, expected, "reassembled message is the bodies in chunk order");
+    assert_eq!(logical_type, first.logical_type);
+    // Reordered and duplicated chunks (before completion) give the same message, once. (A
+    // duplicate after completion would start a new partial: §14 leaves that to the stream's
+    // deduplication on `no`, §13.4.)
+    let mut reassembler = Reassembler::default();
+    let mut again = Vec::new();
+    let last = chunked.last().expect("two chunks");
+    for d in std::iter::once(last).chain(chunked.iter().rev()) {
+        if let Some(m) = reassembler.add(&info(d), &d.body).unwrap_or_else(|r| panic!("{r:?}")) {
+            again.push(m);
+        }
+    }
+    assert_eq!(again, vec![(logical_type, expected)], "reordering/duplicates change the result");
+
+    // §15.3: resume proofs from K_resumption and the raw 12-byte nonce N.
+    let resume = get(&v, "resume", ctx);
+    let n = hex_decode(get_str(resume, "nonce", ctx), ctx);
+    assert_eq!(n.len(), 12, "{ctx}: resume nonce is 12 bytes");
+    let k = &hs.keys.k_resumption;
+    let request = hmac_sha256(k, &[b"peerlink v1 resume", b"request", &n]);
+    let response = hmac_sha256(k, &[b"peerlink v1 resume", b"response", &n]);
+    assert_eq!(hex_encode(&request), get_str(resume, "request_proof", ctx), "request proof");
+    assert_eq!(hex_encode(&response), get_str(resume, "response_proof", ctx), "response proof");
+}
+
+#[test]
+fn delivery_parsers_reject_what_the_spec_forbids() {
+    let data = |text: &str, t: &str| parse_data_frame(text.as_bytes(), t);
+    let rejects = |r: Result<DataFrame, Rejection>, code: &str, what: &str| match r {
+        Ok(d) => panic!("§13.1 parser accepted {what}: {d:?}"),
+        Err(e) => assert_eq!(e.code, code, "{what}: {}", e.reason),
+    };
+
+    // Accepted: the spec's own example, a body with `\n`s, an empty body, any member order,
+    // reply_to in a TASK_RESPONSE, a chunk at the bounds.
+    let d = data("{\"epoch\":1234,\"no\":7,\"base\":3}\nbo\ndy\n", "PEER_MESSAGE").unwrap();
+    assert_eq!((d.epoch, d.no, d.base, d.body.as_slice()), (1234, 7, 3, &b"bo\ndy\n"[..]));
+    data("{\"base\":1,\"no\":1,\"epoch\":9007199254740991}\n", "STATUS").unwrap();
+    data("{\"epoch\":1,\"no\":2,\"base\":2,\"reply_to\":\"r-1\"}\nx", "TASK_RESPONSE").unwrap();
+    let chunk = |body: &str| format!("{{\"epoch\":1,\"no\":1,\"base\":1,\"chunk\":{{{body}}}}}\n");
+    let c = "\"id\":\"m\",\"seq\":65535,\"last\":true,\"total\":16777216,\"type\":\"STATUS\"";
+    data(&chunk(c), "CHUNKED_MESSAGE").unwrap();
+    let c = "\"id\":\"m\",\"seq\":0,\"last\":false,\"total\":9,\"type\":\"TASK_RESPONSE\"";
+    let chunked_reply =
+        format!("{{\"epoch\":1,\"no\":1,\"base\":1,\"reply_to\":\"q\",\"chunk\":{{{c}}}}}\n");
+    data(&chunked_reply, "CHUNKED_MESSAGE").unwrap();
+    // Header length: 1024 bytes accepted, 1025 refused (the `\n` must be within 1025 bytes).
+    let padded = |len: usize| {
+        let core = "{\"epoch\":1,\"no\":1,\"base\":1";
+        format!("{core}{}}}\nbody", " ".repeat(len - core.len() - 1))
+    };
+    assert_eq!(padded(1024).find('\n'), Some(1024));
+    data(&padded(1024), "PEER_MESSAGE").unwrap();
+    rejects(data(&padded(1025), "PEER_MESSAGE"), "INVALID_MESSAGE", "a 1025-byte header");
+
+    // Refused by §13.1 (and §14, §3.1 applied to the header).
+    let i = "INVALID_MESSAGE";
+    for (text, t, what) in [
+        ("{\"epoch\":1,\"no\":1,\"base\":1}", "PEER_MESSAGE", "a header without newline"),
+        ("", "PEER_MESSAGE", "an empty plaintext"),
+        ("{\"epoch\":1,\"no\":0,\"base\":0}\n", "PEER_MESSAGE", "no = 0"),
+        ("{\"epoch\":1,\"no\":3,\"base\":4}\n", "PEER_MESSAGE", "base > no"),
+        ("{\"epoch\":1,\"no\":3,\"base\":0}\n", "PEER_MESSAGE", "base = 0"),
+        ("{\"epoch\":1,\"no\":3,\"base\":-1}\n", "PEER_MESSAGE", "a negative base"),
+        ("{\"epoch\":0,\"no\":1,\"base\":1}\n", "PEER_MESSAGE", "epoch = 0"),
+        ("{\"epoch\":9007199254740992,\"no\":1,\"base\":1}\n", "PEER_MESSAGE", "epoch = 2^53"),
+        ("{\"epoch\":1,\"no\":-1,\"base\":-1}\n", "PEER_MESSAGE", "a negative no"),
+        ("{\"epoch\":1,\"no\":\"1\",\"base\":1}\n", "PEER_MESSAGE", "no as a string"),
+        ("{\"epoch\":1,\"no\":1.0,\"base\":1}\n", "PEER_MESSAGE", "a fractional no"),
+        ("{\"epoch\":1,\"no\":1,\"base\":1,\"x\":0}\n", "PEER_MESSAGE", "an unknown member"),
+        ("{\"no\":1,\"base\":1}\n", "PEER_MESSAGE", "no epoch"),
+        ("{\"epoch\":1,\"base\":1}\n", "PEER_MESSAGE", "no `no`"),
+        ("{\"epoch\":1,\"no\":1}\n", "PEER_MESSAGE", "no base"),
+        ("{\"epoch\":1,\"no\":1,\"no\":1,\"base\":1}\n", "PEER_MESSAGE", "a duplicate member"),
+        ("[1]\n", "PEER_MESSAGE", "a header that is not an object"),
+        ("{\"epoch\":1,\"no\":1,\"base\":1} x\n", "PEER_MESSAGE", "trailing data in the header"),
+        ("{\"epoch\":1,\"no\":1,\"base\":1,\"reply_to\":\"q\"}\n", "PEER_MESSAGE", "reply_to"),
+        ("{\"epoch\":1,\"no\":1,\"base\":1,\"reply_to\":\"a b\"}\n", "TASK_RESPONSE", "bad id"),
+        ("{\"epoch\":1,\"no\":1,\"base\":1,\"reply_to\":7}\n", "TASK_RESPONSE", "reply_to 7"),
+        ("{\"epoch\":1,\"no\":1,\"base\":1}\n", "CHUNKED_MESSAGE", "a chunk without `chunk`"),
+        ("{\"epoch\":1,\"no\":1,\"base\":1}\n", "ACK", "a data frame in an ACK"),
+        ("{\"epoch\":1,\"no\":1,\"base\":1}\n", "CAPABILITY_EXCHANGE", "a data frame there"),
+    ] {
+        rejects(data(text, t), i, what);
+    }
+    rejects(
+        parse_data_frame(b"{\"epoch\":1,\"no\":1,\"base\":1,\"reply_to\":\"\xff\"}\nx", "STATUS"),
+        i,
+        "a header that is not UTF-8",
+    );
+    let good = "\"id\":\"m\",\"seq\":0,\"last\":true,\"total\":1,\"type\":\"PEER_MESSAGE\"";
+    rejects(data(&chunk(good), "PEER_MESSAGE"), i, "`chunk` outside CHUNKED_MESSAGE");
+    for (c, code, what) in [
+        ("\"seq\":0,\"last\":true,\"total\":1,\"type\":\"PEER_MESSAGE\"", i, "chunk without id"),
+        ("\"id\":\"m\",\"last\":true,\"total\":1,\"type\":\"STATUS\"", i, "chunk without seq"),
+        ("\"id\":\"m\",\"seq\":0,\"total\":1,\"type\":\"STATUS\"", i, "chunk without last"),
+        ("\"id\":\"m\",\"seq\":0,\"last\":true,\"type\":\"STATUS\"", i, "chunk without total"),
+        ("\"id\":\"m\",\"seq\":0,\"last\":true,\"total\":1", i, "chunk without type"),
+        (&format!("{good},\"x\":1"), i, "an unknown chunk member"),
+        ("\"id\":\"m m\",\"seq\":0,\"last\":true,\"total\":1,\"type\":\"STATUS\"", i, "bad id"),
+        ("\"id\":\"m\",\"seq\":-1,\"last\":true,\"total\":1,\"type\":\"STATUS\"", i, "seq -1"),
+        ("\"id\":\"m\",\"seq\":0,\"last\":\"true\",\"total\":1,\"type\":\"STATUS\"", i, "last"),
+        ("\"id\":\"m\",\"seq\":0,\"last\":true,\"total\":-1,\"type\":\"STATUS\"", i, "total"),
+        ("\"id\":\"m\",\"seq\":0,\"last\":true,\"total\":1,\"type\":\"ACK\"", i, "type ACK"),
+        (
+            "\"id\":\"m\",\"seq\":0,\"last\":true,\"total\":1,\"type\":\"CHUNKED_MESSAGE\"",
+            i,
+            "nest",
+        ),
+        (
+            "\"id\":\"m\",\"seq\":0,\"last\":true,\"total\":16777217,\"type\":\"STATUS\"",
+            "MESSAGE_TOO_LARGE",
+            "total above 16 MiB",
+        ),
+        (
+            "\"id\":\"m\",\"seq\":65536,\"last\":true,\"total\":1,\"type\":\"STATUS\"",
+            "MESSAGE_TOO_LARGE",
+            "a 65 537th chunk",
+        ),
+    ] {
+        rejects(data(&chunk(c), "CHUNKED_MESSAGE"), code, what);
+    }
+    rejects(
+        data("{\"epoch\":1,\"no\":1,\"base\":1,\"chunk\":[]}\n", "CHUNKED_MESSAGE"),
+        i,
+        "a chunk that is not an object",
+    );
+
+    // §13.2: accepted.
+    let control = |text: &str| parse_stream_control(text.as_bytes());
+    let example = "{\"ack\": {\"epoch\": 1234, \"cumulative\": 9, \"selective\": [11, 12]}, \
+                   \"forward\": {\"epoch\": 77, \"base\": 5}}";
+    let c = control(example).unwrap();
+    assert_eq!(c.ack, Some(AckInfo { epoch: 1234, cumulative: 9, selective: vec![11, 12] }));
+    assert_eq!(c.forward, Some(ForwardInfo { epoch: 77, base: 5 }));
+    assert_eq!(control("{}").unwrap(), StreamControl { ack: None, forward: None });
+    control("{\"forward\":{\"epoch\":1,\"base\":1}}").unwrap();
+    control("{\"ack\":{\"epoch\":1,\"cumulative\":0,\"selective\":[]}}").unwrap();
+    let list = |n: u64| (1..=n).map(|k| (k + 1).to_string()).collect::<Vec<_>>().join(",");
+    let sixty_four =
+        format!("{{\"ack\":{{\"epoch\":1,\"cumulative\":1,\"selective\":[{}]}}}}", list(64));
+    assert_eq!(control(&sixty_four).unwrap().ack.unwrap().selective.len(), 64);
+
+    // §13.2: refused.
+    let sixty_five =
+        format!("{{\"ack\":{{\"epoch\":1,\"cumulative\":1,\"selective\":[{}]}}}}", list(65));
+    for (text, what) in [
+        (sixty_five.as_str(), "65 selective entries"),
+        ("{\"ack\":{\"epoch\":1,\"cumulative\":9,\"selective\":[9]}}", "selective = cumulative"),
+        ("{\"ack\":{\"epoch\":1,\"cumulative\":9,\"selective\":[12,3]}}", "selective below"),
+        ("{\"ack\":{\"epoch\":1,\"cumulative\":9,\"selective\":[\"11\"]}}", "a string entry"),
+        ("{\"ack\":{\"epoch\":1,\"cumulative\":9,\"selective\":11}}", "selective not an array"),
+        ("{\"ack\":{\"epoch\":1,\"cumulative\":-1,\"selective\":[]}}", "cumulative -1"),
+        ("{\"ack\":{\"epoch\":0,\"cumulative\":0,\"selective\":[]}}", "ack epoch 0"),
+        ("{\"ack\":{\"epoch\":1,\"selective\":[]}}", "ack without cumulative"),
+        ("{\"ack\":{\"epoch\":1,\"cumulative\":0}}", "ack without selective"),
+        ("{\"ack\":{\"cumulative\":0,\"selective\":[]}}", "ack without epoch"),
+        ("{\"ack\":{\"epoch\":1,\"cumulative\":0,\"selective\":[],\"x\":1}}", "unknown in ack"),
+        ("{\"ack\":[]}", "ack not an object"),
+        ("{\"forward\":{\"epoch\":1,\"base\":0}}", "forward base 0"),
+        ("{\"forward\":{\"epoch\":0,\"base\":1}}", "forward epoch 0"),
+        ("{\"forward\":{\"base\":1}}", "forward without epoch"),
+        ("{\"forward\":{\"epoch\":1,\"base\":1,\"no\":1}}", "unknown in forward"),
+        ("{\"nack\":{}}", "an unknown member"),
+        ("{\"forward\":{\"epoch\":1,\"base\":1},\"forward\":{\"epoch\":1,\"base\":1}}", "dup"),
+        ("", "an empty plaintext"),
+        ("[]", "not an object"),
+        ("{\"epoch\":1,\"no\":1,\"base\":1}\nbody", "a data frame"),
+    ] {
+        match control(text) {
+            Ok(c) => panic!("§13.2 parser accepted {what}: {c:?}"),
+            Err(e) => assert_eq!(e.code, i, "{what}: {}", e.reason),
+        }
+    }
+
+    // §14 reassembly: refused inconsistencies discard the partial; bounds.
+    let ch = |id: &str, seq: u64, last: bool, total: u64| ChunkInfo {
+        id: id.to_owned(),
+        seq,
+        last,
+        total,
+        logical_type: "PEER_MESSAGE".to_owned(),
+    };
+    let mut r = Reassembler::default();
+    assert_eq!(r.add(&ch("a", 1, true, 4), b"cd").unwrap(), None);
+    assert_eq!(r.add(&ch("a", 1, true, 4), b"cd").unwrap(), None, "a duplicate is tolerated");
+    let done = r.add(&ch("a", 0, false, 4), b"ab").unwrap();
+    assert_eq!(done, Some(("PEER_MESSAGE".to_owned(), b"abcd".to_vec())));
+    assert!(r.partials.is_empty());
+    for (steps, what) in [
+        (vec![(ch("b", 0, false, 4), "ab"), (ch("b", 1, true, 5), "cd")], "another total"),
+        (vec![(ch("b", 1, true, 4), "ab"), (ch("b", 2, false, 4), "cd")], "chunk after last"),
+        (vec![(ch("b", 2, false, 9), "ab"), (ch("b", 1, true, 9), "cd")], "last before one"),
+        (vec![(ch("b", 1, true, 4), "ab"), (ch("b", 2, true, 4), "cd")], "two lasts"),
+        (vec![(ch("b", 0, false, 4), "ab"), (ch("b", 0, false, 4), "xy")], "other content"),
+        (vec![(ch("b", 0, false, 3), "ab"), (ch("b", 1, false, 3), "cd")], "over total"),
+        (vec![(ch("b", 0, false, 5), "ab"), (ch("b", 1, true, 5), "cd")], "under total"),
+    ] {
+        let mut r = Reassembler::default();
+        let (head, tail) = steps.split_at(steps.len() - 1);
+        for (c, body) in head {
+            assert_eq!(r.add(c, body.as_bytes()).unwrap(), None, "{what}: first chunk");
+        }
+        let e = r.add(&tail[0].0, tail[0].1.as_bytes()).expect_err(what);
+        assert_eq!(e.code, i, "{what}: {}", e.reason);
+        assert!(r.partials.is_empty(), "{what}: the partial is not discarded");
+    }
+    let mut typed = ch("c", 1, true, 4);
+    typed.logical_type = "STATUS".to_owned();
+    let mut r = Reassembler::default();
+    r.add(&ch("c", 0, false, 4), b"ab").unwrap();
+    assert_eq!(r.add(&typed, b"cd").expect_err("another type").code, i);
+    let mut r = Reassembler::default();
+    for id in ["p1", "p2", "p3", "p4"] {
+        r.add(&ch(id, 0, false, 10), b"x").unwrap();
+    }
+    assert_eq!(r.add(&ch("p5", 0, false, 10), b"x").expect_err("fifth").code, "MESSAGE_TOO_LARGE");
+    assert_eq!(r.add(&ch("p4", 1, false, 10), b"y").unwrap(), None, "a held partial goes on");
+}
+
+// ---------------------------------------------------------------------------------------------
 // invalid.json
 // ---------------------------------------------------------------------------------------------
 

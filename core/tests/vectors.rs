@@ -279,7 +279,7 @@ fn session_vectors(hs: &mut Handshake) -> Value {
         }));
     }
     json!({
-        "description": "Session messages sealed with the keys of handshake.json (spec §8); sign_all is on",
+        "description": "Session messages sealed with the keys of handshake.json (spec §8); sign_all is on; plaintexts are arbitrary bytes at the session layer (a node puts data frames, §13, inside)",
         "session_id": hs.initiator.id().as_str(),
         "messages": out,
     })
@@ -307,7 +307,7 @@ fn delivery_vectors(mut hs: Handshake) -> Value {
             encode_data(&header(1, 1), b"hello"),
         ),
         (
-            "a task response naming its request",
+            "a task response naming a request bob sent earlier (req-from-bob)",
             MessageType::TaskResponse,
             "msg-d002",
             encode_data(
@@ -353,7 +353,7 @@ fn delivery_vectors(mut hs: Handshake) -> Value {
     let request = hs.initiator.resumption_proof(&[b"request".as_slice(), &nonce].concat());
     let response = hs.initiator.resumption_proof(&[b"response".as_slice(), &nonce].concat());
     json!({
-        "description": "Delivery-layer plaintexts (spec §13, §14) sealed initiator to responder with the keys of session.json's session, after its messages; resume proofs (§15.3)",
+        "description": "Delivery-layer plaintexts (spec §13, §14) sealed initiator to responder with the keys of session.json's session, after its messages; a 5-byte chunk size; the ACK is a syntax example (epoch 77 is bob's stream); resume proofs (§15.3)",
         "frames": out,
         "resume": {
             "nonce": hex(&nonce),

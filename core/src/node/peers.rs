@@ -338,7 +338,13 @@ impl Node {
             let prefer = p.prefs.get(&logical).copied().flatten();
             let preference = self.config.preference.for_message(prefer);
             let Some(session) = p.session.as_mut() else { return };
-            let sealed = session.seal(kind, message_id.clone(), &plaintext, now);
+            // No chunks toward a peer that did not agree to chunking (spec §14).
+            let refused = kind == MessageType::ChunkedMessage && !session.capabilities().chunking;
+            let sealed = if refused {
+                Err(UsageError::WrongMessageType(kind))
+            } else {
+                session.seal(kind, message_id.clone(), &plaintext, now)
+            };
             let env = match sealed {
                 Ok(env) => env,
                 Err(_) => {
@@ -614,7 +620,17 @@ impl Node {
             MessageType::CapabilityExchange => {}
             _ => {
                 let (header, body) = match decode_data(&opened.plaintext) {
-                    Ok(v) => v,
+                    // Chunk fields belong in exactly the CHUNKED_MESSAGE frames (spec §13.1).
+                    Ok(v)
+                        if v.0.chunk.is_some()
+                            == (opened.message_type == MessageType::ChunkedMessage) =>
+                    {
+                        v
+                    }
+                    Ok(_) => {
+                        self.answer(now, source, &env, ErrorCode::InvalidMessage);
+                        return;
+                    }
                     Err(e) => {
                         self.answer(now, source, &env, e.code());
                         return;
@@ -829,6 +845,10 @@ impl Node {
             self.answer(now, source, env, code);
             return;
         };
+        if !session.capabilities().resume {
+            self.answer(now, source, env, ErrorCode::InvalidState);
+            return;
+        }
         let expected = session.resumption_proof(&[RESUME_REQUEST, &env.nonce].concat());
         if !proof.is_some_and(|p| constant_time_eq(&p, &expected)) {
             self.answer(now, source, env, ErrorCode::AuthenticationFailed);
