@@ -138,6 +138,9 @@ impl Session {
         };
         // `HandshakeConfig` validated the size; the default is only a formality.
         let window = ReplayWindow::new(p.limits.replay_window).unwrap_or_default();
+        // Never send more than either side accepts (spec §8.2).
+        let agreed = usize::try_from(p.capabilities.max_frame_bytes).unwrap_or(usize::MAX);
+        let max_frame_bytes = p.limits.max_frame_bytes.min(agreed);
         Self {
             role: p.role,
             local: p.local,
@@ -152,7 +155,7 @@ impl Session {
             resumption: p.keys.resumption.clone(),
             handshake_hash: p.handshake_hash,
             max_skew: p.limits.max_clock_skew,
-            max_frame_bytes: p.limits.max_frame_bytes,
+            max_frame_bytes,
         }
     }
 

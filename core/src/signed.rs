@@ -185,6 +185,25 @@ impl SignedMessageGuard {
             })
     }
 
+    /// Replay-checks an envelope whose signature the caller already verified (a
+    /// `HANDSHAKE_INIT`): skew, then `(sender_id, nonce)` freshness.
+    pub fn check_fresh(&mut self, env: &Envelope, now: Timestamp) -> Result<(), ProtocolError> {
+        env.check_timestamp(now, self.max_skew)?;
+        self.cache
+            .check_and_insert(
+                env.sender_id.as_str(),
+                env.nonce,
+                env.timestamp.as_unix_millis(),
+                now.as_unix_millis(),
+            )
+            .map_err(|r| {
+                ProtocolError::Replay(match r {
+                    NonceRejection::TooOld => ReplayRejection::TooOld,
+                    NonceRejection::Duplicate => ReplayRejection::Duplicate,
+                })
+            })
+    }
+
     /// Entries currently held.
     pub fn len(&self) -> usize {
         self.cache.len()

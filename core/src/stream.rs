@@ -218,8 +218,8 @@ impl Default for StreamConfig {
     }
 }
 
-/// One frame of a message waiting for acknowledgement.
-#[derive(Debug, Clone)]
+/// One frame of a message waiting for acknowledgement. `Debug` shows the body's length only.
+#[derive(Clone)]
 pub struct OutFrame {
     /// The envelope type it is sealed as.
     pub message_type: MessageType,
@@ -278,8 +278,9 @@ pub struct OutboxFull {
     pub max_bytes: usize,
 }
 
-/// One frame of an outgoing message, before it gets a frame number.
-#[derive(Debug, Clone)]
+/// One frame of an outgoing message, before it gets a frame number. `Debug` shows the body's
+/// length only.
+#[derive(Clone)]
 pub struct FrameSpec {
     /// The envelope type.
     pub message_type: MessageType,
@@ -495,6 +496,13 @@ impl SendStream {
         self.frames.is_empty() && self.next_no > self.peer_cumulative.saturating_add(1)
     }
 
+    /// Stops announcing `forward` (the peer is unreachable and nothing is left to send): assume
+    /// it caught up.
+    pub fn abandon_forward(&mut self) {
+        self.peer_cumulative = self.next_no.saturating_sub(1);
+        self.forward_due = None;
+    }
+
     /// A `forward` announcement to send now, if one is needed and due; schedules the next one a
     /// retransmission timeout later, until the peer's acknowledgement shows it moved on.
     pub fn poll_forward(&mut self, now: Timestamp, config: &StreamConfig) -> Option<Forward> {
@@ -563,8 +571,8 @@ impl SendStream {
     }
 }
 
-/// A frame ready for the application, in stream order.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A frame ready for the application, in stream order. `Debug` shows the body's length only.
+#[derive(Clone, PartialEq, Eq)]
 pub struct InFrame {
     /// The envelope type.
     pub message_type: MessageType,
@@ -640,14 +648,19 @@ pub struct RecvStreams {
 impl RecvStreams {
     /// Accepts one frame.
     pub fn accept(&mut self, frame: InFrame, config: &StreamConfig) -> Received {
+        // The buffer bound is per peer, over all its epochs.
+        let held = self.buffered_bytes();
         let state = self.state(frame.header.epoch, frame.header.base, config);
         let mut ready = state.advance_to(frame.header.base);
+        // What the advance made consecutive is deliverable whatever happens to this frame.
+        ready.extend(state.drain_in_order());
         let no = frame.header.no;
         if no < state.next || state.buffer.contains_key(&no) {
             return deliver_or(ready, Received::Duplicate);
         }
+        let held = held.saturating_sub(ready.iter().map(|f| f.body.len()).sum::<usize>());
         if no >= state.next.saturating_add(config.recv_window)
-            || state.buffered_bytes.saturating_add(frame.body.len()) > config.max_recv_buffer_bytes
+            || held.saturating_add(frame.body.len()) > config.max_recv_buffer_bytes
         {
             return deliver_or(ready, Received::Dropped);
         }
@@ -703,3 +716,21 @@ impl RecvStreams {
 
 #[cfg(test)]
 mod tests;
+
+/// Application content never reaches logs: these `Debug`s show lengths, not bodies.
+macro_rules! debug_without_body {
+    ($t:ty, $($field:ident),*) => {
+        impl std::fmt::Debug for $t {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.debug_struct(stringify!($t))
+                    $(.field(stringify!($field), &self.$field))*
+                    .field("body_len", &self.body.len())
+                    .finish_non_exhaustive()
+            }
+        }
+    };
+}
+
+debug_without_body!(OutFrame, message_type, message_id, logical, attempts, due);
+debug_without_body!(FrameSpec, message_type, message_id, reply_to, chunk);
+debug_without_body!(InFrame, message_type, message_id, header);

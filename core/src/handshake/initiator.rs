@@ -60,9 +60,9 @@ impl Initiator {
                 reason: "cannot handshake with itself",
             });
         }
-        let mut secret = [0u8; 32];
-        rng.fill_bytes(&mut secret);
-        let ephemeral = StaticSecret::from(secret);
+        let mut secret = zeroize::Zeroizing::new([0u8; 32]);
+        rng.fill_bytes(secret.as_mut_slice());
+        let ephemeral = StaticSecret::from(*secret);
         let mut shared = Shared::new(Role::Initiator, identity, config, now);
         shared.peer_id = Some(peer);
         shared.peer_key = peer_key;

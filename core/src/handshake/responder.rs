@@ -60,9 +60,9 @@ impl Responder {
             .find(|v| SUPPORTED_VERSIONS.contains(&v.as_str()))
             .ok_or(ProtocolError::UnsupportedVersion)?
             .clone();
-        let mut secret = [0u8; 32];
-        rng.fill_bytes(&mut secret);
-        let ephemeral = StaticSecret::from(secret);
+        let mut secret = zeroize::Zeroizing::new([0u8; 32]);
+        rng.fill_bytes(secret.as_mut_slice());
+        let ephemeral = StaticSecret::from(*secret);
         let dh = ephemeral.diffie_hellman(&X25519Public::from(offer.ephemeral_key));
         if !dh.was_contributory() {
             return Err(ProtocolError::WeakKeyExchange);

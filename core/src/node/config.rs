@@ -57,6 +57,10 @@ pub struct NodeConfig {
     pub mailbox_bytes: usize,
     /// Offline entities with a mailbox at once. Default 10 000.
     pub max_mailboxes: usize,
+    /// Bytes held in all mailboxes together. Default 256 MiB.
+    pub max_mailbox_total_bytes: usize,
+    /// `ERROR`s this node sends on one link, or to one HTTP caller. Default 60 per minute.
+    pub error_rate: RateLimit,
     /// Links this node accepts at once; also bounds held long-polls and per-caller HTTP rate
     /// buckets. Default 10 000.
     pub max_links: usize,
@@ -68,8 +72,9 @@ pub struct NodeConfig {
     pub max_subscriptions_per_link: usize,
     /// Distinct topics with subscribers. Default 10 000.
     pub max_topics: usize,
-    /// Events queued for the application before the oldest are dropped (with a count).
-    /// Default 65 536.
+    /// Events queued for the application. Past it, new data frames are refused unacknowledged
+    /// (their senders re-send them: backpressure) and informational events are dropped with a
+    /// count. Default 65 536.
     pub max_events: usize,
 }
 
@@ -96,6 +101,8 @@ impl Default for NodeConfig {
             mailbox_messages: 256,
             mailbox_bytes: 8 << 20,
             max_mailboxes: 10_000,
+            max_mailbox_total_bytes: 256 << 20,
+            error_rate: RateLimit::per_minute(60),
             max_links: 10_000,
             max_peers: 10_000,
             max_pending_requests: 1024,
@@ -114,6 +121,7 @@ impl NodeConfig {
         self.reconnect.validate().map_err(bad)?;
         self.link_rate.validate().map_err(bad)?;
         self.ping_rate.validate().map_err(bad)?;
+        self.error_rate.validate().map_err(bad)?;
         if self.chunk_size == 0 || self.chunk_threshold == 0 {
             return Err(bad("chunk_size and chunk_threshold must be positive"));
         }

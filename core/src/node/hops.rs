@@ -82,6 +82,12 @@ pub fn messages_url(base_url: &str) -> String {
     format!("{}/v1/messages", base_url.trim_end_matches('/'))
 }
 
+/// HTTP `POST`s in flight to one hop at once.
+const MAX_HTTP_INFLIGHT: usize = 16;
+
+/// Shortest pause between two long-polls when the last one came back empty.
+const MIN_POLL_INTERVAL: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// What happened to a frame handed to a hop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum HopSend {
@@ -146,10 +152,7 @@ impl Node {
             up: false,
             rate: None,
             pings: crate::rate_limit::TokenBucket::new(self.config.ping_rate, now),
-            errors: crate::rate_limit::TokenBucket::new(
-                crate::rate_limit::RateLimit::per_minute(60),
-                now,
-            ),
+            errors: crate::rate_limit::TokenBucket::new(self.config.error_rate, now),
             last_rx: now,
             ping_sent: false,
             subscriptions: Default::default(),
@@ -205,10 +208,6 @@ impl Node {
     ) -> HopSend {
         let transports = self.hop_transports(hop);
         let Some(h) = self.hops.get_mut(hop) else { return HopSend::Failed };
-        if h.closed_by_app && preference != TransportPreference::HttpOnly {
-            // A send after `disconnect` reconnects (lazily), as seed 001 asks.
-            h.closed_by_app = false;
-        }
         let q = RouteQuery {
             preference,
             peer_transports: transports,
@@ -287,6 +286,11 @@ impl Node {
     fn post(&mut self, _now: Timestamp, hop: &EntityId, items: Vec<BatchItem>, attempt: u32) {
         let request = self.next_request_id();
         let Some(h) = self.hops.get_mut(hop) else { return };
+        // Bounded in-flight requests per hop: past it the frames are dropped here, and the
+        // delivery layer re-sends them later (spec §13.3).
+        if h.inflight.len() >= MAX_HTTP_INFLIGHT {
+            return;
+        }
         let mut body = Vec::new();
         for item in &items {
             body.extend_from_slice(&item.frame);
@@ -377,6 +381,11 @@ impl Node {
             h.poll = None;
             if outcome == HttpOutcome::Delivered {
                 h.poll_backoff.reset();
+                // An empty answer: poll again after a pause, so a server that does not hold
+                // polls cannot drive a request loop.
+                if body.is_empty() {
+                    h.poll_retry_at = Some(now.saturating_add(MIN_POLL_INTERVAL));
+                }
             } else {
                 let delay = h.poll_backoff.next_delay(&mut self.rng);
                 h.poll_retry_at = Some(now.saturating_add(delay));

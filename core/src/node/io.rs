@@ -98,8 +98,9 @@ pub enum Output {
     Event(Event),
 }
 
-/// What the application learns.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What the application learns. `Debug` shows payload lengths, never payloads, so logging events
+/// leaks no message content.
+#[derive(Clone, PartialEq, Eq)]
 pub enum Event {
     /// A message arrived (exactly once, in the sender's order).
     Message {
@@ -204,4 +205,82 @@ pub enum Event {
         /// How many.
         count: u64,
     },
+}
+
+/// Stands in for a payload in `Debug` output.
+struct Len(usize);
+
+impl std::fmt::Debug for Len {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "<{} bytes>", self.0)
+    }
+}
+
+impl std::fmt::Debug for Event {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Event::Message { from, id, kind, payload } => f
+                .debug_struct("Message")
+                .field("from", from)
+                .field("id", id)
+                .field("kind", kind)
+                .field("payload", &Len(payload.len()))
+                .finish(),
+            Event::Request { from, id, payload } => f
+                .debug_struct("Request")
+                .field("from", from)
+                .field("id", id)
+                .field("payload", &Len(payload.len()))
+                .finish(),
+            Event::Response { from, request, payload } => f
+                .debug_struct("Response")
+                .field("from", from)
+                .field("request", request)
+                .field("payload", &Len(payload.len()))
+                .finish(),
+            Event::Topic { topic, from, data } => f
+                .debug_struct("Topic")
+                .field("topic", topic)
+                .field("from", from)
+                .field("data", &Len(data.to_string().len()))
+                .finish(),
+            Event::RequestTimedOut { to, request } => {
+                f.debug_struct("RequestTimedOut").field("to", to).field("request", request).finish()
+            }
+            Event::Delivered { to, id } => {
+                f.debug_struct("Delivered").field("to", to).field("id", id).finish()
+            }
+            Event::Failed { to, id, reason } => f
+                .debug_struct("Failed")
+                .field("to", to)
+                .field("id", id)
+                .field("reason", reason)
+                .finish(),
+            Event::SessionEstablished { peer, session } => f
+                .debug_struct("SessionEstablished")
+                .field("peer", peer)
+                .field("session", session)
+                .finish(),
+            Event::SessionResumed { peer, session } => f
+                .debug_struct("SessionResumed")
+                .field("peer", peer)
+                .field("session", session)
+                .finish(),
+            Event::SessionLost { peer, reason } => {
+                f.debug_struct("SessionLost").field("peer", peer).field("reason", reason).finish()
+            }
+            Event::TransportSwitched { node, from, to } => f
+                .debug_struct("TransportSwitched")
+                .field("node", node)
+                .field("from", from)
+                .field("to", to)
+                .finish(),
+            Event::Error { peer, code } => {
+                f.debug_struct("Error").field("peer", peer).field("code", code).finish()
+            }
+            Event::EventsDropped { count } => {
+                f.debug_struct("EventsDropped").field("count", count).finish()
+            }
+        }
+    }
 }

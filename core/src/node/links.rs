@@ -64,7 +64,7 @@ impl Node {
             up,
             rate: inbound.then(|| TokenBucket::new(self.config.link_rate, now)),
             pings: TokenBucket::new(self.config.ping_rate, now),
-            errors: TokenBucket::new(crate::rate_limit::RateLimit::per_minute(60), now),
+            errors: TokenBucket::new(self.config.error_rate, now),
             last_rx: now,
             ping_sent: false,
             subscriptions: BTreeSet::new(),
@@ -120,8 +120,9 @@ impl Node {
         }
         self.reschedule_hop(now, &hop);
         self.reschedule_link(link);
+        // Subscriptions are renewed on the new link itself (spec §20).
         for topic in self.topics.remote(&hop) {
-            self.send_subscription(now, &hop, &topic, MessageType::Subscribe);
+            self.subscribe_on_link(now, link, &topic);
         }
         self.flush_peers_via(now, &hop);
         self.finish(now);

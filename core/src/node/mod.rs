@@ -136,6 +136,8 @@ pub struct Node {
     polls: BTreeMap<EntityId, (RequestId, Timestamp)>,
     /// Entities whose HTTP callers are rate limited, with their buckets.
     http_rate: BTreeMap<EntityId, crate::rate_limit::TokenBucket>,
+    /// `ERROR` budgets of HTTP callers.
+    error_budget: BTreeMap<EntityId, crate::rate_limit::TokenBucket>,
     topics: Topics,
     guard: SignedMessageGuard,
     timers: TimerQueue<Timer>,
@@ -189,6 +191,7 @@ impl Node {
             peers: BTreeMap::new(),
             polls: BTreeMap::new(),
             http_rate: BTreeMap::new(),
+            error_budget: BTreeMap::new(),
             timers: TimerQueue::new(),
             outputs: VecDeque::new(),
             events_queued: 0,
@@ -342,7 +345,12 @@ impl Node {
     /// Queues an event for the application; past `max_events` undrained events, new ones are
     /// counted and dropped (reported once the application drains again).
     fn event(&mut self, event: Event) {
-        if self.events_queued >= self.config.max_events {
+        // Messages, requests and responses are never dropped: data frames are refused
+        // unacknowledged while the queue is full (backpressure), so these stay bounded by the
+        // receive windows. Other events past the bound are counted and dropped.
+        let content =
+            matches!(event, Event::Message { .. } | Event::Request { .. } | Event::Response { .. });
+        if self.events_queued >= self.config.max_events && !content {
             self.events_dropped = self.events_dropped.saturating_add(1);
             return;
         }
@@ -476,9 +484,13 @@ impl Node {
         let hop = self.route_of(peer).ok_or_else(|| SendError::Unreachable(peer.clone()))?;
         if let Some(h) = self.hops.get_mut(&hop) {
             h.wanted = true;
+            h.closed_by_app = false;
         }
         self.ensure_ws(now, &hop);
         self.ensure_peer(peer)?;
+        if let Some(p) = self.peers.get_mut(peer) {
+            p.wanted = true;
+        }
         self.flush_peer(now, peer);
         self.finish(now);
         Ok(())

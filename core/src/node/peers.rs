@@ -59,6 +59,10 @@ pub(super) struct PeerState {
     /// Sessions with this peer that were replaced or lost (newest last): a message for one of
     /// them is answered `SESSION_EXPIRED` rather than `SESSION_NOT_FOUND`.
     pub retired: std::collections::VecDeque<crate::ids::SessionId>,
+    /// The application asked to connect: a session is wanted even with nothing to send.
+    pub wanted: bool,
+    /// When this peer last had a `SESSION_RESUME` honoured (at most one a second).
+    pub last_resume: Option<Timestamp>,
     pub stats: TransportStats,
 }
 
@@ -87,7 +91,7 @@ impl PeerState {
     /// Whether this side has something the peer must hear: messages, or a `forward` for
     /// messages it gave up. Either way a session is needed.
     pub fn needs_session(&self) -> bool {
-        self.send.messages() > 0 || self.send.forward_needed()
+        self.wanted || self.send.messages() > 0 || self.send.forward_needed()
     }
 
     pub fn handshaking(&self) -> bool {
@@ -151,6 +155,8 @@ impl Node {
             blocked: false,
             assembling: None,
             retired: std::collections::VecDeque::new(),
+            wanted: false,
+            last_resume: None,
             stats: TransportStats::default(),
         };
         self.peers.insert(peer.clone(), state);
@@ -194,6 +200,12 @@ impl Node {
             return Err(SendError::UnknownRequest(request.clone()));
         }
         self.ensure_peer(peer)?;
+        // An application send reopens a link the application closed (seed 001: lazy connect).
+        if let Some(hop) = self.route_of(peer)
+            && let Some(h) = self.hops.get_mut(&hop)
+        {
+            h.closed_by_app = false;
+        }
         let id = MessageId::random(&mut *self.rng);
         let frames = if payload.len() > self.config.chunk_threshold {
             let total = u64::try_from(payload.len()).unwrap_or(u64::MAX);
@@ -249,8 +261,10 @@ impl Node {
             p.stats.failures = p.stats.failures.saturating_add(1);
             self.stats.failures = self.stats.failures.saturating_add(1);
             self.event(Event::Failed { to: peer.clone(), id: id.clone(), reason });
-            // The peer may be waiting for the frames given up: tell it where the stream stands.
-            self.flush_peer(now, peer);
+            // The peer may be waiting for the frames given up: the peer's timer (due at once)
+            // sends a `forward`. Not flushing here keeps failure handling free of recursion.
+            let _ = now;
+            self.reschedule_peer(peer);
         }
     }
 
@@ -271,6 +285,8 @@ impl Node {
         if self.peers.get(peer).is_some_and(|p| p.session.is_none()) {
             self.flush_handshake(now, peer);
         } else {
+            // A READY that had to wait for a link goes first.
+            self.send_pending_handshake(now, peer);
             self.flush_data(now, peer);
             self.flush_control(now, peer);
         }
@@ -301,6 +317,11 @@ impl Node {
                 }
             }
         }
+        self.send_pending_handshake(now, peer);
+    }
+
+    /// Sends the handshake message waiting for a transport, if any.
+    fn send_pending_handshake(&mut self, now: Timestamp, peer: &EntityId) {
         let Some(env) = self.peers.get_mut(peer).and_then(|p| p.handshake_out.take()) else {
             return;
         };
@@ -470,6 +491,11 @@ impl Node {
         p.handshake_out = None;
         let delay = p.handshake_backoff.next_delay(&mut *self.rng);
         p.next_handshake_at = Some(now.saturating_add(delay));
+        // Nothing to send and the peer unreachable for ~4 minutes of attempts: stop owing it a
+        // `forward`, so a dead peer is not dialled for ever.
+        if p.send.messages() == 0 && !p.wanted && p.handshake_backoff.attempt() >= 8 {
+            p.send.abandon_forward();
+        }
         self.event(Event::Error { peer: Some(peer.clone()), code });
         self.reschedule_peer(peer);
     }
@@ -481,7 +507,7 @@ impl Node {
         p.session = Some(session);
         p.initiator = None;
         p.responder = None;
-        p.handshake_out = None;
+        // `handshake_out` may hold the READY still to send: it stays.
         p.next_handshake_at = None;
         p.resume = None;
         p.handshake_backoff.reset();
@@ -520,25 +546,29 @@ impl Node {
     pub(super) fn on_handshake(&mut self, now: Timestamp, source: &Source, env: Envelope) {
         let peer = env.sender_id.clone();
         if env.message_type == MessageType::HandshakeInit {
-            if self.ensure_peer(&peer).is_err() {
-                self.answer(now, source, &env, ErrorCode::InternalError);
-                return;
-            }
             // Simultaneous open: the handshake started by the smaller entity id wins.
             if self.peers.get(&peer).is_some_and(|p| p.initiator.is_some())
                 && self.identity.id() < &peer
             {
                 return;
             }
-            match Responder::accept(
+            // Authorize and verify first: no state is created for an entity before that.
+            let accepted = Responder::accept(
                 Arc::clone(&self.identity),
                 &self.trust,
                 self.handshake.clone(),
                 &env,
                 now,
                 &mut *self.rng,
-            ) {
+            )
+            // A replayed INIT must not abandon a handshake in progress.
+            .and_then(|r| self.guard.check_fresh(&env, now).map(|()| r));
+            match accepted {
                 Ok((responder, ack)) => {
+                    if self.ensure_peer(&peer).is_err() {
+                        self.answer(now, source, &env, ErrorCode::RateLimitExceeded);
+                        return;
+                    }
                     if let Some(p) = self.peers.get_mut(&peer) {
                         p.initiator = None;
                         p.handshake_out = None;
@@ -619,6 +649,11 @@ impl Node {
             },
             MessageType::CapabilityExchange => {}
             _ => {
+                // Backpressure: while the application has not drained its events, data frames
+                // are refused unacknowledged; the sender re-sends them later.
+                if self.events_queued >= self.config.max_events {
+                    return;
+                }
                 let (header, body) = match decode_data(&opened.plaintext) {
                     // Chunk fields belong in exactly the CHUNKED_MESSAGE frames (spec §13.1).
                     Ok(v)
@@ -636,6 +671,15 @@ impl Node {
                         return;
                     }
                 };
+                // A chunk this side could never reassemble is refused before it is acknowledged,
+                // so the sender learns it failed instead of believing it delivered (spec §14).
+                if let Some(c) = &header.chunk {
+                    let limits = &self.config.reassembly;
+                    if c.total > limits.max_message_bytes || c.seq >= limits.max_chunks {
+                        self.answer(now, source, &env, ErrorCode::MessageTooLarge);
+                        return;
+                    }
+                }
                 let epoch = header.epoch;
                 let frame = InFrame {
                     message_type: opened.message_type,
@@ -710,7 +754,8 @@ impl Node {
                         ),
                         Ok(None) => p.assembling = Some(c.id),
                         Err(e) => {
-                            self.event(Event::Error { peer: Some(peer.clone()), code: e.code() })
+                            self.event(Event::Error { peer: Some(peer.clone()), code: e.code() });
+                            self.notify_peer(now, peer, e.code(), Some(c.id));
                         }
                     }
                 }
@@ -775,18 +820,18 @@ impl Node {
         }
         let about = body.in_reply_to.as_ref().and_then(|id| self.recent.get(id)).cloned();
         match body.code {
-            ErrorCode::SessionNotFound | ErrorCode::SessionExpired => {
-                let target = if self.peers.get(&sender).is_some_and(|p| p.session.is_some()) {
-                    Some(sender.clone())
-                } else {
-                    about.clone()
-                };
-                if let Some(peer) = target {
-                    self.lose_session(now, &peer, body.code);
-                }
+            // Only the peer itself can declare its session gone.
+            ErrorCode::SessionNotFound | ErrorCode::SessionExpired
+                if self.peers.get(&sender).is_some_and(|p| p.session.is_some()) =>
+            {
+                self.lose_session(now, &sender, body.code);
             }
+            // Only the next hop the frame went through can declare its recipient unknown.
             ErrorCode::UnknownRecipient => {
-                if let Some(peer) = about.clone() {
+                let from_our_hop = about.as_ref().is_some_and(|a| {
+                    self.route_of(a).as_ref() == Some(&sender) && !self.bound.contains_key(a)
+                });
+                if let Some(peer) = about.clone().filter(|_| from_our_hop) {
                     if let Some(p) = self.peers.get_mut(&peer) {
                         p.initiator = None;
                         p.handshake_out = None;
@@ -797,6 +842,27 @@ impl Node {
             _ => {}
         }
         self.event(Event::Error { peer: Some(about.unwrap_or(sender)), code: body.code });
+    }
+
+    /// Tells `peer` (through its route) that something it sent failed with `code`.
+    fn notify_peer(
+        &mut self,
+        now: Timestamp,
+        peer: &EntityId,
+        code: ErrorCode,
+        about: Option<MessageId>,
+    ) {
+        let err = crate::signed::error_message(
+            &self.identity,
+            Some(peer.clone()),
+            None,
+            code,
+            about,
+            now,
+            &mut *self.rng,
+        );
+        let preference = self.config.preference;
+        let _ = self.send_frame_to(now, peer, Arc::from(err.encode()), preference, None);
     }
 
     /// After a WebSocket link to `hop` came back: asks each peer behind it to resume its
@@ -828,7 +894,16 @@ impl Node {
             env.sign(&self.identity);
             p.resume = Some((message_id, nonce));
             let preference = self.config.preference;
-            let _ = self.send_frame_to(now, &peer, Arc::from(env.encode()), preference, None);
+            // Straight on the link that just came up: the transport decision may still hold
+            // traffic back from it, but this message is what proves the link's session.
+            let link = self.hops.get(hop).and_then(|h| h.ws_link);
+            match link {
+                Some(link) => self.transmit(link, Arc::from(env.encode())),
+                None => {
+                    let _ =
+                        self.send_frame_to(now, &peer, Arc::from(env.encode()), preference, None);
+                }
+            }
         }
     }
 
@@ -847,6 +922,14 @@ impl Node {
         };
         if !session.capabilities().resume {
             self.answer(now, source, env, ErrorCode::InvalidState);
+            return;
+        }
+        // At most one honoured resume a second per peer: each re-sends the whole window.
+        let recent = self.peers.get(&peer).and_then(|p| p.last_resume);
+        if recent
+            .is_some_and(|t| now.saturating_duration_since(t) < std::time::Duration::from_secs(1))
+        {
+            self.answer(now, source, env, ErrorCode::RateLimitExceeded);
             return;
         }
         let expected = session.resumption_proof(&[RESUME_REQUEST, &env.nonce].concat());
@@ -900,6 +983,7 @@ impl Node {
 
     fn resumed(&mut self, now: Timestamp, peer: &EntityId, session: crate::ids::SessionId) {
         if let Some(p) = self.peers.get_mut(peer) {
+            p.last_resume = Some(now);
             p.send.retransmit_all(now);
             p.stats.resumes = p.stats.resumes.saturating_add(1);
         }

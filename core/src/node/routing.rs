@@ -105,6 +105,12 @@ impl Mailboxes {
     }
 }
 
+/// Whether undecodable bytes carry `"type":"ERROR"` (so they are not answered with an ERROR).
+fn looks_like_error(bytes: &[u8]) -> bool {
+    const NEEDLE: &[u8] = b"\"type\":\"ERROR\"";
+    bytes.windows(NEEDLE.len()).any(|w| w == NEEDLE)
+}
+
 fn ndjson(frames: &[Arc<[u8]>]) -> Vec<u8> {
     let mut body = Vec::new();
     for f in frames {
@@ -121,7 +127,10 @@ impl Node {
             Ok(env) => env,
             Err(e) => {
                 self.stats.rejected = self.stats.rejected.saturating_add(1);
-                self.reply_error(now, &source, None, e.code(), None);
+                // Never answer an ERROR with an ERROR, even a malformed one.
+                if !looks_like_error(bytes) {
+                    self.reply_error(now, &source, None, e.code(), None);
+                }
                 return;
             }
         };
@@ -130,7 +139,9 @@ impl Node {
         {
             // A link cannot send as an entity it is not.
             self.stats.rejected = self.stats.rejected.saturating_add(1);
-            self.reply_error(now, &source, None, ErrorCode::AuthenticationFailed, None);
+            if env.message_type != MessageType::Error {
+                self.reply_error(now, &source, None, ErrorCode::AuthenticationFailed, None);
+            }
             if let Source::Link(link) = source {
                 self.close_link(now, link, Some(ErrorCode::AuthenticationFailed));
             }
@@ -182,12 +193,16 @@ impl Node {
             self.transmit(link, frame);
             return Ok(Transport::WebSocket);
         }
-        let known = self.trust.get(to).is_some() || self.peers.contains_key(to);
+        let known =
+            self.trust.get(to).is_some() || self.peers.get(to).is_some_and(|p| p.session.is_some());
         if !known {
             return Err(ErrorCode::UnknownRecipient);
         }
         let expires = now.saturating_add(self.config.limits.max_clock_skew);
         let len = frame.len();
+        if self.mailboxes.bytes().saturating_add(len) > self.config.max_mailbox_total_bytes {
+            return Err(ErrorCode::MailboxFull);
+        }
         self.mailboxes.push(
             to,
             frame,
@@ -289,15 +304,16 @@ impl Node {
                         });
                     }
                     // At most `max_links` polls are held; past that the oldest is released empty.
-                    if self.polls.len() >= self.config.max_links
-                        && let Some((other, (old, _))) = self.polls.pop_first()
-                    {
-                        self.timers.cancel(&Timer::Poll(other));
-                        self.emit(Output::HttpRespond {
-                            request: old,
-                            status: 200,
-                            body: Vec::new(),
-                        });
+                    if self.polls.len() >= self.config.max_links {
+                        let oldest =
+                            self.polls.iter().min_by_key(|(_, (r, _))| *r).map(|(e, _)| e.clone());
+                        if let Some((other, (old, _))) =
+                            oldest.and_then(|e| self.polls.remove_entry(&e))
+                        {
+                            self.timers.cancel(&Timer::Poll(other));
+                            let body = Vec::new();
+                            self.emit(Output::HttpRespond { request: old, status: 200, body });
+                        }
                     }
                     let until = now.saturating_add(self.config.poll_wait);
                     self.polls.insert(entity.clone(), (request, until));
@@ -356,10 +372,24 @@ impl Node {
         code: ErrorCode,
         in_reply_to: Option<MessageId>,
     ) {
-        if let Source::Link(link) = source
-            && let Some(l) = self.links.get_mut(link)
-            && !l.errors.try_take(now)
-        {
+        let allowed = match source {
+            Source::Link(link) => self.links.get_mut(link).is_some_and(|l| l.errors.try_take(now)),
+            Source::Http(entity) => {
+                let rate = self.config.error_rate;
+                if !self.error_budget.contains_key(entity)
+                    && self.error_budget.len() >= self.config.max_links
+                {
+                    self.error_budget.pop_first();
+                }
+                self.error_budget
+                    .entry(entity.clone())
+                    .or_insert_with(|| TokenBucket::new(rate, now))
+                    .try_take(now)
+            }
+            // Garbage in a next hop's response is dropped, never answered: no amplification.
+            Source::Hop(_) => false,
+        };
+        if !allowed {
             return;
         }
         let err = error_message(&self.identity, to, None, code, in_reply_to, now, &mut *self.rng);
@@ -417,6 +447,9 @@ impl Node {
                 }
                 HopSend::Sent
             }
+            // MAILBOX_FULL means "retry later" (spec §19): the frame counts as sent and its
+            // retransmission timer retries it.
+            Err(ErrorCode::MailboxFull) => HopSend::Sent,
             Err(_) => HopSend::Failed,
         }
     }

@@ -854,3 +854,129 @@ fn a_legacy_http_only_peer_is_reached_over_http() {
     assert_eq!(p.node("alice").stats().reconnects, opened_before, "no more WebSocket attempts");
     assert!(p.node("alice").stats().http_messages_sent > 0);
 }
+
+#[test]
+fn failing_a_full_outbox_does_not_recurse() {
+    // Run on a small stack: failing 1000 messages one after another must not nest calls.
+    let handle = std::thread::Builder::new()
+        .stack_size(256 * 1024)
+        .spawn(|| {
+            let mut p = via_relay(TransportPreference::WebsocketOnly);
+            let now = p.now;
+            p.node("bob").connect(now, &id("alice")).unwrap();
+            p.node("alice")
+                .send(now, &id("bob"), b"first".to_vec(), SendOptions::default())
+                .unwrap();
+            p.run();
+            p.advance(Duration::from_secs(1));
+            p.no_ws.push("relay".to_owned());
+            let now = p.now;
+            let alice = p.node("alice");
+            for n in 0..1000u32 {
+                alice
+                    .send(now, &id("bob"), n.to_be_bytes().to_vec(), SendOptions::default())
+                    .unwrap();
+            }
+            p.cut("alice");
+            p.run();
+            p.advance(Duration::from_secs(5));
+            p.events_of("alice").iter().filter(|e| matches!(e, Event::Failed { .. })).count()
+        })
+        .unwrap();
+    assert_eq!(handle.join().unwrap(), 1000, "WEBSOCKET_ONLY with the link down: all fail");
+}
+
+#[test]
+fn disconnect_stays_disconnected_until_the_application_acts() {
+    let mut p = via_relay(TransportPreference::WebsocketFirst);
+    let now = p.now;
+    p.node("alice").connect(now, &id("bob")).unwrap();
+    p.node("bob").connect(now, &id("alice")).unwrap();
+    p.run();
+    p.advance(Duration::from_secs(1));
+    assert_eq!(p.node("alice").link_count(), 1);
+    let now = p.now;
+    p.node("alice").disconnect(now, &id("bob"));
+    p.run();
+    p.advance(Duration::from_secs(120));
+    assert_eq!(p.node("alice").link_count(), 0, "no reconnect after disconnect");
+    let now = p.now;
+    p.node("alice").send(now, &id("bob"), b"again".to_vec(), SendOptions::default()).unwrap();
+    p.run();
+    p.advance(Duration::from_secs(2));
+    assert_eq!(p.node("alice").link_count(), 1, "a send reconnects");
+    assert_eq!(p.messages_at("bob"), vec![b"again".to_vec()]);
+}
+
+#[test]
+fn http_garbage_costs_a_bounded_number_of_signatures() {
+    let mut relay = node("relay", NodeConfig::default());
+    let body: Vec<u8> = b"x\n".repeat(5000);
+    let request = relay.handle_http_request(T0, id("alice"), HttpCall::PostMessages { body });
+    let out = drain(&mut relay);
+    let Some(Output::HttpRespond { body, .. }) =
+        out.iter().find(|o| matches!(o, Output::HttpRespond { request: r, .. } if *r == request))
+    else {
+        panic!("{out:?}")
+    };
+    let errors = body.split(|b| *b == b'\n').filter(|l| !l.is_empty()).count();
+    assert!(errors <= 60, "{errors} ERRORs signed for one request");
+    // An ERROR is never answered, even a malformed one.
+    let link = relay.accept_link(T0, LinkKind::Peers, id("bob")).unwrap();
+    drain(&mut relay);
+    let bad_error = signed(
+        "bob",
+        MessageType::Error,
+        None,
+        json!({"code": "TIMEOUT", "message": "x", "in_reply_to": null}),
+        T0,
+    );
+    let bad_error = String::from_utf8(bad_error).unwrap().replace("\"1.2\"", "\"9.9\"");
+    relay.handle_frame(T0, link, bad_error.as_bytes());
+    assert!(error_codes(&drain(&mut relay)).is_empty());
+}
+
+#[test]
+fn an_untrusted_init_through_a_relay_creates_no_state() {
+    let mut alice = node("alice", NodeConfig::default());
+    alice.set_default_route(Pump::addr("relay"));
+    let now = T0;
+    alice.connect(now, &id("bob")).unwrap();
+    let link = drain(&mut alice)
+        .iter()
+        .find_map(|o| match o {
+            Output::OpenLink { link, .. } => Some(*link),
+            _ => None,
+        })
+        .unwrap();
+    alice.link_up(now, link);
+    drain(&mut alice);
+    let peers_before = alice.peers.len();
+    let mallory = Identity::from_secret_bytes(id("mallory"), &[42; 32]);
+    let mut trust = TrustStore::new(TrustPolicy::Open);
+    trust.insert(id("alice"), ident("alice").public_key());
+    let (_, init) = crate::handshake::Initiator::start(
+        Arc::new(mallory),
+        id("alice"),
+        &trust,
+        crate::handshake::HandshakeConfig::default(),
+        now,
+        &mut ChaCha20Rng::seed_from_u64(5),
+    )
+    .unwrap();
+    alice.handle_frame(now, link, &init.encode());
+    assert_eq!(error_codes(&drain(&mut alice)), vec![ErrorCode::AuthenticationFailed]);
+    assert_eq!(alice.peers.len(), peers_before);
+}
+
+#[test]
+fn events_never_show_payloads() {
+    let e = Event::Message {
+        from: id("alice"),
+        id: MessageId::new("m").unwrap(),
+        kind: MessageType::PeerMessage,
+        payload: b"SECRET".to_vec(),
+    };
+    let shown = format!("{e:?}");
+    assert!(!shown.contains("SECRET") && shown.contains("6 bytes"), "{shown}");
+}

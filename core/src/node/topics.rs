@@ -294,6 +294,17 @@ impl Node {
         }
     }
 
+    /// Sends one `SUBSCRIBE` directly on `link`.
+    pub(super) fn subscribe_on_link(&mut self, now: Timestamp, link: LinkId, topic: &str) {
+        let payload = Payload::trusted(json!({"topic": topic}));
+        let kind = MessageType::Subscribe;
+        if let Ok(env) =
+            signed_message(&self.identity, kind, None, None, payload, now, &mut *self.rng)
+        {
+            self.transmit(link, Arc::from(env.encode()));
+        }
+    }
+
     fn send_to_hop(
         &mut self,
         now: Timestamp,

@@ -285,3 +285,29 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_duplicate_still_releases_frames_made_deliverable_by_base() {
+    let config = StreamConfig::default();
+    let mut r = RecvStreams::default();
+    let frame = |no: u64, base: u64| InFrame {
+        message_type: MessageType::PeerMessage,
+        message_id: mid(&format!("m{no}")),
+        header: DataHeader { epoch: 1, no, base, reply_to: None, chunk: None },
+        body: vec![no as u8],
+    };
+    assert_eq!(r.accept(frame(1, 1), &config), Received::Deliver(vec![frame(1, 1)]));
+    // 2 is lost; 3 and 4 wait behind it.
+    assert_eq!(r.accept(frame(3, 2), &config), Received::Buffered);
+    assert_eq!(r.accept(frame(4, 2), &config), Received::Buffered);
+    // The sender gave up on 2 and re-sends 3 with base 3: 3 and 4 are released even though
+    // this copy of 3 is a duplicate.
+    match r.accept(frame(3, 3), &config) {
+        Received::Deliver(v) => {
+            assert_eq!(v.iter().map(|f| f.header.no).collect::<Vec<_>>(), vec![3, 4])
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(r.ack(1).unwrap().cumulative, 4);
+    assert!(!format!("{:?}", frame(9, 9)).contains("body: ["), "Debug shows no body");
+}
