@@ -55,6 +55,7 @@
 #![deny(unused_must_use)]
 #![warn(missing_docs)]
 
+pub mod auth;
 pub mod backoff;
 pub mod canonical;
 pub mod capabilities;
