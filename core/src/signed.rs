@@ -168,25 +168,14 @@ impl SignedMessageGuard {
         if env.seq != 0 {
             return Err(ProtocolError::InvalidField { field: "seq", reason: "must be 0" });
         }
+        // The cheap clock check first, then the signature, then the cache.
         env.check_timestamp(now, self.max_skew)?;
         env.verify(key)?;
-        self.cache
-            .check_and_insert(
-                env.sender_id.as_str(),
-                env.nonce,
-                env.timestamp.as_unix_millis(),
-                now.as_unix_millis(),
-            )
-            .map_err(|r| {
-                ProtocolError::Replay(match r {
-                    NonceRejection::TooOld => ReplayRejection::TooOld,
-                    NonceRejection::Duplicate => ReplayRejection::Duplicate,
-                })
-            })
+        self.check_fresh(env, now)
     }
 
-    /// Replay-checks an envelope whose signature the caller already verified (a
-    /// `HANDSHAKE_INIT`): skew, then `(sender_id, nonce)` freshness.
+    /// Replay-checks an envelope whose signature the caller verified (a `HANDSHAKE_INIT`, or the
+    /// last step of [`SignedMessageGuard::accept`]): skew, then `(sender_id, nonce)` freshness.
     pub fn check_fresh(&mut self, env: &Envelope, now: Timestamp) -> Result<(), ProtocolError> {
         env.check_timestamp(now, self.max_skew)?;
         self.cache
