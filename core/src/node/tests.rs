@@ -980,3 +980,114 @@ fn events_never_show_payloads() {
     let shown = format!("{e:?}");
     assert!(!shown.contains("SECRET") && shown.contains("6 bytes"), "{shown}");
 }
+
+#[derive(Debug, Clone)]
+enum ClientInput {
+    Send(u8, u16),
+    Connect(u8),
+    Disconnect(u8),
+    LinkUp(u8),
+    LinkFailed(u8),
+    LinkClosed(u8),
+    Frame(u8, Vec<u8>),
+    Mutated(u8, u16, u8),
+    HttpResponse(u8, u16, Vec<u8>),
+    HttpFailure(u8),
+    Advance(u16),
+}
+
+fn client_input() -> impl Strategy<Value = ClientInput> {
+    prop_oneof![
+        (any::<u8>(), any::<u16>()).prop_map(|(p, n)| ClientInput::Send(p, n)),
+        any::<u8>().prop_map(ClientInput::Connect),
+        any::<u8>().prop_map(ClientInput::Disconnect),
+        any::<u8>().prop_map(ClientInput::LinkUp),
+        any::<u8>().prop_map(ClientInput::LinkFailed),
+        any::<u8>().prop_map(ClientInput::LinkClosed),
+        (any::<u8>(), prop::collection::vec(any::<u8>(), 0..48))
+            .prop_map(|(l, b)| ClientInput::Frame(l, b)),
+        (any::<u8>(), any::<u16>(), any::<u8>())
+            .prop_map(|(l, i, b)| ClientInput::Mutated(l, i, b)),
+        (any::<u8>(), any::<u16>(), prop::collection::vec(any::<u8>(), 0..48))
+            .prop_map(|(r, s, b)| ClientInput::HttpResponse(r, s, b)),
+        any::<u8>().prop_map(ClientInput::HttpFailure),
+        any::<u16>().prop_map(ClientInput::Advance),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// A client node fed arbitrary link events, frames and HTTP answers in any order never panics,
+    /// never schedules a deadline in the past twice in a row, and keeps its outbox bounded.
+    #[test]
+    fn a_client_survives_arbitrary_network_behaviour(inputs in prop::collection::vec(client_input(), 1..80)) {
+        let config = NodeConfig {
+            stream: crate::stream::StreamConfig { max_outbox_messages: 8, ..Default::default() },
+            ..NodeConfig::default()
+        };
+        let mut alice = node("alice", config);
+        alice.set_default_route(Pump::addr("relay"));
+        let peers = ["bob", "carol", "relay"];
+        let mut links: Vec<LinkId> = Vec::new();
+        let mut requests: Vec<RequestId> = Vec::new();
+        let mut now = T0;
+        let valid = [
+            signed("relay", MessageType::Pong, None, json!({"in_reply_to": "x"}), T0),
+            signed("bob", MessageType::Error, Some("alice"), json!({"code": "SESSION_NOT_FOUND", "message": "no such session", "in_reply_to": null}), T0),
+            signed("relay", MessageType::Error, Some("alice"), json!({"code": "UNKNOWN_RECIPIENT", "message": "unknown recipient", "in_reply_to": null}), T0),
+            opaque_for("bob", "alice", 3),
+        ];
+        for i in inputs {
+            let pick = |v: &Vec<LinkId>, n: u8| v.get(usize::from(n) % v.len().max(1)).copied();
+            match i {
+                ClientInput::Send(p, n) => {
+                    let _ = alice.send(now, &id(peers[usize::from(p) % 2]), n.to_be_bytes().to_vec(), SendOptions::default());
+                }
+                ClientInput::Connect(p) => { let _ = alice.connect(now, &id(peers[usize::from(p) % 2])); }
+                ClientInput::Disconnect(p) => alice.disconnect(now, &id(peers[usize::from(p) % 2])),
+                ClientInput::LinkUp(l) => if let Some(l) = pick(&links, l) { alice.link_up(now, l) },
+                ClientInput::LinkFailed(l) => if let Some(l) = pick(&links, l) { alice.link_failed(now, l) },
+                ClientInput::LinkClosed(l) => if let Some(l) = pick(&links, l) { alice.link_closed(now, l) },
+                ClientInput::Frame(l, bytes) => if let Some(l) = pick(&links, l) { alice.handle_frame(now, l, &bytes) },
+                ClientInput::Mutated(l, at, b) => if let Some(l) = pick(&links, l) {
+                    let mut f = valid[usize::from(b) % valid.len()].clone();
+                    if b % 3 != 0 {
+                        let len = f.len();
+                        f[usize::from(at) % len] ^= b | 1;
+                    }
+                    alice.handle_frame(now, l, &f);
+                },
+                ClientInput::HttpResponse(r, status, body) => {
+                    if let Some(r) = requests.get(usize::from(r) % requests.len().max(1)).copied() {
+                        let mut body = body;
+                        body.push(b'\n');
+                        body.extend_from_slice(&valid[usize::from(status) % valid.len()]);
+                        alice.handle_http_response(now, r, 100 + status % 500, &body);
+                    }
+                }
+                ClientInput::HttpFailure(r) => {
+                    if let Some(r) = requests.get(usize::from(r) % requests.len().max(1)).copied() {
+                        alice.handle_http_failure(now, r);
+                    }
+                }
+                ClientInput::Advance(ms) => {
+                    now = now.saturating_add(Duration::from_millis(u64::from(ms) * 20));
+                    alice.handle_timeout(now);
+                }
+            }
+            while let Some(out) = alice.poll_output() {
+                match out {
+                    Output::OpenLink { link, .. } => links.push(link),
+                    Output::HttpRequest { request, .. } => requests.push(request),
+                    _ => {}
+                }
+            }
+            // After handling everything due, nothing is left due at `now`.
+            alice.handle_timeout(now);
+            while alice.poll_output().is_some() {}
+            prop_assert!(alice.poll_timeout().is_none_or(|t| t > now), "a deadline stuck at or before now");
+            prop_assert!(alice.outbox_len(&id("bob")) <= 8 && alice.outbox_len(&id("carol")) <= 8);
+        }
+    }
+}
