@@ -175,6 +175,8 @@ pub struct World {
     budget: Vec<usize>,
     send_until: Timestamp,
     pub trace: bool,
+    /// Whether p1 reaches p2 directly.
+    direct: bool,
 }
 
 const RELAY: usize = 0;
@@ -241,6 +243,7 @@ impl World {
             budget: vec![messages; peers + 1],
             send_until: Timestamp::from_unix_millis(START + 120_000),
             trace: false,
+            direct: false,
         };
         for i in 0..=peers {
             let node = world.make_node(i, &names);
@@ -251,6 +254,14 @@ impl World {
                 down: false,
                 partitioned: false,
             });
+        }
+        // In a third of the runs p1 reaches p2 directly, at p2's own node, instead of through
+        // the relay: the direct case of spec §15.3 and §19 under the same faults.
+        if peers >= 2 && world.rng.next_u32().is_multiple_of(3) {
+            let p2 =
+                NodeAddr { entity: names[2].clone(), base_url: world.nodes[2].base_url.clone() };
+            world.nodes[1].node.add_route(names[2].clone(), p2);
+            world.direct = true;
         }
         for i in 1..=peers {
             let at = ms(world.rng.next_u64() % 2000);
@@ -787,8 +798,9 @@ impl World {
         let sent: usize = o.sent.values().map(Vec::len).sum();
         let delivered: usize = o.delivered.values().map(Vec::len).sum();
         format!(
-            "seed {}: {sent} sent, {delivered} delivered, {} failed, {} frames, {} handshakes, {} resumes, {} switches, faults {:?}",
+            "seed {}{}: {sent} sent, {delivered} delivered, {} failed, {} frames, {} handshakes, {} resumes, {} switches, faults {:?}",
             self.seed,
+            if self.direct { " (p1->p2 direct)" } else { "" },
             o.failed.len(),
             o.frames,
             o.handshakes,
