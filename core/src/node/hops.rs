@@ -91,8 +91,11 @@ const MIN_POLL_INTERVAL: std::time::Duration = std::time::Duration::from_millis(
 /// What happened to a frame handed to a hop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum HopSend {
-    Sent,
+    /// Handed to this transport (or, for a full mailbox, left to retransmission).
+    Sent(Option<Transport>),
+    /// Waiting for a WebSocket link.
     Wait,
+    /// Refused; the message fails.
     Failed,
 }
 
@@ -225,14 +228,14 @@ impl Node {
             Route::WebSocket => match h.ws_link {
                 Some(link) => {
                     self.transmit(link, frame);
-                    (Some(Transport::WebSocket), HopSend::Sent)
+                    (Some(Transport::WebSocket), HopSend::Sent(Some(Transport::WebSocket)))
                 }
                 None => (None, HopSend::Wait),
             },
             Route::Http => {
                 self.stats.sent(Transport::Http, frame.len());
                 h.batch.push(BatchItem { frame, owner });
-                (Some(Transport::Http), HopSend::Sent)
+                (Some(Transport::Http), HopSend::Sent(Some(Transport::Http)))
             }
             Route::WaitForWebSocket => (None, HopSend::Wait),
             Route::Fail(_) => (None, HopSend::Failed),

@@ -329,7 +329,7 @@ impl Node {
         let preference = self.config.preference;
         let owner = Some(super::hops::Owner::Handshake(peer.clone()));
         match self.send_frame_to(now, peer, frame, preference, owner) {
-            super::hops::HopSend::Sent => self.remember_sent(&env.message_id, peer),
+            super::hops::HopSend::Sent(_) => self.remember_sent(&env.message_id, peer),
             super::hops::HopSend::Wait => {
                 if let Some(p) = self.peers.get_mut(peer) {
                     p.handshake_out = Some(env);
@@ -376,7 +376,7 @@ impl Node {
             let frame: Arc<[u8]> = Arc::from(env.encode());
             let owner = Some(super::hops::Owner::Message(peer.clone(), logical.clone()));
             match self.send_frame_to(now, peer, frame, preference, owner) {
-                super::hops::HopSend::Sent => {
+                super::hops::HopSend::Sent(_) => {
                     if let Some(p) = self.peers.get_mut(peer) {
                         p.send.on_sent(no, now, &self.config.stream);
                     }

@@ -432,48 +432,23 @@ impl Node {
     ) -> super::hops::HopSend {
         use super::hops::HopSend;
         let len = frame.len();
-        let result = if let Some(link) = self.bound.get(peer).copied() {
+        let sent = if let Some(link) = self.bound.get(peer).copied() {
             self.transmit(link, frame);
-            Ok(Transport::WebSocket)
+            HopSend::Sent(Some(Transport::WebSocket))
         } else if let Some(hop) = self.route_of(peer) {
-            return self.send_via_hop_counted(now, peer, &hop, frame, preference, owner);
+            self.send_via_hop(now, &hop, frame, preference, owner)
         } else {
-            self.deliver_to_entity(now, peer, frame)
+            match self.deliver_to_entity(now, peer, frame) {
+                Ok(t) => HopSend::Sent(Some(t)),
+                // MAILBOX_FULL means "retry later" (spec §19): the frame counts as sent and its
+                // retransmission timer retries it.
+                Err(ErrorCode::MailboxFull) => HopSend::Sent(None),
+                Err(_) => HopSend::Failed,
+            }
         };
-        match result {
-            Ok(t) => {
-                if let Some(p) = self.peers.get_mut(peer) {
-                    p.stats.sent(t, len);
-                }
-                HopSend::Sent
-            }
-            // MAILBOX_FULL means "retry later" (spec §19): the frame counts as sent and its
-            // retransmission timer retries it.
-            Err(ErrorCode::MailboxFull) => HopSend::Sent,
-            Err(_) => HopSend::Failed,
+        if let (HopSend::Sent(Some(t)), Some(p)) = (sent, self.peers.get_mut(peer)) {
+            p.stats.sent(t, len);
         }
-    }
-
-    fn send_via_hop_counted(
-        &mut self,
-        now: Timestamp,
-        peer: &EntityId,
-        hop: &EntityId,
-        frame: Arc<[u8]>,
-        preference: TransportPreference,
-        owner: Option<super::hops::Owner>,
-    ) -> super::hops::HopSend {
-        let len = frame.len();
-        let before = (self.stats.ws_messages_sent, self.stats.http_messages_sent);
-        let r = self.send_via_hop(now, hop, frame, preference, owner);
-        let after = (self.stats.ws_messages_sent, self.stats.http_messages_sent);
-        if let Some(p) = self.peers.get_mut(peer) {
-            if after.0 > before.0 {
-                p.stats.sent(Transport::WebSocket, len);
-            } else if after.1 > before.1 {
-                p.stats.sent(Transport::Http, len);
-            }
-        }
-        r
+        sent
     }
 }
