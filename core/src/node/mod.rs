@@ -18,6 +18,12 @@
 //!    application.
 //! 3. Sleep until [`Node::poll_timeout`] or the next input, whichever comes first.
 //!
+//! The output queue is drained by the driver after every input and is not bounded by the node:
+//! a relay turns each relayed frame into one `Transmit`, so it is the driver that bounds what it
+//! buffers per link (a slow reader is disconnected, not buffered without end). Events are bounded
+//! (`max_events`); past that bound the node applies backpressure to its peers instead of dropping
+//! messages.
+//!
 //! Nothing else is needed to run a peer, a relay, or both at once. All randomness comes from the
 //! RNG given to [`Node::new`] and all collections are ordered, so the same inputs with the same
 //! seed produce the same outputs, byte for byte.
