@@ -63,6 +63,8 @@ pub mod chunking;
 pub mod encoding;
 pub mod envelope;
 pub mod error;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 pub mod handshake;
 pub mod identity;
 pub mod ids;
