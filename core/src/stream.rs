@@ -560,6 +560,11 @@ impl SendStream {
         [due, timeout, forward].into_iter().flatten().min()
     }
 
+    /// The logical message whose frame was sent with envelope id `envelope`, if still waiting.
+    pub fn logical_by_envelope(&self, envelope: &MessageId) -> Option<&MessageId> {
+        self.frames.values().find(|f| f.message_id == *envelope).map(|f| &f.logical)
+    }
+
     /// The logical message frame `no` belongs to.
     pub fn logical_of(&self, no: u64) -> Option<&MessageId> {
         self.frames.get(&no).map(|f| &f.logical)

@@ -826,6 +826,19 @@ impl Node {
             {
                 self.lose_session(now, &sender, body.code);
             }
+            // The peer refused a frame it can never accept: that message fails now, not at its
+            // send timeout.
+            ErrorCode::MessageTooLarge if about.as_ref() == Some(&sender) => {
+                let logical = body.in_reply_to.as_ref().and_then(|env_id| {
+                    self.peers
+                        .get(&sender)
+                        .and_then(|p| p.send.logical_by_envelope(env_id))
+                        .cloned()
+                });
+                if let Some(id) = logical {
+                    self.fail_message(now, &sender, &id, FailReason::Rejected);
+                }
+            }
             // Only the next hop the frame went through can declare its recipient unknown.
             ErrorCode::UnknownRecipient => {
                 let from_our_hop = about.as_ref().is_some_and(|a| {

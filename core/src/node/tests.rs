@@ -1091,3 +1091,26 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_message_over_the_receivers_limit_fails_at_once() {
+    let small = NodeConfig {
+        reassembly: crate::chunking::ReassemblyLimits {
+            max_message_bytes: 300_000,
+            ..Default::default()
+        },
+        ..NodeConfig::default()
+    };
+    let mut p = Pump::new(&[("alice", NodeConfig::default()), ("bob", small)]);
+    p.node("alice").add_route(id("bob"), Pump::addr("bob"));
+    let now = p.now;
+    let big =
+        p.node("alice").send(now, &id("bob"), vec![1; 600_000], SendOptions::default()).unwrap();
+    p.run();
+    p.advance(Duration::from_secs(2));
+    assert!(p.messages_at("bob").is_empty());
+    let failed =
+        p.events_of("alice").iter().any(|e| matches!(e, Event::Failed { id, .. } if *id == big));
+    assert!(failed, "{:?}", p.events_of("alice"));
+    assert!(!p.events_of("alice").iter().any(|e| matches!(e, Event::Delivered { .. })));
+}
