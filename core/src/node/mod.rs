@@ -142,7 +142,7 @@ pub struct Node {
     polls: BTreeMap<EntityId, (RequestId, Timestamp)>,
     /// Entities whose HTTP callers are rate limited, with their buckets.
     http_rate: BTreeMap<EntityId, crate::rate_limit::TokenBucket>,
-    /// `ERROR` budgets of HTTP callers.
+    /// `ERROR` budgets of HTTP callers and of remote peers answered through a next hop.
     error_budget: BTreeMap<EntityId, crate::rate_limit::TokenBucket>,
     topics: Topics,
     guard: SignedMessageGuard,

@@ -374,26 +374,33 @@ impl Node {
     ) {
         let allowed = match source {
             Source::Link(link) => self.links.get_mut(link).is_some_and(|l| l.errors.try_take(now)),
-            Source::Http(entity) => {
-                let rate = self.config.error_rate;
-                if !self.error_budget.contains_key(entity)
-                    && self.error_budget.len() >= self.config.max_links
-                {
-                    self.error_budget.pop_first();
-                }
-                self.error_budget
-                    .entry(entity.clone())
-                    .or_insert_with(|| TokenBucket::new(rate, now))
-                    .try_take(now)
+            Source::Http(entity) => self.take_error_budget(Some(entity.clone()), now),
+            // In a next hop's response, only an envelope from a remote peer is answered (an
+            // end-to-end error such as SESSION_NOT_FOUND, which recovery depends on), under that
+            // peer's budget. Garbage, and anything from the hop itself, is dropped: no
+            // amplification toward the hop.
+            Source::Hop(hop) => {
+                let remote = to.as_ref().filter(|peer| *peer != hop).cloned();
+                self.take_error_budget(remote, now)
             }
-            // Garbage in a next hop's response is dropped, never answered: no amplification.
-            Source::Hop(_) => false,
         };
         if !allowed {
             return;
         }
         let err = error_message(&self.identity, to, None, code, in_reply_to, now, &mut *self.rng);
         self.reply_on(now, source, &err);
+    }
+
+    /// Takes one `ERROR` from `entity`'s budget (at most `max_links` budgets are kept).
+    fn take_error_budget(&mut self, entity: Option<EntityId>, now: Timestamp) -> bool {
+        let Some(entity) = entity else { return false };
+        let rate = self.config.error_rate;
+        if !self.error_budget.contains_key(&entity)
+            && self.error_budget.len() >= self.config.max_links
+        {
+            self.error_budget.pop_first();
+        }
+        self.error_budget.entry(entity).or_insert_with(|| TokenBucket::new(rate, now)).try_take(now)
     }
 
     /// A `PONG` for a `PING` received from `source`, if the link's `PING` budget allows.

@@ -1114,3 +1114,37 @@ fn a_message_over_the_receivers_limit_fails_at_once() {
     assert!(failed, "{:?}", p.events_of("alice"));
     assert!(!p.events_of("alice").iter().any(|e| matches!(e, Event::Delivered { .. })));
 }
+
+#[test]
+fn a_polling_client_still_answers_session_not_found_to_the_remote_peer() {
+    let config = NodeConfig { preference: TransportPreference::HttpOnly, ..NodeConfig::default() };
+    let mut alice = node("alice", config);
+    alice.set_default_route(Pump::addr("relay"));
+    alice.send(T0, &id("bob"), b"hi".to_vec(), SendOptions::default()).unwrap();
+    let poll = drain(&mut alice)
+        .into_iter()
+        .find_map(|o| match o {
+            Output::HttpRequest { request, method: HttpMethod::Get, .. } => Some(request),
+            _ => None,
+        })
+        .expect("a long-poll to the relay");
+    // The relay's poll answer carries a message from bob for a session alice does not hold.
+    let mut body = opaque_for("bob", "alice", 3);
+    body.push(b'\n');
+    alice.handle_http_response(T0, poll, 200, &body);
+    let posted: Vec<u8> = drain(&mut alice)
+        .into_iter()
+        .filter_map(|o| match o {
+            Output::HttpRequest { method: HttpMethod::Post, body, .. } => Some(body),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    let codes: Vec<ErrorCode> = posted
+        .split(|b| *b == b'\n')
+        .filter_map(|l| Envelope::decode(l, 1 << 20).ok())
+        .filter(|e| e.message_type == MessageType::Error && e.recipient_id == Some(id("bob")))
+        .filter_map(|e| ErrorBody::parse(&e.payload).ok().map(|b| b.code))
+        .collect();
+    assert_eq!(codes, vec![ErrorCode::SessionNotFound], "recovery depends on this answer");
+}
