@@ -496,13 +496,6 @@ impl SendStream {
         self.frames.is_empty() && self.next_no > self.peer_cumulative.saturating_add(1)
     }
 
-    /// Stops announcing `forward` (the peer is unreachable and nothing is left to send): assume
-    /// it caught up.
-    pub fn abandon_forward(&mut self) {
-        self.peer_cumulative = self.next_no.saturating_sub(1);
-        self.forward_due = None;
-    }
-
     /// A `forward` announcement to send now, if one is needed and due; schedules the next one a
     /// retransmission timeout later, until the peer's acknowledgement shows it moved on.
     pub fn poll_forward(&mut self, now: Timestamp, config: &StreamConfig) -> Option<Forward> {

@@ -491,11 +491,8 @@ impl Node {
         p.handshake_out = None;
         let delay = p.handshake_backoff.next_delay(&mut *self.rng);
         p.next_handshake_at = Some(now.saturating_add(delay));
-        // Nothing to send and the peer unreachable for ~4 minutes of attempts: stop owing it a
-        // `forward`, so a dead peer is not dialled for ever.
-        if p.send.messages() == 0 && !p.wanted && p.handshake_backoff.attempt() >= 8 {
-            p.send.abandon_forward();
-        }
+        // A `forward` still owed is never abandoned: the peer may hold acknowledged frames behind
+        // the messages given up, and only the forward releases them. Retries back off to 60 s.
         self.event(Event::Error { peer: Some(peer.clone()), code });
         self.reschedule_peer(peer);
     }
