@@ -39,33 +39,33 @@ pub struct TransportStats {
     pub last_rtt: Option<Duration>,
 }
 
+/// Adds one frame of `bytes` to a message counter and a byte counter.
+fn count(messages: &mut u64, total: &mut u64, bytes: usize) {
+    *messages = messages.saturating_add(1);
+    *total = total.saturating_add(u64::try_from(bytes).unwrap_or(u64::MAX));
+}
+
 impl TransportStats {
     /// Counts one frame sent.
     pub fn sent(&mut self, transport: Transport, bytes: usize) {
-        let bytes = u64::try_from(bytes).unwrap_or(u64::MAX);
         match transport {
             Transport::WebSocket => {
-                self.ws_messages_sent = self.ws_messages_sent.saturating_add(1);
-                self.ws_bytes_sent = self.ws_bytes_sent.saturating_add(bytes);
+                count(&mut self.ws_messages_sent, &mut self.ws_bytes_sent, bytes)
             }
             Transport::Http => {
-                self.http_messages_sent = self.http_messages_sent.saturating_add(1);
-                self.http_bytes_sent = self.http_bytes_sent.saturating_add(bytes);
+                count(&mut self.http_messages_sent, &mut self.http_bytes_sent, bytes)
             }
         }
     }
 
     /// Counts one frame received.
     pub fn received(&mut self, transport: Transport, bytes: usize) {
-        let bytes = u64::try_from(bytes).unwrap_or(u64::MAX);
         match transport {
             Transport::WebSocket => {
-                self.ws_messages_received = self.ws_messages_received.saturating_add(1);
-                self.ws_bytes_received = self.ws_bytes_received.saturating_add(bytes);
+                count(&mut self.ws_messages_received, &mut self.ws_bytes_received, bytes)
             }
             Transport::Http => {
-                self.http_messages_received = self.http_messages_received.saturating_add(1);
-                self.http_bytes_received = self.http_bytes_received.saturating_add(bytes);
+                count(&mut self.http_messages_received, &mut self.http_bytes_received, bytes)
             }
         }
     }
