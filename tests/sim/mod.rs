@@ -278,6 +278,10 @@ impl World {
             world.schedule(ms(at), Net::Partition { node, on: true });
             world.schedule(ms(at + length), Net::Partition { node, on: false });
         }
+        // Peers make themselves reachable at their relay from the start.
+        for i in 0..world.nodes.len() {
+            world.drain(i);
+        }
         world
     }
 
@@ -293,10 +297,13 @@ impl World {
         )
         .expect("valid config");
         if i != RELAY {
-            node.set_default_route(NodeAddr {
-                entity: names[RELAY].clone(),
-                base_url: format!("http://{}.sim", names[RELAY]),
-            });
+            node.set_default_route(
+                self.now,
+                NodeAddr {
+                    entity: names[RELAY].clone(),
+                    base_url: format!("http://{}.sim", names[RELAY]),
+                },
+            );
         }
         node
     }
@@ -682,6 +689,9 @@ impl World {
     }
 
     fn on_event(&mut self, i: usize, e: Event) {
+        if self.trace {
+            eprintln!("{:?} node {i} event {e:?}", self.now);
+        }
         match e {
             Event::Message { from, id, .. } | Event::Request { from, id, .. } => {
                 if let Some(f) = self.index_of(&from) {
@@ -709,11 +719,7 @@ impl World {
             Event::TransportSwitched { .. } => self.outcome.switches += 1,
             Event::SessionResumed { .. } => self.outcome.resumes += 1,
             Event::SessionEstablished { .. } => self.outcome.handshakes += 1,
-            other => {
-                if self.trace {
-                    eprintln!("{:?} node {i} event {other:?}", self.now);
-                }
-            }
+            _ => {}
         }
     }
 

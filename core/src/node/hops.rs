@@ -332,10 +332,12 @@ impl Node {
         }
     }
 
-    /// Whether anything is expected from `hop`: the application wants it, or a peer routed
-    /// through it has a session, a handshake or messages in flight.
+    /// Whether anything is expected from `hop`: it is the default route (the relay this node is
+    /// reachable through, so anyone may write to it there at any time), the application wants
+    /// it, or a peer routed through it has a session, a handshake or messages in flight.
     fn hop_active(&self, hop: &EntityId) -> bool {
-        if self.hops.get(hop).is_some_and(|h| h.wanted) {
+        if self.default_route.as_ref() == Some(hop) || self.hops.get(hop).is_some_and(|h| h.wanted)
+        {
             return true;
         }
         self.peers.iter().any(|(id, p)| {

@@ -50,7 +50,7 @@ pub use stats::TransportStats;
 use crate::error::UsageError;
 use crate::handshake::HandshakeConfig;
 use crate::identity::{Identity, PublicKey, TrustStore};
-use crate::ids::{EntityId, MessageId};
+use crate::ids::{EntityId, MessageId, SessionId};
 use crate::message_type::MessageType;
 use crate::signed::SignedMessageGuard;
 use crate::stream::{FailReason, OutboxFull};
@@ -151,8 +151,9 @@ pub struct Node {
     events_queued: usize,
     events_dropped: u64,
     stats: TransportStats,
-    /// Envelope ids of recently sent frames → the peer they were for (to correlate `ERROR`s).
-    recent: BTreeMap<MessageId, EntityId>,
+    /// Envelope ids of recently sent frames → the peer they were for and the session they were
+    /// sealed under (to correlate `ERROR`s, and to ignore one about a session already replaced).
+    recent: BTreeMap<MessageId, (EntityId, Option<SessionId>)>,
     recent_order: VecDeque<MessageId>,
 }
 
@@ -241,11 +242,14 @@ impl Node {
         self.routes.insert(peer, hop);
     }
 
-    /// Makes `node` the next hop for every peer without a route of its own (a relay).
-    pub fn set_default_route(&mut self, node: NodeAddr) {
+    /// Makes `node` the next hop for every peer without a route of its own (a relay). This node
+    /// is reachable there: from now on it keeps a link or a long-poll open to it, even with
+    /// nothing to send, since anyone may write to it at any time (spec §19).
+    pub fn set_default_route(&mut self, now: Timestamp, node: NodeAddr) {
         let hop = node.entity.clone();
         self.ensure_hop(node);
         self.default_route = Some(hop);
+        self.finish(now);
     }
 
     /// Transport counters over all peers.
@@ -369,8 +373,8 @@ impl Node {
         self.outputs.push_back(Output::Event(event));
     }
 
-    fn remember_sent(&mut self, envelope: &MessageId, peer: &EntityId) {
-        if self.recent.insert(envelope.clone(), peer.clone()).is_none() {
+    fn remember_sent(&mut self, envelope: &MessageId, peer: &EntityId, session: Option<SessionId>) {
+        if self.recent.insert(envelope.clone(), (peer.clone(), session)).is_none() {
             self.recent_order.push_back(envelope.clone());
         }
         while self.recent_order.len() > RECENT_SENDS {

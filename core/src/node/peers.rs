@@ -329,7 +329,9 @@ impl Node {
         let preference = self.config.preference;
         let owner = Some(super::hops::Owner::Handshake(peer.clone()));
         match self.send_frame_to(now, peer, frame, preference, owner) {
-            super::hops::HopSend::Sent(_) => self.remember_sent(&env.message_id, peer),
+            super::hops::HopSend::Sent(_) => {
+                self.remember_sent(&env.message_id, peer, env.session_id.clone());
+            }
             super::hops::HopSend::Wait => {
                 if let Some(p) = self.peers.get_mut(peer) {
                     p.handshake_out = Some(env);
@@ -380,7 +382,7 @@ impl Node {
                     if let Some(p) = self.peers.get_mut(peer) {
                         p.send.on_sent(no, now, &self.config.stream);
                     }
-                    self.remember_sent(&message_id, peer);
+                    self.remember_sent(&message_id, peer, env.session_id.clone());
                 }
                 super::hops::HopSend::Wait => {
                     if let Some(p) = self.peers.get_mut(peer) {
@@ -815,11 +817,16 @@ impl Node {
             }
             return;
         }
-        let about = body.in_reply_to.as_ref().and_then(|id| self.recent.get(id)).cloned();
+        let recent = body.in_reply_to.as_ref().and_then(|id| self.recent.get(id)).cloned();
+        let about = recent.as_ref().map(|(peer, _)| peer.clone());
+        // An answer to a frame sealed under an older session says nothing about the current one
+        // (it was delayed, or crossed the new handshake).
+        let current = self.peers.get(&sender).and_then(|p| p.session.as_ref()).map(|s| s.id());
+        let stale = recent.as_ref().is_some_and(|(_, sealed)| sealed.as_ref() != current);
         match body.code {
             // Only the peer itself can declare its session gone.
             ErrorCode::SessionNotFound | ErrorCode::SessionExpired
-                if self.peers.get(&sender).is_some_and(|p| p.session.is_some()) =>
+                if current.is_some() && !stale =>
             {
                 self.lose_session(now, &sender, body.code);
             }

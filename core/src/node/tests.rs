@@ -456,7 +456,8 @@ fn via_relay(preference: TransportPreference) -> Pump {
     let mut p =
         Pump::new(&[("relay", NodeConfig::default()), ("alice", config.clone()), ("bob", config)]);
     for n in ["alice", "bob"] {
-        p.node(n).set_default_route(Pump::addr("relay"));
+        let now = p.now;
+        p.node(n).set_default_route(now, Pump::addr("relay"));
     }
     p
 }
@@ -616,7 +617,8 @@ fn broadcast_and_large_messages_reach_every_session() {
     let mut p = via_relay(TransportPreference::WebsocketFirst);
     let carol = NodeConfig::default();
     p.nodes.insert("carol".to_owned(), node("carol", carol));
-    p.node("carol").set_default_route(Pump::addr("relay"));
+    let now = p.now;
+    p.node("carol").set_default_route(now, Pump::addr("relay"));
     let now = p.now;
     p.node("bob").connect(now, &id("alice")).unwrap();
     p.node("carol").connect(now, &id("alice")).unwrap();
@@ -939,7 +941,7 @@ fn http_garbage_costs_a_bounded_number_of_signatures() {
 #[test]
 fn an_untrusted_init_through_a_relay_creates_no_state() {
     let mut alice = node("alice", NodeConfig::default());
-    alice.set_default_route(Pump::addr("relay"));
+    alice.set_default_route(T0, Pump::addr("relay"));
     let now = T0;
     alice.connect(now, &id("bob")).unwrap();
     let link = drain(&mut alice)
@@ -1027,7 +1029,7 @@ proptest! {
             ..NodeConfig::default()
         };
         let mut alice = node("alice", config);
-        alice.set_default_route(Pump::addr("relay"));
+        alice.set_default_route(T0, Pump::addr("relay"));
         let peers = ["bob", "carol", "relay"];
         let mut links: Vec<LinkId> = Vec::new();
         let mut requests: Vec<RequestId> = Vec::new();
@@ -1119,7 +1121,7 @@ fn a_message_over_the_receivers_limit_fails_at_once() {
 fn a_polling_client_still_answers_session_not_found_to_the_remote_peer() {
     let config = NodeConfig { preference: TransportPreference::HttpOnly, ..NodeConfig::default() };
     let mut alice = node("alice", config);
-    alice.set_default_route(Pump::addr("relay"));
+    alice.set_default_route(T0, Pump::addr("relay"));
     alice.send(T0, &id("bob"), b"hi".to_vec(), SendOptions::default()).unwrap();
     let poll = drain(&mut alice)
         .into_iter()
@@ -1147,4 +1149,102 @@ fn a_polling_client_still_answers_session_not_found_to_the_remote_peer() {
         .filter_map(|e| ErrorBody::parse(&e.payload).ok().map(|b| b.code))
         .collect();
     assert_eq!(codes, vec![ErrorCode::SessionNotFound], "recovery depends on this answer");
+}
+
+#[test]
+fn a_client_with_nothing_to_send_stays_reachable_at_its_relay() {
+    // Alice never sends anything, yet bob's messages reach her: she keeps a poll open at her
+    // relay from the moment it became her default route.
+    let mut p = via_relay(TransportPreference::HttpOnly);
+    p.run();
+    let now = p.now;
+    p.node("bob").send(now, &id("alice"), b"unprompted".to_vec(), SendOptions::default()).unwrap();
+    p.run();
+    p.advance(Duration::from_secs(3));
+    assert_eq!(p.messages_at("alice"), vec![b"unprompted".to_vec()]);
+    // An empty poll answer is followed by another poll, after the minimum pause.
+    let mut alice = node(
+        "alice",
+        NodeConfig { preference: TransportPreference::HttpOnly, ..NodeConfig::default() },
+    );
+    alice.set_default_route(T0, Pump::addr("relay"));
+    let polls = |outputs: Vec<Output>| -> Vec<RequestId> {
+        outputs
+            .into_iter()
+            .filter_map(|o| match o {
+                Output::HttpRequest { request, method: HttpMethod::Get, .. } => Some(request),
+                _ => None,
+            })
+            .collect()
+    };
+    let first = polls(drain(&mut alice));
+    assert_eq!(first.len(), 1, "one poll, at once");
+    alice.handle_http_response(T0, first[0], 200, &[]);
+    assert!(polls(drain(&mut alice)).is_empty(), "no poll loop on empty answers");
+    let later = alice.poll_timeout().expect("a poll is scheduled");
+    assert!(later >= T0.saturating_add(Duration::from_millis(500)));
+    alice.handle_timeout(later);
+    assert_eq!(polls(drain(&mut alice)).len(), 1);
+}
+
+#[test]
+fn a_late_session_error_about_an_older_session_is_ignored() {
+    let mut p = Pump::new(&[("alice", NodeConfig::default()), ("bob", NodeConfig::default())]);
+    p.node("alice").add_route(id("bob"), Pump::addr("bob"));
+    let now = p.now;
+    p.node("alice").send(now, &id("bob"), b"one".to_vec(), SendOptions::default()).unwrap();
+    p.run();
+    let sent_under_first: Vec<MessageId> = p.node("alice").recent.keys().cloned().collect();
+    // Both sides start over: a second session replaces the first.
+    p.node("alice").lose_session(now, &id("bob"), ErrorCode::SessionNotFound);
+    p.node("bob").lose_session(now, &id("alice"), ErrorCode::SessionNotFound);
+    p.run();
+    p.node("alice").send(now, &id("bob"), b"two".to_vec(), SendOptions::default()).unwrap();
+    p.run();
+    assert_eq!(p.messages_at("bob"), vec![b"one".to_vec(), b"two".to_vec()]);
+    let current = p.node("alice").peers.get(&id("bob")).and_then(|x| x.session.as_ref()).unwrap();
+    let current = current.id().clone();
+    let sent_under_second: Vec<MessageId> = p
+        .node("alice")
+        .recent
+        .iter()
+        .filter(|(_, (_, s))| s.as_ref() == Some(&current))
+        .map(|(k, _)| k.clone())
+        .collect();
+    let link = p.pairs.iter().find(|((n, _), _)| n == "bob").map(|(_, (_, l))| *l).unwrap();
+    let mut rng = ChaCha20Rng::seed_from_u64(99);
+    let error_about = |about: &MessageId, rng: &mut ChaCha20Rng| {
+        crate::signed::error_message(
+            &ident("bob"),
+            Some(id("alice")),
+            None,
+            ErrorCode::SessionNotFound,
+            Some(about.clone()),
+            now,
+            rng,
+        )
+        .encode()
+    };
+    let lost = |p: &Pump| {
+        p.events_of("alice").iter().filter(|e| matches!(e, Event::SessionLost { .. })).count()
+    };
+    let before = lost(&p);
+    // An answer to a frame of the first session, delivered late: the second session stays.
+    let stale = sent_under_first.iter().find(|m| !sent_under_second.contains(m)).unwrap();
+    let frame = error_about(stale, &mut rng);
+    p.node("alice").handle_frame(now, link, &frame);
+    p.run();
+    assert!(p.node("alice").has_session(&id("bob")));
+    assert_eq!(lost(&p), before);
+    // The same error about a frame of the current session ends it.
+    let frame = error_about(&sent_under_second[0], &mut rng);
+    p.node("alice").handle_frame(now, link, &frame);
+    assert_eq!(
+        lost(&p)
+            + drain(p.node("alice"))
+                .iter()
+                .filter(|o| matches!(o, Output::Event(Event::SessionLost { .. })))
+                .count(),
+        before + 1
+    );
 }
