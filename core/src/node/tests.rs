@@ -1248,3 +1248,29 @@ fn a_late_session_error_about_an_older_session_is_ignored() {
         before + 1
     );
 }
+
+#[test]
+fn a_full_event_queue_pushes_back_on_the_sender_without_losing_anything() {
+    // Bob's application drains at most 3 events between network rounds; alice sends 12 messages
+    // in one burst. Bob refuses (does not acknowledge) what he cannot queue; alice re-sends it.
+    let bob = NodeConfig { max_events: 3, ..NodeConfig::default() };
+    let mut p = Pump::new(&[("alice", NodeConfig::default()), ("bob", bob)]);
+    p.node("alice").add_route(id("bob"), Pump::addr("bob"));
+    let now = p.now;
+    p.node("alice").connect(now, &id("bob")).unwrap();
+    p.run();
+    assert!(p.node("alice").has_session(&id("bob")));
+    let sent: Vec<Vec<u8>> = (0..12u8).map(|i| vec![b'm', i]).collect();
+    for m in &sent {
+        p.node("alice").send(now, &id("bob"), m.clone(), SendOptions::default()).unwrap();
+    }
+    p.run();
+    let first_round = p.messages_at("bob").len();
+    assert!(first_round < sent.len(), "the burst must exceed bob's queue ({first_round})");
+    p.advance(Duration::from_secs(30));
+    assert_eq!(p.messages_at("bob"), sent, "all of them, once each, in order");
+    let delivered =
+        p.events_of("alice").iter().filter(|e| matches!(e, Event::Delivered { .. })).count();
+    assert_eq!(delivered, sent.len());
+    assert!(!p.events_of("bob").iter().any(|e| matches!(e, Event::EventsDropped { .. })));
+}
