@@ -61,6 +61,7 @@ pub mod canonical;
 pub mod capabilities;
 pub mod chunking;
 pub mod encoding;
+pub mod endpoints;
 pub mod envelope;
 pub mod error;
 #[cfg(feature = "fuzzing")]

@@ -287,6 +287,21 @@ impl Node {
         self.links.len()
     }
 
+    /// Links currently open or opening on `kind` (both directions).
+    pub fn link_count_of(&self, kind: LinkKind) -> usize {
+        self.links.values().filter(|l| l.kind == kind).count()
+    }
+
+    /// Entities holding a peers link to this node, in entity-id order (`GET /peers/discover`).
+    pub fn connected_entities(&self) -> impl Iterator<Item = &EntityId> {
+        self.bound.keys()
+    }
+
+    /// Established sessions with remote peers.
+    pub fn session_count(&self) -> usize {
+        self.peers.values().filter(|p| p.session.is_some()).count()
+    }
+
     /// A diagnostic dump of what this node holds for `peer` (stream positions, buffers); for
     /// simulators and debugging, not a stable format.
     #[doc(hidden)]
