@@ -149,6 +149,8 @@ pub struct Node {
     timers: TimerQueue<Timer>,
     outputs: VecDeque<Output>,
     events_queued: usize,
+    /// Events the driver took from the queue but the application has not consumed yet.
+    app_backlog: usize,
     events_dropped: u64,
     stats: TransportStats,
     /// Envelope ids of recently sent frames → the peer they were for and the session they were
@@ -202,6 +204,7 @@ impl Node {
             timers: TimerQueue::new(),
             outputs: VecDeque::new(),
             events_queued: 0,
+            app_backlog: 0,
             events_dropped: 0,
             stats: TransportStats::default(),
             recent: BTreeMap::new(),
@@ -297,6 +300,14 @@ impl Node {
         self.bound.keys()
     }
 
+    /// Tells the node how many events the driver took with [`Node::poll_output`] but the
+    /// application has not consumed yet (a driver that hands events over a queue of its own).
+    /// They count against `max_events`, so a slow application pushes back on its peers
+    /// (unacknowledged data frames are re-sent later) instead of growing that queue.
+    pub fn set_app_backlog(&mut self, held: usize) {
+        self.app_backlog = held;
+    }
+
     /// Established sessions with remote peers.
     pub fn session_count(&self) -> usize {
         self.peers.values().filter(|p| p.session.is_some()).count()
@@ -353,6 +364,12 @@ impl Node {
         self.finish(now);
     }
 
+    /// Whether `max_events` events wait for the application (in the output queue, plus what the
+    /// driver reported holding with [`Node::set_app_backlog`]).
+    pub(super) fn events_full(&self) -> bool {
+        self.events_queued.saturating_add(self.app_backlog) >= self.config.max_events
+    }
+
     fn next_link_id(&mut self) -> LinkId {
         self.next_id = self.next_id.saturating_add(1);
         LinkId(self.next_id)
@@ -375,7 +392,7 @@ impl Node {
         // receive windows. Other events past the bound are counted and dropped.
         let content =
             matches!(event, Event::Message { .. } | Event::Request { .. } | Event::Response { .. });
-        if self.events_queued >= self.config.max_events && !content {
+        if self.events_full() && !content {
             self.events_dropped = self.events_dropped.saturating_add(1);
             return;
         }

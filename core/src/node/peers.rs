@@ -639,6 +639,7 @@ impl Node {
                 return;
             }
         };
+        let events_full = self.events_full();
         let Some(p) = self.peers.get_mut(&peer) else { return };
         p.stats.received(transport, opened.plaintext.len());
         match opened.message_type {
@@ -650,7 +651,7 @@ impl Node {
             _ => {
                 // Backpressure: while the application has not drained its events, data frames
                 // are refused unacknowledged; the sender re-sends them later.
-                if self.events_queued >= self.config.max_events {
+                if events_full {
                     return;
                 }
                 let (header, body) = match decode_data(&opened.plaintext) {

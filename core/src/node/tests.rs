@@ -1274,3 +1274,25 @@ fn a_full_event_queue_pushes_back_on_the_sender_without_losing_anything() {
     assert_eq!(delivered, sent.len());
     assert!(!p.events_of("bob").iter().any(|e| matches!(e, Event::EventsDropped { .. })));
 }
+
+#[test]
+fn events_held_by_the_driver_count_against_the_bound() {
+    let bob = NodeConfig { max_events: 3, ..NodeConfig::default() };
+    let mut p = Pump::new(&[("alice", NodeConfig::default()), ("bob", bob)]);
+    p.node("alice").add_route(id("bob"), Pump::addr("bob"));
+    let now = p.now;
+    p.node("alice").connect(now, &id("bob")).unwrap();
+    p.run();
+    // Bob's driver holds 3 events the application has not taken: nothing more is accepted.
+    p.node("bob").set_app_backlog(3);
+    p.node("alice").send(now, &id("bob"), b"held".to_vec(), SendOptions::default()).unwrap();
+    p.run();
+    p.advance(Duration::from_secs(5));
+    assert!(p.messages_at("bob").is_empty());
+    assert_eq!(p.node("alice").outbox_len(&id("bob")), 1, "unacknowledged, kept for re-sending");
+    // The application caught up: the re-sent frame is accepted.
+    p.node("bob").set_app_backlog(0);
+    p.advance(Duration::from_secs(30));
+    assert_eq!(p.messages_at("bob"), vec![b"held".to_vec()]);
+    assert_eq!(p.node("alice").outbox_len(&id("bob")), 0);
+}
