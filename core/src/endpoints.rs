@@ -230,9 +230,37 @@ pub fn verify_url(base_url: &str) -> String {
     format!("{}{AUTH_VERIFY_PATH}", base_url.trim_end_matches('/'))
 }
 
+/// The HTTP base URL (`http://host:port[/prefix]`) of a node, from the URL of one of its
+/// endpoints (a WebSocket URL from `Output::OpenLink`, a messages URL from
+/// `Output::HttpRequest`): `ws` becomes `http`, `wss` becomes `https`, and the endpoint path and
+/// query are cut. `None` if the URL names no known endpoint.
+pub fn base_url_of(url: &str) -> Option<String> {
+    let url = url.split(['?', '#']).next().unwrap_or(url);
+    let cut = [PEERS_PATH, EVENTS_PATH, MESSAGES_PATH]
+        .iter()
+        .filter_map(|p| url.strip_suffix(p))
+        .next()?;
+    let base = if let Some(rest) = cut.strip_prefix("wss://") {
+        format!("https://{rest}")
+    } else if let Some(rest) = cut.strip_prefix("ws://") {
+        format!("http://{rest}")
+    } else {
+        cut.to_owned()
+    };
+    Some(base)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn base_urls_come_back_from_endpoint_urls() {
+        assert_eq!(base_url_of("ws://h:1/ws/v1/peers").as_deref(), Some("http://h:1"));
+        assert_eq!(base_url_of("wss://h/p/ws/v1/events").as_deref(), Some("https://h/p"));
+        assert_eq!(base_url_of("http://h/v1/messages?wait_ms=5").as_deref(), Some("http://h"));
+        assert_eq!(base_url_of("http://h/other"), None);
+    }
 
     #[test]
     fn query_params_are_found_once_and_decoded() {

@@ -1,0 +1,70 @@
+//! One HTTP exchange the core asked for, on a thread of its own (long polls block for up to the
+//! poll wait), with the bearer token for the node it goes to.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::SyncSender;
+
+use peerlink_core::endpoints::base_url_of;
+use peerlink_core::node::{HttpMethod, RequestId};
+
+use crate::driver::{Input, Shared};
+
+/// Starts the exchange; it reports `HttpDone` or `HttpFailed`. Past `max_in_flight` exchanges
+/// it fails at once (the core retries later).
+pub fn spawn(
+    request: RequestId,
+    method: HttpMethod,
+    url: String,
+    body: Vec<u8>,
+    shared: Arc<Shared>,
+    inputs: SyncSender<Input>,
+) {
+    if shared.http_in_flight.fetch_add(1, Ordering::AcqRel) >= shared.config.http.max_in_flight {
+        shared.http_in_flight.fetch_sub(1, Ordering::AcqRel);
+        let _ = inputs.send(Input::HttpFailed(request));
+        return;
+    }
+    let fallback = inputs.clone();
+    let counter = Arc::clone(&shared);
+    let spawned = std::thread::Builder::new().name("peerlink-http".into()).spawn(move || {
+        let input = match exchange(method, &url, &body, &shared) {
+            Some((status, body)) => Input::HttpDone(request, status, body),
+            None => Input::HttpFailed(request),
+        };
+        shared.http_in_flight.fetch_sub(1, Ordering::AcqRel);
+        let _ = inputs.send(input);
+    });
+    if spawned.is_err() {
+        counter.http_in_flight.fetch_sub(1, Ordering::AcqRel);
+        let _ = fallback.send(Input::HttpFailed(request));
+    }
+}
+
+/// Makes the request, renewing the token once if the node refuses it with 401.
+fn exchange(method: HttpMethod, url: &str, body: &[u8], shared: &Shared) -> Option<(u16, Vec<u8>)> {
+    let base = base_url_of(url)?;
+    for attempt in 0..2 {
+        let token = shared.tokens.token(&shared.agent, &base).ok()?;
+        let auth = format!("Bearer {token}");
+        let response = match method {
+            HttpMethod::Get => shared.agent.get(url).header("authorization", &auth).call(),
+            HttpMethod::Post => shared
+                .agent
+                .post(url)
+                .header("authorization", &auth)
+                .header("content-type", "application/x-ndjson")
+                .send(body),
+        };
+        let mut response = response.ok()?;
+        let status = response.status().as_u16();
+        if status == 401 && attempt == 0 {
+            shared.tokens.invalidate(&base);
+            continue;
+        }
+        let limit = u64::try_from(shared.config.node.max_http_body_bytes).unwrap_or(u64::MAX);
+        let body = response.body_mut().with_config().limit(limit).read_to_vec().ok()?;
+        return Some((status, body));
+    }
+    None
+}
