@@ -222,28 +222,25 @@ impl Driver {
             match output {
                 Output::Transmit { link, frame } => self.transmit(link, frame),
                 Output::OpenLink { link, url, resume, .. } => {
-                    let handle = link::spawn(
-                        link,
-                        url,
-                        resume,
-                        Arc::clone(&self.shared),
-                        self.inputs.clone(),
-                    );
-                    self.links.insert(link, handle);
+                    let inputs = self.inputs.clone();
+                    match link::spawn(link, url, resume, Arc::clone(&self.shared), inputs) {
+                        Some(handle) => {
+                            self.links.insert(link, handle);
+                        }
+                        None => self.node.link_failed(clock::now(), link),
+                    }
                 }
                 Output::CloseLink { link, .. } => {
                     if let Some(handle) = self.links.remove(&link) {
                         handle.stop.store(true, Ordering::Relaxed);
                     }
                 }
-                Output::HttpRequest { request, method, url, body } => crate::http::spawn(
-                    request,
-                    method,
-                    url,
-                    body,
-                    Arc::clone(&self.shared),
-                    self.inputs.clone(),
-                ),
+                Output::HttpRequest { request, method, url, body } => {
+                    let inputs = self.inputs.clone();
+                    if !crate::http::spawn(request, method, url, body, &self.shared, inputs) {
+                        self.node.handle_http_failure(clock::now(), request);
+                    }
+                }
                 // This client serves no HTTP.
                 Output::HttpRespond { .. } => {}
                 Output::Event(event) => {

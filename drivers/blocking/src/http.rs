@@ -10,24 +10,24 @@ use peerlink_core::node::{HttpMethod, RequestId};
 
 use crate::driver::{Input, Shared};
 
-/// Starts the exchange; it reports `HttpDone` or `HttpFailed`. Past `max_in_flight` exchanges
-/// it fails at once (the core retries later).
+/// Starts the exchange on a thread of its own; it reports `HttpDone` or `HttpFailed`. Returns
+/// `false`, and starts nothing, past `max_in_flight` exchanges or when no thread can be had (the
+/// caller then fails the exchange and the core retries later).
 pub fn spawn(
     request: RequestId,
     method: HttpMethod,
     url: String,
     body: Vec<u8>,
-    shared: Arc<Shared>,
+    shared: &Arc<Shared>,
     inputs: SyncSender<Input>,
-) {
+) -> bool {
     if shared.http_in_flight.fetch_add(1, Ordering::AcqRel) >= shared.config.http.max_in_flight {
         shared.http_in_flight.fetch_sub(1, Ordering::AcqRel);
-        let _ = inputs.send(Input::HttpFailed(request));
-        return;
+        return false;
     }
-    let fallback = inputs.clone();
-    let counter = Arc::clone(&shared);
+    let thread_shared = Arc::clone(shared);
     let spawned = std::thread::Builder::new().name("peerlink-http".into()).spawn(move || {
+        let shared = thread_shared;
         let input = match exchange(method, &url, &body, &shared) {
             Some((status, body)) => Input::HttpDone(request, status, body),
             None => Input::HttpFailed(request),
@@ -36,9 +36,10 @@ pub fn spawn(
         let _ = inputs.send(input);
     });
     if spawned.is_err() {
-        counter.http_in_flight.fetch_sub(1, Ordering::AcqRel);
-        let _ = fallback.send(Input::HttpFailed(request));
+        shared.http_in_flight.fetch_sub(1, Ordering::AcqRel);
+        return false;
     }
+    true
 }
 
 /// Makes the request, renewing the token once if the node refuses it with 401.

@@ -26,14 +26,14 @@ pub struct LinkHandle {
 }
 
 /// Starts the link's thread; it reports `LinkUp` or `LinkFailed`, then frames, then
-/// `LinkClosed`.
+/// `LinkClosed`. `None` if no thread can be had (the caller fails the link).
 pub fn spawn(
     link: LinkId,
     url: String,
     resume: Option<SessionId>,
     shared: Arc<Shared>,
     inputs: SyncSender<Input>,
-) -> LinkHandle {
+) -> Option<LinkHandle> {
     let (frames, queue) = sync_channel(shared.config.websocket.send_queue.max(1));
     let stop = Arc::new(AtomicBool::new(false));
     let flag = Arc::clone(&stop);
@@ -51,10 +51,7 @@ pub fn spawn(
                 }
             }
         });
-    if spawned.is_err() {
-        stop.store(true, Ordering::Relaxed);
-    }
-    LinkHandle { frames, stop }
+    spawned.ok().map(|_| LinkHandle { frames, stop })
 }
 
 /// Authenticates and upgrades; `None` on any failure (the core backs off and retries).
