@@ -1,0 +1,3 @@
+//! The `peerlink` command.
+
+fn main() {}
