@@ -351,3 +351,17 @@ pub(crate) async fn run_outbound(
         }
     }
 }
+
+/// `GET url` without authentication (for `peerlink status`: `/healthz`, `/metrics`); plain
+/// `http://` only. The body is bounded by `max_body`.
+pub async fn get_public(url: &str, max_body: usize) -> Result<(u16, Vec<u8>), ClientError> {
+    let id = EntityId::new("status").map_err(|_| ClientError::BadUrl)?;
+    let identity = Arc::new(crate::keys::generate(id).map_err(|_| ClientError::BadUrl)?);
+    let limits = DriverLimits::default();
+    let ctx = ClientCtx::new(identity, None, limits.clone(), 0, max_body);
+    timeout(
+        limits.http_timeout,
+        http(&ctx, Method::GET, url, None, "text/plain", Vec::new(), max_body),
+    )
+    .await
+}

@@ -26,6 +26,7 @@
 mod api;
 pub mod client;
 pub mod config;
+pub mod config_file;
 mod driver;
 pub mod keys;
 mod link;
