@@ -1,0 +1,255 @@
+//! The `peerlink` command: run a node, make keys, send, listen, subscribe, check status.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use peerlink_core::node::SendOptions;
+use peerlink_core::{EntityId, Event, MessageType, PublicKey, TrustPolicy};
+use peerlink_smol::config_file::FileConfig;
+use peerlink_smol::{Config, Peerlink, TrustedPeer, keys};
+
+/// A peerlink node and its tools.
+#[derive(Parser)]
+#[command(name = "peerlink", version, about)]
+struct Cli {
+    /// Data directory with the identity (default: $PEERLINK_HOME or ./.peerlink).
+    #[arg(long, global = true)]
+    data_dir: Option<PathBuf>,
+    /// TOML configuration file (see drivers/smol/peerlink.example.toml).
+    #[arg(long, short, global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+/// Where another node is and who it is.
+#[derive(clap::Args)]
+struct Target {
+    /// The peer's entity id.
+    #[arg(long)]
+    to: String,
+    /// The peer node's HTTP base URL.
+    #[arg(long, default_value = "http://127.0.0.1:7420")]
+    url: String,
+    /// The peer's public key (b64u), as `peerlink keygen` printed it.
+    #[arg(long)]
+    key: String,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create the identity (if there is none) and print its entity id and public key.
+    Keygen {
+        /// Entity id for a new identity.
+        #[arg(long)]
+        id: Option<String>,
+    },
+    /// Run a node (the default command): listen on 127.0.0.1:7420, log what arrives.
+    Serve {
+        /// Listen address (overrides the config file).
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+        /// Accept any entity that proves its key (trust policy "open").
+        #[arg(long)]
+        open: bool,
+    },
+    /// Run a node and print every message that arrives, one per line.
+    Listen {
+        /// Listen address (overrides the config file).
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+        /// Accept any entity that proves its key.
+        #[arg(long)]
+        open: bool,
+    },
+    /// Send one message to a peer and wait until it is delivered.
+    Send {
+        #[command(flatten)]
+        target: Target,
+        /// The message text.
+        message: String,
+        /// Send over HTTP instead of WebSocket.
+        #[arg(long)]
+        http: bool,
+    },
+    /// Subscribe to a topic on a node and print what is published.
+    Subscribe {
+        #[command(flatten)]
+        target: Target,
+        /// The topic.
+        topic: String,
+    },
+    /// Print a node's health and metrics.
+    Status {
+        /// The node's HTTP base URL.
+        #[arg(long, default_value = "http://127.0.0.1:7420")]
+        url: String,
+    },
+}
+
+type Fallible<T> = Result<T, Box<dyn std::error::Error>>;
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match smol::block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn file_config(cli: &Cli) -> Fallible<FileConfig> {
+    Ok(match &cli.config {
+        Some(p) => FileConfig::load(p)?,
+        None => FileConfig::default(),
+    })
+}
+
+fn data_dir(cli: &Cli, file: &FileConfig) -> PathBuf {
+    cli.data_dir.clone().or_else(|| file.data_dir.clone()).unwrap_or_else(keys::default_data_dir)
+}
+
+fn identity(cli: &Cli, file: &FileConfig, id: Option<String>) -> Fallible<peerlink_core::Identity> {
+    let dir = data_dir(cli, file);
+    let id = id.or_else(|| file.entity_id.clone()).map(EntityId::new).transpose()?;
+    let (identity, created) = keys::load_or_create(&dir, id)?;
+    if created {
+        tracing::info!(dir = %dir.display(), entity = %identity.id(), "created a new identity");
+    }
+    Ok(identity)
+}
+
+fn target_peer(t: &Target) -> Fallible<TrustedPeer> {
+    Ok(TrustedPeer {
+        entity: EntityId::new(t.to.clone())?,
+        key: PublicKey::from_b64u(&t.key)?,
+        url: Some(t.url.clone()),
+    })
+}
+
+async fn run(cli: Cli) -> Fallible<()> {
+    let file = file_config(&cli)?;
+    let command = cli.command.as_ref().map_or(("serve", None, false), |c| match c {
+        Command::Serve { listen, open } => ("serve", *listen, *open),
+        Command::Listen { listen, open } => ("listen", *listen, *open),
+        _ => ("other", None, false),
+    });
+    match &cli.command {
+        Some(Command::Keygen { id }) => {
+            let identity = identity(&cli, &file, id.clone())?;
+            println!("entity_id  {}", identity.id());
+            println!("public_key {}", identity.public_key().to_b64u());
+            Ok(())
+        }
+        None | Some(Command::Serve { .. }) | Some(Command::Listen { .. }) => {
+            let (name, listen, open) = command;
+            let mut config = file.to_config()?;
+            if let Some(l) = listen {
+                config.listen = l;
+            }
+            if open {
+                config.trust_policy = TrustPolicy::Open;
+            }
+            serve(&cli, &file, config, name == "listen").await
+        }
+        Some(Command::Send { target, message, http }) => {
+            let identity = identity(&cli, &file, None)?;
+            let mut config = file.to_config()?;
+            config.listen = ([127, 0, 0, 1], 0).into();
+            config.peers.push(target_peer(target)?);
+            let node = Peerlink::start(config, identity).await?;
+            let events = node.incoming().await?;
+            let options = SendOptions { prefer_websocket: Some(!http) };
+            let to = EntityId::new(target.to.clone())?;
+            let id = node
+                .send_message(&to, MessageType::PeerMessage, message.as_bytes().to_vec(), options)
+                .await?;
+            let outcome = loop {
+                match events.recv().await? {
+                    Event::Delivered { id: d, .. } if d == id => break Ok(()),
+                    Event::Failed { id: f, reason, .. } if f == id => {
+                        break Err(format!("not delivered: {reason:?}"));
+                    }
+                    _ => {}
+                }
+            };
+            let stats = node.transport_stats().await?;
+            node.shutdown().await?;
+            outcome?;
+            println!(
+                "delivered {id} to {to} (websocket frames {}, http frames {})",
+                stats.ws_messages_sent, stats.http_messages_sent
+            );
+            Ok(())
+        }
+        Some(Command::Subscribe { target, topic }) => {
+            let identity = identity(&cli, &file, None)?;
+            let mut config = file.to_config()?;
+            config.listen = ([127, 0, 0, 1], 0).into();
+            config.peers.push(target_peer(target)?);
+            let node = Peerlink::start(config, identity).await?;
+            let events = node.incoming().await?;
+            let hop = EntityId::new(target.to.clone())?;
+            node.subscribe(&hop, topic).await?;
+            while let Ok(e) = events.recv().await {
+                if let Event::Topic { topic, from, data } = e {
+                    println!("{topic} {from} {data}");
+                }
+            }
+            Ok(())
+        }
+        Some(Command::Status { url }) => {
+            let base = url.trim_end_matches('/');
+            let (s, body) =
+                peerlink_smol::client::get_public(&format!("{base}/healthz"), 4096).await?;
+            println!("healthz: {s} {}", String::from_utf8_lossy(&body).trim());
+            let (s, body) =
+                peerlink_smol::client::get_public(&format!("{base}/metrics"), 1 << 20).await?;
+            if s != 200 {
+                return Err(format!("metrics: HTTP {s}").into());
+            }
+            print!("{}", String::from_utf8_lossy(&body));
+            Ok(())
+        }
+    }
+}
+
+async fn serve(cli: &Cli, file: &FileConfig, config: Config, print: bool) -> Fallible<()> {
+    let identity = identity(cli, file, None)?;
+    let public_key = identity.public_key().to_b64u();
+    let node = Peerlink::start(config, identity).await?;
+    let events = node.incoming().await?;
+    println!("entity_id  {}", node.id());
+    println!("public_key {public_key}");
+    println!("url        {}", node.base_url());
+    while let Ok(e) = events.recv().await {
+        match e {
+            Event::Message { from, payload, .. } => {
+                let text = String::from_utf8_lossy(&payload);
+                if print {
+                    println!("{from}\t{text}");
+                } else {
+                    tracing::info!(%from, bytes = payload.len(), "message: {text}");
+                }
+            }
+            Event::Request { from, id, payload } => {
+                tracing::info!(%from, bytes = payload.len(), "request (answered with an echo)");
+                let _ = node.respond(&from, &id, payload).await;
+            }
+            other => tracing::debug!(event = ?other, "event"),
+        }
+    }
+    smol::Timer::after(Duration::from_millis(10)).await;
+    Ok(())
+}

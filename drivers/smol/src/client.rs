@@ -1,0 +1,367 @@
+//! The client side: authenticating to other nodes (challenge, signature, cached JWT), opening
+//! outbound WebSocket links, and the HTTP requests the node asks for.
+//!
+//! HTTP uses hyper's client over the [`rt`](crate::rt) adapter, one connection per request: no
+//! extra HTTP stack, the same parser as the server, and async all the way (no thread per
+//! request as `ureq` in `smol::unblock` would need while a long-poll is held).
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_rustls::TlsConnector;
+use futures_rustls::client::TlsStream;
+use futures_rustls::pki_types::ServerName;
+use futures_rustls::rustls;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Bytes;
+use hyper::{Method, Request, Uri};
+use peerlink_core::auth::sign_challenge;
+use peerlink_core::node::{HttpMethod, LinkId};
+use peerlink_core::{EntityId, Identity, SessionId};
+use smol::channel::Sender;
+use smol::future::FutureExt as _;
+use smol::net::TcpStream;
+
+use crate::config::DriverLimits;
+use crate::driver::Input;
+use crate::link::{LinkQueues, run_link, ws_config};
+use crate::rt::FuturesIo;
+use crate::tls::MaybeTls;
+
+/// Why a request to another node failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The URL is not `http(s)://host[:port]/…` or `ws(s)://…`.
+    #[error("bad URL")]
+    BadUrl,
+    /// `https`/`wss` without a configured CA file.
+    #[error("TLS needed but no CA file is configured")]
+    NoTls,
+    /// Connecting, TLS or I/O failed.
+    #[error("connection failed: {0}")]
+    Io(#[from] std::io::Error),
+    /// HTTP failed.
+    #[error("HTTP: {0}")]
+    Http(#[from] hyper::Error),
+    /// No answer in time.
+    #[error("timed out")]
+    Timeout,
+    /// The node answered with an error status.
+    #[error("HTTP status {0}")]
+    Status(u16),
+    /// The answer was not what the endpoint documents (or too large).
+    #[error("bad response: {0}")]
+    BadResponse(&'static str),
+    /// The WebSocket handshake failed.
+    #[error("WebSocket: {0}")]
+    WebSocket(String),
+}
+
+/// What client tasks share: the identity (to sign challenges), TLS, the token cache, bounds.
+pub(crate) struct ClientCtx {
+    pub identity: Arc<Identity>,
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+    pub limits: DriverLimits,
+    pub max_frame_bytes: usize,
+    pub max_http_body_bytes: usize,
+    /// Bearer tokens by node base URL, with when to stop using them.
+    tokens: Mutex<BTreeMap<String, (String, Instant)>>,
+}
+
+impl ClientCtx {
+    pub fn new(
+        identity: Arc<Identity>,
+        tls: Option<Arc<rustls::ClientConfig>>,
+        limits: DriverLimits,
+        max_frame_bytes: usize,
+        max_http_body_bytes: usize,
+    ) -> Self {
+        Self {
+            identity,
+            tls,
+            limits,
+            max_frame_bytes,
+            max_http_body_bytes,
+            tokens: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    fn cached(&self, base: &str) -> Option<String> {
+        let tokens = self.tokens.lock().ok()?;
+        tokens.get(base).filter(|(_, until)| Instant::now() < *until).map(|(t, _)| t.clone())
+    }
+
+    fn store(&self, base: &str, token: String, valid_for: Duration) {
+        if let Ok(mut tokens) = self.tokens.lock() {
+            if !tokens.contains_key(base) && tokens.len() >= self.limits.max_cached_tokens.max(1) {
+                tokens.pop_first();
+            }
+            // Renew at 80 % of the lifetime, so a token is never presented about to expire.
+            let until = Instant::now() + valid_for.mul_f64(0.8);
+            tokens.insert(base.to_owned(), (token, until));
+        }
+    }
+
+    fn forget(&self, base: &str) {
+        if let Ok(mut tokens) = self.tokens.lock() {
+            tokens.remove(base);
+        }
+    }
+}
+
+/// `scheme://authority` of a URL, with `ws`→`http` and `wss`→`https`: the key naming a node.
+pub fn base_of(url: &str) -> Option<String> {
+    let uri: Uri = url.parse().ok()?;
+    let scheme = match uri.scheme_str()? {
+        "http" | "ws" => "http",
+        "https" | "wss" => "https",
+        _ => return None,
+    };
+    Some(format!("{scheme}://{}", uri.authority()?.as_str().to_ascii_lowercase()))
+}
+
+type Stream = MaybeTls<TlsStream<TcpStream>>;
+
+async fn connect(ctx: &ClientCtx, uri: &Uri) -> Result<Stream, ClientError> {
+    let tls = matches!(uri.scheme_str(), Some("https" | "wss"));
+    let host = uri.host().ok_or(ClientError::BadUrl)?;
+    let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
+    let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
+    let tcp = TcpStream::connect((host.as_str(), port)).await?;
+    let _ = tcp.set_nodelay(true);
+    if !tls {
+        return Ok(MaybeTls::Plain(tcp));
+    }
+    let config = ctx.tls.clone().ok_or(ClientError::NoTls)?;
+    let name = ServerName::try_from(host).map_err(|_| ClientError::BadUrl)?;
+    let stream = TlsConnector::from(config).connect(name, tcp).await?;
+    Ok(MaybeTls::Tls(Box::new(stream)))
+}
+
+async fn timeout<T>(
+    d: Duration,
+    f: impl Future<Output = Result<T, ClientError>>,
+) -> Result<T, ClientError> {
+    f.or(async {
+        smol::Timer::after(d).await;
+        Err(ClientError::Timeout)
+    })
+    .await
+}
+
+/// One HTTP exchange on a fresh connection; the response body is bounded by `max_body`.
+pub(crate) async fn http(
+    ctx: &ClientCtx,
+    method: Method,
+    url: &str,
+    bearer: Option<&str>,
+    content_type: &str,
+    body: Vec<u8>,
+    max_body: usize,
+) -> Result<(u16, Vec<u8>), ClientError> {
+    let uri: Uri = url.parse().map_err(|_| ClientError::BadUrl)?;
+    let stream = connect(ctx, &uri).await?;
+    let (mut send, conn) = hyper::client::conn::http1::handshake(FuturesIo(stream)).await?;
+    let conn = smol::spawn(async move {
+        let _ = conn.await;
+    });
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    let host = uri.authority().map_or("", |a| a.as_str());
+    let mut req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header(hyper::header::HOST, host)
+        .header(hyper::header::CONTENT_TYPE, content_type);
+    if let Some(token) = bearer {
+        req = req.header(hyper::header::AUTHORIZATION, format!("Bearer {token}"));
+    }
+    let req = req.body(Full::new(Bytes::from(body))).map_err(|_| ClientError::BadUrl)?;
+    let resp = send.send_request(req).await?;
+    let status = resp.status().as_u16();
+    let body = Limited::new(resp.into_body(), max_body)
+        .collect()
+        .await
+        .map_err(|_| ClientError::BadResponse("body too large or cut"))?
+        .to_bytes()
+        .to_vec();
+    drop(conn);
+    Ok((status, body))
+}
+
+#[derive(serde::Deserialize)]
+struct ChallengeBody {
+    challenge: String,
+}
+
+#[derive(serde::Deserialize)]
+struct TokenBody {
+    token: String,
+    expires_in: u64,
+}
+
+/// A bearer token for the node `node` at `base` (`http(s)://host:port`), from the cache or by
+/// authenticating: `GET /auth/token`, sign the challenge naming `node`, `POST /auth/verify`.
+pub(crate) async fn token(
+    ctx: &ClientCtx,
+    base: &str,
+    node: &EntityId,
+) -> Result<String, ClientError> {
+    if let Some(t) = ctx.cached(base) {
+        return Ok(t);
+    }
+    let me = ctx.identity.id();
+    let url = format!(
+        "{base}/auth/token?entity_id={}&pubkey={}",
+        me.as_str(),
+        ctx.identity.public_key().to_b64u()
+    );
+    let max = ctx.limits.max_auth_body_bytes;
+    let (status, body) = timeout(
+        ctx.limits.http_timeout,
+        http(ctx, Method::GET, &url, None, "text/plain", Vec::new(), max),
+    )
+    .await?;
+    if status != 200 {
+        return Err(ClientError::Status(status));
+    }
+    let ch: ChallengeBody =
+        serde_json::from_slice(&body).map_err(|_| ClientError::BadResponse("challenge"))?;
+    // Sign for the node we mean to reach, never for whatever id the server claims.
+    let signature = sign_challenge(&ctx.identity, node, &ch.challenge)
+        .map_err(|_| ClientError::BadResponse("challenge"))?;
+    let verify = serde_json::json!({
+        "entity_id": me.as_str(),
+        "challenge": ch.challenge,
+        "signature": signature,
+    });
+    let url = format!("{base}/auth/verify");
+    let body = verify.to_string().into_bytes();
+    let (status, body) = timeout(
+        ctx.limits.http_timeout,
+        http(ctx, Method::POST, &url, None, "application/json", body, max),
+    )
+    .await?;
+    if status != 200 {
+        return Err(ClientError::Status(status));
+    }
+    let t: TokenBody =
+        serde_json::from_slice(&body).map_err(|_| ClientError::BadResponse("token"))?;
+    ctx.store(base, t.token.clone(), Duration::from_secs(t.expires_in));
+    Ok(t.token)
+}
+
+/// An HTTP request the node asked for: `None` when there was no answer (the node retries).
+pub(crate) async fn node_request(
+    ctx: &ClientCtx,
+    node: Option<EntityId>,
+    method: HttpMethod,
+    url: &str,
+    body: Vec<u8>,
+    poll_wait: Duration,
+) -> Option<(u16, Vec<u8>)> {
+    let base = base_of(url)?;
+    let node = node?;
+    let token = match token(ctx, &base, &node).await {
+        Ok(t) => t,
+        // The node refused us outright: report it as the HTTP refusal it is.
+        Err(ClientError::Status(s)) if (400..500).contains(&s) => return Some((s, Vec::new())),
+        Err(e) => {
+            tracing::debug!(%url, error = %e, "authentication failed");
+            return None;
+        }
+    };
+    let (m, wait) = match method {
+        HttpMethod::Get => (Method::GET, poll_wait),
+        HttpMethod::Post => (Method::POST, Duration::ZERO),
+    };
+    let url = match method {
+        HttpMethod::Get if !url.contains('?') => {
+            format!("{url}?wait_ms={}", poll_wait.as_millis())
+        }
+        _ => url.to_owned(),
+    };
+    let limit = ctx.max_http_body_bytes;
+    let d = ctx.limits.http_timeout.saturating_add(wait);
+    match timeout(d, http(ctx, m, &url, Some(&token), "application/x-ndjson", body, limit)).await {
+        Ok((status, body)) => {
+            if status == 401 {
+                ctx.forget(&base);
+            }
+            Some((status, body))
+        }
+        Err(e) => {
+            tracing::debug!(%url, error = %e, "HTTP request failed");
+            None
+        }
+    }
+}
+
+/// Opens an outbound link to `node` at `url` and runs it; reports `LinkUp` or `LinkFailed`.
+pub(crate) async fn run_outbound(
+    ctx: Arc<ClientCtx>,
+    link: LinkId,
+    url: String,
+    node: EntityId,
+    resume: Option<SessionId>,
+    queues: LinkQueues,
+    inputs: Sender<Input>,
+) {
+    let connected = timeout(ctx.limits.handshake_timeout.saturating_mul(3), async {
+        let base = base_of(&url).ok_or(ClientError::BadUrl)?;
+        let token = token(&ctx, &base, &node).await?;
+        let url = match &resume {
+            Some(s) => format!("{url}?session_id={}", s.as_str()),
+            None => url.clone(),
+        };
+        let uri: Uri = url.parse().map_err(|_| ClientError::BadUrl)?;
+        let stream = connect(&ctx, &uri).await?;
+        use async_tungstenite::tungstenite::client::IntoClientRequest;
+        let mut req = url
+            .as_str()
+            .into_client_request()
+            .map_err(|e| ClientError::WebSocket(e.to_string()))?;
+        let auth = format!("Bearer {token}")
+            .parse()
+            .map_err(|_| ClientError::BadResponse("token is not a header value"))?;
+        req.headers_mut().insert(hyper::header::AUTHORIZATION, auth);
+        let config = ws_config(ctx.max_frame_bytes, ctx.limits.ws_read_buffer_bytes);
+        match async_tungstenite::client_async_with_config(req, stream, Some(config)).await {
+            Ok((ws, _)) => Ok(ws),
+            Err(async_tungstenite::tungstenite::Error::Http(resp)) => {
+                if resp.status() == 401 {
+                    ctx.forget(&base);
+                }
+                Err(ClientError::Status(resp.status().as_u16()))
+            }
+            Err(e) => Err(ClientError::WebSocket(e.to_string())),
+        }
+    })
+    .await;
+    match connected {
+        Ok(ws) => {
+            if inputs.send(Input::LinkUp { link }).await.is_err() {
+                return;
+            }
+            run_link(ws, link, queues, inputs).await;
+        }
+        Err(e) => {
+            tracing::info!(%url, error = %e, "link failed");
+            let _ = inputs.send(Input::LinkFailed { link }).await;
+        }
+    }
+}
+
+/// `GET url` without authentication (for `peerlink status`: `/healthz`, `/metrics`); plain
+/// `http://` only. The body is bounded by `max_body`.
+pub async fn get_public(url: &str, max_body: usize) -> Result<(u16, Vec<u8>), ClientError> {
+    let id = EntityId::new("status").map_err(|_| ClientError::BadUrl)?;
+    let identity = Arc::new(crate::keys::generate(id).map_err(|_| ClientError::BadUrl)?);
+    let limits = DriverLimits::default();
+    let ctx = ClientCtx::new(identity, None, limits.clone(), 0, max_body);
+    timeout(
+        limits.http_timeout,
+        http(&ctx, Method::GET, url, None, "text/plain", Vec::new(), max_body),
+    )
+    .await
+}

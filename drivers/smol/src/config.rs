@@ -1,0 +1,147 @@
+//! The driver's configuration: the core's [`NodeConfig`] plus what only a driver has (sockets,
+//! queues, TLS, timeouts). [`crate::config_file`] reads it from TOML.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use peerlink_core::auth::AuthConfig;
+use peerlink_core::node::NodeConfig;
+use peerlink_core::{EntityId, NodeAddr, PublicKey, TrustPolicy, TrustStore};
+
+/// The port `peerlink serve` listens on by default.
+pub const DEFAULT_PORT: u16 = 7420;
+
+/// Bounds the driver itself enforces, with their defaults.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DriverLimits {
+    /// TCP connections served at once; past it new connections are closed at once. Default 10 000.
+    pub max_connections: usize,
+    /// Time for the TLS handshake, for each request's headers (so an idle keep-alive HTTP
+    /// connection is closed after it too), and for a WebSocket upgrade. Default 5 s. Idle
+    /// WebSocket links are the core's business: `PING` after `ping_interval`, closed after
+    /// `pong_grace` more.
+    pub handshake_timeout: Duration,
+    /// Frames queued for writing per WebSocket link; a link whose queue is full is a slow reader
+    /// and is disconnected. Default 256.
+    pub send_queue_frames: usize,
+    /// tungstenite's read buffer per WebSocket, in bytes. Default 4 KiB (the default of 128 KiB
+    /// costs about 130 KiB per idle connection).
+    pub ws_read_buffer_bytes: usize,
+    /// Inputs waiting for the node task (frames, HTTP calls, API commands); senders wait when it
+    /// is full. Default 1024.
+    pub input_queue: usize,
+    /// Events queued for the application's [`incoming`](crate::Handle::incoming) stream. Default
+    /// 1024.
+    pub event_queue: usize,
+    /// Timeout of one outbound HTTP request, not counting long-polls (which get the node's
+    /// `poll_wait` plus this). Default 10 s.
+    pub http_timeout: Duration,
+    /// Largest auth request or response body, in bytes. Default 16 KiB.
+    pub max_auth_body_bytes: usize,
+    /// Cached bearer tokens for other nodes. Default 1024.
+    pub max_cached_tokens: usize,
+}
+
+impl Default for DriverLimits {
+    fn default() -> Self {
+        Self {
+            max_connections: 10_000,
+            handshake_timeout: Duration::from_secs(5),
+            send_queue_frames: 256,
+            ws_read_buffer_bytes: 4096,
+            input_queue: 1024,
+            event_queue: 1024,
+            http_timeout: Duration::from_secs(10),
+            max_auth_body_bytes: 16 * 1024,
+            max_cached_tokens: 1024,
+        }
+    }
+}
+
+/// TLS files.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// Certificate chain (PEM) served by the listener.
+    pub cert_file: Option<PathBuf>,
+    /// Private key (PEM) of the certificate.
+    pub key_file: Option<PathBuf>,
+    /// CA certificates (PEM) trusted when dialling `https://`/`wss://` peers.
+    pub ca_file: Option<PathBuf>,
+}
+
+/// A peer this node knows: its key, and optionally where it is reached directly.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrustedPeer {
+    /// Its entity id.
+    pub entity: EntityId,
+    /// Its Ed25519 public key.
+    pub key: PublicKey,
+    /// Its HTTP base URL, when it runs a node of its own that this node dials directly.
+    pub url: Option<String>,
+}
+
+/// Everything [`crate::Peerlink::start`] needs besides the identity.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The core's configuration.
+    pub node: NodeConfig,
+    /// Challenge and token lifetimes.
+    pub auth: AuthConfig,
+    /// The listen address; port 0 picks a free port. Default `127.0.0.1:7420`.
+    pub listen: SocketAddr,
+    /// Refuse to listen without TLS on a non-loopback address. Default true.
+    pub require_tls: bool,
+    /// TLS files.
+    pub tls: TlsFiles,
+    /// Driver bounds.
+    pub limits: DriverLimits,
+    /// Allowlist (default) or open trust.
+    pub trust_policy: TrustPolicy,
+    /// Trusted peers; those with a URL get a direct route.
+    pub peers: Vec<TrustedPeer>,
+    /// The relay every peer without a route of its own is reached through.
+    pub relay: Option<TrustedPeer>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            node: NodeConfig::default(),
+            auth: AuthConfig::default(),
+            listen: SocketAddr::from(([127, 0, 0, 1], DEFAULT_PORT)),
+            require_tls: true,
+            tls: TlsFiles::default(),
+            limits: DriverLimits::default(),
+            trust_policy: TrustPolicy::Allowlist,
+            peers: Vec::new(),
+            relay: None,
+        }
+    }
+}
+
+impl Config {
+    /// A configuration listening on `127.0.0.1:0` (an ephemeral port), for tests and embedding.
+    pub fn ephemeral() -> Self {
+        Self { listen: SocketAddr::from(([127, 0, 0, 1], 0)), ..Self::default() }
+    }
+
+    /// The trust store these settings describe (the relay included).
+    pub fn trust_store(&self) -> TrustStore {
+        let mut trust = TrustStore::new(self.trust_policy);
+        for p in self.peers.iter().chain(self.relay.iter()) {
+            trust.insert(p.entity.clone(), p.key);
+        }
+        trust
+    }
+
+    /// The direct routes: every trusted peer with a URL.
+    pub fn routes(&self) -> Vec<NodeAddr> {
+        self.peers
+            .iter()
+            .filter_map(|p| {
+                p.url.as_ref().map(|u| NodeAddr { entity: p.entity.clone(), base_url: u.clone() })
+            })
+            .collect()
+    }
+}

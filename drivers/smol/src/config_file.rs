@@ -1,0 +1,316 @@
+//! The TOML configuration file (`peerlink.example.toml` documents every field). Every field is
+//! optional; what is absent keeps the default of [`Config`].
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use peerlink_core::rate_limit::RateLimit;
+use peerlink_core::transport::TransportPreference;
+use peerlink_core::{EntityId, PublicKey, TrustPolicy};
+use serde::Deserialize;
+
+use crate::config::{Config, TrustedPeer};
+
+/// Why a configuration file was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{0}: {1}")]
+    Io(PathBuf, std::io::Error),
+    /// The TOML does not parse or has unknown fields.
+    #[error("{0}")]
+    Toml(#[from] toml::de::Error),
+    /// A value is invalid.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// The file's root.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// `host:port` to listen on.
+    pub listen: Option<SocketAddr>,
+    /// Data directory holding the identity.
+    pub data_dir: Option<PathBuf>,
+    /// Entity id given to an identity created on first run.
+    pub entity_id: Option<String>,
+    /// Refuse plain listeners off loopback.
+    pub require_tls: Option<bool>,
+    /// `"allowlist"` (default) or `"open"`.
+    pub trust: Option<String>,
+    /// TLS files.
+    #[serde(default)]
+    pub tls: TlsSection,
+    /// Transport settings.
+    #[serde(default)]
+    pub transport: TransportSection,
+    /// Limits.
+    #[serde(default)]
+    pub limits: LimitsSection,
+    /// Token lifetime.
+    #[serde(default)]
+    pub auth: AuthSection,
+    /// Trusted peers.
+    #[serde(default)]
+    pub peers: Vec<PeerSection>,
+    /// The relay.
+    pub relay: Option<PeerSection>,
+}
+
+/// `[tls]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSection {
+    /// Certificate chain PEM.
+    pub cert_file: Option<PathBuf>,
+    /// Private key PEM.
+    pub key_file: Option<PathBuf>,
+    /// CA PEM for dialling TLS peers.
+    pub ca_file: Option<PathBuf>,
+}
+
+/// `[transport]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransportSection {
+    /// `WEBSOCKET_ONLY`, `WEBSOCKET_FIRST`, `HTTP_FIRST` or `HTTP_ONLY`.
+    pub preference: Option<TransportPreference>,
+    /// `[transport.websocket]`.
+    #[serde(default)]
+    pub websocket: WebsocketSection,
+    /// `[transport.http]`.
+    #[serde(default)]
+    pub http: HttpSection,
+}
+
+/// `[transport.websocket]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebsocketSection {
+    /// Largest frame/message, bytes.
+    pub max_frame_bytes: Option<usize>,
+    /// tungstenite read buffer, bytes.
+    pub read_buffer_bytes: Option<usize>,
+    /// Frames queued per link before it counts as a slow reader.
+    pub send_queue_frames: Option<usize>,
+    /// Seconds of silence before a `PING`.
+    pub ping_interval_secs: Option<u64>,
+    /// Further seconds before a silent link is closed.
+    pub pong_grace_secs: Option<u64>,
+    /// Seconds a link must stay up before traffic returns to it.
+    pub stable_after_secs: Option<u64>,
+}
+
+/// `[transport.http]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSection {
+    /// Long-poll hold, seconds.
+    pub poll_wait_secs: Option<u64>,
+    /// Largest body, bytes.
+    pub max_body_bytes: Option<usize>,
+    /// Outbound request timeout, seconds.
+    pub timeout_secs: Option<u64>,
+}
+
+/// `[limits]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsSection {
+    /// TCP connections at once.
+    pub max_connections: Option<usize>,
+    /// WebSocket links at once.
+    pub max_links: Option<usize>,
+    /// TLS handshake / request header / upgrade time, seconds.
+    pub handshake_timeout_secs: Option<u64>,
+    /// Frames per minute per inbound link or HTTP caller.
+    pub frames_per_minute: Option<u32>,
+    /// Events queued for the application.
+    pub event_queue: Option<usize>,
+    /// Inputs queued for the node task.
+    pub input_queue: Option<usize>,
+}
+
+/// `[auth]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSection {
+    /// Token lifetime, seconds.
+    pub token_lifetime_secs: Option<u64>,
+}
+
+/// `[[peers]]` and `[relay]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerSection {
+    /// Entity id.
+    pub entity_id: String,
+    /// Ed25519 public key, b64u.
+    pub public_key: String,
+    /// HTTP base URL, when reached directly.
+    pub url: Option<String>,
+}
+
+fn bad(what: &str, e: impl std::fmt::Display) -> ConfigError {
+    ConfigError::Invalid(format!("{what}: {e}"))
+}
+
+impl PeerSection {
+    fn to_peer(&self) -> Result<TrustedPeer, ConfigError> {
+        Ok(TrustedPeer {
+            entity: EntityId::new(self.entity_id.clone()).map_err(|e| bad("entity_id", e))?,
+            key: PublicKey::from_b64u(&self.public_key).map_err(|e| bad("public_key", e))?,
+            url: self.url.clone(),
+        })
+    }
+}
+
+impl FileConfig {
+    /// Parses TOML text.
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        Ok(toml::from_str(text)?)
+    }
+
+    /// Reads and parses a file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text =
+            std::fs::read_to_string(path).map_err(|e| ConfigError::Io(path.to_owned(), e))?;
+        Self::parse(&text)
+    }
+
+    /// The driver configuration, defaults filled in; checked by the core's `validate`.
+    pub fn to_config(&self) -> Result<Config, ConfigError> {
+        let mut c = Config::default();
+        let secs = Duration::from_secs;
+        if let Some(l) = self.listen {
+            c.listen = l;
+        }
+        if let Some(r) = self.require_tls {
+            c.require_tls = r;
+        }
+        c.trust_policy = match self.trust.as_deref() {
+            None | Some("allowlist") => TrustPolicy::Allowlist,
+            Some("open") => TrustPolicy::Open,
+            Some(other) => return Err(bad("trust", format!("unknown policy {other:?}"))),
+        };
+        c.tls.cert_file = self.tls.cert_file.clone();
+        c.tls.key_file = self.tls.key_file.clone();
+        c.tls.ca_file = self.tls.ca_file.clone();
+        let t = &self.transport;
+        if let Some(p) = t.preference {
+            c.node.preference = p;
+        }
+        let ws = &t.websocket;
+        if let Some(v) = ws.max_frame_bytes {
+            c.node.limits.max_frame_bytes = v;
+        }
+        if let Some(v) = ws.read_buffer_bytes {
+            c.limits.ws_read_buffer_bytes = v;
+        }
+        if let Some(v) = ws.send_queue_frames {
+            c.limits.send_queue_frames = v;
+        }
+        if let Some(v) = ws.ping_interval_secs {
+            c.node.ping_interval = secs(v);
+        }
+        if let Some(v) = ws.pong_grace_secs {
+            c.node.pong_grace = secs(v);
+        }
+        if let Some(v) = ws.stable_after_secs {
+            c.node.websocket_stable_after = secs(v);
+        }
+        if let Some(v) = t.http.poll_wait_secs {
+            c.node.poll_wait = secs(v);
+        }
+        if let Some(v) = t.http.max_body_bytes {
+            c.node.max_http_body_bytes = v;
+        }
+        if let Some(v) = t.http.timeout_secs {
+            c.limits.http_timeout = secs(v);
+        }
+        let l = &self.limits;
+        if let Some(v) = l.max_connections {
+            c.limits.max_connections = v;
+        }
+        if let Some(v) = l.max_links {
+            c.node.max_links = v;
+        }
+        if let Some(v) = l.handshake_timeout_secs {
+            c.limits.handshake_timeout = secs(v);
+        }
+        if let Some(v) = l.frames_per_minute {
+            c.node.link_rate = RateLimit::per_minute(v);
+        }
+        if let Some(v) = l.event_queue {
+            c.limits.event_queue = v;
+        }
+        if let Some(v) = l.input_queue {
+            c.limits.input_queue = v;
+        }
+        if let Some(v) = self.auth.token_lifetime_secs {
+            c.auth.token_lifetime = secs(v);
+        }
+        for p in &self.peers {
+            c.peers.push(p.to_peer()?);
+        }
+        if let Some(r) = &self.relay {
+            c.relay = Some(r.to_peer()?);
+        }
+        c.node.validate().map_err(|e| bad("node", e))?;
+        c.auth.validate().map_err(|e| bad("auth", e))?;
+        Ok(c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_is_the_defaults() {
+        let c = FileConfig::parse("").unwrap().to_config().unwrap();
+        assert_eq!(c.listen, Config::default().listen);
+        assert_eq!(c.node.preference, TransportPreference::WebsocketFirst);
+        assert_eq!(c.node.limits.max_frame_bytes, 1 << 20);
+        assert_eq!(c.limits.ws_read_buffer_bytes, 4096);
+    }
+
+    #[test]
+    fn the_example_file_parses() {
+        let text = include_str!("../peerlink.example.toml");
+        let c = FileConfig::parse(text).unwrap().to_config().unwrap();
+        assert_eq!(c.node.preference, TransportPreference::WebsocketFirst);
+        assert_eq!(c.peers.len(), 1);
+        assert!(c.relay.is_none());
+    }
+
+    #[test]
+    fn fields_map_onto_the_config() {
+        let text = r#"
+            listen = "127.0.0.1:9000"
+            [transport]
+            preference = "HTTP_ONLY"
+            [transport.websocket]
+            send_queue_frames = 8
+            [limits]
+            frames_per_minute = 5
+        "#;
+        let c = FileConfig::parse(text).unwrap().to_config().unwrap();
+        assert_eq!(c.listen.port(), 9000);
+        assert_eq!(c.node.preference, TransportPreference::HttpOnly);
+        assert_eq!(c.limits.send_queue_frames, 8);
+        assert_eq!(c.node.link_rate, RateLimit::per_minute(5));
+    }
+
+    #[test]
+    fn unknown_fields_and_bad_values_are_refused() {
+        assert!(FileConfig::parse("lisen = \"x\"").is_err());
+        assert!(FileConfig::parse("[transport]\npreference = \"SOMETIMES\"").is_err());
+        let bad_key = "[[peers]]\nentity_id = \"a\"\npublic_key = \"nope\"";
+        assert!(FileConfig::parse(bad_key).unwrap().to_config().is_err());
+        let tiny = "[transport.websocket]\nmax_frame_bytes = 10";
+        assert!(FileConfig::parse(tiny).unwrap().to_config().is_err());
+    }
+}

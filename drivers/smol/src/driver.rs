@@ -1,0 +1,416 @@
+//! The node task: the one task that owns the [`Node`]. Everything else talks to it through one
+//! bounded input queue; it feeds each input to the node with the current time, drains
+//! `poll_output()` and carries out every output, then sleeps until the next input or
+//! `poll_timeout()`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use peerlink_core::auth::{AuthError, Authority, Challenge};
+use peerlink_core::node::{HttpCall, LinkId, LinkKind, Output, RequestId};
+use peerlink_core::{EntityId, ErrorCode, Event, MessageId, MessageType, Node, Payload, Timestamp};
+use rand_chacha::ChaCha20Rng;
+use smol::channel::{Receiver, Sender, TrySendError};
+use smol::future::FutureExt as _;
+
+use crate::api::{ApiError, Snapshot};
+use crate::client::{self, ClientCtx};
+use crate::link::{LinkHandle, link_channels};
+
+/// A one-shot reply channel (a bounded channel of one).
+pub(crate) type Reply<T> = Sender<T>;
+
+/// A command run on the node task with the node and the current time.
+pub(crate) type Call = Box<dyn FnOnce(&mut Core, Timestamp) + Send>;
+
+/// What the node task is told.
+pub(crate) enum Input {
+    /// An authenticated inbound WebSocket wants to become a link.
+    Accept {
+        kind: LinkKind,
+        entity: EntityId,
+        handle: LinkHandle,
+        reply: Reply<Result<LinkId, ErrorCode>>,
+    },
+    /// A text frame arrived on a link.
+    Frame { link: LinkId, data: Vec<u8> },
+    /// A link's task ended.
+    Closed { link: LinkId },
+    /// An outbound link connected.
+    LinkUp { link: LinkId },
+    /// An outbound link could not be opened.
+    LinkFailed { link: LinkId },
+    /// An authenticated HTTP call to `/v1/messages`.
+    Http { entity: EntityId, call: HttpCall, reply: Reply<(u16, Vec<u8>)> },
+    /// The outcome of an HTTP request the node asked for (`None`: no answer).
+    HttpResult { request: RequestId, result: Option<(u16, Vec<u8>)> },
+    /// `GET /auth/token`.
+    Challenge { entity: EntityId, pubkey: String, reply: Reply<Result<Challenge, AuthError>> },
+    /// `POST /auth/verify`.
+    Verify {
+        entity: EntityId,
+        challenge: String,
+        signature: String,
+        reply: Reply<Result<String, AuthError>>,
+    },
+    /// An API command.
+    Call(Call),
+    /// Graceful shutdown: `BYE` and close every link, answer held HTTP calls, stop.
+    Shutdown { reply: Reply<()> },
+}
+
+/// Milliseconds since the Unix epoch from a monotonic clock anchored at the wall clock once (as
+/// `peerlink_core::time` recommends): deadlines never go backwards.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Clock {
+    start: Instant,
+    start_ms: u64,
+}
+
+impl Clock {
+    pub fn new() -> Self {
+        let start_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+            .unwrap_or(0);
+        Self { start: Instant::now(), start_ms }
+    }
+
+    pub fn now(&self) -> Timestamp {
+        let elapsed = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        Timestamp::from_unix_millis(self.start_ms.saturating_add(elapsed))
+    }
+
+    /// The instant of a node deadline (far future if unrepresentable).
+    pub fn instant_of(&self, t: Timestamp) -> Instant {
+        let after = Duration::from_millis(t.as_unix_millis().saturating_sub(self.start_ms));
+        self.start.checked_add(after).unwrap_or_else(|| Instant::now() + Duration::from_secs(3600))
+    }
+}
+
+/// A handler the application registered for one message type; called on the node task, so it
+/// must not block (spawn for real work).
+pub(crate) type Handler = Arc<dyn Fn(&Event) + Send + Sync>;
+
+/// Everything the node task owns.
+pub(crate) struct Core {
+    pub node: Node,
+    pub authority: Authority,
+    pub rng: ChaCha20Rng,
+    pub clock: Clock,
+    pub links: BTreeMap<LinkId, (LinkKind, LinkHandle)>,
+    pub outbound: BTreeSet<LinkId>,
+    /// Inbound `/ws/v1/peers` links and the entity each authenticated as.
+    pub inbound_peers: BTreeMap<LinkId, EntityId>,
+    pub pending_http: BTreeMap<RequestId, Reply<(u16, Vec<u8>)>>,
+    pub waiting: BTreeMap<MessageId, Reply<Result<Vec<u8>, ApiError>>>,
+    pub events: Option<Sender<Event>>,
+    pub handlers: BTreeMap<MessageType, Handler>,
+    pub hops_by_base: BTreeMap<String, EntityId>,
+    pub client: Arc<ClientCtx>,
+    pub inputs: Sender<Input>,
+    pub errors_by_code: BTreeMap<ErrorCode, u64>,
+    pub sessions: BTreeSet<EntityId>,
+    pub slow_readers: u64,
+    pub events_dropped: u64,
+    pub stopping: bool,
+}
+
+impl Core {
+    fn handle(&mut self, input: Input) -> Option<Reply<()>> {
+        let now = self.clock.now();
+        match input {
+            Input::Accept { kind, entity, handle, reply } => {
+                let entity_copy = entity.clone();
+                let r = self.node.accept_link(now, kind, entity);
+                if let Ok(link) = r {
+                    if kind == LinkKind::Peers {
+                        self.inbound_peers.insert(link, entity_copy);
+                    }
+                    self.links.insert(link, (kind, handle));
+                }
+                let _ = reply.try_send(r);
+            }
+            Input::Frame { link, data } => self.node.handle_frame(now, link, &data),
+            Input::Closed { link } => {
+                self.forget_link(link);
+                self.node.link_closed(now, link);
+            }
+            Input::LinkUp { link } => self.node.link_up(now, link),
+            Input::LinkFailed { link } => {
+                self.forget_link(link);
+                self.node.link_failed(now, link);
+            }
+            Input::Http { entity, call, reply } => {
+                let request = self.node.handle_http_request(now, entity, call);
+                self.pending_http.insert(request, reply);
+            }
+            Input::HttpResult { request, result: Some((status, body)) } => {
+                self.node.handle_http_response(now, request, status, &body)
+            }
+            Input::HttpResult { request, result: None } => {
+                self.node.handle_http_failure(now, request)
+            }
+            Input::Challenge { entity, pubkey, reply } => {
+                let r = self.authority.challenge(
+                    &entity,
+                    &pubkey,
+                    self.node.trust(),
+                    now,
+                    &mut self.rng,
+                );
+                let _ = reply.try_send(r);
+            }
+            Input::Verify { entity, challenge, signature, reply } => {
+                let _ = reply.try_send(self.authority.verify(&entity, &challenge, &signature, now));
+            }
+            Input::Call(call) => call(self, now),
+            Input::Shutdown { reply } => {
+                self.shutdown(now);
+                return Some(reply);
+            }
+        }
+        None
+    }
+
+    /// `BYE` on every link, then close it; answer held HTTP calls with 503.
+    fn shutdown(&mut self, now: Timestamp) {
+        self.stopping = true;
+        let bye = peerlink_core::signed_message(
+            self.client.identity.as_ref(),
+            MessageType::Bye,
+            None,
+            None,
+            Payload::new(serde_json::json!({"reason": "shutdown"}))
+                .unwrap_or_else(|_| unreachable!()),
+            now,
+            &mut self.rng,
+        )
+        .ok()
+        .map(|e| Arc::<[u8]>::from(e.encode()));
+        self.inbound_peers.clear();
+        self.outbound.clear();
+        let links = std::mem::take(&mut self.links);
+        for (link, (_, handle)) in links {
+            if let Some(bye) = &bye {
+                let _ = handle.frames.try_send(Arc::clone(bye));
+            }
+            handle.frames.close();
+            self.node.link_closed(now, link);
+        }
+        for (_, reply) in std::mem::take(&mut self.pending_http) {
+            let _ = reply.try_send((503, Vec::new()));
+        }
+    }
+
+    /// Carries out every output the node has.
+    async fn drain(&mut self) {
+        while let Some(out) = self.node.poll_output() {
+            match out {
+                Output::Transmit { link, frame } => self.transmit(link, frame),
+                Output::OpenLink { link, url, kind, resume } => {
+                    self.open_link(link, url, kind, resume)
+                }
+                Output::CloseLink { link, reason } => {
+                    if let Some((_, h)) = self.links.get(&link) {
+                        let _ = h.kill.try_send(reason);
+                    }
+                    self.forget_link(link);
+                }
+                Output::HttpRequest { request, method, url, body } => {
+                    if self.stopping {
+                        continue;
+                    }
+                    let ctx = Arc::clone(&self.client);
+                    let inputs = self.inputs.clone();
+                    let node = self.hop_of_url(&url);
+                    let poll_wait = self.node.config().poll_wait;
+                    smol::spawn(async move {
+                        let result =
+                            client::node_request(&ctx, node, method, &url, body, poll_wait).await;
+                        let _ = inputs.send(Input::HttpResult { request, result }).await;
+                    })
+                    .detach();
+                }
+                Output::HttpRespond { request, status, body } => {
+                    if let Some(reply) = self.pending_http.remove(&request) {
+                        let _ = reply.try_send((status, body));
+                    }
+                }
+                Output::Event(e) => self.event(e).await,
+            }
+        }
+    }
+
+    fn transmit(&mut self, link: LinkId, frame: Arc<[u8]>) {
+        let Some((_, h)) = self.links.get(&link) else { return };
+        match h.frames.try_send(frame) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => {
+                tracing::info!(?link, "send queue full: disconnecting the slow reader");
+                self.slow_readers = self.slow_readers.saturating_add(1);
+                let _ = h.kill.try_send(Some(ErrorCode::RateLimitExceeded));
+                self.forget_link(link);
+                self.node.link_closed(self.clock.now(), link);
+            }
+            Err(TrySendError::Closed(_)) => {}
+        }
+    }
+
+    fn open_link(
+        &mut self,
+        link: LinkId,
+        url: String,
+        kind: LinkKind,
+        resume: Option<peerlink_core::SessionId>,
+    ) {
+        let now = self.clock.now();
+        let Some(node) = self.hop_of_url(&url).filter(|_| !self.stopping) else {
+            tracing::warn!(%url, "no known node at this URL; link refused");
+            self.node.link_failed(now, link);
+            return;
+        };
+        let (handle, queues) = link_channels(self.client.limits.send_queue_frames);
+        self.links.insert(link, (kind, handle));
+        self.outbound.insert(link);
+        let ctx = Arc::clone(&self.client);
+        let inputs = self.inputs.clone();
+        smol::spawn(client::run_outbound(ctx, link, url, node, resume, queues, inputs)).detach();
+    }
+
+    /// The next hop a WebSocket or HTTP URL of the node belongs to.
+    fn hop_of_url(&self, url: &str) -> Option<EntityId> {
+        let base = client::base_of(url)?;
+        self.hops_by_base.get(&base).cloned()
+    }
+
+    async fn event(&mut self, e: Event) {
+        match &e {
+            Event::Error { code, .. } => {
+                let n = self.errors_by_code.entry(*code).or_insert(0);
+                *n = n.saturating_add(1);
+            }
+            Event::SessionEstablished { peer, .. } | Event::SessionResumed { peer, .. } => {
+                self.sessions.insert(peer.clone());
+            }
+            Event::SessionLost { peer, .. } => {
+                self.sessions.remove(peer);
+            }
+            Event::Response { request, payload, .. } => {
+                if let Some(reply) = self.waiting.remove(request) {
+                    let _ = reply.try_send(Ok(payload.clone()));
+                    return;
+                }
+            }
+            Event::RequestTimedOut { request, .. } => {
+                if let Some(reply) = self.waiting.remove(request) {
+                    let _ = reply.try_send(Err(ApiError::Timeout));
+                    return;
+                }
+            }
+            Event::Failed { id, reason, .. } => {
+                if let Some(reply) = self.waiting.remove(id) {
+                    let _ = reply.try_send(Err(ApiError::Failed(*reason)));
+                }
+            }
+            _ => {}
+        }
+        let kind = match &e {
+            Event::Message { kind, .. } => Some(*kind),
+            Event::Request { .. } => Some(MessageType::TaskRequest),
+            _ => None,
+        };
+        if let Some(h) = kind.and_then(|k| self.handlers.get(&k)) {
+            h(&e);
+            return;
+        }
+        tracing::debug!(event = ?e, "event");
+        let Some(tx) = &self.events else { return };
+        let content =
+            matches!(e, Event::Message { .. } | Event::Request { .. } | Event::Response { .. });
+        match tx.try_send(e) {
+            Ok(()) => {}
+            // Content is never dropped: the node task waits for the application (backpressure).
+            Err(TrySendError::Full(e)) if content => {
+                if tx.send(e).await.is_err() {
+                    self.events = None;
+                }
+            }
+            Err(TrySendError::Full(_)) => {
+                self.events_dropped = self.events_dropped.saturating_add(1)
+            }
+            Err(TrySendError::Closed(_)) => self.events = None,
+        }
+    }
+
+    fn forget_link(&mut self, link: LinkId) {
+        self.links.remove(&link);
+        self.outbound.remove(&link);
+        self.inbound_peers.remove(&link);
+    }
+
+    /// Entities connected on `/ws/v1/peers` right now.
+    pub fn connected_peers(&self) -> Vec<String> {
+        let set: BTreeSet<&str> = self.inbound_peers.values().map(|e| e.as_str()).collect();
+        set.into_iter().map(str::to_owned).collect()
+    }
+
+    /// Counters and gauges for `/metrics` and the API.
+    pub fn snapshot(&self) -> Snapshot {
+        let count = |kind: LinkKind| {
+            self.links
+                .iter()
+                .filter(|(id, (k, _))| *k == kind && !self.outbound.contains(id))
+                .count()
+        };
+        Snapshot {
+            stats: self.node.stats().clone(),
+            inbound_peer_links: count(LinkKind::Peers),
+            inbound_event_links: count(LinkKind::Events),
+            outbound_links: self.outbound.len(),
+            sessions: self.sessions.len(),
+            mailbox_messages: self.node.mailbox_len(),
+            mailbox_bytes: self.node.mailbox_bytes(),
+            held_http_calls: self.pending_http.len(),
+            errors_by_code: self
+                .errors_by_code
+                .iter()
+                .map(|(c, n)| (c.as_str().to_owned(), *n))
+                .collect(),
+            slow_readers_disconnected: self.slow_readers,
+            events_dropped: self.events_dropped,
+        }
+    }
+}
+
+/// Runs the node task until shutdown or until every input sender is gone.
+pub(crate) async fn run(mut core: Core, inputs: Receiver<Input>) {
+    // Outputs of the set-up (a poll to the relay) go out before the first input.
+    core.drain().await;
+    loop {
+        let deadline = core.node.poll_timeout().map(|t| core.clock.instant_of(t));
+        let next = async { Some(inputs.recv().await) }
+            .or(async {
+                match deadline {
+                    Some(at) => {
+                        smol::Timer::at(at).await;
+                    }
+                    None => smol::future::pending::<()>().await,
+                }
+                None
+            })
+            .await;
+        let mut done = None;
+        match next {
+            Some(Ok(input)) => done = core.handle(input),
+            Some(Err(_)) => break,
+            None => core.node.handle_timeout(core.clock.now()),
+        }
+        core.drain().await;
+        if let Some(reply) = done {
+            let _ = reply.try_send(());
+            break;
+        }
+    }
+}

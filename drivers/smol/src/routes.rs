@@ -1,0 +1,293 @@
+//! Every HTTP endpoint of the node (spec §21 and `drivers/smol/README.md`): authentication,
+//! the WebSocket upgrades, the message endpoint, discovery, health and metrics. Requests are
+//! parsed by hyper; this module only routes them and maps every refusal to a status code and a
+//! JSON body `{"error": "<ERROR_CODE>"}`.
+
+// Handlers return `Result<Resp, Resp>`: the error is the refusal to send, built where it is
+// decided; its size is irrelevant next to the I/O it answers.
+#![allow(clippy::result_large_err)]
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use async_tungstenite::WebSocketStream;
+use async_tungstenite::tungstenite::handshake::derive_accept_key;
+use async_tungstenite::tungstenite::protocol::Role;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{self, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use peerlink_core::auth::{AuthError, Authority, bearer_token};
+use peerlink_core::node::{HttpCall, LinkKind};
+use peerlink_core::{EntityId, ErrorCode, PublicKey, SessionId};
+use serde_json::json;
+use smol::channel::Sender;
+use smol::future::FutureExt as _;
+
+use crate::api::Snapshot;
+use crate::config::DriverLimits;
+use crate::driver::{Clock, Input};
+use crate::link::{link_channels, run_link, ws_config};
+use crate::rt::HyperIo;
+
+/// What request handlers share.
+pub(crate) struct RouteCtx {
+    pub inputs: Sender<Input>,
+    /// Checks tokens (immutable; challenges live on the node task).
+    pub checker: Authority,
+    pub clock: Clock,
+    pub limits: DriverLimits,
+    pub max_frame_bytes: usize,
+    pub max_http_body_bytes: usize,
+    pub public_key: PublicKey,
+    pub capabilities: serde_json::Value,
+    pub preference: &'static str,
+}
+
+type Resp = Response<Full<Bytes>>;
+
+/// The hyper service for one connection.
+pub(crate) fn service(
+    ctx: Arc<RouteCtx>,
+) -> impl hyper::service::Service<Request<Incoming>, Response = Resp, Error = Infallible, Future: Send>
++ Send {
+    hyper::service::service_fn(move |req| {
+        let ctx = Arc::clone(&ctx);
+        async move { Ok::<_, Infallible>(route(&ctx, req).await.unwrap_or_else(|r| r)) }
+    })
+}
+
+fn respond(status: u16, content_type: &'static str, body: impl Into<Bytes>) -> Resp {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r
+}
+
+fn json_resp(status: u16, v: serde_json::Value) -> Resp {
+    respond(status, "application/json", v.to_string())
+}
+
+fn error(status: u16, code: ErrorCode) -> Resp {
+    let mut r = json_resp(status, json!({"error": code.as_str()}));
+    if status == 401 {
+        r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    }
+    r
+}
+
+fn auth_error(e: &AuthError) -> Resp {
+    error(e.http_status(), e.code())
+}
+
+/// One query parameter (no percent-decoding: every value the endpoints take is b64u or an id).
+fn query<'a>(req: &'a Request<Incoming>, name: &str) -> Option<&'a str> {
+    req.uri().query()?.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=')?;
+        (k == name).then_some(v)
+    })
+}
+
+/// Asks the node task and waits for its answer; 503 when it has stopped.
+async fn ask<T>(ctx: &RouteCtx, make: impl FnOnce(Sender<T>) -> Input) -> Result<T, Resp> {
+    let (tx, rx) = smol::channel::bounded(1);
+    let unavailable = || error(503, ErrorCode::InternalError);
+    ctx.inputs.send(make(tx)).await.map_err(|_| unavailable())?;
+    rx.recv().await.map_err(|_| unavailable())
+}
+
+async fn read_body(req: Request<Incoming>, max: usize) -> Result<Vec<u8>, Resp> {
+    match Limited::new(req.into_body(), max).collect().await {
+        Ok(b) => Ok(b.to_bytes().to_vec()),
+        Err(_) => Err(error(413, ErrorCode::MessageTooLarge)),
+    }
+}
+
+/// The entity a request's bearer token (header, or `?token=`) names, or the 401 to answer.
+fn authenticate(ctx: &RouteCtx, req: &Request<Incoming>) -> Result<EntityId, Resp> {
+    let header = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    let token = match header {
+        Some(h) => bearer_token(h),
+        None => query(req, "token"),
+    }
+    .ok_or_else(|| error(401, ErrorCode::AuthenticationFailed))?;
+    ctx.checker.check(token, None, ctx.clock.now()).map_err(|e| {
+        tracing::debug!(error = %e, "token refused");
+        auth_error(&e)
+    })
+}
+
+async fn route(ctx: &RouteCtx, req: Request<Incoming>) -> Result<Resp, Resp> {
+    let path = req.uri().path().to_owned();
+    match (req.method().clone(), path.as_str()) {
+        (Method::GET, "/healthz") => Ok(respond(200, "text/plain", "ok\n")),
+        (Method::GET, "/metrics") => {
+            let snap: Snapshot = ask(ctx, |tx| {
+                Input::Call(Box::new(move |core, _| {
+                    let _ = tx.try_send(core.snapshot());
+                }))
+            })
+            .await?;
+            Ok(respond(200, "text/plain; version=0.0.4", crate::metrics::render(&snap)))
+        }
+        (Method::GET, "/auth/token") => challenge(ctx, &req).await,
+        (Method::POST, "/auth/verify") => verify(ctx, req).await,
+        (Method::GET, "/ws/v1/peers") => upgrade(ctx, req, LinkKind::Peers).await,
+        (Method::GET, "/ws/v1/events") => upgrade(ctx, req, LinkKind::Events).await,
+        (Method::POST, "/v1/messages") => {
+            let entity = authenticate(ctx, &req)?;
+            let body = read_body(req, ctx.max_http_body_bytes).await?;
+            let call = HttpCall::PostMessages { body };
+            let (status, body) = ask(ctx, |reply| Input::Http { entity, call, reply }).await?;
+            Ok(respond(status, "application/x-ndjson", body))
+        }
+        (Method::GET, "/v1/messages") => {
+            let entity = authenticate(ctx, &req)?;
+            let call = HttpCall::Poll;
+            let (status, body) = ask(ctx, |reply| Input::Http { entity, call, reply }).await?;
+            Ok(respond(status, "application/x-ndjson", body))
+        }
+        (Method::GET, "/peers/discover") => {
+            authenticate(ctx, &req)?;
+            let peers: Vec<String> = ask(ctx, |tx| {
+                Input::Call(Box::new(move |core, _| {
+                    let _ = tx.try_send(core.connected_peers());
+                }))
+            })
+            .await?;
+            Ok(json_resp(
+                200,
+                json!({"peers": peers.iter().map(|p| json!({"entity_id": p, "websocket": true})).collect::<Vec<_>>()}),
+            ))
+        }
+        (Method::GET, "/peers/capabilities") => Ok(json_resp(
+            200,
+            json!({
+                "entity_id": ctx.checker.node_id().as_str(),
+                "public_key": ctx.public_key.to_b64u(),
+                "protocol_version": peerlink_core::PROTOCOL_VERSION,
+                "capabilities": ctx.capabilities,
+                "websocket": true,
+                "transport_preference": ctx.preference,
+                "max_frame_bytes": ctx.max_frame_bytes,
+            }),
+        )),
+        (
+            _,
+            "/healthz"
+            | "/metrics"
+            | "/auth/token"
+            | "/auth/verify"
+            | "/ws/v1/peers"
+            | "/ws/v1/events"
+            | "/v1/messages"
+            | "/peers/discover"
+            | "/peers/capabilities",
+        ) => Err(error(405, ErrorCode::InvalidMessage)),
+        _ => Err(json_resp(404, json!({"error": "NOT_FOUND"}))),
+    }
+}
+
+/// `GET /auth/token?entity_id=E&pubkey=K`.
+async fn challenge(ctx: &RouteCtx, req: &Request<Incoming>) -> Result<Resp, Resp> {
+    let bad = || error(400, ErrorCode::InvalidMessage);
+    let entity = query(req, "entity_id").and_then(|e| EntityId::new(e).ok()).ok_or_else(bad)?;
+    let pubkey = query(req, "pubkey").ok_or_else(bad)?.to_owned();
+    let ch = ask(ctx, |reply| Input::Challenge { entity, pubkey, reply })
+        .await?
+        .map_err(|e| auth_error(&e))?;
+    Ok(json_resp(
+        200,
+        json!({
+            "node_id": ctx.checker.node_id().as_str(),
+            "challenge": ch.challenge,
+            "expires_at_ms": ch.expires_at.as_unix_millis(),
+        }),
+    ))
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VerifyBody {
+    entity_id: String,
+    challenge: String,
+    signature: String,
+}
+
+/// `POST /auth/verify` with `{"entity_id", "challenge", "signature"}`.
+async fn verify(ctx: &RouteCtx, req: Request<Incoming>) -> Result<Resp, Resp> {
+    let body = read_body(req, ctx.limits.max_auth_body_bytes).await?;
+    let bad = || error(400, ErrorCode::InvalidMessage);
+    let v: VerifyBody = serde_json::from_slice(&body).map_err(|_| bad())?;
+    let entity = EntityId::new(v.entity_id).map_err(|_| bad())?;
+    let (challenge, signature) = (v.challenge, v.signature);
+    let token = ask(ctx, |reply| Input::Verify { entity, challenge, signature, reply })
+        .await?
+        .map_err(|e| auth_error(&e))?;
+    let lifetime = ctx.checker.config().token_lifetime.as_secs();
+    Ok(json_resp(200, json!({"token": token, "token_type": "Bearer", "expires_in": lifetime})))
+}
+
+fn header_has(req: &Request<Incoming>, name: header::HeaderName, want: &str) -> bool {
+    req.headers().get_all(name).iter().any(|v| {
+        v.to_str().is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(want)))
+    })
+}
+
+/// A WebSocket upgrade: the token is checked and the node accepts the link before `101`.
+async fn upgrade(ctx: &RouteCtx, mut req: Request<Incoming>, kind: LinkKind) -> Result<Resp, Resp> {
+    let entity = authenticate(ctx, &req)?;
+    let bad = || error(400, ErrorCode::InvalidMessage);
+    if !header_has(&req, header::UPGRADE, "websocket")
+        || !header_has(&req, header::CONNECTION, "upgrade")
+        || !header_has(&req, header::SEC_WEBSOCKET_VERSION, "13")
+    {
+        return Err(bad());
+    }
+    let key = req.headers().get(header::SEC_WEBSOCKET_KEY).ok_or_else(bad)?;
+    let accept = derive_accept_key(key.as_bytes());
+    // The session to resume is named in-band by SESSION_RESUME; a malformed one is still refused.
+    if let Some(s) = query(&req, "session_id") {
+        SessionId::new(s).map_err(|_| bad())?;
+    }
+    let (handle, queues) = link_channels(ctx.limits.send_queue_frames);
+    let link =
+        ask(ctx, |reply| Input::Accept { kind, entity, handle, reply }).await?.map_err(|code| {
+            match code {
+                ErrorCode::RateLimitExceeded => error(503, code),
+                _ => error(403, code),
+            }
+        })?;
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let inputs = ctx.inputs.clone();
+    let config = ws_config(ctx.max_frame_bytes, ctx.limits.ws_read_buffer_bytes);
+    let timeout = ctx.limits.handshake_timeout;
+    smol::spawn(async move {
+        let upgraded = async { on_upgrade.await.ok() }
+            .or(async {
+                smol::Timer::after(timeout).await;
+                None
+            })
+            .await;
+        match upgraded {
+            Some(io) => {
+                let ws =
+                    WebSocketStream::from_raw_socket(HyperIo(io), Role::Server, Some(config)).await;
+                run_link(ws, link, queues, inputs).await;
+            }
+            None => {
+                let _ = inputs.send(Input::Closed { link }).await;
+            }
+        }
+    })
+    .detach();
+    let mut r = respond(101, "text/plain", Bytes::new());
+    r.headers_mut().remove(header::CONTENT_TYPE);
+    let h = r.headers_mut();
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    if let Ok(v) = HeaderValue::from_str(&accept) {
+        h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
+    }
+    Ok(r)
+}

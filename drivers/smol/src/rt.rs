@@ -1,0 +1,241 @@
+//! hyper 1.x on smol: an executor, a timer, and IO wrappers in both directions between hyper's
+//! `rt::Read`/`rt::Write` and futures-io's `AsyncRead`/`AsyncWrite`.
+//!
+//! No `unsafe`: reads into hyper's buffer go through a small stack buffer and
+//! `ReadBufCursor::put_slice` (one extra copy of at most [`COPY_CHUNK`] bytes per read).
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use hyper::rt::{Read, ReadBuf, ReadBufCursor, Write};
+use smol::io::{AsyncRead, AsyncWrite};
+
+/// Largest number of bytes one `poll_read` of [`FuturesIo`] moves into hyper's buffer.
+pub const COPY_CHUNK: usize = 8 * 1024;
+
+/// Runs hyper's background futures on smol's global executor.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SmolExecutor;
+
+impl<F> hyper::rt::Executor<F> for SmolExecutor
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    fn execute(&self, fut: F) {
+        smol::spawn(fut).detach();
+    }
+}
+
+/// hyper's timer on `smol::Timer`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SmolTimer;
+
+impl hyper::rt::Timer for SmolTimer {
+    fn sleep(&self, duration: Duration) -> Pin<Box<dyn hyper::rt::Sleep>> {
+        Box::pin(SmolSleep(smol::Timer::after(duration)))
+    }
+
+    fn sleep_until(&self, deadline: Instant) -> Pin<Box<dyn hyper::rt::Sleep>> {
+        Box::pin(SmolSleep(smol::Timer::at(deadline)))
+    }
+}
+
+/// A `smol::Timer` as a hyper `Sleep`.
+#[derive(Debug)]
+pub struct SmolSleep(smol::Timer);
+
+impl Future for SmolSleep {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        Pin::new(&mut self.0).poll(cx).map(|_| ())
+    }
+}
+
+impl hyper::rt::Sleep for SmolSleep {}
+
+/// A futures-io stream (a smol `TcpStream`, a TLS stream) as hyper IO.
+#[derive(Debug)]
+pub struct FuturesIo<T>(pub T);
+
+impl<T: AsyncRead + Unpin> Read for FuturesIo<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        mut buf: ReadBufCursor<'_>,
+    ) -> Poll<io::Result<()>> {
+        let mut tmp = [0u8; COPY_CHUNK];
+        let want = buf.remaining().min(COPY_CHUNK);
+        let Some(dst) = tmp.get_mut(..want) else { return Poll::Ready(Ok(())) };
+        match Pin::new(&mut self.0).poll_read(cx, dst) {
+            Poll::Ready(Ok(n)) => {
+                if let Some(read) = dst.get(..n) {
+                    buf.put_slice(read);
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl<T: AsyncWrite + Unpin> Write for FuturesIo<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_close(cx)
+    }
+}
+
+/// hyper IO (such as `hyper::upgrade::Upgraded`) as a futures-io stream, for async-tungstenite.
+#[derive(Debug)]
+pub struct HyperIo<T>(pub T);
+
+impl<T: Read + Unpin> AsyncRead for HyperIo<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        let mut rb = ReadBuf::new(buf);
+        match Pin::new(&mut self.0).poll_read(cx, rb.unfilled()) {
+            Poll::Ready(Ok(())) => Poll::Ready(Ok(rb.filled().len())),
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl<T: Write + Unpin> AsyncWrite for HyperIo<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::{BodyExt, Full};
+    use hyper::body::Bytes;
+    use smol::io::{AsyncReadExt, AsyncWriteExt};
+    use smol::net::{TcpListener, TcpStream};
+
+    #[test]
+    fn timer_sleeps_at_least_the_duration() {
+        smol::block_on(async {
+            let start = Instant::now();
+            hyper::rt::Timer::sleep(&SmolTimer, Duration::from_millis(20)).await;
+            assert!(start.elapsed() >= Duration::from_millis(20));
+        });
+    }
+
+    #[test]
+    fn executor_runs_spawned_futures() {
+        smol::block_on(async {
+            let (tx, rx) = smol::channel::bounded(1);
+            hyper::rt::Executor::execute(&SmolExecutor, async move {
+                let _ = tx.send(7u8).await;
+            });
+            assert_eq!(rx.recv().await.ok(), Some(7));
+        });
+    }
+
+    /// A real hyper server and client over the adapter, through a loopback socket, with a body
+    /// larger than one copy chunk, then an upgrade carried through `HyperIo` both ways.
+    #[test]
+    fn hyper_round_trip_and_upgrade_over_loopback() {
+        smol::block_on(async {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let server = smol::spawn(async move {
+                let (stream, _) = listener.accept().await.unwrap();
+                let service = hyper::service::service_fn(
+                    |req: hyper::Request<hyper::body::Incoming>| async move {
+                        if req.uri().path() == "/upgrade" {
+                            smol::spawn(async move {
+                                let up = hyper::upgrade::on(req).await.unwrap();
+                                let mut io = HyperIo(up);
+                                let mut buf = [0u8; 5];
+                                io.read_exact(&mut buf).await.unwrap();
+                                io.write_all(&buf).await.unwrap();
+                                io.flush().await.unwrap();
+                            })
+                            .detach();
+                            let resp = hyper::Response::builder()
+                                .status(101)
+                                .header("connection", "upgrade")
+                                .header("upgrade", "echo")
+                                .body(Full::new(Bytes::new()))
+                                .unwrap();
+                            return Ok::<_, hyper::Error>(resp);
+                        }
+                        let body = req.into_body().collect().await?.to_bytes();
+                        Ok(hyper::Response::new(Full::new(body)))
+                    },
+                );
+                hyper::server::conn::http1::Builder::new()
+                    .timer(SmolTimer)
+                    .serve_connection(FuturesIo(stream), service)
+                    .with_upgrades()
+                    .await
+                    .unwrap();
+            });
+
+            let stream = TcpStream::connect(addr).await.unwrap();
+            let (mut send, conn) =
+                hyper::client::conn::http1::handshake(FuturesIo(stream)).await.unwrap();
+            smol::spawn(async move {
+                let _ = conn.with_upgrades().await;
+            })
+            .detach();
+            let big = vec![0xabu8; COPY_CHUNK * 3 + 17];
+            let req = hyper::Request::post("/echo").body(Full::new(Bytes::from(big.clone())));
+            let resp = send.send_request(req.unwrap()).await.unwrap();
+            assert_eq!(resp.status(), 200);
+            let got = resp.into_body().collect().await.unwrap().to_bytes();
+            assert_eq!(got.as_ref(), big.as_slice());
+
+            let req = hyper::Request::get("/upgrade")
+                .header("connection", "upgrade")
+                .header("upgrade", "echo")
+                .body(Full::new(Bytes::new()))
+                .unwrap();
+            let resp = send.send_request(req).await.unwrap();
+            assert_eq!(resp.status(), 101);
+            let mut io = HyperIo(hyper::upgrade::on(resp).await.unwrap());
+            io.write_all(b"hello").await.unwrap();
+            io.flush().await.unwrap();
+            let mut back = [0u8; 5];
+            io.read_exact(&mut back).await.unwrap();
+            assert_eq!(&back, b"hello");
+            server.await;
+        });
+    }
+}
