@@ -132,7 +132,6 @@ impl Peerlink {
         drop(secret);
         let public_key = identity.public_key();
         let capabilities = config.node.capabilities.to_value();
-        let preference = config.node.preference.as_str();
         let max_frame = config.node.limits.max_frame_bytes;
         let max_body = config.node.max_http_body_bytes;
 
@@ -194,7 +193,6 @@ impl Peerlink {
             max_http_body_bytes: max_body,
             public_key,
             capabilities,
-            preference,
         });
         let (stop, stop_rx) = smol::channel::bounded(1);
         smol::spawn(crate::driver::run(core, rx)).detach();

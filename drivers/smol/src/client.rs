@@ -17,6 +17,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Bytes;
 use hyper::{Method, Request, Uri};
 use peerlink_core::auth::sign_challenge;
+use peerlink_core::endpoints;
 use peerlink_core::node::{HttpMethod, LinkId};
 use peerlink_core::{EntityId, Identity, SessionId};
 use smol::channel::Sender;
@@ -189,17 +190,6 @@ pub(crate) async fn http(
     Ok((status, body))
 }
 
-#[derive(serde::Deserialize)]
-struct ChallengeBody {
-    challenge: String,
-}
-
-#[derive(serde::Deserialize)]
-struct TokenBody {
-    token: String,
-    expires_in: u64,
-}
-
 /// A bearer token for the node `node` at `base` (`http(s)://host:port`), from the cache or by
 /// authenticating: `GET /auth/token`, sign the challenge naming `node`, `POST /auth/verify`.
 pub(crate) async fn token(
@@ -211,11 +201,7 @@ pub(crate) async fn token(
         return Ok(t);
     }
     let me = ctx.identity.id();
-    let url = format!(
-        "{base}/auth/token?entity_id={}&pubkey={}",
-        me.as_str(),
-        ctx.identity.public_key().to_b64u()
-    );
+    let url = endpoints::token_url(base, me.as_str(), &ctx.identity.public_key().to_b64u());
     let max = ctx.limits.max_auth_body_bytes;
     let (status, body) = timeout(
         ctx.limits.http_timeout,
@@ -225,18 +211,18 @@ pub(crate) async fn token(
     if status != 200 {
         return Err(ClientError::Status(status));
     }
-    let ch: ChallengeBody =
-        serde_json::from_slice(&body).map_err(|_| ClientError::BadResponse("challenge"))?;
+    let ch: endpoints::ChallengeBody =
+        endpoints::parse_body(&body, max).map_err(|_| ClientError::BadResponse("challenge"))?;
     // Sign for the node we mean to reach, never for whatever id the server claims.
     let signature = sign_challenge(&ctx.identity, node, &ch.challenge)
         .map_err(|_| ClientError::BadResponse("challenge"))?;
-    let verify = serde_json::json!({
-        "entity_id": me.as_str(),
-        "challenge": ch.challenge,
-        "signature": signature,
-    });
-    let url = format!("{base}/auth/verify");
-    let body = verify.to_string().into_bytes();
+    let verify = endpoints::VerifyBody {
+        entity_id: me.as_str().to_owned(),
+        challenge: ch.challenge,
+        signature,
+    };
+    let url = endpoints::verify_url(base);
+    let body = serde_json::to_vec(&verify).map_err(|_| ClientError::BadResponse("verify body"))?;
     let (status, body) = timeout(
         ctx.limits.http_timeout,
         http(ctx, Method::POST, &url, None, "application/json", body, max),
@@ -245,9 +231,10 @@ pub(crate) async fn token(
     if status != 200 {
         return Err(ClientError::Status(status));
     }
-    let t: TokenBody =
-        serde_json::from_slice(&body).map_err(|_| ClientError::BadResponse("token"))?;
-    ctx.store(base, t.token.clone(), Duration::from_secs(t.expires_in));
+    let t: endpoints::TokenBody =
+        endpoints::parse_body(&body, max).map_err(|_| ClientError::BadResponse("token"))?;
+    let now_ms = crate::driver::unix_millis();
+    ctx.store(base, t.token.clone(), Duration::from_millis(t.expires_at.saturating_sub(now_ms)));
     Ok(t.token)
 }
 

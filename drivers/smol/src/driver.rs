@@ -68,13 +68,17 @@ pub(crate) struct Clock {
     start_ms: u64,
 }
 
+/// Milliseconds since the Unix epoch on the wall clock (0 before it).
+pub(crate) fn unix_millis() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
 impl Clock {
     pub fn new() -> Self {
-        let start_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-            .unwrap_or(0);
-        Self { start: Instant::now(), start_ms }
+        Self { start: Instant::now(), start_ms: unix_millis() }
     }
 
     pub fn now(&self) -> Timestamp {

@@ -18,6 +18,7 @@ use hyper::body::{Bytes, Incoming};
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use peerlink_core::auth::{AuthError, Authority, bearer_token};
+use peerlink_core::endpoints;
 use peerlink_core::node::{HttpCall, LinkKind};
 use peerlink_core::{EntityId, ErrorCode, PublicKey, SessionId};
 use serde_json::json;
@@ -41,7 +42,6 @@ pub(crate) struct RouteCtx {
     pub max_http_body_bytes: usize,
     pub public_key: PublicKey,
     pub capabilities: serde_json::Value,
-    pub preference: &'static str,
 }
 
 type Resp = Response<Full<Bytes>>;
@@ -68,10 +68,22 @@ fn json_resp(status: u16, v: serde_json::Value) -> Resp {
     respond(status, "application/json", v.to_string())
 }
 
+fn to_json(v: &impl serde::Serialize) -> Resp {
+    match serde_json::to_vec(v) {
+        Ok(body) => respond(200, "application/json", body),
+        Err(_) => error(500, ErrorCode::InternalError),
+    }
+}
+
+/// A refusal (spec §23.1): the status, and `{"error": CODE, "message": TEXT}`.
 fn error(status: u16, code: ErrorCode) -> Resp {
-    let mut r = json_resp(status, json!({"error": code.as_str()}));
+    let body = serde_json::to_vec(&endpoints::ErrorResponse::new(code)).unwrap_or_default();
+    let mut r = respond(status, "application/json", body);
     if status == 401 {
-        r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        r.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer error=\"invalid_token\""),
+        );
     }
     r
 }
@@ -80,12 +92,9 @@ fn auth_error(e: &AuthError) -> Resp {
     error(e.http_status(), e.code())
 }
 
-/// One query parameter (no percent-decoding: every value the endpoints take is b64u or an id).
-fn query<'a>(req: &'a Request<Incoming>, name: &str) -> Option<&'a str> {
-    req.uri().query()?.split('&').find_map(|kv| {
-        let (k, v) = kv.split_once('=')?;
-        (k == name).then_some(v)
-    })
+/// One query parameter, percent-decoded; `None` if absent or repeated.
+fn query(req: &Request<Incoming>, name: &str) -> Option<String> {
+    endpoints::query_param(req.uri().query()?, name)
 }
 
 /// Asks the node task and waits for its answer; 503 when it has stopped.
@@ -107,11 +116,11 @@ async fn read_body(req: Request<Incoming>, max: usize) -> Result<Vec<u8>, Resp> 
 fn authenticate(ctx: &RouteCtx, req: &Request<Incoming>) -> Result<EntityId, Resp> {
     let header = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
     let token = match header {
-        Some(h) => bearer_token(h),
-        None => query(req, "token"),
+        Some(h) => bearer_token(h).map(str::to_owned),
+        None => query(req, endpoints::TOKEN_PARAM),
     }
     .ok_or_else(|| error(401, ErrorCode::AuthenticationFailed))?;
-    ctx.checker.check(token, None, ctx.clock.now()).map_err(|e| {
+    ctx.checker.check(&token, None, ctx.clock.now()).map_err(|e| {
         tracing::debug!(error = %e, "token refused");
         auth_error(&e)
     })
@@ -120,7 +129,7 @@ fn authenticate(ctx: &RouteCtx, req: &Request<Incoming>) -> Result<EntityId, Res
 async fn route(ctx: &RouteCtx, req: Request<Incoming>) -> Result<Resp, Resp> {
     let path = req.uri().path().to_owned();
     match (req.method().clone(), path.as_str()) {
-        (Method::GET, "/healthz") => Ok(respond(200, "text/plain", "ok\n")),
+        (Method::GET, "/healthz") => Ok(json_resp(200, json!({"status": "ok"}))),
         (Method::GET, "/metrics") => {
             let snap: Snapshot = ask(ctx, |tx| {
                 Input::Call(Box::new(move |core, _| {
@@ -155,23 +164,23 @@ async fn route(ctx: &RouteCtx, req: Request<Incoming>) -> Result<Resp, Resp> {
                 }))
             })
             .await?;
-            Ok(json_resp(
-                200,
-                json!({"peers": peers.iter().map(|p| json!({"entity_id": p, "websocket": true})).collect::<Vec<_>>()}),
-            ))
+            let peers = peers
+                .into_iter()
+                .take(endpoints::MAX_DISCOVERED)
+                .map(|entity_id| endpoints::DiscoveredPeer {
+                    entity_id,
+                    transport: "websocket".to_owned(),
+                })
+                .collect();
+            let node_id = ctx.checker.node_id().as_str().to_owned();
+            Ok(to_json(&endpoints::DiscoverBody { node_id, peers }))
         }
-        (Method::GET, "/peers/capabilities") => Ok(json_resp(
-            200,
-            json!({
-                "entity_id": ctx.checker.node_id().as_str(),
-                "public_key": ctx.public_key.to_b64u(),
-                "protocol_version": peerlink_core::PROTOCOL_VERSION,
-                "capabilities": ctx.capabilities,
-                "websocket": true,
-                "transport_preference": ctx.preference,
-                "max_frame_bytes": ctx.max_frame_bytes,
-            }),
-        )),
+        (Method::GET, "/peers/capabilities") => Ok(to_json(&endpoints::CapabilitiesBody {
+            node_id: ctx.checker.node_id().as_str().to_owned(),
+            public_key: ctx.public_key.to_b64u(),
+            versions: vec![peerlink_core::PROTOCOL_VERSION.to_owned()],
+            capabilities: ctx.capabilities.clone(),
+        })),
         (
             _,
             "/healthz"
@@ -184,7 +193,7 @@ async fn route(ctx: &RouteCtx, req: Request<Incoming>) -> Result<Resp, Resp> {
             | "/peers/discover"
             | "/peers/capabilities",
         ) => Err(error(405, ErrorCode::InvalidMessage)),
-        _ => Err(json_resp(404, json!({"error": "NOT_FOUND"}))),
+        _ => Err(error(404, ErrorCode::InvalidMessage)),
     }
 }
 
@@ -192,40 +201,31 @@ async fn route(ctx: &RouteCtx, req: Request<Incoming>) -> Result<Resp, Resp> {
 async fn challenge(ctx: &RouteCtx, req: &Request<Incoming>) -> Result<Resp, Resp> {
     let bad = || error(400, ErrorCode::InvalidMessage);
     let entity = query(req, "entity_id").and_then(|e| EntityId::new(e).ok()).ok_or_else(bad)?;
-    let pubkey = query(req, "pubkey").ok_or_else(bad)?.to_owned();
+    let pubkey = query(req, "pubkey").ok_or_else(bad)?;
     let ch = ask(ctx, |reply| Input::Challenge { entity, pubkey, reply })
         .await?
         .map_err(|e| auth_error(&e))?;
-    Ok(json_resp(
-        200,
-        json!({
-            "node_id": ctx.checker.node_id().as_str(),
-            "challenge": ch.challenge,
-            "expires_at_ms": ch.expires_at.as_unix_millis(),
-        }),
-    ))
-}
-
-#[derive(serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct VerifyBody {
-    entity_id: String,
-    challenge: String,
-    signature: String,
+    Ok(to_json(&endpoints::ChallengeBody {
+        node_id: ctx.checker.node_id().as_str().to_owned(),
+        challenge: ch.challenge,
+        expires_at: ch.expires_at.as_unix_millis(),
+    }))
 }
 
 /// `POST /auth/verify` with `{"entity_id", "challenge", "signature"}`.
 async fn verify(ctx: &RouteCtx, req: Request<Incoming>) -> Result<Resp, Resp> {
     let body = read_body(req, ctx.limits.max_auth_body_bytes).await?;
     let bad = || error(400, ErrorCode::InvalidMessage);
-    let v: VerifyBody = serde_json::from_slice(&body).map_err(|_| bad())?;
+    let v: endpoints::VerifyBody = endpoints::parse_body(&body, ctx.limits.max_auth_body_bytes)
+        .map_err(|e| error(e.http_status(), e.code()))?;
     let entity = EntityId::new(v.entity_id).map_err(|_| bad())?;
     let (challenge, signature) = (v.challenge, v.signature);
     let token = ask(ctx, |reply| Input::Verify { entity, challenge, signature, reply })
         .await?
         .map_err(|e| auth_error(&e))?;
-    let lifetime = ctx.checker.config().token_lifetime.as_secs();
-    Ok(json_resp(200, json!({"token": token, "token_type": "Bearer", "expires_in": lifetime})))
+    let lifetime = ctx.checker.config().token_lifetime;
+    let expires_at = ctx.clock.now().saturating_add(lifetime).as_unix_millis();
+    Ok(to_json(&endpoints::TokenBody { token, expires_at }))
 }
 
 fn header_has(req: &Request<Incoming>, name: header::HeaderName, want: &str) -> bool {
@@ -247,7 +247,7 @@ async fn upgrade(ctx: &RouteCtx, mut req: Request<Incoming>, kind: LinkKind) -> 
     let key = req.headers().get(header::SEC_WEBSOCKET_KEY).ok_or_else(bad)?;
     let accept = derive_accept_key(key.as_bytes());
     // The session to resume is named in-band by SESSION_RESUME; a malformed one is still refused.
-    if let Some(s) = query(&req, "session_id") {
+    if let Some(s) = query(&req, endpoints::SESSION_PARAM) {
         SessionId::new(s).map_err(|_| bad())?;
     }
     let (handle, queues) = link_channels(ctx.limits.send_queue_frames);
