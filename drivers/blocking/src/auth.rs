@@ -26,6 +26,9 @@ pub enum AuthFailure {
     /// The node answered something that is not a valid answer.
     #[error("malformed answer from the node")]
     Malformed,
+    /// The base URL is not one of a configured node, or the node there claims another id.
+    #[error("no configured node at that address")]
+    UnknownNode,
     /// The node could not be reached.
     #[error("transport: {0}")]
     Transport(String),
@@ -34,6 +37,9 @@ pub enum AuthFailure {
 /// Tokens per node base URL.
 pub struct Tokens {
     identity: Identity,
+    /// The node expected at each base URL: challenges are signed for it, never for whatever id
+    /// a server claims (which would let a rogue server relay another node's challenge).
+    nodes: BTreeMap<String, EntityId>,
     cache: Mutex<BTreeMap<String, (String, u64)>>,
 }
 
@@ -44,9 +50,9 @@ impl std::fmt::Debug for Tokens {
 }
 
 impl Tokens {
-    /// Tokens for `identity`.
-    pub fn new(identity: Identity) -> Self {
-        Self { identity, cache: Mutex::new(BTreeMap::new()) }
+    /// Tokens for `identity`, at the nodes `nodes` (base URL → the node's entity id).
+    pub fn new(identity: Identity, nodes: BTreeMap<String, EntityId>) -> Self {
+        Self { identity, nodes, cache: Mutex::new(BTreeMap::new()) }
     }
 
     /// A valid token for the node at `base_url`, from the cache or fetched now.
@@ -74,12 +80,15 @@ impl Tokens {
     }
 
     fn fetch(&self, agent: &ureq::Agent, base_url: &str) -> Result<TokenBody, AuthFailure> {
+        let node = self.nodes.get(base_url).ok_or(AuthFailure::UnknownNode)?;
         let id = self.identity.id().as_str();
         let key = self.identity.public_key().to_b64u();
         let challenge: ChallengeBody = read_json(agent.get(&token_url(base_url, id, &key)).call())?;
-        let signature =
-            sign_challenge(&self.identity, &entity(&challenge.node_id)?, &challenge.challenge)
-                .map_err(|_| AuthFailure::Malformed)?;
+        if challenge.node_id != node.as_str() {
+            return Err(AuthFailure::UnknownNode);
+        }
+        let signature = sign_challenge(&self.identity, node, &challenge.challenge)
+            .map_err(|_| AuthFailure::Malformed)?;
         let body =
             VerifyBody { entity_id: id.to_owned(), challenge: challenge.challenge, signature };
         let body = serde_json::to_vec(&body).map_err(|_| AuthFailure::Malformed)?;
@@ -90,10 +99,6 @@ impl Tokens {
                 .send(&body[..]),
         )
     }
-}
-
-fn entity(s: &str) -> Result<EntityId, AuthFailure> {
-    EntityId::new(s).map_err(|_| AuthFailure::Malformed)
 }
 
 fn read_json<T: serde::de::DeserializeOwned>(

@@ -79,11 +79,18 @@ impl Client {
             .timeout_global(Some(timeout))
             .build()
             .into();
+        let nodes = config
+            .routes
+            .iter()
+            .map(|(_, addr)| addr)
+            .chain(config.relay.as_ref())
+            .map(|a| (a.base_url.trim_end_matches('/').to_owned(), a.entity.clone()))
+            .collect();
         let (inputs, receiver) = sync_channel(config.queues.inputs.max(1));
         let shared = Arc::new(Shared {
             config,
             agent,
-            tokens: Tokens::new(auth_identity),
+            tokens: Tokens::new(auth_identity, nodes),
             http_in_flight: AtomicUsize::new(0),
         });
         let inbox = Arc::new(Inbox::default());
