@@ -403,7 +403,8 @@ impl Node {
                         ex.retry_at = Some(now.saturating_add(delay));
                         h.inflight.insert(request, ex);
                     }
-                    None => self.fail_owners(now, ex.items, FailReason::Rejected),
+                    // Retries exhausted: the next hop cannot be reached.
+                    None => self.fail_owners(now, ex.items, FailReason::Unreachable),
                 },
                 HttpOutcome::Rejected | HttpOutcome::Unexpected => {
                     self.fail_owners(now, ex.items, FailReason::Rejected)

@@ -472,8 +472,9 @@ impl Node {
         self.flush_peer(now, peer);
     }
 
-    /// A transport refused a handshake message (HTTP 4xx, or 5xx past its retries): every
-    /// message waiting for that handshake fails (seed 001: no retry on 4xx).
+    /// A transport refused a handshake message (HTTP 4xx: `Rejected`), or could not deliver it
+    /// past its retries (`Unreachable`): every message waiting for that handshake fails (seed
+    /// 001: no retry on 4xx).
     pub(super) fn handshake_refused(
         &mut self,
         now: Timestamp,
@@ -481,7 +482,12 @@ impl Node {
         reason: FailReason,
     ) {
         if self.peers.get(peer).is_some_and(|p| p.session.is_none()) {
-            self.handshake_failed(now, peer, ErrorCode::AuthenticationFailed);
+            // A refusal (4xx) is an authentication failure; no answer at all is a timeout.
+            let code = match reason {
+                FailReason::Rejected => ErrorCode::AuthenticationFailed,
+                _ => ErrorCode::Timeout,
+            };
+            self.handshake_failed(now, peer, code);
             self.fail_all(peer, reason);
         }
     }
