@@ -25,6 +25,18 @@ pub enum KeyError {
     /// The entity id is invalid.
     #[error(transparent)]
     Id(#[from] peerlink_core::UsageError),
+    /// An identity with another entity id already exists in the directory.
+    #[error(
+        "{dir}: holds the identity of `{existing}`, not `{wanted}` (use another data directory)"
+    )]
+    OtherIdentity {
+        /// The data directory.
+        dir: PathBuf,
+        /// The entity id found there.
+        existing: EntityId,
+        /// The entity id asked for.
+        wanted: EntityId,
+    },
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -100,10 +112,18 @@ pub fn load(dir: &Path) -> Result<Identity, KeyError> {
 }
 
 /// Loads the identity in `dir`, creating one named `id` (default `node-<8 random hex>`) on
-/// first run. Returns it and whether it was created.
+/// first run. Returns it and whether it was created; refuses a directory holding another
+/// entity than `id`.
 pub fn load_or_create(dir: &Path, id: Option<EntityId>) -> Result<(Identity, bool), KeyError> {
     if dir.join("identity.json").exists() {
-        return Ok((load(dir)?, false));
+        let identity = load(dir)?;
+        if let Some(wanted) = id
+            && wanted != *identity.id()
+        {
+            let existing = identity.id().clone();
+            return Err(KeyError::OtherIdentity { dir: dir.to_owned(), existing, wanted });
+        }
+        return Ok((identity, false));
     }
     let id = match id {
         Some(id) => id,
