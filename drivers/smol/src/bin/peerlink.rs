@@ -9,6 +9,7 @@ use peerlink_core::node::SendOptions;
 use peerlink_core::{EntityId, Event, MessageType, PublicKey, TrustPolicy};
 use peerlink_smol::config_file::FileConfig;
 use peerlink_smol::{Config, Peerlink, TrustedPeer, keys};
+use smol::future::FutureExt as _;
 
 /// A peerlink node and its tools.
 #[derive(Parser)]
@@ -233,14 +234,28 @@ async fn serve(cli: &Cli, file: &FileConfig, config: Config, print: bool) -> Fal
     println!("entity_id  {}", node.id());
     println!("public_key {public_key}");
     println!("url        {}", node.base_url());
-    while let Ok(e) = events.recv().await {
+    // Ctrl-C or SIGTERM: a graceful shutdown (BYE to peers, drain, stop).
+    let (stop_tx, stop_rx) = smol::channel::bounded::<()>(1);
+    if let Err(e) = ctrlc::set_handler(move || {
+        let _ = stop_tx.try_send(());
+    }) {
+        tracing::warn!(error = %e, "no signal handler: Ctrl-C will not shut down gracefully");
+    }
+    loop {
+        let next = async { events.recv().await.ok() }
+            .or(async {
+                let _ = stop_rx.recv().await;
+                None
+            })
+            .await;
+        let Some(e) = next else { break };
         match e {
             Event::Message { from, payload, .. } => {
-                let text = String::from_utf8_lossy(&payload);
                 if print {
-                    println!("{from}\t{text}");
+                    println!("{from}\t{}", String::from_utf8_lossy(&payload));
                 } else {
-                    tracing::info!(%from, bytes = payload.len(), "message: {text}");
+                    // Contents stay out of logs; `peerlink listen` prints them.
+                    tracing::info!(%from, bytes = payload.len(), "message");
                 }
             }
             Event::Request { from, id, payload } => {
@@ -250,6 +265,8 @@ async fn serve(cli: &Cli, file: &FileConfig, config: Config, print: bool) -> Fal
             other => tracing::debug!(event = ?other, "event"),
         }
     }
+    tracing::info!("shutting down");
+    node.shutdown().await?;
     smol::Timer::after(Duration::from_millis(10)).await;
     Ok(())
 }
