@@ -1,0 +1,425 @@
+//! Shared helpers of the end-to-end tests: nodes on ephemeral loopback ports with short timers, a
+//! fault-injecting TCP proxy, a raw WebSocket client, and waiting on events with deadlines.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use peerlink_core::node::{NodeConfig, TransportStats};
+use peerlink_core::rate_limit::RateLimit;
+use peerlink_core::transport::TransportPreference;
+use peerlink_core::{EntityId, Event, Identity, Timestamp};
+use peerlink_smol::{Config, Handle, Peerlink, TrustedPeer};
+use smol::channel::Receiver;
+use smol::future::FutureExt as _;
+
+/// Every wait in these tests gives up after this long, with a message saying what was awaited.
+pub const DEADLINE: Duration = Duration::from_secs(30);
+
+pub fn identity(name: &str) -> Identity {
+    peerlink_smol::keys::generate(EntityId::new(name).unwrap()).unwrap()
+}
+
+pub fn copy(i: &Identity) -> Identity {
+    Identity::from_secret_bytes(i.id().clone(), &i.secret_bytes())
+}
+
+pub fn trusted(i: &Identity, url: Option<String>) -> TrustedPeer {
+    TrustedPeer { entity: i.id().clone(), key: i.public_key(), url }
+}
+
+pub fn now_ts() -> Timestamp {
+    Timestamp::from_unix_millis(
+        SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64
+    )
+}
+
+/// A core configuration with timers short enough for a test suite.
+pub fn fast_node(pref: TransportPreference) -> NodeConfig {
+    let mut n = NodeConfig { preference: pref, ..NodeConfig::default() };
+    n.reconnect.initial = Duration::from_millis(100);
+    n.reconnect.max = Duration::from_millis(400);
+    n.websocket_stable_after = Duration::from_millis(300);
+    n.poll_wait = Duration::from_secs(2);
+    n.http_retry.initial = Duration::from_millis(100);
+    n.http_retry.max = Duration::from_millis(400);
+    n.stream.initial_rto = Duration::from_millis(300);
+    n.stream.min_rto = Duration::from_millis(100);
+    n.stream.max_rto = Duration::from_secs(1);
+    n.link_rate = RateLimit::per_minute(10_000);
+    n
+}
+
+/// A relay trusting `clients`, on `listen` (port 0: ephemeral).
+pub async fn start_relay(relay: &Identity, clients: &[&Identity], listen: SocketAddr) -> Handle {
+    let mut cfg = Config::ephemeral();
+    cfg.listen = listen;
+    cfg.node = fast_node(TransportPreference::WebsocketFirst);
+    cfg.peers = clients.iter().map(|c| trusted(c, None)).collect();
+    Peerlink::start(cfg, copy(relay)).await.unwrap()
+}
+
+/// A peer reachable through the relay at `relay_url`, trusting `peers` (routed via the relay).
+pub async fn start_peer(
+    me: &Identity,
+    relay: &Identity,
+    relay_url: &str,
+    peers: &[&Identity],
+    pref: TransportPreference,
+) -> Handle {
+    let mut cfg = Config::ephemeral();
+    cfg.node = fast_node(pref);
+    cfg.peers = peers.iter().map(|c| trusted(c, None)).collect();
+    cfg.relay = Some(trusted(relay, Some(relay_url.to_owned())));
+    Peerlink::start(cfg, copy(me)).await.unwrap()
+}
+
+/// Awaits `f` with the suite's deadline; panics with `what` when it passes.
+pub async fn within<T>(what: &str, f: impl Future<Output = T>) -> T {
+    f.or(async {
+        smol::Timer::after(DEADLINE).await;
+        panic!("timed out after {DEADLINE:?} waiting for {what}")
+    })
+    .await
+}
+
+/// The next event matching `pick`, skipping others.
+pub async fn next_event<T>(
+    rx: &Receiver<Event>,
+    what: &str,
+    mut pick: impl FnMut(&Event) -> Option<T>,
+) -> T {
+    within(what, async {
+        loop {
+            let e = rx.recv().await.expect("event stream closed");
+            if let Some(t) = pick(&e) {
+                return t;
+            }
+        }
+    })
+    .await
+}
+
+/// Receives `n` messages from `from` and returns their payloads, in arrival order. Events
+/// other than messages are skipped; a message from anyone else fails the test.
+pub async fn messages(rx: &Receiver<Event>, from: &EntityId, n: usize) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    while out.len() < n {
+        let what = format!("message {} of {n} from {from}", out.len() + 1);
+        let p = next_event(rx, &what, |e| match e {
+            Event::Message { from: f, payload, .. } => {
+                assert_eq!(f, from, "message from an unexpected sender");
+                Some(payload.clone())
+            }
+            Event::Failed { to, id, reason } => panic!("message {id:?} to {to} failed: {reason:?}"),
+            _ => None,
+        })
+        .await;
+        out.push(p);
+    }
+    out
+}
+
+/// Asserts that no message arrives on `rx` within `quiet` (a check for duplicates after all
+/// expected messages arrived; not a synchronisation).
+pub async fn assert_no_more_messages(rx: &Receiver<Event>, quiet: Duration) {
+    let extra = async {
+        loop {
+            if let Ok(Event::Message { payload, .. }) = rx.recv().await {
+                return Some(payload);
+            }
+        }
+    }
+    .or(async {
+        smol::Timer::after(quiet).await;
+        None
+    })
+    .await;
+    assert!(extra.is_none(), "duplicate or unexpected message: {:?}", extra.map(|p| p.len()));
+}
+
+pub fn payload(tag: &str, i: usize) -> Vec<u8> {
+    format!("{tag}-{i:04}").into_bytes()
+}
+
+/// Polls `f` until it returns `Some`, or panics after the deadline.
+pub async fn poll_until<T, F: Future<Output = Option<T>>>(
+    what: &str,
+    mut f: impl FnMut() -> F,
+) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(t) = f().await {
+            return t;
+        }
+        assert!(start.elapsed() < DEADLINE, "timed out after {DEADLINE:?} waiting for {what}");
+        smol::Timer::after(Duration::from_millis(20)).await;
+    }
+}
+
+pub fn stats_delta(after: &TransportStats, before: &TransportStats) -> (u64, u64) {
+    (
+        after.ws_messages_sent - before.ws_messages_sent,
+        after.http_messages_sent - before.http_messages_sent,
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// The fault-injecting proxy.
+
+#[derive(Default)]
+struct ProxyState {
+    conns: Mutex<Vec<TcpStream>>,
+    block_ws: AtomicBool,
+    refuse_all: AtomicBool,
+    ws_attempts: AtomicU64,
+    ws_refused: AtomicU64,
+    /// Everything that crossed, both ways, when recording.
+    recording: Option<Mutex<Vec<u8>>>,
+}
+
+/// A TCP proxy on an ephemeral loopback port in front of `target` (std threads). It can kill
+/// every proxied connection, refuse new WebSocket upgrades (connections whose first bytes are
+/// `GET /ws/`) while HTTP passes, and record every byte that crossed.
+#[derive(Clone)]
+pub struct Proxy {
+    addr: SocketAddr,
+    target: Arc<Mutex<SocketAddr>>,
+    state: Arc<ProxyState>,
+}
+
+impl Proxy {
+    pub fn start(target: SocketAddr, record: bool) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let state = Arc::new(ProxyState {
+            recording: record.then(|| Mutex::new(Vec::new())),
+            ..ProxyState::default()
+        });
+        let proxy = Proxy { addr, target: Arc::new(Mutex::new(target)), state };
+        let p = proxy.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(conn) = conn else { continue };
+                let p = p.clone();
+                std::thread::spawn(move || p.serve(conn));
+            }
+        });
+        proxy
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Refuse (drop at once) new WebSocket upgrades while `on`.
+    pub fn block_websocket(&self, on: bool) {
+        self.state.block_ws.store(on, Ordering::SeqCst);
+    }
+
+    /// Drop every new connection while `on`.
+    pub fn refuse_all(&self, on: bool) {
+        self.state.refuse_all.store(on, Ordering::SeqCst);
+    }
+
+    /// Cuts every connection proxied so far.
+    pub fn kill_all(&self) {
+        for c in self.state.conns.lock().unwrap().drain(..) {
+            let _ = c.shutdown(Shutdown::Both);
+        }
+    }
+
+    /// WebSocket upgrades attempted through the proxy (refused ones included).
+    pub fn ws_attempts(&self) -> u64 {
+        self.state.ws_attempts.load(Ordering::SeqCst)
+    }
+
+    pub fn ws_refused(&self) -> u64 {
+        self.state.ws_refused.load(Ordering::SeqCst)
+    }
+
+    pub fn recorded(&self) -> Vec<u8> {
+        self.state.recording.as_ref().map(|r| r.lock().unwrap().clone()).unwrap_or_default()
+    }
+
+    fn serve(&self, conn: TcpStream) {
+        if self.state.refuse_all.load(Ordering::SeqCst) {
+            return;
+        }
+        // Look at the request line without consuming it.
+        let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
+        let mut head = [0u8; 8];
+        let start = Instant::now();
+        let is_ws = loop {
+            match conn.peek(&mut head) {
+                Ok(0) | Err(_) => return,
+                Ok(n) if n >= head.len() => break &head == b"GET /ws/",
+                Ok(_) if start.elapsed() > Duration::from_secs(5) => return,
+                Ok(_) => std::thread::sleep(Duration::from_millis(1)),
+            }
+        };
+        let _ = conn.set_read_timeout(None);
+        if is_ws {
+            self.state.ws_attempts.fetch_add(1, Ordering::SeqCst);
+            if self.state.block_ws.load(Ordering::SeqCst) {
+                self.state.ws_refused.fetch_add(1, Ordering::SeqCst);
+                return;
+            }
+        }
+        let target = *self.target.lock().unwrap();
+        let Ok(up) = TcpStream::connect(target) else { return };
+        let _ = up.set_nodelay(true);
+        let _ = conn.set_nodelay(true);
+        {
+            let mut conns = self.state.conns.lock().unwrap();
+            conns.push(conn.try_clone().unwrap());
+            conns.push(up.try_clone().unwrap());
+        }
+        let (c2, u2) = (conn.try_clone().unwrap(), up.try_clone().unwrap());
+        let p = self.clone();
+        std::thread::spawn(move || p.pump(c2, u2));
+        self.pump(up, conn);
+    }
+
+    fn pump(&self, mut from: TcpStream, mut to: TcpStream) {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            match from.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if let Some(r) = &self.state.recording {
+                        r.lock().unwrap().extend_from_slice(&buf[..n]);
+                    }
+                    if to.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+        let _ = to.shutdown(Shutdown::Both);
+        let _ = from.shutdown(Shutdown::Both);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// A raw client: the auth endpoints over ureq, then a sync tungstenite WebSocket.
+
+pub type RawWs = tungstenite::WebSocket<TcpStream>;
+
+/// Gets a token for `me` from the node at `addr` (spec §23.2).
+pub fn token(addr: SocketAddr, me: &Identity, node: &EntityId) -> String {
+    let agent: ureq::Agent =
+        ureq::Agent::config_builder().http_status_as_error(false).build().into();
+    let url = format!(
+        "http://{addr}/auth/token?entity_id={}&pubkey={}",
+        me.id().as_str(),
+        me.public_key().to_b64u()
+    );
+    let mut r = agent.get(&url).call().unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let v: serde_json::Value =
+        serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap();
+    let ch = v["challenge"].as_str().unwrap().to_owned();
+    let sig = peerlink_core::auth::sign_challenge(me, node, &ch).unwrap();
+    let body =
+        serde_json::json!({"entity_id": me.id().as_str(), "challenge": ch, "signature": sig});
+    let mut r = agent
+        .post(&format!("http://{addr}/auth/verify"))
+        .header("content-type", "application/json")
+        .send(body.to_string().as_bytes())
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let v: serde_json::Value =
+        serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap();
+    v["token"].as_str().unwrap().to_owned()
+}
+
+/// Tries a WebSocket upgrade on `path` with `token` as a bearer header; the HTTP status of a
+/// refusal, or the socket.
+pub fn ws_connect(addr: SocketAddr, path: &str, token: &str) -> Result<RawWs, u16> {
+    use tungstenite::client::IntoClientRequest;
+    let mut req = format!("ws://{addr}{path}").into_client_request().unwrap();
+    req.headers_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
+    let stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    match tungstenite::client::client(req, stream) {
+        Ok((ws, _)) => Ok(ws),
+        Err(tungstenite::HandshakeError::Failure(tungstenite::Error::Http(r))) => {
+            Err(r.status().as_u16())
+        }
+        Err(e) => panic!("upgrade failed without an HTTP status: {e}"),
+    }
+}
+
+/// What a raw client saw next.
+#[derive(Debug)]
+pub enum Seen {
+    /// A text frame parsed as JSON.
+    Json(serde_json::Value),
+    /// A close frame: code and reason.
+    Closed(u16, String),
+    /// The connection ended without a close frame.
+    Gone,
+}
+
+pub fn next_seen(ws: &mut RawWs) -> Seen {
+    loop {
+        match ws.read() {
+            Ok(tungstenite::Message::Text(t)) => {
+                return Seen::Json(serde_json::from_str(t.as_str()).expect("node sent bad JSON"));
+            }
+            Ok(tungstenite::Message::Close(f)) => {
+                return f.map_or(Seen::Closed(1005, String::new()), |f| {
+                    Seen::Closed(u16::from(f.code), f.reason.to_string())
+                });
+            }
+            Ok(_) => {}
+            Err(tungstenite::Error::Io(e))
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                panic!("the node sent nothing for 10 s")
+            }
+            Err(_) => return Seen::Gone,
+        }
+    }
+}
+
+/// The next `ERROR` code the node sent (skipping other frames); panics on a close.
+pub fn next_error(ws: &mut RawWs) -> String {
+    loop {
+        match next_seen(ws) {
+            Seen::Json(v) if v["message_type"] == "ERROR" => {
+                return v["payload"]["code"].as_str().unwrap().to_owned();
+            }
+            Seen::Json(_) => {}
+            other => panic!("expected an ERROR, the link ended: {other:?}"),
+        }
+    }
+}
+
+/// Reads until the node closes; the close code and reason (`Gone`: no close frame).
+pub fn until_closed(ws: &mut RawWs) -> Seen {
+    loop {
+        match next_seen(ws) {
+            Seen::Json(_) => {}
+            other => return other,
+        }
+    }
+}
+
+pub fn rng() -> rand_chacha::ChaCha20Rng {
+    use rand_core::SeedableRng;
+    let mut seed = [0u8; 32];
+    getrandom::fill(&mut seed).unwrap();
+    rand_chacha::ChaCha20Rng::from_seed(seed)
+}
