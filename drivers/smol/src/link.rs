@@ -97,7 +97,25 @@ pub(crate) async fn run_link<S>(
             .or(async { Step::Read(ws.next().await) })
             .await;
         match step {
-            Step::Kill(reason) => break Some(close_frame(reason)),
+            Step::Kill(reason) => {
+                // Frames the node queued before asking for the close (the ERROR that explains
+                // it, spec §19) go out first, within the close timeout.
+                let flushed = async {
+                    while let Ok(frame) = frames.try_recv() {
+                        let Ok(text) = String::from_utf8(frame.to_vec()) else { continue };
+                        if ws.send(Message::Text(text.into())).await.is_err() {
+                            return false;
+                        }
+                    }
+                    true
+                }
+                .or(async {
+                    smol::Timer::after(CLOSE_TIMEOUT).await;
+                    false
+                })
+                .await;
+                break flushed.then(|| close_frame(reason));
+            }
             Step::Write(frame) => {
                 let Ok(text) = String::from_utf8(frame.to_vec()) else {
                     tracing::warn!(?link, "node produced a non-UTF-8 frame; dropped");
