@@ -1,7 +1,9 @@
-//! The `peerlink` command: run a node, make keys, send, listen, subscribe, check status.
+//! The `peerlink` command: run a node, make keys, send, listen, subscribe, check status, and
+//! check another node's conformance.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
@@ -81,6 +83,39 @@ enum Command {
         target: Target,
         /// The topic.
         topic: String,
+    },
+    /// Check a node against the spec: numbered cases, one line each (spec §24).
+    ///
+    /// The node must trust the tester's identity: create it with
+    /// `PEERLINK_HOME=tester peerlink keygen --id conform-tester`, then add its entity id and
+    /// public key as a `[[peers]]` entry of the node's config (or run the node with `--open` and
+    /// pass `--open-node`). Exits non-zero if any case fails.
+    Conform {
+        /// The node's HTTP base URL, e.g. http://127.0.0.1:7420.
+        url: String,
+        /// The node's entity id (default: learned from GET /peers/capabilities).
+        #[arg(long)]
+        node_id: Option<String>,
+        /// The tester's identity: a data directory (or its identity.json) as `keygen` writes it
+        /// (default: the data directory, $PEERLINK_HOME or ./.peerlink).
+        #[arg(long)]
+        identity: Option<PathBuf>,
+        /// Also write the report as JSON to this file.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// Also run the slow cases (they wait for the node's timers: up to 30 s each).
+        #[arg(long)]
+        slow: bool,
+        /// Run only the cases whose id starts with this prefix, e.g. C-7.
+        #[arg(long)]
+        only: Option<String>,
+        /// The node runs the open trust policy without an entry for the tester: skip the cases
+        /// that need it to refuse unknown identities.
+        #[arg(long)]
+        open_node: bool,
+        /// List the cases and exit.
+        #[arg(long)]
+        list: bool,
     },
     /// Print a node's health and metrics.
     Status {
@@ -209,6 +244,48 @@ async fn run(cli: Cli) -> Fallible<()> {
                 }
             }
             Ok(())
+        }
+        Some(Command::Conform { url, node_id, identity, json, slow, only, open_node, list }) => {
+            if *list {
+                for c in peerlink_conform::catalogue() {
+                    let flag = if c.slow { " (slow)" } else { "" };
+                    println!("{} {} {}{flag}", c.id, c.spec_section, c.title);
+                }
+                return Ok(());
+            }
+            let dir = match identity {
+                Some(p) if p.is_file() => p.parent().map(PathBuf::from).unwrap_or_default(),
+                Some(p) => p.clone(),
+                None => data_dir(&cli, &file),
+            };
+            let tester = keys::load(&dir).map_err(|e| {
+                format!(
+                    "tester identity: {e} (create one with `peerlink --data-dir {} keygen --id \
+                     conform-tester` and add it to the node's trusted peers)",
+                    dir.display()
+                )
+            })?;
+            let mut target = peerlink_conform::Target::new(url.clone(), Arc::new(tester));
+            target.node_id = node_id.clone().map(EntityId::new).transpose()?;
+            let options = peerlink_conform::Options {
+                slow: *slow,
+                only: only.clone(),
+                open_node: *open_node,
+                ..Default::default()
+            };
+            let report = peerlink_conform::run(&target, &options);
+            for line in report.lines() {
+                println!("{line}");
+            }
+            if let Some(path) = json {
+                std::fs::write(path, report.to_json() + "\n")
+                    .map_err(|e| format!("{}: {e}", path.display()))?;
+            }
+            if report.is_success() {
+                Ok(())
+            } else {
+                Err(format!("{} of {} cases failed", report.failed(), report.cases.len()).into())
+            }
         }
         Some(Command::Status { url }) => {
             let base = url.trim_end_matches('/');
