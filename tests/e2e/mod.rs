@@ -398,7 +398,7 @@ pub fn next_seen(ws: &mut RawWs) -> Seen {
 pub fn next_error(ws: &mut RawWs) -> String {
     loop {
         match next_seen(ws) {
-            Seen::Json(v) if v["message_type"] == "ERROR" => {
+            Seen::Json(v) if v["type"] == "ERROR" => {
                 return v["payload"]["code"].as_str().unwrap().to_owned();
             }
             Seen::Json(_) => {}
