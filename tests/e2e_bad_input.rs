@@ -30,12 +30,10 @@ fn send_env(ws: &mut RawWs, env: &Envelope) {
 /// The link still answers: a fresh `PING` gets a `PONG`.
 fn assert_alive(ws: &mut RawWs, me: &Identity) {
     send_env(ws, &ping(me));
-    loop {
-        match next_seen(ws) {
-            Seen::Json(v) if v["type"] == "PONG" => return,
-            Seen::Json(v) => panic!("expected PONG, got {v}"),
-            other => panic!("the link was closed: {other:?}"),
-        }
+    match next_seen(ws) {
+        Seen::Json(v) if v["type"] == "PONG" => {}
+        Seen::Json(v) => panic!("expected PONG, got {v}"),
+        other => panic!("the link was closed: {other:?}"),
     }
 }
 

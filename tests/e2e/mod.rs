@@ -46,9 +46,7 @@ pub fn fast_node(pref: TransportPreference) -> NodeConfig {
     n.poll_wait = Duration::from_secs(2);
     n.http_retry.initial = Duration::from_millis(100);
     n.http_retry.max = Duration::from_millis(400);
-    n.stream.initial_rto = Duration::from_millis(300);
-    n.stream.min_rto = Duration::from_millis(100);
-    n.stream.max_rto = Duration::from_secs(1);
+    n.stream.max_rto = Duration::from_secs(2);
     n.link_rate = RateLimit::per_minute(10_000);
     n
 }
