@@ -58,3 +58,8 @@ fn reassembly_corpus() {
 fn node_corpus() {
     replay("node", fuzzing::node);
 }
+
+#[test]
+fn endpoints_corpus() {
+    replay("endpoints", fuzzing::endpoints);
+}

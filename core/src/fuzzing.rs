@@ -413,3 +413,32 @@ pub fn node(data: &[u8]) {
         assert!(node.mailbox_bytes() <= 4 * 4096 && node.link_count() <= 8, "a bound was exceeded");
     }
 }
+
+/// The parsing a node's HTTP server does before the core sees anything: query parameters,
+/// JSON bodies of the auth endpoints, bearer headers, tokens, and endpoint URLs. Never a panic;
+/// a token that checks names the entity it was minted for.
+pub fn endpoints(data: &[u8]) {
+    use crate::auth::{AuthConfig, Authority, bearer_token};
+    use crate::endpoints::{
+        ChallengeBody, MAX_AUTH_BODY, TokenBody, VerifyBody, base_url_of, parse_body, query_param,
+    };
+
+    let text = String::from_utf8_lossy(data);
+    for name in ["token", "session_id", "wait_ms", "entity_id", "pubkey", ""] {
+        let _ = query_param(&text, name);
+    }
+    let _ = base_url_of(&text);
+    let _ = bearer_token(&text);
+    let _ = parse_body::<VerifyBody>(data, MAX_AUTH_BODY);
+    let _ = parse_body::<ChallengeBody>(data, MAX_AUTH_BODY);
+    let _ = parse_body::<TokenBody>(data, MAX_AUTH_BODY);
+    let node = identity("node", 9);
+    let authority = Authority::new(Arc::clone(&node), AuthConfig::default());
+    let now = Timestamp::from_unix_millis(1_700_000_000_000);
+    if let Ok(subject) = authority.check(&text, None, now) {
+        // Only the node's key can make a token that checks; no input here can forge one.
+        unreachable!("forged token accepted for {subject}");
+    }
+    let genuine = authority.mint(&entity("alice"), now);
+    assert_eq!(authority.check(&genuine, None, now).ok(), Some(entity("alice")));
+}
