@@ -87,6 +87,8 @@ pub struct Handle {
     id: EntityId,
     stop: Sender<()>,
     event_queue: usize,
+    /// Whether the listener serves TLS (`https`/`wss`).
+    tls: bool,
 }
 
 impl std::fmt::Debug for Handle {
@@ -196,10 +198,11 @@ impl Peerlink {
         });
         let (stop, stop_rx) = smol::channel::bounded(1);
         smol::spawn(crate::driver::run(core, rx)).detach();
+        let tls = tls_server.is_some();
         let acceptor = tls_server.map(futures_rustls::TlsAcceptor::from);
         smol::spawn(serve(listener, acceptor, route_ctx, stop_rx)).detach();
         tracing::info!(%addr, entity = %id, "node listening");
-        Ok(Handle { inputs, addr, id, stop, event_queue: config.limits.event_queue })
+        Ok(Handle { inputs, addr, id, stop, event_queue: config.limits.event_queue, tls })
     }
 }
 
@@ -214,9 +217,11 @@ impl Handle {
         &self.id
     }
 
-    /// `http://<local_addr>`: the base URL other nodes reach this one at (plain listeners).
+    /// `http://<local_addr>`, or `https://…` when the listener serves TLS: the base URL other
+    /// nodes reach this one at.
     pub fn base_url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
     }
 
     /// Runs `f` on the node task and returns its result.
