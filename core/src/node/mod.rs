@@ -557,6 +557,39 @@ impl Node {
         }
         self.finish(now);
     }
+
+    /// Graceful shutdown (spec §23.3): a signed `BYE` on every open link, then its orderly
+    /// close; held long-polls are answered with what waits for their callers; no link is reconnected afterwards. Sessions
+    /// and outboxes stay, so a node that carries on later resumes where it was.
+    pub fn shutdown(&mut self, now: Timestamp) {
+        for h in self.hops.values_mut() {
+            h.closed_by_app = true;
+            h.reconnect_at = None;
+        }
+        let bye = crate::signed::signed_message(
+            &self.identity,
+            MessageType::Bye,
+            None,
+            None,
+            crate::envelope::Payload::trusted(serde_json::json!({"reason": "shutdown"})),
+            now,
+            &mut *self.rng,
+        );
+        let links: Vec<(LinkId, bool)> = self.links.iter().map(|(id, l)| (*id, l.up)).collect();
+        for (link, up) in links {
+            if up && let Ok(bye) = &bye {
+                self.emit(Output::Transmit { link, frame: Arc::from(bye.encode()) });
+            }
+            self.close_link(now, link, None);
+        }
+        let held: Vec<EntityId> = self.polls.keys().cloned().collect();
+        for entity in held {
+            if let Some((request, _)) = self.polls.remove(&entity) {
+                self.answer_poll(request, &entity);
+            }
+        }
+        self.finish(now);
+    }
 }
 
 #[cfg(test)]

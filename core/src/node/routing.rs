@@ -231,7 +231,7 @@ impl Node {
         }
     }
 
-    fn answer_poll(&mut self, request: RequestId, entity: &EntityId) {
+    pub(super) fn answer_poll(&mut self, request: RequestId, entity: &EntityId) {
         let frames = self.mailboxes.drain(entity, self.config.max_http_body_bytes);
         self.emit(Output::HttpRespond { request, status: 200, body: ndjson(&frames) });
     }

@@ -1296,3 +1296,29 @@ fn events_held_by_the_driver_count_against_the_bound() {
     assert_eq!(p.messages_at("bob"), vec![b"held".to_vec()]);
     assert_eq!(p.node("alice").outbox_len(&id("bob")), 0);
 }
+
+#[test]
+fn shutdown_says_bye_on_every_link_and_reconnects_nothing() {
+    let mut p = Pump::new(&[("alice", NodeConfig::default()), ("bob", NodeConfig::default())]);
+    p.node("alice").add_route(id("bob"), Pump::addr("bob"));
+    let now = p.now;
+    p.node("alice").send(now, &id("bob"), b"one".to_vec(), SendOptions::default()).unwrap();
+    p.run();
+    assert_eq!(p.node("alice").link_count(), 1);
+    p.node("alice").shutdown(now);
+    let out = drain(p.node("alice"));
+    let bye = out.iter().position(|o| {
+        matches!(o, Output::Transmit { frame, .. }
+            if Envelope::decode(frame, 1 << 20).is_ok_and(|e| e.message_type == MessageType::Bye))
+    });
+    let close = out.iter().position(|o| matches!(o, Output::CloseLink { reason: None, .. }));
+    assert!(bye.is_some() && close.is_some() && bye < close, "BYE, then an orderly close: {out:?}");
+    // Bob, told BYE, closes his side; alice dials nothing afterwards.
+    for o in out {
+        p.carry("alice", o);
+    }
+    p.run();
+    assert_eq!(p.node("bob").link_count(), 0);
+    p.advance(Duration::from_secs(120));
+    assert_eq!(p.node("alice").link_count(), 0, "no reconnect after shutdown");
+}

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use peerlink_core::auth::{AuthError, Authority, Challenge};
 use peerlink_core::node::{HttpCall, LinkId, LinkKind, Output, RequestId};
-use peerlink_core::{EntityId, ErrorCode, Event, MessageId, MessageType, Node, Payload, Timestamp};
+use peerlink_core::{EntityId, ErrorCode, Event, MessageId, MessageType, Node, Timestamp};
 use rand_chacha::ChaCha20Rng;
 use smol::channel::{Receiver, Sender, TrySendError};
 use smol::future::FutureExt as _;
@@ -178,34 +178,12 @@ impl Core {
         None
     }
 
-    /// `BYE` on every link, then close it; answer held HTTP calls with 503.
+    /// Graceful shutdown: the node says `BYE` on every link and closes it, and answers held
+    /// polls. The drain that follows carries that out (each link writes what it has queued,
+    /// then closes); HTTP calls still unanswered when the task ends get 503.
     fn shutdown(&mut self, now: Timestamp) {
         self.stopping = true;
-        let bye = peerlink_core::signed_message(
-            self.client.identity.as_ref(),
-            MessageType::Bye,
-            None,
-            None,
-            Payload::new(serde_json::json!({"reason": "shutdown"}))
-                .unwrap_or_else(|_| unreachable!()),
-            now,
-            &mut self.rng,
-        )
-        .ok()
-        .map(|e| Arc::<[u8]>::from(e.encode()));
-        self.inbound_peers.clear();
-        self.outbound.clear();
-        let links = std::mem::take(&mut self.links);
-        for (link, (_, handle)) in links {
-            if let Some(bye) = &bye {
-                let _ = handle.frames.try_send(Arc::clone(bye));
-            }
-            handle.frames.close();
-            self.node.link_closed(now, link);
-        }
-        for (_, reply) in std::mem::take(&mut self.pending_http) {
-            let _ = reply.try_send((503, Vec::new()));
-        }
+        self.node.shutdown(now);
     }
 
     /// Carries out every output the node has.
