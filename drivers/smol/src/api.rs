@@ -181,7 +181,6 @@ impl Peerlink {
             client,
             inputs: inputs.clone(),
             errors_by_code: BTreeMap::new(),
-            sessions: Default::default(),
             slow_readers: 0,
             events_dropped: 0,
             stopping: false,

@@ -115,7 +115,6 @@ pub(crate) struct Core {
     pub client: Arc<ClientCtx>,
     pub inputs: Sender<Input>,
     pub errors_by_code: BTreeMap<ErrorCode, u64>,
-    pub sessions: BTreeSet<EntityId>,
     pub slow_readers: u64,
     pub events_dropped: u64,
     pub stopping: bool,
@@ -273,12 +272,6 @@ impl Core {
                 let n = self.errors_by_code.entry(*code).or_insert(0);
                 *n = n.saturating_add(1);
             }
-            Event::SessionEstablished { peer, .. } | Event::SessionResumed { peer, .. } => {
-                self.sessions.insert(peer.clone());
-            }
-            Event::SessionLost { peer, .. } => {
-                self.sessions.remove(peer);
-            }
             Event::Response { request, payload, .. } => {
                 if let Some(reply) = self.waiting.remove(request) {
                     let _ = reply.try_send(Ok(payload.clone()));
@@ -332,10 +325,9 @@ impl Core {
         self.inbound_peers.remove(&link);
     }
 
-    /// Entities connected on `/ws/v1/peers` right now.
+    /// Entities connected on `/ws/v1/peers` right now, in entity-id order.
     pub fn connected_peers(&self) -> Vec<String> {
-        let set: BTreeSet<&str> = self.inbound_peers.values().map(|e| e.as_str()).collect();
-        set.into_iter().map(str::to_owned).collect()
+        self.node.connected_entities().map(|e| e.as_str().to_owned()).collect()
     }
 
     /// Counters and gauges for `/metrics` and the API.
@@ -351,7 +343,7 @@ impl Core {
             inbound_peer_links: count(LinkKind::Peers),
             inbound_event_links: count(LinkKind::Events),
             outbound_links: self.outbound.len(),
-            sessions: self.sessions.len(),
+            sessions: self.node.session_count(),
             mailbox_messages: self.node.mailbox_len(),
             mailbox_bytes: self.node.mailbox_bytes(),
             held_http_calls: self.pending_http.len(),
