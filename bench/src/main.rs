@@ -1,0 +1,235 @@
+//! `peerlink-bench`: loopback benchmarks of peerlink against a plain async-tungstenite baseline
+//! measured in the same run. `docs/benchmarks.md` explains how to run it and read it.
+
+mod baseline;
+mod load;
+mod memory;
+mod peer;
+mod report;
+mod stats;
+
+use std::path::PathBuf;
+
+use clap::Parser;
+
+use crate::load::{Measured, Mode, Pipe};
+use crate::memory::{Footprint, Server};
+use crate::peer::Path;
+use crate::stats::Clock;
+
+/// The binary's error type.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Command-line options.
+#[derive(Debug, Parser)]
+#[command(
+    name = "peerlink-bench",
+    about = "Loopback benchmarks of peerlink against a raw WebSocket baseline"
+)]
+struct Args {
+    /// Seconds each throughput or latency run measures.
+    #[arg(long, default_value_t = 2.0)]
+    seconds: f64,
+    /// Message sizes in bytes.
+    #[arg(long, value_delimiter = ',', default_value = "64,1024,65536,4194304")]
+    sizes: Vec<usize>,
+    /// Messages in flight at most (fewer for large sizes: at most 32 MiB in flight).
+    #[arg(long, default_value_t = 256)]
+    window: usize,
+    /// Offered load of the fixed-rate latency runs (64 B messages), messages per second;
+    /// lowered to 80 % of a path's saturation when that is below it.
+    #[arg(long, default_value_t = 10_000.0)]
+    rate: f64,
+    /// Idle connection counts for the memory measurement (ascending).
+    #[arg(long, value_delimiter = ',', default_value = "1000,10000")]
+    conns: Vec<usize>,
+    /// Concurrent workers for handshakes and connection set-up.
+    #[arg(long, default_value_t = 16)]
+    concurrency: usize,
+    /// Results folder (`<date>.md`, `<date>.svg`, `latest.md`, `latest.svg`); `-` writes nothing.
+    #[arg(long, default_value = "bench/results")]
+    out: String,
+    /// Internal: run as the child server of the memory measurement (`node` or `echo`).
+    #[arg(long, hide = true)]
+    child: Option<String>,
+    /// Internal: the largest connection count the child must accept.
+    #[arg(long, hide = true, default_value_t = 10_000)]
+    child_max: usize,
+}
+
+/// One scenario of the relayed-message table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// The one-hop echo baseline.
+    Echo,
+    /// The two-hop forwarding baseline.
+    Forward,
+    /// A peerlink path.
+    Peer(Path),
+}
+
+impl Kind {
+    /// Every scenario, baselines first.
+    pub const ALL: [Kind; 5] = [
+        Kind::Echo,
+        Kind::Forward,
+        Kind::Peer(Path::Ws { sign_all: false }),
+        Kind::Peer(Path::Ws { sign_all: true }),
+        Kind::Peer(Path::Http),
+    ];
+
+    /// The label in tables and charts.
+    pub fn label(self) -> &'static str {
+        match self {
+            Kind::Echo => "baseline echo (1 hop)",
+            Kind::Forward => "baseline forward (2 hops)",
+            Kind::Peer(Path::Ws { sign_all: false }) => "peerlink ws, sign_all off",
+            Kind::Peer(Path::Ws { sign_all: true }) => "peerlink ws, sign_all on",
+            Kind::Peer(Path::Http) => "peerlink http",
+        }
+    }
+}
+
+/// One measured run.
+#[derive(Debug, Clone, Copy)]
+pub struct Row {
+    /// The scenario.
+    pub kind: Kind,
+    /// Message size in bytes.
+    pub size: usize,
+    /// What it measured.
+    pub m: Measured,
+    /// peerlink: frames the sender sent per message delivered (chunks, re-sends, acks).
+    pub frames_per_msg: Option<f64>,
+}
+
+/// Everything one run of the tool measured.
+#[derive(Debug, Clone)]
+pub struct Results {
+    /// `YYYY-MM-DD`.
+    pub date: String,
+    /// Seconds per run.
+    pub seconds: f64,
+    /// Saturation runs.
+    pub saturation: Vec<Row>,
+    /// Fixed-rate runs (64 B).
+    pub fixed: Vec<Row>,
+    /// Baseline: WebSocket connections (connect, upgrade, one echo, close) per second.
+    pub ws_connects_per_s: f64,
+    /// Full peerlink handshakes per second.
+    pub handshakes_per_s: f64,
+    /// Idle authenticated peerlink connections.
+    pub mem_node: Vec<Footprint>,
+    /// Idle baseline echo connections.
+    pub mem_echo: Vec<Footprint>,
+    /// CPUs online.
+    pub cpus: usize,
+}
+
+fn window_for(window: usize, size: usize) -> usize {
+    window.min((32 << 20) / size.max(1)).max(2)
+}
+
+async fn one(
+    kind: Kind,
+    size: usize,
+    window: usize,
+    mode: Mode,
+    secs: f64,
+) -> Result<Row, BoxError> {
+    let clock = Clock::new();
+    let w = window_for(window, size);
+    let (mut pipe, trio): (Pipe, _) = match kind {
+        Kind::Echo => (baseline::echo_pipe(baseline::echo_server().await?, w, clock).await?, None),
+        Kind::Forward => {
+            (baseline::forward_pipe(baseline::forwarder().await?, w, clock).await?, None)
+        }
+        Kind::Peer(path) => {
+            let (p, t) = peer::pipe(path, w, clock).await?;
+            (p, Some(t))
+        }
+    };
+    let frames0 = match &trio {
+        Some(t) => t.frames_sent().await,
+        None => 0,
+    };
+    let m = load::run(&mut pipe, size, mode, secs).await?;
+    let mut frames_per_msg = None;
+    if let Some(t) = trio {
+        let frames = t.frames_sent().await.saturating_sub(frames0);
+        frames_per_msg = Some(frames as f64 / m.messages.max(1) as f64);
+        t.shutdown().await;
+    }
+    eprintln!(
+        "  {:<28} {:>8} B  {:>10.0} msg/s  {:>8.1} MiB/s  p99 {:>9.1} µs",
+        kind.label(),
+        size,
+        m.msgs_per_s,
+        m.mib_per_s,
+        m.latency.p99
+    );
+    Ok(Row { kind, size, m, frames_per_msg })
+}
+
+async fn bench(args: &Args) -> Result<Results, BoxError> {
+    let mut saturation = Vec::new();
+    eprintln!("saturation ({} s per run)", args.seconds);
+    for &size in &args.sizes {
+        for kind in Kind::ALL {
+            saturation.push(one(kind, size, args.window, Mode::Saturate, args.seconds).await?);
+        }
+    }
+    eprintln!("fixed offered load, 64 B");
+    let mut fixed = Vec::new();
+    for kind in Kind::ALL {
+        let sat =
+            saturation.iter().find(|r| r.kind == kind && r.size == 64).map(|r| r.m.msgs_per_s);
+        let rate = sat.map_or(args.rate, |s| args.rate.min(0.8 * s)).max(1.0);
+        fixed.push(one(kind, 64, args.window, Mode::Rate(rate), args.seconds).await?);
+    }
+    eprintln!("connections");
+    let echo = baseline::echo_server().await?;
+    let ws_connects_per_s = baseline::connects_per_s(echo, args.seconds, args.concurrency).await;
+    let handshakes_per_s = peer::handshakes_per_s(args.seconds, args.concurrency).await?;
+    eprintln!("  {ws_connects_per_s:.0} ws connects/s, {handshakes_per_s:.0} handshakes/s");
+    eprintln!("memory per idle connection");
+    let mem_node = memory::footprints(Server::Node, &args.conns, args.concurrency * 4).await?;
+    let mem_echo = memory::footprints(Server::Echo, &args.conns, args.concurrency * 4).await?;
+    Ok(Results {
+        date: stats::today(),
+        seconds: args.seconds,
+        saturation,
+        fixed,
+        ws_connects_per_s,
+        handshakes_per_s,
+        mem_node,
+        mem_echo,
+        cpus: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+    })
+}
+
+fn main() -> Result<(), BoxError> {
+    let args = Args::parse();
+    if let Some(kind) = &args.child {
+        let server = match kind.as_str() {
+            "node" => Server::Node,
+            "echo" => Server::Echo,
+            other => return Err(format!("unknown child {other}").into()),
+        };
+        return memory::child(server, args.child_max);
+    }
+    let results = smol::block_on(bench(&args))?;
+    let md = report::markdown(&results);
+    println!("{md}");
+    if args.out != "-" {
+        let dir = PathBuf::from(&args.out);
+        std::fs::create_dir_all(&dir)?;
+        let svg = report::svg(&results)?;
+        for name in [results.date.as_str(), "latest"] {
+            std::fs::write(dir.join(format!("{name}.md")), &md)?;
+            std::fs::write(dir.join(format!("{name}.svg")), &svg)?;
+        }
+        eprintln!("wrote {}", dir.join(format!("{}.md", results.date)).display());
+    }
+    Ok(())
+}

@@ -1,0 +1,288 @@
+//! The results as a markdown report and an SVG chart.
+
+use std::fmt::Write as _;
+
+use plotters::prelude::*;
+
+use crate::peer::Path;
+use crate::{BoxError, Kind, Results, Row};
+
+fn size_label(size: usize) -> String {
+    match size {
+        s if s >= 1 << 20 && s % (1 << 20) == 0 => format!("{} MiB", s >> 20),
+        s if s >= 1 << 10 && s % (1 << 10) == 0 => format!("{} KiB", s >> 10),
+        s => format!("{s} B"),
+    }
+}
+
+/// `x` with three significant digits (no exponent).
+fn sig(x: f64) -> String {
+    let digits = if x == 0.0 { 0 } else { (2 - x.abs().log10().floor() as i32).clamp(0, 6) };
+    format!("{x:.*}", digits as usize)
+}
+
+fn ratio(x: f64, base: f64) -> String {
+    if base > 0.0 { format!("{}×", sig(x / base)) } else { "–".to_owned() }
+}
+
+fn find(rows: &[Row], kind: Kind, size: usize) -> Option<&Row> {
+    rows.iter().find(|r| r.kind == kind && r.size == size)
+}
+
+/// What a target check found.
+fn verdict(ok: bool) -> &'static str {
+    if ok { "met" } else { "**not met**" }
+}
+
+/// The markdown report.
+pub fn markdown(r: &Results) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "# peerlink-bench results, {}\n", r.date);
+    let _ = writeln!(
+        s,
+        "Loopback, {} CPUs, {} s per run, release build. Ratios are against the baseline measured \
+         in the same run (`× echo`: the one-hop echo; `× fwd`: the two-hop forwarder). Latency is \
+         one-way send → arrival in µs (for the echo: the round trip, which also crosses two hops). \
+         CPU is the whole process (clients, relay and nodes) per message.\n",
+        r.cpus, r.seconds
+    );
+    let _ = writeln!(s, "## Saturation\n");
+    let _ = writeln!(
+        s,
+        "| path | size | msg/s | MiB/s | × echo | × fwd | p50 µs | p99 µs | p99.9 µs | p99 × echo | CPU µs/msg | CPU × echo | frames/msg |"
+    );
+    let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for row in &r.saturation {
+        let echo = find(&r.saturation, Kind::Echo, row.size).map(|e| e.m).unwrap_or_default();
+        let fwd = find(&r.saturation, Kind::Forward, row.size).map(|e| e.m).unwrap_or_default();
+        let m = &row.m;
+        let _ = writeln!(
+            s,
+            "| {} | {} | {:.0} | {} | {} | {} | {:.0} | {:.0} | {:.0} | {} | {:.2} | {} | {} |",
+            row.kind.label(),
+            size_label(row.size),
+            m.msgs_per_s,
+            sig(m.mib_per_s),
+            ratio(m.msgs_per_s, echo.msgs_per_s),
+            ratio(m.msgs_per_s, fwd.msgs_per_s),
+            m.latency.p50,
+            m.latency.p99,
+            m.latency.p999,
+            ratio(m.latency.p99, echo.latency.p99),
+            m.cpu_us_per_msg,
+            ratio(m.cpu_us_per_msg, echo.cpu_us_per_msg),
+            row.frames_per_msg.map_or("–".to_owned(), |f| format!("{f:.2}")),
+        );
+    }
+    let _ = writeln!(s, "\n## Latency at a fixed offered load (64 B)\n");
+    let _ = writeln!(
+        s,
+        "| path | offered msg/s | achieved msg/s | p50 µs | p99 µs | p99.9 µs | p99 × echo | CPU µs/msg |"
+    );
+    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|");
+    let echo_fixed = find(&r.fixed, Kind::Echo, 64).map(|e| e.m).unwrap_or_default();
+    for row in &r.fixed {
+        let m = &row.m;
+        let _ = writeln!(
+            s,
+            "| {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {} | {:.2} |",
+            row.kind.label(),
+            m.offered.unwrap_or(0.0),
+            m.msgs_per_s,
+            m.latency.p50,
+            m.latency.p99,
+            m.latency.p999,
+            ratio(m.latency.p99, echo_fixed.latency.p99),
+            m.cpu_us_per_msg,
+        );
+    }
+    let _ = writeln!(s, "\n## Connections\n");
+    let _ = writeln!(s, "| what | per second | × baseline |\n|---|---:|---:|");
+    let _ = writeln!(
+        s,
+        "| baseline: WebSocket connect + upgrade + one echo + close | {:.0} | 1.00× |",
+        r.ws_connects_per_s
+    );
+    let _ = writeln!(
+        s,
+        "| peerlink full handshake (new client node: token challenge/verify, upgrade, E2E handshake) | {:.0} | {} |",
+        r.handshakes_per_s,
+        ratio(r.handshakes_per_s, r.ws_connects_per_s)
+    );
+    let _ = writeln!(s, "\n## Resident memory per idle connection\n");
+    let _ = writeln!(
+        s,
+        "Server in a child process; its VmRSS growth over N connections, divided by N. peerlink: \
+         authenticated `/ws/v1/peers` upgrades (a fresh identity and token each), no traffic.\n"
+    );
+    let _ = writeln!(
+        s,
+        "| connections | peerlink KiB/conn | links the node reports | echo KiB/conn | × echo |\n|---:|---:|---:|---:|---:|"
+    );
+    for (n, e) in r.mem_node.iter().zip(&r.mem_echo) {
+        let _ = writeln!(
+            s,
+            "| {} | {:.2} | {} | {:.2} | {} |",
+            n.connections,
+            n.kib_per_conn(),
+            n.links_seen.map_or("–".to_owned(), |l| l.to_string()),
+            e.kib_per_conn(),
+            ratio(n.kib_per_conn(), e.kib_per_conn())
+        );
+    }
+    s.push_str(&targets(r));
+    s
+}
+
+fn targets(r: &Results) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "\n## Targets (issue 6)\n\n| target | measured | status |\n|---|---|---|");
+    let off = Kind::Peer(Path::Ws { sign_all: false });
+    let on = Kind::Peer(Path::Ws { sign_all: true });
+    if let (Some(p), Some(e)) = (find(&r.saturation, off, 64), find(&r.saturation, Kind::Echo, 64))
+    {
+        let q = p.m.msgs_per_s / e.m.msgs_per_s.max(1e-9);
+        let _ = writeln!(
+            s,
+            "| sign_all off, 64 B relayed ≥ 0.5× echo msg/s | {:.0} vs {:.0} = {q:.2}× | {} |",
+            p.m.msgs_per_s,
+            e.m.msgs_per_s,
+            verdict(q >= 0.5)
+        );
+    }
+    if let Some(p) = find(&r.saturation, on, 64) {
+        let _ = writeln!(
+            s,
+            "| sign_all on, 64 B relayed ≥ 20,000 msg/s | {:.0} msg/s | {} |",
+            p.m.msgs_per_s,
+            verdict(p.m.msgs_per_s >= 20_000.0)
+        );
+    }
+    if let Some(p) = find(&r.fixed, off, 64) {
+        let offered = p.m.offered.unwrap_or(0.0);
+        let note =
+            if offered < 9_999.0 { " (offered below 10,000: saturation is lower)" } else { "" };
+        let _ = writeln!(
+            s,
+            "| p99 ≤ 1 ms at 10,000 msg/s offered (ws, sign_all off) | {:.0} µs at {offered:.0} msg/s{note} | {} |",
+            p.m.latency.p99,
+            verdict(p.m.latency.p99 <= 1000.0 && offered >= 9_999.0)
+        );
+    }
+    if let Some(n) = r.mem_node.last() {
+        let _ = writeln!(
+            s,
+            "| ≤ 8 KiB per idle authenticated connection | {:.2} KiB at {} | {} |",
+            n.kib_per_conn(),
+            n.connections,
+            verdict(n.kib_per_conn() <= 8.0)
+        );
+        let seen = n.links_seen.unwrap_or(0);
+        let _ = writeln!(
+            s,
+            "| 10,000 connections on one node | {seen} links held | {} |",
+            verdict(seen >= 10_000)
+        );
+    }
+    let _ = writeln!(
+        s,
+        "| ≥ 3,000 full handshakes/s | {:.0}/s | {} |",
+        r.handshakes_per_s,
+        verdict(r.handshakes_per_s >= 3_000.0)
+    );
+    s
+}
+
+/// The chart: messages/s of every path as a ratio to the one-hop echo, per size.
+pub fn svg(r: &Results) -> Result<String, BoxError> {
+    let sizes: Vec<usize> = {
+        let mut v: Vec<usize> = r.saturation.iter().map(|x| x.size).collect();
+        v.dedup();
+        v
+    };
+    let kinds = &Kind::ALL[1..];
+    let ratios: Vec<Vec<f64>> = sizes
+        .iter()
+        .map(|&size| {
+            let echo = find(&r.saturation, Kind::Echo, size).map_or(0.0, |e| e.m.msgs_per_s);
+            kinds
+                .iter()
+                .map(|&k| {
+                    find(&r.saturation, k, size)
+                        .map_or(0.0, |x| if echo > 0.0 { x.m.msgs_per_s / echo } else { 0.0 })
+                })
+                .collect()
+        })
+        .collect();
+    let top = ratios.iter().flatten().copied().fold(1.2f64, f64::max) * 1.1;
+    let colors = [
+        RGBColor(120, 120, 120),
+        RGBColor(31, 119, 180),
+        RGBColor(255, 127, 14),
+        RGBColor(44, 160, 44),
+    ];
+    let mut out = String::new();
+    {
+        let root = SVGBackend::with_string(&mut out, (900, 480)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| e.to_string())?;
+        let n = sizes.len() as f64;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(
+                format!("messages/s relative to the one-hop echo, same run ({})", r.date),
+                ("sans-serif", 18),
+            )
+            .margin(12)
+            .x_label_area_size(36)
+            .y_label_area_size(50)
+            .build_cartesian_2d(0f64..n, 0f64..top)
+            .map_err(|e| e.to_string())?;
+        let labels: Vec<String> = sizes.iter().map(|&s| size_label(s)).collect();
+        chart
+            .configure_mesh()
+            .disable_x_mesh()
+            .x_labels(sizes.len() * 2 + 1)
+            .x_label_formatter(&|x| {
+                let i = x.floor() as usize;
+                if (x - x.floor() - 0.5).abs() < 0.01 {
+                    labels.get(i).cloned().unwrap_or_default()
+                } else {
+                    String::new()
+                }
+            })
+            .y_desc("× echo msg/s")
+            .draw()
+            .map_err(|e| e.to_string())?;
+        let width = 0.8 / kinds.len() as f64;
+        for (k, kind) in kinds.iter().enumerate() {
+            let color = colors[k % colors.len()];
+            let bars: Vec<_> = ratios
+                .iter()
+                .enumerate()
+                .map(|(i, row)| {
+                    let x0 = i as f64 + 0.1 + k as f64 * width;
+                    Rectangle::new([(x0, 0.0), (x0 + width * 0.9, row[k])], color.filled())
+                })
+                .collect();
+            chart.draw_series(bars).map_err(|e| e.to_string())?.label(kind.label()).legend(
+                move |(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], color.filled()),
+            );
+        }
+        chart
+            .draw_series(std::iter::once(PathElement::new(
+                vec![(0.0, 1.0), (n, 1.0)],
+                BLACK.stroke_width(1),
+            )))
+            .map_err(|e| e.to_string())?
+            .label("echo = 1")
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 10, y)], BLACK));
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .position(SeriesLabelPosition::UpperRight)
+            .draw()
+            .map_err(|e| e.to_string())?;
+        root.present().map_err(|e| e.to_string())?;
+    }
+    Ok(out)
+}

@@ -1,0 +1,57 @@
+//! Runs the tool for about a second with tiny parameters and checks that its output is sane:
+//! the report parses and every rate is positive. Timings are never asserted.
+
+use std::process::Command;
+
+/// The cells of the markdown table under `heading`, one row per line, header excluded.
+fn table(md: &str, heading: &str) -> Vec<Vec<String>> {
+    let after = md.split_once(heading).map(|(_, rest)| rest).unwrap_or("");
+    after
+        .lines()
+        .skip_while(|l| !l.starts_with('|'))
+        .take_while(|l| l.starts_with('|'))
+        .skip(2)
+        .map(|l| l.trim_matches('|').split('|').map(|c| c.trim().to_owned()).collect())
+        .collect()
+}
+
+fn number(cell: &str) -> f64 {
+    cell.trim_end_matches('×').parse().unwrap_or_else(|_| panic!("not a number: {cell:?}"))
+}
+
+#[test]
+fn a_short_run_writes_a_sane_report() {
+    let out = std::env::temp_dir().join(format!("peerlink-bench-smoke-{}", std::process::id()));
+    let status = Command::new(env!("CARGO_BIN_EXE_peerlink-bench"))
+        .args(["--seconds", "0.15", "--sizes", "64,1024", "--conns", "10,20", "--concurrency", "2"])
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .expect("the tool runs");
+    assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
+    let md = std::fs::read_to_string(out.join("latest.md")).expect("latest.md written");
+    let stdout = String::from_utf8_lossy(&status.stdout);
+    assert!(stdout.contains("## Saturation"), "the report is printed too");
+
+    let sat = table(&md, "## Saturation");
+    assert_eq!(sat.len(), 10, "5 paths × 2 sizes: {sat:?}");
+    for row in &sat {
+        assert!(number(&row[2]) > 0.0, "msg/s of {row:?}");
+        assert!(number(&row[3]) > 0.0, "MiB/s of {row:?}");
+        assert!(number(&row[4]) > 0.0, "ratio of {row:?}");
+    }
+    let fixed = table(&md, "## Latency at a fixed offered load");
+    assert_eq!(fixed.len(), 5);
+    for row in &fixed {
+        assert!(number(&row[2]) > 0.0, "achieved rate of {row:?}");
+    }
+    let conns = table(&md, "## Connections");
+    assert_eq!(conns.len(), 2);
+    assert!(conns.iter().all(|r| number(&r[1]) > 0.0), "{conns:?}");
+    let mem = table(&md, "## Resident memory per idle connection");
+    assert_eq!(mem.len(), 2);
+    assert_eq!(mem[1][2], "20", "the node holds every connection: {mem:?}");
+    let svg = std::fs::read_to_string(out.join("latest.svg")).expect("latest.svg written");
+    assert!(svg.starts_with("<svg") || svg.starts_with("<?xml"), "an SVG document");
+    let _ = std::fs::remove_dir_all(&out);
+}
