@@ -227,6 +227,8 @@ mod tests {
                 .header("upgrade", "echo")
                 .body(Full::new(Bytes::new()))
                 .unwrap();
+            // The connection takes the next request only once it finished the previous one.
+            send.ready().await.unwrap();
             let resp = send.send_request(req).await.unwrap();
             assert_eq!(resp.status(), 101);
             let mut io = HyperIo(hyper::upgrade::on(resp).await.unwrap());
