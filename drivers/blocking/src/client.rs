@@ -23,6 +23,9 @@ pub enum ClientError {
     /// The configuration is invalid.
     #[error("invalid configuration: {0}")]
     Config(#[from] peerlink_core::error::UsageError),
+    /// TLS could not be set up (the CA file).
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
     /// The operating system refused a thread or its randomness.
     #[error("system: {0}")]
     System(String),
@@ -73,10 +76,13 @@ impl Client {
         if let Some(relay) = &config.relay {
             node.set_default_route(now, relay.clone());
         }
+        let ca = config.tls_ca_file.as_deref().map(crate::tls::ca_certificates).transpose()?;
+        let tls = crate::tls::client_config(ca.as_deref())?;
         let timeout = config.node.poll_wait.saturating_add(config.http.timeout_margin);
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_global(Some(timeout))
+            .tls_config(crate::tls::ureq_config(ca.as_deref()))
             .build()
             .into();
         let nodes = config
@@ -92,6 +98,7 @@ impl Client {
             agent,
             tokens: Tokens::new(auth_identity, nodes),
             http_in_flight: AtomicUsize::new(0),
+            tls,
         });
         let inbox = Arc::new(Inbox::default());
         let driver = Driver::new(node, shared, inputs.clone(), Arc::clone(&inbox));

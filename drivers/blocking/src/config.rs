@@ -22,6 +22,9 @@ pub struct ClientConfig {
     pub http: HttpSettings,
     /// Bounds of the queues between the application and the client's thread.
     pub queues: QueueSettings,
+    /// CA certificates (PEM) trusted for `https://` and `wss://` nodes; `None`: the Mozilla
+    /// roots (webpki-roots). TLS is 1.3 only.
+    pub tls_ca_file: Option<std::path::PathBuf>,
 }
 
 /// WebSocket settings.

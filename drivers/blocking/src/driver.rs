@@ -28,6 +28,8 @@ pub struct Shared {
     pub tokens: Tokens,
     /// HTTP exchanges in flight.
     pub http_in_flight: AtomicUsize,
+    /// TLS for `wss://` links.
+    pub tls: Arc<rustls::ClientConfig>,
 }
 
 /// A reply channel for one command.

@@ -18,6 +18,9 @@
 //!   ([`Node::set_app_backlog`](peerlink_core::node::Node::set_app_backlog)): an application
 //!   that stops reading makes its peers re-send later instead of growing memory.
 //!
+//! `https://` and `wss://` nodes are reached over TLS 1.3, verified against
+//! [`ClientConfig::tls_ca_file`] or the Mozilla roots.
+//!
 //! Reconnects, resumption, fallback to HTTP and the return to WebSocket, exactly-once delivery:
 //! all of it is the core's; this crate only moves bytes and time.
 //!
@@ -49,7 +52,9 @@ mod config;
 mod driver;
 mod http;
 mod link;
+mod tls;
 
 pub use auth::AuthFailure;
 pub use client::{Client, ClientError};
 pub use config::{ClientConfig, HttpSettings, QueueSettings, WebSocketSettings};
+pub use tls::TlsError;

@@ -13,7 +13,8 @@ use peerlink_core::ids::SessionId;
 use peerlink_core::node::LinkId;
 use tungstenite::client::IntoClientRequest;
 use tungstenite::protocol::WebSocketConfig;
-use tungstenite::{Error as WsError, Message, WebSocket};
+use tungstenite::stream::MaybeTlsStream;
+use tungstenite::{Connector, Error as WsError, Message, WebSocket};
 
 use crate::driver::{Input, Shared};
 
@@ -54,8 +55,11 @@ pub fn spawn(
     spawned.ok().map(|_| LinkHandle { frames, stop })
 }
 
+/// A link's socket: plain TCP or TLS.
+type Socket = WebSocket<MaybeTlsStream<TcpStream>>;
+
 /// Authenticates and upgrades; `None` on any failure (the core backs off and retries).
-fn connect(url: &str, resume: Option<&SessionId>, shared: &Shared) -> Option<WebSocket<TcpStream>> {
+fn connect(url: &str, resume: Option<&SessionId>, shared: &Shared) -> Option<Socket> {
     let settings = &shared.config.websocket;
     let base = base_url_of(url)?;
     let token = shared.tokens.token(&shared.agent, &base).ok()?;
@@ -67,7 +71,8 @@ fn connect(url: &str, resume: Option<&SessionId>, shared: &Shared) -> Option<Web
     let auth = format!("Bearer {token}").parse().ok()?;
     request.headers_mut().insert("authorization", auth);
     let host = request.uri().host()?.trim_start_matches('[').trim_end_matches(']').to_owned();
-    let port = request.uri().port_u16().unwrap_or(80);
+    let tls = request.uri().scheme_str() == Some("wss");
+    let port = request.uri().port_u16().unwrap_or(if tls { 443 } else { 80 });
     let addr = (host.as_str(), port).to_socket_addrs().ok()?.next()?;
     let stream = TcpStream::connect_timeout(&addr, settings.connect_timeout).ok()?;
     stream.set_read_timeout(Some(settings.connect_timeout)).ok()?;
@@ -77,9 +82,15 @@ fn connect(url: &str, resume: Option<&SessionId>, shared: &Shared) -> Option<Web
         .read_buffer_size(settings.read_buffer_bytes)
         .max_message_size(Some(settings.max_frame_bytes))
         .max_frame_size(Some(settings.max_frame_bytes));
-    match tungstenite::client::client_with_config(request, stream, Some(config)) {
+    let connector = tls.then(|| Connector::Rustls(Arc::clone(&shared.tls)));
+    let poll = Some(settings.read_poll.max(MIN_POLL));
+    match tungstenite::client_tls_with_config(request, stream, Some(config), connector) {
         Ok((ws, _)) => {
-            ws.get_ref().set_read_timeout(Some(settings.read_poll.max(MIN_POLL))).ok()?;
+            match ws.get_ref() {
+                MaybeTlsStream::Plain(s) => s.set_read_timeout(poll).ok()?,
+                MaybeTlsStream::Rustls(s) => s.get_ref().set_read_timeout(poll).ok()?,
+                _ => return None,
+            }
             Some(ws)
         }
         Err(tungstenite::HandshakeError::Failure(WsError::Http(response)))
@@ -97,7 +108,7 @@ const MIN_POLL: std::time::Duration = std::time::Duration::from_millis(1);
 
 fn run(
     link: LinkId,
-    mut ws: WebSocket<TcpStream>,
+    mut ws: Socket,
     queue: &Receiver<Arc<[u8]>>,
     stop: &AtomicBool,
     shared: &Shared,

@@ -1,0 +1,67 @@
+//! The blocking client reaches a smol node serving TLS 1.3: over `wss://` and over `https://`,
+//! verified against the test CA (`drivers/smol/tests/data/ca.crt`).
+
+mod e2e;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use e2e::*;
+use peerlink_blocking::{Client, ClientConfig};
+use peerlink_core::node::NodeAddr;
+use peerlink_core::transport::TransportPreference;
+use peerlink_core::{Event, TrustPolicy, TrustStore};
+use peerlink_smol::{Config, Peerlink};
+
+fn data(file: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../drivers/smol/tests/data").join(file)
+}
+
+#[test]
+fn the_blocking_client_speaks_wss_and_https() {
+    smol::block_on(async {
+        let (a, b) = (identity("alice"), identity("bob"));
+        let mut cfg = Config::ephemeral();
+        cfg.node = fast_node(TransportPreference::WebsocketFirst);
+        cfg.tls.cert_file = Some(data("localhost.crt"));
+        cfg.tls.key_file = Some(data("localhost.key"));
+        cfg.peers = vec![trusted(&a, None)];
+        let bob = Peerlink::start(cfg, copy(&b)).await.unwrap();
+        let rx = bob.incoming().await.unwrap();
+        assert!(bob.base_url().starts_with("https://"));
+
+        let mut trust = TrustStore::new(TrustPolicy::Allowlist);
+        trust.insert(b.id().clone(), b.public_key());
+        let route = NodeAddr { entity: b.id().clone(), base_url: bob.base_url() };
+        let config = ClientConfig {
+            node: fast_node(TransportPreference::WebsocketFirst),
+            routes: vec![(b.id().clone(), route)],
+            tls_ca_file: Some(data("ca.crt")),
+            ..ClientConfig::default()
+        };
+        let alice = Client::start(config, copy(&a), trust).unwrap();
+        let to = b.id().clone();
+        let stats = smol::unblock(move || {
+            alice.connect(&to).unwrap();
+            alice.send(&to, b"over wss".to_vec(), Some(true)).unwrap();
+            alice.send(&to, b"over https".to_vec(), Some(false)).unwrap();
+            // Wait until both are acknowledged.
+            let mut delivered = 0;
+            while delivered < 2 {
+                match alice.recv_timeout(Duration::from_secs(30)) {
+                    Some(Event::Delivered { .. }) => delivered += 1,
+                    Some(Event::Failed { reason, .. }) => panic!("failed: {reason:?}"),
+                    Some(_) => {}
+                    None => panic!("not delivered within 30 s"),
+                }
+            }
+            alice.transport_stats().unwrap()
+        })
+        .await;
+        let got = messages(&rx, a.id(), 2).await;
+        assert_eq!(got, vec![b"over wss".to_vec(), b"over https".to_vec()]);
+        assert!(stats.ws_messages_sent > 0, "{stats:?}");
+        assert!(stats.http_messages_sent > 0, "{stats:?}");
+        bob.shutdown().await.unwrap();
+    });
+}
