@@ -196,6 +196,10 @@ pub struct StreamConfig {
     pub send_timeout: Duration,
     /// Longest an acknowledgement is held to be combined with others. Default 5 ms.
     pub ack_delay: Duration,
+    /// Frames received without an acknowledgement after which one is sent at once, without
+    /// waiting for `ack_delay` (so a full send window is not held for it). Default 32, a quarter
+    /// of the default `send_window`; 0 counts as 1.
+    pub ack_every: u64,
     /// Epochs remembered per sender (a restarted sender starts a new one). Default 4.
     pub max_epochs: usize,
 }
@@ -213,6 +217,7 @@ impl Default for StreamConfig {
             max_rto: Duration::from_secs(10),
             send_timeout: Duration::from_secs(60),
             ack_delay: Duration::from_millis(5),
+            ack_every: 32,
             max_epochs: 4,
         }
     }

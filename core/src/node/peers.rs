@@ -43,6 +43,8 @@ pub(super) struct PeerState {
     pub recv: RecvStreams,
     pub reassembly: Reassembler,
     pub ack_due: Option<Timestamp>,
+    /// Frames accepted since the last acknowledgement was sent.
+    pub unacked: u64,
     pub ack_epochs: BTreeSet<u64>,
     pub prefs: BTreeMap<MessageId, Option<bool>>,
     /// Requests this node sent, with their deadlines.
@@ -147,6 +149,7 @@ impl Node {
             recv: RecvStreams::default(),
             reassembly: Reassembler::new(self.config.reassembly.clone()),
             ack_due: None,
+            unacked: 0,
             ack_epochs: BTreeSet::new(),
             prefs: BTreeMap::new(),
             requests: BTreeMap::new(),
@@ -403,6 +406,7 @@ impl Node {
         let mut controls = Vec::new();
         if p.ack_due.is_some_and(|t| t <= now) {
             p.ack_due = None;
+            p.unacked = 0;
             for epoch in std::mem::take(&mut p.ack_epochs) {
                 controls.push(StreamControl { ack: p.recv.ack(epoch), forward: None });
             }
@@ -696,7 +700,12 @@ impl Node {
                 let received = p.recv.accept(frame, &self.config.stream);
                 if received != Received::Dropped {
                     p.ack_epochs.insert(epoch);
-                    let due = now.saturating_add(self.config.stream.ack_delay);
+                    p.unacked = p.unacked.saturating_add(1);
+                    let due = if p.unacked >= self.config.stream.ack_every.max(1) {
+                        now
+                    } else {
+                        now.saturating_add(self.config.stream.ack_delay)
+                    };
                     p.ack_due = Some(p.ack_due.map_or(due, |d| d.min(due)));
                 }
                 if let Received::Deliver(frames) = received {
