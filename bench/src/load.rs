@@ -2,6 +2,7 @@
 //! as acknowledgements come back (saturation) or at a fixed offered rate.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use async_tungstenite::WebSocketSender;
@@ -9,7 +10,7 @@ use async_tungstenite::tungstenite::Message;
 use peerlink_core::node::SendOptions;
 use peerlink_core::{EntityId, MessageType};
 use peerlink_smol::Handle;
-use smol::channel::Sender;
+use smol::channel::{Receiver, Sender};
 use smol::future::FutureExt as _;
 use smol::net::TcpStream;
 
@@ -29,12 +30,18 @@ pub enum Mode {
 pub enum Sink {
     /// A raw WebSocket (the baselines).
     Ws(WebSocketSender<TcpStream>),
-    /// A peerlink node sending to `to`.
+    /// A peerlink node sending to `to`. Each `send_message` is a request to the node task, so
+    /// sends are issued as concurrent tasks (as an application with many senders would) rather
+    /// than one round trip after another; a refused send frees its window slot and is counted.
     Peer {
         /// The sending node.
         handle: Handle,
         /// The receiving peer.
         to: EntityId,
+        /// The window's other end, to free a slot when a send is refused.
+        release: Receiver<()>,
+        /// Sends refused so far.
+        refused: Arc<AtomicU64>,
     },
 }
 
@@ -42,10 +49,21 @@ impl Sink {
     async fn send(&mut self, payload: Vec<u8>) -> Result<(), BoxError> {
         match self {
             Sink::Ws(ws) => ws.send(Message::Binary(payload.into())).await?,
-            Sink::Peer { handle, to } => {
-                handle
-                    .send_message(to, MessageType::PeerMessage, payload, SendOptions::default())
-                    .await?;
+            Sink::Peer { handle, to, release, refused } => {
+                let (handle, to) = (handle.clone(), to.clone());
+                let (release, refused) = (release.clone(), Arc::clone(refused));
+                smol::spawn(async move {
+                    let opts = SendOptions::default();
+                    if handle
+                        .send_message(&to, MessageType::PeerMessage, payload, opts)
+                        .await
+                        .is_err()
+                    {
+                        refused.fetch_add(1, Ordering::Relaxed);
+                        let _ = release.try_recv();
+                    }
+                })
+                .detach();
             }
         }
         Ok(())
@@ -105,9 +123,7 @@ pub async fn run(
     let warm = Instant::now() + Duration::from_secs(30);
     pipe.slots.send(()).await?;
     pipe.sink.send(pipe.clock.stamp(size)).await?;
-    while pipe.recorder.arrived.load(std::sync::atomic::Ordering::SeqCst) == 0
-        || !pipe.slots.is_empty()
-    {
+    while pipe.recorder.arrived.load(Ordering::SeqCst) == 0 || !pipe.slots.is_empty() {
         if Instant::now() > warm {
             return Err("the warm-up message got no acknowledgement within 30 s".into());
         }
@@ -122,7 +138,7 @@ pub async fn run(
     let mut sent = 0u64;
     loop {
         let now = Instant::now();
-        let arrived = pipe.recorder.arrived.load(std::sync::atomic::Ordering::Relaxed);
+        let arrived = pipe.recorder.arrived.load(Ordering::Relaxed);
         if now >= max_end || (now >= min_end && arrived >= 3) {
             break;
         }
@@ -143,6 +159,11 @@ pub async fn run(
         sent += 1;
     }
     let end_ns = pipe.recorder.close();
+    if let Sink::Peer { refused, .. } = &pipe.sink
+        && refused.load(Ordering::Relaxed) > 0
+    {
+        return Err(format!("{} sends were refused", refused.load(Ordering::Relaxed)).into());
+    }
     let cpu = cpu_time().saturating_sub(cpu0);
     let (messages, bytes, lat) = pipe.recorder.take();
     // Let what is in flight drain so the next run starts clean.

@@ -49,6 +49,14 @@ struct Args {
     /// Results folder (`<date>.md`, `<date>.svg`, `latest.md`, `latest.svg`); `-` writes nothing.
     #[arg(long, default_value = "bench/results")]
     out: String,
+    /// Run only these paths (`echo`, `forward`, `ws`, `ws-signed`, `http`) and skip the
+    /// connection and memory measurements (for profiling one path).
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+    /// Threads of smol's global executor, which runs every node and baseline task (sets
+    /// `SMOL_THREADS`; default: the CPUs online).
+    #[arg(long)]
+    threads: Option<usize>,
     /// Internal: run as the child server of the memory measurement (`node` or `echo`).
     #[arg(long, hide = true)]
     child: Option<String>,
@@ -77,6 +85,17 @@ impl Kind {
         Kind::Peer(Path::Ws { sign_all: true }),
         Kind::Peer(Path::Http),
     ];
+
+    /// The short name `--only` takes.
+    pub fn short(self) -> &'static str {
+        match self {
+            Kind::Echo => "echo",
+            Kind::Forward => "forward",
+            Kind::Peer(Path::Ws { sign_all: false }) => "ws",
+            Kind::Peer(Path::Ws { sign_all: true }) => "ws-signed",
+            Kind::Peer(Path::Http) => "http",
+        }
+    }
 
     /// The label in tables and charts.
     pub fn label(self) -> &'static str {
@@ -124,6 +143,12 @@ pub struct Results {
     pub mem_echo: Vec<Footprint>,
     /// CPUs online.
     pub cpus: usize,
+    /// Threads of smol's global executor.
+    pub threads: usize,
+}
+
+fn executor_threads() -> usize {
+    std::env::var("SMOL_THREADS").ok().and_then(|t| t.parse().ok()).unwrap_or(1)
 }
 
 fn window_for(window: usize, size: usize) -> usize {
@@ -172,20 +197,38 @@ async fn one(
 }
 
 async fn bench(args: &Args) -> Result<Results, BoxError> {
+    let kinds: Vec<Kind> = Kind::ALL
+        .into_iter()
+        .filter(|k| args.only.is_empty() || args.only.iter().any(|o| o == k.short()))
+        .collect();
     let mut saturation = Vec::new();
     eprintln!("saturation ({} s per run)", args.seconds);
     for &size in &args.sizes {
-        for kind in Kind::ALL {
+        for &kind in &kinds {
             saturation.push(one(kind, size, args.window, Mode::Saturate, args.seconds).await?);
         }
     }
     eprintln!("fixed offered load, 64 B");
     let mut fixed = Vec::new();
-    for kind in Kind::ALL {
+    for &kind in &kinds {
         let sat =
             saturation.iter().find(|r| r.kind == kind && r.size == 64).map(|r| r.m.msgs_per_s);
         let rate = sat.map_or(args.rate, |s| args.rate.min(0.8 * s)).max(1.0);
         fixed.push(one(kind, 64, args.window, Mode::Rate(rate), args.seconds).await?);
+    }
+    if !args.only.is_empty() {
+        return Ok(Results {
+            date: stats::today(),
+            seconds: args.seconds,
+            saturation,
+            fixed,
+            ws_connects_per_s: 0.0,
+            handshakes_per_s: 0.0,
+            mem_node: Vec::new(),
+            mem_echo: Vec::new(),
+            cpus: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            threads: executor_threads(),
+        });
     }
     eprintln!("connections");
     let echo = baseline::echo_server().await?;
@@ -205,11 +248,16 @@ async fn bench(args: &Args) -> Result<Results, BoxError> {
         mem_node,
         mem_echo,
         cpus: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        threads: executor_threads(),
     })
 }
 
 fn main() -> Result<(), BoxError> {
     let args = Args::parse();
+    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let threads = args.threads.unwrap_or(cpus).max(1);
+    // SAFETY: nothing else runs yet (no thread has been started, smol's executor included).
+    unsafe { std::env::set_var("SMOL_THREADS", threads.to_string()) };
     if let Some(kind) = &args.child {
         let server = match kind.as_str() {
             "node" => Server::Node,

@@ -110,6 +110,7 @@ pub async fn pipe(path: Path, window: usize, clock: Clock) -> Result<(Pipe, Trio
     let recorder = Arc::new(Recorder::new(clock));
     let (slots, taken) = smol::channel::bounded(window.max(1));
     let a_events = ha.incoming().await?;
+    let release = taken.clone();
     smol::spawn(async move {
         while let Ok(e) = a_events.recv().await {
             if matches!(e, Event::Delivered { .. } | Event::Failed { .. }) {
@@ -128,7 +129,8 @@ pub async fn pipe(path: Path, window: usize, clock: Clock) -> Result<(Pipe, Trio
         }
     })
     .detach();
-    let sink = Sink::Peer { handle: ha.clone(), to: b.id().clone() };
+    let sink =
+        Sink::Peer { handle: ha.clone(), to: b.id().clone(), release, refused: Default::default() };
     Ok((Pipe { sink, slots, recorder, clock }, Trio { relay, a: ha, b: hb }))
 }
 

@@ -40,11 +40,11 @@ pub fn markdown(r: &Results) -> String {
     let _ = writeln!(s, "# peerlink-bench results, {}\n", r.date);
     let _ = writeln!(
         s,
-        "Loopback, {} CPUs, {} s per run, release build. Ratios are against the baseline measured \
+        "Loopback, {} CPUs, {} executor threads, {} s per run, release build. Ratios are against the baseline measured \
          in the same run (`× echo`: the one-hop echo; `× fwd`: the two-hop forwarder). Latency is \
          one-way send → arrival in µs (for the echo: the round trip, which also crosses two hops). \
          CPU is the whole process (clients, relay and nodes) per message.\n",
-        r.cpus, r.seconds
+        r.cpus, r.threads, r.seconds
     );
     let _ = writeln!(s, "## Saturation\n");
     let _ = writeln!(
