@@ -6,7 +6,6 @@ use std::time::{Duration, Instant};
 
 use tungstenite::client::IntoClientRequest;
 use tungstenite::protocol::WebSocketConfig;
-use tungstenite::protocol::frame::Frame;
 use tungstenite::{Error as WsError, HandshakeError, Message, WebSocket};
 
 /// How a token is presented at the upgrade.
@@ -112,9 +111,9 @@ impl Ws {
         self.send(Message::binary(data))
     }
 
-    /// Sends a raw frame (used for fragmented messages).
-    pub fn send_frame(&mut self, frame: Frame) -> Result<(), String> {
-        self.send(Message::Frame(frame))
+    /// Sends any message.
+    pub fn send_message(&mut self, m: Message) -> Result<(), String> {
+        self.send(m)
     }
 
     fn send(&mut self, m: Message) -> Result<(), String> {
