@@ -160,12 +160,15 @@ fn bad_input_gets_its_error_and_the_node_keeps_serving() {
         other => panic!("binary frame: {other:?}"),
     }
 
-    // An oversize frame (over 1 MiB): closed with 1009.
+    // An oversize frame (over 1 MiB): closed with 1009. The node refuses it from its header, so
+    // it may reset the connection while the rest is still being written, and the reset can
+    // overtake the close frame: then the write fails and the connection is simply gone.
     let mut ws = ws_connect(addr, "/ws/v1/peers", &token).unwrap();
-    let _ = ws.send(tungstenite::Message::Text("x".repeat((1 << 20) + 1024).into()));
+    let sent = ws.send(tungstenite::Message::Text("x".repeat((1 << 20) + 1024).into()));
     match until_closed(&mut ws) {
         Seen::Closed(code, _) => assert_eq!(code, 1009),
-        other => panic!("oversize frame: {other:?}"),
+        Seen::Gone if sent.is_err() => {}
+        other => panic!("oversize frame: {other:?} (send: {sent:?})"),
     }
 
     // A flood past the frame rate limit (100 a minute): RATE_LIMIT_EXCEEDED.
