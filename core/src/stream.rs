@@ -178,6 +178,13 @@ impl Ack {
 pub struct StreamConfig {
     /// Frames sent but not yet acknowledged, per peer. Default 128.
     pub send_window: u64,
+    /// Body bytes of the frames the send window spans, per peer: a frame is first sent only if
+    /// it and the unacknowledged frames before it, from `base`, total at most this many bytes.
+    /// The frame at `base` is always allowed, however large, so a stream always makes progress.
+    /// Default 1 MiB: four 256 KiB chunks, which keeps a chunked message pipelined, yet drains in
+    /// less than the 200 ms minimum retransmission timeout at 5 MiB/s or more, so queueing alone
+    /// does not trigger retransmissions.
+    pub send_window_bytes: usize,
     /// Frames a receiver buffers ahead of the next one it can deliver, per peer. Default 256.
     pub recv_window: u64,
     /// Bytes a receiver buffers out of order, per peer. Default 16 MiB.
@@ -208,6 +215,7 @@ impl Default for StreamConfig {
     fn default() -> Self {
         Self {
             send_window: 128,
+            send_window_bytes: 1 << 20,
             recv_window: 256,
             max_recv_buffer_bytes: 16 << 20,
             max_outbox_messages: 1024,
@@ -407,10 +415,36 @@ impl SendStream {
         Ok(())
     }
 
+    /// One past the highest frame number the send window allows in flight: below
+    /// `base + send_window`, and at most `send_window_bytes` of unacknowledged frame bodies
+    /// from `base` on (the frame at `base` always counts as allowed).
+    ///
+    /// A frame never leaves the window once inside it: frames only leave the outbox (acknowledged
+    /// or given up), which moves `base` up and shrinks the byte sums, or are added after every
+    /// other. So a frame once sent stays inside the window and its retransmission is never held
+    /// back, and the bodies sent and not acknowledged total at most `send_window_bytes`, or are
+    /// the single frame at `base`.
+    pub fn window_end(&self, config: &StreamConfig) -> u64 {
+        let by_frames = self.base().saturating_add(config.send_window);
+        let mut bytes = 0usize;
+        for (i, (&no, f)) in self.frames.range(..by_frames).enumerate() {
+            bytes = bytes.saturating_add(f.body.len());
+            if i > 0 && bytes > config.send_window_bytes {
+                return no;
+            }
+        }
+        by_frames
+    }
+
+    /// Body bytes of the frames sent at least once and not yet acknowledged.
+    pub fn bytes_in_flight(&self) -> usize {
+        self.frames.values().filter(|f| f.sent_at.is_some()).map(|f| f.body.len()).sum()
+    }
+
     /// Frame numbers due for (re)transmission at `now`, lowest first, within the send window
-    /// counted from [`SendStream::base`].
+    /// ([`SendStream::window_end`]).
     pub fn due(&self, now: Timestamp, config: &StreamConfig) -> Vec<u64> {
-        let limit = self.base().saturating_add(config.send_window);
+        let limit = self.window_end(config);
         self.frames.range(..limit).filter(|(_, f)| f.due <= now).map(|(no, _)| *no).collect()
     }
 
@@ -547,7 +581,7 @@ impl SendStream {
 
     /// The earliest time something is due: a transmission or a send timeout.
     pub fn next_deadline(&self, config: &StreamConfig) -> Option<Timestamp> {
-        let limit = self.base().saturating_add(config.send_window);
+        let limit = self.window_end(config);
         let due = self.frames.range(..limit).map(|(_, f)| f.due).min();
         let timeout = self.logical.values().map(|l| l.deadline).min();
         let forward = if self.forward_needed() {
