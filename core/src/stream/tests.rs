@@ -117,24 +117,24 @@ fn retransmission_backs_off_and_window_limits_in_flight() {
 fn send_window_bytes_holds_back_new_frames_but_not_retransmissions() {
     let kib = |n: usize| vec![b'x'; n << 10];
     let config = StreamConfig::default();
-    assert_eq!(config.send_window_bytes, 1 << 20);
+    assert_eq!(config.send_window_bytes, 4 << 20);
     let mut s = SendStream::new(1);
     for id in ["a", "b", "c", "d"] {
-        s.push(single(id, &kib(400)), T0, &config).unwrap();
+        s.push(single(id, &kib(1600)), T0, &config).unwrap();
     }
-    // 800 KiB fit in 1 MiB, 1200 KiB do not: c and d wait although the frame window has room.
+    // 3200 KiB fit in 4 MiB, 4800 KiB do not: c and d wait although the frame window has room.
     assert_eq!(s.due(T0, &config), vec![1, 2]);
     assert_eq!(s.window_end(&config), 3);
     s.on_sent(1, T0, &config);
     s.on_sent(2, T0, &config);
-    assert_eq!(s.bytes_in_flight(), 800 << 10);
+    assert_eq!(s.bytes_in_flight(), 3200 << 10);
     assert!(s.due(T0, &config).is_empty());
     // Nothing new is due before the retransmission timeout: the deadline is the RTO.
     let rto = config.initial_rto;
     assert_eq!(s.next_deadline(&config), Some(T0.saturating_add(rto)));
     // Both frames in flight are retransmitted; the held-back ones still wait.
     assert_eq!(s.due(T0.saturating_add(rto), &config), vec![1, 2]);
-    // A selective acknowledgement of 2 frees its bytes: c fits (400 + 400 KiB), d does not.
+    // A selective acknowledgement of 2 frees its bytes: c fits (1600 + 1600 KiB), d does not.
     s.on_ack(&Ack { epoch: 1, cumulative: 0, selective: vec![2] }, T0);
     assert_eq!(s.due(T0, &config), vec![3]);
     s.on_sent(3, T0, &config);
