@@ -6,6 +6,7 @@
 //! Reads wait for room in the node task's input queue (backpressure on the socket).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_tungstenite::WebSocketStream;
@@ -14,7 +15,7 @@ use async_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use async_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 use peerlink_core::ErrorCode;
 use peerlink_core::node::LinkId;
-use smol::channel::{Receiver, Sender};
+use smol::channel::{Receiver, RecvError, Sender, TryRecvError, TrySendError};
 use smol::future::FutureExt as _;
 use smol::io::{AsyncRead, AsyncWrite};
 use smol::stream::StreamExt as _;
@@ -24,11 +25,56 @@ use crate::driver::Input;
 /// How long a close handshake may take before the socket is dropped.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// The node task's end of a link's send queue. The storage is unbounded and grows as frames
+/// arrive; the bound is a count. (A bounded channel reserves every slot up front: 256 slots cost
+/// about 6 KiB on every idle link.)
+#[derive(Debug, Clone)]
+pub(crate) struct FrameSender {
+    tx: Sender<Arc<[u8]>>,
+    queued: Arc<AtomicUsize>,
+    cap: usize,
+}
+
+impl FrameSender {
+    /// Queues a frame; `Full` once `cap` frames wait (the slow reader is then disconnected).
+    pub fn try_send(&self, frame: Arc<[u8]>) -> Result<(), TrySendError<Arc<[u8]>>> {
+        // Counted before it is sent, so the receiver never takes away more than was added.
+        if self.queued.fetch_add(1, Ordering::AcqRel) >= self.cap {
+            self.queued.fetch_sub(1, Ordering::AcqRel);
+            return Err(TrySendError::Full(frame));
+        }
+        self.tx.try_send(frame).inspect_err(|_| {
+            self.queued.fetch_sub(1, Ordering::AcqRel);
+        })
+    }
+}
+
+/// The link task's end of its send queue.
+#[derive(Debug)]
+struct FrameReceiver {
+    rx: Receiver<Arc<[u8]>>,
+    queued: Arc<AtomicUsize>,
+}
+
+impl FrameReceiver {
+    async fn recv(&self) -> Result<Arc<[u8]>, RecvError> {
+        let frame = self.rx.recv().await?;
+        self.queued.fetch_sub(1, Ordering::AcqRel);
+        Ok(frame)
+    }
+
+    fn try_recv(&self) -> Result<Arc<[u8]>, TryRecvError> {
+        let frame = self.rx.try_recv()?;
+        self.queued.fetch_sub(1, Ordering::AcqRel);
+        Ok(frame)
+    }
+}
+
 /// The node task's side of a link.
 #[derive(Debug, Clone)]
 pub(crate) struct LinkHandle {
-    /// Frames to write.
-    pub frames: Sender<Arc<[u8]>>,
+    /// Frames to write, at most `send_queue_frames` waiting.
+    pub frames: FrameSender,
     /// Close now, with this reason (`None`: orderly).
     pub kill: Sender<Option<ErrorCode>>,
 }
@@ -36,15 +82,18 @@ pub(crate) struct LinkHandle {
 /// The link task's side.
 #[derive(Debug)]
 pub(crate) struct LinkQueues {
-    frames: Receiver<Arc<[u8]>>,
+    frames: FrameReceiver,
     kill: Receiver<Option<ErrorCode>>,
 }
 
-/// A new link's two channels: `queue` frames, and one kill signal.
+/// A new link's two channels: at most `queue` frames, and one kill signal.
 pub(crate) fn link_channels(queue: usize) -> (LinkHandle, LinkQueues) {
-    let (ftx, frx) = smol::channel::bounded(queue.max(1));
+    let (ftx, frx) = smol::channel::unbounded();
+    let queued = Arc::new(AtomicUsize::new(0));
+    let frames = FrameSender { tx: ftx, queued: Arc::clone(&queued), cap: queue.max(1) };
     let (ktx, krx) = smol::channel::bounded(1);
-    (LinkHandle { frames: ftx, kill: ktx }, LinkQueues { frames: frx, kill: krx })
+    let receiver = FrameReceiver { rx: frx, queued };
+    (LinkHandle { frames, kill: ktx }, LinkQueues { frames: receiver, kill: krx })
 }
 
 /// tungstenite's configuration: frame and message limits from the core's frame limit, and a
@@ -180,4 +229,29 @@ pub(crate) async fn run_link<S>(
             .await;
     }
     let _ = inputs.send(Input::Closed { link }).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_send_queue_is_bounded_by_count_and_frees_as_the_link_writes() {
+        smol::block_on(async {
+            let (handle, queues) = link_channels(2);
+            let frame: Arc<[u8]> = Arc::from(&b"{}"[..]);
+            assert!(handle.frames.try_send(Arc::clone(&frame)).is_ok());
+            assert!(handle.frames.try_send(Arc::clone(&frame)).is_ok());
+            assert!(matches!(
+                handle.frames.try_send(Arc::clone(&frame)),
+                Err(TrySendError::Full(_))
+            ));
+            assert!(queues.frames.recv().await.is_ok());
+            assert!(handle.frames.try_send(Arc::clone(&frame)).is_ok(), "room again");
+            assert!(matches!(handle.frames.try_send(frame), Err(TrySendError::Full(_))));
+            assert!(queues.frames.try_recv().is_ok());
+            assert!(queues.frames.try_recv().is_ok());
+            assert!(queues.frames.try_recv().is_err(), "empty");
+        });
+    }
 }
