@@ -172,7 +172,6 @@ impl Peerlink {
             clock,
             links: BTreeMap::new(),
             outbound: Default::default(),
-            inbound_peers: BTreeMap::new(),
             pending_http: BTreeMap::new(),
             waiting: BTreeMap::new(),
             events: None,

@@ -105,8 +105,6 @@ pub(crate) struct Core {
     pub clock: Clock,
     pub links: BTreeMap<LinkId, (LinkKind, LinkHandle)>,
     pub outbound: BTreeSet<LinkId>,
-    /// Inbound `/ws/v1/peers` links and the entity each authenticated as.
-    pub inbound_peers: BTreeMap<LinkId, EntityId>,
     pub pending_http: BTreeMap<RequestId, Reply<(u16, Vec<u8>)>>,
     pub waiting: BTreeMap<MessageId, Reply<Result<Vec<u8>, ApiError>>>,
     pub events: Option<Sender<Event>>,
@@ -125,12 +123,8 @@ impl Core {
         let now = self.clock.now();
         match input {
             Input::Accept { kind, entity, handle, reply } => {
-                let entity_copy = entity.clone();
                 let r = self.node.accept_link(now, kind, entity);
                 if let Ok(link) = r {
-                    if kind == LinkKind::Peers {
-                        self.inbound_peers.insert(link, entity_copy);
-                    }
                     self.links.insert(link, (kind, handle));
                 }
                 let _ = reply.try_send(r);
@@ -322,7 +316,6 @@ impl Core {
     fn forget_link(&mut self, link: LinkId) {
         self.links.remove(&link);
         self.outbound.remove(&link);
-        self.inbound_peers.remove(&link);
     }
 
     /// Entities connected on `/ws/v1/peers` right now, in entity-id order.
