@@ -104,19 +104,15 @@ impl Ws {
     /// Sends one text frame (bytes need not be valid UTF-8 JSON, but must be UTF-8).
     pub fn send_text(&mut self, text: &[u8]) -> Result<(), String> {
         let s = String::from_utf8(text.to_vec()).map_err(|_| "checker bug: non-UTF-8 text")?;
-        self.send(Message::text(s))
+        self.send_message(Message::text(s))
     }
 
     pub fn send_binary(&mut self, data: Vec<u8>) -> Result<(), String> {
-        self.send(Message::binary(data))
+        self.send_message(Message::binary(data))
     }
 
     /// Sends any message.
     pub fn send_message(&mut self, m: Message) -> Result<(), String> {
-        self.send(m)
-    }
-
-    fn send(&mut self, m: Message) -> Result<(), String> {
         self.ws.send(m).map_err(|e| format!("sending to the node failed: {e}"))
     }
 
