@@ -166,6 +166,21 @@ fn identity(cli: &Cli, file: &FileConfig, id: Option<String>) -> Fallible<peerli
     Ok(identity)
 }
 
+/// A short-lived node on an ephemeral loopback port that knows `target`, and its events.
+async fn client_node(
+    cli: &Cli,
+    file: &FileConfig,
+    target: &Target,
+) -> Fallible<(peerlink_smol::Handle, smol::channel::Receiver<Event>)> {
+    let identity = identity(cli, file, None)?;
+    let mut config = file.to_config()?;
+    config.listen = ([127, 0, 0, 1], 0).into();
+    config.peers.push(target_peer(target)?);
+    let node = Peerlink::start(config, identity).await?;
+    let events = node.incoming().await?;
+    Ok((node, events))
+}
+
 fn target_peer(t: &Target) -> Fallible<TrustedPeer> {
     Ok(TrustedPeer {
         entity: EntityId::new(t.to.clone())?,
@@ -200,12 +215,7 @@ async fn run(cli: Cli) -> Fallible<()> {
             serve(&cli, &file, config, name == "listen").await
         }
         Some(Command::Send { target, message, http }) => {
-            let identity = identity(&cli, &file, None)?;
-            let mut config = file.to_config()?;
-            config.listen = ([127, 0, 0, 1], 0).into();
-            config.peers.push(target_peer(target)?);
-            let node = Peerlink::start(config, identity).await?;
-            let events = node.incoming().await?;
+            let (node, events) = client_node(&cli, &file, target).await?;
             let options = SendOptions { prefer_websocket: Some(!http) };
             let to = EntityId::new(target.to.clone())?;
             let id = node
@@ -230,12 +240,7 @@ async fn run(cli: Cli) -> Fallible<()> {
             Ok(())
         }
         Some(Command::Subscribe { target, topic }) => {
-            let identity = identity(&cli, &file, None)?;
-            let mut config = file.to_config()?;
-            config.listen = ([127, 0, 0, 1], 0).into();
-            config.peers.push(target_peer(target)?);
-            let node = Peerlink::start(config, identity).await?;
-            let events = node.incoming().await?;
+            let (node, events) = client_node(&cli, &file, target).await?;
             let hop = EntityId::new(target.to.clone())?;
             node.subscribe(&hop, topic).await?;
             while let Ok(e) = events.recv().await {
