@@ -50,7 +50,8 @@ struct Args {
     #[arg(long, default_value = "bench/results")]
     out: String,
     /// Run only these paths (`echo`, `forward`, `ws`, `ws-signed`, `http`) and skip the
-    /// connection and memory measurements (for profiling one path).
+    /// connection and memory measurements (for profiling one path); `memory` also runs the
+    /// memory measurement (`--only memory` alone: just that).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Threads of smol's global executor, which runs every node and baseline task (sets
@@ -217,6 +218,16 @@ async fn bench(args: &Args) -> Result<Results, BoxError> {
         fixed.push(one(kind, 64, args.window, Mode::Rate(rate), args.seconds).await?);
     }
     if !args.only.is_empty() {
+        let memory = args.only.iter().any(|o| o == "memory");
+        let (mem_node, mem_echo) = if memory {
+            eprintln!("memory per idle connection");
+            (
+                memory::footprints(Server::Node, &args.conns, args.concurrency * 4).await?,
+                memory::footprints(Server::Echo, &args.conns, args.concurrency * 4).await?,
+            )
+        } else {
+            (Vec::new(), Vec::new())
+        };
         return Ok(Results {
             date: stats::today(),
             seconds: args.seconds,
@@ -224,8 +235,8 @@ async fn bench(args: &Args) -> Result<Results, BoxError> {
             fixed,
             ws_connects_per_s: 0.0,
             handshakes_per_s: 0.0,
-            mem_node: Vec::new(),
-            mem_echo: Vec::new(),
+            mem_node,
+            mem_echo,
             cpus: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
             threads: executor_threads(),
         });
@@ -235,9 +246,12 @@ async fn bench(args: &Args) -> Result<Results, BoxError> {
     let ws_connects_per_s = baseline::connects_per_s(echo, args.seconds, args.concurrency).await;
     let handshakes_per_s = peer::handshakes_per_s(args.seconds, args.concurrency).await?;
     eprintln!("  {ws_connects_per_s:.0} ws connects/s, {handshakes_per_s:.0} handshakes/s");
-    eprintln!("memory per idle connection");
-    let mem_node = memory::footprints(Server::Node, &args.conns, args.concurrency * 4).await?;
-    let mem_echo = memory::footprints(Server::Echo, &args.conns, args.concurrency * 4).await?;
+    let (mut mem_node, mut mem_echo) = (Vec::new(), Vec::new());
+    if !handshakes_only {
+        eprintln!("memory per idle connection");
+        mem_node = memory::footprints(Server::Node, &args.conns, args.concurrency * 4).await?;
+        mem_echo = memory::footprints(Server::Echo, &args.conns, args.concurrency * 4).await?;
+    }
     Ok(Results {
         date: stats::today(),
         seconds: args.seconds,
