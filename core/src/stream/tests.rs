@@ -6,6 +6,7 @@ use rand_chacha::ChaCha20Rng;
 use rand_core::{Rng, SeedableRng};
 
 use super::*;
+use crate::time::Timestamp;
 
 fn mid(s: &str) -> MessageId {
     MessageId::new(s).unwrap()
@@ -403,4 +404,120 @@ fn a_duplicate_still_releases_frames_made_deliverable_by_base() {
     }
     assert_eq!(r.ack(1).unwrap().cumulative, 4);
     assert!(!format!("{:?}", frame(9, 9)).contains("body: ["), "Debug shows no body");
+}
+
+/// What the sender's indexes must agree with: the same answers computed by scanning every frame
+/// and message, as the stream did before it kept indexes.
+fn check_indexes(s: &SendStream, now: Timestamp, config: &StreamConfig) {
+    let by_frames = s.base().saturating_add(config.send_window);
+    let mut limit = by_frames;
+    let mut bytes = 0usize;
+    for (i, (&no, f)) in s.frames.range(..by_frames).enumerate() {
+        bytes = bytes.saturating_add(f.body.len());
+        if i > 0 && bytes > config.send_window_bytes {
+            limit = no;
+            break;
+        }
+    }
+    assert_eq!(s.window_end(config), limit, "window_end");
+    let due: Vec<u64> =
+        s.frames.range(..limit).filter(|(_, f)| f.due <= now).map(|(no, _)| *no).collect();
+    assert_eq!(s.due(now, config), due, "due");
+    let in_flight: usize =
+        s.frames.values().filter(|f| f.sent_at.is_some()).map(|f| f.body.len()).sum();
+    assert_eq!(s.bytes_in_flight(), in_flight, "bytes_in_flight");
+    let earliest_due = s.frames.range(..limit).map(|(_, f)| f.due).min();
+    let expiry = s.logical.values().map(|l| l.deadline).min();
+    assert_eq!(s.next_expiry(), expiry, "next_expiry");
+    let forward = s.forward_needed().then(|| s.forward_due.unwrap_or_default());
+    let deadline = [earliest_due, expiry, forward].into_iter().flatten().min();
+    assert_eq!(s.next_deadline(config), deadline, "next_deadline");
+}
+
+/// One step of [`the_send_indexes_agree_with_a_scan`].
+#[derive(Debug, Clone)]
+enum SendOp {
+    Push { frames: usize, body: usize },
+    SendDue,
+    Ack { cumulative: u64, selective: Vec<u64> },
+    Fail(u64),
+    Expire,
+    RetransmitAll,
+    Wait(u64),
+}
+
+fn send_op() -> impl Strategy<Value = SendOp> {
+    prop_oneof![
+        4 => (1usize..4, 0usize..3000).prop_map(|(frames, body)| SendOp::Push { frames, body }),
+        4 => Just(SendOp::SendDue),
+        3 => (0u64..60, proptest::collection::vec(0u64..80, 0..6))
+            .prop_map(|(cumulative, selective)| SendOp::Ack { cumulative, selective }),
+        1 => (0u64..40).prop_map(SendOp::Fail),
+        1 => Just(SendOp::Expire),
+        1 => Just(SendOp::RetransmitAll),
+        3 => (0u64..3_000).prop_map(SendOp::Wait),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// Whatever happens to a sender (messages queued, frames sent and re-sent, acknowledged in
+    /// any order, given up, expired, everything made due again), its window end, due frames,
+    /// bytes in flight, next send timeout and next deadline equal those found by scanning the
+    /// whole outbox.
+    #[test]
+    fn the_send_indexes_agree_with_a_scan(ops in proptest::collection::vec(send_op(), 1..120)) {
+        let config = StreamConfig {
+            send_window: 8,
+            send_window_bytes: 4_000,
+            max_outbox_messages: 40,
+            send_timeout: Duration::from_millis(20_000),
+            ..StreamConfig::default()
+        };
+        let mut s = SendStream::new(1);
+        let mut now = T0;
+        let mut next_id = 0u64;
+        let mut pushed: Vec<MessageId> = Vec::new();
+        for op in ops {
+            match op {
+                SendOp::Push { frames, body } => {
+                    next_id += 1;
+                    let id = mid(&format!("m{next_id}"));
+                    let frames = (0..frames)
+                        .map(|k| FrameSpec {
+                            message_type: MessageType::PeerMessage,
+                            message_id: mid(&format!("m{next_id}-{k}")),
+                            reply_to: None,
+                            chunk: None,
+                            body: vec![0; body],
+                        })
+                        .collect();
+                    if s.push(OutgoingMessage { id: id.clone(), frames }, now, &config).is_ok() {
+                        pushed.push(id);
+                    }
+                }
+                SendOp::SendDue => {
+                    for no in s.due(now, &config) {
+                        s.on_sent(no, now, &config);
+                    }
+                }
+                SendOp::Ack { cumulative, selective } => {
+                    let ack = Ack { epoch: 1, cumulative, selective };
+                    s.on_ack(&ack, now.saturating_add(Duration::from_millis(3)));
+                }
+                SendOp::Fail(i) => {
+                    if let Some(id) = pushed.get(i as usize) {
+                        s.fail(id);
+                    }
+                }
+                SendOp::Expire => {
+                    s.expire(now);
+                }
+                SendOp::RetransmitAll => s.retransmit_all(now),
+                SendOp::Wait(ms) => now = now.saturating_add(Duration::from_millis(ms)),
+            }
+            check_indexes(&s, now, &config);
+        }
+    }
 }
