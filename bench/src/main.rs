@@ -51,7 +51,8 @@ struct Args {
     out: String,
     /// Run only these paths (`echo`, `forward`, `ws`, `ws-signed`, `http`) and skip the
     /// connection and memory measurements (for profiling one path); `memory` also runs the
-    /// memory measurement (`--only memory` alone: just that).
+    /// memory measurement (`--only memory` alone: just that), and `handshakes` the connection
+    /// measurements (baseline connects and full handshakes).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Threads of smol's global executor, which runs every node and baseline task (sets
@@ -217,37 +218,19 @@ async fn bench(args: &Args) -> Result<Results, BoxError> {
         let rate = sat.map_or(args.rate, |s| args.rate.min(0.8 * s)).max(1.0);
         fixed.push(one(kind, 64, args.window, Mode::Rate(rate), args.seconds).await?);
     }
-    if !args.only.is_empty() {
-        let memory = args.only.iter().any(|o| o == "memory");
-        let (mem_node, mem_echo) = if memory {
-            eprintln!("memory per idle connection");
-            (
-                memory::footprints(Server::Node, &args.conns, args.concurrency * 4).await?,
-                memory::footprints(Server::Echo, &args.conns, args.concurrency * 4).await?,
-            )
-        } else {
-            (Vec::new(), Vec::new())
-        };
-        return Ok(Results {
-            date: stats::today(),
-            seconds: args.seconds,
-            saturation,
-            fixed,
-            ws_connects_per_s: 0.0,
-            handshakes_per_s: 0.0,
-            mem_node,
-            mem_echo,
-            cpus: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
-            threads: executor_threads(),
-        });
+    // `--only` with paths alone skips the connection and memory runs; `handshakes` and
+    // `memory` ask for those.
+    let wanted = |what: &str| args.only.is_empty() || args.only.iter().any(|o| o == what);
+    let (mut ws_connects_per_s, mut handshakes_per_s) = (0.0, 0.0);
+    if wanted("handshakes") {
+        eprintln!("connections");
+        let echo = baseline::echo_server().await?;
+        ws_connects_per_s = baseline::connects_per_s(echo, args.seconds, args.concurrency).await;
+        handshakes_per_s = peer::handshakes_per_s(args.seconds, args.concurrency).await?;
+        eprintln!("  {ws_connects_per_s:.0} ws connects/s, {handshakes_per_s:.0} handshakes/s");
     }
-    eprintln!("connections");
-    let echo = baseline::echo_server().await?;
-    let ws_connects_per_s = baseline::connects_per_s(echo, args.seconds, args.concurrency).await;
-    let handshakes_per_s = peer::handshakes_per_s(args.seconds, args.concurrency).await?;
-    eprintln!("  {ws_connects_per_s:.0} ws connects/s, {handshakes_per_s:.0} handshakes/s");
     let (mut mem_node, mut mem_echo) = (Vec::new(), Vec::new());
-    if !handshakes_only {
+    if wanted("memory") {
         eprintln!("memory per idle connection");
         mem_node = memory::footprints(Server::Node, &args.conns, args.concurrency * 4).await?;
         mem_echo = memory::footprints(Server::Echo, &args.conns, args.concurrency * 4).await?;
