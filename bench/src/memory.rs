@@ -97,7 +97,21 @@ impl ChildServer {
             Server::Node => "node",
             Server::Echo => "echo",
         };
-        let mut child = Command::new(std::env::current_exe()?)
+        let exe = std::env::current_exe()?;
+        // Diagnostics: `PEERLINK_BENCH_CHILD_WRAP="valgrind --tool=dhat"` runs the child under
+        // that command, and lets it exit on its own so the tool can write its report.
+        let wrap: Vec<String> = std::env::var("PEERLINK_BENCH_CHILD_WRAP")
+            .map(|w| w.split_whitespace().map(str::to_owned).collect())
+            .unwrap_or_default();
+        let mut cmd = match wrap.split_first() {
+            Some((prog, rest)) => {
+                let mut c = Command::new(prog);
+                c.args(rest).arg(exe);
+                c
+            }
+            None => Command::new(exe),
+        };
+        let mut child = cmd
             .args(["--child", kind, "--child-max", &max.to_string()])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -117,7 +131,9 @@ impl ChildServer {
 impl Drop for ChildServer {
     fn drop(&mut self) {
         drop(self.child.stdin.take());
-        let _ = self.child.kill();
+        if std::env::var_os("PEERLINK_BENCH_CHILD_WRAP").is_none() {
+            let _ = self.child.kill();
+        }
         let _ = self.child.wait();
     }
 }
