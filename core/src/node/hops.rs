@@ -144,7 +144,7 @@ impl Node {
         h.transport.set_ws(WsLink::Connecting);
         let url = websocket_url(&h.addr.base_url, LinkKind::Peers);
         let l = self.new_outbound_link(hop.clone(), now);
-        self.links.insert(link, l);
+        self.links.insert(link, Box::new(l));
         self.emit(Output::OpenLink { link, url, kind: LinkKind::Peers, resume });
     }
 

@@ -88,7 +88,7 @@ impl Node {
         }
         let id = self.next_link_id();
         let link = self.new_link(kind, Direction::Inbound(entity.clone()), true, now);
-        self.links.insert(id, link);
+        self.links.insert(id, Box::new(link));
         if kind == LinkKind::Peers {
             self.bound.insert(entity.clone(), id);
             self.drain_mailbox_to_link(now, &entity, id);
