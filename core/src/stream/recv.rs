@@ -94,6 +94,13 @@ impl RecvStreams {
         if no < state.next || state.buffer.contains_key(&no) {
             return deliver_or(ready, Received::Duplicate);
         }
+        if no == state.next {
+            // The next frame in order is delivered without passing through the buffer.
+            state.next = state.next.saturating_add(1);
+            ready.push(frame);
+            ready.extend(state.drain_in_order());
+            return Received::Deliver(ready);
+        }
         let held = held.saturating_sub(ready.iter().map(|f| f.body.len()).sum::<usize>());
         if no >= state.next.saturating_add(config.recv_window)
             || held.saturating_add(frame.body.len()) > config.max_recv_buffer_bytes

@@ -406,6 +406,30 @@ fn a_duplicate_still_releases_frames_made_deliverable_by_base() {
     assert!(!format!("{:?}", frame(9, 9)).contains("body: ["), "Debug shows no body");
 }
 
+#[test]
+fn a_full_buffer_never_holds_up_the_frame_that_releases_it() {
+    let config = StreamConfig { max_recv_buffer_bytes: 20, ..StreamConfig::default() };
+    let mut r = RecvStreams::default();
+    let frame = |no: u64| InFrame {
+        message_type: MessageType::PeerMessage,
+        message_id: mid(&format!("m{no}")),
+        header: DataHeader { epoch: 1, no, base: 1, reply_to: None, chunk: None },
+        body: vec![0; 10],
+    };
+    // 2 and 3 fill the 20-byte buffer; a further out-of-order frame is dropped.
+    assert_eq!(r.accept(frame(2), &config), Received::Buffered);
+    assert_eq!(r.accept(frame(3), &config), Received::Buffered);
+    assert_eq!(r.accept(frame(4), &config), Received::Dropped);
+    // 1 is in order: delivered with the frames it releases, though the buffer is full.
+    match r.accept(frame(1), &config) {
+        Received::Deliver(v) => {
+            assert_eq!(v.iter().map(|f| f.header.no).collect::<Vec<_>>(), vec![1, 2, 3])
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(r.accept(frame(4), &config), Received::Deliver(vec![frame(4)]));
+}
+
 /// What the sender's indexes must agree with: the same answers computed by scanning every frame
 /// and message, as the stream did before it kept indexes.
 fn check_indexes(s: &SendStream, now: Timestamp, config: &StreamConfig) {
