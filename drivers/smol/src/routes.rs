@@ -9,17 +9,18 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_tungstenite::WebSocketStream;
 use async_tungstenite::tungstenite::handshake::derive_accept_key;
-use async_tungstenite::tungstenite::protocol::Role;
+use async_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Bytes, Incoming};
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use peerlink_core::auth::{AuthError, Authority, bearer_token};
 use peerlink_core::endpoints;
-use peerlink_core::node::{HttpCall, LinkKind};
+use peerlink_core::node::{HttpCall, LinkId, LinkKind};
 use peerlink_core::{EntityId, ErrorCode, PublicKey, SessionId};
 use serde_json::json;
 use smol::channel::Sender;
@@ -28,7 +29,7 @@ use smol::future::FutureExt as _;
 use crate::api::Snapshot;
 use crate::config::DriverLimits;
 use crate::driver::{Clock, Input};
-use crate::link::{link_channels, run_link, ws_config};
+use crate::link::{LinkQueues, link_channels, run_link, ws_config};
 use crate::rt::HyperIo;
 
 /// What request handlers share.
@@ -262,25 +263,7 @@ async fn upgrade(ctx: &RouteCtx, mut req: Request<Incoming>, kind: LinkKind) -> 
     let inputs = ctx.inputs.clone();
     let config = ws_config(ctx.max_frame_bytes, ctx.limits.ws_read_buffer_bytes);
     let timeout = ctx.limits.handshake_timeout;
-    smol::spawn(async move {
-        let upgraded = async { on_upgrade.await.ok() }
-            .or(async {
-                smol::Timer::after(timeout).await;
-                None
-            })
-            .await;
-        match upgraded {
-            Some(io) => {
-                let ws =
-                    WebSocketStream::from_raw_socket(HyperIo(io), Role::Server, Some(config)).await;
-                run_link(ws, link, queues, inputs).await;
-            }
-            None => {
-                let _ = inputs.send(Input::Closed { link }).await;
-            }
-        }
-    })
-    .detach();
+    smol::spawn(serve_upgraded(on_upgrade, timeout, config, link, queues, inputs)).detach();
     let mut r = respond(101, "text/plain", Bytes::new());
     r.headers_mut().remove(header::CONTENT_TYPE);
     let h = r.headers_mut();
@@ -290,4 +273,35 @@ async fn upgrade(ctx: &RouteCtx, mut req: Request<Incoming>, kind: LinkKind) -> 
         h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
     }
     Ok(r)
+}
+
+/// An accepted link's first task: waits (at most `timeout`) for hyper to hand over the upgraded
+/// connection, then starts the link as a task of its own. The link's task is allocated at the
+/// size of its future for as long as the link lives, so it must not also carry this one's state
+/// (hyper's upgrade future, the timer, the moved-from arguments): a few hundred bytes on every
+/// idle connection.
+async fn serve_upgraded(
+    on_upgrade: hyper::upgrade::OnUpgrade,
+    timeout: Duration,
+    config: WebSocketConfig,
+    link: LinkId,
+    queues: LinkQueues,
+    inputs: Sender<Input>,
+) {
+    let upgraded = async { on_upgrade.await.ok() }
+        .or(async {
+            smol::Timer::after(timeout).await;
+            None
+        })
+        .await;
+    match upgraded {
+        Some(io) => {
+            let ws =
+                WebSocketStream::from_raw_socket(HyperIo(io), Role::Server, Some(config)).await;
+            smol::spawn(run_link(ws, link, queues, inputs)).detach();
+        }
+        None => {
+            let _ = inputs.send(Input::Closed { link }).await;
+        }
+    }
 }
