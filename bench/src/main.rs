@@ -137,8 +137,12 @@ pub struct Results {
     pub fixed: Vec<Row>,
     /// Baseline: WebSocket connections (connect, upgrade, one echo, close) per second.
     pub ws_connects_per_s: f64,
-    /// Full peerlink handshakes per second.
-    pub handshakes_per_s: f64,
+    /// Baseline: CPU time of the process per connection, µs.
+    pub ws_connect_cpu_us: f64,
+    /// Full peerlink handshakes, the client nodes started beforehand.
+    pub handshakes: peer::Handshakes,
+    /// Full peerlink handshakes including the start-up (and shutdown) of a new client node each.
+    pub handshakes_with_startup: peer::Handshakes,
     /// Idle authenticated peerlink connections.
     pub mem_node: Vec<Footprint>,
     /// Idle baseline echo connections.
@@ -221,13 +225,31 @@ async fn bench(args: &Args) -> Result<Results, BoxError> {
     // `--only` with paths alone skips the connection and memory runs; `handshakes` and
     // `memory` ask for those.
     let wanted = |what: &str| args.only.is_empty() || args.only.iter().any(|o| o == what);
-    let (mut ws_connects_per_s, mut handshakes_per_s) = (0.0, 0.0);
+    let (mut ws_connects_per_s, mut ws_connect_cpu_us) = (0.0, 0.0);
+    let (mut handshakes, mut handshakes_with_startup) = Default::default();
     if wanted("handshakes") {
         eprintln!("connections");
         let echo = baseline::echo_server().await?;
+        let cpu0 = stats::cpu_time();
+        let started = std::time::Instant::now();
         ws_connects_per_s = baseline::connects_per_s(echo, args.seconds, args.concurrency).await;
-        handshakes_per_s = peer::handshakes_per_s(args.seconds, args.concurrency).await?;
-        eprintln!("  {ws_connects_per_s:.0} ws connects/s, {handshakes_per_s:.0} handshakes/s");
+        let connects = ws_connects_per_s * started.elapsed().as_secs_f64();
+        ws_connect_cpu_us =
+            stats::cpu_time().saturating_sub(cpu0).as_secs_f64() * 1e6 / connects.max(1.0);
+        eprintln!(
+            "  baseline: {ws_connects_per_s:.0} ws connects/s, {ws_connect_cpu_us:.0} µs CPU each"
+        );
+        handshakes = peer::handshakes(args.seconds, args.concurrency).await?;
+        eprintln!(
+            "  {:.0} handshakes/s, {:.0} µs CPU each (client nodes already running)",
+            handshakes.per_s, handshakes.cpu_us
+        );
+        handshakes_with_startup =
+            peer::handshakes_with_startup(args.seconds, args.concurrency).await?;
+        eprintln!(
+            "  {:.0} handshakes/s, {:.0} µs CPU each (including client start-up)",
+            handshakes_with_startup.per_s, handshakes_with_startup.cpu_us
+        );
     }
     let (mut mem_node, mut mem_echo) = (Vec::new(), Vec::new());
     if wanted("memory") {
@@ -241,7 +263,9 @@ async fn bench(args: &Args) -> Result<Results, BoxError> {
         saturation,
         fixed,
         ws_connects_per_s,
-        handshakes_per_s,
+        ws_connect_cpu_us,
+        handshakes,
+        handshakes_with_startup,
         mem_node,
         mem_echo,
         cpus: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),

@@ -1,5 +1,6 @@
 //! peerlink scenarios: peer → relay node → peer, end-to-end encrypted, over WebSocket (with
-//! `sign_all` on or off) or over the HTTP fallback; and full handshakes per second.
+//! `sign_all` on or off) or over the HTTP fallback; and full handshakes per second, with and
+//! without the start-up of the client node.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,7 +14,7 @@ use smol::future::FutureExt as _;
 
 use crate::BoxError;
 use crate::load::{Pipe, Sink};
-use crate::stats::{Clock, Recorder};
+use crate::stats::{Clock, Recorder, cpu_time};
 
 /// Which peerlink path a scenario takes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -134,55 +135,105 @@ pub async fn pipe(path: Path, window: usize, clock: Clock) -> Result<(Pipe, Trio
     Ok((Pipe { sink, slots, recorder, clock }, Trio { relay, a: ha, b: hb }))
 }
 
-/// Full handshakes per second against one node: each one is a fresh client node with a new
-/// identity that gets a token (challenge, signature, verify), upgrades a WebSocket and runs the
-/// E2E handshake until `SessionEstablished`; `concurrency` at a time, for `secs`.
-pub async fn handshakes_per_s(secs: f64, concurrency: usize) -> Result<f64, BoxError> {
+/// What a run of full handshakes measured.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Handshakes {
+    /// Handshakes completed per second of the timed window.
+    pub per_s: f64,
+    /// CPU time of the whole process (client and server sides) per handshake, µs.
+    pub cpu_us: f64,
+    /// Handshakes completed.
+    pub count: u64,
+}
+
+impl Handshakes {
+    fn new(count: u64, wall: Duration, cpu: Duration) -> Self {
+        Self {
+            per_s: count as f64 / wall.as_secs_f64().max(1e-9),
+            cpu_us: cpu.as_secs_f64() * 1e6 / count.max(1) as f64,
+            count,
+        }
+    }
+}
+
+/// The node every handshake is run against: open trust, and room for every entity a run may
+/// bring (each handshake is a new one, and the node keeps a peer's state after its link is
+/// gone).
+async fn handshake_server() -> Result<(Handle, TrustedPeer), BoxError> {
     let s = identity("server")?;
     let mut cfg = Config::ephemeral();
     cfg.node = node_config(TransportPreference::WebsocketOnly, true);
+    cfg.node.max_peers = 1 << 20;
     cfg.trust_policy = TrustPolicy::Open;
     let server = Peerlink::start(cfg, copy(&s)).await?;
-    let (url, sid, skey) = (server.base_url(), s.id().clone(), s.public_key());
+    let url = Some(server.base_url());
+    Ok((server, trusted(&s, url)))
+}
+
+/// A client node with a new identity that knows the server (its key and URL), and its events.
+async fn client_node(name: &str, server: &TrustedPeer) -> Result<Client, BoxError> {
+    let mut cfg = Config::ephemeral();
+    cfg.node = node_config(TransportPreference::WebsocketOnly, true);
+    cfg.peers = vec![server.clone()];
+    let handle = Peerlink::start(cfg, identity(name)?).await?;
+    let events = handle.incoming().await?;
+    Ok(Client { handle, events })
+}
+
+/// A running client node and its event stream.
+struct Client {
+    handle: Handle,
+    events: smol::channel::Receiver<Event>,
+}
+
+impl Client {
+    /// One full handshake with `server`: the node gets a token (challenge, signature, verify),
+    /// upgrades a WebSocket and runs the E2E handshake; done at `SessionEstablished`.
+    async fn handshake(&self, server: &EntityId) -> Result<(), BoxError> {
+        self.handle.init_websocket_connection(server).await?;
+        let established = async {
+            while let Ok(e) = self.events.recv().await {
+                if matches!(e, Event::SessionEstablished { .. }) {
+                    return true;
+                }
+            }
+            false
+        }
+        .or(async {
+            smol::Timer::after(Duration::from_secs(10)).await;
+            false
+        })
+        .await;
+        if !established {
+            return Err("a handshake did not finish in 10 s".into());
+        }
+        Ok(())
+    }
+}
+
+/// Full handshakes per second against one node, **including client start-up**: each one starts
+/// a new client node with a new identity (`Peerlink::start`: identity, listener, tasks), runs
+/// [`Client::handshake`] and shuts the node down; `concurrency` at a time, for `secs`.
+pub async fn handshakes_with_startup(
+    secs: f64,
+    concurrency: usize,
+) -> Result<Handshakes, BoxError> {
+    let (server, to) = handshake_server().await?;
     let end = Instant::now() + Duration::from_secs_f64(secs);
-    let started = Instant::now();
+    let (started, cpu0) = (Instant::now(), cpu_time());
     let workers: Vec<_> = (0..concurrency.max(1))
         .map(|w| {
-            let (url, sid) = (url.clone(), sid.clone());
+            let to = to.clone();
             smol::spawn(async move {
                 let mut n = 0u64;
-                let mut i = 0u64;
                 while Instant::now() < end {
-                    i += 1;
-                    let me = identity(&format!("hs-{w}-{i}"))?;
-                    let mut cfg = Config::ephemeral();
-                    cfg.node = node_config(TransportPreference::WebsocketOnly, true);
-                    let server =
-                        TrustedPeer { entity: sid.clone(), key: skey, url: Some(url.clone()) };
-                    cfg.peers = vec![server];
-                    let client = Peerlink::start(cfg, me).await?;
-                    let events = client.incoming().await?;
-                    client.init_websocket_connection(&sid).await?;
-                    let established = async {
-                        while let Ok(e) = events.recv().await {
-                            if matches!(e, Event::SessionEstablished { .. }) {
-                                return true;
-                            }
-                        }
-                        false
-                    }
-                    .or(async {
-                        smol::Timer::after(Duration::from_secs(10)).await;
-                        false
-                    })
-                    .await;
-                    let _ = client.shutdown().await;
-                    if !established {
-                        return Err::<u64, BoxError>("a handshake did not finish in 10 s".into());
-                    }
+                    let client = client_node(&format!("hs-{w}-{n}"), &to).await?;
+                    let r = client.handshake(&to.entity).await;
+                    let _ = client.handle.shutdown().await;
+                    r?;
                     n += 1;
                 }
-                Ok(n)
+                Ok::<u64, BoxError>(n)
             })
         })
         .collect();
@@ -190,7 +241,93 @@ pub async fn handshakes_per_s(secs: f64, concurrency: usize) -> Result<f64, BoxE
     for w in workers {
         total += w.await?;
     }
-    let rate = total as f64 / started.elapsed().as_secs_f64();
+    let rate = Handshakes::new(total, started.elapsed(), cpu_time().saturating_sub(cpu0));
     let _ = server.shutdown().await;
     Ok(rate)
+}
+
+/// Client nodes started per batch of [`handshakes`], per worker (at most 1024 in all).
+const BATCH_PER_WORKER: usize = 64;
+
+/// Full handshakes per second against one node, client start-up excluded: batches of client
+/// nodes (each a new identity the server has never seen) are started before the timed window
+/// and shut down after it; inside it each node runs one [`Client::handshake`] (a new token, a
+/// new upgrade, a new E2E handshake), `concurrency` at a time, until `secs` of timed windows
+/// have passed. Between batches the server drops the closed links before the next window opens.
+pub async fn handshakes(secs: f64, concurrency: usize) -> Result<Handshakes, BoxError> {
+    crate::stats::raise_nofile()?;
+    let (server, to) = handshake_server().await?;
+    let budget = Duration::from_secs_f64(secs);
+    let (mut timed, mut cpu, mut total) = (Duration::ZERO, Duration::ZERO, 0u64);
+    let batch = concurrency.max(1).saturating_mul(BATCH_PER_WORKER).min(1024);
+    let mut batch_no = 0usize;
+    while timed < budget {
+        let mut clients = Vec::with_capacity(batch);
+        for i in 0..batch {
+            clients.push(client_node(&format!("hw-{batch_no}-{i}"), &to).await?);
+        }
+        batch_no += 1;
+        let (queue, take) = smol::channel::unbounded();
+        for c in clients {
+            let _ = queue.try_send(c);
+        }
+        drop(queue);
+        let end = Instant::now() + (budget - timed);
+        let (t0, cpu0) = (Instant::now(), cpu_time());
+        let workers: Vec<_> = (0..concurrency.max(1))
+            .map(|_| {
+                let (take, sid) = (take.clone(), to.entity.clone());
+                smol::spawn(async move {
+                    let (mut n, mut done) = (0u64, Vec::new());
+                    while Instant::now() < end {
+                        let Ok(c) = take.try_recv() else { break };
+                        let r = c.handshake(&sid).await;
+                        done.push(c);
+                        r?;
+                        n += 1;
+                    }
+                    Ok::<_, BoxError>((n, done))
+                })
+            })
+            .collect();
+        let mut used = Vec::new();
+        let mut failed = None;
+        for w in workers {
+            match w.await {
+                Ok((n, done)) => {
+                    total += n;
+                    used.extend(done);
+                }
+                Err(e) => failed = Some(e),
+            }
+        }
+        timed += t0.elapsed();
+        cpu += cpu_time().saturating_sub(cpu0);
+        used.extend(std::iter::from_fn(|| take.try_recv().ok()));
+        let stops: Vec<_> = used
+            .into_iter()
+            .map(|c| smol::spawn(async move { c.handle.shutdown().await }))
+            .collect();
+        for s in stops {
+            let _ = s.await;
+        }
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        settle(&server).await;
+    }
+    let _ = server.shutdown().await;
+    Ok(Handshakes::new(total, timed, cpu))
+}
+
+/// Waits (at most 5 s) until `server` holds no inbound link and no long-poll.
+async fn settle(server: &Handle) {
+    let until = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < until {
+        match server.snapshot().await {
+            Ok(s) if s.inbound_peer_links == 0 && s.held_http_calls == 0 => return,
+            Ok(_) => smol::Timer::after(Duration::from_millis(5)).await,
+            Err(_) => return,
+        };
+    }
 }

@@ -97,18 +97,35 @@ pub fn markdown(r: &Results) -> String {
         );
     }
     let _ = writeln!(s, "\n## Connections\n");
-    let _ = writeln!(s, "| what | per second | × baseline |\n|---|---:|---:|");
     let _ = writeln!(
         s,
-        "| baseline: WebSocket connect + upgrade + one echo + close | {:.0} | 1.00× |",
-        r.ws_connects_per_s
+        "A full handshake: a client identity the server has never seen gets a token \
+         (`/auth/token` challenge, Ed25519 signature, `/auth/verify`), upgrades `/ws/v1/peers` \
+         and runs the 6-step E2E handshake until `SessionEstablished`. CPU is the whole process \
+         (client and server sides) per connection or handshake.\n"
     );
+    let _ = writeln!(s, "| what | per second | × baseline | CPU µs each |\n|---|---:|---:|---:|");
     let _ = writeln!(
         s,
-        "| peerlink full handshake (new client node: token challenge/verify, upgrade, E2E handshake) | {:.0} | {} |",
-        r.handshakes_per_s,
-        ratio(r.handshakes_per_s, r.ws_connects_per_s)
+        "| baseline: WebSocket connect + upgrade + one echo + close | {:.0} | 1.00× | {:.0} |",
+        r.ws_connects_per_s, r.ws_connect_cpu_us
     );
+    let hs = [
+        ("peerlink full handshake (client node already running)", r.handshakes),
+        (
+            "peerlink full handshake including client start-up (a new client node each)",
+            r.handshakes_with_startup,
+        ),
+    ];
+    for (what, h) in hs {
+        let _ = writeln!(
+            s,
+            "| {what} | {:.0} | {} | {:.0} |",
+            h.per_s,
+            ratio(h.per_s, r.ws_connects_per_s),
+            h.cpu_us
+        );
+    }
     let _ = writeln!(s, "\n## Resident memory per idle connection\n");
     let _ = writeln!(
         s,
@@ -184,12 +201,15 @@ fn targets(r: &Results) -> String {
             verdict(seen >= 10_000)
         );
     }
-    let _ = writeln!(
-        s,
-        "| ≥ 3,000 full handshakes/s | {:.0}/s | {} |",
-        r.handshakes_per_s,
-        verdict(r.handshakes_per_s >= 3_000.0)
-    );
+    if r.handshakes.count > 0 {
+        let _ = writeln!(
+            s,
+            "| ≥ 3,000 full handshakes/s | {:.0}/s ({:.0}/s including client start-up) | {} |",
+            r.handshakes.per_s,
+            r.handshakes_with_startup.per_s,
+            verdict(r.handshakes.per_s >= 3_000.0)
+        );
+    }
     s
 }
 

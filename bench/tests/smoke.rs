@@ -46,7 +46,7 @@ fn a_short_run_writes_a_sane_report() {
         assert!(number(&row[2]) > 0.0, "achieved rate of {row:?}");
     }
     let conns = table(&md, "## Connections");
-    assert_eq!(conns.len(), 2);
+    assert_eq!(conns.len(), 3, "baseline, handshakes, handshakes with start-up: {conns:?}");
     assert!(conns.iter().all(|r| number(&r[1]) > 0.0), "{conns:?}");
     let mem = table(&md, "## Resident memory per idle connection");
     assert_eq!(mem.len(), 2);
