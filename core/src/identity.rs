@@ -36,6 +36,13 @@ impl Identity {
         Self { id, key: SigningKey::from_bytes(secret) }
     }
 
+    /// A second handle on the same identity (for a driver that needs one per task), without
+    /// deriving the public key again as [`from_secret_bytes`](Self::from_secret_bytes) does
+    /// (a scalar multiplication). Both copies zeroize their key when dropped.
+    pub fn duplicate(&self) -> Self {
+        Self { id: self.id.clone(), key: self.key.clone() }
+    }
+
     /// The 32-byte secret key, for storing the identity; zeroized when dropped.
     pub fn secret_bytes(&self) -> Zeroizing<[u8; 32]> {
         Zeroizing::new(self.key.to_bytes())
@@ -207,6 +214,16 @@ mod tests {
         assert!(shown.contains(&id.public_key().to_b64u()));
         let restored = Identity::from_secret_bytes(id.id().clone(), &id.secret_bytes());
         assert_eq!(restored.public_key(), id.public_key());
+    }
+
+    #[test]
+    fn a_duplicate_is_the_same_identity() {
+        let id = ident("alice", 1);
+        let twin = id.duplicate();
+        assert_eq!(twin.id(), id.id());
+        assert_eq!(twin.public_key(), id.public_key());
+        assert_eq!(*twin.secret_bytes(), *id.secret_bytes());
+        assert_eq!(twin.sign(b"hello"), id.sign(b"hello"));
     }
 
     #[test]
