@@ -26,7 +26,7 @@ use smol::net::TcpStream;
 
 use crate::config::DriverLimits;
 use crate::driver::Input;
-use crate::link::{LinkQueues, run_link, ws_config};
+use crate::link::{Corked, LinkQueues, run_link, ws_config};
 use crate::rt::FuturesIo;
 use crate::tls::MaybeTls;
 
@@ -313,6 +313,7 @@ pub(crate) async fn run_outbound(
             .map_err(|_| ClientError::BadResponse("token is not a header value"))?;
         req.headers_mut().insert(hyper::header::AUTHORIZATION, auth);
         let config = ws_config(ctx.max_frame_bytes, ctx.limits.ws_read_buffer_bytes);
+        let stream = Corked::new(stream);
         match async_tungstenite::client_async_with_config(req, stream, Some(config)).await {
             Ok((ws, _)) => Ok(ws),
             Err(async_tungstenite::tungstenite::Error::Http(resp)) => {

@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use async_tungstenite::tungstenite::Bytes;
 use peerlink_core::auth::{AuthError, Authority, Challenge};
 use peerlink_core::node::{HttpCall, LinkId, LinkKind, Output, RequestId};
 use peerlink_core::{EntityId, ErrorCode, Event, MessageId, MessageType, Node, Timestamp};
@@ -33,8 +34,8 @@ pub(crate) enum Input {
         handle: LinkHandle,
         reply: Reply<Result<LinkId, ErrorCode>>,
     },
-    /// A text frame arrived on a link.
-    Frame { link: LinkId, data: Vec<u8> },
+    /// A text frame arrived on a link (the bytes tungstenite read it into, not a copy).
+    Frame { link: LinkId, data: Bytes },
     /// A link's task ended.
     Closed { link: LinkId },
     /// An outbound link connected.

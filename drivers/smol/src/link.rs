@@ -4,26 +4,49 @@
 //! Bounds: the write queue holds [`DriverLimits::send_queue_frames`](crate::DriverLimits)
 //! frames; when the node task finds it full it kills the link (a slow reader is disconnected).
 //! Reads wait for room in the node task's input queue (backpressure on the socket).
+//!
+//! Writes are batched: when a frame is ready, the task also takes the frames already queued
+//! behind it (at most [`WRITE_BATCH_FRAMES`] frames or [`WRITE_BATCH_BYTES`] bytes) and the
+//! socket ([`Corked`]) holds their bytes until the batch ends, so a batch costs one `send`
+//! syscall instead of one per frame.
 
+use std::future::poll_fn;
+use std::io;
+use std::pin::{Pin, pin};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use async_tungstenite::WebSocketStream;
 use async_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use async_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
-use async_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
+use async_tungstenite::tungstenite::{Bytes, Error as WsError, Message, Utf8Bytes};
 use peerlink_core::ErrorCode;
 use peerlink_core::node::LinkId;
-use smol::channel::{Receiver, RecvError, Sender, TryRecvError, TrySendError};
+use smol::channel::{Receiver, Sender, TryRecvError, TrySendError};
 use smol::future::FutureExt as _;
 use smol::io::{AsyncRead, AsyncWrite};
-use smol::stream::StreamExt as _;
+use smol::stream::{Stream, StreamExt as _};
 
 use crate::driver::Input;
 
 /// How long a close handshake may take before the socket is dropped.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// At most this many frames are written between two flushes.
+const WRITE_BATCH_FRAMES: usize = 64;
+
+/// No further frame joins a write batch once it holds this many bytes (the frame that starts a
+/// batch goes whatever its size).
+const WRITE_BATCH_BYTES: usize = 256 * 1024;
+
+/// A corked socket writes its held bytes out once a write would take them past this.
+const HOLD_BYTES: usize = WRITE_BATCH_BYTES;
+
+/// A held-bytes buffer that grew past this is freed once written out, so a link that carried a
+/// burst does not keep the memory while idle.
+const HOLD_RETAIN: usize = 32 * 1024;
 
 /// The node task's end of a link's send queue. The storage is unbounded and grows as frames
 /// arrive; the bound is a count. (A bounded channel reserves every slot up front: 256 slots cost
@@ -49,18 +72,26 @@ impl FrameSender {
     }
 }
 
-/// The link task's end of its send queue.
-#[derive(Debug)]
-struct FrameReceiver {
-    rx: Receiver<Arc<[u8]>>,
-    queued: Arc<AtomicUsize>,
+pin_project_lite::pin_project! {
+    /// The link task's end of its send queue. Polled as a stream, so the receiver keeps one
+    /// listener registered while it waits instead of making one per wait.
+    #[derive(Debug)]
+    struct FrameReceiver {
+        #[pin]
+        rx: Receiver<Arc<[u8]>>,
+        queued: Arc<AtomicUsize>,
+    }
 }
 
 impl FrameReceiver {
-    async fn recv(&self) -> Result<Arc<[u8]>, RecvError> {
-        let frame = self.rx.recv().await?;
-        self.queued.fetch_sub(1, Ordering::AcqRel);
-        Ok(frame)
+    /// The next frame; `None` once the node task dropped its end and the queue is empty.
+    fn poll_recv(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Arc<[u8]>>> {
+        let this = self.project();
+        let frame = ready!(this.rx.poll_next(cx));
+        if frame.is_some() {
+            this.queued.fetch_sub(1, Ordering::AcqRel);
+        }
+        Poll::Ready(frame)
     }
 
     fn try_recv(&self) -> Result<Arc<[u8]>, TryRecvError> {
@@ -107,6 +138,110 @@ pub(crate) fn ws_config(max_frame_bytes: usize, read_buffer: usize) -> WebSocket
         .max_frame_size(Some(max_frame_bytes))
 }
 
+/// A link's socket, able to hold its writes back while a batch of frames is written.
+///
+/// tungstenite flushes after every message it sends; while corked, writes are only copied into
+/// a buffer (at most [`HOLD_BYTES`] before they go out anyway) and flushes do nothing, so the
+/// batch reaches the socket in one write when [`Corked::uncork`] and a flush end it. Uncorked,
+/// it writes whatever it still holds and then passes writes straight through. Links start
+/// uncorked (the client's WebSocket handshake runs over it) and are corked only by
+/// [`run_link`]'s write batches.
+#[derive(Debug)]
+pub(crate) struct Corked<S> {
+    io: S,
+    held: Vec<u8>,
+    /// How much of `held` is already written.
+    written: usize,
+    corked: bool,
+}
+
+impl<S> Corked<S> {
+    /// Wraps a socket, uncorked.
+    pub fn new(io: S) -> Self {
+        Self { io, held: Vec::new(), written: 0, corked: false }
+    }
+
+    fn cork(&mut self) {
+        self.corked = true;
+    }
+
+    fn uncork(&mut self) {
+        self.corked = false;
+    }
+
+    /// Holds `data` if corked and it fits.
+    fn hold(&mut self, data: &[u8]) -> bool {
+        let fits = self.held.len().saturating_add(data.len()) <= HOLD_BYTES;
+        if self.corked && fits {
+            self.held.extend_from_slice(data);
+        }
+        self.corked && fits
+    }
+}
+
+impl<S: AsyncWrite + Unpin> Corked<S> {
+    /// Writes out everything held.
+    fn poll_write_held(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while let Some(rest) = self.held.get(self.written..).filter(|r| !r.is_empty()) {
+            let n = ready!(Pin::new(&mut self.io).poll_write(cx, rest))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.written = self.written.saturating_add(n.min(rest.len()));
+        }
+        if self.held.capacity() > HOLD_RETAIN {
+            self.held = Vec::new();
+        } else {
+            self.held.clear();
+        }
+        self.written = 0;
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Corked<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Corked<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        if this.hold(data) {
+            return Poll::Ready(Ok(data.len()));
+        }
+        ready!(this.poll_write_held(cx))?;
+        if this.hold(data) {
+            return Poll::Ready(Ok(data.len()));
+        }
+        Pin::new(&mut this.io).poll_write(cx, data)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.corked {
+            return Poll::Ready(Ok(()));
+        }
+        ready!(this.poll_write_held(cx))?;
+        Pin::new(&mut this.io).poll_flush(cx)
+    }
+
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        ready!(this.poll_write_held(cx))?;
+        Pin::new(&mut this.io).poll_close(cx)
+    }
+}
+
 /// The close frame for a reason the node gave: 1000 for an orderly close, 1008 (policy) with the
 /// error code as the reason otherwise.
 fn close_frame(reason: Option<ErrorCode>) -> CloseFrame {
@@ -119,6 +254,57 @@ fn close_frame(reason: Option<ErrorCode>) -> CloseFrame {
     }
 }
 
+/// One frame of the node's as a text message, without copying it. The node only makes UTF-8
+/// JSON frames; anything else is logged and dropped.
+fn text_message(link: LinkId, frame: Arc<[u8]>) -> Option<Message> {
+    match Utf8Bytes::try_from(Bytes::from_owner(frame)) {
+        Ok(text) => Some(Message::Text(text)),
+        Err(_) => {
+            tracing::warn!(?link, "node produced a non-UTF-8 frame; dropped");
+            None
+        }
+    }
+}
+
+/// Writes `first` and the frames queued behind it (at most [`WRITE_BATCH_FRAMES`], and no more
+/// once [`WRITE_BATCH_BYTES`] are written), then flushes once. Returns the frames written.
+async fn write_batch<S>(
+    ws: &mut WebSocketStream<Corked<S>>,
+    frames: &FrameReceiver,
+    first: Arc<[u8]>,
+    link: LinkId,
+) -> Result<usize, WsError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    // A lone frame goes straight out: holding it back would only copy it once more.
+    let batch = !frames.rx.is_empty();
+    if batch {
+        ws.get_mut().cork();
+    }
+    let mut count = 0;
+    let mut bytes: usize = 0;
+    let mut next = Some(first);
+    while let Some(frame) = next {
+        count += 1;
+        bytes = bytes.saturating_add(frame.len());
+        if let Some(message) = text_message(link, frame) {
+            ws.send(message).await?;
+        }
+        next = if count < WRITE_BATCH_FRAMES && bytes < WRITE_BATCH_BYTES {
+            frames.try_recv().ok()
+        } else {
+            None
+        };
+    }
+    if batch {
+        let io = ws.get_mut();
+        io.uncork();
+        poll_fn(|cx| Pin::new(&mut *io).poll_flush(cx)).await?;
+    }
+    Ok(count)
+}
+
 enum Step {
     Read(Option<Result<Message, WsError>>),
     Write(Arc<[u8]>),
@@ -126,8 +312,12 @@ enum Step {
 }
 
 /// Runs a link until either side closes it, then reports `Input::Closed` to the node task.
+///
+/// A kill is seen before queued frames and reads; the frames queued before it still go out
+/// (within [`CLOSE_TIMEOUT`]) before the close frame. A write blocked on a slow reader is
+/// abandoned when the link is killed.
 pub(crate) async fn run_link<S>(
-    mut ws: WebSocketStream<S>,
+    mut ws: WebSocketStream<Corked<S>>,
     link: LinkId,
     queues: LinkQueues,
     inputs: Sender<Input>,
@@ -135,49 +325,39 @@ pub(crate) async fn run_link<S>(
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let LinkQueues { frames, kill } = queues;
+    let mut frames = pin!(frames);
+    let mut kill = pin!(kill);
     let close: Option<CloseFrame> = loop {
-        let step = async { Step::Kill(kill.recv().await.unwrap_or(None)) }
-            .or(async {
-                match frames.recv().await {
-                    Ok(f) => Step::Write(f),
-                    Err(_) => Step::Kill(None),
-                }
-            })
-            .or(async { Step::Read(ws.next().await) })
-            .await;
+        // The queues are polled as streams: each keeps its listener across turns.
+        let step = poll_fn(|cx| {
+            if let Poll::Ready(reason) = kill.as_mut().poll_next(cx) {
+                // A dropped handle (the node forgot the link) is an orderly close.
+                return Poll::Ready(Step::Kill(reason.flatten()));
+            }
+            if let Poll::Ready(frame) = frames.as_mut().poll_recv(cx) {
+                return Poll::Ready(frame.map_or(Step::Kill(None), Step::Write));
+            }
+            Pin::new(&mut ws).poll_next(cx).map(Step::Read)
+        })
+        .await;
         match step {
             Step::Kill(reason) => {
-                // Frames the node queued before asking for the close (the ERROR that explains
-                // it, spec §19) go out first, within the close timeout.
-                let flushed = async {
-                    while let Ok(frame) = frames.try_recv() {
-                        let Ok(text) = String::from_utf8(frame.to_vec()) else { continue };
-                        if ws.send(Message::Text(text.into())).await.is_err() {
-                            return false;
-                        }
-                    }
-                    true
-                }
-                .or(async {
-                    smol::Timer::after(CLOSE_TIMEOUT).await;
-                    false
-                })
-                .await;
+                // Boxed: it runs once, and would otherwise enlarge every idle link's task.
+                let flushed = Box::pin(write_queued(&mut ws, &frames, link)).await;
                 break flushed.then(|| close_frame(reason));
             }
-            Step::Write(frame) => {
-                let Ok(text) = String::from_utf8(frame.to_vec()) else {
-                    tracing::warn!(?link, "node produced a non-UTF-8 frame; dropped");
-                    continue;
-                };
-                let sent = async { Some(ws.send(Message::Text(text.into())).await) }
+            Step::Write(first) => {
+                // Boxed (one allocation per batch): held inline, the batch's state would
+                // enlarge every idle link's task by a few hundred bytes.
+                let batch = Box::pin(write_batch(&mut ws, &frames, first, link));
+                let sent = async { Some(batch.await) }
                     .or(async {
-                        let _ = kill.recv().await;
+                        let _ = kill.next().await;
                         None
                     })
                     .await;
                 match sent {
-                    Some(Ok(())) => {}
+                    Some(Ok(_)) => {}
                     // Killed while blocked on a slow reader: drop the socket, no close handshake.
                     None => break None,
                     Some(Err(e)) => {
@@ -189,7 +369,8 @@ pub(crate) async fn run_link<S>(
             Step::Read(None) => break None,
             Step::Read(Some(Ok(msg))) => match msg {
                 Message::Text(t) => {
-                    let data = t.as_bytes().to_vec();
+                    // The frame's bytes as tungstenite read them, not a copy.
+                    let data = Bytes::from(t);
                     if inputs.send(Input::Frame { link, data }).await.is_err() {
                         break Some(close_frame(None));
                     }
@@ -221,24 +402,142 @@ pub(crate) async fn run_link<S>(
         }
     };
     if let Some(frame) = close {
-        let _ = async { ws.close(Some(frame)).await.ok() }
-            .or(async {
-                smol::Timer::after(CLOSE_TIMEOUT).await;
-                None
-            })
-            .await;
+        // Boxed for the same reason.
+        Box::pin(close_handshake(&mut ws, frame)).await;
     }
     let _ = inputs.send(Input::Closed { link }).await;
 }
 
+/// On a kill: the frames the node queued before asking for the close (the ERROR that explains
+/// it, spec §19) go out first, within [`CLOSE_TIMEOUT`]. Whether they all did.
+async fn write_queued<S>(
+    ws: &mut WebSocketStream<Corked<S>>,
+    frames: &FrameReceiver,
+    link: LinkId,
+) -> bool
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    async {
+        while let Ok(first) = frames.try_recv() {
+            if write_batch(ws, frames, first, link).await.is_err() {
+                return false;
+            }
+        }
+        true
+    }
+    .or(async {
+        smol::Timer::after(CLOSE_TIMEOUT).await;
+        false
+    })
+    .await
+}
+
+/// Sends the close frame and waits (at most [`CLOSE_TIMEOUT`]) for it to be written.
+async fn close_handshake<S>(ws: &mut WebSocketStream<Corked<S>>, frame: CloseFrame)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let _ = async { ws.close(Some(frame)).await.ok() }
+        .or(async {
+            smol::Timer::after(CLOSE_TIMEOUT).await;
+            None
+        })
+        .await;
+}
+
 #[cfg(test)]
 mod tests {
+    use std::sync::Mutex;
+    use std::sync::atomic::AtomicBool;
+
+    use async_tungstenite::tungstenite::protocol::{Role, WebSocket};
+
     use super::*;
+
+    /// A socket that records each write reaching it. Reads never complete; while `blocked`,
+    /// writes do not either (a reader that stopped reading).
+    #[derive(Clone, Default)]
+    struct Wire {
+        writes: Arc<Mutex<Vec<Vec<u8>>>>,
+        blocked: Arc<AtomicBool>,
+    }
+
+    impl Wire {
+        fn writes(&self) -> usize {
+            self.writes.lock().unwrap().len()
+        }
+
+        /// Every message written so far, parsed back by a client (the tests check that none
+        /// is missing).
+        fn messages(&self) -> Vec<Message> {
+            let bytes = self.writes.lock().unwrap().concat();
+            let mut ws =
+                WebSocket::from_raw_socket(std::io::Cursor::new(bytes), Role::Client, None);
+            // Ends at the end of the bytes (a reset) or after a close frame.
+            std::iter::from_fn(|| ws.read().ok()).collect()
+        }
+    }
+
+    impl AsyncRead for Wire {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            _: &mut [u8],
+        ) -> Poll<io::Result<usize>> {
+            Poll::Pending
+        }
+    }
+
+    impl AsyncWrite for Wire {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            data: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            if self.blocked.load(Ordering::SeqCst) {
+                return Poll::Pending;
+            }
+            self.writes.lock().unwrap().push(data.to_vec());
+            Poll::Ready(Ok(data.len()))
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    async fn server(wire: &Wire) -> WebSocketStream<Corked<Wire>> {
+        WebSocketStream::from_raw_socket(Corked::new(wire.clone()), Role::Server, None).await
+    }
+
+    fn frame(i: usize) -> Arc<[u8]> {
+        Arc::from(format!("{{\"n\":{i}}}").into_bytes())
+    }
+
+    fn texts(messages: &[Message]) -> Vec<String> {
+        messages
+            .iter()
+            .filter_map(|m| match m {
+                Message::Text(t) => Some(t.as_str().to_owned()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn expected(frames: std::ops::Range<usize>) -> Vec<String> {
+        frames.map(|i| format!("{{\"n\":{i}}}")).collect()
+    }
 
     #[test]
     fn the_send_queue_is_bounded_by_count_and_frees_as_the_link_writes() {
         smol::block_on(async {
             let (handle, queues) = link_channels(2);
+            let mut frames = pin!(queues.frames);
             let frame: Arc<[u8]> = Arc::from(&b"{}"[..]);
             assert!(handle.frames.try_send(Arc::clone(&frame)).is_ok());
             assert!(handle.frames.try_send(Arc::clone(&frame)).is_ok());
@@ -246,12 +545,156 @@ mod tests {
                 handle.frames.try_send(Arc::clone(&frame)),
                 Err(TrySendError::Full(_))
             ));
-            assert!(queues.frames.recv().await.is_ok());
+            assert!(poll_fn(|cx| frames.as_mut().poll_recv(cx)).await.is_some());
             assert!(handle.frames.try_send(Arc::clone(&frame)).is_ok(), "room again");
             assert!(matches!(handle.frames.try_send(frame), Err(TrySendError::Full(_))));
-            assert!(queues.frames.try_recv().is_ok());
-            assert!(queues.frames.try_recv().is_ok());
-            assert!(queues.frames.try_recv().is_err(), "empty");
+            assert!(frames.try_recv().is_ok());
+            assert!(frames.try_recv().is_ok());
+            assert!(frames.try_recv().is_err(), "empty");
+            drop(handle);
+            assert!(poll_fn(|cx| frames.as_mut().poll_recv(cx)).await.is_none(), "closed");
+        });
+    }
+
+    #[test]
+    fn queued_frames_leave_in_one_write_and_a_lone_frame_in_one_too() {
+        smol::block_on(async {
+            let wire = Wire::default();
+            let mut ws = server(&wire).await;
+            let (handle, queues) = link_channels(256);
+            for i in 1..10 {
+                handle.frames.try_send(frame(i)).unwrap();
+            }
+            let n = write_batch(&mut ws, &queues.frames, frame(0), LinkId(1)).await;
+            assert_eq!(n.unwrap(), 10);
+            assert_eq!(wire.writes(), 1, "one write for the whole batch");
+            assert_eq!(texts(&wire.messages()), expected(0..10));
+
+            let n = write_batch(&mut ws, &queues.frames, frame(10), LinkId(1)).await;
+            assert_eq!(n.unwrap(), 1);
+            assert_eq!(wire.writes(), 2);
+            assert_eq!(texts(&wire.messages()), expected(0..11));
+            assert!(!ws.get_ref().corked, "uncorked after a batch");
+        });
+    }
+
+    #[test]
+    fn a_write_batch_stops_at_the_frame_cap_and_the_rest_follows() {
+        smol::block_on(async {
+            let wire = Wire::default();
+            let mut ws = server(&wire).await;
+            let (handle, queues) = link_channels(256);
+            for i in 1..100 {
+                handle.frames.try_send(frame(i)).unwrap();
+            }
+            let n = write_batch(&mut ws, &queues.frames, frame(0), LinkId(1)).await;
+            assert_eq!(n.unwrap(), WRITE_BATCH_FRAMES);
+            assert_eq!(wire.writes(), 1);
+            let first = queues.frames.try_recv().unwrap();
+            let n = write_batch(&mut ws, &queues.frames, first, LinkId(1)).await;
+            assert_eq!(n.unwrap(), 100 - WRITE_BATCH_FRAMES);
+            assert_eq!(wire.writes(), 2);
+            assert_eq!(texts(&wire.messages()), expected(0..100));
+        });
+    }
+
+    #[test]
+    fn a_write_batch_stops_at_the_byte_cap() {
+        smol::block_on(async {
+            let wire = Wire::default();
+            let mut ws = server(&wire).await;
+            let (handle, queues) = link_channels(256);
+            let big = |c: u8| -> Arc<[u8]> { Arc::from(vec![c; 100 * 1024]) };
+            for c in [b'b', b'c', b'd'] {
+                handle.frames.try_send(big(c)).unwrap();
+            }
+            let n = write_batch(&mut ws, &queues.frames, big(b'a'), LinkId(1)).await;
+            assert_eq!(n.unwrap(), 3, "300 KiB: past the byte cap after the third frame");
+            assert_eq!(queues.frames.try_recv().unwrap()[0], b'd');
+            let sent = texts(&wire.messages());
+            assert_eq!(sent.len(), 3);
+            assert!(sent.iter().zip("abc".chars()).all(|(t, c)| t.starts_with(c)));
+        });
+    }
+
+    #[test]
+    fn a_non_utf8_frame_is_dropped_and_the_rest_of_the_batch_goes() {
+        smol::block_on(async {
+            let wire = Wire::default();
+            let mut ws = server(&wire).await;
+            let (handle, queues) = link_channels(256);
+            handle.frames.try_send(Arc::from(&b"\xff\xfe"[..])).unwrap();
+            handle.frames.try_send(frame(1)).unwrap();
+            let n = write_batch(&mut ws, &queues.frames, frame(0), LinkId(1)).await;
+            assert_eq!(n.unwrap(), 3);
+            assert_eq!(texts(&wire.messages()), expected(0..2));
+        });
+    }
+
+    #[test]
+    fn a_kill_still_sends_the_frames_queued_before_it_then_the_close_frame() {
+        smol::block_on(async {
+            let wire = Wire::default();
+            let ws = server(&wire).await;
+            let (handle, queues) = link_channels(256);
+            for i in 0..100 {
+                handle.frames.try_send(frame(i)).unwrap();
+            }
+            handle.kill.try_send(Some(ErrorCode::RateLimitExceeded)).unwrap();
+            let (tx, rx) = smol::channel::bounded(4);
+            run_link(ws, LinkId(7), queues, tx).await;
+            let messages = wire.messages();
+            assert_eq!(texts(&messages), expected(0..100));
+            match messages.last() {
+                Some(Message::Close(Some(c))) => {
+                    assert_eq!(c.code, CloseCode::Policy);
+                    assert_eq!(c.reason.as_str(), ErrorCode::RateLimitExceeded.as_str());
+                }
+                other => panic!("no close frame last: {other:?}"),
+            }
+            assert!(wire.writes() <= 3, "two batches and the close frame");
+            assert!(matches!(rx.try_recv(), Ok(Input::Closed { .. })));
+        });
+    }
+
+    #[test]
+    fn a_write_blocked_on_a_slow_reader_is_abandoned_when_killed() {
+        smol::block_on(async {
+            let wire = Wire::default();
+            wire.blocked.store(true, Ordering::SeqCst);
+            let ws = server(&wire).await;
+            let (handle, queues) = link_channels(256);
+            let (tx, rx) = smol::channel::bounded(4);
+            let mut task = pin!(run_link(ws, LinkId(7), queues, tx));
+            handle.frames.try_send(frame(0)).unwrap();
+            handle.frames.try_send(frame(1)).unwrap();
+            assert!(smol::future::poll_once(task.as_mut()).await.is_none(), "blocked");
+            handle.kill.try_send(None).unwrap();
+            let ended = task.or(async {
+                smol::Timer::after(Duration::from_secs(5)).await;
+                panic!("the kill did not end the blocked link");
+            });
+            ended.await;
+            assert_eq!(wire.writes(), 0, "no close handshake on a blocked socket");
+            assert!(matches!(rx.try_recv(), Ok(Input::Closed { .. })));
+        });
+    }
+
+    #[test]
+    fn a_dropped_handle_closes_the_link_in_order() {
+        smol::block_on(async {
+            let wire = Wire::default();
+            let ws = server(&wire).await;
+            let (handle, queues) = link_channels(256);
+            handle.frames.try_send(frame(0)).unwrap();
+            drop(handle);
+            let (tx, _rx) = smol::channel::bounded(4);
+            run_link(ws, LinkId(7), queues, tx).await;
+            let messages = wire.messages();
+            assert_eq!(texts(&messages), expected(0..1));
+            assert!(
+                matches!(messages.last(), Some(Message::Close(Some(c))) if c.code == CloseCode::Normal)
+            );
         });
     }
 }

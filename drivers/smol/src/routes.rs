@@ -29,7 +29,7 @@ use smol::future::FutureExt as _;
 use crate::api::Snapshot;
 use crate::config::DriverLimits;
 use crate::driver::{Clock, Input};
-use crate::link::{LinkQueues, link_channels, run_link, ws_config};
+use crate::link::{Corked, LinkQueues, link_channels, run_link, ws_config};
 use crate::rt::HyperIo;
 
 /// What request handlers share.
@@ -296,8 +296,8 @@ async fn serve_upgraded(
         .await;
     match upgraded {
         Some(io) => {
-            let ws =
-                WebSocketStream::from_raw_socket(HyperIo(io), Role::Server, Some(config)).await;
+            let io = Corked::new(HyperIo(io));
+            let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
             smol::spawn(run_link(ws, link, queues, inputs)).detach();
         }
         None => {
