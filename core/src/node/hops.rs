@@ -305,6 +305,8 @@ impl Node {
     }
 
     /// Keeps one long-poll open to each hop that has traffic for us while WebSocket is unusable.
+    /// A `WEBSOCKET_ONLY` node never polls, it uses no HTTP at all (spec §16): it keeps a link
+    /// to such a hop open (or reconnecting) instead.
     fn ensure_polls(&mut self, now: Timestamp) {
         let candidates: Vec<EntityId> = self
             .hops
@@ -316,6 +318,10 @@ impl Node {
             .collect();
         for hop in candidates {
             if !self.hop_active(&hop) {
+                continue;
+            }
+            if self.config.preference == TransportPreference::WebsocketOnly {
+                self.ensure_ws(now, &hop);
                 continue;
             }
             let request = self.next_request_id();

@@ -1188,6 +1188,33 @@ fn a_client_with_nothing_to_send_stays_reachable_at_its_relay() {
 }
 
 #[test]
+fn a_websocket_only_client_never_polls_its_relay() {
+    // A WEBSOCKET_ONLY node stays reachable at its relay over a link it opens at once, and
+    // reopens after a failure; it never sends an HTTP request, not even a poll (spec §16, §21).
+    let config =
+        NodeConfig { preference: TransportPreference::WebsocketOnly, ..NodeConfig::default() };
+    let mut alice = node("alice", config);
+    alice.set_default_route(T0, Pump::addr("relay"));
+    let outputs = drain(&mut alice);
+    let opened = outputs.iter().find_map(|o| match o {
+        Output::OpenLink { link, .. } => Some(*link),
+        _ => None,
+    });
+    let http = |outputs: &[Output]| {
+        outputs.iter().filter(|o| matches!(o, Output::HttpRequest { .. })).count()
+    };
+    assert_eq!(http(&outputs), 0, "no poll while the link connects");
+    let link = opened.expect("the relay is reached over WebSocket");
+    alice.link_failed(T0, link);
+    assert_eq!(http(&drain(&mut alice)), 0, "no poll after the link failed");
+    let retry = alice.poll_timeout().expect("a reconnect is scheduled");
+    alice.handle_timeout(retry);
+    let outputs = drain(&mut alice);
+    assert_eq!(http(&outputs), 0);
+    assert!(outputs.iter().any(|o| matches!(o, Output::OpenLink { .. })), "it reconnects");
+}
+
+#[test]
 fn a_late_session_error_about_an_older_session_is_ignored() {
     let mut p = Pump::new(&[("alice", NodeConfig::default()), ("bob", NodeConfig::default())]);
     p.node("alice").add_route(id("bob"), Pump::addr("bob"));
