@@ -4,7 +4,10 @@
 //! `poll_timeout()`.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::future::{Future as _, poll_fn};
+use std::pin::{Pin, pin};
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_tungstenite::tungstenite::Bytes;
@@ -13,7 +16,7 @@ use peerlink_core::node::{HttpCall, LinkId, LinkKind, Output, RequestId};
 use peerlink_core::{EntityId, ErrorCode, Event, MessageId, MessageType, Node, Timestamp};
 use rand_chacha::ChaCha20Rng;
 use smol::channel::{Receiver, Sender, TrySendError};
-use smol::future::FutureExt as _;
+use smol::stream::Stream as _;
 
 use crate::api::{ApiError, Snapshot};
 use crate::client::{self, ClientCtx};
@@ -352,33 +355,123 @@ impl Core {
     }
 }
 
+/// At most this many inputs are handled before the node's outputs are carried out.
+const INPUT_BATCH: usize = 64;
+
 /// Runs the node task until shutdown or until every input sender is gone.
+///
+/// It takes the inputs already queued in batches of up to [`INPUT_BATCH`], then runs the
+/// timers that are due and carries out the outputs once per batch. Each input is still handled
+/// with its own current time, in queue order, and a shutdown ends the batch it is in.
 pub(crate) async fn run(mut core: Core, inputs: Receiver<Input>) {
     // Outputs of the set-up (a poll to the relay) go out before the first input.
     core.drain().await;
+    // Polled as a stream: the receiver keeps its listener across turns.
+    let mut inputs = pin!(inputs);
+    // One timer, moved only when the node's deadline moves (each move registers it with the
+    // reactor, which wakes the reactor thread).
+    let mut timer = smol::Timer::never();
+    let mut armed: Option<Instant> = None;
     loop {
         let deadline = core.node.poll_timeout().map(|t| core.clock.instant_of(t));
-        let next = async { Some(inputs.recv().await) }
-            .or(async {
-                match deadline {
-                    Some(at) => {
-                        smol::Timer::at(at).await;
-                    }
-                    None => smol::future::pending::<()>().await,
-                }
-                None
-            })
-            .await;
-        let mut done = None;
-        match next {
-            Some(Ok(input)) => done = core.handle(input),
-            Some(Err(_)) => break,
-            None => core.node.handle_timeout(core.clock.now()),
+        if deadline != armed {
+            match deadline {
+                Some(at) => timer.set_at(at),
+                None => timer = smol::Timer::never(),
+            }
+            armed = deadline;
+        }
+        let next = poll_fn(|cx| {
+            if let Poll::Ready(input) = inputs.as_mut().poll_next(cx) {
+                return Poll::Ready(Some(input));
+            }
+            if armed.is_some() && Pin::new(&mut timer).poll(cx).is_ready() {
+                // Fired: the next turn arms it again for the node's next deadline.
+                armed = None;
+                return Poll::Ready(None);
+            }
+            Poll::Pending
+        })
+        .await;
+        let done = match next {
+            Some(Some(input)) => handle_batch(input, &inputs, |input| core.handle(input)),
+            Some(None) => break,
+            None => None,
+        };
+        if done.is_none() {
+            // Also when inputs never stop coming: the timers run at least once per batch.
+            let now = core.clock.now();
+            if core.node.poll_timeout().is_some_and(|t| t <= now) {
+                core.node.handle_timeout(now);
+            }
         }
         core.drain().await;
         if let Some(reply) = done {
             let _ = reply.try_send(());
             break;
         }
+    }
+}
+
+/// Handles `first` and then the inputs already queued behind it, at most [`INPUT_BATCH`] in all,
+/// and stops early at the first `handle` that returns `Some` (a shutdown): what comes after it
+/// stays queued. Returns that `Some`.
+fn handle_batch<T, R>(
+    first: T,
+    queue: &Receiver<T>,
+    mut handle: impl FnMut(T) -> Option<R>,
+) -> Option<R> {
+    let mut done = handle(first);
+    let mut handled = 1;
+    while done.is_none() && handled < INPUT_BATCH {
+        let Ok(next) = queue.try_recv() else { break };
+        done = handle(next);
+        handled += 1;
+    }
+    done
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_batch_takes_what_is_queued_up_to_the_cap() {
+        let (tx, rx) = smol::channel::unbounded();
+        for i in 1..100 {
+            tx.try_send(i).unwrap();
+        }
+        let mut seen = Vec::new();
+        let done: Option<()> = handle_batch(0, &rx, |i| {
+            seen.push(i);
+            None
+        });
+        assert!(done.is_none());
+        assert_eq!(seen, (0..INPUT_BATCH).collect::<Vec<_>>());
+        assert_eq!(rx.try_recv().ok(), Some(INPUT_BATCH), "the rest waits, in order");
+
+        let mut seen = Vec::new();
+        let done: Option<()> = handle_batch(7, &rx, |i| {
+            seen.push(i);
+            None
+        });
+        assert!(done.is_none());
+        assert_eq!(seen.len(), 100 - INPUT_BATCH, "an empty queue ends the batch");
+    }
+
+    #[test]
+    fn a_shutdown_ends_its_batch_and_leaves_the_rest_queued() {
+        let (tx, rx) = smol::channel::unbounded();
+        for i in 1..10 {
+            tx.try_send(i).unwrap();
+        }
+        let mut seen = Vec::new();
+        let done = handle_batch(0, &rx, |i| {
+            seen.push(i);
+            (i == 3).then_some("stop")
+        });
+        assert_eq!(done, Some("stop"));
+        assert_eq!(seen, vec![0, 1, 2, 3]);
+        assert_eq!(rx.try_recv().ok(), Some(4));
     }
 }
