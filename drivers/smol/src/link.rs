@@ -3,7 +3,10 @@
 //!
 //! Bounds: the write queue holds [`DriverLimits::send_queue_frames`](crate::DriverLimits)
 //! frames; when the node task finds it full it kills the link (a slow reader is disconnected).
-//! Reads wait for room in the node task's input queue (backpressure on the socket).
+//! Reads wait for room in the node task's input queue (backpressure on the socket). A frame read
+//! goes to the node task as the bytes tungstenite read it into, not a copy: until handled it
+//! keeps that read buffer alive (`ws_read_buffer_bytes`, 4 KiB, or the frame's own size when
+//! larger), at most one per input queue slot.
 //!
 //! Writes are batched: when a frame is ready, the task also takes the frames already queued
 //! behind it (at most [`WRITE_BATCH_FRAMES`] frames or [`WRITE_BATCH_BYTES`] bytes) and the
