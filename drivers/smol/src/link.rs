@@ -13,12 +13,12 @@
 //! socket ([`Corked`]) holds their bytes until the batch ends, so a batch costs one `send`
 //! syscall instead of one per frame.
 
+use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::io;
-use std::pin::{Pin, pin};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::task::{Context, Poll, ready};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll, Waker, ready};
 use std::time::Duration;
 
 use async_tungstenite::WebSocketStream;
@@ -27,10 +27,10 @@ use async_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use async_tungstenite::tungstenite::{Bytes, Error as WsError, Message, Utf8Bytes};
 use peerlink_core::ErrorCode;
 use peerlink_core::node::LinkId;
-use smol::channel::{Receiver, Sender, TryRecvError, TrySendError};
+use smol::channel::{Sender, TrySendError};
 use smol::future::FutureExt as _;
 use smol::io::{AsyncRead, AsyncWrite};
-use smol::stream::{Stream, StreamExt as _};
+use smol::stream::StreamExt as _;
 
 use crate::driver::Input;
 
@@ -51,83 +51,177 @@ const HOLD_BYTES: usize = WRITE_BATCH_BYTES;
 /// burst does not keep the memory while idle.
 const HOLD_RETAIN: usize = 32 * 1024;
 
-/// The node task's end of a link's send queue. The storage is unbounded and grows as frames
-/// arrive; the bound is a count. (A bounded channel reserves every slot up front: 256 slots cost
-/// about 6 KiB on every idle link.)
-#[derive(Debug, Clone)]
+/// What a link's two ends share, in one small allocation. (Two `async_channel`s, one for the
+/// frames and one for the kill signal, cost 768 bytes each on every idle link, their
+/// cache-padded queues allocated 128-byte aligned, plus a listener per waiting receiver.)
+#[derive(Debug, Default)]
+struct Shared {
+    /// Frames waiting to be written; the bound is [`FrameSender`]'s count.
+    frames: VecDeque<Arc<[u8]>>,
+    /// `Some(reason)` once the node task asked for a close (the first reason wins).
+    kill: Option<Option<ErrorCode>>,
+    /// The node task dropped its end: the link closes once the queued frames are written.
+    handle_gone: bool,
+    /// The link task ended: frames are refused.
+    link_gone: bool,
+    /// The link task, waiting for a frame.
+    frame_waker: Option<Waker>,
+    /// The link task, waiting for a kill (also while a write is blocked, when a new frame must
+    /// not wake it).
+    kill_waker: Option<Waker>,
+}
+
+type SharedRef = Arc<Mutex<Shared>>;
+
+/// The shared state, locked. Nothing panics while holding the lock, but a poisoned lock is
+/// used anyway rather than panicking in turn.
+fn lock(shared: &SharedRef) -> MutexGuard<'_, Shared> {
+    shared.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Wakes the link task (where it waits for a frame, for a kill, or both), outside the lock.
+fn wake(mut s: MutexGuard<'_, Shared>, frame: bool, kill: bool) {
+    let frame = if frame { s.frame_waker.take() } else { None };
+    let kill = if kill { s.kill_waker.take() } else { None };
+    drop(s);
+    for w in [frame, kill].into_iter().flatten() {
+        w.wake();
+    }
+}
+
+/// Keeps `cx`'s waker in `slot` (without cloning it again if it is already there).
+fn register(slot: &mut Option<Waker>, cx: &Context<'_>) {
+    match slot {
+        Some(w) if w.will_wake(cx.waker()) => {}
+        _ => *slot = Some(cx.waker().clone()),
+    }
+}
+
+/// The node task's end of a link's send queue. The storage grows as frames arrive; the bound is
+/// a count.
+#[derive(Debug)]
 pub(crate) struct FrameSender {
-    tx: Sender<Arc<[u8]>>,
-    queued: Arc<AtomicUsize>,
+    shared: SharedRef,
     cap: usize,
 }
 
 impl FrameSender {
-    /// Queues a frame; `Full` once `cap` frames wait (the slow reader is then disconnected).
+    /// Queues a frame; `Full` once `cap` frames wait (the slow reader is then disconnected),
+    /// `Closed` once the link task has ended.
     pub fn try_send(&self, frame: Arc<[u8]>) -> Result<(), TrySendError<Arc<[u8]>>> {
-        // Counted before it is sent, so the receiver never takes away more than was added.
-        if self.queued.fetch_add(1, Ordering::AcqRel) >= self.cap {
-            self.queued.fetch_sub(1, Ordering::AcqRel);
+        let mut s = lock(&self.shared);
+        if s.link_gone {
+            return Err(TrySendError::Closed(frame));
+        }
+        if s.frames.len() >= self.cap {
             return Err(TrySendError::Full(frame));
         }
-        self.tx.try_send(frame).inspect_err(|_| {
-            self.queued.fetch_sub(1, Ordering::AcqRel);
-        })
+        s.frames.push_back(frame);
+        wake(s, true, false);
+        Ok(())
     }
 }
 
-pin_project_lite::pin_project! {
-    /// The link task's end of its send queue. Polled as a stream, so the receiver keeps one
-    /// listener registered while it waits instead of making one per wait.
-    #[derive(Debug)]
-    struct FrameReceiver {
-        #[pin]
-        rx: Receiver<Arc<[u8]>>,
-        queued: Arc<AtomicUsize>,
-    }
+/// The node task's kill switch for a link.
+#[derive(Debug)]
+pub(crate) struct KillSender {
+    shared: SharedRef,
 }
 
-impl FrameReceiver {
-    /// The next frame; `None` once the node task dropped its end and the queue is empty.
-    fn poll_recv(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Arc<[u8]>>> {
-        let this = self.project();
-        let frame = ready!(this.rx.poll_next(cx));
-        if frame.is_some() {
-            this.queued.fetch_sub(1, Ordering::AcqRel);
+impl KillSender {
+    /// Asks the link to close now, with this reason (`None`: orderly). `Full` if it was asked
+    /// already (the first reason stands).
+    pub fn try_send(
+        &self,
+        reason: Option<ErrorCode>,
+    ) -> Result<(), TrySendError<Option<ErrorCode>>> {
+        let mut s = lock(&self.shared);
+        if s.kill.is_some() {
+            return Err(TrySendError::Full(reason));
         }
-        Poll::Ready(frame)
-    }
-
-    fn try_recv(&self) -> Result<Arc<[u8]>, TryRecvError> {
-        let frame = self.rx.try_recv()?;
-        self.queued.fetch_sub(1, Ordering::AcqRel);
-        Ok(frame)
+        s.kill = Some(reason);
+        wake(s, false, true);
+        Ok(())
     }
 }
 
-/// The node task's side of a link.
-#[derive(Debug, Clone)]
+/// The node task's side of a link. Dropping it (the node forgot the link) closes the link in
+/// order once the frames already queued are written.
+#[derive(Debug)]
 pub(crate) struct LinkHandle {
     /// Frames to write, at most `send_queue_frames` waiting.
     pub frames: FrameSender,
     /// Close now, with this reason (`None`: orderly).
-    pub kill: Sender<Option<ErrorCode>>,
+    pub kill: KillSender,
+}
+
+impl Drop for LinkHandle {
+    fn drop(&mut self) {
+        let mut s = lock(&self.kill.shared);
+        s.handle_gone = true;
+        wake(s, true, true);
+    }
 }
 
 /// The link task's side.
 #[derive(Debug)]
 pub(crate) struct LinkQueues {
-    frames: FrameReceiver,
-    kill: Receiver<Option<ErrorCode>>,
+    shared: SharedRef,
 }
 
-/// A new link's two channels: at most `queue` frames, and one kill signal.
+impl Drop for LinkQueues {
+    fn drop(&mut self) {
+        let mut s = lock(&self.shared);
+        s.link_gone = true;
+        s.frames.clear();
+    }
+}
+
+impl LinkQueues {
+    /// The kill reason once asked; `None` (an orderly close) once the handle is gone and the
+    /// queue is empty.
+    fn poll_kill(&self, cx: &mut Context<'_>) -> Poll<Option<ErrorCode>> {
+        let mut s = lock(&self.shared);
+        if let Some(reason) = s.kill {
+            return Poll::Ready(reason);
+        }
+        if s.handle_gone && s.frames.is_empty() {
+            return Poll::Ready(None);
+        }
+        register(&mut s.kill_waker, cx);
+        Poll::Pending
+    }
+
+    /// The next frame; `None` once the handle is gone and the queue is empty.
+    fn poll_recv(&self, cx: &mut Context<'_>) -> Poll<Option<Arc<[u8]>>> {
+        let mut s = lock(&self.shared);
+        if let Some(frame) = s.frames.pop_front() {
+            return Poll::Ready(Some(frame));
+        }
+        if s.handle_gone {
+            return Poll::Ready(None);
+        }
+        register(&mut s.frame_waker, cx);
+        Poll::Pending
+    }
+
+    /// The next frame, if one is queued.
+    fn try_recv(&self) -> Option<Arc<[u8]>> {
+        lock(&self.shared).frames.pop_front()
+    }
+
+    /// Whether no frame is queued.
+    fn is_empty(&self) -> bool {
+        lock(&self.shared).frames.is_empty()
+    }
+}
+
+/// A new link's queue: at most `queue` frames, and one kill signal.
 pub(crate) fn link_channels(queue: usize) -> (LinkHandle, LinkQueues) {
-    let (ftx, frx) = smol::channel::unbounded();
-    let queued = Arc::new(AtomicUsize::new(0));
-    let frames = FrameSender { tx: ftx, queued: Arc::clone(&queued), cap: queue.max(1) };
-    let (ktx, krx) = smol::channel::bounded(1);
-    let receiver = FrameReceiver { rx: frx, queued };
-    (LinkHandle { frames, kill: ktx }, LinkQueues { frames: receiver, kill: krx })
+    let shared = SharedRef::default();
+    let frames = FrameSender { shared: Arc::clone(&shared), cap: queue.max(1) };
+    let kill = KillSender { shared: Arc::clone(&shared) };
+    (LinkHandle { frames, kill }, LinkQueues { shared })
 }
 
 /// tungstenite's configuration: frame and message limits from the core's frame limit, and a
@@ -273,7 +367,7 @@ fn text_message(link: LinkId, frame: Arc<[u8]>) -> Option<Message> {
 /// once [`WRITE_BATCH_BYTES`] are written), then flushes once. Returns the frames written.
 async fn write_batch<S>(
     ws: &mut WebSocketStream<Corked<S>>,
-    frames: &FrameReceiver,
+    frames: &LinkQueues,
     first: Arc<[u8]>,
     link: LinkId,
 ) -> Result<usize, WsError>
@@ -281,7 +375,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     // A lone frame goes straight out: holding it back would only copy it once more.
-    let batch = !frames.rx.is_empty();
+    let batch = !frames.is_empty();
     if batch {
         ws.get_mut().cork();
     }
@@ -295,7 +389,7 @@ where
             ws.send(message).await?;
         }
         next = if count < WRITE_BATCH_FRAMES && bytes < WRITE_BATCH_BYTES {
-            frames.try_recv().ok()
+            frames.try_recv()
         } else {
             None
         };
@@ -319,110 +413,115 @@ enum Step {
 /// A kill is seen before queued frames and reads; the frames queued before it still go out
 /// (within [`CLOSE_TIMEOUT`]) before the close frame. A write blocked on a slow reader is
 /// abandoned when the link is killed.
-pub(crate) async fn run_link<S>(
+///
+/// Not an `async fn`: an `async fn`'s future keeps its arguments and, beside them, the locals
+/// they are moved into, so the socket would be held twice for the link's whole life. The
+/// `async move` block uses the captured arguments in place.
+#[allow(clippy::manual_async_fn)]
+pub(crate) fn run_link<S>(
     mut ws: WebSocketStream<Corked<S>>,
     link: LinkId,
     queues: LinkQueues,
     inputs: Sender<Input>,
-) where
+) -> impl Future<Output = ()>
+where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let LinkQueues { frames, kill } = queues;
-    let mut frames = pin!(frames);
-    let mut kill = pin!(kill);
-    let close: Option<CloseFrame> = loop {
-        // The queues are polled as streams: each keeps its listener across turns.
-        let step = poll_fn(|cx| {
-            if let Poll::Ready(reason) = kill.as_mut().poll_next(cx) {
+    async move {
+        let frames = &queues;
+        let close: Option<CloseFrame> = loop {
+            let step = poll_fn(|cx| {
                 // A dropped handle (the node forgot the link) is an orderly close.
-                return Poll::Ready(Step::Kill(reason.flatten()));
-            }
-            if let Poll::Ready(frame) = frames.as_mut().poll_recv(cx) {
-                return Poll::Ready(frame.map_or(Step::Kill(None), Step::Write));
-            }
-            Pin::new(&mut ws).poll_next(cx).map(Step::Read)
-        })
-        .await;
-        match step {
-            Step::Kill(reason) => {
-                // Boxed: it runs once, and would otherwise enlarge every idle link's task.
-                let flushed = Box::pin(write_queued(&mut ws, &frames, link)).await;
-                break flushed.then(|| close_frame(reason));
-            }
-            Step::Write(first) => {
-                // Boxed (one allocation per batch): held inline, the batch's state would
-                // enlarge every idle link's task by a few hundred bytes.
-                let batch = Box::pin(write_batch(&mut ws, &frames, first, link));
-                let sent = async { Some(batch.await) }
-                    .or(async {
-                        let _ = kill.next().await;
-                        None
-                    })
-                    .await;
-                match sent {
-                    Some(Ok(_)) => {}
-                    // Killed while blocked on a slow reader: drop the socket, no close handshake.
-                    None => break None,
-                    Some(Err(e)) => {
-                        tracing::debug!(?link, error = %e, "write failed");
-                        break None;
+                if let Poll::Ready(reason) = frames.poll_kill(cx) {
+                    return Poll::Ready(Step::Kill(reason));
+                }
+                if let Poll::Ready(frame) = frames.poll_recv(cx) {
+                    return Poll::Ready(frame.map_or(Step::Kill(None), Step::Write));
+                }
+                Pin::new(&mut ws).poll_next(cx).map(Step::Read)
+            })
+            .await;
+            match step {
+                Step::Kill(reason) => {
+                    // Boxed: it runs once, and would otherwise enlarge every idle link's task.
+                    let flushed = Box::pin(write_queued(&mut ws, frames, link)).await;
+                    break flushed.then(|| close_frame(reason));
+                }
+                Step::Write(first) => {
+                    // Boxed (one allocation per batch): held inline, the batch's state would
+                    // enlarge every idle link's task by a few hundred bytes.
+                    let batch = Box::pin(write_batch(&mut ws, frames, first, link));
+                    let sent = async { Some(batch.await) }
+                        .or(async {
+                            poll_fn(|cx| frames.poll_kill(cx)).await;
+                            None
+                        })
+                        .await;
+                    match sent {
+                        Some(Ok(_)) => {}
+                        // Killed while blocked on a slow reader: drop the socket, no close handshake.
+                        None => break None,
+                        Some(Err(e)) => {
+                            tracing::debug!(?link, error = %e, "write failed");
+                            break None;
+                        }
                     }
                 }
-            }
-            Step::Read(None) => break None,
-            Step::Read(Some(Ok(msg))) => match msg {
-                Message::Text(t) => {
-                    // The frame's bytes as tungstenite read them, not a copy.
-                    let data = Bytes::from(t);
-                    if inputs.send(Input::Frame { link, data }).await.is_err() {
-                        break Some(close_frame(None));
+                Step::Read(None) => break None,
+                Step::Read(Some(Ok(msg))) => match msg {
+                    Message::Text(t) => {
+                        // The frame's bytes as tungstenite read them, not a copy.
+                        let data = Bytes::from(t);
+                        if inputs.send(Input::Frame { link, data }).await.is_err() {
+                            break Some(close_frame(None));
+                        }
                     }
-                }
-                Message::Binary(_) => {
-                    tracing::debug!(?link, "binary frame refused");
+                    Message::Binary(_) => {
+                        tracing::debug!(?link, "binary frame refused");
+                        break Some(CloseFrame {
+                            code: CloseCode::Unsupported,
+                            reason: Utf8Bytes::from_static("INVALID_MESSAGE"),
+                        });
+                    }
+                    Message::Close(_) => break None,
+                    Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
+                },
+                Step::Read(Some(Err(WsError::Capacity(e)))) => {
+                    tracing::debug!(?link, error = %e, "oversize frame refused");
                     break Some(CloseFrame {
-                        code: CloseCode::Unsupported,
+                        code: CloseCode::Size,
+                        reason: Utf8Bytes::from_static("MESSAGE_TOO_LARGE"),
+                    });
+                }
+                Step::Read(Some(Err(e))) => {
+                    tracing::debug!(?link, error = %e, "link read failed");
+                    break Some(CloseFrame {
+                        code: CloseCode::Protocol,
                         reason: Utf8Bytes::from_static("INVALID_MESSAGE"),
                     });
                 }
-                Message::Close(_) => break None,
-                Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
-            },
-            Step::Read(Some(Err(WsError::Capacity(e)))) => {
-                tracing::debug!(?link, error = %e, "oversize frame refused");
-                break Some(CloseFrame {
-                    code: CloseCode::Size,
-                    reason: Utf8Bytes::from_static("MESSAGE_TOO_LARGE"),
-                });
             }
-            Step::Read(Some(Err(e))) => {
-                tracing::debug!(?link, error = %e, "link read failed");
-                break Some(CloseFrame {
-                    code: CloseCode::Protocol,
-                    reason: Utf8Bytes::from_static("INVALID_MESSAGE"),
-                });
-            }
+        };
+        if let Some(frame) = close {
+            // Boxed for the same reason.
+            Box::pin(close_handshake(&mut ws, frame)).await;
         }
-    };
-    if let Some(frame) = close {
-        // Boxed for the same reason.
-        Box::pin(close_handshake(&mut ws, frame)).await;
+        let _ = inputs.send(Input::Closed { link }).await;
     }
-    let _ = inputs.send(Input::Closed { link }).await;
 }
 
 /// On a kill: the frames the node queued before asking for the close (the ERROR that explains
 /// it, spec §19) go out first, within [`CLOSE_TIMEOUT`]. Whether they all did.
 async fn write_queued<S>(
     ws: &mut WebSocketStream<Corked<S>>,
-    frames: &FrameReceiver,
+    frames: &LinkQueues,
     link: LinkId,
 ) -> bool
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     async {
-        while let Ok(first) = frames.try_recv() {
+        while let Some(first) = frames.try_recv() {
             if write_batch(ws, frames, first, link).await.is_err() {
                 return false;
             }
@@ -451,8 +550,8 @@ where
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Mutex;
-    use std::sync::atomic::AtomicBool;
+    use std::pin::pin;
+    use std::sync::atomic::{AtomicBool, Ordering};
 
     use async_tungstenite::tungstenite::protocol::{Role, WebSocket};
 
@@ -540,7 +639,7 @@ mod tests {
     fn the_send_queue_is_bounded_by_count_and_frees_as_the_link_writes() {
         smol::block_on(async {
             let (handle, queues) = link_channels(2);
-            let mut frames = pin!(queues.frames);
+            let frames = &queues;
             let frame: Arc<[u8]> = Arc::from(&b"{}"[..]);
             assert!(handle.frames.try_send(Arc::clone(&frame)).is_ok());
             assert!(handle.frames.try_send(Arc::clone(&frame)).is_ok());
@@ -548,15 +647,41 @@ mod tests {
                 handle.frames.try_send(Arc::clone(&frame)),
                 Err(TrySendError::Full(_))
             ));
-            assert!(poll_fn(|cx| frames.as_mut().poll_recv(cx)).await.is_some());
+            assert!(poll_fn(|cx| frames.poll_recv(cx)).await.is_some());
             assert!(handle.frames.try_send(Arc::clone(&frame)).is_ok(), "room again");
             assert!(matches!(handle.frames.try_send(frame), Err(TrySendError::Full(_))));
-            assert!(frames.try_recv().is_ok());
-            assert!(frames.try_recv().is_ok());
-            assert!(frames.try_recv().is_err(), "empty");
+            assert!(frames.try_recv().is_some());
+            assert!(frames.try_recv().is_some());
+            assert!(frames.try_recv().is_none(), "empty");
             drop(handle);
-            assert!(poll_fn(|cx| frames.as_mut().poll_recv(cx)).await.is_none(), "closed");
+            assert!(poll_fn(|cx| frames.poll_recv(cx)).await.is_none(), "closed");
         });
+    }
+
+    #[test]
+    fn the_first_kill_reason_stands_and_a_gone_link_refuses_frames() {
+        smol::block_on(async {
+            let (handle, queues) = link_channels(4);
+            assert!(handle.kill.try_send(Some(ErrorCode::Timeout)).is_ok());
+            assert!(handle.kill.try_send(None).is_err());
+            assert_eq!(poll_fn(|cx| queues.poll_kill(cx)).await, Some(ErrorCode::Timeout));
+            drop(queues);
+            assert!(matches!(handle.frames.try_send(frame(0)), Err(TrySendError::Closed(_))));
+        });
+    }
+
+    #[test]
+    fn an_idle_links_task_and_queue_stay_small() {
+        type Io = Corked<crate::rt::HyperIo<hyper::upgrade::Upgraded>>;
+        fn task_size<A, F>(_: fn(A) -> F) -> usize {
+            size_of::<F>()
+        }
+        let task = task_size(|(ws, link, queues, inputs): (WebSocketStream<Io>, _, _, _)| {
+            run_link(ws, link, queues, inputs)
+        });
+        eprintln!("link task future: {task} bytes, shared queue: {} bytes", size_of::<Shared>());
+        // Twice the socket's size would mean it is held twice (see `run_link`).
+        assert!(task < 2 * size_of::<WebSocketStream<Io>>() + 256, "{task} bytes");
     }
 
     #[test]
@@ -568,12 +693,12 @@ mod tests {
             for i in 1..10 {
                 handle.frames.try_send(frame(i)).unwrap();
             }
-            let n = write_batch(&mut ws, &queues.frames, frame(0), LinkId(1)).await;
+            let n = write_batch(&mut ws, &queues, frame(0), LinkId(1)).await;
             assert_eq!(n.unwrap(), 10);
             assert_eq!(wire.writes(), 1, "one write for the whole batch");
             assert_eq!(texts(&wire.messages()), expected(0..10));
 
-            let n = write_batch(&mut ws, &queues.frames, frame(10), LinkId(1)).await;
+            let n = write_batch(&mut ws, &queues, frame(10), LinkId(1)).await;
             assert_eq!(n.unwrap(), 1);
             assert_eq!(wire.writes(), 2);
             assert_eq!(texts(&wire.messages()), expected(0..11));
@@ -590,11 +715,11 @@ mod tests {
             for i in 1..100 {
                 handle.frames.try_send(frame(i)).unwrap();
             }
-            let n = write_batch(&mut ws, &queues.frames, frame(0), LinkId(1)).await;
+            let n = write_batch(&mut ws, &queues, frame(0), LinkId(1)).await;
             assert_eq!(n.unwrap(), WRITE_BATCH_FRAMES);
             assert_eq!(wire.writes(), 1);
-            let first = queues.frames.try_recv().unwrap();
-            let n = write_batch(&mut ws, &queues.frames, first, LinkId(1)).await;
+            let first = queues.try_recv().unwrap();
+            let n = write_batch(&mut ws, &queues, first, LinkId(1)).await;
             assert_eq!(n.unwrap(), 100 - WRITE_BATCH_FRAMES);
             assert_eq!(wire.writes(), 2);
             assert_eq!(texts(&wire.messages()), expected(0..100));
@@ -611,9 +736,9 @@ mod tests {
             for c in [b'b', b'c', b'd'] {
                 handle.frames.try_send(big(c)).unwrap();
             }
-            let n = write_batch(&mut ws, &queues.frames, big(b'a'), LinkId(1)).await;
+            let n = write_batch(&mut ws, &queues, big(b'a'), LinkId(1)).await;
             assert_eq!(n.unwrap(), 3, "300 KiB: past the byte cap after the third frame");
-            assert_eq!(queues.frames.try_recv().unwrap()[0], b'd');
+            assert_eq!(queues.try_recv().unwrap()[0], b'd');
             let sent = texts(&wire.messages());
             assert_eq!(sent.len(), 3);
             assert!(sent.iter().zip("abc".chars()).all(|(t, c)| t.starts_with(c)));
@@ -628,7 +753,7 @@ mod tests {
             let (handle, queues) = link_channels(256);
             handle.frames.try_send(Arc::from(&b"\xff\xfe"[..])).unwrap();
             handle.frames.try_send(frame(1)).unwrap();
-            let n = write_batch(&mut ws, &queues.frames, frame(0), LinkId(1)).await;
+            let n = write_batch(&mut ws, &queues, frame(0), LinkId(1)).await;
             assert_eq!(n.unwrap(), 3);
             assert_eq!(texts(&wire.messages()), expected(0..2));
         });
