@@ -564,6 +564,9 @@ impl Node {
     /// close; held long-polls are answered with what waits for their callers; no link is reconnected afterwards. Sessions
     /// and outboxes stay, so a node that carries on later resumes where it was.
     pub fn shutdown(&mut self, now: Timestamp) {
+        // Acknowledgements still held for `ack_delay` go out first: a peer that never hears of
+        // what was delivered would re-send it to whoever answers at this address next.
+        self.flush_held_acks(now);
         for h in self.hops.values_mut() {
             h.closed_by_app = true;
             h.reconnect_at = None;

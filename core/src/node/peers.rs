@@ -400,6 +400,22 @@ impl Node {
         }
     }
 
+    /// Sends every acknowledgement still held for `ack_delay`, now (before a shutdown).
+    pub(super) fn flush_held_acks(&mut self, now: Timestamp) {
+        let held: Vec<EntityId> = self
+            .peers
+            .iter_mut()
+            .filter(|(_, p)| p.ack_due.is_some() && p.session.is_some())
+            .map(|(id, p)| {
+                p.ack_due = Some(now);
+                id.clone()
+            })
+            .collect();
+        for peer in held {
+            self.flush_control(now, &peer);
+        }
+    }
+
     /// Sends acknowledgements that are due, and a `forward` announcement when needed.
     fn flush_control(&mut self, now: Timestamp, peer: &EntityId) {
         let Some(p) = self.peers.get_mut(peer) else { return };
