@@ -2,6 +2,7 @@
 //! measured in the same run. `docs/benchmarks.md` explains how to run it and read it.
 
 mod baseline;
+mod floor;
 mod load;
 mod memory;
 mod peer;
@@ -9,6 +10,11 @@ mod report;
 mod stats;
 
 use std::path::PathBuf;
+
+/// The allocator the `peerlink` binary uses (feature `mimalloc` of peerlink-smol), so the
+/// figures are the ones a deployment sees; the baselines run under it too.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use clap::Parser;
 
@@ -50,9 +56,10 @@ struct Args {
     #[arg(long, default_value = "bench/results")]
     out: String,
     /// Run only these paths (`echo`, `forward`, `ws`, `ws-signed`, `http`) and skip the
-    /// connection and memory measurements (for profiling one path); `memory` also runs the
-    /// memory measurement (`--only memory` alone: just that), and `handshakes` the connection
-    /// measurements (baseline connects and full handshakes).
+    /// floor, connection and memory measurements (for profiling one path); `memory` also runs
+    /// the memory measurement (`--only memory` alone: just that), `handshakes` the connection
+    /// measurements (baseline connects and full handshakes), and `floor` the protocol's CPU
+    /// floor (public-key operations and the core's work, one thread, no I/O).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Threads of smol's global executor, which runs every node and baseline task (sets
@@ -147,6 +154,8 @@ pub struct Results {
     pub mem_node: Vec<Footprint>,
     /// Idle baseline echo connections.
     pub mem_echo: Vec<Footprint>,
+    /// The protocol's CPU floor on one thread (no I/O), when measured.
+    pub floor: Option<floor::Floor>,
     /// CPUs online.
     pub cpus: usize,
     /// Threads of smol's global executor.
@@ -207,6 +216,17 @@ async fn bench(args: &Args) -> Result<Results, BoxError> {
         .into_iter()
         .filter(|k| args.only.is_empty() || args.only.iter().any(|o| o == k.short()))
         .collect();
+    let wanted = |what: &str| args.only.is_empty() || args.only.iter().any(|o| o == what);
+    let mut floor = None;
+    if wanted("floor") {
+        let budget = std::time::Duration::from_secs_f64((args.seconds / 8.0).clamp(0.005, 0.3));
+        let f = floor::measure(budget)?;
+        eprintln!(
+            "floor (one thread): sign {:.1} µs, verify {:.1} µs, handshake {:.0} µs, message {:.2} µs ({:.1} µs signed)",
+            f.sign_us, f.verify_us, f.handshake_us, f.message_us, f.signed_message_us
+        );
+        floor = Some(f);
+    }
     let mut saturation = Vec::new();
     eprintln!("saturation ({} s per run)", args.seconds);
     for &size in &args.sizes {
@@ -222,9 +242,8 @@ async fn bench(args: &Args) -> Result<Results, BoxError> {
         let rate = sat.map_or(args.rate, |s| args.rate.min(0.8 * s)).max(1.0);
         fixed.push(one(kind, 64, args.window, Mode::Rate(rate), args.seconds).await?);
     }
-    // `--only` with paths alone skips the connection and memory runs; `handshakes` and
-    // `memory` ask for those.
-    let wanted = |what: &str| args.only.is_empty() || args.only.iter().any(|o| o == what);
+    // `--only` with paths alone skips the floor, connection and memory runs; `floor`,
+    // `handshakes` and `memory` ask for those.
     let (mut ws_connects_per_s, mut ws_connect_cpu_us) = (0.0, 0.0);
     let (mut handshakes, mut handshakes_with_startup) = Default::default();
     if wanted("handshakes") {
@@ -268,6 +287,7 @@ async fn bench(args: &Args) -> Result<Results, BoxError> {
         handshakes_with_startup,
         mem_node,
         mem_echo,
+        floor,
         cpus: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
         threads: executor_threads(),
     })

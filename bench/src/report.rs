@@ -4,6 +4,7 @@ use std::fmt::Write as _;
 
 use plotters::prelude::*;
 
+use crate::floor::Floor;
 use crate::peer::Path;
 use crate::{BoxError, Kind, Results, Row};
 
@@ -34,17 +35,30 @@ fn verdict(ok: bool) -> &'static str {
     if ok { "met" } else { "**not met**" }
 }
 
+/// How the binary was compiled, as far as the curve and AEAD arithmetic cares.
+fn build_flavour() -> &'static str {
+    if cfg!(target_feature = "avx2") {
+        "for this CPU (AVX2 at compile time, e.g. `-C target-cpu=native`)"
+    } else {
+        "for generic x86-64 (no AVX2 at compile time: Ed25519, X25519 and ChaCha20-Poly1305 \
+         run about 1.5-2× slower; see docs/benchmarks.md)"
+    }
+}
+
 /// The markdown report.
 pub fn markdown(r: &Results) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "# peerlink-bench results, {}\n", r.date);
     let _ = writeln!(
         s,
-        "Loopback, {} CPUs, {} executor threads, {} s per run, release build. Ratios are against the baseline measured \
+        "Loopback, {} CPUs, {} executor threads, {} s per run, release build {}, mimalloc. Ratios are against the baseline measured \
          in the same run (`× echo`: the one-hop echo; `× fwd`: the two-hop forwarder). Latency is \
          one-way send → arrival in µs (for the echo: the round trip, which also crosses two hops). \
          CPU is the whole process (clients, relay and nodes) per message.\n",
-        r.cpus, r.threads, r.seconds
+        r.cpus,
+        r.threads,
+        r.seconds,
+        build_flavour()
     );
     let _ = writeln!(s, "## Saturation\n");
     let _ = writeln!(
@@ -153,6 +167,9 @@ pub fn markdown(r: &Results) -> String {
 
 fn targets(r: &Results) -> String {
     let mut s = String::new();
+    if let Some(f) = &r.floor {
+        floor_section(&mut s, r, f);
+    }
     let _ = writeln!(s, "\n## Targets (issue 6)\n\n| target | measured | status |\n|---|---|---|");
     let off = Kind::Peer(Path::Ws { sign_all: false });
     let on = Kind::Peer(Path::Ws { sign_all: true });
@@ -211,6 +228,65 @@ fn targets(r: &Results) -> String {
         );
     }
     s
+}
+
+/// The protocol's CPU floor and the ceilings it puts on the targets.
+fn floor_section(s: &mut String, r: &Results, f: &Floor) {
+    let cores = r.cpus as f64 * 1e6;
+    let _ = writeln!(
+        s,
+        "\n## The protocol's CPU floor\n\nOne thread, no I/O, measured in this run: what the \
+         protocol itself costs before any driver, socket or allocation of ours. A process using \
+         all {} CPUs cannot go faster than the CPUs divided by these costs.\n",
+        r.cpus
+    );
+    let _ = writeln!(s, "| operation | µs | ceiling on {} CPUs |\n|---|---:|---|", r.cpus);
+    let _ = writeln!(s, "| Ed25519 signature (300 B) | {:.1} | – |", f.sign_us);
+    let _ = writeln!(s, "| Ed25519 strict verification (300 B) | {:.1} | – |", f.verify_us);
+    // A full handshake adds the token exchange to the six steps: the client signs the
+    // challenge, the server verifies it, signs the JWT and verifies it at the upgrade.
+    let full = f.handshake_us + 2.0 * (f.sign_us + f.verify_us);
+    let _ = writeln!(
+        s,
+        "| 6-step handshake, both sides (keys, DH, signatures, JSON) | {:.0} | – |",
+        f.handshake_us
+    );
+    let _ = writeln!(
+        s,
+        "| full handshake: the above + token (2 signatures, 2 verifications) | {full:.0} | {:.0} handshakes/s with clients and server in one process |",
+        cores / full.max(1e-9)
+    );
+    let _ = writeln!(
+        s,
+        "| 64 B session message: seal, encode, decode, open (sign_all off) | {:.2} | – |",
+        f.message_us
+    );
+    let extra = (f.signed_message_us - f.message_us).max(0.0);
+    let signed_ceiling = find(&r.saturation, Kind::Peer(Path::Ws { sign_all: false }), 64)
+        .map(|p| {
+            let per = p.m.cpu_us_per_msg + extra;
+            format!(
+                "{:.0} msg/s: this run's CPU per relayed message with sign_all off ({:.1} µs) + {extra:.1} µs",
+                cores / per.max(1e-9),
+                p.m.cpu_us_per_msg
+            )
+        })
+        .unwrap_or_else(|| format!("{:.0} msg/s for the signatures alone", cores / extra.max(1e-9)));
+    let _ = writeln!(
+        s,
+        "| the same with sign_all on | {:.2} | {signed_ceiling} |",
+        f.signed_message_us
+    );
+    if let (Some(fw), Some(e)) =
+        (find(&r.saturation, Kind::Forward, 64), find(&r.saturation, Kind::Echo, 64))
+    {
+        let _ = writeln!(
+            s,
+            "\nA forwarder with no protocol at all, over the same two hops, reached {}× the echo's 64 B msg/s in this run: \
+             the ceiling of any relayed path in this process.",
+            sig(fw.m.msgs_per_s / e.m.msgs_per_s.max(1e-9))
+        );
+    }
 }
 
 /// The chart: messages/s of every path as a ratio to the one-hop echo, per size.

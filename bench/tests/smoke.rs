@@ -45,6 +45,15 @@ fn a_short_run_writes_a_sane_report() {
     for row in &fixed {
         assert!(number(&row[2]) > 0.0, "achieved rate of {row:?}");
     }
+    let floor = table(&md, "## The protocol's CPU floor");
+    assert_eq!(
+        floor.len(),
+        6,
+        "sign, verify, handshake, full handshake, message, signed: {floor:?}"
+    );
+    for row in &floor {
+        assert!(number(&row[1]) > 0.0, "µs of {row:?}");
+    }
     let conns = table(&md, "## Connections");
     assert_eq!(conns.len(), 3, "baseline, handshakes, handshakes with start-up: {conns:?}");
     assert!(conns.iter().all(|r| number(&r[1]) > 0.0), "{conns:?}");

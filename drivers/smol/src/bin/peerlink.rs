@@ -6,6 +6,12 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// mimalloc instead of the system allocator: the node allocates per frame, and glibc's malloc
+/// cost about a quarter of the CPU per relayed message (docs/benchmarks.md).
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use clap::{Parser, Subcommand};
 use peerlink_core::node::SendOptions;
 use peerlink_core::{EntityId, Event, MessageType, PublicKey, TrustPolicy};
