@@ -12,6 +12,7 @@
 use std::fmt;
 
 use rand_core::CryptoRng;
+use serde::de::{self, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::encoding::b64u;
@@ -31,35 +32,62 @@ fn check_id(kind: &'static str, s: &str, allow_dot: bool) -> Result<(), UsageErr
     Ok(())
 }
 
+/// The bytes of an id, held inline: ids are at most 64 ASCII bytes, so a copy never allocates
+/// (the node copies ids into its maps and envelopes for every frame). Unused bytes are zero and
+/// no id contains a zero byte, so comparing the arrays orders ids exactly as their strings.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+struct Inline {
+    bytes: [u8; MAX_ID_LEN],
+    len: u8,
+}
+
+impl Inline {
+    /// Copies `s`, which the caller has checked is 1 to 64 ASCII bytes.
+    fn copy(s: &str) -> Self {
+        let mut bytes = [0u8; MAX_ID_LEN];
+        let len = s.len().min(MAX_ID_LEN);
+        for (to, from) in bytes.iter_mut().zip(s.as_bytes()) {
+            *to = *from;
+        }
+        Self { bytes, len: u8::try_from(len).unwrap_or(0) }
+    }
+
+    fn as_str(&self) -> &str {
+        let used = self.bytes.get(..usize::from(self.len)).unwrap_or_default();
+        // Always ASCII: every constructor checked it.
+        std::str::from_utf8(used).unwrap_or_default()
+    }
+}
+
 macro_rules! string_id {
     ($(#[$doc:meta])* $name:ident, $kind:literal, $allow_dot:expr) => {
         $(#[$doc])*
         #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-        pub struct $name(String);
+        pub struct $name(Inline);
 
         impl $name {
             /// Validates `s` against the spec's syntax.
-            pub fn new(s: impl Into<String>) -> Result<Self, UsageError> {
-                let s = s.into();
-                check_id($kind, &s, $allow_dot)?;
-                Ok(Self(s))
+            pub fn new(s: impl AsRef<str>) -> Result<Self, UsageError> {
+                let s = s.as_ref();
+                check_id($kind, s, $allow_dot)?;
+                Ok(Self(Inline::copy(s)))
             }
 
             /// The id as a string slice.
             pub fn as_str(&self) -> &str {
-                &self.0
+                self.0.as_str()
             }
         }
 
         impl fmt::Debug for $name {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                write!(f, "{}({:?})", stringify!($name), self.0)
+                write!(f, "{}({:?})", stringify!($name), self.as_str())
             }
         }
 
         impl fmt::Display for $name {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(&self.0)
+                f.write_str(self.as_str())
             }
         }
 
@@ -72,14 +100,23 @@ macro_rules! string_id {
 
         impl Serialize for $name {
             fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-                s.serialize_str(&self.0)
+                s.serialize_str(self.as_str())
             }
         }
 
         impl<'de> Deserialize<'de> for $name {
             fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-                let s = String::deserialize(d)?;
-                Self::new(s).map_err(serde::de::Error::custom)
+                struct Text;
+                impl Visitor<'_> for Text {
+                    type Value = $name;
+                    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                        f.write_str($kind)
+                    }
+                    fn visit_str<E: de::Error>(self, s: &str) -> Result<$name, E> {
+                        $name::new(s).map_err(E::custom)
+                    }
+                }
+                d.deserialize_str(Text)
             }
         }
     };
@@ -103,7 +140,7 @@ impl SessionId {
     pub fn random(rng: &mut (impl CryptoRng + ?Sized)) -> Self {
         let mut bytes = [0u8; 16];
         rng.fill_bytes(&mut bytes);
-        Self(format!("sess_{}", b64u(&bytes)))
+        Self(Inline::copy(&format!("sess_{}", b64u(&bytes))))
     }
 }
 
@@ -112,7 +149,7 @@ impl MessageId {
     pub fn random(rng: &mut (impl CryptoRng + ?Sized)) -> Self {
         let mut bytes = [0u8; 16];
         rng.fill_bytes(&mut bytes);
-        Self(b64u(&bytes))
+        Self(Inline::copy(&b64u(&bytes)))
     }
 }
 
@@ -134,6 +171,32 @@ mod tests {
         assert!(MessageId::new("abc/def").is_err());
         let parsed: Result<EntityId, _> = serde_json::from_str("\"bad id\"");
         assert!(parsed.is_err());
+    }
+
+    #[test]
+    fn escaped_json_decodes_to_the_same_id() {
+        let plain: EntityId = serde_json::from_str("\"alice.b\"").unwrap();
+        let escaped: EntityId = serde_json::from_str("\"al\\u0069ce.b\"").unwrap();
+        assert_eq!(plain, escaped);
+        assert_eq!(escaped.as_str(), "alice.b");
+        assert_eq!(serde_json::to_string(&escaped).unwrap(), "\"alice.b\"");
+    }
+
+    proptest::proptest! {
+        /// Inline storage must behave exactly like the string it holds: same text, same order,
+        /// same equality, whatever the lengths.
+        #[test]
+        fn ids_compare_like_their_strings(a in "[A-Za-z0-9._-]{1,64}", b in "[A-Za-z0-9._-]{1,64}") {
+            let (x, y) = (EntityId::new(&a).unwrap(), EntityId::new(&b).unwrap());
+            proptest::prop_assert_eq!(x.as_str(), a.as_str());
+            proptest::prop_assert_eq!(x.cmp(&y), a.cmp(&b));
+            proptest::prop_assert_eq!(x == y, a == b);
+            let prefix = &a[..a.len() / 2];
+            if !prefix.is_empty() {
+                let p = EntityId::new(prefix).unwrap();
+                proptest::prop_assert_eq!(p.cmp(&x), prefix.cmp(a.as_str()));
+            }
+        }
     }
 
     #[test]
