@@ -37,7 +37,7 @@ pub enum Sink {
         /// The sending node.
         handle: Handle,
         /// The receiving peer.
-        to: EntityId,
+        to: Arc<EntityId>,
         /// The window's other end, to free a slot when a send is refused.
         release: Receiver<()>,
         /// Sends refused so far.

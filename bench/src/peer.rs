@@ -130,8 +130,12 @@ pub async fn pipe(path: Path, window: usize, clock: Clock) -> Result<(Pipe, Trio
         }
     })
     .detach();
-    let sink =
-        Sink::Peer { handle: ha.clone(), to: b.id().clone(), release, refused: Default::default() };
+    let sink = Sink::Peer {
+        handle: ha.clone(),
+        to: Arc::new(b.id().clone()),
+        release,
+        refused: Default::default(),
+    };
     Ok((Pipe { sink, slots, recorder, clock }, Trio { relay, a: ha, b: hb }))
 }
 

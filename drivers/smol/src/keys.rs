@@ -33,9 +33,9 @@ pub enum KeyError {
         /// The data directory.
         dir: PathBuf,
         /// The entity id found there.
-        existing: EntityId,
+        existing: Box<EntityId>,
         /// The entity id asked for.
-        wanted: EntityId,
+        wanted: Box<EntityId>,
     },
 }
 
@@ -121,7 +121,11 @@ pub fn load_or_create(dir: &Path, id: Option<EntityId>) -> Result<(Identity, boo
             && wanted != *identity.id()
         {
             let existing = identity.id().clone();
-            return Err(KeyError::OtherIdentity { dir: dir.to_owned(), existing, wanted });
+            return Err(KeyError::OtherIdentity {
+                dir: dir.to_owned(),
+                existing: Box::new(existing),
+                wanted: Box::new(wanted),
+            });
         }
         return Ok((identity, false));
     }
