@@ -61,6 +61,19 @@ impl Net {
 }
 
 #[test]
+fn a_new_link_fetches_its_token_on_the_connection_it_upgrades() {
+    smol::block_on(async {
+        let n = net(TransportPreference::WebsocketOnly, false).await;
+        n.send(0, None).await;
+        n.expect(0..1).await;
+        // GET /auth/token, POST /auth/verify and the upgrade on one connection (spec §23.2).
+        assert_eq!(n.proxy.ws_attempts(), 1);
+        assert_eq!(n.proxy.connections(), 1, "one TCP connection for token and link");
+        n.stop().await;
+    });
+}
+
+#[test]
 fn websocket_only_fails_messages_instead_of_using_http() {
     smol::block_on(async {
         let n = net(TransportPreference::WebsocketOnly, true).await;

@@ -175,13 +175,14 @@ struct ProxyState {
     refuse_all: AtomicBool,
     ws_attempts: AtomicU64,
     ws_refused: AtomicU64,
+    connections: AtomicU64,
     /// Everything that crossed, both ways, when recording.
     recording: Option<Mutex<Vec<u8>>>,
 }
 
 /// A TCP proxy on an ephemeral loopback port in front of `target` (std threads). It can kill
-/// every proxied connection, refuse new WebSocket upgrades (connections whose first bytes are
-/// `GET /ws/`) while HTTP passes, and record every byte that crossed.
+/// every proxied connection, refuse WebSocket upgrades (it cuts a connection on which a
+/// `GET /ws/` request starts) while HTTP passes, and record every byte that crossed.
 #[derive(Clone)]
 pub struct Proxy {
     addr: SocketAddr,
@@ -239,6 +240,11 @@ impl Proxy {
         self.state.ws_attempts.load(Ordering::SeqCst)
     }
 
+    /// TCP connections accepted through the proxy.
+    pub fn connections(&self) -> u64 {
+        self.state.connections.load(Ordering::SeqCst)
+    }
+
     pub fn ws_refused(&self) -> u64 {
         self.state.ws_refused.load(Ordering::SeqCst)
     }
@@ -248,28 +254,9 @@ impl Proxy {
     }
 
     fn serve(&self, conn: TcpStream) {
+        self.state.connections.fetch_add(1, Ordering::SeqCst);
         if self.state.refuse_all.load(Ordering::SeqCst) {
             return;
-        }
-        // Look at the request line without consuming it.
-        let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
-        let mut head = [0u8; 8];
-        let start = Instant::now();
-        let is_ws = loop {
-            match conn.peek(&mut head) {
-                Ok(0) | Err(_) => return,
-                Ok(n) if n >= head.len() => break &head == b"GET /ws/",
-                Ok(_) if start.elapsed() > Duration::from_secs(5) => return,
-                Ok(_) => std::thread::sleep(Duration::from_millis(1)),
-            }
-        };
-        let _ = conn.set_read_timeout(None);
-        if is_ws {
-            self.state.ws_attempts.fetch_add(1, Ordering::SeqCst);
-            if self.state.block_ws.load(Ordering::SeqCst) {
-                self.state.ws_refused.fetch_add(1, Ordering::SeqCst);
-                return;
-            }
         }
         let target = *self.target.lock().unwrap();
         let Ok(up) = TcpStream::connect(target) else { return };
@@ -282,16 +269,35 @@ impl Proxy {
         }
         let (c2, u2) = (conn.try_clone().unwrap(), up.try_clone().unwrap());
         let p = self.clone();
-        std::thread::spawn(move || p.pump(c2, u2));
-        self.pump(up, conn);
+        std::thread::spawn(move || p.pump(c2, u2, true));
+        self.pump(up, conn, false);
     }
 
-    fn pump(&self, mut from: TcpStream, mut to: TcpStream) {
+    /// Whether `chunk` from the client starts a WebSocket upgrade that must be refused (counted
+    /// either way). The upgrade may be the first request or follow others on the connection
+    /// (peerlink fetches its token on the connection it then upgrades, spec §23.2).
+    fn refuses(&self, chunk: &[u8]) -> bool {
+        let upgrades = chunk.windows(8).filter(|w| w == b"GET /ws/").count() as u64;
+        if upgrades == 0 {
+            return false;
+        }
+        self.state.ws_attempts.fetch_add(upgrades, Ordering::SeqCst);
+        if self.state.block_ws.load(Ordering::SeqCst) {
+            self.state.ws_refused.fetch_add(upgrades, Ordering::SeqCst);
+            return true;
+        }
+        false
+    }
+
+    fn pump(&self, mut from: TcpStream, mut to: TcpStream, from_client: bool) {
         let mut buf = vec![0u8; 64 * 1024];
         loop {
             match from.read(&mut buf) {
                 Ok(0) | Err(_) => break,
                 Ok(n) => {
+                    if from_client && self.refuses(&buf[..n]) {
+                        break;
+                    }
                     if let Some(r) = &self.state.recording {
                         r.lock().unwrap().extend_from_slice(&buf[..n]);
                     }

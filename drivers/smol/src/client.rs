@@ -1,9 +1,11 @@
 //! The client side: authenticating to other nodes (challenge, signature, cached JWT), opening
 //! outbound WebSocket links, and the HTTP requests the node asks for.
 //!
-//! HTTP uses hyper's client over the [`rt`](crate::rt) adapter, one connection per request: no
-//! extra HTTP stack, the same parser as the server, and async all the way (no thread per
-//! request as `ureq` in `smol::unblock` would need while a long-poll is held).
+//! HTTP uses hyper's client over the [`rt`](crate::rt) adapter: no extra HTTP stack, the same
+//! parser as the server, and async all the way (no thread per request as `ureq` in
+//! `smol::unblock` would need while a long-poll is held). A token is fetched on one keep-alive
+//! connection (both requests), and an outbound link then upgrades that same connection; the
+//! node's other requests (posts, long-polls) each use a connection of their own.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -15,6 +17,7 @@ use futures_rustls::pki_types::ServerName;
 use futures_rustls::rustls;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Bytes;
+use hyper::client::conn::http1::{Parts, SendRequest};
 use hyper::{Method, Request, Uri};
 use peerlink_core::auth::sign_challenge;
 use peerlink_core::endpoints;
@@ -151,6 +154,63 @@ async fn timeout<T>(
     .await
 }
 
+/// An HTTP/1.1 connection kept open across requests. It can hand its socket back, so a client
+/// fetches its token and then upgrades to WebSocket on one connection (spec §23.2).
+struct KeepAlive {
+    send: SendRequest<Full<Bytes>>,
+    conn: smol::Task<Result<Parts<FuturesIo<Stream>>, hyper::Error>>,
+}
+
+impl KeepAlive {
+    async fn open(stream: Stream) -> Result<Self, ClientError> {
+        let (send, conn) = hyper::client::conn::http1::handshake(FuturesIo(stream)).await?;
+        Ok(Self { send, conn: smol::spawn(conn.without_shutdown()) })
+    }
+
+    /// One exchange; the response body is bounded by `max_body`.
+    async fn request(
+        &mut self,
+        method: Method,
+        uri: &Uri,
+        bearer: Option<&str>,
+        content_type: &str,
+        body: Vec<u8>,
+        max_body: usize,
+    ) -> Result<(u16, Vec<u8>), ClientError> {
+        let path = uri.path_and_query().map_or("/", |p| p.as_str());
+        let host = uri.authority().map_or("", |a| a.as_str());
+        let mut req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(hyper::header::HOST, host)
+            .header(hyper::header::CONTENT_TYPE, content_type);
+        if let Some(token) = bearer {
+            req = req.header(hyper::header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        let req = req.body(Full::new(Bytes::from(body))).map_err(|_| ClientError::BadUrl)?;
+        self.send.ready().await?;
+        let resp = self.send.send_request(req).await?;
+        let status = resp.status().as_u16();
+        let body = Limited::new(resp.into_body(), max_body)
+            .collect()
+            .await
+            .map_err(|_| ClientError::BadResponse("body too large or cut"))?
+            .to_bytes()
+            .to_vec();
+        Ok((status, body))
+    }
+
+    /// The socket back, once every answer has been read; refuses one with bytes left over.
+    async fn into_stream(self) -> Result<Stream, ClientError> {
+        drop(self.send);
+        let parts = self.conn.await?;
+        if !parts.read_buf.is_empty() {
+            return Err(ClientError::BadResponse("bytes after the last answer"));
+        }
+        Ok(parts.io.0)
+    }
+}
+
 /// One HTTP exchange on a fresh connection; the response body is bounded by `max_body`.
 pub(crate) async fn http(
     ctx: &ClientCtx,
@@ -162,36 +222,12 @@ pub(crate) async fn http(
     max_body: usize,
 ) -> Result<(u16, Vec<u8>), ClientError> {
     let uri: Uri = url.parse().map_err(|_| ClientError::BadUrl)?;
-    let stream = connect(ctx, &uri).await?;
-    let (mut send, conn) = hyper::client::conn::http1::handshake(FuturesIo(stream)).await?;
-    let conn = smol::spawn(async move {
-        let _ = conn.await;
-    });
-    let path = uri.path_and_query().map_or("/", |p| p.as_str());
-    let host = uri.authority().map_or("", |a| a.as_str());
-    let mut req = Request::builder()
-        .method(method)
-        .uri(path)
-        .header(hyper::header::HOST, host)
-        .header(hyper::header::CONTENT_TYPE, content_type);
-    if let Some(token) = bearer {
-        req = req.header(hyper::header::AUTHORIZATION, format!("Bearer {token}"));
-    }
-    let req = req.body(Full::new(Bytes::from(body))).map_err(|_| ClientError::BadUrl)?;
-    let resp = send.send_request(req).await?;
-    let status = resp.status().as_u16();
-    let body = Limited::new(resp.into_body(), max_body)
-        .collect()
-        .await
-        .map_err(|_| ClientError::BadResponse("body too large or cut"))?
-        .to_bytes()
-        .to_vec();
-    drop(conn);
-    Ok((status, body))
+    let mut conn = KeepAlive::open(connect(ctx, &uri).await?).await?;
+    conn.request(method, &uri, bearer, content_type, body, max_body).await
 }
 
 /// A bearer token for the node `node` at `base` (`http(s)://host:port`), from the cache or by
-/// authenticating: `GET /auth/token`, sign the challenge naming `node`, `POST /auth/verify`.
+/// authenticating on a connection of its own.
 pub(crate) async fn token(
     ctx: &ClientCtx,
     base: &str,
@@ -200,12 +236,27 @@ pub(crate) async fn token(
     if let Some(t) = ctx.cached(base) {
         return Ok(t);
     }
+    let uri: Uri = base.parse().map_err(|_| ClientError::BadUrl)?;
+    let stream = timeout(ctx.limits.http_timeout, connect(ctx, &uri)).await?;
+    let mut conn = KeepAlive::open(stream).await?;
+    fetch_token(ctx, &mut conn, base, node).await
+}
+
+/// Authenticates on `conn`: `GET /auth/token`, sign the challenge naming `node`,
+/// `POST /auth/verify`; caches the token.
+async fn fetch_token(
+    ctx: &ClientCtx,
+    conn: &mut KeepAlive,
+    base: &str,
+    node: &EntityId,
+) -> Result<String, ClientError> {
     let me = ctx.identity.id();
     let url = endpoints::token_url(base, me.as_str(), &ctx.identity.public_key().to_b64u());
+    let uri: Uri = url.parse().map_err(|_| ClientError::BadUrl)?;
     let max = ctx.limits.max_auth_body_bytes;
     let (status, body) = timeout(
         ctx.limits.http_timeout,
-        http(ctx, Method::GET, &url, None, "text/plain", Vec::new(), max),
+        conn.request(Method::GET, &uri, None, "text/plain", Vec::new(), max),
     )
     .await?;
     if status != 200 {
@@ -221,11 +272,11 @@ pub(crate) async fn token(
         challenge: ch.challenge,
         signature,
     };
-    let url = endpoints::verify_url(base);
+    let uri: Uri = endpoints::verify_url(base).parse().map_err(|_| ClientError::BadUrl)?;
     let body = serde_json::to_vec(&verify).map_err(|_| ClientError::BadResponse("verify body"))?;
     let (status, body) = timeout(
         ctx.limits.http_timeout,
-        http(ctx, Method::POST, &url, None, "application/json", body, max),
+        conn.request(Method::POST, &uri, None, "application/json", body, max),
     )
     .await?;
     if status != 200 {
@@ -296,13 +347,21 @@ pub(crate) async fn run_outbound(
 ) {
     let connected = timeout(ctx.limits.handshake_timeout.saturating_mul(3), async {
         let base = base_of(&url).ok_or(ClientError::BadUrl)?;
-        let token = token(&ctx, &base, &node).await?;
         let url = match &resume {
             Some(s) => format!("{url}?session_id={}", s.as_str()),
             None => url.clone(),
         };
         let uri: Uri = url.parse().map_err(|_| ClientError::BadUrl)?;
         let stream = connect(&ctx, &uri).await?;
+        // Without a token, fetch one on the connection the upgrade will use (spec §23.2).
+        let (token, stream) = match ctx.cached(&base) {
+            Some(t) => (t, stream),
+            None => {
+                let mut conn = KeepAlive::open(stream).await?;
+                let t = fetch_token(&ctx, &mut conn, &base, &node).await?;
+                (t, conn.into_stream().await?)
+            }
+        };
         use async_tungstenite::tungstenite::client::IntoClientRequest;
         let mut req = url
             .as_str()
