@@ -49,9 +49,13 @@ struct Args {
     /// Idle connection counts for the memory measurement (ascending).
     #[arg(long, value_delimiter = ',', default_value = "1000,10000")]
     conns: Vec<usize>,
-    /// Concurrent workers for handshakes and connection set-up.
-    #[arg(long, default_value_t = 16)]
+    /// Concurrent workers for handshakes and baseline connects (throughput there rises with
+    /// concurrency up to about 64 on 2 CPUs, docs/benchmarks.md).
+    #[arg(long, default_value_t = 64)]
     concurrency: usize,
+    /// Workers opening the idle connections of the memory measurement.
+    #[arg(long, default_value_t = 64)]
+    setup_workers: usize,
     /// Results folder (`<date>.md`, `<date>.svg`, `latest.md`, `latest.svg`); `-` writes nothing.
     #[arg(long, default_value = "bench/results")]
     out: String,
@@ -156,6 +160,8 @@ pub struct Results {
     pub mem_echo: Vec<Footprint>,
     /// The protocol's CPU floor on one thread (no I/O), when measured.
     pub floor: Option<floor::Floor>,
+    /// Handshakes and baseline connects run at a time.
+    pub concurrency: usize,
     /// CPUs online.
     pub cpus: usize,
     /// Threads of smol's global executor.
@@ -273,8 +279,8 @@ async fn bench(args: &Args) -> Result<Results, BoxError> {
     let (mut mem_node, mut mem_echo) = (Vec::new(), Vec::new());
     if wanted("memory") {
         eprintln!("memory per idle connection");
-        mem_node = memory::footprints(Server::Node, &args.conns, args.concurrency * 4).await?;
-        mem_echo = memory::footprints(Server::Echo, &args.conns, args.concurrency * 4).await?;
+        mem_node = memory::footprints(Server::Node, &args.conns, args.setup_workers).await?;
+        mem_echo = memory::footprints(Server::Echo, &args.conns, args.setup_workers).await?;
     }
     Ok(Results {
         date: stats::today(),
@@ -288,6 +294,7 @@ async fn bench(args: &Args) -> Result<Results, BoxError> {
         mem_node,
         mem_echo,
         floor,
+        concurrency: args.concurrency,
         cpus: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
         threads: executor_threads(),
     })

@@ -115,8 +115,10 @@ pub fn markdown(r: &Results) -> String {
         s,
         "A full handshake: a client identity the server has never seen gets a token \
          (`/auth/token` challenge, Ed25519 signature, `/auth/verify`), upgrades `/ws/v1/peers` \
-         and runs the 6-step E2E handshake until `SessionEstablished`. CPU is the whole process \
-         (client and server sides) per connection or handshake.\n"
+         on the same connection and runs the 6-step E2E handshake until `SessionEstablished`, \
+         {} at a time. CPU is the whole process (client and server sides) per connection or \
+         handshake.\n",
+        r.concurrency
     );
     let _ = writeln!(s, "| what | per second | × baseline | CPU µs each |\n|---|---:|---:|---:|");
     let _ = writeln!(
