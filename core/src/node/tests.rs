@@ -1325,6 +1325,25 @@ fn events_held_by_the_driver_count_against_the_bound() {
 }
 
 #[test]
+fn shutdown_first_sends_the_acknowledgements_it_held() {
+    let mut p = Pump::new(&[("alice", NodeConfig::default()), ("bob", NodeConfig::default())]);
+    p.node("alice").add_route(id("bob"), Pump::addr("bob"));
+    let now = p.now;
+    p.node("alice").send(now, &id("bob"), b"one".to_vec(), SendOptions::default()).unwrap();
+    p.run();
+    assert_eq!(p.messages_at("bob"), vec![b"one".to_vec()]);
+    // Bob holds his acknowledgement for `ack_delay`: alice still has the message outstanding.
+    assert_eq!(p.node("alice").outbox_len(&id("bob")), 1);
+    p.node("bob").shutdown(now);
+    for o in drain(p.node("bob")) {
+        p.carry("bob", o);
+    }
+    p.run();
+    // The acknowledgement went out before BYE: alice knows, without waiting for any timer.
+    assert_eq!(p.node("alice").outbox_len(&id("bob")), 0, "acknowledged at shutdown");
+}
+
+#[test]
 fn shutdown_says_bye_on_every_link_and_reconnects_nothing() {
     let mut p = Pump::new(&[("alice", NodeConfig::default()), ("bob", NodeConfig::default())]);
     p.node("alice").add_route(id("bob"), Pump::addr("bob"));
