@@ -159,12 +159,19 @@ async fn timeout<T>(
 struct KeepAlive {
     send: SendRequest<Full<Bytes>>,
     conn: smol::Task<Result<Parts<FuturesIo<Stream>>, hyper::Error>>,
+    /// Whether the last answer left the connection open (no `Connection: close`).
+    reusable: bool,
 }
 
 impl KeepAlive {
     async fn open(stream: Stream) -> Result<Self, ClientError> {
         let (send, conn) = hyper::client::conn::http1::handshake(FuturesIo(stream)).await?;
-        Ok(Self { send, conn: smol::spawn(conn.without_shutdown()) })
+        Ok(Self { send, conn: smol::spawn(conn.without_shutdown()), reusable: true })
+    }
+
+    /// A fresh connection to `uri`'s host.
+    async fn connect(ctx: &ClientCtx, uri: &Uri) -> Result<Self, ClientError> {
+        Self::open(timeout(ctx.limits.http_timeout, connect(ctx, uri)).await?).await
     }
 
     /// One exchange; the response body is bounded by `max_body`.
@@ -191,6 +198,11 @@ impl KeepAlive {
         self.send.ready().await?;
         let resp = self.send.send_request(req).await?;
         let status = resp.status().as_u16();
+        self.reusable = !resp
+            .headers()
+            .get_all(hyper::header::CONNECTION)
+            .iter()
+            .any(|v| v.to_str().is_ok_and(|v| v.to_ascii_lowercase().contains("close")));
         let body = Limited::new(resp.into_body(), max_body)
             .collect()
             .await
@@ -237,9 +249,33 @@ pub(crate) async fn token(
         return Ok(t);
     }
     let uri: Uri = base.parse().map_err(|_| ClientError::BadUrl)?;
-    let stream = timeout(ctx.limits.http_timeout, connect(ctx, &uri)).await?;
-    let mut conn = KeepAlive::open(stream).await?;
+    let mut conn = KeepAlive::connect(ctx, &uri).await?;
     fetch_token(ctx, &mut conn, base, node).await
+}
+
+/// A token for `node` and a connection to `uri` to upgrade: without a cached token, the token
+/// is fetched on that same connection (spec §23.2), or on fresh ones where the node closes a
+/// connection after an answer.
+async fn token_and_stream(
+    ctx: &ClientCtx,
+    uri: &Uri,
+    base: &str,
+    node: &EntityId,
+) -> Result<(String, Stream), ClientError> {
+    let stream = timeout(ctx.limits.http_timeout, connect(ctx, uri)).await?;
+    if let Some(t) = ctx.cached(base) {
+        return Ok((t, stream));
+    }
+    let mut conn = KeepAlive::open(stream).await?;
+    let token = fetch_token(ctx, &mut conn, base, node).await?;
+    let stream = match conn.reusable {
+        true => conn.into_stream().await.ok(),
+        false => None,
+    };
+    match stream {
+        Some(s) => Ok((token, s)),
+        None => Ok((token, timeout(ctx.limits.http_timeout, connect(ctx, uri)).await?)),
+    }
 }
 
 /// Authenticates on `conn`: `GET /auth/token`, sign the challenge naming `node`,
@@ -274,6 +310,9 @@ async fn fetch_token(
     };
     let uri: Uri = endpoints::verify_url(base).parse().map_err(|_| ClientError::BadUrl)?;
     let body = serde_json::to_vec(&verify).map_err(|_| ClientError::BadResponse("verify body"))?;
+    if !conn.reusable {
+        *conn = KeepAlive::connect(ctx, &uri).await?;
+    }
     let (status, body) = timeout(
         ctx.limits.http_timeout,
         conn.request(Method::POST, &uri, None, "application/json", body, max),
@@ -352,16 +391,7 @@ pub(crate) async fn run_outbound(
             None => url.clone(),
         };
         let uri: Uri = url.parse().map_err(|_| ClientError::BadUrl)?;
-        let stream = connect(&ctx, &uri).await?;
-        // Without a token, fetch one on the connection the upgrade will use (spec §23.2).
-        let (token, stream) = match ctx.cached(&base) {
-            Some(t) => (t, stream),
-            None => {
-                let mut conn = KeepAlive::open(stream).await?;
-                let t = fetch_token(&ctx, &mut conn, &base, &node).await?;
-                (t, conn.into_stream().await?)
-            }
-        };
+        let (token, stream) = token_and_stream(&ctx, &uri, &base, &node).await?;
         use async_tungstenite::tungstenite::client::IntoClientRequest;
         let mut req = url
             .as_str()
@@ -411,4 +441,119 @@ pub async fn get_public(url: &str, max_body: usize) -> Result<(u16, Vec<u8>), Cl
         http(&ctx, Method::GET, url, None, "text/plain", Vec::new(), max_body),
     )
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::net::TcpListener;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    /// A minimal auth server on std sockets: answers `GET /auth/token` and `POST /auth/verify`
+    /// (with `Connection: close` and a close after each answer when `close` is set), then
+    /// expects `PING` on whatever connection the client keeps. Counts connections.
+    fn fake_node(close: bool) -> (String, Arc<AtomicUsize>, std::sync::mpsc::Receiver<usize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let conns = Arc::new(AtomicUsize::new(0));
+        let (pinged, ping_rx) = std::sync::mpsc::channel();
+        let counter = Arc::clone(&conns);
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { return };
+                let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
+                let pinged = pinged.clone();
+                std::thread::spawn(move || serve(stream, n, close, pinged));
+            }
+        });
+        (base, conns, ping_rx)
+    }
+
+    fn serve(
+        stream: std::net::TcpStream,
+        n: usize,
+        close: bool,
+        pinged: std::sync::mpsc::Sender<usize>,
+    ) {
+        let mut reader = BufReader::new(stream.try_clone().unwrap());
+        let mut out = stream;
+        loop {
+            let mut line = String::new();
+            if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                return;
+            }
+            if line.starts_with("PING") {
+                let _ = pinged.send(n);
+                return;
+            }
+            let mut length = 0usize;
+            loop {
+                let mut h = String::new();
+                reader.read_line(&mut h).unwrap();
+                if h == "\r\n" {
+                    break;
+                }
+                if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
+                    length = v.trim().parse().unwrap();
+                }
+            }
+            let mut body = vec![0u8; length];
+            reader.read_exact(&mut body).unwrap();
+            let later = crate::driver::unix_millis() + 60_000;
+            let json = if line.starts_with("GET /auth/token") {
+                let challenge = peerlink_core::encoding::b64u(&[7u8; 32]);
+                format!(r#"{{"node_id":"node","challenge":"{challenge}","expires_at":{later}}}"#)
+            } else if line.starts_with("POST /auth/verify") {
+                format!(r#"{{"token":"tok","expires_at":{later}}}"#)
+            } else {
+                return;
+            };
+            let connection = if close { "Connection: close\r\n" } else { "" };
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{connection}\r\n",
+                json.len()
+            );
+            out.write_all(head.as_bytes()).unwrap();
+            out.write_all(json.as_bytes()).unwrap();
+            if close {
+                return;
+            }
+        }
+    }
+
+    fn ctx() -> ClientCtx {
+        let me = Identity::from_secret_bytes(EntityId::new("me").unwrap(), &[3; 32]);
+        ClientCtx::new(Arc::new(me), None, DriverLimits::default(), 1 << 20, 1 << 20)
+    }
+
+    async fn token_then_ping(base: &str) -> String {
+        let ctx = ctx();
+        let uri: Uri = format!("{base}/ws/v1/peers").parse().unwrap();
+        let node = EntityId::new("node").unwrap();
+        let (token, stream) = token_and_stream(&ctx, &uri, base, &node).await.unwrap();
+        let mut stream = stream;
+        smol::io::AsyncWriteExt::write_all(&mut stream, b"PING\r\n").await.unwrap();
+        smol::io::AsyncWriteExt::flush(&mut stream).await.unwrap();
+        token
+    }
+
+    #[test]
+    fn the_token_and_the_upgrade_share_one_keep_alive_connection() {
+        let (base, conns, pinged) = fake_node(false);
+        let token = smol::block_on(token_then_ping(&base));
+        assert_eq!(token, "tok");
+        let on = pinged.recv_timeout(Duration::from_secs(5)).unwrap();
+        assert_eq!((on, conns.load(Ordering::SeqCst)), (1, 1), "one connection for everything");
+    }
+
+    #[test]
+    fn a_node_that_closes_after_each_answer_gets_fresh_connections() {
+        let (base, conns, pinged) = fake_node(true);
+        let token = smol::block_on(token_then_ping(&base));
+        assert_eq!(token, "tok");
+        let on = pinged.recv_timeout(Duration::from_secs(5)).unwrap();
+        assert_eq!((on, conns.load(Ordering::SeqCst)), (3, 3), "token, verify, upgrade");
+    }
 }
