@@ -53,6 +53,8 @@ pub(super) struct Hop {
     pub wanted: bool,
     /// Whether the application closed it; no reconnects until the next send or connect.
     pub closed_by_app: bool,
+    /// Frames for the next `POST`s: this step's, and those that met [`MAX_HTTP_INFLIGHT`]
+    /// requests in flight (between steps at most `max_http_body_bytes` of them).
     pub batch: Vec<BatchItem>,
     pub inflight: BTreeMap<RequestId, Exchange>,
     pub poll: Option<RequestId>,
@@ -84,6 +86,11 @@ pub fn messages_url(base_url: &str) -> String {
 
 /// HTTP `POST`s in flight to one hop at once.
 const MAX_HTTP_INFLIGHT: usize = 16;
+
+/// Bytes a frame takes in an NDJSON body: the frame and its `\n`.
+fn line_len(item: &BatchItem) -> usize {
+    item.frame.len().saturating_add(1)
+}
 
 /// Shortest pause between two long-polls when the last one came back empty.
 const MIN_POLL_INTERVAL: std::time::Duration = std::time::Duration::from_millis(500);
@@ -261,26 +268,44 @@ impl Node {
         result
     }
 
-    /// Posts every frame batched this step, one request per hop (split by body size).
+    /// Posts the frames batched for each hop, in as few requests as the body size allows, while
+    /// the hop has fewer than [`MAX_HTTP_INFLIGHT`] requests in flight. What does not fit waits
+    /// in the batch for the next request to finish (every step ends here, a response too), up to
+    /// one request body (`max_http_body_bytes`); only frames past that bound are dropped and
+    /// left to the delivery layer's retransmission (spec §13.3). Dropping every frame met by a
+    /// full set of requests instead held a few percent of a busy HTTP stream for a whole
+    /// retransmission timeout (200 ms at least) although a slot was free a few ms later.
     pub(super) fn flush_http_batches(&mut self, now: Timestamp) {
         let hops: Vec<EntityId> =
             self.hops.iter().filter(|(_, h)| !h.batch.is_empty()).map(|(k, _)| k.clone()).collect();
+        let max_body = self.config.max_http_body_bytes;
         for hop in hops {
             let Some(h) = self.hops.get_mut(&hop) else { continue };
-            let items = std::mem::take(&mut h.batch);
-            let mut group: Vec<BatchItem> = Vec::new();
-            let mut size = 0usize;
-            for item in items {
-                let len = item.frame.len().saturating_add(1);
-                if !group.is_empty() && size.saturating_add(len) > self.config.max_http_body_bytes {
-                    self.post(now, &hop, std::mem::take(&mut group), 1);
-                    size = 0;
+            let mut free = MAX_HTTP_INFLIGHT.saturating_sub(h.inflight.len());
+            let mut items = std::mem::take(&mut h.batch).into_iter().peekable();
+            while free > 0 && items.peek().is_some() {
+                // One request: at least one frame, then as many as fit in a body.
+                let mut group: Vec<BatchItem> = Vec::new();
+                let mut size = 0usize;
+                while let Some(item) = items.next_if(|item| {
+                    group.is_empty() || size.saturating_add(line_len(item)) <= max_body
+                }) {
+                    size = size.saturating_add(line_len(&item));
+                    group.push(item);
                 }
-                size = size.saturating_add(len);
-                group.push(item);
-            }
-            if !group.is_empty() {
                 self.post(now, &hop, group, 1);
+                free = free.saturating_sub(1);
+            }
+            // The rest waits for a request to finish, oldest first, within one body.
+            let mut size = 0usize;
+            let waiting: Vec<BatchItem> = items
+                .take_while(|item| {
+                    size = size.saturating_add(line_len(item));
+                    size <= max_body
+                })
+                .collect();
+            if let Some(h) = self.hops.get_mut(&hop) {
+                h.batch = waiting;
             }
         }
         self.ensure_polls(now);
@@ -289,8 +314,9 @@ impl Node {
     fn post(&mut self, _now: Timestamp, hop: &EntityId, items: Vec<BatchItem>, attempt: u32) {
         let request = self.next_request_id();
         let Some(h) = self.hops.get_mut(hop) else { return };
-        // Bounded in-flight requests per hop: past it the frames are dropped here, and the
-        // delivery layer re-sends them later (spec §13.3).
+        // Bounded in-flight requests per hop. Callers post only with a slot free (a batch waits,
+        // a retry takes its own request's slot); were it full, the frames would be dropped here
+        // and the delivery layer would re-send them later (spec §13.3).
         if h.inflight.len() >= MAX_HTTP_INFLIGHT {
             return;
         }

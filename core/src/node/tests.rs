@@ -303,6 +303,9 @@ struct Pump {
     http_status: BTreeMap<String, u16>,
     /// Nodes refusing WebSocket connections.
     no_ws: Vec<String>,
+    /// Nodes whose HTTP `POST`s are held (in flight, unanswered) until [`Pump::release_posts`].
+    hold_posts: Vec<String>,
+    held: Vec<(String, Output)>,
 }
 
 impl Pump {
@@ -316,6 +319,8 @@ impl Pump {
             events: Vec::new(),
             http_status: BTreeMap::new(),
             no_ws: Vec::new(),
+            hold_posts: Vec::new(),
+            held: Vec::new(),
         }
     }
 
@@ -379,6 +384,11 @@ impl Pump {
                     self.node(&to).link_closed(now, l);
                 }
             }
+            Output::HttpRequest { method: HttpMethod::Post, .. }
+                if self.hold_posts.iter().any(|n| n == from) =>
+            {
+                self.held.push((from.to_owned(), out));
+            }
             Output::HttpRequest { request, method, url, body } => {
                 let to = Self::target(&url);
                 if let Some(status) = self.http_status.get(&to).copied() {
@@ -434,6 +444,15 @@ impl Pump {
                 self.node(&n).link_closed(now, l);
             }
         }
+    }
+
+    /// Delivers the held `POST`s (no longer holding any) and runs the network.
+    fn release_posts(&mut self) {
+        self.hold_posts.clear();
+        for (from, out) in std::mem::take(&mut self.held) {
+            self.carry(&from, out);
+        }
+        self.run();
     }
 
     fn events_of(&self, name: &str) -> Vec<&Event> {
@@ -498,6 +517,39 @@ fn messages_cross_a_relay_end_to_end_under_every_preference() {
         }
         assert!(!format!("{:?}", p.events).contains("AuthenticationFailed"));
     }
+}
+
+#[test]
+fn frames_meeting_a_full_set_of_http_requests_wait_for_one_instead_of_a_retransmission() {
+    let mut p = via_relay(TransportPreference::HttpOnly);
+    let now = p.now;
+    p.node("bob").connect(now, &id("alice")).unwrap();
+    p.run();
+    p.node("alice").send(now, &id("bob"), b"warm".to_vec(), SendOptions::default()).unwrap();
+    p.run();
+    p.advance(Duration::from_secs(2));
+    assert_eq!(p.messages_at("bob"), vec![b"warm".to_vec()]);
+    let sent_before = p.node("alice").stats().http_messages_sent;
+
+    // Alice's POSTs stay in flight: one request per message, until 16 are out.
+    p.hold_posts.push("alice".to_owned());
+    let total = 24u8;
+    for n in 0..total {
+        let now = p.now;
+        p.node("alice").send(now, &id("bob"), vec![b'm', n], SendOptions::default()).unwrap();
+        p.run();
+    }
+    assert_eq!(p.held.len(), 16, "at most 16 requests in flight per hop");
+    // The requests come back; the frames that met the full set go out in the next request at
+    // once, well within the 200 ms minimum retransmission timeout.
+    p.release_posts();
+    p.advance(Duration::from_millis(50));
+    let mut expected = vec![b"warm".to_vec()];
+    expected.extend((0..total).map(|n| vec![b'm', n]));
+    assert_eq!(p.messages_at("bob"), expected, "every message within 50 ms");
+    p.advance(Duration::from_secs(3));
+    let sent = p.node("alice").stats().http_messages_sent.saturating_sub(sent_before);
+    assert_eq!(sent, u64::from(total), "no frame re-sent");
 }
 
 #[test]
