@@ -169,6 +169,12 @@ impl KeepAlive {
         Ok(Self { send, conn: smol::spawn(conn.without_shutdown()), reusable: true })
     }
 
+    /// Whether another request may go on this connection: the last answer did not ask to close
+    /// it and the node has not closed it since.
+    fn open_for_more(&self) -> bool {
+        self.reusable && !self.send.is_closed()
+    }
+
     /// A fresh connection to `uri`'s host.
     async fn connect(ctx: &ClientCtx, uri: &Uri) -> Result<Self, ClientError> {
         Self::open(timeout(ctx.limits.http_timeout, connect(ctx, uri)).await?).await
@@ -268,7 +274,7 @@ async fn token_and_stream(
     }
     let mut conn = KeepAlive::open(stream).await?;
     let token = fetch_token(ctx, &mut conn, base, node).await?;
-    let stream = match conn.reusable {
+    let stream = match conn.open_for_more() {
         true => conn.into_stream().await.ok(),
         false => None,
     };
@@ -310,7 +316,7 @@ async fn fetch_token(
     };
     let uri: Uri = endpoints::verify_url(base).parse().map_err(|_| ClientError::BadUrl)?;
     let body = serde_json::to_vec(&verify).map_err(|_| ClientError::BadResponse("verify body"))?;
-    if !conn.reusable {
+    if !conn.open_for_more() {
         *conn = KeepAlive::connect(ctx, &uri).await?;
     }
     let (status, body) = timeout(
