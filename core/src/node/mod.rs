@@ -155,10 +155,11 @@ pub struct Node {
     app_backlog: usize,
     events_dropped: u64,
     stats: TransportStats,
-    /// Envelope ids of recently sent frames → the peer they were for and the session they were
-    /// sealed under (to correlate `ERROR`s, and to ignore one about a session already replaced).
-    recent: BTreeMap<MessageId, (EntityId, Option<SessionId>)>,
-    recent_order: VecDeque<MessageId>,
+    /// The last [`RECENT_SENDS`] frames sent, oldest first: the envelope id, the peer it was for
+    /// and the session it was sealed under (to correlate `ERROR`s, and to ignore one about a
+    /// session already replaced). A ring, so sending costs one push and one pop; it is searched,
+    /// newest first, only for an `ERROR` whose signature has been verified.
+    recent: VecDeque<(MessageId, EntityId, Option<SessionId>)>,
 }
 
 impl std::fmt::Debug for Node {
@@ -209,8 +210,7 @@ impl Node {
             app_backlog: 0,
             events_dropped: 0,
             stats: TransportStats::default(),
-            recent: BTreeMap::new(),
-            recent_order: VecDeque::new(),
+            recent: VecDeque::new(),
             config,
         })
     }
@@ -408,14 +408,16 @@ impl Node {
     }
 
     fn remember_sent(&mut self, envelope: &MessageId, peer: &EntityId, session: Option<SessionId>) {
-        if self.recent.insert(envelope.clone(), (peer.clone(), session)).is_none() {
-            self.recent_order.push_back(envelope.clone());
+        if self.recent.len() >= RECENT_SENDS {
+            self.recent.pop_front();
         }
-        while self.recent_order.len() > RECENT_SENDS {
-            if let Some(old) = self.recent_order.pop_front() {
-                self.recent.remove(&old);
-            }
-        }
+        self.recent.push_back((envelope.clone(), peer.clone(), session));
+    }
+
+    /// The peer and session of the newest frame sent with envelope id `envelope`, if recent.
+    fn recent_send(&self, envelope: &MessageId) -> Option<(EntityId, Option<SessionId>)> {
+        let (_, peer, session) = self.recent.iter().rev().find(|(id, _, _)| id == envelope)?;
+        Some((peer.clone(), session.clone()))
     }
 
     /// Work every public entry point ends with: flush batched HTTP requests and reschedule.

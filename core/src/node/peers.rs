@@ -849,7 +849,7 @@ impl Node {
             }
             return;
         }
-        let recent = body.in_reply_to.as_ref().and_then(|id| self.recent.get(id)).cloned();
+        let recent = body.in_reply_to.as_ref().and_then(|id| self.recent_send(id));
         let about = recent.as_ref().map(|(peer, _)| peer.clone());
         // An answer to a frame sealed under an older session says nothing about the current one
         // (it was delayed, or crossed the new handshake).

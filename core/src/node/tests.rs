@@ -1273,7 +1273,8 @@ fn a_late_session_error_about_an_older_session_is_ignored() {
     let now = p.now;
     p.node("alice").send(now, &id("bob"), b"one".to_vec(), SendOptions::default()).unwrap();
     p.run();
-    let sent_under_first: Vec<MessageId> = p.node("alice").recent.keys().cloned().collect();
+    let sent_under_first: Vec<MessageId> =
+        p.node("alice").recent.iter().map(|(id, _, _)| id.clone()).collect();
     // Both sides start over: a second session replaces the first.
     p.node("alice").lose_session(now, &id("bob"), ErrorCode::SessionNotFound);
     p.node("bob").lose_session(now, &id("alice"), ErrorCode::SessionNotFound);
@@ -1287,8 +1288,8 @@ fn a_late_session_error_about_an_older_session_is_ignored() {
         .node("alice")
         .recent
         .iter()
-        .filter(|(_, (_, s))| s.as_ref() == Some(&current))
-        .map(|(k, _)| k.clone())
+        .filter(|(_, _, s)| s.as_ref() == Some(&current))
+        .map(|(k, _, _)| k.clone())
         .collect();
     let link = p.pairs.iter().find(|((n, _), _)| n == "bob").map(|(_, (_, l))| *l).unwrap();
     let mut rng = ChaCha20Rng::seed_from_u64(99);
