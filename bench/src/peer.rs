@@ -51,10 +51,6 @@ fn identity(name: &str) -> Result<Identity, BoxError> {
     Ok(peerlink_smol::keys::generate(EntityId::new(name)?)?)
 }
 
-fn copy(i: &Identity) -> Identity {
-    Identity::from_secret_bytes(i.id().clone(), &i.secret_bytes())
-}
-
 fn trusted(i: &Identity, url: Option<String>) -> TrustedPeer {
     TrustedPeer { entity: i.id().clone(), key: i.public_key(), url }
 }
@@ -95,13 +91,13 @@ pub async fn pipe(path: Path, window: usize, clock: Clock) -> Result<(Pipe, Trio
     let mut cfg = Config::ephemeral();
     cfg.node = node_config(TransportPreference::WebsocketFirst, sign_all);
     cfg.peers = vec![trusted(&a, None), trusted(&b, None)];
-    let relay = Peerlink::start(cfg, copy(&r)).await?;
+    let relay = Peerlink::start(cfg, r.duplicate()).await?;
     let peer = |me: &Identity, other: &Identity| {
         let mut cfg = Config::ephemeral();
         cfg.node = node_config(pref, sign_all);
         cfg.peers = vec![trusted(other, None)];
         cfg.relay = Some(trusted(&r, Some(relay.base_url())));
-        (cfg, copy(me))
+        (cfg, me.duplicate())
     };
     let (ca, ia) = peer(&a, &b);
     let ha = Peerlink::start(ca, ia).await?;
@@ -169,7 +165,7 @@ async fn handshake_server() -> Result<(Handle, TrustedPeer), BoxError> {
     cfg.node = node_config(TransportPreference::WebsocketOnly, true);
     cfg.node.max_peers = 1 << 20;
     cfg.trust_policy = TrustPolicy::Open;
-    let server = Peerlink::start(cfg, copy(&s)).await?;
+    let server = Peerlink::start(cfg, s.duplicate()).await?;
     let url = Some(server.base_url());
     Ok((server, trusted(&s, url)))
 }

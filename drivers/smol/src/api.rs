@@ -128,10 +128,8 @@ impl Peerlink {
             .map_err(|e| ListenError::Bind(config.listen, e))?;
         let addr = listener.local_addr().map_err(|e| ListenError::Bind(config.listen, e))?;
 
-        let secret = identity.secret_bytes();
         let id = identity.id().clone();
-        let shared = Arc::new(Identity::from_secret_bytes(id.clone(), &secret));
-        drop(secret);
+        let shared = Arc::new(identity.duplicate());
         let public_key = identity.public_key();
         let capabilities = config.node.capabilities.to_value();
         let max_frame = config.node.limits.max_frame_bytes;
