@@ -143,6 +143,11 @@ async fn connect(ctx: &ClientCtx, uri: &Uri) -> Result<Stream, ClientError> {
     Ok(MaybeTls::Tls(Box::new(stream)))
 }
 
+/// [`connect`], bounded by `http_timeout`.
+async fn connect_within(ctx: &ClientCtx, uri: &Uri) -> Result<Stream, ClientError> {
+    timeout(ctx.limits.http_timeout, connect(ctx, uri)).await
+}
+
 async fn timeout<T>(
     d: Duration,
     f: impl Future<Output = Result<T, ClientError>>,
@@ -177,7 +182,7 @@ impl KeepAlive {
 
     /// A fresh connection to `uri`'s host.
     async fn connect(ctx: &ClientCtx, uri: &Uri) -> Result<Self, ClientError> {
-        Self::open(timeout(ctx.limits.http_timeout, connect(ctx, uri)).await?).await
+        Self::open(connect_within(ctx, uri).await?).await
     }
 
     /// One exchange; the response body is bounded by `max_body`.
@@ -268,20 +273,18 @@ async fn token_and_stream(
     base: &str,
     node: &EntityId,
 ) -> Result<(String, Stream), ClientError> {
-    let stream = timeout(ctx.limits.http_timeout, connect(ctx, uri)).await?;
+    let stream = connect_within(ctx, uri).await?;
     if let Some(t) = ctx.cached(base) {
         return Ok((t, stream));
     }
     let mut conn = KeepAlive::open(stream).await?;
     let token = fetch_token(ctx, &mut conn, base, node).await?;
-    let stream = match conn.open_for_more() {
-        true => conn.into_stream().await.ok(),
-        false => None,
-    };
-    match stream {
-        Some(s) => Ok((token, s)),
-        None => Ok((token, timeout(ctx.limits.http_timeout, connect(ctx, uri)).await?)),
+    if conn.open_for_more()
+        && let Ok(stream) = conn.into_stream().await
+    {
+        return Ok((token, stream));
     }
+    Ok((token, connect_within(ctx, uri).await?))
 }
 
 /// Authenticates on `conn`: `GET /auth/token`, sign the challenge naming `node`,
