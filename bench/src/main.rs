@@ -2,6 +2,7 @@
 //! measured in the same run. `docs/benchmarks.md` explains how to run it and read it.
 
 mod baseline;
+mod child;
 mod floor;
 mod load;
 mod memory;
@@ -18,9 +19,10 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use clap::Parser;
 
+use crate::child::Server;
 use crate::load::{Measured, Mode, Pipe};
-use crate::memory::{Footprint, Server};
-use crate::peer::Path;
+use crate::memory::Footprint;
+use crate::peer::{NodePlace, Path};
 use crate::stats::Clock;
 
 /// The binary's error type.
@@ -152,6 +154,8 @@ pub struct Results {
     pub ws_connect_cpu_us: f64,
     /// Full peerlink handshakes, the client nodes started beforehand.
     pub handshakes: peer::Handshakes,
+    /// The same against a node in a child process, whose own CPU time is measured.
+    pub handshakes_child_node: peer::Handshakes,
     /// Full peerlink handshakes including the start-up (and shutdown) of a new client node each.
     pub handshakes_with_startup: peer::Handshakes,
     /// Idle authenticated peerlink connections.
@@ -251,7 +255,8 @@ async fn bench(args: &Args) -> Result<Results, BoxError> {
     // `--only` with paths alone skips the floor, connection and memory runs; `floor`,
     // `handshakes` and `memory` ask for those.
     let (mut ws_connects_per_s, mut ws_connect_cpu_us) = (0.0, 0.0);
-    let (mut handshakes, mut handshakes_with_startup) = Default::default();
+    let (mut handshakes, mut handshakes_child_node, mut handshakes_with_startup) =
+        Default::default();
     if wanted("handshakes") {
         eprintln!("connections");
         let echo = baseline::echo_server().await?;
@@ -264,10 +269,17 @@ async fn bench(args: &Args) -> Result<Results, BoxError> {
         eprintln!(
             "  baseline: {ws_connects_per_s:.0} ws connects/s, {ws_connect_cpu_us:.0} µs CPU each"
         );
-        handshakes = peer::handshakes(args.seconds, args.concurrency).await?;
+        handshakes = peer::handshakes(args.seconds, args.concurrency, NodePlace::Here).await?;
         eprintln!(
             "  {:.0} handshakes/s, {:.0} µs CPU each (client nodes already running)",
             handshakes.per_s, handshakes.cpu_us
+        );
+        handshakes_child_node =
+            peer::handshakes(args.seconds, args.concurrency, NodePlace::Child).await?;
+        eprintln!(
+            "  {:.0} handshakes/s, the node in a child process: {:.0} µs of its CPU each",
+            handshakes_child_node.per_s,
+            handshakes_child_node.node_cpu_us.unwrap_or(0.0)
         );
         handshakes_with_startup =
             peer::handshakes_with_startup(args.seconds, args.concurrency).await?;
@@ -290,6 +302,7 @@ async fn bench(args: &Args) -> Result<Results, BoxError> {
         ws_connects_per_s,
         ws_connect_cpu_us,
         handshakes,
+        handshakes_child_node,
         handshakes_with_startup,
         mem_node,
         mem_echo,
@@ -307,12 +320,7 @@ fn main() -> Result<(), BoxError> {
     // SAFETY: nothing else runs yet (no thread has been started, smol's executor included).
     unsafe { std::env::set_var("SMOL_THREADS", threads.to_string()) };
     if let Some(kind) = &args.child {
-        let server = match kind.as_str() {
-            "node" => Server::Node,
-            "echo" => Server::Echo,
-            other => return Err(format!("unknown child {other}").into()),
-        };
-        return memory::child(server, args.child_max);
+        return child::child(Server::from_arg(kind)?, args.child_max);
     }
     let results = smol::block_on(bench(&args))?;
     let md = report::markdown(&results);

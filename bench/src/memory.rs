@@ -1,32 +1,20 @@
 //! Resident memory per idle connection, measured on a server in a child process (this binary
-//! re-run with `--child node` or `--child echo`): its `VmRSS` before and after the parent opens
+//! re-run with `--child node` or `--child echo`, `crate::child`): its `VmRSS` before and after the parent opens
 //! N connections to it, divided by N. The parent's own (client-side) memory is not counted.
 
-use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_tungstenite::WebSocketStream;
 use async_tungstenite::tungstenite::client::IntoClientRequest;
-use peerlink_core::transport::TransportPreference;
-use peerlink_core::{EntityId, TrustPolicy};
-use peerlink_smol::{Config, Peerlink};
+use peerlink_core::EntityId;
 use smol::io::{AsyncReadExt, AsyncWriteExt};
 use smol::net::TcpStream;
 
 use crate::BoxError;
-use crate::stats::{raise_nofile, rss_kib};
-
-/// Which server a child runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Server {
-    /// A peerlink node (open trust, default limits raised just past the largest count).
-    Node,
-    /// The baseline echo server.
-    Echo,
-}
+use crate::child::{ChildServer, Server};
+use crate::stats::raise_nofile;
 
 /// Resident memory of one count of idle connections.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -46,95 +34,6 @@ impl Footprint {
     pub fn kib_per_conn(&self) -> f64 {
         self.rss_after_kib.saturating_sub(self.rss_before_kib) as f64
             / self.connections.max(1) as f64
-    }
-}
-
-/// The child side: serve until stdin closes. Prints `ADDR <addr>` first.
-pub fn child(server: Server, max: usize) -> Result<(), BoxError> {
-    raise_nofile()?;
-    smol::block_on(async {
-        match server {
-            Server::Echo => serve_until_eof(crate::baseline::echo_server().await?).await,
-            Server::Node => {
-                let mut cfg = Config::ephemeral();
-                cfg.node = crate::peer::node_config(TransportPreference::WebsocketOnly, true);
-                cfg.trust_policy = TrustPolicy::Open;
-                cfg.node.max_links = max + 256;
-                cfg.node.max_peers = max + 256;
-                cfg.limits.max_connections = max + 256;
-                cfg.auth.max_pending_challenges = max + 256;
-                // No PING while the parent holds its idle connections.
-                cfg.node.ping_interval = Duration::from_secs(3600);
-                let me = peerlink_smol::keys::generate(EntityId::new("memnode")?)?;
-                let node = Peerlink::start(cfg, me).await?;
-                serve_until_eof(node.local_addr()).await?;
-                drop(node);
-                Ok(())
-            }
-        }
-    })
-}
-
-async fn serve_until_eof(addr: SocketAddr) -> Result<(), BoxError> {
-    println!("ADDR {addr}");
-    smol::unblock(|| {
-        let mut sink = Vec::new();
-        let _ = std::io::stdin().read_to_end(&mut sink);
-    })
-    .await;
-    Ok(())
-}
-
-/// A child server process; killed when dropped.
-struct ChildServer {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl ChildServer {
-    fn spawn(server: Server, max: usize) -> Result<Self, BoxError> {
-        let kind = match server {
-            Server::Node => "node",
-            Server::Echo => "echo",
-        };
-        let exe = std::env::current_exe()?;
-        // Diagnostics: `PEERLINK_BENCH_CHILD_WRAP="valgrind --tool=dhat"` runs the child under
-        // that command, and lets it exit on its own so the tool can write its report.
-        let wrap: Vec<String> = std::env::var("PEERLINK_BENCH_CHILD_WRAP")
-            .map(|w| w.split_whitespace().map(str::to_owned).collect())
-            .unwrap_or_default();
-        let mut cmd = match wrap.split_first() {
-            Some((prog, rest)) => {
-                let mut c = Command::new(prog);
-                c.args(rest).arg(exe);
-                c
-            }
-            None => Command::new(exe),
-        };
-        let mut child = cmd
-            .args(["--child", kind, "--child-max", &max.to_string()])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()?;
-        let out = child.stdout.take().ok_or("no child stdout")?;
-        let mut line = String::new();
-        BufReader::new(out).read_line(&mut line)?;
-        let addr = line.trim().strip_prefix("ADDR ").ok_or("the child printed no address")?;
-        Ok(Self { addr: addr.parse()?, child })
-    }
-
-    fn rss(&self) -> Result<u64, BoxError> {
-        Ok(rss_kib(Some(self.child.id()))?)
-    }
-}
-
-impl Drop for ChildServer {
-    fn drop(&mut self) {
-        drop(self.child.stdin.take());
-        if std::env::var_os("PEERLINK_BENCH_CHILD_WRAP").is_none() {
-            let _ = self.child.kill();
-        }
-        let _ = self.child.wait();
     }
 }
 
@@ -200,7 +99,7 @@ async fn open(
 }
 
 /// Inbound peer links the node at `addr` reports on `/metrics`.
-async fn links(addr: SocketAddr) -> Option<u64> {
+pub async fn links(addr: SocketAddr) -> Option<u64> {
     let get = "GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n".to_owned();
     let (_, body) = http(addr, get).await.ok()?;
     body.lines()

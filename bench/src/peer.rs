@@ -13,6 +13,7 @@ use peerlink_smol::{Config, Handle, Peerlink, TrustedPeer};
 use smol::future::FutureExt as _;
 
 use crate::BoxError;
+use crate::child::{ChildServer, Server};
 use crate::load::{Pipe, Sink};
 use crate::stats::{Clock, Recorder, cpu_time};
 
@@ -140,34 +141,97 @@ pub async fn pipe(path: Path, window: usize, clock: Clock) -> Result<(Pipe, Trio
 pub struct Handshakes {
     /// Handshakes completed per second of the timed window.
     pub per_s: f64,
-    /// CPU time of the whole process (client and server sides) per handshake, µs.
+    /// CPU time of the client and server sides together per handshake (both processes when the
+    /// node runs in a child), µs.
     pub cpu_us: f64,
     /// Handshakes completed.
     pub count: u64,
+    /// CPU time of the node alone per handshake, µs, when it ran in a process of its own.
+    pub node_cpu_us: Option<f64>,
 }
 
 impl Handshakes {
-    fn new(count: u64, wall: Duration, cpu: Duration) -> Self {
+    fn new(count: u64, wall: Duration, cpu: Duration, node_cpu: Option<Duration>) -> Self {
+        let per = |d: Duration| d.as_secs_f64() * 1e6 / count.max(1) as f64;
         Self {
             per_s: count as f64 / wall.as_secs_f64().max(1e-9),
-            cpu_us: cpu.as_secs_f64() * 1e6 / count.max(1) as f64,
+            cpu_us: per(cpu),
             count,
+            node_cpu_us: node_cpu.map(per),
         }
     }
+}
+
+/// Where the node of the handshake measurements runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodePlace {
+    /// In this process, on the executor the client nodes share.
+    Here,
+    /// In a child process of its own, so that its CPU time is measured apart from the clients'.
+    Child,
 }
 
 /// The node every handshake is run against: open trust, and room for every entity a run may
 /// bring (each handshake is a new one, and the node keeps a peer's state after its link is
 /// gone).
-async fn handshake_server() -> Result<(Handle, TrustedPeer), BoxError> {
-    let s = identity("server")?;
-    let mut cfg = Config::ephemeral();
-    cfg.node = node_config(TransportPreference::WebsocketOnly, true);
-    cfg.node.max_peers = 1 << 20;
-    cfg.trust_policy = TrustPolicy::Open;
-    let server = Peerlink::start(cfg, s.duplicate()).await?;
-    let url = Some(server.base_url());
-    Ok((server, trusted(&s, url)))
+enum HandshakeNode {
+    Here(Handle),
+    Child(Box<ChildServer>),
+}
+
+impl HandshakeNode {
+    /// Starts the node; also returns what its clients need to know of it.
+    async fn start(place: NodePlace) -> Result<(Self, TrustedPeer), BoxError> {
+        match place {
+            NodePlace::Here => {
+                let s = identity("server")?;
+                let mut cfg = Config::ephemeral();
+                cfg.node = node_config(TransportPreference::WebsocketOnly, true);
+                cfg.node.max_peers = 1 << 20;
+                cfg.trust_policy = TrustPolicy::Open;
+                let server = Peerlink::start(cfg, s.duplicate()).await?;
+                let url = Some(server.base_url());
+                Ok((HandshakeNode::Here(server), trusted(&s, url)))
+            }
+            NodePlace::Child => {
+                let child = ChildServer::spawn(Server::Node, 1 << 20)?;
+                let to = child.node.clone().ok_or("the child node printed no key")?;
+                Ok((HandshakeNode::Child(Box::new(child)), to))
+            }
+        }
+    }
+
+    /// The CPU time the node has used so far, when it runs in a process of its own.
+    fn cpu_time(&self) -> Option<Duration> {
+        match self {
+            HandshakeNode::Here(_) => None,
+            HandshakeNode::Child(c) => c.cpu_time().ok(),
+        }
+    }
+
+    /// Waits (at most 5 s) until the node holds no inbound link and no long-poll.
+    async fn settle(&self) {
+        let until = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < until {
+            let idle = match self {
+                HandshakeNode::Here(server) => match server.snapshot().await {
+                    Ok(s) => s.inbound_peer_links == 0 && s.held_http_calls == 0,
+                    Err(_) => return,
+                },
+                HandshakeNode::Child(c) => crate::memory::links(c.addr).await == Some(0),
+            };
+            if idle {
+                return;
+            }
+            smol::Timer::after(Duration::from_millis(5)).await;
+        }
+    }
+
+    async fn stop(self) {
+        if let HandshakeNode::Here(server) = self {
+            let _ = server.shutdown().await;
+        }
+    }
 }
 
 /// A client node with a new identity that knows the server (its key and URL), and its events.
@@ -218,7 +282,7 @@ pub async fn handshakes_with_startup(
     secs: f64,
     concurrency: usize,
 ) -> Result<Handshakes, BoxError> {
-    let (server, to) = handshake_server().await?;
+    let (server, to) = HandshakeNode::start(NodePlace::Here).await?;
     let end = Instant::now() + Duration::from_secs_f64(secs);
     let (started, cpu0) = (Instant::now(), cpu_time());
     let workers: Vec<_> = (0..concurrency.max(1))
@@ -241,8 +305,8 @@ pub async fn handshakes_with_startup(
     for w in workers {
         total += w.await?;
     }
-    let rate = Handshakes::new(total, started.elapsed(), cpu_time().saturating_sub(cpu0));
-    let _ = server.shutdown().await;
+    let rate = Handshakes::new(total, started.elapsed(), cpu_time().saturating_sub(cpu0), None);
+    server.stop().await;
     Ok(rate)
 }
 
@@ -254,11 +318,19 @@ const BATCH_PER_WORKER: usize = 64;
 /// and shut down after it; inside it each node runs one [`Client::handshake`] (a new token, a
 /// new upgrade, a new E2E handshake), `concurrency` at a time, until `secs` of timed windows
 /// have passed. Between batches the server drops the closed links before the next window opens.
-pub async fn handshakes(secs: f64, concurrency: usize) -> Result<Handshakes, BoxError> {
+/// With the node in a child process (`place`), its own CPU time over the timed windows is
+/// measured too; the closing of the previous batch's links may fall into a window, so that
+/// figure includes the node's share of a client leaving.
+pub async fn handshakes(
+    secs: f64,
+    concurrency: usize,
+    place: NodePlace,
+) -> Result<Handshakes, BoxError> {
     crate::stats::raise_nofile()?;
-    let (server, to) = handshake_server().await?;
+    let (server, to) = HandshakeNode::start(place).await?;
     let budget = Duration::from_secs_f64(secs);
     let (mut timed, mut cpu, mut total) = (Duration::ZERO, Duration::ZERO, 0u64);
+    let mut node_cpu = server.cpu_time().map(|_| Duration::ZERO);
     let batch = concurrency.max(1).saturating_mul(BATCH_PER_WORKER).min(1024);
     let mut batch_no = 0usize;
     while timed < budget {
@@ -273,7 +345,7 @@ pub async fn handshakes(secs: f64, concurrency: usize) -> Result<Handshakes, Box
         }
         drop(queue);
         let end = Instant::now() + (budget - timed);
-        let (t0, cpu0) = (Instant::now(), cpu_time());
+        let (t0, cpu0, node0) = (Instant::now(), cpu_time(), server.cpu_time());
         let workers: Vec<_> = (0..concurrency.max(1))
             .map(|_| {
                 let (take, sid) = (take.clone(), to.entity.clone());
@@ -303,6 +375,9 @@ pub async fn handshakes(secs: f64, concurrency: usize) -> Result<Handshakes, Box
         }
         timed += t0.elapsed();
         cpu += cpu_time().saturating_sub(cpu0);
+        if let (Some(sum), Some(before), Some(after)) = (&mut node_cpu, node0, server.cpu_time()) {
+            *sum += after.saturating_sub(before);
+        }
         used.extend(std::iter::from_fn(|| take.try_recv().ok()));
         let stops: Vec<_> = used
             .into_iter()
@@ -314,20 +389,9 @@ pub async fn handshakes(secs: f64, concurrency: usize) -> Result<Handshakes, Box
         if let Some(e) = failed {
             return Err(e);
         }
-        settle(&server).await;
+        server.settle().await;
     }
-    let _ = server.shutdown().await;
-    Ok(Handshakes::new(total, timed, cpu))
-}
-
-/// Waits (at most 5 s) until `server` holds no inbound link and no long-poll.
-async fn settle(server: &Handle) {
-    let until = Instant::now() + Duration::from_secs(5);
-    while Instant::now() < until {
-        match server.snapshot().await {
-            Ok(s) if s.inbound_peer_links == 0 && s.held_http_calls == 0 => return,
-            Ok(_) => smol::Timer::after(Duration::from_millis(5)).await,
-            Err(_) => return,
-        };
-    }
+    server.stop().await;
+    let both = cpu.saturating_add(node_cpu.unwrap_or_default());
+    Ok(Handshakes::new(total, timed, both, node_cpu))
 }

@@ -55,8 +55,13 @@ fn a_short_run_writes_a_sane_report() {
         assert!(number(&row[1]) > 0.0, "µs of {row:?}");
     }
     let conns = table(&md, "## Connections");
-    assert_eq!(conns.len(), 3, "baseline, handshakes, handshakes with start-up: {conns:?}");
+    assert_eq!(
+        conns.len(),
+        4,
+        "baseline, handshakes, the node in a child process, with start-up: {conns:?}"
+    );
     assert!(conns.iter().all(|r| number(&r[1]) > 0.0), "{conns:?}");
+    assert!(number(&conns[2][4]) > 0.0, "the child node's own CPU per handshake: {conns:?}");
     let mem = table(&md, "## Resident memory per idle connection");
     assert_eq!(mem.len(), 2);
     assert_eq!(mem[1][2], "20", "the node holds every connection: {mem:?}");
