@@ -8,6 +8,7 @@ mod load;
 mod memory;
 mod peer;
 mod report;
+mod rounds;
 mod stats;
 
 use std::path::PathBuf;
@@ -23,6 +24,7 @@ use crate::child::Server;
 use crate::load::{Measured, Mode, Pipe};
 use crate::memory::Footprint;
 use crate::peer::{NodePlace, Path};
+use crate::rounds::By;
 use crate::stats::Clock;
 
 /// The binary's error type.
@@ -38,6 +40,10 @@ struct Args {
     /// Seconds each throughput or latency run measures.
     #[arg(long, default_value_t = 2.0)]
     seconds: f64,
+    /// Rounds of the throughput and latency runs: each round runs every path once, in turn,
+    /// and a path keeps its median run; its ratio to the echo is the median of each round's.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
     /// Message sizes in bytes.
     #[arg(long, value_delimiter = ',', default_value = "64,1024,65536,4194304")]
     sizes: Vec<usize>,
@@ -135,6 +141,8 @@ pub struct Row {
     pub m: Measured,
     /// peerlink: frames the sender sent per message delivered (chunks, re-sends, acks).
     pub frames_per_msg: Option<f64>,
+    /// Its msg/s (saturation) or p99 (fixed rate) over the echo's, round by round.
+    pub vs_echo: Option<rounds::Spread>,
 }
 
 /// Everything one run of the tool measured.
@@ -144,6 +152,8 @@ pub struct Results {
     pub date: String,
     /// Seconds per run.
     pub seconds: f64,
+    /// Rounds of the throughput and latency runs.
+    pub rounds: usize,
     /// Saturation runs.
     pub saturation: Vec<Row>,
     /// Fixed-rate runs (64 B).
@@ -218,7 +228,7 @@ async fn one(
         m.mib_per_s,
         m.latency.p99
     );
-    Ok(Row { kind, size, m, frames_per_msg })
+    Ok(Row { kind, size, m, frames_per_msg, vs_echo: None })
 }
 
 async fn bench(args: &Args) -> Result<Results, BoxError> {
@@ -238,20 +248,32 @@ async fn bench(args: &Args) -> Result<Results, BoxError> {
         floor = Some(f);
     }
     let mut saturation = Vec::new();
-    eprintln!("saturation ({} s per run)", args.seconds);
+    let rounds = args.rounds.max(1);
+    eprintln!("saturation ({} s per run, {rounds} rounds)", args.seconds);
     for &size in &args.sizes {
-        for &kind in &kinds {
-            saturation.push(one(kind, size, args.window, Mode::Saturate, args.seconds).await?);
+        let mut runs = Vec::new();
+        for _ in 0..rounds {
+            let mut round = Vec::new();
+            for &kind in &kinds {
+                round.push(one(kind, size, args.window, Mode::Saturate, args.seconds).await?);
+            }
+            runs.push(round);
         }
+        saturation.extend(rounds::reduce(&runs, By::Throughput));
     }
     eprintln!("fixed offered load, 64 B");
-    let mut fixed = Vec::new();
-    for &kind in &kinds {
-        let sat =
-            saturation.iter().find(|r| r.kind == kind && r.size == 64).map(|r| r.m.msgs_per_s);
-        let rate = sat.map_or(args.rate, |s| args.rate.min(0.8 * s)).max(1.0);
-        fixed.push(one(kind, 64, args.window, Mode::Rate(rate), args.seconds).await?);
+    let mut runs = Vec::new();
+    for _ in 0..rounds {
+        let mut round = Vec::new();
+        for &kind in &kinds {
+            let sat =
+                saturation.iter().find(|r| r.kind == kind && r.size == 64).map(|r| r.m.msgs_per_s);
+            let rate = sat.map_or(args.rate, |s| args.rate.min(0.8 * s)).max(1.0);
+            round.push(one(kind, 64, args.window, Mode::Rate(rate), args.seconds).await?);
+        }
+        runs.push(round);
     }
+    let fixed = rounds::reduce(&runs, By::P99);
     // `--only` with paths alone skips the floor, connection and memory runs; `floor`,
     // `handshakes` and `memory` ask for those.
     let (mut ws_connects_per_s, mut ws_connect_cpu_us) = (0.0, 0.0);
@@ -297,6 +319,7 @@ async fn bench(args: &Args) -> Result<Results, BoxError> {
     Ok(Results {
         date: stats::today(),
         seconds: args.seconds,
+        rounds,
         saturation,
         fixed,
         ws_connects_per_s,

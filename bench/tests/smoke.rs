@@ -15,8 +15,10 @@ fn table(md: &str, heading: &str) -> Vec<Vec<String>> {
         .collect()
 }
 
+/// The number a cell starts with (`0.32× (0.30–0.35)` → 0.32).
 fn number(cell: &str) -> f64 {
-    cell.trim_end_matches('×').parse().unwrap_or_else(|_| panic!("not a number: {cell:?}"))
+    let first = cell.split_whitespace().next().unwrap_or("");
+    first.trim_end_matches('×').parse().unwrap_or_else(|_| panic!("not a number: {cell:?}"))
 }
 
 #[test]
@@ -24,6 +26,7 @@ fn a_short_run_writes_a_sane_report() {
     let out = std::env::temp_dir().join(format!("peerlink-bench-smoke-{}", std::process::id()));
     let status = Command::new(env!("CARGO_BIN_EXE_peerlink-bench"))
         .args(["--seconds", "0.15", "--sizes", "64,1024", "--conns", "10,20", "--concurrency", "2"])
+        .args(["--rounds", "2"])
         .arg("--out")
         .arg(&out)
         .output()
@@ -39,6 +42,8 @@ fn a_short_run_writes_a_sane_report() {
         assert!(number(&row[2]) > 0.0, "msg/s of {row:?}");
         assert!(number(&row[3]) > 0.0, "MiB/s of {row:?}");
         assert!(number(&row[4]) > 0.0, "ratio of {row:?}");
+        let echo = row[0].starts_with("baseline echo");
+        assert_eq!(row[4].contains('–'), !echo, "two rounds give a range: {row:?}");
     }
     let fixed = table(&md, "## Latency at a fixed offered load");
     assert_eq!(fixed.len(), 5);
