@@ -64,8 +64,27 @@ pub struct NodeConfig {
     /// Links this node accepts at once; also bounds held long-polls and per-caller HTTP rate
     /// buckets. Default 10 000.
     pub max_links: usize,
-    /// Remote peers this node keeps state for. Default 10 000.
+    /// Remote peers this node keeps state for at once. Idle peers are forgotten after
+    /// `peer_idle_timeout`, so this bounds the peers active together, not all peers ever met.
+    /// Default 10 000.
     pub max_peers: usize,
+    /// How long a peer must be idle before this node forgets its state (session, stream
+    /// positions), freeing its place under `max_peers`. Idle means: nothing received from it or
+    /// sent to it for its session, handshake or stream, and no `send` to it, for this long; and
+    /// nothing outstanding: no message waiting for acknowledgement or `forward` owed, no frame
+    /// buffered out of order or chunked message being reassembled, no task request pending in
+    /// either direction, no handshake in progress, no acknowledgement held, no
+    /// [`Node::connect`](super::Node::connect) to it, and no link of this node bound to it (an
+    /// accepted peers link from it, or a WebSocket link to it as a next hop). If it talks again
+    /// under its old session, it is answered `SESSION_NOT_FOUND`, runs a new handshake and
+    /// re-sends what it has unacknowledged (spec §15.5). Default 10 minutes.
+    ///
+    /// It must be greater than the stream's `send_timeout` (and than the send timeout of every
+    /// peer this node talks to): a receiver that forgets a peer's receive stream while that peer
+    /// may still re-send a frame already delivered (its acknowledgement lost) would deliver it
+    /// twice (spec §13.6). A sender gives up on a message at its send timeout, so once a peer has
+    /// been silent for longer than that, nothing it sent before can come again.
+    pub peer_idle_timeout: Duration,
     /// Outstanding task requests. Default 1024.
     pub max_pending_requests: usize,
     /// Topics a link may subscribe to. Default 64.
@@ -105,6 +124,7 @@ impl Default for NodeConfig {
             error_rate: RateLimit::per_minute(60),
             max_links: 10_000,
             max_peers: 10_000,
+            peer_idle_timeout: Duration::from_secs(600),
             max_pending_requests: 1024,
             max_subscriptions_per_link: 64,
             max_topics: 10_000,
@@ -142,6 +162,10 @@ impl NodeConfig {
         }
         if self.ping_interval.is_zero() {
             return Err(bad("ping_interval must be positive"));
+        }
+        // Forgetting a receive stream while its sender may still re-send delivers twice.
+        if self.peer_idle_timeout <= self.stream.send_timeout {
+            return Err(bad("peer_idle_timeout must be greater than stream.send_timeout"));
         }
         Ok(())
     }

@@ -149,9 +149,11 @@ impl Node {
             Direction::Inbound(entity) => {
                 if self.bound.get(&entity) == Some(&link) {
                     self.bound.remove(&entity);
-                    // Frames in flight to it are lost; the stream re-sends them another way.
+                    // Frames in flight to it are lost; the stream re-sends them another way. Its
+                    // idle time starts now: being connected was not idle.
                     if let Some(p) = self.peers.get_mut(&entity) {
                         p.send.retransmit_all(now);
+                        p.touch(now);
                         self.reschedule_peer(&entity);
                     }
                 }
@@ -164,6 +166,8 @@ impl Node {
                     h.transport.set_ws(WsLink::Down);
                     h.transport.note_ws_failure(now);
                     self.stats.fallbacks = self.stats.fallbacks.saturating_add(1);
+                    // A next hop that is also a peer: its idle time starts now.
+                    self.touch_peer(now, &hop);
                     self.schedule_reconnect(now, &hop);
                     self.retransmit_via(now, &hop);
                     self.flush_peers_via(now, &hop);

@@ -30,6 +30,7 @@
 
 mod config;
 mod hops;
+mod idle;
 mod io;
 mod links;
 mod peers;
@@ -533,9 +534,10 @@ impl Node {
             h.closed_by_app = false;
         }
         self.ensure_ws(now, &hop);
-        self.ensure_peer(peer)?;
+        self.ensure_peer(now, peer)?;
         if let Some(p) = self.peers.get_mut(peer) {
             p.wanted = true;
+            p.touch(now);
         }
         self.flush_peer(now, peer);
         self.finish(now);
@@ -553,11 +555,10 @@ impl Node {
 
     /// Gives up on every message to `peer`, forgets its session, and reports them failed.
     pub fn close_peer(&mut self, now: Timestamp, peer: &EntityId) {
-        if let Some(mut p) = self.peers.remove(peer) {
+        if let Some(mut p) = self.remove_peer(peer) {
             for id in p.send.fail_all() {
                 self.event(Event::Failed { to: peer.clone(), id, reason: FailReason::Closed });
             }
-            self.timers.cancel(&Timer::Peer(peer.clone()));
         }
         self.finish(now);
     }

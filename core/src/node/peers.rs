@@ -65,6 +65,10 @@ pub(super) struct PeerState {
     pub wanted: bool,
     /// When this peer last had a `SESSION_RESUME` honoured (at most one a second).
     pub last_resume: Option<Timestamp>,
+    /// When this peer was last active: a frame of its session, handshake or stream received from
+    /// it or sent to it, or a message from the application to it. Its state is forgotten after
+    /// `peer_idle_timeout` without activity, once nothing is outstanding (see `idle.rs`).
+    pub last_active: Timestamp,
     pub stats: TransportStats,
 }
 
@@ -130,7 +134,8 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 impl Node {
-    pub(super) fn ensure_peer(&mut self, peer: &EntityId) -> Result<(), SendError> {
+    /// Creates the state for `peer` if there is none, within `max_peers`.
+    pub(super) fn ensure_peer(&mut self, now: Timestamp, peer: &EntityId) -> Result<(), SendError> {
         if self.peers.contains_key(peer) {
             return Ok(());
         }
@@ -160,9 +165,13 @@ impl Node {
             retired: std::collections::VecDeque::new(),
             wanted: false,
             last_resume: None,
+            last_active: now,
             stats: TransportStats::default(),
         };
         self.peers.insert(peer.clone(), state);
+        // Every state has its timer from the start, so even one that never does anything is
+        // forgotten once idle.
+        self.reschedule_peer(peer);
         Ok(())
     }
 
@@ -202,7 +211,8 @@ impl Node {
         {
             return Err(SendError::UnknownRequest(request.clone()));
         }
-        self.ensure_peer(peer)?;
+        self.ensure_peer(now, peer)?;
+        self.touch_peer(now, peer);
         // An application send reopens a link the application closed (seed 001: lazy connect).
         if let Some(hop) = self.route_of(peer)
             && let Some(h) = self.hops.get_mut(&hop)
@@ -281,6 +291,8 @@ impl Node {
         for id in ids {
             self.event(Event::Failed { to: peer.clone(), id, reason });
         }
+        // An empty outbox may leave the peer idle.
+        self.reschedule_peer(peer);
     }
 
     /// Sends whatever `peer` has due: a handshake message, data frames, acknowledgements.
@@ -413,6 +425,7 @@ impl Node {
             .collect();
         for peer in held {
             self.flush_control(now, &peer);
+            self.reschedule_peer(&peer);
         }
     }
 
@@ -447,7 +460,12 @@ impl Node {
     }
 
     pub(super) fn reschedule_peer(&mut self, peer: &EntityId) {
-        let at = self.peers.get(peer).and_then(|p| p.deadline(&self.config));
+        let at = self.peers.get(peer).and_then(|p| {
+            // The idle deadline counts only while nothing else keeps the peer: otherwise it
+            // would be due, and fire, again and again without forgetting anything.
+            let idle = self.may_forget(peer, p).then(|| p.idle_deadline(&self.config));
+            [p.deadline(&self.config), idle].into_iter().flatten().min()
+        });
         self.schedule(Timer::Peer(peer.clone()), at);
     }
 
@@ -490,6 +508,7 @@ impl Node {
             self.event(Event::RequestTimedOut { to: peer.clone(), request });
         }
         self.flush_peer(now, peer);
+        self.forget_if_idle(now, peer);
     }
 
     /// A transport refused a handshake message (HTTP 4xx: `Rejected`), or could not deliver it
@@ -590,7 +609,7 @@ impl Node {
             .and_then(|r| self.guard.check_fresh(&env, now).map(|()| r));
             match accepted {
                 Ok((responder, ack)) => {
-                    if self.ensure_peer(&peer).is_err() {
+                    if self.ensure_peer(now, &peer).is_err() {
                         self.answer(now, source, &env, ErrorCode::RateLimitExceeded);
                         return;
                     }
@@ -598,6 +617,7 @@ impl Node {
                         p.initiator = None;
                         p.handshake_out = None;
                         p.responder = Some(responder);
+                        p.touch(now);
                     }
                     self.send_handshake_reply(now, &peer, ack);
                 }
@@ -618,6 +638,10 @@ impl Node {
             }
             _ => p.responder.as_mut().map(|r| r.handle(&env, now, &mut *self.rng)),
         };
+        // Only a message the handshake accepted counts as activity.
+        if matches!(result, Some(Ok(_))) {
+            p.touch(now);
+        }
         match result {
             None => self.answer(now, source, &env, ErrorCode::InvalidState),
             Some(Ok(HandshakeOutput::Send(reply))) => self.send_handshake_reply(now, &peer, reply),
@@ -667,6 +691,7 @@ impl Node {
         };
         let events_full = self.events_full();
         let Some(p) = self.peers.get_mut(&peer) else { return };
+        p.touch(now);
         p.stats.received(transport, opened.plaintext.len());
         match opened.message_type {
             MessageType::Ack => match StreamControl::decode(&opened.plaintext) {
@@ -942,6 +967,7 @@ impl Node {
             };
             env.sign(&self.identity);
             p.resume = Some((message_id, nonce));
+            p.touch(now);
             let preference = self.config.preference;
             // Straight on the link that just came up: the transport decision may still hold
             // traffic back from it, but this message is what proves the link's session.
@@ -1032,6 +1058,7 @@ impl Node {
 
     fn resumed(&mut self, now: Timestamp, peer: &EntityId, session: crate::ids::SessionId) {
         if let Some(p) = self.peers.get_mut(peer) {
+            p.touch(now);
             p.last_resume = Some(now);
             p.send.retransmit_all(now);
             p.stats.resumes = p.stats.resumes.saturating_add(1);

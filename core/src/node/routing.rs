@@ -453,8 +453,11 @@ impl Node {
                 Err(_) => HopSend::Failed,
             }
         };
-        if let (HopSend::Sent(Some(t)), Some(p)) = (sent, self.peers.get_mut(peer)) {
-            p.stats.sent(t, len);
+        if let Some(p) = self.peers.get_mut(peer) {
+            p.touch(now);
+            if let HopSend::Sent(Some(t)) = sent {
+                p.stats.sent(t, len);
+            }
         }
         sent
     }

@@ -35,6 +35,9 @@ pub struct TransportStats {
     pub handshakes: u64,
     /// Frames refused, by any check.
     pub rejected: u64,
+    /// Idle peers whose state was forgotten after `peer_idle_timeout` (node-wide; always 0 in a
+    /// peer's own counters).
+    pub peers_forgotten: u64,
     /// Last measured round-trip time (data frame to its acknowledgement, or `PING` to `PONG`).
     pub last_rtt: Option<Duration>,
 }

@@ -155,6 +155,13 @@ impl RecvStreams {
     pub fn buffered_bytes(&self) -> usize {
         self.epochs.values().map(|s| s.buffered_bytes).sum()
     }
+
+    /// Whether any frame is buffered out of order (empty bodies included). Such frames were
+    /// acknowledged (selectively) but not delivered yet: forgetting them would lose messages the
+    /// sender was told were delivered.
+    pub fn holds_frames(&self) -> bool {
+        self.epochs.values().any(|s| !s.buffer.is_empty())
+    }
 }
 
 debug_without_body!(InFrame, message_type, message_id, header);
