@@ -121,6 +121,13 @@ pub fn render(s: &Snapshot) -> String {
         "Frames refused by any check.",
         &[("", t.rejected)],
     );
+    metric(
+        &mut out,
+        "peerlink_peers_forgotten_total",
+        "counter",
+        "Idle peers whose state was forgotten after peer_idle_timeout.",
+        &[("", t.peers_forgotten)],
+    );
     let codes: Vec<(String, u64)> =
         s.errors_by_code.iter().map(|(c, v)| (format!("code=\"{c}\""), *v)).collect();
     let codes: Vec<(&str, u64)> = codes.iter().map(|(l, v)| (l.as_str(), *v)).collect();

@@ -144,6 +144,7 @@ fn auth_endpoints_and_refused_upgrades() {
         assert!(body.contains("# TYPE peerlink_messages_sent_total counter"), "{body}");
         assert!(body.contains("peerlink_messages_sent_total{transport=\"websocket\"}"));
         assert!(body.contains("peerlink_mailbox_messages 0"));
+        assert!(body.contains("peerlink_peers_forgotten_total 0"), "{body}");
         let (s, _) = get(addr, "/healthz", "").await;
         assert_eq!(s, 200);
         let (s, _) = get(addr, "/nope", "").await;
