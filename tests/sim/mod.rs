@@ -173,6 +173,8 @@ pub struct World {
     trust: TrustStore,
     /// Messages still to send, per peer.
     budget: Vec<usize>,
+    /// Messages each peer sends in all.
+    messages: usize,
     send_until: Timestamp,
     pub trace: bool,
     /// Whether p1 reaches p2 directly.
@@ -241,6 +243,7 @@ impl World {
             identities,
             trust,
             budget: vec![messages; peers + 1],
+            messages,
             send_until: Timestamp::from_unix_millis(START + 120_000),
             trace: false,
             direct: false,
@@ -289,13 +292,17 @@ impl World {
         let identity = Identity::from_secret_bytes(names[i].clone(), &self.identities[i]);
         let node_seed =
             self.seed.wrapping_mul(1_000_003).wrapping_add(i as u64).wrapping_add(self.counter);
-        let mut node = Node::new(
-            self.config.clone(),
-            identity,
-            self.trust.clone(),
-            ChaCha20Rng::seed_from_u64(node_seed),
-        )
-        .expect("valid config");
+        let mut config = self.config.clone();
+        // In odd seeds the odd-numbered peers forget idle peers as early as allowed (spec
+        // §15.5), well inside the run, and the others keep them: so one side of a pair may hold
+        // a session the other forgot. Decided by the seed, not the RNG, so the draws stay
+        // what they were.
+        if self.seed % 2 == 1 && i % 2 == 1 {
+            config.peer_idle_timeout = Duration::from_secs(61);
+        }
+        let mut node =
+            Node::new(config, identity, self.trust.clone(), ChaCha20Rng::seed_from_u64(node_seed))
+                .expect("valid config");
         if i != RELAY {
             node.set_default_route(
                 self.now,
@@ -575,7 +582,13 @@ impl World {
             self.drain(from);
         }
         if self.budget[from] > 0 {
-            let d = ms(200 + self.rng.next_u64() % 3000);
+            let mut d = ms(200 + self.rng.next_u64() % 3000);
+            // Odd seeds (which forget idle peers after 61 s): halfway through its messages a
+            // peer falls silent for longer than that, so it is forgotten mid-run and must find
+            // its way back (SESSION_NOT_FOUND, a new handshake) for the rest.
+            if self.seed % 2 == 1 && self.budget[from] == self.messages / 2 {
+                d = ms(65_000 + self.rng.next_u64() % 20_000);
+            }
             self.schedule(d, Net::Send { from });
         }
     }
@@ -799,12 +812,17 @@ impl World {
     }
 
     /// A one-line summary of the run.
+    /// Idle peers forgotten so far, every node together.
+    pub fn peers_forgotten(&self) -> u64 {
+        self.nodes.iter().map(|n| n.node.stats().peers_forgotten).sum()
+    }
+
     pub fn summary(&self) -> String {
         let o = &self.outcome;
         let sent: usize = o.sent.values().map(Vec::len).sum();
         let delivered: usize = o.delivered.values().map(Vec::len).sum();
         format!(
-            "seed {}{}: {sent} sent, {delivered} delivered, {} failed, {} frames, {} handshakes, {} resumes, {} switches, faults {:?}",
+            "seed {}{}: {sent} sent, {delivered} delivered, {} failed, {} frames, {} handshakes, {} resumes, {} switches, {} peers forgotten, faults {:?}",
             self.seed,
             if self.direct { " (p1->p2 direct)" } else { "" },
             o.failed.len(),
@@ -812,6 +830,7 @@ impl World {
             o.handshakes,
             o.resumes,
             o.switches,
+            self.peers_forgotten(),
             self.faults
         )
     }
