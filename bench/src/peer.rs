@@ -172,8 +172,8 @@ pub enum NodePlace {
 }
 
 /// The node every handshake is run against: open trust, and room for every entity a run may
-/// bring (each handshake is a new one, and the node keeps a peer's state after its link is
-/// gone).
+/// bring (each handshake is a new one, and the node keeps a peer's state for
+/// `peer_idle_timeout`, 10 minutes, after its link is gone).
 enum HandshakeNode {
     Here(Handle),
     Child(Box<ChildServer>),
