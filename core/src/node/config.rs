@@ -74,8 +74,9 @@ pub struct NodeConfig {
     /// nothing outstanding: no message waiting for acknowledgement or `forward` owed, no frame
     /// buffered out of order or chunked message being reassembled, no task request pending in
     /// either direction, no handshake in progress, no acknowledgement held, no
-    /// [`Node::connect`](super::Node::connect) to it, and no link of this node bound to it (an
-    /// accepted peers link from it, or a WebSocket link to it as a next hop). If it talks again
+    /// [`Node::connect`](super::Node::connect) to it that no
+    /// [`Node::disconnect`](super::Node::disconnect) withdrew, and no link of this node bound
+    /// to it (an accepted peers link from it, or a WebSocket link to it as a next hop). If it talks again
     /// under its old session, it is answered `SESSION_NOT_FOUND`, runs a new handshake and
     /// re-sends what it has unacknowledged (spec §15.5). Default 10 minutes.
     ///

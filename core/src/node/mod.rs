@@ -545,11 +545,18 @@ impl Node {
     }
 
     /// Closes the WebSocket link toward `peer` and stops reconnecting it (seed 000:
-    /// `close_websocket_connection`). Sessions stay; traffic moves to HTTP if allowed.
+    /// `close_websocket_connection`). Sessions stay; traffic moves to HTTP if allowed. It also
+    /// withdraws a [`connect`](Self::connect): a session with `peer` is no longer kept up for its
+    /// own sake, so once idle the peer may be forgotten (spec §15.5).
     pub fn disconnect(&mut self, now: Timestamp, peer: &EntityId) {
         if let Some(hop) = self.route_of(peer) {
             self.close_hop_ws(now, &hop);
         }
+        if let Some(p) = self.peers.get_mut(peer) {
+            p.wanted = false;
+            p.touch(now);
+        }
+        self.reschedule_peer(peer);
         self.finish(now);
     }
 

@@ -491,3 +491,21 @@ fn a_peer_created_by_a_refused_send_is_forgotten_too() {
     p.advance(Duration::from_secs(6));
     assert!(!knows(&mut p, "alice", "bob"));
 }
+
+#[test]
+fn a_connect_keeps_the_peer_until_a_disconnect_withdraws_it() {
+    let mut p = clients_of_relay(&[("alice", forgetful()), ("bob", forgetful())]);
+    let now = p.now;
+    p.node("alice").connect(now, &id("bob")).unwrap();
+    p.run();
+    assert!(p.node("alice").has_session(&id("bob")));
+    p.advance(Duration::from_secs(30));
+    assert!(knows(&mut p, "alice", "bob"), "a connected peer is kept however long it is silent");
+    let now = p.now;
+    p.node("alice").disconnect(now, &id("bob"));
+    p.run();
+    p.advance(Duration::from_secs(4));
+    assert!(knows(&mut p, "alice", "bob"), "idle time counts from the disconnect");
+    p.advance(Duration::from_secs(2));
+    assert!(!knows(&mut p, "alice", "bob"), "forgotten once idle after the disconnect");
+}
