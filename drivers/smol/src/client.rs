@@ -4,8 +4,9 @@
 //! HTTP uses hyper's client over the [`rt`](crate::rt) adapter: no extra HTTP stack, the same
 //! parser as the server, and async all the way (no thread per request as `ureq` in
 //! `smol::unblock` would need while a long-poll is held). A token is fetched on one keep-alive
-//! connection (both requests), and an outbound link then upgrades that same connection; the
-//! node's other requests (posts, long-polls) each use a connection of their own.
+//! connection (both requests), and an outbound link then upgrades that same connection. The
+//! node's other requests (posts, long-polls) reuse idle keep-alive connections to the same node
+//! (at most `max_idle_http_per_node` kept, each for at most `http_idle_reuse`).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -71,6 +72,8 @@ pub(crate) struct ClientCtx {
     pub max_http_body_bytes: usize,
     /// Bearer tokens by node base URL, with when to stop using them.
     tokens: Mutex<BTreeMap<String, (String, Instant)>>,
+    /// Idle keep-alive connections by node base URL, with when each became idle.
+    idle: Mutex<BTreeMap<String, Vec<(KeepAlive, Instant)>>>,
 }
 
 impl ClientCtx {
@@ -88,6 +91,37 @@ impl ClientCtx {
             max_frame_bytes,
             max_http_body_bytes,
             tokens: Mutex::new(BTreeMap::new()),
+            idle: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// An idle connection to `base` that may carry another request, if one is kept.
+    fn take_idle(&self, base: &str) -> Option<KeepAlive> {
+        let mut idle = self.idle.lock().ok()?;
+        let conns = idle.get_mut(base)?;
+        // Newest first: the most recently used is the least likely to have been closed.
+        while let Some((conn, since)) = conns.pop() {
+            if conn.open_for_more() && since.elapsed() < self.limits.http_idle_reuse {
+                return Some(conn);
+            }
+        }
+        None
+    }
+
+    /// Keeps `conn` for the next request to `base`, if it may carry one and there is room.
+    fn keep_idle(&self, base: &str, conn: KeepAlive) {
+        if !conn.open_for_more() {
+            return;
+        }
+        let Ok(mut idle) = self.idle.lock() else { return };
+        if !idle.contains_key(base) && idle.len() >= self.limits.max_cached_tokens.max(1) {
+            idle.pop_first();
+        }
+        let reuse = self.limits.http_idle_reuse;
+        let conns = idle.entry(base.to_owned()).or_default();
+        conns.retain(|(c, since)| c.open_for_more() && since.elapsed() < reuse);
+        if conns.len() < self.limits.max_idle_http_per_node {
+            conns.push((conn, Instant::now()));
         }
     }
 
@@ -250,7 +284,8 @@ pub(crate) async fn http(
 }
 
 /// A bearer token for the node `node` at `base` (`http(s)://host:port`), from the cache or by
-/// authenticating on a connection of its own.
+/// authenticating on a connection of its own, which is then kept for the request that wanted
+/// the token.
 pub(crate) async fn token(
     ctx: &ClientCtx,
     base: &str,
@@ -261,7 +296,9 @@ pub(crate) async fn token(
     }
     let uri: Uri = base.parse().map_err(|_| ClientError::BadUrl)?;
     let mut conn = KeepAlive::connect(ctx, &uri).await?;
-    fetch_token(ctx, &mut conn, base, node).await
+    let token = fetch_token(ctx, &mut conn, base, node).await?;
+    ctx.keep_idle(base, conn);
+    Ok(token)
 }
 
 /// A token for `node` and a connection to `uri` to upgrade: without a cached token, the token
@@ -369,7 +406,18 @@ pub(crate) async fn node_request(
     };
     let limit = ctx.max_http_body_bytes;
     let d = ctx.limits.http_timeout.saturating_add(wait);
-    match timeout(d, http(ctx, m, &url, Some(&token), "application/x-ndjson", body, limit)).await {
+    let exchange = async {
+        let uri: Uri = url.parse().map_err(|_| ClientError::BadUrl)?;
+        let mut conn = match ctx.take_idle(&base) {
+            Some(conn) => conn,
+            None => KeepAlive::connect(ctx, &uri).await?,
+        };
+        let answer =
+            conn.request(m, &uri, Some(&token), "application/x-ndjson", body, limit).await?;
+        ctx.keep_idle(&base, conn);
+        Ok(answer)
+    };
+    match timeout(d, exchange).await {
         Ok((status, body)) => {
             if status == 401 {
                 ctx.forget(&base);
@@ -460,9 +508,9 @@ mod tests {
 
     use super::*;
 
-    /// A minimal auth server on std sockets: answers `GET /auth/token` and `POST /auth/verify`
-    /// (with `Connection: close` and a close after each answer when `close` is set), then
-    /// expects `PING` on whatever connection the client keeps. Counts connections.
+    /// A minimal node on std sockets: answers `GET /auth/token`, `POST /auth/verify` and
+    /// `POST /v1/messages` (with `Connection: close` and a close after each answer when `close`
+    /// is set), and takes `PING` on whatever connection the client upgrades. Counts connections.
     fn fake_node(close: bool) -> (String, Arc<AtomicUsize>, std::sync::mpsc::Receiver<usize>) {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
@@ -516,6 +564,8 @@ mod tests {
                 format!(r#"{{"node_id":"node","challenge":"{challenge}","expires_at":{later}}}"#)
             } else if line.starts_with("POST /auth/verify") {
                 format!(r#"{{"token":"tok","expires_at":{later}}}"#)
+            } else if line.starts_with("POST /v1/messages") {
+                String::new()
             } else {
                 return;
             };
@@ -564,5 +614,59 @@ mod tests {
         assert_eq!(token, "tok");
         let on = pinged.recv_timeout(Duration::from_secs(5)).unwrap();
         assert_eq!((on, conns.load(Ordering::SeqCst)), (3, 3), "token, verify, upgrade");
+    }
+
+    /// Posts `n` times to the fake node at `base`, `pause` apart; every answer must be 200.
+    fn post(ctx: &ClientCtx, base: &str, n: usize, pause: Duration) {
+        let node = Some(EntityId::new("node").unwrap());
+        let url = format!("{base}/v1/messages");
+        smol::block_on(async {
+            for _ in 0..n {
+                let r =
+                    node_request(ctx, node.clone(), HttpMethod::Post, &url, b"x".to_vec(), pause)
+                        .await;
+                assert_eq!(r.map(|(s, _)| s), Some(200));
+                smol::Timer::after(pause).await;
+            }
+        });
+    }
+
+    #[test]
+    fn posts_reuse_the_connection_that_fetched_the_token() {
+        let (base, conns, _) = fake_node(false);
+        post(&ctx(), &base, 3, Duration::ZERO);
+        assert_eq!(conns.load(Ordering::SeqCst), 1, "token, verify and three posts on one");
+    }
+
+    #[test]
+    fn a_node_that_closes_after_each_answer_gets_a_connection_per_post() {
+        let (base, conns, _) = fake_node(true);
+        post(&ctx(), &base, 3, Duration::ZERO);
+        assert_eq!(conns.load(Ordering::SeqCst), 5, "token, verify, then one per post");
+    }
+
+    #[test]
+    fn a_connection_idle_past_its_reuse_time_is_replaced() {
+        let (base, conns, _) = fake_node(false);
+        let mut ctx = ctx();
+        ctx.limits.http_idle_reuse = Duration::from_millis(30);
+        post(&ctx, &base, 3, Duration::from_millis(60));
+        assert_eq!(conns.load(Ordering::SeqCst), 3, "each post finds the last one too old");
+    }
+
+    #[test]
+    fn idle_connections_kept_per_node_are_bounded() {
+        let (base, _, _) = fake_node(false);
+        let mut ctx = ctx();
+        ctx.limits.max_idle_http_per_node = 2;
+        let uri: Uri = base.parse().unwrap();
+        smol::block_on(async {
+            for _ in 0..4 {
+                let conn = KeepAlive::connect(&ctx, &uri).await.unwrap();
+                ctx.keep_idle(&base, conn);
+            }
+        });
+        let kept = ctx.idle.lock().unwrap().get(&base).map_or(0, Vec::len);
+        assert_eq!(kept, 2);
     }
 }

@@ -39,8 +39,16 @@ pub struct DriverLimits {
     pub http_timeout: Duration,
     /// Largest auth request or response body, in bytes. Default 16 KiB.
     pub max_auth_body_bytes: usize,
-    /// Cached bearer tokens for other nodes. Default 1024.
+    /// Cached bearer tokens for other nodes. Default 1024. Also bounds the nodes with idle HTTP
+    /// connections kept for reuse.
     pub max_cached_tokens: usize,
+    /// Idle keep-alive HTTP connections kept per node for the next post or long-poll to it.
+    /// Default 16 (the core's HTTP requests in flight per next hop).
+    pub max_idle_http_per_node: usize,
+    /// How long an idle kept HTTP connection may be reused: older ones are closed instead, well
+    /// before the other node's own idle timeout could close one under a request. Default 2 s
+    /// (peerlink closes idle connections after `handshake_timeout`, 5 s).
+    pub http_idle_reuse: Duration,
 }
 
 impl Default for DriverLimits {
@@ -55,6 +63,8 @@ impl Default for DriverLimits {
             http_timeout: Duration::from_secs(10),
             max_auth_body_bytes: 16 * 1024,
             max_cached_tokens: 1024,
+            max_idle_http_per_node: 16,
+            http_idle_reuse: Duration::from_secs(2),
         }
     }
 }
