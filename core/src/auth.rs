@@ -222,6 +222,16 @@ pub struct Challenge {
     pub expires_at: Timestamp,
 }
 
+/// A challenge taken out by [`Authority::take_answer`], whose answer's signature
+/// [`Authority::finish`] checks. Not `Clone`: one answer mints at most one token.
+#[derive(Debug)]
+pub struct ChallengeAnswer {
+    entity: EntityId,
+    key: PublicKey,
+    challenge: [u8; CHALLENGE_LEN],
+    now: Timestamp,
+}
+
 /// A challenge awaiting its answer.
 struct Pending {
     entity: EntityId,
@@ -314,6 +324,10 @@ impl Authority {
     /// [`AuthError::ExpiredChallenge`] once `now >= expires_at`; with [`AuthError::BadSignature`]
     /// if the signature is malformed or does not verify with the key authorized when the
     /// challenge was issued. On success returns a token from [`mint`](Self::mint).
+    ///
+    /// The same as [`take_answer`](Self::take_answer) then [`finish`](Self::finish), which a
+    /// driver may run apart: the first needs the pending challenges, the second only the
+    /// node's identity and costs a verification and a signature.
     pub fn verify(
         &mut self,
         entity: &EntityId,
@@ -321,6 +335,19 @@ impl Authority {
         signature_b64u: &str,
         now: Timestamp,
     ) -> Result<String, AuthError> {
+        let answer = self.take_answer(entity, challenge_b64u, now)?;
+        self.finish(answer, signature_b64u)
+    }
+
+    /// The first half of [`verify`](Self::verify): takes the pending challenge out (it is used at
+    /// most once) and checks that it was issued to `entity` and has not expired. The answer's
+    /// signature is checked by [`finish`](Self::finish).
+    pub fn take_answer(
+        &mut self,
+        entity: &EntityId,
+        challenge_b64u: &str,
+        now: Timestamp,
+    ) -> Result<ChallengeAnswer, AuthError> {
         let bytes = decode_b64u_array::<CHALLENGE_LEN>("challenge", challenge_b64u)
             .map_err(|_| AuthError::UnknownChallenge)?;
         let pending = self.pending.remove(&bytes).ok_or(AuthError::UnknownChallenge)?;
@@ -331,11 +358,22 @@ impl Authority {
         if now >= pending.expires {
             return Err(AuthError::ExpiredChallenge);
         }
+        Ok(ChallengeAnswer { entity: pending.entity, key: pending.key, challenge: bytes, now })
+    }
+
+    /// The second half of [`verify`](Self::verify): checks `signature_b64u` over the challenge
+    /// with the key authorized when it was issued, and mints the token. Needs no pending state,
+    /// so any [`Authority`] of the same node identity can run it (off the node's own task).
+    pub fn finish(
+        &self,
+        answer: ChallengeAnswer,
+        signature_b64u: &str,
+    ) -> Result<String, AuthError> {
         let signature = decode_b64u_array::<SIGNATURE_LEN>("signature", signature_b64u)
             .map_err(|_| AuthError::BadSignature)?;
-        let input = challenge_signing_input(self.identity.id(), &bytes);
-        pending.key.verify(&input, &signature).map_err(|_| AuthError::BadSignature)?;
-        Ok(self.mint(entity, now))
+        let input = challenge_signing_input(self.identity.id(), &answer.challenge);
+        answer.key.verify(&input, &signature).map_err(|_| AuthError::BadSignature)?;
+        Ok(self.mint(&answer.entity, answer.now))
     }
 
     /// Mints a token for `entity` directly, valid from `now` for
@@ -647,6 +685,31 @@ mod tests {
         assert_eq!(f.auth.check(&jwt, Some(f.alice.id()), later), Ok(f.alice.id().clone()));
         assert_eq!(f.auth.check(&jwt, None, later), Ok(f.alice.id().clone()));
         assert_eq!(jwt, f.auth.mint(f.alice.id(), later));
+    }
+
+    #[test]
+    fn an_answer_taken_by_the_node_is_finished_by_another_authority_of_the_same_node() {
+        let mut f = fixture();
+        let ch = f.challenge_for(&copy(&f.alice), now());
+        let sig = sign_challenge(&f.alice, f.node.id(), &ch.challenge).unwrap();
+        let answer = f.auth.take_answer(f.alice.id(), &ch.challenge, now()).unwrap();
+        assert_eq!(f.auth.pending(), 0, "taken out: used at most once");
+        assert!(matches!(
+            f.auth.take_answer(f.alice.id(), &ch.challenge, now()),
+            Err(AuthError::UnknownChallenge)
+        ));
+        // The connection's task holds its own Authority for the same identity.
+        let checker = Authority::new(f.node.clone(), AuthConfig::default());
+        let jwt = checker.finish(answer, &sig).unwrap();
+        assert_eq!(jwt, f.auth.mint(f.alice.id(), now()), "the same token verify would give");
+        assert_eq!(f.auth.check(&jwt, Some(f.alice.id()), now()), Ok(f.alice.id().clone()));
+
+        // A wrong signature fails at the second half, and the challenge is gone all the same.
+        let ch = f.challenge_for(&copy(&f.alice), now());
+        let bob_sig = sign_challenge(&f.bob, f.node.id(), &ch.challenge).unwrap();
+        let answer = f.auth.take_answer(f.alice.id(), &ch.challenge, now()).unwrap();
+        assert_eq!(checker.finish(answer, &bob_sig), Err(AuthError::BadSignature));
+        assert_eq!(f.auth.pending(), 0);
     }
 
     #[test]

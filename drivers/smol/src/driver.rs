@@ -11,7 +11,7 @@ use std::task::Poll;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_tungstenite::tungstenite::Bytes;
-use peerlink_core::auth::{AuthError, Authority, Challenge};
+use peerlink_core::auth::{AuthError, Authority, Challenge, ChallengeAnswer};
 use peerlink_core::node::{HttpCall, LinkId, LinkKind, Output, RequestId};
 use peerlink_core::{EntityId, ErrorCode, Event, MessageId, MessageType, Node, Timestamp};
 use rand_chacha::ChaCha20Rng;
@@ -51,13 +51,9 @@ pub(crate) enum Input {
     HttpResult { request: RequestId, result: Option<(u16, Vec<u8>)> },
     /// `GET /auth/token`.
     Challenge { entity: EntityId, pubkey: String, reply: Reply<Result<Challenge, AuthError>> },
-    /// `POST /auth/verify`.
-    Verify {
-        entity: EntityId,
-        challenge: String,
-        signature: String,
-        reply: Reply<Result<String, AuthError>>,
-    },
+    /// `POST /auth/verify`: the pending challenge, taken out; the connection's task checks the
+    /// answer's signature and mints the token, off the node task.
+    Verify { entity: EntityId, challenge: String, reply: Reply<Result<ChallengeAnswer, AuthError>> },
     /// An API command.
     Call(Call),
     /// Graceful shutdown: `BYE` and close every link, answer held HTTP calls, stop.
@@ -163,8 +159,8 @@ impl Core {
                 );
                 let _ = reply.try_send(r);
             }
-            Input::Verify { entity, challenge, signature, reply } => {
-                let _ = reply.try_send(self.authority.verify(&entity, &challenge, &signature, now));
+            Input::Verify { entity, challenge, reply } => {
+                let _ = reply.try_send(self.authority.take_answer(&entity, &challenge, now));
             }
             Input::Call(call) => call(self, now),
             Input::Shutdown { reply } => {
