@@ -1,30 +1,61 @@
-//! The clock, the one place the client reads it: the wall clock once, then a monotonic clock,
-//! so the core's deadlines never go backwards.
+//! The clock, the one place the client reads it: the later of the wall clock and a monotonic
+//! clock anchored at the wall clock once, never less than a reading already given, so the core's
+//! deadlines never go backwards. The wall clock counts where the monotonic one stops: a machine's
+//! suspension (Linux's monotonic clock does not advance while suspended), after which envelopes
+//! would otherwise carry stale timestamps and messages outlive their send timeout (spec §15.5).
 
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use peerlink_core::time::Timestamp;
 
+fn wall_millis() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 /// The anchor: an instant and the wall-clock milliseconds at that instant.
 fn anchor() -> &'static (Instant, u64) {
     static ANCHOR: OnceLock<(Instant, u64)> = OnceLock::new();
-    ANCHOR.get_or_init(|| {
-        let wall = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-        (Instant::now(), wall)
-    })
+    ANCHOR.get_or_init(|| (Instant::now(), wall_millis()))
+}
+
+/// The latest reading given.
+static LAST: AtomicU64 = AtomicU64::new(0);
+
+/// One reading: the later of `monotonic` and `wall`, and never less than `last`, which it
+/// raises.
+fn reading(monotonic: u64, wall: u64, last: &AtomicU64) -> u64 {
+    let candidate = monotonic.max(wall);
+    last.fetch_max(candidate, Ordering::AcqRel).max(candidate)
 }
 
 /// Milliseconds since the Unix epoch, never decreasing within a process.
 pub fn unix_millis() -> u64 {
     let (start, wall) = anchor();
     let elapsed = u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX);
-    wall.saturating_add(elapsed)
+    reading(wall.saturating_add(elapsed), wall_millis(), &LAST)
 }
 
 /// The current time, for the core.
 pub fn now() -> Timestamp {
     Timestamp::from_unix_millis(unix_millis())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_clock_takes_the_later_of_its_two_sources_and_never_goes_back() {
+        let last = AtomicU64::new(1_000);
+        assert_eq!(reading(2_000, 1_500, &last), 2_000, "the wall clock stepped back: monotonic");
+        assert_eq!(reading(2_100, 9_000, &last), 9_000, "after a suspension: the wall clock");
+        assert_eq!(reading(2_200, 8_000, &last), 9_000, "then stepped back: never backwards");
+        assert_eq!(reading(9_500, 8_100, &last), 9_500);
+        let (a, b) = (unix_millis(), unix_millis());
+        assert!(b >= a && a >= wall_millis().saturating_sub(1_000));
+    }
 }

@@ -167,7 +167,7 @@ impl Peerlink {
             node,
             authority: Authority::new(Arc::clone(&shared), config.auth),
             rng: seeded()?,
-            clock,
+            clock: clock.clone(),
             links: BTreeMap::new(),
             outbound: Default::default(),
             pending_http: BTreeMap::new(),

@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::future::{Future as _, poll_fn};
 use std::pin::{Pin, pin};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::Poll;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -60,12 +61,19 @@ pub(crate) enum Input {
     Shutdown { reply: Reply<()> },
 }
 
-/// Milliseconds since the Unix epoch from a monotonic clock anchored at the wall clock once (as
-/// `peerlink_core::time` recommends): deadlines never go backwards.
-#[derive(Debug, Clone, Copy)]
+/// Milliseconds since the Unix epoch for the core: the later of the wall clock and a monotonic
+/// clock anchored at the wall clock when the node started, and never less than a reading already
+/// given (`peerlink_core::time`): deadlines never go backwards. The wall clock counts where the
+/// monotonic one stops: a machine's suspension (Linux's monotonic clock does not advance while
+/// suspended). Without it, a node waking from a 12-minute sleep would stamp its envelopes
+/// 12 minutes late (refused by its peers as stale) and let a message outlive its send timeout
+/// by as much, which spec §15.5 relies on not happening.
+#[derive(Debug, Clone)]
 pub(crate) struct Clock {
     start: Instant,
     start_ms: u64,
+    /// The latest reading given, shared by every copy.
+    last: Arc<AtomicU64>,
 }
 
 /// Milliseconds since the Unix epoch on the wall clock (0 before it).
@@ -76,20 +84,31 @@ pub(crate) fn unix_millis() -> u64 {
         .unwrap_or(0)
 }
 
+/// One reading: the later of `monotonic` and `wall`, and never less than `last`, which it
+/// raises.
+fn reading(monotonic: u64, wall: u64, last: &AtomicU64) -> u64 {
+    let candidate = monotonic.max(wall);
+    last.fetch_max(candidate, Ordering::AcqRel).max(candidate)
+}
+
 impl Clock {
     pub fn new() -> Self {
-        Self { start: Instant::now(), start_ms: unix_millis() }
+        let start_ms = unix_millis();
+        Self { start: Instant::now(), start_ms, last: Arc::new(AtomicU64::new(start_ms)) }
     }
 
     pub fn now(&self) -> Timestamp {
         let elapsed = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
-        Timestamp::from_unix_millis(self.start_ms.saturating_add(elapsed))
+        let monotonic = self.start_ms.saturating_add(elapsed);
+        Timestamp::from_unix_millis(reading(monotonic, unix_millis(), &self.last))
     }
 
-    /// The instant of a node deadline (far future if unrepresentable).
+    /// The instant of a node deadline, measured from now (far future if unrepresentable).
     pub fn instant_of(&self, t: Timestamp) -> Instant {
-        let after = Duration::from_millis(t.as_unix_millis().saturating_sub(self.start_ms));
-        self.start.checked_add(after).unwrap_or_else(|| Instant::now() + Duration::from_secs(3600))
+        let now = Instant::now();
+        let after =
+            Duration::from_millis(t.as_unix_millis().saturating_sub(self.now().as_unix_millis()));
+        now.checked_add(after).unwrap_or_else(|| now + Duration::from_secs(3600))
     }
 }
 
@@ -367,12 +386,12 @@ pub(crate) async fn run(mut core: Core, inputs: Receiver<Input>) {
     // One timer, moved only when the node's deadline moves (each move registers it with the
     // reactor, which wakes the reactor thread).
     let mut timer = smol::Timer::never();
-    let mut armed: Option<Instant> = None;
+    let mut armed: Option<Timestamp> = None;
     loop {
-        let deadline = core.node.poll_timeout().map(|t| core.clock.instant_of(t));
+        let deadline = core.node.poll_timeout();
         if deadline != armed {
             match deadline {
-                Some(at) => timer.set_at(at),
+                Some(t) => timer.set_at(core.clock.instant_of(t)),
                 None => timer = smol::Timer::never(),
             }
             armed = deadline;
@@ -430,6 +449,31 @@ fn handle_batch<T, R>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_clock_takes_the_later_of_its_two_sources_and_never_goes_back() {
+        let last = AtomicU64::new(1_000);
+        assert_eq!(reading(2_000, 1_500, &last), 2_000, "the wall clock stepped back: monotonic");
+        assert_eq!(reading(2_100, 9_000, &last), 9_000, "after a suspension: the wall clock");
+        assert_eq!(reading(2_200, 8_000, &last), 9_000, "then stepped back: never backwards");
+        assert_eq!(reading(9_500, 8_100, &last), 9_500);
+        assert_eq!(last.load(Ordering::SeqCst), 9_500);
+    }
+
+    #[test]
+    fn a_deadline_maps_to_an_instant_measured_from_now() {
+        let clock = Clock::new();
+        let before = Instant::now();
+        let at = clock.instant_of(clock.now().saturating_add(Duration::from_secs(5)));
+        let after = Instant::now();
+        assert!(
+            at >= before + Duration::from_millis(4_900) && at <= after + Duration::from_secs(5)
+        );
+        assert!(
+            clock.instant_of(Timestamp::from_unix_millis(0)) <= Instant::now(),
+            "a past one: now"
+        );
+    }
 
     #[test]
     fn a_batch_takes_what_is_queued_up_to_the_cap() {
