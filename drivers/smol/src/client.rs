@@ -118,8 +118,13 @@ impl ClientCtx {
             idle.pop_first();
         }
         let reuse = self.limits.http_idle_reuse;
+        // Every node's expired connections go, not only this one's: a node never contacted
+        // again must not keep sockets open.
+        idle.retain(|_, conns| {
+            conns.retain(|(c, since)| c.open_for_more() && since.elapsed() < reuse);
+            !conns.is_empty()
+        });
         let conns = idle.entry(base.to_owned()).or_default();
-        conns.retain(|(c, since)| c.open_for_more() && since.elapsed() < reuse);
         if conns.len() < self.limits.max_idle_http_per_node {
             conns.push((conn, Instant::now()));
         }
@@ -226,7 +231,7 @@ impl KeepAlive {
         uri: &Uri,
         bearer: Option<&str>,
         content_type: &str,
-        body: Vec<u8>,
+        body: Bytes,
         max_body: usize,
     ) -> Result<(u16, Vec<u8>), ClientError> {
         let path = uri.path_and_query().map_or("/", |p| p.as_str());
@@ -239,7 +244,7 @@ impl KeepAlive {
         if let Some(token) = bearer {
             req = req.header(hyper::header::AUTHORIZATION, format!("Bearer {token}"));
         }
-        let req = req.body(Full::new(Bytes::from(body))).map_err(|_| ClientError::BadUrl)?;
+        let req = req.body(Full::new(body)).map_err(|_| ClientError::BadUrl)?;
         self.send.ready().await?;
         let resp = self.send.send_request(req).await?;
         let status = resp.status().as_u16();
@@ -280,12 +285,12 @@ pub(crate) async fn http(
 ) -> Result<(u16, Vec<u8>), ClientError> {
     let uri: Uri = url.parse().map_err(|_| ClientError::BadUrl)?;
     let mut conn = KeepAlive::open(connect(ctx, &uri).await?).await?;
-    conn.request(method, &uri, bearer, content_type, body, max_body).await
+    conn.request(method, &uri, bearer, content_type, Bytes::from(body), max_body).await
 }
 
 /// A bearer token for the node `node` at `base` (`http(s)://host:port`), from the cache or by
-/// authenticating on a connection of its own, which is then kept for the request that wanted
-/// the token.
+/// authenticating on a connection of its own, which is then kept for reuse (usually by the
+/// request that wanted the token).
 pub(crate) async fn token(
     ctx: &ClientCtx,
     base: &str,
@@ -338,7 +343,7 @@ async fn fetch_token(
     let max = ctx.limits.max_auth_body_bytes;
     let (status, body) = timeout(
         ctx.limits.http_timeout,
-        conn.request(Method::GET, &uri, None, "text/plain", Vec::new(), max),
+        conn.request(Method::GET, &uri, None, "text/plain", Bytes::new(), max),
     )
     .await?;
     if status != 200 {
@@ -361,7 +366,7 @@ async fn fetch_token(
     }
     let (status, body) = timeout(
         ctx.limits.http_timeout,
-        conn.request(Method::POST, &uri, None, "application/json", body, max),
+        conn.request(Method::POST, &uri, None, "application/json", Bytes::from(body), max),
     )
     .await?;
     if status != 200 {
@@ -408,12 +413,22 @@ pub(crate) async fn node_request(
     let d = ctx.limits.http_timeout.saturating_add(wait);
     let exchange = async {
         let uri: Uri = url.parse().map_err(|_| ClientError::BadUrl)?;
-        let mut conn = match ctx.take_idle(&base) {
-            Some(conn) => conn,
-            None => KeepAlive::connect(ctx, &uri).await?,
-        };
-        let answer =
-            conn.request(m, &uri, Some(&token), "application/x-ndjson", body, limit).await?;
+        let ndjson = "application/x-ndjson";
+        let body = Bytes::from(body);
+        // A kept connection the node closed just as this request went out fails at once:
+        // the request is made again, once, on a fresh connection (the stream makes a repeated
+        // post harmless, §13).
+        if let Some(mut conn) = ctx.take_idle(&base) {
+            let again = body.clone();
+            if let Ok(answer) =
+                conn.request(m.clone(), &uri, Some(&token), ndjson, again, limit).await
+            {
+                ctx.keep_idle(&base, conn);
+                return Ok(answer);
+            }
+        }
+        let mut conn = KeepAlive::connect(ctx, &uri).await?;
+        let answer = conn.request(m, &uri, Some(&token), ndjson, body, limit).await?;
         ctx.keep_idle(&base, conn);
         Ok(answer)
     };
@@ -512,6 +527,14 @@ mod tests {
     /// `POST /v1/messages` (with `Connection: close` and a close after each answer when `close`
     /// is set), and takes `PING` on whatever connection the client upgrades. Counts connections.
     fn fake_node(close: bool) -> (String, Arc<AtomicUsize>, std::sync::mpsc::Receiver<usize>) {
+        fake_node_quitting(close, usize::MAX)
+    }
+
+    /// [`fake_node`] whose connections end, without a word, after `answers` answers each.
+    fn fake_node_quitting(
+        close: bool,
+        answers: usize,
+    ) -> (String, Arc<AtomicUsize>, std::sync::mpsc::Receiver<usize>) {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let conns = Arc::new(AtomicUsize::new(0));
@@ -522,7 +545,7 @@ mod tests {
                 let Ok(stream) = stream else { return };
                 let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
                 let pinged = pinged.clone();
-                std::thread::spawn(move || serve(stream, n, close, pinged));
+                std::thread::spawn(move || serve(stream, n, close, answers, pinged));
             }
         });
         (base, conns, ping_rx)
@@ -532,11 +555,12 @@ mod tests {
         stream: std::net::TcpStream,
         n: usize,
         close: bool,
+        answers: usize,
         pinged: std::sync::mpsc::Sender<usize>,
     ) {
         let mut reader = BufReader::new(stream.try_clone().unwrap());
         let mut out = stream;
-        loop {
+        for _ in 0..answers {
             let mut line = String::new();
             if reader.read_line(&mut line).unwrap_or(0) == 0 {
                 return;
@@ -643,6 +667,15 @@ mod tests {
         let (base, conns, _) = fake_node(true);
         post(&ctx(), &base, 3, Duration::ZERO);
         assert_eq!(conns.load(Ordering::SeqCst), 5, "token, verify, then one per post");
+    }
+
+    #[test]
+    fn a_kept_connection_the_node_ended_costs_no_request() {
+        // Token, verify and one post on the first connection, which then ends: the next post
+        // finds it closed (or fails on it and is made again) and succeeds on a fresh one.
+        let (base, conns, _) = fake_node_quitting(false, 3);
+        post(&ctx(), &base, 2, Duration::ZERO);
+        assert_eq!(conns.load(Ordering::SeqCst), 2);
     }
 
     #[test]
