@@ -375,7 +375,12 @@ pub async fn handshakes(
         }
         timed += t0.elapsed();
         cpu += cpu_time().saturating_sub(cpu0);
-        if let (Some(sum), Some(before), Some(after)) = (&mut node_cpu, node0, server.cpu_time()) {
+        if let Some(sum) = &mut node_cpu {
+            // A window whose node CPU could not be read would make the figure per handshake
+            // too low: better none at all.
+            let (Some(before), Some(after)) = (node0, server.cpu_time()) else {
+                return Err("the child node's CPU time could not be read".into());
+            };
             *sum += after.saturating_sub(before);
         }
         used.extend(std::iter::from_fn(|| take.try_recv().ok()));

@@ -811,12 +811,12 @@ impl World {
         out
     }
 
-    /// A one-line summary of the run.
     /// Idle peers forgotten so far, every node together.
     pub fn peers_forgotten(&self) -> u64 {
         self.nodes.iter().map(|n| n.node.stats().peers_forgotten).sum()
     }
 
+    /// A one-line summary of the run.
     pub fn summary(&self) -> String {
         let o = &self.outcome;
         let sent: usize = o.sent.values().map(Vec::len).sum();
