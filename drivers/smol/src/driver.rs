@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::future::{Future as _, poll_fn};
 use std::pin::{Pin, pin};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::task::Poll;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -84,13 +84,6 @@ pub(crate) fn unix_millis() -> u64 {
         .unwrap_or(0)
 }
 
-/// One reading: the later of `monotonic` and `wall`, and never less than `last`, which it
-/// raises.
-fn reading(monotonic: u64, wall: u64, last: &AtomicU64) -> u64 {
-    let candidate = monotonic.max(wall);
-    last.fetch_max(candidate, Ordering::AcqRel).max(candidate)
-}
-
 impl Clock {
     pub fn new() -> Self {
         let start_ms = unix_millis();
@@ -100,7 +93,7 @@ impl Clock {
     pub fn now(&self) -> Timestamp {
         let elapsed = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
         let monotonic = self.start_ms.saturating_add(elapsed);
-        Timestamp::from_unix_millis(reading(monotonic, unix_millis(), &self.last))
+        peerlink_core::time::clock_reading(monotonic, unix_millis(), &self.last)
     }
 
     /// The instant of a node deadline, measured from now (far future if unrepresentable).
@@ -449,16 +442,6 @@ fn handle_batch<T, R>(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_clock_takes_the_later_of_its_two_sources_and_never_goes_back() {
-        let last = AtomicU64::new(1_000);
-        assert_eq!(reading(2_000, 1_500, &last), 2_000, "the wall clock stepped back: monotonic");
-        assert_eq!(reading(2_100, 9_000, &last), 9_000, "after a suspension: the wall clock");
-        assert_eq!(reading(2_200, 8_000, &last), 9_000, "then stepped back: never backwards");
-        assert_eq!(reading(9_500, 8_100, &last), 9_500);
-        assert_eq!(last.load(Ordering::SeqCst), 9_500);
-    }
 
     #[test]
     fn a_deadline_maps_to_an_instant_measured_from_now() {
