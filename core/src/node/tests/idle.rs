@@ -23,6 +23,16 @@ fn clients_of_relay(clients: &[(&str, NodeConfig)]) -> Pump {
     p
 }
 
+/// Alice and Bob, forgetful, after Alice sent Bob "one" on a link of her own to him.
+fn alice_sent_bob_one_directly() -> Pump {
+    let mut p = Pump::new(&[("alice", forgetful()), ("bob", forgetful())]);
+    p.node("alice").add_route(id("bob"), Pump::addr("bob"));
+    let now = p.now;
+    p.node("alice").send(now, &id("bob"), b"one".to_vec(), SendOptions::default()).unwrap();
+    p.run();
+    p
+}
+
 /// Whether `who` holds state for `peer`.
 fn knows(p: &mut Pump, who: &str, peer: &str) -> bool {
     p.node(who).peers.contains_key(&id(peer))
@@ -165,11 +175,7 @@ fn a_pending_request_keeps_both_peers_until_it_is_answered() {
 
 #[test]
 fn directly_linked_peers_are_kept_while_their_link_is_up() {
-    let mut p = Pump::new(&[("alice", forgetful()), ("bob", forgetful())]);
-    p.node("alice").add_route(id("bob"), Pump::addr("bob"));
-    let now = p.now;
-    p.node("alice").send(now, &id("bob"), b"one".to_vec(), SendOptions::default()).unwrap();
-    p.run();
+    let mut p = alice_sent_bob_one_directly();
     p.advance(Duration::from_secs(20));
     assert_eq!(p.messages_at("bob"), vec![b"one".to_vec()]);
     assert!(knows(&mut p, "alice", "bob"), "alice holds a link to bob as her next hop");
@@ -339,11 +345,7 @@ fn each_obligation_keeps_a_peer_however_long_it_was_silent() {
 fn a_peer_idle_when_its_link_goes_is_forgotten_on_the_next_timer() {
     // The idle deadline, already past, is scheduled (not missed) when the last condition
     // clears: here the peer's link goes after an hour without traffic.
-    let mut p = Pump::new(&[("alice", forgetful()), ("bob", forgetful())]);
-    p.node("alice").add_route(id("bob"), Pump::addr("bob"));
-    let now = p.now;
-    p.node("alice").send(now, &id("bob"), b"one".to_vec(), SendOptions::default()).unwrap();
-    p.run();
+    let mut p = alice_sent_bob_one_directly();
     p.advance(Duration::from_secs(1));
     let now = p.now;
     let bob = p.node("bob");
