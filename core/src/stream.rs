@@ -244,7 +244,7 @@ mod recv;
 mod send;
 
 pub use recv::{InFrame, Received, RecvStreams};
-pub use send::{FailReason, FrameSpec, OutFrame, OutboxFull, OutgoingMessage, SendStream};
+pub use send::{FailReason, Failure, FrameSpec, OutFrame, OutboxFull, OutgoingMessage, SendStream};
 
 #[cfg(test)]
 mod tests;

@@ -112,7 +112,9 @@ pub async fn messages(rx: &Receiver<Event>, from: &EntityId, n: usize) -> Vec<Ve
                 assert_eq!(f, from, "message from an unexpected sender");
                 Some(payload.clone())
             }
-            Event::Failed { to, id, reason } => panic!("message {id:?} to {to} failed: {reason:?}"),
+            Event::Failed { to, id, reason, .. } => {
+                panic!("message {id:?} to {to} failed: {reason:?}")
+            }
             _ => None,
         })
         .await;

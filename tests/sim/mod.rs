@@ -62,12 +62,18 @@ pub type Sent = (MessageId, Vec<u8>);
 pub struct Outcome {
     /// Messages accepted by `send`, per (sender, receiver), in send order, with their payloads.
     pub sent: BTreeMap<(usize, usize), Vec<Sent>>,
-    /// Messages delivered to each receiver, per sender, in delivery order.
+    /// Messages handed to each receiving application, per sender, in delivery order.
     pub delivered: BTreeMap<(usize, usize), Vec<MessageId>>,
-    /// Messages the sender was told were delivered.
-    pub acked: BTreeSet<MessageId>,
-    /// Messages the sender was told failed.
-    pub failed: BTreeSet<MessageId>,
+    /// When each message was first handed to the receiving application.
+    pub delivered_at: BTreeMap<MessageId, Timestamp>,
+    /// Messages the sender was told were delivered (`Event::Delivered`), and when.
+    pub acked: BTreeMap<MessageId, Timestamp>,
+    /// Messages the sender was told failed (`Event::Failed`): when, and whether the report said
+    /// they may still be delivered.
+    pub failed: BTreeMap<MessageId, (Timestamp, bool)>,
+    /// Messages reported failed (`maybe_delivered`) and handed to the application afterwards,
+    /// as spec §13.6 allows.
+    pub late: usize,
     /// Requests answered, and requests timed out.
     pub responses: usize,
     /// Requests that timed out.
@@ -707,6 +713,10 @@ impl World {
         }
         match e {
             Event::Message { from, id, .. } | Event::Request { from, id, .. } => {
+                self.outcome.delivered_at.entry(id.clone()).or_insert(self.now);
+                if self.outcome.failed.contains_key(&id) {
+                    self.outcome.late += 1;
+                }
                 if let Some(f) = self.index_of(&from) {
                     self.outcome.delivered.entry((f, i)).or_default().push(id.clone());
                 }
@@ -722,10 +732,10 @@ impl World {
                 }
             }
             Event::Delivered { id, .. } => {
-                self.outcome.acked.insert(id);
+                self.outcome.acked.insert(id, self.now);
             }
-            Event::Failed { id, .. } => {
-                self.outcome.failed.insert(id);
+            Event::Failed { id, maybe_delivered, .. } => {
+                self.outcome.failed.insert(id, (self.now, maybe_delivered));
             }
             Event::Response { .. } => self.outcome.responses += 1,
             Event::RequestTimedOut { .. } => self.outcome.timeouts += 1,
@@ -769,13 +779,34 @@ impl World {
                 o.delivered.get(&(*from, *to)).map(|d| d.iter().collect()).unwrap_or_default();
             for (id, _) in sent {
                 let got = delivered.contains(id);
-                if o.acked.contains(id) && !got {
-                    v.push(format!("p{from}->p{to}: {id} reported delivered but never arrived"));
+                let (acked, failed) = (o.acked.get(id), o.failed.get(id));
+                let at = o.delivered_at.get(id);
+                // "Delivered" means handed to the receiving application, before the report.
+                match (acked, at) {
+                    (Some(_), None) => {
+                        v.push(format!("p{from}->p{to}: {id} reported delivered but never arrived"))
+                    }
+                    (Some(reported), Some(arrived)) if reported < arrived => v.push(format!(
+                        "p{from}->p{to}: {id} reported delivered at {reported:?}, \
+                         before it reached the application at {arrived:?}"
+                    )),
+                    _ => {}
                 }
-                if !got && !o.failed.contains(id) {
+                if acked.is_some() && failed.is_some() {
+                    v.push(format!("p{from}->p{to}: {id} reported both delivered and failed"));
+                }
+                // A failure that says the message never left cannot be followed by it.
+                if let Some((_, false)) = failed
+                    && got
+                {
+                    v.push(format!(
+                        "p{from}->p{to}: {id} reported failed and never sent, yet delivered"
+                    ));
+                }
+                if !got && failed.is_none() {
                     v.push(format!("p{from}->p{to}: {id} neither delivered nor reported failed"));
                 }
-                if !o.acked.contains(id) && !o.failed.contains(id) {
+                if acked.is_none() && failed.is_none() {
                     v.push(format!("p{from}->p{to}: {id} has no outcome at its sender"));
                 }
             }
@@ -822,10 +853,11 @@ impl World {
         let sent: usize = o.sent.values().map(Vec::len).sum();
         let delivered: usize = o.delivered.values().map(Vec::len).sum();
         format!(
-            "seed {}{}: {sent} sent, {delivered} delivered, {} failed, {} frames, {} handshakes, {} resumes, {} switches, {} peers forgotten, faults {:?}",
+            "seed {}{}: {sent} sent, {delivered} delivered, {} failed ({} delivered late), {} frames, {} handshakes, {} resumes, {} switches, {} peers forgotten, faults {:?}",
             self.seed,
             if self.direct { " (p1->p2 direct)" } else { "" },
             o.failed.len(),
+            o.late,
             o.frames,
             o.handshakes,
             o.resumes,
@@ -859,13 +891,34 @@ fn short(e: &Net) -> String {
         Net::HttpRequest { client, request, server, call, .. } => format!(
             "HttpRequest {client}->{server} {request:?} {}",
             match call {
-                HttpCall::PostMessages { body } => format!("POST {} B", body.len()),
+                HttpCall::PostMessages { body } => format!("POST {} B{}", body.len(), kinds(body)),
                 HttpCall::Poll => "GET".to_owned(),
             }
         ),
         Net::HttpResponse { client, request, status, body } => {
-            format!("HttpResponse to {client} {request:?} {status} {} B", body.len())
+            format!("HttpResponse to {client} {request:?} {status} {} B{}", body.len(), kinds(body))
         }
         other => format!("{other:?}"),
     }
+}
+
+/// The envelopes in an HTTP body, for traces: ` [TYPE sender->recipient, …]`.
+fn kinds(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(body);
+    let field = |part: &str, name: &str| {
+        part.split(&format!("\"{name}\":\""))
+            .nth(1)
+            .and_then(|s| s.split('"').next())
+            .unwrap_or("-")
+            .to_owned()
+    };
+    let found: Vec<String> = text
+        .split("\"message_id\":\"")
+        .skip(1)
+        .map(|part| {
+            let (s, r) = (field(part, "sender_id"), field(part, "recipient_id"));
+            format!("{} {s}->{r}", field(part, "type"))
+        })
+        .collect();
+    if found.is_empty() { String::new() } else { format!(" [{}]", found.join(", ")) }
 }

@@ -145,7 +145,8 @@ pub enum Event {
         /// The message.
         id: MessageId,
     },
-    /// A message will not be delivered.
+    /// The node gave up on a message: it will not be sent again, and it was not confirmed
+    /// delivered (spec §13.6).
     Failed {
         /// The recipient.
         to: EntityId,
@@ -153,6 +154,13 @@ pub enum Event {
         id: MessageId,
         /// Why.
         reason: FailReason,
+        /// `false`: some part of the message never left this node, so it is certainly not
+        /// delivered, now or later. `true`: it was sent and not confirmed, so it may have been
+        /// delivered (its acknowledgement lost), or may still be delivered, exactly once and in
+        /// order, by a copy already sent: one in flight, or one the recipient holds behind an
+        /// earlier message, released when the recipient learns that this node gave up on that
+        /// one. An application that must know sends again with its own idempotency key.
+        maybe_delivered: bool,
     },
     /// A session with a peer was established (a full handshake).
     SessionEstablished {
@@ -250,11 +258,12 @@ impl std::fmt::Debug for Event {
             Event::Delivered { to, id } => {
                 f.debug_struct("Delivered").field("to", to).field("id", id).finish()
             }
-            Event::Failed { to, id, reason } => f
+            Event::Failed { to, id, reason, maybe_delivered } => f
                 .debug_struct("Failed")
                 .field("to", to)
                 .field("id", id)
                 .field("reason", reason)
+                .field("maybe_delivered", maybe_delivered)
                 .finish(),
             Event::SessionEstablished { peer, session } => f
                 .debug_struct("SessionEstablished")

@@ -563,8 +563,8 @@ impl Node {
     /// Gives up on every message to `peer`, forgets its session, and reports them failed.
     pub fn close_peer(&mut self, now: Timestamp, peer: &EntityId) {
         if let Some(mut p) = self.remove_peer(peer) {
-            for id in p.send.fail_all() {
-                self.event(Event::Failed { to: peer.clone(), id, reason: FailReason::Closed });
+            for failure in p.send.fail_all() {
+                self.report_failed(peer, failure, FailReason::Closed);
             }
         }
         self.finish(now);

@@ -21,7 +21,7 @@ use crate::message_type::MessageType;
 use crate::session::Session;
 use crate::signed::ErrorBody;
 use crate::stream::{
-    ChunkHeader, FailReason, FrameSpec, InFrame, OutgoingMessage, Received, RecvStreams,
+    ChunkHeader, FailReason, Failure, FrameSpec, InFrame, OutgoingMessage, Received, RecvStreams,
     SendStream, StreamControl, decode_data,
 };
 use crate::time::Timestamp;
@@ -268,12 +268,12 @@ impl Node {
         reason: FailReason,
     ) {
         let Some(p) = self.peers.get_mut(peer) else { return };
-        if p.send.fail(id) {
+        if let Some(failure) = p.send.fail(id) {
             p.prefs.remove(id);
             p.requests.remove(id);
             p.stats.failures = p.stats.failures.saturating_add(1);
             self.stats.failures = self.stats.failures.saturating_add(1);
-            self.event(Event::Failed { to: peer.clone(), id: id.clone(), reason });
+            self.report_failed(peer, failure, reason);
             // The peer may be waiting for the frames given up: the peer's timer (due at once)
             // sends a `forward`. Not flushing here keeps failure handling free of recursion.
             let _ = now;
@@ -283,16 +283,22 @@ impl Node {
 
     fn fail_all(&mut self, peer: &EntityId, reason: FailReason) {
         let Some(p) = self.peers.get_mut(peer) else { return };
-        let ids = p.send.fail_all();
+        let failures = p.send.fail_all();
         p.prefs.clear();
-        let n = u64::try_from(ids.len()).unwrap_or(u64::MAX);
+        let n = u64::try_from(failures.len()).unwrap_or(u64::MAX);
         p.stats.failures = p.stats.failures.saturating_add(n);
         self.stats.failures = self.stats.failures.saturating_add(n);
-        for id in ids {
-            self.event(Event::Failed { to: peer.clone(), id, reason });
+        for failure in failures {
+            self.report_failed(peer, failure, reason);
         }
         // An empty outbox may leave the peer idle.
         self.reschedule_peer(peer);
+    }
+
+    /// Tells the application that a message failed.
+    pub(super) fn report_failed(&mut self, peer: &EntityId, failure: Failure, reason: FailReason) {
+        let Failure { id, maybe_delivered } = failure;
+        self.event(Event::Failed { to: peer.clone(), id, reason, maybe_delivered });
     }
 
     /// Sends whatever `peer` has due: a handshake message, data frames, acknowledgements.
@@ -485,12 +491,12 @@ impl Node {
         let n = u64::try_from(expired.len()).unwrap_or(u64::MAX);
         p.stats.failures = p.stats.failures.saturating_add(n);
         self.stats.failures = self.stats.failures.saturating_add(n);
-        for id in expired {
+        for failure in expired {
             if let Some(p) = self.peers.get_mut(peer) {
-                p.prefs.remove(&id);
-                p.requests.remove(&id);
+                p.prefs.remove(&failure.id);
+                p.requests.remove(&failure.id);
             }
-            self.event(Event::Failed { to: peer.clone(), id, reason: FailReason::Timeout });
+            self.report_failed(peer, failure, FailReason::Timeout);
         }
         let Some(p) = self.peers.get_mut(peer) else { return };
         // Partial chunked messages too old to finish.

@@ -18,6 +18,7 @@ use crate::rate_limit::RateLimit;
 use crate::signed::{ErrorBody, signed_message};
 use crate::transport::TransportPreference;
 
+mod delivery;
 mod idle;
 
 const T0: Timestamp = Timestamp::from_unix_millis(1_700_000_000_000);

@@ -31,6 +31,10 @@ pub struct OutFrame {
     pub attempts: u32,
     /// When it is due for (re)transmission.
     pub due: Timestamp,
+    /// Selectively acknowledged: the peer holds it out of order, not yet delivered. It is not
+    /// re-sent on timeout, but stays in the outbox until the cumulative acknowledgement covers it
+    /// (spec §13.3): only that means it reached the application.
+    pub sacked: bool,
 }
 
 /// A logical message in the outbox.
@@ -52,6 +56,18 @@ pub enum FailReason {
     Unreachable,
     /// The application closed the peer.
     Closed,
+}
+
+/// A message given up, as [`SendStream::fail`] reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    /// The logical message.
+    pub id: MessageId,
+    /// Whether every frame of it still waiting had been handed to a transport at least once:
+    /// the peer may have received it (its acknowledgement lost), may hold it out of order, or a
+    /// copy may still be in flight, so it may have been or may still be delivered, once and in
+    /// order. `false`: some part of it never left this node, so it will never be delivered.
+    pub maybe_delivered: bool,
 }
 
 /// The outbox is full; the message was not accepted.
@@ -114,6 +130,9 @@ pub struct SendStream {
     retransmits: BTreeSet<(Timestamp, u64)>,
     /// `(deadline, id)` of every logical message.
     expiries: BTreeSet<(Timestamp, MessageId)>,
+    /// Frames in `frames` that are selectively acknowledged (in neither `unsent` nor
+    /// `retransmits`).
+    sacked: usize,
     /// Body bytes of the frames in `frames`.
     frame_bytes: usize,
     /// Body bytes of the logical messages waiting (what the outbox bound counts).
@@ -136,6 +155,7 @@ impl SendStream {
             unsent: BTreeSet::new(),
             retransmits: BTreeSet::new(),
             expiries: BTreeSet::new(),
+            sacked: 0,
             frame_bytes: 0,
             bytes: 0,
             srtt: None,
@@ -205,6 +225,7 @@ impl SendStream {
                 sent_at: None,
                 attempts: 0,
                 due: now,
+                sacked: false,
             };
             self.frames.insert(no, frame);
             self.unsent.insert(no);
@@ -219,7 +240,9 @@ impl SendStream {
     /// Removes frame `no` from the outbox and from every index.
     fn remove_frame(&mut self, no: u64) -> Option<OutFrame> {
         let frame = self.frames.remove(&no)?;
-        if frame.sent_at.is_some() {
+        if frame.sacked {
+            self.sacked = self.sacked.saturating_sub(1);
+        } else if frame.sent_at.is_some() {
             self.retransmits.remove(&(frame.due, no));
         } else {
             self.unsent.remove(&no);
@@ -308,7 +331,10 @@ impl SendStream {
     pub fn on_sent(&mut self, no: u64, now: Timestamp, config: &StreamConfig) {
         let rto = self.rto(config);
         let Some(f) = self.frames.get_mut(&no) else { return };
-        if f.sent_at.is_some() {
+        if f.sacked {
+            f.sacked = false;
+            self.sacked = self.sacked.saturating_sub(1);
+        } else if f.sent_at.is_some() {
             self.retransmits.remove(&(f.due, no));
         } else {
             self.unsent.remove(&no);
@@ -328,41 +354,69 @@ impl SendStream {
         }
     }
 
-    /// Makes every unacknowledged frame due now (after a link or session came back).
+    /// Makes every frame not cumulatively acknowledged due now (after a link or session came
+    /// back). Selectively acknowledged frames are sent again too: a peer that lost what it held
+    /// out of order (a new session after it lost its state) still gets them, and one that kept
+    /// them treats them as duplicates.
     pub fn retransmit_all(&mut self, now: Timestamp) {
         self.retransmits.clear();
+        self.sacked = 0;
         for (&no, f) in self.frames.iter_mut() {
             f.due = now;
+            f.sacked = false;
             if f.sent_at.is_some() {
                 self.retransmits.insert((now, no));
             }
         }
     }
 
-    /// Applies an acknowledgement; returns the logical messages now completely delivered.
-    /// An `ACK` for another epoch is ignored.
+    /// Marks frame `no` as held by the peer out of order: no more retransmissions on timeout.
+    fn mark_sacked(&mut self, no: u64, now: Timestamp) {
+        let Some(f) = self.frames.get_mut(&no) else { return };
+        // A frame never sent cannot be held by the peer: such a claim is ignored.
+        if f.sacked || f.sent_at.is_none() {
+            return;
+        }
+        self.retransmits.remove(&(f.due, no));
+        f.sacked = true;
+        self.sacked = self.sacked.saturating_add(1);
+        let sample = (f.attempts == 1).then_some(f.sent_at).flatten();
+        if let Some(sent) = sample {
+            self.rtt_sample(now.saturating_duration_since(sent));
+        }
+    }
+
+    fn rtt_sample(&mut self, sample: Duration) {
+        self.srtt = Some(match self.srtt {
+            Some(s) => (s.saturating_mul(7).saturating_add(sample)) / 8,
+            None => sample,
+        });
+    }
+
+    /// Applies an acknowledgement; returns the logical messages now delivered: every frame of
+    /// theirs is covered by `cumulative`, which counts only frames the peer handed to its
+    /// application (or that this side gave up). Frames listed in `selective` are only held by
+    /// the peer out of order: they stop being re-sent on timeout but complete nothing (spec
+    /// §13.2, §13.3). An `ACK` for another epoch is ignored.
     pub fn on_ack(&mut self, ack: &Ack, now: Timestamp) -> Vec<MessageId> {
         if ack.epoch != self.epoch {
             return Vec::new();
         }
         self.peer_cumulative = self.peer_cumulative.max(ack.cumulative);
-        let mut acked: Vec<u64> = self.frames.range(..=ack.cumulative).map(|(no, _)| *no).collect();
-        acked.extend(
-            ack.selective
-                .iter()
-                .filter(|&&no| no > ack.cumulative && self.frames.contains_key(&no)),
-        );
+        for &no in &ack.selective {
+            if no > ack.cumulative {
+                self.mark_sacked(no, now);
+            }
+        }
+        let acked: Vec<u64> = self.frames.range(..=ack.cumulative).map(|(no, _)| *no).collect();
         let mut done = Vec::new();
         for no in acked {
             let Some(frame) = self.remove_frame(no) else { continue };
             if frame.attempts == 1
+                && !frame.sacked
                 && let Some(sent) = frame.sent_at
             {
-                let sample = now.saturating_duration_since(sent);
-                self.srtt = Some(match self.srtt {
-                    Some(s) => (s.saturating_mul(7).saturating_add(sample)) / 8,
-                    None => sample,
-                });
+                self.rtt_sample(now.saturating_duration_since(sent));
             }
             let finished = self.logical.get_mut(&frame.logical).is_some_and(|l| {
                 l.frames.remove(&no);
@@ -377,18 +431,23 @@ impl SendStream {
     }
 
     /// Gives up on one logical message; its frames leave the outbox and `base` moves past them.
-    pub fn fail(&mut self, id: &MessageId) -> bool {
-        let Some(l) = self.remove_logical(id) else { return false };
+    /// `None` if it is not waiting; otherwise whether it may still have been delivered, or may
+    /// still be (see [`Failure::maybe_delivered`]).
+    pub fn fail(&mut self, id: &MessageId) -> Option<Failure> {
+        let l = self.remove_logical(id)?;
+        let mut maybe_delivered = !l.frames.is_empty();
         for no in &l.frames {
-            self.remove_frame(*no);
+            let sent = self.remove_frame(*no).is_some_and(|f| f.attempts > 0);
+            maybe_delivered &= sent;
         }
-        true
+        Some(Failure { id: id.clone(), maybe_delivered })
     }
 
     /// Whether the peer may be waiting for frames this side gave up on, with no data frame left
-    /// to tell it so.
+    /// that will carry the new `base` to it: the outbox holds nothing but frames the peer
+    /// already holds out of order (none are re-sent), and its acknowledgements are behind `base`.
     pub fn forward_needed(&self) -> bool {
-        self.frames.is_empty() && self.next_no > self.peer_cumulative.saturating_add(1)
+        self.frames.len() == self.sacked && self.base() > self.peer_cumulative.saturating_add(1)
     }
 
     /// A `forward` announcement to send now, if one is needed and due; schedules the next one a
@@ -407,31 +466,21 @@ impl SendStream {
         }
     }
 
-    /// Gives up on every message past its send timeout; returns their ids.
-    pub fn expire(&mut self, now: Timestamp) -> Vec<MessageId> {
+    /// Gives up on every message past its send timeout.
+    pub fn expire(&mut self, now: Timestamp) -> Vec<Failure> {
         let expired: Vec<MessageId> = self
             .expiries
             .iter()
             .take_while(|(deadline, _)| *deadline <= now)
             .map(|(_, id)| id.clone())
             .collect();
-        for id in &expired {
-            self.fail(id);
-        }
-        expired
+        expired.iter().filter_map(|id| self.fail(id)).collect()
     }
 
-    /// Gives up on everything; returns the ids.
-    pub fn fail_all(&mut self) -> Vec<MessageId> {
+    /// Gives up on everything.
+    pub fn fail_all(&mut self) -> Vec<Failure> {
         let ids: Vec<MessageId> = self.logical.keys().cloned().collect();
-        self.frames.clear();
-        self.logical.clear();
-        self.unsent.clear();
-        self.retransmits.clear();
-        self.expiries.clear();
-        self.frame_bytes = 0;
-        self.bytes = 0;
-        ids
+        ids.iter().filter_map(|id| self.fail(id)).collect()
     }
 
     /// The earliest send timeout of a waiting message.

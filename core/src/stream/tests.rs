@@ -105,11 +105,15 @@ fn retransmission_backs_off_and_window_limits_in_flight() {
     s.on_sent(1, T0.saturating_add(rto), &config);
     // Second attempt waits twice as long.
     assert_eq!(s.frames[&1].due, T0.saturating_add(rto * 3));
-    s.on_ack(&Ack { epoch: 1, cumulative: 0, selective: vec![2] }, T0);
+    // 2 is held by the peer out of order: no longer re-sent, but not delivered either.
+    assert!(s.on_ack(&Ack { epoch: 1, cumulative: 0, selective: vec![2] }, T0).is_empty());
     assert_eq!(s.base(), 1);
-    s.on_ack(&Ack { epoch: 1, cumulative: 1, selective: vec![] }, T0);
-    assert_eq!(s.base(), 3);
+    assert_eq!(s.due(T0.saturating_add(rto * 3), &config), vec![1], "2 is not re-sent");
+    assert_eq!(s.on_ack(&Ack { epoch: 1, cumulative: 1, selective: vec![] }, T0), vec![mid("a")]);
+    assert_eq!(s.base(), 2, "2 stays until the cumulative acknowledgement covers it");
     assert_eq!(s.due(T0, &config), vec![3]);
+    assert_eq!(s.on_ack(&Ack { epoch: 1, cumulative: 2, selective: vec![] }, T0), vec![mid("b")]);
+    assert_eq!(s.base(), 3);
     // ACKs of another epoch are ignored.
     assert!(s.on_ack(&Ack { epoch: 2, cumulative: 9, selective: vec![] }, T0).is_empty());
 }
@@ -135,12 +139,14 @@ fn send_window_bytes_holds_back_new_frames_but_not_retransmissions() {
     assert_eq!(s.next_deadline(&config), Some(T0.saturating_add(rto)));
     // Both frames in flight are retransmitted; the held-back ones still wait.
     assert_eq!(s.due(T0.saturating_add(rto), &config), vec![1, 2]);
-    // A selective acknowledgement of 2 frees its bytes: c fits (1600 + 1600 KiB), d does not.
+    // A selective acknowledgement of 2 stops its retransmission but frees no room: the window
+    // counts from base, and the peer has not delivered 2 yet.
     s.on_ack(&Ack { epoch: 1, cumulative: 0, selective: vec![2] }, T0);
-    assert_eq!(s.due(T0, &config), vec![3]);
-    s.on_sent(3, T0, &config);
-    s.on_ack(&Ack { epoch: 1, cumulative: 3, selective: vec![] }, T0);
-    assert_eq!(s.due(T0, &config), vec![4]);
+    assert_eq!(s.bytes_in_flight(), 1600 << 10);
+    assert!(s.due(T0, &config).is_empty());
+    // Once 1 and 2 are delivered, c and d fit (1600 + 1600 KiB).
+    s.on_ack(&Ack { epoch: 1, cumulative: 2, selective: vec![] }, T0);
+    assert_eq!(s.due(T0, &config), vec![3, 4]);
 }
 
 #[test]
@@ -170,7 +176,8 @@ fn failed_messages_move_base_so_the_receiver_stops_waiting() {
     s.push(single("a", b"1"), T0, &config).unwrap();
     s.push(single("b", b"2"), T0, &config).unwrap();
     let late = T0.saturating_add(config.send_timeout);
-    assert_eq!(s.expire(late), vec![mid("a"), mid("b")]);
+    let ids: Vec<MessageId> = s.expire(late).into_iter().map(|f| f.id).collect();
+    assert_eq!(ids, vec![mid("a"), mid("b")]);
     s.push(single("c", b"3"), late, &config).unwrap();
     let (_, _, plain) = s.plaintext(3).unwrap();
     let (header, _) = decode_data(&plain).unwrap();
@@ -266,6 +273,7 @@ fn simulate(
     let mut receiver = RecvStreams::default();
     let (mut to_recv, mut to_send) = (Channel { items: vec![] }, Channel { items: vec![] });
     let (mut delivered, mut acked, mut failed) = (vec![], vec![], vec![]);
+    let mut never = vec![];
     let mut now = 1_000_000u64;
     let mut pushed = 0;
     for _ in 0..20_000 {
@@ -319,10 +327,22 @@ fn simulate(
         }
         for p in to_send.due(now, &mut rng) {
             let Packet::Ack(ack) = p else { unreachable!() };
-            acked.extend(sender.on_ack(&ack, t).into_iter().map(|m| m.as_str().to_owned()));
+            for m in sender.on_ack(&ack, t) {
+                let m = m.as_str().to_owned();
+                // Acknowledged means already handed to the application, not merely received.
+                assert!(delivered.contains(&m), "{m} acknowledged before it was delivered");
+                acked.push(m);
+            }
         }
         check_window(&sender, config);
-        failed.extend(sender.expire(t).into_iter().map(|m| m.as_str().to_owned()));
+        for f in sender.expire(t) {
+            let m = f.id.as_str().to_owned();
+            // A failure that says some part never left: it must never arrive.
+            if !f.maybe_delivered {
+                never.push(m.clone());
+            }
+            failed.push(m);
+        }
         assert!(sender.messages() <= config.max_outbox_messages);
         assert!(receiver.buffered_bytes() <= config.max_recv_buffer_bytes);
         if pushed == messages
@@ -332,6 +352,9 @@ fn simulate(
         {
             break;
         }
+    }
+    for m in &never {
+        assert!(!delivered.contains(m), "{m} failed as never sent, yet delivered");
     }
     (delivered, acked, failed)
 }
@@ -444,13 +467,17 @@ fn check_indexes(s: &SendStream, now: Timestamp, config: &StreamConfig) {
         }
     }
     assert_eq!(s.window_end(config), limit, "window_end");
-    let due: Vec<u64> =
-        s.frames.range(..limit).filter(|(_, f)| f.due <= now).map(|(no, _)| *no).collect();
+    let due: Vec<u64> = s
+        .frames
+        .range(..limit)
+        .filter(|(_, f)| f.due <= now && !f.sacked)
+        .map(|(no, _)| *no)
+        .collect();
     assert_eq!(s.due(now, config), due, "due");
     let in_flight: usize =
-        s.frames.values().filter(|f| f.sent_at.is_some()).map(|f| f.body.len()).sum();
+        s.frames.values().filter(|f| f.sent_at.is_some() && !f.sacked).map(|f| f.body.len()).sum();
     assert_eq!(s.bytes_in_flight(), in_flight, "bytes_in_flight");
-    let earliest_due = s.frames.range(..limit).map(|(_, f)| f.due).min();
+    let earliest_due = s.frames.range(..limit).filter(|(_, f)| !f.sacked).map(|(_, f)| f.due).min();
     let expiry = s.logical.values().map(|l| l.deadline).min();
     assert_eq!(s.next_expiry(), expiry, "next_expiry");
     let forward = s.forward_needed().then(|| s.forward_due.unwrap_or_default());
