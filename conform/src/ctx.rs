@@ -47,6 +47,17 @@ impl Ctx {
         Ok(Self { base, node_id, node_key, identity: Arc::clone(&target.identity), agent })
     }
 
+    /// The same node, with `identity` as the tester (a fresh one, for an open node).
+    pub fn as_identity(&self, identity: Arc<Identity>) -> Self {
+        Self {
+            base: self.base.clone(),
+            node_id: self.node_id.clone(),
+            node_key: self.node_key,
+            identity,
+            agent: self.agent.clone(),
+        }
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }

@@ -7,8 +7,8 @@
 //! handshake [`Initiator`](peerlink_core::Initiator), sessions and signatures.
 //!
 //! The node under test must trust the tester's identity (an allowlist entry, or the open policy;
-//! with the open policy the cases about untrusted identities are skipped, see
-//! [`Options::open_node`]). Everything the node sends is treated as hostile: a misbehaving node
+//! with the open policy the cases about untrusted identities are skipped and the cases about
+//! identities the node has never seen run, see [`Options::open_node`]). Everything the node sends is treated as hostile: a misbehaving node
 //! yields a failed case with a reason, never a panic.
 //!
 //! ```no_run
@@ -70,10 +70,12 @@ pub struct Options {
     /// Also run the cases flagged slow (they wait for the node's timers, e.g. the 5 s handshake
     /// timeout or the 25 s long poll).
     pub slow: bool,
-    /// Run only the cases whose id starts with this prefix (e.g. `"C-7."`).
+    /// Run only the cases whose id starts with one of these prefixes, separated by commas (e.g.
+    /// `"C-7."` or `"C-21.,C-2.3."`).
     pub only: Option<String>,
     /// The node runs the open trust policy and does not hold the tester's id: the cases that
-    /// need an identity the node refuses are skipped.
+    /// need an identity the node refuses are skipped, and those that need one it admits
+    /// without holding it (fresh identities, spec §2.3) run.
     pub open_node: bool,
     /// Upper bound on one case; a case still running then fails (and its thread is abandoned).
     pub case_timeout: Duration,
@@ -90,7 +92,14 @@ pub fn run(target: &Target, options: &Options) -> Report {
     let started = Instant::now();
     let selected: Vec<&'static cases::Case> = cases::CASES
         .iter()
-        .filter(|c| options.only.as_deref().is_none_or(|p| c.id.starts_with(p)))
+        .filter(|c| {
+            options.only.as_deref().is_none_or(|only| {
+                only.split(',')
+                    .map(str::trim)
+                    .filter(|p| !p.is_empty())
+                    .any(|p| c.id.starts_with(p))
+            })
+        })
         .collect();
     let mut results = Vec::with_capacity(selected.len());
     let ctx = match ctx::Ctx::connect(target) {
@@ -111,6 +120,10 @@ pub fn run(target: &Target, options: &Options) -> Report {
             Some(Outcome::Skipped("slow case; run with --slow".into()))
         } else if case.allowlist && options.open_node {
             Some(Outcome::Skipped("needs a node that refuses unknown identities".into()))
+        } else if case.open && !options.open_node {
+            Some(Outcome::Skipped(
+                "needs a node with the open trust policy; run with --open-node".into(),
+            ))
         } else {
             None
         };

@@ -20,7 +20,10 @@
 //! 3. `POST /auth/verify` with the entity id, the challenge and the signature (both b64u):
 //!    [`Authority::verify`] consumes the challenge (it is removed whatever the outcome), checks
 //!    the signature with the key authorized in step 1 and returns a token.
-//! 4. [`Authority::check`] validates that token on every upgrade or call and yields the entity.
+//! 4. [`Authority::check_bearer`] validates that token on every upgrade or call and yields the
+//!    entity, the key it proved in step 3 and when the token stops being accepted: a [`Bearer`].
+//!    Under the open trust policy that key is the one the node verifies the entity's signed
+//!    messages with (spec §2.3).
 //!
 //! ## Tokens
 //!
@@ -30,11 +33,14 @@
 //! ```text
 //! b64u(header) "." b64u(claims) "." b64u(Ed25519(node key, b64u(header) "." b64u(claims)))
 //! header = {"alg":"EdDSA","typ":"JWT"}
-//! claims = {"exp":<secs>,"iat":<secs>,"iss":"<node id>","sub":"<entity id>"}
+//! claims = {"cnf":{"jwk":{"crv":"Ed25519","kty":"OKP","x":"<b64u key>"}},
+//!           "exp":<secs>,"iat":<secs>,"iss":"<node id>","sub":"<entity id>"}
 //! ```
 //!
-//! Both JSON texts are written in exactly these bytes (they are also their RFC 8785 canonical
-//! form: no whitespace, members sorted). `iat` is the minting time and `exp` the minting time
+//! (one line, no whitespace). `cnf` (RFC 7800 §3.2, the key as an RFC 8037 JWK) is the identity
+//! key the entity proved it holds by answering the challenge: the token binds the entity to it
+//! (spec §2.3). Both JSON texts are written in exactly these bytes (they are also their RFC 8785
+//! canonical form: no whitespace, members sorted). `iat` is the minting time and `exp` the minting time
 //! plus [`AuthConfig::token_lifetime`], both in whole seconds since the epoch (JWT NumericDate,
 //! rounded down). There is no `jti`: minting draws no randomness, so two tokens minted for the
 //! same entity in the same second are identical, which is harmless for a bearer token.
@@ -43,7 +49,8 @@
 //! [`MAX_TOKEN_LEN`] bytes, exactly three canonical b64u parts, JSON without duplicate keys or
 //! fractional numbers, `alg` exactly `"EdDSA"`, `typ` absent or `"JWT"`, no `crit`, `iss` this
 //! node's id, `sub` an entity id, `iat` and `exp` required, `nbf` optional, all of the right JSON
-//! type. Other claims and header parameters are ignored (RFC 7519 §4), yet covered by the
+//! type, and `cnf`, when present, exactly a `jwk` of `kty` `"OKP"`, `crv` `"Ed25519"` and an `x`
+//! of 32 bytes. Other claims and header parameters are ignored (RFC 7519 §4), yet covered by the
 //! signature. A token never verifies at another node: its signature is by this node's key and
 //! its `iss` must name this node.
 //!
@@ -66,6 +73,7 @@
 //! let sig = sign_challenge(&alice, node.id(), &ch.challenge)?;
 //! let jwt = authority.verify(alice.id(), &ch.challenge, &sig, now)?;
 //! assert_eq!(authority.check(&jwt, Some(alice.id()), now)?, *alice.id());
+//! assert_eq!(authority.check_bearer(&jwt, None, now)?.key(), Some(alice.public_key()));
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
@@ -232,6 +240,46 @@ pub struct ChallengeAnswer {
     now: Timestamp,
 }
 
+/// What a valid token says about whoever presents it (spec §2.3, §23.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BearerKey {
+    /// The identity key the entity proved it holds at `POST /auth/verify` (the token's `cnf`).
+    pub key: PublicKey,
+    /// The first instant the token is no longer accepted: its `exp` plus the clock skew.
+    pub expires: Timestamp,
+}
+
+/// The holder of a valid token: the entity it names and, for a token minted by
+/// [`Authority::verify`] or [`Authority::finish`], the key the entity proved. A node binds an
+/// inbound link, or an HTTP call, to it (spec §2.3, §19).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bearer {
+    /// The entity (`sub`).
+    pub entity: EntityId,
+    /// The key proven and the token's end; `None` for a token minted without a key
+    /// ([`Authority::mint`]), or for an entity authenticated out of band.
+    pub proof: Option<BearerKey>,
+}
+
+impl Bearer {
+    /// A bearer that proved `key` with a token accepted until `expires`.
+    pub fn with_key(entity: EntityId, key: PublicKey, expires: Timestamp) -> Self {
+        Self { entity, proof: Some(BearerKey { key, expires }) }
+    }
+
+    /// The key proven, if any.
+    pub fn key(&self) -> Option<PublicKey> {
+        self.proof.map(|p| p.key)
+    }
+}
+
+impl From<EntityId> for Bearer {
+    /// An entity authenticated without a key (its key, if any, is the trust store's).
+    fn from(entity: EntityId) -> Self {
+        Self { entity, proof: None }
+    }
+}
+
 /// A challenge awaiting its answer.
 struct Pending {
     entity: EntityId,
@@ -373,17 +421,34 @@ impl Authority {
             .map_err(|_| AuthError::BadSignature)?;
         let input = challenge_signing_input(self.identity.id(), &answer.challenge);
         answer.key.verify(&input, &signature).map_err(|_| AuthError::BadSignature)?;
-        Ok(self.mint(&answer.entity, answer.now))
+        Ok(self.mint_bound(&answer.entity, &answer.key, answer.now))
     }
 
-    /// Mints a token for `entity` directly, valid from `now` for
+    /// Mints a token for `entity` directly, without a key, valid from `now` for
     /// [`AuthConfig::token_lifetime`] (for tests, and for a node authenticating its own clients
-    /// out of band).
+    /// out of band). Its bearer has no proven key: under the open policy a node cannot verify
+    /// its signed messages (spec §2.3); [`mint_bound`](Self::mint_bound) names the key.
     pub fn mint(&self, entity: &EntityId, now: Timestamp) -> String {
+        self.mint_token(entity, None, now)
+    }
+
+    /// Mints the token [`verify`](Self::verify) returns for `entity` once it proved `key`:
+    /// valid from `now` for [`AuthConfig::token_lifetime`], with `key` as its `cnf` claim.
+    pub fn mint_bound(&self, entity: &EntityId, key: &PublicKey, now: Timestamp) -> String {
+        self.mint_token(entity, Some(key), now)
+    }
+
+    fn mint_token(&self, entity: &EntityId, key: Option<&PublicKey>, now: Timestamp) -> String {
         let iat = secs(now);
         let exp = secs(now.saturating_add(self.config.token_lifetime));
-        let mut claims = Vec::with_capacity(128);
-        claims.extend_from_slice(b"{\"exp\":");
+        let mut claims = Vec::with_capacity(200);
+        claims.push(b'{');
+        if let Some(key) = key {
+            claims.extend_from_slice(br#""cnf":{"jwk":{"crv":"Ed25519","kty":"OKP","x":"#);
+            canonical::write_string(&mut claims, &key.to_b64u());
+            claims.extend_from_slice(b"}},");
+        }
+        claims.extend_from_slice(b"\"exp\":");
         canonical::write_u64(&mut claims, exp);
         claims.extend_from_slice(b",\"iat\":");
         canonical::write_u64(&mut claims, iat);
@@ -416,6 +481,18 @@ impl Authority {
         expected: Option<&EntityId>,
         now: Timestamp,
     ) -> Result<EntityId, AuthError> {
+        self.check_bearer(token, expected, now).map(|b| b.entity)
+    }
+
+    /// [`check`](Self::check), returning the key the token binds its subject to (its `cnf`
+    /// claim: a `jwk` with `kty` `"OKP"`, `crv` `"Ed25519"` and `x` the b64u of 32 bytes, else
+    /// [`AuthError::MalformedToken`]) and the instant the token stops being accepted.
+    pub fn check_bearer(
+        &self,
+        token: &str,
+        expected: Option<&EntityId>,
+        now: Timestamp,
+    ) -> Result<Bearer, AuthError> {
         if token.len() > MAX_TOKEN_LEN {
             return Err(AuthError::MalformedToken("token too long"));
         }
@@ -461,6 +538,7 @@ impl Authority {
         let exp = int_claim(&claims, "exp")?.ok_or(AuthError::MalformedToken("exp missing"))?;
         let iat = int_claim(&claims, "iat")?.ok_or(AuthError::MalformedToken("iat missing"))?;
         let nbf = int_claim(&claims, "nbf")?;
+        let key = cnf_claim(&claims)?;
 
         let skew = duration_millis(self.config.clock_skew);
         let now_ms = now.as_unix_millis();
@@ -476,7 +554,8 @@ impl Authority {
         if expected.is_some_and(|e| *e != sub) {
             return Err(AuthError::WrongSubject);
         }
-        Ok(sub)
+        let expires = Timestamp::from_unix_millis(exp.saturating_mul(1000).saturating_add(skew));
+        Ok(Bearer { entity: sub, proof: key.map(|key| BearerKey { key, expires }) })
     }
 
     /// Number of challenges awaiting an answer.
@@ -591,6 +670,19 @@ fn int_claim(
     }
 }
 
+/// The optional `cnf` claim (RFC 7800 §3.2): `{"jwk":{"crv":"Ed25519","kty":"OKP","x":K}}`.
+fn cnf_claim(claims: &serde_json::Map<String, Value>) -> Result<Option<PublicKey>, AuthError> {
+    let Some(cnf) = claims.get("cnf") else { return Ok(None) };
+    let bad = || AuthError::MalformedToken("cnf is not an Ed25519 jwk");
+    let jwk = cnf.get("jwk").and_then(Value::as_object).ok_or_else(bad)?;
+    let member = |name: &str| jwk.get(name).and_then(Value::as_str);
+    if member("kty") != Some("OKP") || member("crv") != Some("Ed25519") {
+        return Err(bad());
+    }
+    let x = member("x").ok_or_else(bad)?;
+    PublicKey::from_b64u(x).map(Some).map_err(|_| bad())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -684,7 +776,67 @@ mod tests {
         assert_eq!(f.auth.pending(), 0);
         assert_eq!(f.auth.check(&jwt, Some(f.alice.id()), later), Ok(f.alice.id().clone()));
         assert_eq!(f.auth.check(&jwt, None, later), Ok(f.alice.id().clone()));
-        assert_eq!(jwt, f.auth.mint(f.alice.id(), later));
+        assert_eq!(jwt, f.auth.mint_bound(f.alice.id(), &f.alice.public_key(), later));
+        // The token binds alice to the key she proved, until exp + the clock skew (spec §2.3).
+        let bearer = f.auth.check_bearer(&jwt, None, later).unwrap();
+        let exp_ms = (later.as_unix_millis() / 1000 + 3600) * 1000;
+        assert_eq!(
+            bearer,
+            Bearer::with_key(
+                f.alice.id().clone(),
+                f.alice.public_key(),
+                Timestamp::from_unix_millis(exp_ms + 300_000)
+            )
+        );
+        // The last instant it is accepted, and the first it is not.
+        let last = Timestamp::from_unix_millis(exp_ms + 300_000 - 1);
+        assert!(f.auth.check(&jwt, None, last).is_ok());
+        assert_eq!(
+            f.auth.check(&jwt, None, bearer.proof.unwrap().expires),
+            Err(AuthError::Expired)
+        );
+    }
+
+    #[test]
+    fn the_cnf_claim_names_the_proven_key_and_is_parsed_strictly() {
+        let f = fixture();
+        let jwt = f.auth.mint_bound(f.alice.id(), &f.alice.public_key(), now());
+        let claims = decode_b64u("c", jwt.split('.').nth(1).unwrap()).unwrap();
+        assert_eq!(
+            String::from_utf8(claims).unwrap(),
+            format!(
+                r#"{{"cnf":{{"jwk":{{"crv":"Ed25519","kty":"OKP","x":"{}"}}}},"exp":1700003600,"iat":1700000000,"iss":"relay","sub":"alice"}}"#,
+                f.alice.public_key().to_b64u()
+            )
+        );
+        // A token without cnf names no key.
+        assert_eq!(f.auth.check_bearer(&f.token(), None, now()).unwrap().key(), None);
+        let x = f.alice.public_key().to_b64u();
+        let bad_cnf = [
+            r#""cnf":null"#.to_owned(),
+            r#""cnf":{}"#.to_owned(),
+            r#""cnf":{"jwk":"k"}"#.to_owned(),
+            format!(r#""cnf":{{"jwk":{{"crv":"X25519","kty":"OKP","x":"{x}"}}}}"#),
+            format!(r#""cnf":{{"jwk":{{"crv":"Ed25519","kty":"EC","x":"{x}"}}}}"#),
+            r#""cnf":{"jwk":{"crv":"Ed25519","kty":"OKP"}}"#.to_owned(),
+            r#""cnf":{"jwk":{"crv":"Ed25519","kty":"OKP","x":"AAAA"}}"#.to_owned(),
+            r#""cnf":{"jwk":{"crv":"Ed25519","kty":"OKP","x":7}}"#.to_owned(),
+        ];
+        for cnf in bad_cnf {
+            let claims = format!(
+                r#"{{{cnf},"exp":{},"iat":{},"iss":"relay","sub":"alice"}}"#,
+                T0 / 1000 + 3600,
+                T0 / 1000
+            );
+            let token = forge(JWT_HEADER, &claims, &f.node);
+            assert!(
+                matches!(
+                    f.auth.check_bearer(&token, None, now()),
+                    Err(AuthError::MalformedToken(_))
+                ),
+                "{cnf}"
+            );
+        }
     }
 
     #[test]
@@ -701,7 +853,11 @@ mod tests {
         // The connection's task holds its own Authority for the same identity.
         let checker = Authority::new(f.node.clone(), AuthConfig::default());
         let jwt = checker.finish(answer, &sig).unwrap();
-        assert_eq!(jwt, f.auth.mint(f.alice.id(), now()), "the same token verify would give");
+        assert_eq!(
+            jwt,
+            f.auth.mint_bound(f.alice.id(), &f.alice.public_key(), now()),
+            "the same token verify would give"
+        );
         assert_eq!(f.auth.check(&jwt, Some(f.alice.id()), now()), Ok(f.alice.id().clone()));
 
         // A wrong signature fails at the second half, and the challenge is gone all the same.

@@ -105,7 +105,7 @@ fn no_token(ctx: &Ctx) -> CaseResult {
     Ok(())
 }
 
-fn handshake(ctx: &Ctx) -> CaseResult {
+pub(super) fn handshake(ctx: &Ctx) -> CaseResult {
     let token = ctx.token()?;
     quiet(ctx, &token)?;
     let mut rng = peer::rng();
@@ -158,13 +158,13 @@ fn handshake(ctx: &Ctx) -> CaseResult {
     }
 }
 
-fn spawn_poll(ctx: &Ctx, token: &str) -> std::thread::JoinHandle<Result<Resp, String>> {
+pub(super) fn spawn_poll(ctx: &Ctx, token: &str) -> std::thread::JoinHandle<Result<Resp, String>> {
     let url = ctx.url(&format!("{MESSAGES_PATH}?wait_ms=8000"));
     let token = token.to_owned();
     std::thread::spawn(move || http::get(&http::agent(Duration::from_secs(10)), &url, Some(&token)))
 }
 
-fn join(h: std::thread::JoinHandle<Result<Resp, String>>) -> Result<Resp, String> {
+pub(super) fn join(h: std::thread::JoinHandle<Result<Resp, String>>) -> Result<Resp, String> {
     h.join().map_err(|_| "poll thread panicked".to_owned())?
 }
 

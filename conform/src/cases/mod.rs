@@ -13,6 +13,7 @@ mod endpoints;
 mod frames;
 mod handshake;
 mod http;
+mod open;
 mod session;
 mod topics;
 
@@ -56,6 +57,8 @@ pub(crate) struct Case {
     pub slow: bool,
     /// Needs a node that refuses identities it does not hold (skipped with `open_node`).
     pub allowlist: bool,
+    /// Needs a node with the open trust policy (runs only with `open_node`).
+    pub open: bool,
     pub run: fn(&Ctx) -> CaseResult,
 }
 
@@ -72,6 +75,9 @@ pub struct CaseInfo {
     pub slow: bool,
     /// Skipped against a node with the open trust policy.
     pub allowlist: bool,
+    /// Run only against a node with the open trust policy (it uses identities the node has
+    /// never seen).
+    pub open: bool,
 }
 
 /// Every case, in run order.
@@ -84,6 +90,7 @@ pub fn catalogue() -> Vec<CaseInfo> {
             title: c.title,
             slow: c.slow,
             allowlist: c.allowlist,
+            open: c.open,
         })
         .collect()
 }
@@ -94,7 +101,7 @@ pub(crate) const fn case(
     title: &'static str,
     run: fn(&Ctx) -> CaseResult,
 ) -> Case {
-    Case { id, section, title, slow: false, allowlist: false, run }
+    Case { id, section, title, slow: false, allowlist: false, open: false, run }
 }
 
 pub(crate) const fn slow(mut c: Case) -> Case {
@@ -107,10 +114,16 @@ pub(crate) const fn allowlist(mut c: Case) -> Case {
     c
 }
 
+pub(crate) const fn open(mut c: Case) -> Case {
+    c.open = true;
+    c
+}
+
 pub(crate) static CASES: std::sync::LazyLock<Vec<Case>> = std::sync::LazyLock::new(|| {
     let mut all = Vec::new();
     all.extend(endpoints::cases());
     all.extend(auth::cases());
+    all.extend(open::cases());
     all.extend(frames::cases());
     all.extend(handshake::cases());
     all.extend(session::cases());

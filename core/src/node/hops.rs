@@ -159,6 +159,7 @@ impl Node {
         super::links::Link {
             kind: LinkKind::Peers,
             direction: Direction::Outbound(hop),
+            key: None,
             up: false,
             rate: None,
             pings: crate::rate_limit::TokenBucket::new(self.config.ping_rate, now),

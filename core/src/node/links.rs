@@ -6,10 +6,11 @@ use std::sync::Arc;
 use serde_json::json;
 
 use super::{Event, LinkId, LinkKind, Node, Output, Timer};
+use crate::auth::Bearer;
 use crate::capabilities::Transport;
 use crate::envelope::Payload;
 use crate::error::ErrorCode;
-use crate::identity::TrustPolicy;
+use crate::identity::{PublicKey, TrustPolicy};
 use crate::ids::EntityId;
 use crate::message_type::MessageType;
 use crate::rate_limit::TokenBucket;
@@ -31,6 +32,10 @@ pub(super) enum Direction {
 pub(super) struct Link {
     pub kind: LinkKind,
     pub direction: Direction,
+    /// The key an inbound link's entity proved at `/auth` (its token's `cnf`), kept when the
+    /// trust store does not hold the entity: for the life of the link its signed messages
+    /// verify with it (spec §2.3). Boxed: most links never need its 192 bytes.
+    pub key: Option<Box<PublicKey>>,
     /// Outbound links are up once the driver says so; inbound links are up when accepted.
     pub up: bool,
     /// Frames accepted from an inbound link.
@@ -49,8 +54,9 @@ pub(super) struct Link {
 pub(super) enum Source {
     /// A WebSocket link.
     Link(LinkId),
-    /// An HTTP `POST` from an authenticated entity (this node is the server).
-    Http(EntityId),
+    /// An HTTP `POST` from an authenticated entity (this node is the server), with the key its
+    /// token binds it to.
+    Http(EntityId, Option<PublicKey>),
     /// The body of an HTTP response from a next hop (this node is the client).
     Hop(EntityId),
 }
@@ -61,6 +67,7 @@ impl Node {
         Link {
             kind,
             direction,
+            key: None,
             up,
             rate: inbound.then(|| TokenBucket::new(self.config.link_rate, now)),
             pings: TokenBucket::new(self.config.ping_rate, now),
@@ -71,23 +78,28 @@ impl Node {
         }
     }
 
-    /// An inbound WebSocket connection, already authenticated by the driver as `entity` (JWT).
-    /// Returns the link's id, or the code to close it with: `RATE_LIMIT_EXCEEDED` past
-    /// `max_links`, `AUTHENTICATION_FAILED` for an entity the trust store refuses.
+    /// An inbound WebSocket connection, already authenticated by the driver (JWT): `who` is
+    /// the token's [`Bearer`] (an [`EntityId`] alone for an entity authenticated without a key).
+    /// The link is bound to the entity and to the key it proved (spec §2.3, §19). Returns the
+    /// link's id, or the code to close it with: `RATE_LIMIT_EXCEEDED` past `max_links`,
+    /// `AUTHENTICATION_FAILED` for an entity (or entity and key) the trust store refuses.
     pub fn accept_link(
         &mut self,
         now: Timestamp,
         kind: LinkKind,
-        entity: EntityId,
+        who: impl Into<Bearer>,
     ) -> Result<LinkId, ErrorCode> {
+        let who = who.into();
         if self.links.len() >= self.config.max_links {
             return Err(ErrorCode::RateLimitExceeded);
         }
-        if self.trust.policy() == TrustPolicy::Allowlist && self.trust.get(&entity).is_none() {
-            return Err(ErrorCode::AuthenticationFailed);
-        }
+        self.admit(now, &who)?;
+        let entity = who.entity.clone();
         let id = self.next_link_id();
-        let link = self.new_link(kind, Direction::Inbound(entity.clone()), true, now);
+        let mut link = self.new_link(kind, Direction::Inbound(entity.clone()), true, now);
+        if self.trust.get(&entity).is_none() {
+            link.key = who.key().map(Box::new);
+        }
         self.links.insert(id, Box::new(link));
         if kind == LinkKind::Peers {
             self.bound.insert(entity.clone(), id);
@@ -249,6 +261,32 @@ impl Node {
         self.schedule(Timer::Link(link), at);
     }
 
+    /// Checks an authenticated client against the trust store (spec §2.3): an entity with a
+    /// proven key must be accepted with that key, whatever the policy; one without, under the
+    /// allowlist, must be held. An entity the store does not hold, admitted by the open policy
+    /// with a key, is remembered until its token expires: replies to it may wait in its mailbox
+    /// (spec §19).
+    pub(super) fn admit(&mut self, now: Timestamp, who: &Bearer) -> Result<(), ErrorCode> {
+        match who.proof {
+            Some(proof) => {
+                self.trust
+                    .authorize(&who.entity, &proof.key)
+                    .map_err(|_| ErrorCode::AuthenticationFailed)?;
+                if self.trust.get(&who.entity).is_none() {
+                    self.admitted.admit(&who.entity, proof.expires, now, self.config.max_links);
+                }
+            }
+            None => {
+                if self.trust.policy() == TrustPolicy::Allowlist
+                    && self.trust.get(&who.entity).is_none()
+                {
+                    return Err(ErrorCode::AuthenticationFailed);
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// The entity a source is bound to, if any: the authenticated client of an inbound link or
     /// HTTP call. Frames from it must carry that `sender_id`.
     pub(super) fn bound_entity(&self, source: &Source) -> Option<EntityId> {
@@ -257,7 +295,21 @@ impl Node {
                 Direction::Inbound(e) => Some(e.clone()),
                 Direction::Outbound(_) => None,
             },
-            Source::Http(e) => Some(e.clone()),
+            Source::Http(e, _) => Some(e.clone()),
+            Source::Hop(_) => None,
+        }
+    }
+
+    /// The key a source's authenticated client proved (its token's `cnf`), if any.
+    pub(super) fn bound_key(&self, source: &Source) -> Option<PublicKey> {
+        match source {
+            Source::Link(link) => match self.links.get(link) {
+                Some(l) if matches!(l.direction, Direction::Inbound(_)) => {
+                    l.key.as_deref().copied()
+                }
+                _ => None,
+            },
+            Source::Http(_, key) => *key,
             Source::Hop(_) => None,
         }
     }

@@ -44,6 +44,7 @@ use std::time::Duration;
 
 use rand_core::CryptoRng;
 
+pub use crate::auth::Bearer;
 pub use config::NodeConfig;
 pub use io::{Event, HttpCall, HttpMethod, LinkId, LinkKind, Output, RequestId};
 pub use stats::TransportStats;
@@ -61,7 +62,7 @@ use crate::timers::TimerQueue;
 use hops::Hop;
 use links::Link;
 use peers::PeerState;
-use routing::Mailboxes;
+use routing::{Admissions, Mailboxes};
 use topics::Topics;
 
 /// Where a next-hop node is reached: its entity id and its HTTP base URL.
@@ -141,6 +142,8 @@ pub struct Node {
     default_route: Option<EntityId>,
     peers: BTreeMap<EntityId, PeerState>,
     mailboxes: Mailboxes,
+    /// Entities admitted under the open policy, until their tokens expire (spec §2.3, §19).
+    admitted: Admissions,
     /// Held long-polls by entity: the request and when to answer it empty.
     polls: BTreeMap<EntityId, (RequestId, Timestamp)>,
     /// Entities whose HTTP callers are rate limited, with their buckets.
@@ -191,6 +194,7 @@ impl Node {
             guard: SignedMessageGuard::new(&config.limits),
             topics: Topics::default(),
             mailboxes: Mailboxes::default(),
+            admitted: Admissions::default(),
             handshake,
             identity: Arc::new(identity),
             trust,

@@ -16,6 +16,7 @@ use crate::encoding::{b64u, decode_b64u_array};
 use crate::envelope::{Envelope, NONCE_LEN, PROTOCOL_VERSION, Payload};
 use crate::error::{ErrorCode, ProtocolError, UsageError};
 use crate::handshake::{HandshakeOutput, Initiator, Responder};
+use crate::identity::PublicKey;
 use crate::ids::{EntityId, MessageId};
 use crate::message_type::MessageType;
 use crate::session::Session;
@@ -595,6 +596,16 @@ impl Node {
     /// A handshake message addressed to this node.
     pub(super) fn on_handshake(&mut self, now: Timestamp, source: &Source, env: Envelope) {
         let peer = env.sender_id.clone();
+        if self.presents_another_key(source, &env) {
+            // A link or HTTP call bound to a key (spec §2.3) cannot handshake with another.
+            self.answer(now, source, &env, ErrorCode::AuthenticationFailed);
+            if env.message_type == MessageType::HandshakeInitAck
+                && self.peers.get(&peer).is_some_and(|p| p.initiator.is_some())
+            {
+                self.handshake_failed(now, &peer, ErrorCode::AuthenticationFailed);
+            }
+            return;
+        }
         if env.message_type == MessageType::HandshakeInit {
             // Simultaneous open: the handshake started by the smaller entity id wins.
             if self.peers.get(&peer).is_some_and(|p| p.initiator.is_some())
@@ -668,12 +679,33 @@ impl Node {
         self.reschedule_peer(&peer);
     }
 
+    /// Whether a `HANDSHAKE_INIT` or `HANDSHAKE_INIT_ACK` from a source bound to a key (an
+    /// entity the trust store does not hold, admitted under the open policy) presents another
+    /// `identity_key` (spec §2.3). The store's own key is checked by the handshake itself.
+    fn presents_another_key(&self, source: &Source, env: &Envelope) -> bool {
+        if !matches!(env.message_type, MessageType::HandshakeInit | MessageType::HandshakeInitAck)
+            || self.trust.get(&env.sender_id).is_some()
+            || self.bound_entity(source).as_ref() != Some(&env.sender_id)
+        {
+            return false;
+        }
+        let Some(bound) = self.bound_key(source) else { return false };
+        // A payload without a well-formed key is refused by the handshake with its own code.
+        let presented = env
+            .payload
+            .value()
+            .get("identity_key")
+            .and_then(serde_json::Value::as_str)
+            .and_then(|k| PublicKey::from_b64u(k).ok());
+        presented.is_some_and(|k| k != bound)
+    }
+
     /// A session message addressed to this node.
     pub(super) fn on_session(&mut self, now: Timestamp, source: &Source, env: Envelope) {
         let peer = env.sender_id.clone();
         let transport = match source {
             Source::Link(_) => Transport::WebSocket,
-            Source::Http(_) | Source::Hop(_) => Transport::Http,
+            Source::Http(..) | Source::Hop(_) => Transport::Http,
         };
         let opened = match self.peers.get_mut(&peer).and_then(|p| p.session.as_mut()) {
             Some(session) if Some(session.id()) == env.session_id.as_ref() => {

@@ -1,17 +1,18 @@
 //! Frames in: checks, relaying to other entities, mailboxes for offline entities, and this
 //! node's HTTP server side (spec §"Routing").
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 
 use serde_json::json;
 
 use super::links::Source;
 use super::{HttpCall, Node, Output, RequestId, Timer};
+use crate::auth::Bearer;
 use crate::capabilities::Transport;
 use crate::envelope::{Envelope, Payload};
 use crate::error::ErrorCode;
-use crate::identity::{PublicKey, TrustPolicy};
+use crate::identity::PublicKey;
 use crate::ids::{EntityId, MessageId};
 use crate::message_type::{MessageClass, MessageType};
 use crate::rate_limit::TokenBucket;
@@ -105,6 +106,48 @@ impl Mailboxes {
     }
 }
 
+/// Entities the trust store does not hold, admitted under the open policy by a token that binds
+/// them to a key (spec §2.3): until the token expires, replies to them may wait in their
+/// mailbox (spec §19). At most `max` entries; past that the one whose token expires first goes.
+#[derive(Debug, Default)]
+pub(super) struct Admissions {
+    until: BTreeMap<EntityId, Timestamp>,
+    by_expiry: BTreeSet<(Timestamp, EntityId)>,
+}
+
+impl Admissions {
+    /// Admits `entity` until `expires` (the newest token counts, earlier or later).
+    pub fn admit(&mut self, entity: &EntityId, expires: Timestamp, now: Timestamp, max: usize) {
+        if let Some(old) = self.until.remove(entity) {
+            self.by_expiry.remove(&(old, entity.clone()));
+        }
+        if expires <= now {
+            return;
+        }
+        while self.by_expiry.first().is_some_and(|(t, _)| *t <= now) {
+            if let Some((_, e)) = self.by_expiry.pop_first() {
+                self.until.remove(&e);
+            }
+        }
+        while self.until.len() >= max.max(1) {
+            let Some((_, e)) = self.by_expiry.pop_first() else { break };
+            self.until.remove(&e);
+        }
+        self.until.insert(entity.clone(), expires);
+        self.by_expiry.insert((expires, entity.clone()));
+    }
+
+    /// Whether `entity` holds an admission still valid at `now`.
+    pub fn holds(&self, entity: &EntityId, now: Timestamp) -> bool {
+        self.until.get(entity).is_some_and(|t| *t > now)
+    }
+
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.until.len()
+    }
+}
+
 /// Whether undecodable bytes carry `"type":"ERROR"` (so they are not answered with an ERROR).
 fn looks_like_error(bytes: &[u8]) -> bool {
     const NEEDLE: &[u8] = b"\"type\":\"ERROR\"";
@@ -193,8 +236,10 @@ impl Node {
             self.transmit(link, frame);
             return Ok(Transport::WebSocket);
         }
-        let known =
-            self.trust.get(to).is_some() || self.peers.get(to).is_some_and(|p| p.session.is_some());
+        // Trusted, in session, or admitted under the open policy with a token still valid.
+        let known = self.trust.get(to).is_some()
+            || self.peers.get(to).is_some_and(|p| p.session.is_some())
+            || self.admitted.holds(to, now);
         if !known {
             return Err(ErrorCode::UnknownRecipient);
         }
@@ -247,21 +292,26 @@ impl Node {
         self.schedule(Timer::Mailboxes, self.mailboxes.next_expiry());
     }
 
-    /// An HTTP call to this node, already authenticated by the driver as `entity` (JWT).
-    /// The answer comes as [`Output::HttpRespond`] with the returned id: at once for a `POST`
-    /// (carrying whatever waits for the caller), or when a message arrives or `poll_wait`
-    /// passes for a poll.
+    /// An HTTP call to this node, already authenticated by the driver (JWT): `who` is the
+    /// token's [`Bearer`] (an [`EntityId`] alone for an entity authenticated without a key).
+    /// The call is bound to the entity and the key it proved (spec §2.3, §21); 403 for an entity
+    /// (or entity and key) the trust store refuses. The answer comes as [`Output::HttpRespond`]
+    /// with the returned id: at once for a `POST` (carrying whatever waits for the caller), or
+    /// when a message arrives or `poll_wait` passes for a poll.
     pub fn handle_http_request(
         &mut self,
         now: Timestamp,
-        entity: EntityId,
+        who: impl Into<Bearer>,
         call: HttpCall,
     ) -> RequestId {
+        let who = who.into();
         let request = self.next_request_id();
-        if self.trust.policy() == TrustPolicy::Allowlist && self.trust.get(&entity).is_none() {
+        if self.admit(now, &who).is_err() {
             self.emit(Output::HttpRespond { request, status: 403, body: Vec::new() });
             return request;
         }
+        let key = who.key();
+        let entity = who.entity;
         match call {
             HttpCall::PostMessages { body } => {
                 if body.len() > self.config.max_http_body_bytes {
@@ -281,7 +331,7 @@ impl Node {
                         .http_rate
                         .entry(entity.clone())
                         .or_insert_with(|| TokenBucket::new(limit, now));
-                    let source = Source::Http(entity.clone());
+                    let source = Source::Http(entity.clone(), key);
                     if bucket.try_take(now) {
                         self.process_frame(now, source, line);
                     } else {
@@ -325,11 +375,19 @@ impl Node {
         request
     }
 
-    /// The key that verifies `entity`'s signatures: the trust store's, else a session's.
-    pub(super) fn key_of(&self, entity: &EntityId) -> Option<PublicKey> {
-        self.trust.get(entity).copied().or_else(|| {
-            self.peers.get(entity).and_then(|p| p.session.as_ref()).map(|s| *s.peer_key())
-        })
+    /// The key that verifies the signatures of `entity` on a frame from `source` (spec §2.3,
+    /// §9.1): the trust store's; else the key the source's client proved at `/auth` (a link or
+    /// HTTP call bound to `entity` under the open policy); else the key of the session with it.
+    pub(super) fn key_of(&self, source: &Source, entity: &EntityId) -> Option<PublicKey> {
+        if let Some(key) = self.trust.get(entity) {
+            return Some(*key);
+        }
+        if self.bound_entity(source).as_ref() == Some(entity)
+            && let Some(key) = self.bound_key(source)
+        {
+            return Some(key);
+        }
+        self.peers.get(entity).and_then(|p| p.session.as_ref()).map(|s| *s.peer_key())
     }
 
     /// Sends an envelope back the way a frame came.
@@ -337,7 +395,7 @@ impl Node {
         let frame: Arc<[u8]> = Arc::from(env.encode());
         match source {
             Source::Link(link) => self.transmit(*link, frame),
-            Source::Http(entity) => {
+            Source::Http(entity, _) => {
                 let _ = self.deliver_to_entity(now, entity, frame);
             }
             Source::Hop(hop) => {
@@ -374,7 +432,7 @@ impl Node {
     ) {
         let allowed = match source {
             Source::Link(link) => self.links.get_mut(link).is_some_and(|l| l.errors.try_take(now)),
-            Source::Http(entity) => self.take_error_budget(Some(entity.clone()), now),
+            Source::Http(entity, _) => self.take_error_budget(Some(entity.clone()), now),
             // In a next hop's response, only an envelope from a remote peer is answered (an
             // end-to-end error such as SESSION_NOT_FOUND, which recovery depends on), under that
             // peer's budget. Garbage, and anything from the hop itself, is dropped: no

@@ -20,6 +20,7 @@ use crate::transport::TransportPreference;
 
 mod delivery;
 mod idle;
+mod open;
 
 const T0: Timestamp = Timestamp::from_unix_millis(1_700_000_000_000);
 
@@ -45,6 +46,20 @@ fn node(name: &str, config: NodeConfig) -> Node {
 
 fn id(name: &str) -> EntityId {
     EntityId::new(name).unwrap()
+}
+
+/// What a driver hands the node for `name` presenting a fresh token: the key `name` proved at
+/// `/auth` (spec §2.3), valid for the default hour plus the clock skew.
+fn bearer(name: &str, now: Timestamp) -> Bearer {
+    Bearer::with_key(id(name), ident(name).public_key(), now.saturating_add(TOKEN_LIFE))
+}
+
+const TOKEN_LIFE: Duration = Duration::from_secs(3600 + 300);
+
+/// A node with the open policy whose trust store holds nobody.
+fn open_node(name: &str, config: NodeConfig) -> Node {
+    let rng = ChaCha20Rng::seed_from_u64(name.len() as u64);
+    Node::new(config, ident(name), TrustStore::new(TrustPolicy::Open), rng).unwrap()
 }
 
 fn drain(n: &mut Node) -> Vec<Output> {
@@ -364,7 +379,7 @@ impl Pump {
         match out {
             Output::OpenLink { link, url, kind, .. } => {
                 let to = Self::target(&url);
-                let me = id(from);
+                let me = bearer(from, now);
                 let accepted = if self.no_ws.contains(&to) || !self.nodes.contains_key(&to) {
                     None
                 } else {
@@ -412,7 +427,7 @@ impl Pump {
                     HttpMethod::Post => HttpCall::PostMessages { body },
                     HttpMethod::Get => HttpCall::Poll,
                 };
-                let me = id(from);
+                let me = bearer(from, now);
                 let server = self.node(&to).handle_http_request(now, me, call);
                 self.http.insert((to, server), (from.to_owned(), request));
             }

@@ -66,7 +66,7 @@ fn topic_of(env: &Envelope) -> Option<String> {
 impl Node {
     /// A signed session-less message addressed to this node (or to the next hop, `null`).
     pub(super) fn on_signed(&mut self, now: Timestamp, source: &Source, env: Envelope) {
-        let Some(key) = self.key_of(&env.sender_id) else {
+        let Some(key) = self.key_of(source, &env.sender_id) else {
             self.answer(now, source, &env, ErrorCode::AuthenticationFailed);
             return;
         };
@@ -154,7 +154,7 @@ impl Node {
                 Some(super::links::Direction::Outbound(h)) => Some(h.clone()),
                 _ => None,
             },
-            Source::Http(_) => None,
+            Source::Http(..) => None,
         };
         hop.is_some_and(|h| self.topics.remote.get(&h).is_some_and(|s| s.contains(topic)))
     }

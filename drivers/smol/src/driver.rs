@@ -12,7 +12,7 @@ use std::task::Poll;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_tungstenite::tungstenite::Bytes;
-use peerlink_core::auth::{AuthError, Authority, Challenge, ChallengeAnswer};
+use peerlink_core::auth::{AuthError, Authority, Bearer, Challenge, ChallengeAnswer};
 use peerlink_core::node::{HttpCall, LinkId, LinkKind, Output, RequestId};
 use peerlink_core::{EntityId, ErrorCode, Event, MessageId, MessageType, Node, Timestamp};
 use rand_chacha::ChaCha20Rng;
@@ -34,7 +34,8 @@ pub(crate) enum Input {
     /// An authenticated inbound WebSocket wants to become a link.
     Accept {
         kind: LinkKind,
-        entity: EntityId,
+        /// The token's holder: the entity and the key it proved (spec §2.3).
+        who: Bearer,
         handle: LinkHandle,
         reply: Reply<Result<LinkId, ErrorCode>>,
     },
@@ -46,8 +47,8 @@ pub(crate) enum Input {
     LinkUp { link: LinkId },
     /// An outbound link could not be opened.
     LinkFailed { link: LinkId },
-    /// An authenticated HTTP call to `/v1/messages`.
-    Http { entity: EntityId, call: HttpCall, reply: Reply<(u16, Vec<u8>)> },
+    /// An authenticated HTTP call to `/v1/messages`, bound to the token's holder (spec §2.3).
+    Http { who: Bearer, call: HttpCall, reply: Reply<(u16, Vec<u8>)> },
     /// The outcome of an HTTP request the node asked for (`None`: no answer).
     HttpResult { request: RequestId, result: Option<(u16, Vec<u8>)> },
     /// `GET /auth/token`.
@@ -134,8 +135,8 @@ impl Core {
     fn handle(&mut self, input: Input) -> Option<Reply<()>> {
         let now = self.clock.now();
         match input {
-            Input::Accept { kind, entity, handle, reply } => {
-                let r = self.node.accept_link(now, kind, entity);
+            Input::Accept { kind, who, handle, reply } => {
+                let r = self.node.accept_link(now, kind, who);
                 if let Ok(link) = r {
                     self.links.insert(link, (kind, handle));
                 }
@@ -151,8 +152,8 @@ impl Core {
                 self.forget_link(link);
                 self.node.link_failed(now, link);
             }
-            Input::Http { entity, call, reply } => {
-                let request = self.node.handle_http_request(now, entity, call);
+            Input::Http { who, call, reply } => {
+                let request = self.node.handle_http_request(now, who, call);
                 self.pending_http.insert(request, reply);
             }
             Input::HttpResult { request, result: Some((status, body)) } => {

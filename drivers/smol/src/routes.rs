@@ -18,7 +18,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Bytes, Incoming};
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
-use peerlink_core::auth::{AuthError, Authority, bearer_token};
+use peerlink_core::auth::{AuthError, Authority, Bearer, bearer_token};
 use peerlink_core::endpoints;
 use peerlink_core::node::{HttpCall, LinkId, LinkKind};
 use peerlink_core::{EntityId, ErrorCode, PublicKey, SessionId};
@@ -113,15 +113,16 @@ async fn read_body(req: Request<Incoming>, max: usize) -> Result<Vec<u8>, Resp> 
     }
 }
 
-/// The entity a request's bearer token (header, or `?token=`) names, or the 401 to answer.
-fn authenticate(ctx: &RouteCtx, req: &Request<Incoming>) -> Result<EntityId, Resp> {
+/// The entity a request's bearer token (header, or `?token=`) names, with the key it proved, or
+/// the 401 to answer.
+fn authenticate(ctx: &RouteCtx, req: &Request<Incoming>) -> Result<Bearer, Resp> {
     let header = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
     let token = match header {
         Some(h) => bearer_token(h).map(str::to_owned),
         None => query(req, endpoints::TOKEN_PARAM),
     }
     .ok_or_else(|| error(401, ErrorCode::AuthenticationFailed))?;
-    ctx.checker.check(&token, None, ctx.clock.now()).map_err(|e| {
+    ctx.checker.check_bearer(&token, None, ctx.clock.now()).map_err(|e| {
         tracing::debug!(error = %e, "token refused");
         auth_error(&e)
     })
@@ -145,16 +146,16 @@ async fn route(ctx: &RouteCtx, req: Request<Incoming>) -> Result<Resp, Resp> {
         (Method::GET, "/ws/v1/peers") => upgrade(ctx, req, LinkKind::Peers).await,
         (Method::GET, "/ws/v1/events") => upgrade(ctx, req, LinkKind::Events).await,
         (Method::POST, "/v1/messages") => {
-            let entity = authenticate(ctx, &req)?;
+            let who = authenticate(ctx, &req)?;
             let body = read_body(req, ctx.max_http_body_bytes).await?;
             let call = HttpCall::PostMessages { body };
-            let (status, body) = ask(ctx, |reply| Input::Http { entity, call, reply }).await?;
+            let (status, body) = ask(ctx, |reply| Input::Http { who, call, reply }).await?;
             Ok(respond(status, "application/x-ndjson", body))
         }
         (Method::GET, "/v1/messages") => {
-            let entity = authenticate(ctx, &req)?;
+            let who = authenticate(ctx, &req)?;
             let call = HttpCall::Poll;
-            let (status, body) = ask(ctx, |reply| Input::Http { entity, call, reply }).await?;
+            let (status, body) = ask(ctx, |reply| Input::Http { who, call, reply }).await?;
             Ok(respond(status, "application/x-ndjson", body))
         }
         (Method::GET, "/peers/discover") => {
@@ -239,7 +240,7 @@ fn header_has(req: &Request<Incoming>, name: header::HeaderName, want: &str) -> 
 
 /// A WebSocket upgrade: the token is checked and the node accepts the link before `101`.
 async fn upgrade(ctx: &RouteCtx, mut req: Request<Incoming>, kind: LinkKind) -> Result<Resp, Resp> {
-    let entity = authenticate(ctx, &req)?;
+    let who = authenticate(ctx, &req)?;
     let bad = || error(400, ErrorCode::InvalidMessage);
     if !header_has(&req, header::UPGRADE, "websocket")
         || !header_has(&req, header::CONNECTION, "upgrade")
@@ -255,7 +256,7 @@ async fn upgrade(ctx: &RouteCtx, mut req: Request<Incoming>, kind: LinkKind) -> 
     }
     let (handle, queues) = link_channels(ctx.limits.send_queue_frames);
     let link =
-        ask(ctx, |reply| Input::Accept { kind, entity, handle, reply }).await?.map_err(|code| {
+        ask(ctx, |reply| Input::Accept { kind, who, handle, reply }).await?.map_err(|code| {
             match code {
                 ErrorCode::RateLimitExceeded => error(503, code),
                 _ => error(403, code),

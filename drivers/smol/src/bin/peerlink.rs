@@ -112,11 +112,13 @@ enum Command {
         /// Also run the slow cases (they wait for the node's timers: up to 30 s each).
         #[arg(long)]
         slow: bool,
-        /// Run only the cases whose id starts with this prefix, e.g. C-7.
+        /// Run only the cases whose id starts with one of these comma-separated prefixes, e.g.
+        /// C-7. or C-21.,C-2.3.
         #[arg(long)]
         only: Option<String>,
         /// The node runs the open trust policy without an entry for the tester: skip the cases
-        /// that need it to refuse unknown identities.
+        /// that need it to refuse unknown identities, and run those that use identities it has
+        /// never seen.
         #[arg(long)]
         open_node: bool,
         /// List the cases and exit.
@@ -259,7 +261,12 @@ async fn run(cli: Cli) -> Fallible<()> {
         Some(Command::Conform { url, node_id, identity, json, slow, only, open_node, list }) => {
             if *list {
                 for c in peerlink_conform::catalogue() {
-                    let flag = if c.slow { " (slow)" } else { "" };
+                    let flag = match (c.slow, c.allowlist, c.open) {
+                        (true, _, _) => " (slow)",
+                        (_, true, _) => " (allowlist)",
+                        (_, _, true) => " (open)",
+                        _ => "",
+                    };
                     println!("{} {} {}{flag}", c.id, c.spec_section, c.title);
                 }
                 return Ok(());
