@@ -865,9 +865,14 @@ impl Node {
     pub(super) fn on_error(&mut self, now: Timestamp, env: &Envelope) {
         let Ok(body) = ErrorBody::parse(&env.payload) else { return };
         let sender = env.sender_id.clone();
+        // An `ERROR` that names a session is about that session only (spec §15.4): one naming
+        // a session the sender lost earlier may arrive during, or after, the handshake that
+        // replaced it.
+        let named = env.session_id.as_ref();
         // An error during our handshake with the sender ends that handshake.
         if let Some(p) = self.peers.get_mut(&sender)
             && let Some(i) = p.initiator.as_mut()
+            && named.is_none_or(|s| i.session_id() == Some(s))
         {
             if let Err(e) = i.handle(env, now, &mut *self.rng) {
                 self.handshake_failed(now, &sender, e.code());
@@ -876,10 +881,15 @@ impl Node {
         }
         let recent = body.in_reply_to.as_ref().and_then(|id| self.recent_send(id));
         let about = recent.as_ref().map(|(peer, _)| peer.clone());
-        // An answer to a frame sealed under an older session says nothing about the current one
-        // (it was delayed, or crossed the new handshake).
+        // An answer about an older session says nothing about the current one (it was delayed,
+        // or crossed the new handshake). The session it names decides; without one, the session
+        // the frame it answers was last sealed under (a guess: a frame re-sent under a new
+        // session keeps its message id, so an answer to its older copy looks current).
         let current = self.peers.get(&sender).and_then(|p| p.session.as_ref()).map(|s| s.id());
-        let stale = recent.as_ref().is_some_and(|(_, sealed)| sealed.as_ref() != current);
+        let stale = match named {
+            Some(named) => Some(named) != current,
+            None => recent.as_ref().is_some_and(|(_, sealed)| sealed.as_ref() != current),
+        };
         match body.code {
             // Only the peer itself can declare its session gone.
             ErrorCode::SessionNotFound | ErrorCode::SessionExpired

@@ -19,6 +19,7 @@ use crate::signed::{ErrorBody, signed_message};
 use crate::transport::TransportPreference;
 
 mod idle;
+mod recovery;
 
 const T0: Timestamp = Timestamp::from_unix_millis(1_700_000_000_000);
 
