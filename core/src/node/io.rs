@@ -145,7 +145,8 @@ pub enum Event {
         /// The message.
         id: MessageId,
     },
-    /// A message will not be delivered.
+    /// A message will not be delivered (it may have been, spec §13.6, if its acknowledgement
+    /// was lost). Counted in `TransportStats::failures`; never dropped for a full event queue.
     Failed {
         /// The recipient.
         to: EntityId,

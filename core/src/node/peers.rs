@@ -259,6 +259,17 @@ impl Node {
         Ok(id)
     }
 
+    /// Counts message `id` to `peer` failed and tells the application: the one place either
+    /// happens, so `TransportStats::failures` counts exactly the `Event::Failed` reported (an
+    /// event never dropped, see `Node::event`).
+    pub(super) fn report_failed(&mut self, peer: &EntityId, id: MessageId, reason: FailReason) {
+        if let Some(p) = self.peers.get_mut(peer) {
+            p.stats.failures = p.stats.failures.saturating_add(1);
+        }
+        self.stats.failures = self.stats.failures.saturating_add(1);
+        self.event(Event::Failed { to: peer.clone(), id, reason });
+    }
+
     /// Reports one message failed and removes it from the outbox.
     pub(super) fn fail_message(
         &mut self,
@@ -271,9 +282,7 @@ impl Node {
         if p.send.fail(id) {
             p.prefs.remove(id);
             p.requests.remove(id);
-            p.stats.failures = p.stats.failures.saturating_add(1);
-            self.stats.failures = self.stats.failures.saturating_add(1);
-            self.event(Event::Failed { to: peer.clone(), id: id.clone(), reason });
+            self.report_failed(peer, id.clone(), reason);
             // The peer may be waiting for the frames given up: the peer's timer (due at once)
             // sends a `forward`. Not flushing here keeps failure handling free of recursion.
             let _ = now;
@@ -285,11 +294,8 @@ impl Node {
         let Some(p) = self.peers.get_mut(peer) else { return };
         let ids = p.send.fail_all();
         p.prefs.clear();
-        let n = u64::try_from(ids.len()).unwrap_or(u64::MAX);
-        p.stats.failures = p.stats.failures.saturating_add(n);
-        self.stats.failures = self.stats.failures.saturating_add(n);
         for id in ids {
-            self.event(Event::Failed { to: peer.clone(), id, reason });
+            self.report_failed(peer, id, reason);
         }
         // An empty outbox may leave the peer idle.
         self.reschedule_peer(peer);
@@ -482,15 +488,12 @@ impl Node {
         let Some(p) = self.peers.get_mut(peer) else { return };
         // Send timeouts.
         let expired = p.send.expire(now);
-        let n = u64::try_from(expired.len()).unwrap_or(u64::MAX);
-        p.stats.failures = p.stats.failures.saturating_add(n);
-        self.stats.failures = self.stats.failures.saturating_add(n);
         for id in expired {
             if let Some(p) = self.peers.get_mut(peer) {
                 p.prefs.remove(&id);
                 p.requests.remove(&id);
             }
-            self.event(Event::Failed { to: peer.clone(), id, reason: FailReason::Timeout });
+            self.report_failed(peer, id, FailReason::Timeout);
         }
         let Some(p) = self.peers.get_mut(peer) else { return };
         // Partial chunked messages too old to finish.

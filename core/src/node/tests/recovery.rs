@@ -1,4 +1,5 @@
-//! Recovery across lost sessions (spec §15.4).
+//! Recovery across lost sessions (spec §15.4), and failures counted as they are reported
+//! (`TransportStats::failures` and `Event::Failed`).
 
 use super::*;
 
@@ -90,4 +91,51 @@ fn an_answer_to_a_copy_sealed_under_the_old_session_spares_the_new_one() {
     p.advance(Duration::from_secs(1));
     assert_eq!(p.messages_at("bob"), vec![b"one".to_vec()], "once");
     assert_eq!(p.node("alice").outbox_len(&id("bob")), 0);
+}
+
+/// Runs `n`'s timers up to `until`; every output produced on the way.
+fn run_timers(n: &mut Node, until: Timestamp) -> Vec<Output> {
+    let mut out = drain(n);
+    while let Some(t) = n.poll_timeout().filter(|t| *t <= until) {
+        n.handle_timeout(t);
+        out.extend(drain(n));
+    }
+    out
+}
+
+fn failed_events(outputs: &[Output]) -> usize {
+    outputs.iter().filter(|o| matches!(o, Output::Event(Event::Failed { .. }))).count()
+}
+
+/// `TransportStats::failures` counts exactly the `Event::Failed` the application is given: a
+/// failure is never dropped for a full event queue (unlike informational events), and messages
+/// given up by `close_peer` are counted like any other.
+#[test]
+fn every_failure_counted_is_a_failure_the_application_is_told_of() {
+    // Bob never answers (no link to him opens): alice's messages time out while her
+    // application is not draining its events.
+    let config = NodeConfig { max_events: 2, ..NodeConfig::default() };
+    let mut alice = node("alice", config);
+    alice.add_route(id("bob"), Pump::addr("bob"));
+    alice.set_app_backlog(2);
+    for m in [b"one", b"two", b"six"] {
+        alice.send(T0, &id("bob"), m.to_vec(), SendOptions::default()).unwrap();
+    }
+    let timeout = NodeConfig::default().stream.send_timeout;
+    let out = run_timers(&mut alice, T0.saturating_add(timeout + Duration::from_secs(1)));
+    assert_eq!(alice.outbox_len(&id("bob")), 0, "all three timed out");
+    assert_eq!(failed_events(&out), 3, "none dropped");
+    assert_eq!(alice.stats().failures, 3);
+
+    // The application closes a peer with messages outstanding.
+    let mut alice = node("alice", NodeConfig::default());
+    alice.add_route(id("bob"), Pump::addr("bob"));
+    for m in [b"one", b"two"] {
+        alice.send(T0, &id("bob"), m.to_vec(), SendOptions::default()).unwrap();
+    }
+    drain(&mut alice);
+    alice.close_peer(T0, &id("bob"));
+    let out = drain(&mut alice);
+    assert_eq!(failed_events(&out), 2);
+    assert_eq!(alice.stats().failures, 2, "counted like any other failure");
 }
