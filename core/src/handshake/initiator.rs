@@ -93,6 +93,11 @@ impl Initiator {
         })
     }
 
+    /// The session id the responder assigned (from step 2 on).
+    pub fn session_id(&self) -> Option<&crate::ids::SessionId> {
+        self.shared.session_id.as_ref()
+    }
+
     /// The deadline, while the handshake runs.
     pub fn poll_timeout(&self) -> Option<Timestamp> {
         self.shared.poll_timeout()

@@ -94,7 +94,7 @@ pub struct NodeConfig {
     pub max_topics: usize,
     /// Events queued for the application. Past it, new data frames are refused unacknowledged
     /// (their senders re-send them: backpressure) and informational events are dropped with a
-    /// count. Default 65 536.
+    /// count; `Event::Failed` never is (at most one per message accepted). Default 65 536.
     pub max_events: usize,
 }
 

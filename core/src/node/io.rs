@@ -146,7 +146,8 @@ pub enum Event {
         id: MessageId,
     },
     /// The node gave up on a message: it will not be sent again, and it was not confirmed
-    /// delivered (spec §13.6).
+    /// delivered (spec §13.6). Counted in `TransportStats::failures`; never dropped for a full
+    /// event queue.
     Failed {
         /// The recipient.
         to: EntityId,

@@ -22,7 +22,7 @@
 //! a relay turns each relayed frame into one `Transmit`, so it is the driver that bounds what it
 //! buffers per link (a slow reader is disconnected, not buffered without end). Events are bounded
 //! (`max_events`); past that bound the node applies backpressure to its peers instead of dropping
-//! messages.
+//! messages, and drops only informational events (never a message's `Event::Failed`).
 //!
 //! Nothing else is needed to run a peer, a relay, or both at once. All randomness comes from the
 //! RNG given to [`Node::new`] and all collections are ordered, so the same inputs with the same
@@ -391,15 +391,22 @@ impl Node {
         self.outputs.push_back(output);
     }
 
-    /// Queues an event for the application; past `max_events` undrained events, new ones are
-    /// counted and dropped (reported once the application drains again).
+    /// Queues an event for the application; past `max_events` undrained events, new
+    /// informational ones are counted and dropped (reported once the application drains again).
     fn event(&mut self, event: Event) {
         // Messages, requests and responses are never dropped: data frames are refused
         // unacknowledged while the queue is full (backpressure), so these stay bounded by the
-        // receive windows. Other events past the bound are counted and dropped.
-        let content =
-            matches!(event, Event::Message { .. } | Event::Request { .. } | Event::Response { .. });
-        if self.events_full() && !content {
+        // receive windows. Nor is a failure: the application is told of every message that
+        // failed (spec §13.6), and each message accepted fails at most once, so these stay
+        // bounded by the outboxes. Other events past the bound are counted and dropped.
+        let kept = matches!(
+            event,
+            Event::Message { .. }
+                | Event::Request { .. }
+                | Event::Response { .. }
+                | Event::Failed { .. }
+        );
+        if self.events_full() && !kept {
             self.events_dropped = self.events_dropped.saturating_add(1);
             return;
         }

@@ -260,6 +260,18 @@ impl Node {
         Ok(id)
     }
 
+    /// Counts message `id` to `peer` failed and tells the application: the one place either
+    /// happens, so `TransportStats::failures` counts exactly the `Event::Failed` reported (an
+    /// event never dropped, see `Node::event`).
+    pub(super) fn report_failed(&mut self, peer: &EntityId, failure: Failure, reason: FailReason) {
+        if let Some(p) = self.peers.get_mut(peer) {
+            p.stats.failures = p.stats.failures.saturating_add(1);
+        }
+        self.stats.failures = self.stats.failures.saturating_add(1);
+        let Failure { id, maybe_delivered } = failure;
+        self.event(Event::Failed { to: peer.clone(), id, reason, maybe_delivered });
+    }
+
     /// Reports one message failed and removes it from the outbox.
     pub(super) fn fail_message(
         &mut self,
@@ -272,8 +284,6 @@ impl Node {
         if let Some(failure) = p.send.fail(id) {
             p.prefs.remove(id);
             p.requests.remove(id);
-            p.stats.failures = p.stats.failures.saturating_add(1);
-            self.stats.failures = self.stats.failures.saturating_add(1);
             self.report_failed(peer, failure, reason);
             // The peer may be waiting for the frames given up: the peer's timer (due at once)
             // sends a `forward`. Not flushing here keeps failure handling free of recursion.
@@ -286,20 +296,11 @@ impl Node {
         let Some(p) = self.peers.get_mut(peer) else { return };
         let failures = p.send.fail_all();
         p.prefs.clear();
-        let n = u64::try_from(failures.len()).unwrap_or(u64::MAX);
-        p.stats.failures = p.stats.failures.saturating_add(n);
-        self.stats.failures = self.stats.failures.saturating_add(n);
         for failure in failures {
             self.report_failed(peer, failure, reason);
         }
         // An empty outbox may leave the peer idle.
         self.reschedule_peer(peer);
-    }
-
-    /// Tells the application that a message failed.
-    pub(super) fn report_failed(&mut self, peer: &EntityId, failure: Failure, reason: FailReason) {
-        let Failure { id, maybe_delivered } = failure;
-        self.event(Event::Failed { to: peer.clone(), id, reason, maybe_delivered });
     }
 
     /// Sends whatever `peer` has due: a handshake message, data frames, acknowledgements.
@@ -489,9 +490,6 @@ impl Node {
         let Some(p) = self.peers.get_mut(peer) else { return };
         // Send timeouts.
         let expired = p.send.expire(now);
-        let n = u64::try_from(expired.len()).unwrap_or(u64::MAX);
-        p.stats.failures = p.stats.failures.saturating_add(n);
-        self.stats.failures = self.stats.failures.saturating_add(n);
         for failure in expired {
             if let Some(p) = self.peers.get_mut(peer) {
                 p.prefs.remove(&failure.id);
@@ -903,9 +901,14 @@ impl Node {
     pub(super) fn on_error(&mut self, now: Timestamp, env: &Envelope) {
         let Ok(body) = ErrorBody::parse(&env.payload) else { return };
         let sender = env.sender_id.clone();
+        // An `ERROR` that names a session is about that session only (spec §15.4): one naming
+        // a session the sender lost earlier may arrive during, or after, the handshake that
+        // replaced it.
+        let named = env.session_id.as_ref();
         // An error during our handshake with the sender ends that handshake.
         if let Some(p) = self.peers.get_mut(&sender)
             && let Some(i) = p.initiator.as_mut()
+            && named.is_none_or(|s| i.session_id() == Some(s))
         {
             if let Err(e) = i.handle(env, now, &mut *self.rng) {
                 self.handshake_failed(now, &sender, e.code());
@@ -914,10 +917,15 @@ impl Node {
         }
         let recent = body.in_reply_to.as_ref().and_then(|id| self.recent_send(id));
         let about = recent.as_ref().map(|(peer, _)| peer.clone());
-        // An answer to a frame sealed under an older session says nothing about the current one
-        // (it was delayed, or crossed the new handshake).
+        // An answer about an older session says nothing about the current one (it was delayed,
+        // or crossed the new handshake). The session it names decides; without one, the session
+        // the frame it answers was last sealed under (a guess: a frame re-sent under a new
+        // session keeps its message id, so an answer to its older copy looks current).
         let current = self.peers.get(&sender).and_then(|p| p.session.as_ref()).map(|s| s.id());
-        let stale = recent.as_ref().is_some_and(|(_, sealed)| sealed.as_ref() != current);
+        let stale = match named {
+            Some(named) => Some(named) != current,
+            None => recent.as_ref().is_some_and(|(_, sealed)| sealed.as_ref() != current),
+        };
         match body.code {
             // Only the peer itself can declare its session gone.
             ErrorCode::SessionNotFound | ErrorCode::SessionExpired

@@ -13,7 +13,7 @@ use crate::capabilities::Transport;
 use crate::envelope::{Envelope, Payload};
 use crate::error::ErrorCode;
 use crate::identity::PublicKey;
-use crate::ids::{EntityId, MessageId};
+use crate::ids::{EntityId, MessageId, SessionId};
 use crate::message_type::{MessageClass, MessageType};
 use crate::rate_limit::TokenBucket;
 use crate::signed::{error_message, signed_message};
@@ -418,7 +418,14 @@ impl Node {
             return;
         }
         let to = Some(env.sender_id.clone());
-        self.reply_error(now, source, to, code, Some(env.message_id.clone()));
+        // An answer saying a session is gone names that session (spec §15.4): the sender then
+        // knows which of its sessions it is about, even when it re-sent the same message under a
+        // newer one.
+        let session = match code {
+            ErrorCode::SessionNotFound | ErrorCode::SessionExpired => env.session_id.clone(),
+            _ => None,
+        };
+        self.send_error(now, source, to, code, Some(env.message_id.clone()), session);
     }
 
     /// Sends a signed `ERROR` back the way a frame came, at most 60 a minute per link.
@@ -429,6 +436,19 @@ impl Node {
         to: Option<EntityId>,
         code: ErrorCode,
         in_reply_to: Option<MessageId>,
+    ) {
+        self.send_error(now, source, to, code, in_reply_to, None);
+    }
+
+    /// [`Node::reply_error`], with `session` as the `ERROR`'s `session_id`.
+    fn send_error(
+        &mut self,
+        now: Timestamp,
+        source: &Source,
+        to: Option<EntityId>,
+        code: ErrorCode,
+        in_reply_to: Option<MessageId>,
+        session: Option<SessionId>,
     ) {
         let allowed = match source {
             Source::Link(link) => self.links.get_mut(link).is_some_and(|l| l.errors.try_take(now)),
@@ -445,7 +465,8 @@ impl Node {
         if !allowed {
             return;
         }
-        let err = error_message(&self.identity, to, None, code, in_reply_to, now, &mut *self.rng);
+        let err =
+            error_message(&self.identity, to, session, code, in_reply_to, now, &mut *self.rng);
         self.reply_on(now, source, &err);
     }
 

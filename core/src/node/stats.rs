@@ -25,7 +25,8 @@ pub struct TransportStats {
     pub http_bytes_received: u64,
     /// Times traffic moved from WebSocket to HTTP.
     pub fallbacks: u64,
-    /// Messages that failed (reported with `Event::Failed`).
+    /// Messages that failed: each counted once, when its one `Event::Failed` is queued for the
+    /// application (an event never dropped, whatever `max_events`).
     pub failures: u64,
     /// WebSocket reconnect attempts.
     pub reconnects: u64,

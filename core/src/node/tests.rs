@@ -21,6 +21,7 @@ use crate::transport::TransportPreference;
 mod delivery;
 mod idle;
 mod open;
+mod recovery;
 
 const T0: Timestamp = Timestamp::from_unix_millis(1_700_000_000_000);
 

@@ -350,7 +350,8 @@ impl Handle {
     /// The stream of events (messages, requests, deliveries, failures, topic messages, …): a
     /// bounded channel of [`DriverLimits::event_queue`](crate::DriverLimits). Until this is
     /// called, events are logged and dropped; a second call replaces the first stream. Messages
-    /// are never dropped: when the stream is full the node task waits for the application.
+    /// and failures (`Event::Failed`) are never dropped: when the stream is full the node task
+    /// waits for the application.
     pub async fn incoming(&self) -> Result<Receiver<Event>, ApiError> {
         let (tx, rx) = smol::channel::bounded(self.event_queue.max(1));
         self.call(move |c, _| c.events = Some(tx)).await?;

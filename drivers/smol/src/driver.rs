@@ -309,12 +309,18 @@ impl Core {
         }
         tracing::debug!(event = ?e, "event");
         let Some(tx) = &self.events else { return };
-        let content =
-            matches!(e, Event::Message { .. } | Event::Request { .. } | Event::Response { .. });
+        // Content and failures are never dropped (the node task waits for the application:
+        // backpressure): `TransportStats::failures` counts exactly the `Failed` events handed on.
+        let kept = matches!(
+            e,
+            Event::Message { .. }
+                | Event::Request { .. }
+                | Event::Response { .. }
+                | Event::Failed { .. }
+        );
         match tx.try_send(e) {
             Ok(()) => {}
-            // Content is never dropped: the node task waits for the application (backpressure).
-            Err(TrySendError::Full(e)) if content => {
+            Err(TrySendError::Full(e)) if kept => {
                 if tx.send(e).await.is_err() {
                     self.events = None;
                 }

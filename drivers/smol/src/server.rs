@@ -40,7 +40,13 @@ pub enum ListenError {
     Bind(SocketAddr, std::io::Error),
 }
 
-/// Accepts connections until `stop` fires.
+/// Accepts connections until `stop` fires; then every connection it serves is closed once its
+/// request in flight, if any, is answered.
+///
+/// Closing them matters: a kept-alive connection outliving its node would answer every later
+/// request `503` (the node task is gone), and a client reusing it would keep reaching the
+/// stopped node, even once a new node listens at the same address, until its retries ran out
+/// and its messages failed.
 pub(crate) async fn serve(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
@@ -48,6 +54,8 @@ pub(crate) async fn serve(
     stop: Receiver<()>,
 ) {
     let live = Arc::new(AtomicUsize::new(0));
+    // Never sent on: dropped when this loop ends, which every connection's receiver sees.
+    let (_stopping, stopped) = smol::channel::bounded::<()>(1);
     loop {
         let accepted = async { Some(listener.accept().await) }
             .or(async {
@@ -73,11 +81,12 @@ pub(crate) async fn serve(
         let guard = ConnGuard(Arc::clone(&live));
         let ctx = Arc::clone(&ctx);
         let tls = tls.clone();
+        let stopped = stopped.clone();
         smol::spawn(async move {
             let _guard = guard;
             let _ = tcp.set_nodelay(true);
             if let Some(stream) = handshake(tcp, tls, &ctx).await {
-                serve_connection(stream, ctx).await;
+                serve_connection(stream, ctx, stopped).await;
             }
         })
         .detach();
@@ -97,14 +106,30 @@ async fn handshake(tcp: TcpStream, tls: Option<TlsAcceptor>, ctx: &RouteCtx) -> 
     Some(MaybeTls::Tls(Box::new(accepted)))
 }
 
-async fn serve_connection(stream: Stream, ctx: Arc<RouteCtx>) {
+/// Serves one connection until it ends; once `stopped` closes (the node stopped), keep-alive
+/// ends: the request in flight is answered, then the connection closes.
+async fn serve_connection(stream: Stream, ctx: Arc<RouteCtx>, stopped: Receiver<()>) {
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(SmolTimer)
         .header_read_timeout(ctx.limits.handshake_timeout)
         .max_buf_size(64 * 1024);
     let conn = builder.serve_connection(FuturesIo(stream), service(ctx)).with_upgrades();
-    if let Err(e) = conn.await {
+    let mut conn = std::pin::pin!(conn);
+    let ended = async { Some(conn.as_mut().await) }
+        .or(async {
+            let _ = stopped.recv().await;
+            None
+        })
+        .await;
+    let result = match ended {
+        Some(result) => result,
+        None => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
         tracing::debug!(error = %e, "connection ended with an error");
     }
 }

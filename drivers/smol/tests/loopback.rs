@@ -195,3 +195,53 @@ fn messages_cross_over_http() {
     assert!(stats.http_messages_sent > 0);
     assert_eq!(stats.ws_messages_sent, 0);
 }
+
+/// A shut-down node closes the connections kept alive to it. One left open answered every
+/// later request `503` (its node task gone), and a client reusing it kept reaching the stopped
+/// node even after a new one listened at the same address, until its HTTP retries ran out and
+/// its messages failed (the flaky relay-restart test, issue 14).
+#[test]
+fn shutdown_closes_kept_alive_connections() {
+    smol::block_on(async {
+        // Idle connections are closed after `handshake_timeout` anyway: far beyond the wait
+        // below, so only the shutdown can close this one in time.
+        let mut cfg = Config::ephemeral();
+        cfg.limits.handshake_timeout = Duration::from_secs(300);
+        let node = Peerlink::start(cfg, identity("bob")).await.unwrap();
+        let mut s = smol::net::TcpStream::connect(node.local_addr()).await.unwrap();
+        // One exchange on a kept-alive connection, read to the end of its body.
+        s.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 1024];
+        let complete = |got: &[u8]| {
+            let text = String::from_utf8_lossy(got);
+            let Some((head, body)) = text.split_once("\r\n\r\n") else { return false };
+            let len = head
+                .lines()
+                .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length: ")?.parse().ok())
+                .unwrap_or(usize::MAX);
+            body.len() >= len
+        };
+        while !complete(&got) {
+            let n = s.read(&mut buf).await.unwrap();
+            assert!(n > 0, "closed before the answer: {:?}", String::from_utf8_lossy(&got));
+            got.extend_from_slice(&buf[..n]);
+        }
+        assert!(got.starts_with(b"HTTP/1.1 200"), "{:?}", String::from_utf8_lossy(&got));
+        node.shutdown().await.unwrap();
+        // The connection ends (end of stream, or reset), with nothing more sent on it.
+        let rest = smol::future::FutureExt::or(
+            async {
+                let mut rest = Vec::new();
+                let _ = s.read_to_end(&mut rest).await;
+                Some(rest)
+            },
+            async {
+                smol::Timer::after(Duration::from_secs(20)).await;
+                None
+            },
+        )
+        .await;
+        assert_eq!(rest.as_deref(), Some(&[][..]), "the connection must close within 20 s");
+    });
+}
