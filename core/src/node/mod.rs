@@ -146,6 +146,9 @@ pub struct Node {
     admitted: Admissions,
     /// Held long-polls by entity: the request and when to answer it empty.
     polls: BTreeMap<EntityId, (RequestId, Timestamp)>,
+    /// The entity whose `POST` is being processed: frames for it wait in its mailbox for that
+    /// `POST`'s answer and release no poll it holds (spec §21).
+    posting: Option<EntityId>,
     /// Entities whose HTTP callers are rate limited, with their buckets.
     http_rate: BTreeMap<EntityId, crate::rate_limit::TokenBucket>,
     /// `ERROR` budgets of HTTP callers and of remote peers answered through a next hop.
@@ -207,6 +210,7 @@ impl Node {
             default_route: None,
             peers: BTreeMap::new(),
             polls: BTreeMap::new(),
+            posting: None,
             http_rate: BTreeMap::new(),
             error_budget: BTreeMap::new(),
             timers: TimerQueue::new(),

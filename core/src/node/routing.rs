@@ -257,7 +257,10 @@ impl Node {
             self.config.max_mailboxes,
         )?;
         self.stats.sent(Transport::Http, len);
-        if let Some((request, _)) = self.polls.remove(to) {
+        // The caller of the `POST` being processed gets its answers in that `POST`'s response,
+        // never in a poll held earlier: that poll may be a dead client's (spec §21).
+        let answered_by_post = self.posting.as_ref() == Some(to);
+        if !answered_by_post && let Some((request, _)) = self.polls.remove(to) {
             self.timers.cancel(&Timer::Poll(to.clone()));
             self.answer_poll(request, to);
         }
@@ -325,6 +328,7 @@ impl Node {
                 {
                     self.http_rate.pop_first();
                 }
+                self.posting = Some(entity.clone());
                 for line in body.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
                     self.stats.received(Transport::Http, line.len());
                     let bucket = self
@@ -340,7 +344,15 @@ impl Node {
                     }
                 }
                 self.finish(now);
+                self.posting = None;
                 self.answer_poll(request, &entity);
+                // What did not fit in that answer releases a poll the caller holds.
+                if self.mailboxes.has(&entity)
+                    && let Some((poll, _)) = self.polls.remove(&entity)
+                {
+                    self.timers.cancel(&Timer::Poll(entity.clone()));
+                    self.answer_poll(poll, &entity);
+                }
             }
             HttpCall::Poll => {
                 if self.mailboxes.has(&entity) {

@@ -19,6 +19,7 @@ use crate::signed::{ErrorBody, signed_message};
 use crate::transport::TransportPreference;
 
 mod delivery;
+mod http_answers;
 mod idle;
 mod open;
 mod recovery;

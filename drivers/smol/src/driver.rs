@@ -62,6 +62,46 @@ pub(crate) enum Input {
     Shutdown { reply: Reply<()> },
 }
 
+impl Input {
+    /// What this input is, with its ids and sizes but no content, for trace logs.
+    fn describe(&self) -> String {
+        match self {
+            Input::Accept { kind, who, .. } => format!("accept {kind:?} link from {}", who.entity),
+            Input::Frame { link, data } => format!("frame on {link:?}: {} bytes", data.len()),
+            Input::Closed { link } => format!("closed {link:?}"),
+            Input::LinkUp { link } => format!("link up {link:?}"),
+            Input::LinkFailed { link } => format!("link failed {link:?}"),
+            Input::Http { who, .. } => format!("HTTP call from {}", who.entity),
+            Input::HttpResult { request, result } => match result {
+                Some((status, body)) => {
+                    format!("HTTP answer to {request:?}: {status}, {} bytes", body.len())
+                }
+                None => format!("HTTP request {request:?} got no answer"),
+            },
+            Input::Challenge { entity, .. } => format!("challenge for {entity}"),
+            Input::Verify { entity, .. } => format!("verify for {entity}"),
+            Input::Call(_) => "API call".to_owned(),
+            Input::Shutdown { .. } => "shutdown".to_owned(),
+        }
+    }
+}
+
+/// What an output is, with its ids and sizes but no content, for trace logs.
+fn describe_output(out: &Output) -> String {
+    match out {
+        Output::Transmit { link, frame } => format!("transmit on {link:?}: {} bytes", frame.len()),
+        Output::OpenLink { link, url, .. } => format!("open {link:?} to {url}"),
+        Output::CloseLink { link, reason } => format!("close {link:?} ({reason:?})"),
+        Output::HttpRequest { request, method, url, body } => {
+            format!("{method:?} {url} as {request:?}: {} bytes", body.len())
+        }
+        Output::HttpRespond { request, status, body } => {
+            format!("answer {request:?}: {status}, {} bytes", body.len())
+        }
+        Output::Event(_) => "event".to_owned(),
+    }
+}
+
 /// Milliseconds since the Unix epoch for the core: the later of the wall clock and a monotonic
 /// clock anchored at the wall clock when the node started, and never less than a reading already
 /// given (`peerlink_core::time`): deadlines never go backwards. The wall clock counts where the
@@ -134,6 +174,7 @@ pub(crate) struct Core {
 impl Core {
     fn handle(&mut self, input: Input) -> Option<Reply<()>> {
         let now = self.clock.now();
+        tracing::trace!(input = %input.describe(), "node input");
         match input {
             Input::Accept { kind, who, handle, reply } => {
                 let r = self.node.accept_link(now, kind, who);
@@ -195,6 +236,7 @@ impl Core {
     /// Carries out every output the node has.
     async fn drain(&mut self) {
         while let Some(out) = self.node.poll_output() {
+            tracing::trace!(output = %describe_output(&out), "node output");
             match out {
                 Output::Transmit { link, frame } => self.transmit(link, frame),
                 Output::OpenLink { link, url, kind, resume } => {

@@ -1,0 +1,50 @@
+//! Where a node's answers to an HTTP caller go (spec §21): the answers to a `POST` come back in
+//! that `POST`'s response, whatever poll the caller holds.
+
+use super::*;
+
+/// Alice dials Bob directly; Bob refuses WebSocket, so everything goes over HTTP.
+fn alice_posts_to_bob() -> Pump {
+    let mut p = Pump::new(&[("alice", NodeConfig::default()), ("bob", NodeConfig::default())]);
+    p.node("alice").add_route(id("bob"), Pump::addr("bob"));
+    p.no_ws.push("bob".to_owned());
+    p
+}
+
+#[test]
+fn a_cold_first_message_is_delivered_at_once_though_a_dead_client_left_a_poll_held() {
+    let mut p = alice_posts_to_bob();
+    let now = p.now;
+    // A previous process of alice's left a long poll held at bob and exited: whatever answers
+    // it is written to a closed connection (the pump has no one waiting for it).
+    let stale = p.node("bob").handle_http_request(now, bearer("alice", now), HttpCall::Poll);
+    assert!(drain(p.node("bob")).is_empty(), "the stale poll is held");
+    // The new alice, with no session and no link: the handshake goes out in a POST.
+    let m = p.node("alice").send(now, &id("bob"), b"hi".to_vec(), SendOptions::default()).unwrap();
+    p.run();
+    // Every handshake step and the message crossed in POST answers, at once (before the fix, the
+    // INIT_ACK released the stale poll and was lost until the 5 s handshake timeout).
+    assert_eq!(p.messages_at("bob"), vec![b"hi".to_vec()]);
+    // Bob's acknowledgement follows after its short delay (spec §13.2), in alice's new poll.
+    p.advance(Duration::from_millis(100));
+    assert!(
+        p.events_of("alice").iter().any(|e| matches!(e, Event::Delivered { id, .. } if *id == m)),
+        "{:?}",
+        p.events_of("alice")
+    );
+    assert!(!p.events.iter().any(|(_, e)| matches!(e, Event::Error { .. })), "{:?}", p.events);
+    // The stale poll was released, empty, by the new alice's own poll.
+    assert!(p.http.keys().all(|(_, r)| *r != stale));
+}
+
+#[test]
+fn frames_arriving_for_a_caller_between_its_posts_still_release_its_poll() {
+    let mut p = alice_posts_to_bob();
+    let now = p.now;
+    p.node("alice").send(now, &id("bob"), b"one".to_vec(), SendOptions::default()).unwrap();
+    p.run();
+    // Alice now holds a poll at bob, with nothing waiting: a message from bob releases it.
+    p.node("bob").send(now, &id("alice"), b"back".to_vec(), SendOptions::default()).unwrap();
+    p.run();
+    assert_eq!(p.messages_at("alice"), vec![b"back".to_vec()]);
+}

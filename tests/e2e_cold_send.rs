@@ -1,0 +1,86 @@
+//! A cold first message, as `peerlink send` makes it: a fresh client node with no link, no
+//! session and no token sends to a node it dials directly, and is told "delivered" well before
+//! any handshake step could have timed out. A previous client of the same entity leaves its long
+//! poll held at the node when it stops (spec §21): that poll must not swallow the new client's
+//! handshake.
+
+mod e2e;
+
+use e2e::*;
+use peerlink_core::node::{NodeConfig, SendOptions};
+use peerlink_core::{Event, Identity, MessageType};
+use peerlink_smol::{Config, Handle, Peerlink};
+use std::time::{Duration, Instant};
+
+/// Bob as `peerlink listen` runs him: default timers, trusting alice.
+async fn start_bob(b: &Identity, a: &Identity) -> Handle {
+    let mut cfg = Config::ephemeral();
+    cfg.listen = "127.0.0.1:0".parse().unwrap();
+    cfg.peers = vec![trusted(a, None)];
+    Peerlink::start(cfg, copy(b)).await.unwrap()
+}
+
+/// One cold send as `peerlink send` makes it: a fresh node with default timers dials `url`,
+/// sends, waits for the outcome and stops. Returns how long the message took to be confirmed.
+async fn cold_send(a: &Identity, b: &Identity, url: &str, i: usize) -> Duration {
+    let mut cfg = Config::ephemeral();
+    cfg.listen = "127.0.0.1:0".parse().unwrap();
+    cfg.peers = vec![trusted(b, Some(url.to_owned()))];
+    let alice = Peerlink::start(cfg, copy(a)).await.unwrap();
+    let rx = alice.incoming().await.unwrap();
+    let started = Instant::now();
+    let id = alice
+        .send_message(b.id(), MessageType::PeerMessage, payload("cold", i), SendOptions::default())
+        .await
+        .unwrap();
+    let outcome = next_event(&rx, "the cold message's outcome", |e| match e {
+        Event::Delivered { id: d, .. } if *d == id => Some(Ok(())),
+        Event::Failed { id: f, reason, .. } if *f == id => Some(Err(*reason)),
+        Event::Error { code, .. } => panic!("send {i}: the cold send met an error: {code:?}"),
+        _ => None,
+    })
+    .await;
+    let took = started.elapsed();
+    outcome.unwrap_or_else(|r| panic!("send {i} failed: {r:?}"));
+    alice.shutdown().await.unwrap();
+    took
+}
+
+/// Half the handshake timeout: a step answered late by a lost reply would take 5 s or more.
+fn well_before_a_handshake_timeout() -> Duration {
+    NodeConfig::default().limits.handshake_timeout / 2
+}
+
+fn check_all(a: &Identity, b: &Identity, bob: &Handle, url: &str, runs: usize) {
+    smol::block_on(async {
+        let rx = bob.incoming().await.unwrap();
+        for i in 0..runs {
+            let took = cold_send(a, b, url, i).await;
+            assert!(
+                took < well_before_a_handshake_timeout(),
+                "cold send {i} took {took:?}: a handshake step waited for a timeout"
+            );
+            assert_eq!(messages(&rx, a.id(), 1).await, vec![payload("cold", i)]);
+        }
+    });
+}
+
+#[test]
+fn cold_sends_over_websocket_first_never_wait_for_a_timeout() {
+    let (a, b) = (identity("alice"), identity("bob"));
+    let bob = smol::block_on(start_bob(&b, &a));
+    check_all(&a, &b, &bob, &bob.base_url(), 20);
+    smol::block_on(bob.shutdown()).unwrap();
+}
+
+#[test]
+fn cold_sends_whose_websocket_is_refused_go_over_http_at_once() {
+    // WebSocket refused on the way: every handshake step crosses in POST answers, and each
+    // client's poll is still held at bob when the next client posts.
+    let (a, b) = (identity("alice"), identity("bob"));
+    let bob = smol::block_on(start_bob(&b, &a));
+    let proxy = Proxy::start(bob.local_addr(), false);
+    proxy.block_websocket(true);
+    check_all(&a, &b, &bob, &proxy.url(), 10);
+    smol::block_on(bob.shutdown()).unwrap();
+}
