@@ -189,6 +189,39 @@ pub fn query_param(query: &str, name: &str) -> Option<String> {
     found
 }
 
+/// A long poll's `wait_ms` that is not one decimal number of at most 10 digits, or appears twice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BadWait;
+
+impl std::fmt::Display for BadWait {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("wait_ms must be one decimal number of milliseconds (at most 10 digits)")
+    }
+}
+
+impl std::error::Error for BadWait {}
+
+/// The `wait_ms` of a long poll's query string (spec §21): `None` when absent. The node holds
+/// the poll for the lesser of it and its own poll wait.
+pub fn poll_wait_of(query: Option<&str>) -> Result<Option<std::time::Duration>, BadWait> {
+    let Some(query) = query else { return Ok(None) };
+    let mut found = None;
+    for pair in query.split('&') {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        if key != WAIT_PARAM {
+            continue;
+        }
+        let digits =
+            !value.is_empty() && value.len() <= 10 && value.bytes().all(|b| b.is_ascii_digit());
+        let ms: u64 =
+            if digits { value.parse().map_err(|_| BadWait)? } else { return Err(BadWait) };
+        if found.replace(std::time::Duration::from_millis(ms)).is_some() {
+            return Err(BadWait);
+        }
+    }
+    Ok(found)
+}
+
 /// Decodes `%XX` escapes and `+` (a space in form encoding); `None` for a broken escape or a
 /// result that is not UTF-8.
 fn percent_decode(s: &str) -> Option<String> {
@@ -260,6 +293,22 @@ mod tests {
         assert_eq!(base_url_of("wss://h/p/ws/v1/events").as_deref(), Some("https://h/p"));
         assert_eq!(base_url_of("http://h/v1/messages?wait_ms=5").as_deref(), Some("http://h"));
         assert_eq!(base_url_of("http://h/other"), None);
+    }
+
+    #[test]
+    fn a_polls_wait_is_one_decimal_number_or_absent() {
+        let ms = |n| Ok(Some(std::time::Duration::from_millis(n)));
+        assert_eq!(poll_wait_of(None), Ok(None));
+        assert_eq!(poll_wait_of(Some("token=x")), Ok(None));
+        assert_eq!(poll_wait_of(Some("wait_ms=3000")), ms(3000));
+        assert_eq!(poll_wait_of(Some("a=1&wait_ms=0")), ms(0));
+        assert_eq!(poll_wait_of(Some("wait_ms=9999999999")), ms(9_999_999_999));
+        for bad in ["wait_ms=", "wait_ms", "wait_ms=-1", "wait_ms=1.5", "wait_ms=+3", "wait_ms=%33"]
+        {
+            assert_eq!(poll_wait_of(Some(bad)), Err(BadWait), "{bad}");
+        }
+        assert_eq!(poll_wait_of(Some("wait_ms=12345678901")), Err(BadWait), "11 digits");
+        assert_eq!(poll_wait_of(Some("wait_ms=1&wait_ms=1")), Err(BadWait), "twice");
     }
 
     #[test]

@@ -396,7 +396,9 @@ pub fn node(data: &[u8]) {
             }
             NodeInput::Poll(n) => {
                 if let Some(e) = pick(n) {
-                    node.handle_http_request(now, e, HttpCall::Poll);
+                    // The caller's wait: none, zero, or up to 25.5 s (past the node's own).
+                    let wait = (n % 3 != 0).then(|| Duration::from_millis(u64::from(n) * 100));
+                    node.handle_http_request(now, e, HttpCall::Poll { wait });
                 }
             }
             NodeInput::Advance(ms) => {

@@ -670,7 +670,7 @@ impl World {
                     let lose_response = self.chance(self.faults.http_lost_response_per_mille);
                     let call = match method {
                         HttpMethod::Post => HttpCall::PostMessages { body },
-                        HttpMethod::Get => HttpCall::Poll,
+                        HttpMethod::Get => HttpCall::Poll { wait: poll_wait_in(&url) },
                     };
                     let generation = self.nodes[server].generation;
                     self.schedule(
@@ -892,7 +892,7 @@ fn short(e: &Net) -> String {
             "HttpRequest {client}->{server} {request:?} {}",
             match call {
                 HttpCall::PostMessages { body } => format!("POST {} B{}", body.len(), kinds(body)),
-                HttpCall::Poll => "GET".to_owned(),
+                HttpCall::Poll { .. } => "GET".to_owned(),
             }
         ),
         Net::HttpResponse { client, request, status, body } => {
@@ -921,4 +921,10 @@ fn kinds(body: &[u8]) -> String {
         })
         .collect();
     if found.is_empty() { String::new() } else { format!(" [{}]", found.join(", ")) }
+}
+
+/// The `wait_ms` a client put in a long poll's URL, as a node's HTTP server reads it (spec §21).
+fn poll_wait_in(url: &str) -> Option<std::time::Duration> {
+    let query = url.split_once('?').map(|(_, q)| q);
+    peerlink_core::endpoints::poll_wait_of(query).ok().flatten()
 }

@@ -33,6 +33,8 @@ pub(super) fn cases() -> Vec<Case> {
             bad_line,
         ),
         case("C-21.6", "§21", "a body over 8 MiB is 413", too_large),
+        case("C-21.8", "§21", "a poll is held no longer than its wait_ms", poll_wait_ms),
+        case("C-21.9", "§21", "a malformed wait_ms is 400 INVALID_MESSAGE", bad_wait_ms),
         slow(case(
             "C-21.7",
             "§21",
@@ -277,5 +279,33 @@ fn empty_poll(ctx: &Ctx) -> CaseResult {
     ensure!(r.status == 200, "HTTP {}", r.status);
     ensure!(r.body.iter().all(u8::is_ascii_whitespace), "body {}", peer::preview(&r.body));
     ensure!(t0.elapsed() <= Duration::from_secs(30), "answered after {:?}", t0.elapsed());
+    Ok(())
+}
+
+fn poll_wait_ms(ctx: &Ctx) -> CaseResult {
+    let token = ctx.token()?;
+    quiet(ctx, &token)?;
+    let agent = http::agent(Duration::from_secs(10));
+    for wait in [0u64, 1000] {
+        let t0 = Instant::now();
+        let url = ctx.url(&format!("{MESSAGES_PATH}?wait_ms={wait}"));
+        let r = http::get(&agent, &url, Some(&token))?;
+        let took = t0.elapsed();
+        ensure!(r.status == 200, "wait_ms={wait}: HTTP {}", r.status);
+        ensure!(r.body.iter().all(u8::is_ascii_whitespace), "body {}", peer::preview(&r.body));
+        // Generous: the bound is the wait plus a loaded machine's delay, far below 25 s.
+        let bound = Duration::from_millis(wait + 3000);
+        ensure!(took <= bound, "wait_ms={wait} was held {took:?}");
+    }
+    Ok(())
+}
+
+fn bad_wait_ms(ctx: &Ctx) -> CaseResult {
+    let token = ctx.token()?;
+    for bad in ["abc", "-1", "1.5", "12345678901"] {
+        let url = ctx.url(&format!("{MESSAGES_PATH}?wait_ms={bad}"));
+        let r = http::get(&http::agent(Duration::from_secs(10)), &url, Some(&token))?;
+        r.expect_refusal(400, "INVALID_MESSAGE").map_err(|e| format!("wait_ms={bad}: {e}"))?;
+    }
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! What a driver feeds a [`Node`](super::Node) and what it drains from it.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::capabilities::Transport;
 use crate::error::ErrorCode;
@@ -41,8 +42,13 @@ pub enum HttpCall {
         /// The request body.
         body: Vec<u8>,
     },
-    /// `GET /v1/messages`: wait up to the node's `poll_wait` for messages to this entity.
-    Poll,
+    /// `GET /v1/messages`: wait for messages to this entity, up to the lesser of `wait` and
+    /// the node's `poll_wait` (spec §21).
+    Poll {
+        /// The caller's `wait_ms` ([`crate::endpoints::poll_wait_of`]), if it gave one; zero
+        /// answers at once.
+        wait: Option<Duration>,
+    },
 }
 
 /// Something the driver must do.

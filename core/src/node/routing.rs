@@ -354,8 +354,9 @@ impl Node {
                     self.answer_poll(poll, &entity);
                 }
             }
-            HttpCall::Poll => {
-                if self.mailboxes.has(&entity) {
+            HttpCall::Poll { wait } => {
+                let wait = wait.map_or(self.config.poll_wait, |w| w.min(self.config.poll_wait));
+                if self.mailboxes.has(&entity) || wait.is_zero() {
                     self.answer_poll(request, &entity);
                 } else {
                     if let Some((old, _)) = self.polls.remove(&entity) {
@@ -377,7 +378,7 @@ impl Node {
                             self.emit(Output::HttpRespond { request: old, status: 200, body });
                         }
                     }
-                    let until = now.saturating_add(self.config.poll_wait);
+                    let until = now.saturating_add(wait);
                     self.polls.insert(entity.clone(), (request, until));
                     self.schedule(Timer::Poll(entity), Some(until));
                 }

@@ -243,7 +243,7 @@ fn relay_queues_for_offline_entities_and_refuses_unknown_ones() {
     relay.handle_frame(T0, alice, &opaque_for("alice", "mallory", 9));
     assert_eq!(error_codes(&drain(&mut relay)), vec![ErrorCode::UnknownRecipient]);
     // Bob polls over HTTP: the poll drains the mailbox in order.
-    let poll = relay.handle_http_request(T0, id("bob"), HttpCall::Poll);
+    let poll = relay.handle_http_request(T0, id("bob"), HttpCall::Poll { wait: None });
     let out = drain(&mut relay);
     let Some(Output::HttpRespond { request, status: 200, body }) = out.first() else {
         panic!("{out:?}")
@@ -257,7 +257,7 @@ fn relay_queues_for_offline_entities_and_refuses_unknown_ones() {
     assert_eq!(ids, vec!["m0", "m1", "m2"]);
     assert_eq!(relay.mailbox_len(), 0);
     // A held poll is answered as soon as something arrives.
-    let poll = relay.handle_http_request(T0, id("bob"), HttpCall::Poll);
+    let poll = relay.handle_http_request(T0, id("bob"), HttpCall::Poll { wait: None });
     assert!(drain(&mut relay).is_empty());
     relay.handle_frame(T0, alice, &opaque_for("alice", "bob", 7));
     let out = drain(&mut relay);
@@ -265,7 +265,7 @@ fn relay_queues_for_offline_entities_and_refuses_unknown_ones() {
         matches!(out.as_slice(), [Output::HttpRespond { request, status: 200, body }] if *request == poll && !body.is_empty())
     );
     // Or empty once the poll wait passes.
-    let poll = relay.handle_http_request(T0, id("bob"), HttpCall::Poll);
+    let poll = relay.handle_http_request(T0, id("bob"), HttpCall::Poll { wait: None });
     relay.handle_timeout(T0.saturating_add(Duration::from_secs(25)));
     let out = drain(&mut relay);
     assert!(out.iter().any(|o| matches!(o, Output::HttpRespond { request, body, .. } if *request == poll && body.is_empty())));
@@ -427,7 +427,10 @@ impl Pump {
                 }
                 let call = match method {
                     HttpMethod::Post => HttpCall::PostMessages { body },
-                    HttpMethod::Get => HttpCall::Poll,
+                    HttpMethod::Get => {
+                        let query = url.split_once('?').map(|(_, q)| q);
+                        HttpCall::Poll { wait: crate::endpoints::poll_wait_of(query).unwrap() }
+                    }
                 };
                 let me = bearer(from, now);
                 let server = self.node(&to).handle_http_request(now, me, call);
@@ -851,7 +854,7 @@ proptest! {
                     relay.handle_http_request(now, id(who), HttpCall::PostMessages { body: b });
                 }
                 Input::Poll(e) => {
-                    relay.handle_http_request(now, id(names[usize::from(e) % names.len()]), HttpCall::Poll);
+                    relay.handle_http_request(now, id(names[usize::from(e) % names.len()]), HttpCall::Poll { wait: None });
                 }
                 Input::Advance(ms) => {
                     now = now.saturating_add(Duration::from_millis(u64::from(ms) * 50));

@@ -154,7 +154,9 @@ async fn route(ctx: &RouteCtx, req: Request<Incoming>) -> Result<Resp, Resp> {
         }
         (Method::GET, "/v1/messages") => {
             let who = authenticate(ctx, &req)?;
-            let call = HttpCall::Poll;
+            let wait = endpoints::poll_wait_of(req.uri().query())
+                .map_err(|_| error(400, ErrorCode::InvalidMessage))?;
+            let call = HttpCall::Poll { wait };
             let (status, body) = ask(ctx, |reply| Input::Http { who, call, reply }).await?;
             Ok(respond(status, "application/x-ndjson", body))
         }

@@ -17,7 +17,8 @@ fn a_cold_first_message_is_delivered_at_once_though_a_dead_client_left_a_poll_he
     let now = p.now;
     // A previous process of alice's left a long poll held at bob and exited: whatever answers
     // it is written to a closed connection (the pump has no one waiting for it).
-    let stale = p.node("bob").handle_http_request(now, bearer("alice", now), HttpCall::Poll);
+    let stale =
+        p.node("bob").handle_http_request(now, bearer("alice", now), HttpCall::Poll { wait: None });
     assert!(drain(p.node("bob")).is_empty(), "the stale poll is held");
     // The new alice, with no session and no link: the handshake goes out in a POST.
     let m = p.node("alice").send(now, &id("bob"), b"hi".to_vec(), SendOptions::default()).unwrap();
@@ -47,4 +48,30 @@ fn frames_arriving_for_a_caller_between_its_posts_still_release_its_poll() {
     p.node("bob").send(now, &id("alice"), b"back".to_vec(), SendOptions::default()).unwrap();
     p.run();
     assert_eq!(p.messages_at("alice"), vec![b"back".to_vec()]);
+}
+
+/// When a poll of `wait` from bob is answered, empty, by a node with a 25 s poll wait.
+fn empty_poll_answered_after(wait: Option<Duration>) -> Duration {
+    let mut relay = node("relay", NodeConfig::default());
+    let poll = relay.handle_http_request(T0, bearer("bob", T0), HttpCall::Poll { wait });
+    let mut now = T0;
+    loop {
+        for out in drain(&mut relay) {
+            if let Output::HttpRespond { request, status, body } = out {
+                assert_eq!((request, status, body.is_empty()), (poll, 200, true));
+                return Duration::from_millis(now.as_unix_millis() - T0.as_unix_millis());
+            }
+        }
+        now = relay.poll_timeout().expect("a held poll has a deadline");
+        relay.handle_timeout(now);
+    }
+}
+
+#[test]
+fn a_poll_is_held_for_the_lesser_of_its_wait_ms_and_the_nodes_own_wait() {
+    let secs = Duration::from_secs;
+    assert_eq!(empty_poll_answered_after(None), secs(25));
+    assert_eq!(empty_poll_answered_after(Some(secs(3))), secs(3));
+    assert_eq!(empty_poll_answered_after(Some(secs(60))), secs(25));
+    assert_eq!(empty_poll_answered_after(Some(Duration::ZERO)), Duration::ZERO);
 }

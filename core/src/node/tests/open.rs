@@ -102,16 +102,22 @@ fn an_admitted_http_caller_is_answered_by_post_and_by_long_poll() {
     assert!(relay.has_session(&id("alice")));
 
     // Bob, admitted by his token alone (no session), holds a long poll: the ERROR for his bad
-    // line goes to it, and the POST answers empty.
+    // line comes in his POST's answer and leaves the poll held (spec §21) ...
     let t1 = T0.saturating_add(Duration::from_secs(1));
-    let poll = relay.handle_http_request(t1, bearer("bob", t1), HttpCall::Poll);
+    let poll = relay.handle_http_request(t1, bearer("bob", t1), HttpCall::Poll { wait: None });
     assert!(drain(&mut relay).is_empty(), "held");
     let call = HttpCall::PostMessages { body: b"not json\n".to_vec() };
     let request = relay.handle_http_request(t1, bearer("bob", t1), call);
     let out = drain(&mut relay);
+    assert_eq!(answer(&out, poll), None, "the poll stays held");
+    let direct = answer(&out, request).expect("a POST is answered at once");
+    assert_eq!(codes(&direct), vec![ErrorCode::InvalidMessage]);
+    // ... and what alice then sends him through the relay releases it.
+    let call = HttpCall::PostMessages { body: line(&opaque_for("alice", "bob", 1)) };
+    relay.handle_http_request(t1, bearer("alice", t1), call);
+    let out = drain(&mut relay);
     let held = answer(&out, poll).expect("the held poll is released");
-    assert_eq!(codes(&held), vec![ErrorCode::InvalidMessage]);
-    assert_eq!(answer(&out, request), Some(Vec::new()));
+    assert_eq!(held.len(), 1, "alice's frame");
 }
 
 #[test]
@@ -153,7 +159,7 @@ fn the_trust_store_refuses_a_token_proving_another_key_for_an_entity_it_holds() 
         relay.accept_link(T0, LinkKind::Peers, wrong.clone()),
         Err(ErrorCode::AuthenticationFailed)
     );
-    let request = relay.handle_http_request(T0, wrong, HttpCall::Poll);
+    let request = relay.handle_http_request(T0, wrong, HttpCall::Poll { wait: None });
     let out = drain(&mut relay);
     assert!(
         matches!(out.as_slice(), [Output::HttpRespond { request: r, status: 403, .. }] if *r == request)
@@ -202,7 +208,7 @@ fn admissions_are_bounded_and_end_with_the_token() {
     for (n, who) in ["carol", "dave", "erin"].into_iter().enumerate() {
         let until = T0.saturating_add(Duration::from_secs(10 * (n as u64 + 1)));
         let token = Bearer::with_key(id(who), ident(who).public_key(), until);
-        relay.handle_http_request(T0, token, HttpCall::Poll);
+        relay.handle_http_request(T0, token, HttpCall::Poll { wait: None });
     }
     drain(&mut relay);
     assert_eq!(relay.admitted.len(), 3, "at most max_links admissions");
