@@ -206,6 +206,15 @@ pub(crate) fn check_pong(ctx: &Ctx, env: &Envelope, ping: &Envelope) -> Result<(
         return Err(format!("expected PONG, got {}{extra}", env.message_type));
     }
     env.verify(&ctx.node_key).map_err(|e| format!("PONG not signed by the node: {e}"))?;
+    if env.sender_id != ctx.node_id {
+        return Err(format!("PONG sender_id is {}, not the node's id (§23.5)", env.sender_id));
+    }
+    if env.recipient_id.as_ref().is_some_and(|r| r != ctx.identity.id()) {
+        return Err(format!(
+            "PONG recipient_id is {:?}: null or the pinger (§17)",
+            env.recipient_id
+        ));
+    }
     let answers = env.payload.value().get("in_reply_to").and_then(|v| v.as_str());
     if answers != Some(ping.message_id.as_str()) {
         return Err(format!("PONG in_reply_to is {answers:?}, expected the PING's id"));

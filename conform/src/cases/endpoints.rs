@@ -11,6 +11,12 @@ pub(super) fn cases() -> Vec<Case> {
         case("C-23.5.1", "§23.5", "GET /healthz answers 200 {\"status\":\"ok\"}", health),
         case("C-23.5.2", "§23.5", "GET /peers/capabilities describes the node", capabilities),
         case("C-23.5.3", "§23.5", "GET /metrics is Prometheus text with peerlink_ names", metrics),
+        case(
+            "C-23.5.4",
+            "§23.5",
+            "capabilities, /auth/token and /peers/discover give one node_id",
+            one_node_id,
+        ),
         case("C-23.1.1", "§23.1", "an unknown path is 404 INVALID_MESSAGE", not_found),
         case("C-23.1.2", "§23.1", "a known path with another method is 405", wrong_method),
     ]
@@ -69,5 +75,19 @@ fn not_found(ctx: &Ctx) -> CaseResult {
 fn wrong_method(ctx: &Ctx) -> CaseResult {
     let r = http::other(&ctx.agent, "DELETE", &ctx.url("/healthz"))?;
     r.expect_refusal(405, "INVALID_MESSAGE")?;
+    Ok(())
+}
+
+fn one_node_id(ctx: &Ctx) -> CaseResult {
+    let named =
+        |v: &serde_json::Value| v.get("node_id").and_then(|n| n.as_str()).map(str::to_owned);
+    let caps = named(&ctx.get("/peers/capabilities", None)?.json()?);
+    let challenge = ctx.challenge()?.node_id;
+    let token = ctx.token()?;
+    let discover = named(&ctx.get("/peers/discover", Some(&token))?.json()?);
+    let me = ctx.node_id.as_str();
+    ensure!(caps.as_deref() == Some(me), "capabilities node_id {caps:?}, expected {me}");
+    ensure!(challenge == me, "/auth/token node_id {challenge:?}, expected {me}");
+    ensure!(discover.as_deref() == Some(me), "/peers/discover node_id {discover:?}, expected {me}");
     Ok(())
 }

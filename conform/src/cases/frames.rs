@@ -44,7 +44,12 @@ pub(super) fn cases() -> Vec<Case> {
             "an envelope sent as another entity: AUTHENTICATION_FAILED, close 1008",
             impersonation,
         ),
-        case("C-9.1.1", "§9.1", "PING is answered with a signed PONG naming it", ping),
+        case(
+            "C-9.1.1",
+            "§9.1",
+            "PING (to the node or null) is answered with a signed PONG naming it",
+            ping,
+        ),
         case("C-9.1.2", "§9.1", "a PING 330 s old is REPLAY_DETECTED", stale_ping),
         case("C-9.1.3", "§9.1", "a PING 330 s in the future is REPLAY_DETECTED", future_ping),
         case("C-9.1.4", "§9.1", "a replayed PING (same nonce) is REPLAY_DETECTED", replayed_ping),
@@ -205,6 +210,19 @@ fn ping(ctx: &Ctx) -> CaseResult {
     let mut rng = peer::rng();
     let mut ws = peer::open_peers(ctx)?;
     peer::ping_pong(ctx, &mut ws, &mut rng)?;
+    // A PING for the next hop with no recipient is answered alike (§17).
+    let p = peer::signed_to(
+        ctx,
+        MessageType::Ping,
+        None,
+        None,
+        serde_json::json!({}),
+        peer::now(),
+        &mut rng,
+    )?;
+    peer::send(&mut ws, &p)?;
+    let env = peer::recv(&mut ws, ANSWER).map_err(|e| format!("expected PONG: {e}"))?;
+    peer::check_pong(ctx, &env, &p).map_err(|e| format!("PING with recipient_id null: {e}"))?;
     ws.close();
     Ok(())
 }

@@ -19,6 +19,12 @@ pub(super) fn cases() -> Vec<Case> {
             "an encrypted PEER_MESSAGE is acknowledged by a sealed ACK",
             message_ack,
         ),
+        case(
+            "C-13.2",
+            "§13.2",
+            "an ACK whose ack lacks selective is INVALID_MESSAGE",
+            ack_without_selective,
+        ),
         case("C-8.1", "§8.4", "a replayed session message is REPLAY_DETECTED", replayed),
         case("C-8.2", "§8.3", "a session message 330 s old is REPLAY_DETECTED", stale),
         case(
@@ -105,6 +111,17 @@ fn message_ack(ctx: &Ctx) -> CaseResult {
     let ack = peer::expect_ack(ctx, &mut ws, &mut s, epoch, |a| a.cumulative >= 1)?;
     ensure!(ack.cumulative == 1, "ACK cumulative {} after one frame", ack.cumulative);
     let _ = env;
+    ws.close();
+    Ok(())
+}
+
+fn ack_without_selective(ctx: &Ctx) -> CaseResult {
+    let mut rng = peer::rng();
+    let (mut ws, mut s) = established(ctx, &mut rng)?;
+    let epoch = peer::epoch(&mut rng);
+    let plaintext = format!(r#"{{"ack":{{"epoch":{epoch},"cumulative":0}}}}"#);
+    peer::seal_send(&mut ws, &mut s, MessageType::Ack, plaintext.as_bytes(), &mut rng)?;
+    peer::expect_error(ctx, &mut ws, ErrorCode::InvalidMessage, ANSWER)?;
     ws.close();
     Ok(())
 }
