@@ -34,6 +34,12 @@ pub(super) fn cases() -> Vec<Case> {
         ),
         case("C-23.2.14", "§23.2", "a token minted by another node is 401", jwt_other_node),
         case("C-23.2.15", "§23.2", "a bad header token wins over a good ?token=", header_wins),
+        case(
+            "C-23.2.16",
+            "§23.2",
+            "the token is an EdDSA JWT of canonical JSON naming node, tester and key",
+            token_form,
+        ),
         case("C-23.3.1", "§23.3", "upgrade without a token is 401, never 101", upgrade_no_token),
         case("C-23.3.2", "§23.3", "upgrade with a forged token is 401", upgrade_forged),
         case("C-23.3.3", "§23.3", "upgrade with another node's token is 401", upgrade_foreign),
@@ -152,6 +158,48 @@ fn claims(ctx: &Ctx, iss: &str) -> String {
         "sub": ctx.identity.id().as_str(),
     });
     b64u(c.to_string().as_bytes())
+}
+
+/// One b64u segment of a token, as JSON that MUST be in canonical form (§3.2).
+fn canonical_segment(part: &str, what: &'static str) -> Result<serde_json::Value, String> {
+    let bytes = peerlink_core::encoding::decode_b64u(what, part)
+        .map_err(|e| format!("the token's {what} is not b64u: {e}"))?;
+    let v: serde_json::Value =
+        serde_json::from_slice(&bytes).map_err(|e| format!("the token's {what}: {e}"))?;
+    let canonical = peerlink_core::canonical::to_vec(&v).map_err(|e| format!("{what}: {e}"))?;
+    if canonical != bytes {
+        let text = peer::preview(&bytes);
+        return Err(format!("the token's {what} is not canonical JSON: {text}"));
+    }
+    Ok(v)
+}
+
+fn token_form(ctx: &Ctx) -> CaseResult {
+    let token = ctx.token()?;
+    let parts: Vec<&str> = token.split('.').collect();
+    let [header, claims, signature] = parts[..] else {
+        return Err(format!("a JWT has three parts, this one {}", parts.len()).into());
+    };
+    let h = canonical_segment(header, "header")?;
+    ensure!(h.to_string() == JWT_HEADER, "header {h}, expected {JWT_HEADER}");
+    let c = canonical_segment(claims, "claims")?;
+    let text = |k: &str| c.get(k).and_then(|v| v.as_str()).map(str::to_owned);
+    let int = |k: &str| c.get(k).and_then(serde_json::Value::as_u64);
+    ensure!(text("iss").as_deref() == Some(ctx.node_id.as_str()), "iss is {:?}", text("iss"));
+    let me = ctx.identity.id().as_str();
+    ensure!(text("sub").as_deref() == Some(me), "sub is {:?}", text("sub"));
+    let (iat, exp) = (int("iat").unwrap_or(0), int("exp").unwrap_or(0));
+    ensure!(iat > 0 && exp > iat, "iat {iat} and exp {exp}: whole seconds, exp after iat");
+    let x = c.pointer("/cnf/jwk/x").and_then(|v| v.as_str());
+    let key = ctx.identity.public_key().to_b64u();
+    ensure!(x == Some(key.as_str()), "cnf.jwk.x is {x:?}, expected the tester's key");
+    let sig = peerlink_core::encoding::decode_b64u_array::<64>("signature", signature)
+        .map_err(|e| format!("the token's signature is not b64u of 64 bytes: {e}"))?;
+    let signed = format!("{header}.{claims}");
+    ctx.node_key
+        .verify(signed.as_bytes(), &sig)
+        .map_err(|e| format!("the token is not signed by the node's key: {e}"))?;
+    Ok(())
 }
 
 fn jwt_malformed(ctx: &Ctx) -> CaseResult {
