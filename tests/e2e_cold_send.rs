@@ -84,3 +84,45 @@ fn cold_sends_whose_websocket_is_refused_go_over_http_at_once() {
     check_all(&a, &b, &bob, &proxy.url(), 10);
     smol::block_on(bob.shutdown()).unwrap();
 }
+
+#[test]
+fn what_a_stopped_clients_poll_was_answered_with_reaches_the_next_client() {
+    use std::io::{Read, Write};
+    let (a, b) = (identity("alice"), identity("bob"));
+    let bob = smol::block_on(start_bob(&b, &a));
+    let addr = bob.local_addr();
+    // A client of alice's holds a long poll at bob, then stops: its socket closes.
+    let t = token(addr, &a, b.id());
+    let mut old = std::net::TcpStream::connect(addr).unwrap();
+    let get = format!(
+        "GET /v1/messages?wait_ms=20000 HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {t}\r\n\r\n"
+    );
+    old.write_all(get.as_bytes()).unwrap();
+    smol::block_on(poll_until("bob holds the poll", || async {
+        (bob.snapshot().await.unwrap().held_http_calls == 1).then_some(())
+    }));
+    drop(old);
+    // The scenario's premise, not a synchronisation: the client stopped half a second ago.
+    std::thread::sleep(Duration::from_millis(500));
+    // Bob starts a handshake with alice: its first step waits for her at bob.
+    let sent = smol::block_on(bob.send_message(
+        a.id(),
+        MessageType::PeerMessage,
+        b"hello".to_vec(),
+        SendOptions::default(),
+    ));
+    sent.unwrap();
+    // Alice's next client polls and gets bob's HANDSHAKE_INIT (before, the stopped client's
+    // poll took it, and bob's handshake waited out its timeout).
+    let mut new = std::net::TcpStream::connect(addr).unwrap();
+    new.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let get = format!(
+        "GET /v1/messages?wait_ms=3000 HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {t}\r\nConnection: close\r\n\r\n"
+    );
+    new.write_all(get.as_bytes()).unwrap();
+    let mut answer = String::new();
+    new.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("\"type\":\"HANDSHAKE_INIT\""), "{answer}");
+    smol::block_on(bob.shutdown()).unwrap();
+}

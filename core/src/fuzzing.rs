@@ -18,7 +18,7 @@ use crate::handshake::{HandshakeConfig, HandshakeOutput, Initiator, Responder};
 use crate::identity::{Identity, TrustPolicy, TrustStore};
 use crate::ids::{EntityId, MessageId};
 use crate::message_type::MessageType;
-use crate::node::{HttpCall, LinkKind, Node, NodeConfig, SendOptions};
+use crate::node::{HttpCall, LinkKind, Node, NodeConfig, Output, SendOptions};
 use crate::session::Session;
 use crate::time::Timestamp;
 
@@ -347,6 +347,10 @@ enum NodeInput {
     Poll(u8),
     Advance(u16),
     Send(u8, Vec<u8>),
+    /// From now on, answers to HTTP calls are (or are no longer) lost and handed back.
+    LoseAnswers(bool),
+    /// An arbitrary body handed back as a lost answer to an entity.
+    Lost(u8, Vec<u8>),
 }
 
 /// A relay node fed arbitrary link events, frames and HTTP calls: never panics, and its mailboxes
@@ -368,6 +372,8 @@ pub fn node(data: &[u8]) {
     let Ok(mut node) = Node::new(config, relay, store, FuzzRng(3)) else { return };
     let mut links = Vec::new();
     let mut now = NOW;
+    let mut callers = std::collections::BTreeMap::new();
+    let mut losing = false;
     for input in inputs.into_iter().take(128) {
         let pick = |n: u8| names.get(usize::from(n) % names.len()).map(|s| entity(s));
         match input {
@@ -391,14 +397,18 @@ pub fn node(data: &[u8]) {
             }
             NodeInput::Post(n, body) => {
                 if let Some(e) = pick(n) {
-                    node.handle_http_request(now, e, HttpCall::PostMessages { body });
+                    let call = HttpCall::PostMessages { body };
+                    callers.insert(node.handle_http_request(now, e.clone(), call), e);
                 }
             }
             NodeInput::Poll(n) => {
                 if let Some(e) = pick(n) {
                     // The caller's wait: none, zero, or up to 25.5 s (past the node's own).
                     let wait = (n % 3 != 0).then(|| Duration::from_millis(u64::from(n) * 100));
-                    node.handle_http_request(now, e, HttpCall::Poll { wait });
+                    callers.insert(
+                        node.handle_http_request(now, e.clone(), HttpCall::Poll { wait }),
+                        e,
+                    );
                 }
             }
             NodeInput::Advance(ms) => {
@@ -410,8 +420,21 @@ pub fn node(data: &[u8]) {
                     let _ = node.send(now, &e, payload, SendOptions::default());
                 }
             }
+            NodeInput::LoseAnswers(on) => losing = on,
+            NodeInput::Lost(n, body) => {
+                if let Some(e) = pick(n) {
+                    node.http_answer_lost(now, &e, &body);
+                }
+            }
         }
-        while node.poll_output().is_some() {}
+        while let Some(out) = node.poll_output() {
+            if let Output::HttpRespond { request, body, .. } = out
+                && let Some(e) = callers.remove(&request)
+                && losing
+            {
+                node.http_answer_lost(now, &e, &body);
+            }
+        }
         assert!(node.mailbox_bytes() <= 4 * 4096 && node.link_count() <= 8, "a bound was exceeded");
     }
 }

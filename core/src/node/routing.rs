@@ -63,6 +63,39 @@ impl Mailboxes {
         Ok(())
     }
 
+    /// Puts `frames` (oldest first) back at the front of an entity's mailbox, as far as its
+    /// bounds allow; returns how many were dropped.
+    fn requeue(
+        &mut self,
+        entity: &EntityId,
+        frames: Vec<Arc<[u8]>>,
+        expires: Timestamp,
+        limits: (usize, usize, usize),
+    ) -> usize {
+        let (max_messages, max_bytes, max_boxes) = limits;
+        if !self.boxes.contains_key(entity) && self.boxes.len() >= max_boxes {
+            return frames.len();
+        }
+        let b = self.boxes.entry(entity.clone()).or_default();
+        let mut held: usize = b.iter().map(|(_, f)| f.len()).sum();
+        let mut dropped = 0usize;
+        // Newest first, so the oldest ends up in front; past the bounds the rest is dropped.
+        for frame in frames.into_iter().rev() {
+            if b.len() >= max_messages || held.saturating_add(frame.len()) > max_bytes {
+                dropped = dropped.saturating_add(1);
+                continue;
+            }
+            held = held.saturating_add(frame.len());
+            self.bytes = self.bytes.saturating_add(frame.len());
+            self.count = self.count.saturating_add(1);
+            b.push_front((expires, frame));
+        }
+        if b.is_empty() {
+            self.boxes.remove(entity);
+        }
+        dropped
+    }
+
     /// Removes and returns up to `max_bytes` of an entity's frames, oldest first (at least one).
     fn drain(&mut self, entity: &EntityId, max_bytes: usize) -> Vec<Arc<[u8]>> {
         let mut out = Vec::new();
@@ -282,6 +315,41 @@ impl Node {
     pub(super) fn answer_poll(&mut self, request: RequestId, entity: &EntityId) {
         let frames = self.mailboxes.drain(entity, self.config.max_http_body_bytes);
         self.emit(Output::HttpRespond { request, status: 200, body: ndjson(&frames) });
+    }
+
+    /// The answer to an HTTP call from `to` never reached it: its client had gone (a stopped
+    /// process whose long poll was still held, spec §21). The envelopes the answer carried go
+    /// back to the front of `to`'s mailbox, within its bounds (what does not fit, and anything
+    /// that is not an envelope line, is dropped: senders re-send data, §13.3), and then to its
+    /// link or a poll it holds now. `body` is the answer's NDJSON body, as this node emitted it.
+    pub fn http_answer_lost(&mut self, now: Timestamp, to: &EntityId, body: &[u8]) {
+        let max_frame = self.config.limits.max_frame_bytes;
+        let frames: Vec<Arc<[u8]>> = body
+            .split(|&b| b == b'\n')
+            .filter(|l| !l.is_empty() && l.len() <= max_frame)
+            .map(Arc::from)
+            .collect();
+        if frames.is_empty() {
+            return;
+        }
+        let total = self.config.max_mailbox_total_bytes.saturating_sub(self.mailboxes.bytes());
+        let size: usize = frames.iter().map(|f| f.len()).sum();
+        if size > total {
+            return;
+        }
+        let expires = now.saturating_add(self.config.limits.max_clock_skew);
+        let limits =
+            (self.config.mailbox_messages, self.config.mailbox_bytes, self.config.max_mailboxes);
+        self.mailboxes.requeue(to, frames, expires, limits);
+        if let Some(link) = self.bound.get(to).copied() {
+            self.drain_mailbox_to_link(now, to, link);
+        } else if self.mailboxes.has(to)
+            && let Some((request, _)) = self.polls.remove(to)
+        {
+            self.timers.cancel(&Timer::Poll(to.clone()));
+            self.answer_poll(request, to);
+        }
+        self.schedule(Timer::Mailboxes, self.mailboxes.next_expiry());
     }
 
     pub(super) fn on_poll_timer(&mut self, _now: Timestamp, entity: &EntityId) {

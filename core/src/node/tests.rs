@@ -119,6 +119,13 @@ fn signed(
 
 /// A frame from `from` for `to` that a relay forwards without opening (a `PEER_MESSAGE` header
 /// with an opaque payload).
+/// NDJSON of one frame.
+fn ndjson_line(frame: &[u8]) -> Vec<u8> {
+    let mut body = frame.to_vec();
+    body.push(b'\n');
+    body
+}
+
 fn opaque_for(from: &str, to: &str, n: u64) -> Vec<u8> {
     let env = Envelope {
         message_id: MessageId::new(format!("m{n}")).unwrap(),

@@ -158,7 +158,8 @@ pub(crate) struct Core {
     pub clock: Clock,
     pub links: BTreeMap<LinkId, (LinkKind, LinkHandle)>,
     pub outbound: BTreeSet<LinkId>,
-    pub pending_http: BTreeMap<RequestId, Reply<(u16, Vec<u8>)>>,
+    /// HTTP calls the node has yet to answer: the caller and where its answer goes.
+    pub pending_http: BTreeMap<RequestId, (EntityId, Reply<(u16, Vec<u8>)>)>,
     pub waiting: BTreeMap<MessageId, Reply<Result<Vec<u8>, ApiError>>>,
     pub events: Option<Sender<Event>>,
     pub handlers: BTreeMap<MessageType, Handler>,
@@ -194,8 +195,9 @@ impl Core {
                 self.node.link_failed(now, link);
             }
             Input::Http { who, call, reply } => {
+                let caller = who.entity.clone();
                 let request = self.node.handle_http_request(now, who, call);
-                self.pending_http.insert(request, reply);
+                self.pending_http.insert(request, (caller, reply));
             }
             Input::HttpResult { request, result: Some((status, body)) } => {
                 self.node.handle_http_response(now, request, status, &body)
@@ -264,8 +266,14 @@ impl Core {
                     .detach();
                 }
                 Output::HttpRespond { request, status, body } => {
-                    if let Some(reply) = self.pending_http.remove(&request) {
-                        let _ = reply.try_send((status, body));
+                    if let Some((caller, reply)) = self.pending_http.remove(&request)
+                        && let Err(TrySendError::Closed((_, body))) = reply.try_send((status, body))
+                    {
+                        // The caller's connection is gone (a stopped client's long poll): what
+                        // the answer carried goes back to its mailbox (spec §21).
+                        tracing::debug!(%caller, ?request, "HTTP caller gone; answer kept");
+                        let now = self.clock.now();
+                        self.node.http_answer_lost(now, &caller, &body);
                     }
                 }
                 Output::Event(e) => self.event(e).await,

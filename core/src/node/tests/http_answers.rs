@@ -75,3 +75,50 @@ fn a_poll_is_held_for_the_lesser_of_its_wait_ms_and_the_nodes_own_wait() {
     assert_eq!(empty_poll_answered_after(Some(secs(60))), secs(25));
     assert_eq!(empty_poll_answered_after(Some(Duration::ZERO)), Duration::ZERO);
 }
+
+#[test]
+fn an_answer_written_to_a_gone_client_goes_back_to_the_mailbox_in_order() {
+    let mut relay = node("relay", NodeConfig::default());
+    let stale = relay.handle_http_request(T0, bearer("bob", T0), HttpCall::Poll { wait: None });
+    drain(&mut relay);
+    // Alice sends bob two frames through the relay: the first releases the stale poll.
+    let mut lost = Vec::new();
+    for n in 1..=2 {
+        let call = HttpCall::PostMessages { body: ndjson_line(&opaque_for("alice", "bob", n)) };
+        relay.handle_http_request(T0, bearer("alice", T0), call);
+        for out in drain(&mut relay) {
+            if let Output::HttpRespond { request, body, .. } = out
+                && request == stale
+            {
+                lost = body;
+            }
+        }
+    }
+    assert_eq!(lost, ndjson_line(&opaque_for("alice", "bob", 1)), "the stale poll took frame 1");
+    // Its client had gone: the driver hands the answer back.
+    relay.http_answer_lost(T0, &id("bob"), &lost);
+    // Bob's new poll gets both frames, in order.
+    let poll = relay.handle_http_request(T0, bearer("bob", T0), HttpCall::Poll { wait: None });
+    let got = drain(&mut relay).into_iter().find_map(|o| match o {
+        Output::HttpRespond { request, body, .. } if request == poll => Some(body),
+        _ => None,
+    });
+    let mut both = ndjson_line(&opaque_for("alice", "bob", 1));
+    both.extend(ndjson_line(&opaque_for("alice", "bob", 2)));
+    assert_eq!(got, Some(both));
+}
+
+#[test]
+fn a_lost_answer_that_does_not_fit_the_mailbox_is_dropped_not_grown_past_its_bound() {
+    let config = NodeConfig { mailbox_messages: 2, ..NodeConfig::default() };
+    let mut relay = node("relay", config);
+    for n in 1..=2 {
+        let call = HttpCall::PostMessages { body: ndjson_line(&opaque_for("alice", "bob", n)) };
+        relay.handle_http_request(T0, bearer("alice", T0), call);
+    }
+    drain(&mut relay);
+    let mut lost = ndjson_line(&opaque_for("alice", "bob", 7));
+    lost.extend(b"garbage that is not an envelope\n");
+    relay.http_answer_lost(T0, &id("bob"), &lost);
+    assert_eq!(relay.mailboxes.len(), 2, "the mailbox holds at most 2");
+}

@@ -5,13 +5,6 @@
 use super::*;
 use crate::handshake::{HandshakeConfig, HandshakeOutput, Initiator};
 
-/// NDJSON of one frame.
-fn line(frame: &[u8]) -> Vec<u8> {
-    let mut body = frame.to_vec();
-    body.push(b'\n');
-    body
-}
-
 /// The envelopes of the answer to `request` among `outputs` (`None`: not answered).
 fn answer(outputs: &[Output], request: RequestId) -> Option<Vec<Envelope>> {
     outputs.iter().find_map(|o| match o {
@@ -79,7 +72,7 @@ fn signed_messages_on_a_link_verify_with_the_key_proven_at_auth() {
 fn an_admitted_http_caller_is_answered_by_post_and_by_long_poll() {
     let mut relay = open_node("relay", NodeConfig::default());
     let post = |relay: &mut Node, now: Timestamp, frame: &[u8]| {
-        let call = HttpCall::PostMessages { body: line(frame) };
+        let call = HttpCall::PostMessages { body: ndjson_line(frame) };
         let request = relay.handle_http_request(now, bearer("alice", now), call);
         let out = drain(relay);
         answer(&out, request).expect("a POST is answered at once")
@@ -113,7 +106,7 @@ fn an_admitted_http_caller_is_answered_by_post_and_by_long_poll() {
     let direct = answer(&out, request).expect("a POST is answered at once");
     assert_eq!(codes(&direct), vec![ErrorCode::InvalidMessage]);
     // ... and what alice then sends him through the relay releases it.
-    let call = HttpCall::PostMessages { body: line(&opaque_for("alice", "bob", 1)) };
+    let call = HttpCall::PostMessages { body: ndjson_line(&opaque_for("alice", "bob", 1)) };
     relay.handle_http_request(t1, bearer("alice", t1), call);
     let out = drain(&mut relay);
     let held = answer(&out, poll).expect("the held poll is released");
@@ -132,7 +125,7 @@ fn a_link_or_call_bound_to_a_key_cannot_handshake_with_another() {
     // The same over HTTP (Bob holds no link: the answer comes in the POST's).
     let t1 = T0.saturating_add(Duration::from_millis(1));
     let (_, forged) = initiator(imposter("bob"), "relay", t1);
-    let call = HttpCall::PostMessages { body: line(&forged.encode()) };
+    let call = HttpCall::PostMessages { body: ndjson_line(&forged.encode()) };
     let request = relay.handle_http_request(t1, bearer("bob", t1), call);
     let got = answer(&drain(&mut relay), request).unwrap();
     assert_eq!(codes(&got), vec![ErrorCode::AuthenticationFailed]);
