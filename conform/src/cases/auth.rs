@@ -181,7 +181,8 @@ fn token_form(ctx: &Ctx) -> CaseResult {
         return Err(format!("a JWT has three parts, this one {}", parts.len()).into());
     };
     let h = canonical_segment(header, "header")?;
-    ensure!(h.to_string() == JWT_HEADER, "header {h}, expected {JWT_HEADER}");
+    let h_bytes = peerlink_core::canonical::to_vec(&h).unwrap_or_default();
+    ensure!(h_bytes == JWT_HEADER.as_bytes(), "header {h}, expected {JWT_HEADER}");
     let c = canonical_segment(claims, "claims")?;
     let text = |k: &str| c.get(k).and_then(|v| v.as_str()).map(str::to_owned);
     let int = |k: &str| c.get(k).and_then(serde_json::Value::as_u64);

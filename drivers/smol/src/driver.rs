@@ -26,6 +26,9 @@ use crate::link::{LinkHandle, link_channels};
 /// A one-shot reply channel (a bounded channel of one).
 pub(crate) type Reply<T> = Sender<T>;
 
+/// Where the answer to an inbound HTTP call goes: its status and body.
+pub(crate) type HttpReply = Reply<(u16, Vec<u8>)>;
+
 /// A command run on the node task with the node and the current time.
 pub(crate) type Call = Box<dyn FnOnce(&mut Core, Timestamp) + Send>;
 
@@ -159,7 +162,7 @@ pub(crate) struct Core {
     pub links: BTreeMap<LinkId, (LinkKind, LinkHandle)>,
     pub outbound: BTreeSet<LinkId>,
     /// HTTP calls the node has yet to answer: the caller and where its answer goes.
-    pub pending_http: BTreeMap<RequestId, (EntityId, Reply<(u16, Vec<u8>)>)>,
+    pub pending_http: BTreeMap<RequestId, (EntityId, HttpReply)>,
     pub waiting: BTreeMap<MessageId, Reply<Result<Vec<u8>, ApiError>>>,
     pub events: Option<Sender<Event>>,
     pub handlers: BTreeMap<MessageType, Handler>,
