@@ -50,7 +50,7 @@ struct RelayArgs {
     #[arg(long, value_name = "ID", requires = "relay")]
     relay_id: Option<String>,
     /// The relay's public key (b64u), as its `peerlink keygen` printed it.
-    #[arg(long, value_name = "KEY", requires = "relay")]
+    #[arg(long, value_name = "KEY", requires = "relay", allow_hyphen_values = true)]
     relay_key: Option<String>,
 }
 
@@ -66,7 +66,7 @@ struct Target {
     #[arg(long, conflicts_with = "relay")]
     url: Option<String>,
     /// The peer's public key (b64u), as `peerlink keygen` printed it.
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     key: String,
     #[command(flatten)]
     relay: RelayArgs,
@@ -82,7 +82,12 @@ struct TopicHost {
     #[arg(long, conflicts_with = "relay")]
     url: Option<String>,
     /// That node's public key (b64u).
-    #[arg(long, required_unless_present = "relay", conflicts_with = "relay")]
+    #[arg(
+        long,
+        required_unless_present = "relay",
+        conflicts_with = "relay",
+        allow_hyphen_values = true
+    )]
     key: Option<String>,
     /// Subscribe at this relay instead: the topic is the relay's, and its id and key are
     /// learned or checked as for `send --relay`.
@@ -591,6 +596,17 @@ mod tests {
 
     fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
         Cli::try_parse_from(std::iter::once("peerlink").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn keys_may_begin_with_a_hyphen() {
+        // b64u uses '-': one key in 64 begins with it.
+        let cli = parse(&["send", "--to", "bob", "--key", "-fAb", "hi"]).unwrap();
+        let Some(Command::Send { target, .. }) = cli.command else { panic!("not send") };
+        assert_eq!(target.key, "-fAb");
+        let cli = parse(&["listen", "--relay", "http://r", "--relay-key", "-x"]).unwrap();
+        let Some(Command::Listen { relay, .. }) = cli.command else { panic!("not listen") };
+        assert_eq!(relay.relay_key.as_deref(), Some("-x"));
     }
 
     #[test]
