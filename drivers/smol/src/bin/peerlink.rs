@@ -15,6 +15,7 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use clap::{Parser, Subcommand};
 use futures_rustls::rustls;
 use peerlink_core::node::SendOptions;
+use peerlink_core::transport::TransportPreference;
 use peerlink_core::{EntityId, Event, MessageType, PublicKey, TrustPolicy};
 use peerlink_smol::config_file::FileConfig;
 use peerlink_smol::{Config, Peerlink, TrustedPeer, keys};
@@ -136,7 +137,8 @@ enum Command {
         target: Target,
         /// The message text.
         message: String,
-        /// Send over HTTP instead of WebSocket.
+        /// Use HTTP only: every frame, the handshake included, goes in HTTP requests and no
+        /// WebSocket link is opened (transport preference HTTP_ONLY, spec §16).
         #[arg(long)]
         http: bool,
     },
@@ -339,15 +341,20 @@ async fn check_peer_node(url: &str, to: &EntityId, config: &Config) -> Fallible<
 }
 
 /// A short-lived node on an ephemeral loopback port that knows `peer` (with a URL: reached
-/// directly; without: through `config`'s relay), and its events.
+/// directly; without: through `config`'s relay), and its events. `http_only` sets the transport
+/// preference `HTTP_ONLY`.
 async fn client_node(
     cli: &Cli,
     file: &FileConfig,
     mut config: Config,
     peer: TrustedPeer,
+    http_only: bool,
 ) -> Fallible<(peerlink_smol::Handle, smol::channel::Receiver<Event>)> {
     let identity = identity(cli, file, None)?;
     config.listen = ([127, 0, 0, 1], 0).into();
+    if http_only {
+        config.node.preference = TransportPreference::HttpOnly;
+    }
     config.peers.push(peer);
     let node = Peerlink::start(config, identity).await?;
     let events = node.incoming().await?;
@@ -421,8 +428,9 @@ async fn run(cli: Cli) -> Fallible<()> {
             let key = public_key("--key", &target.key)?;
             let (config, url) = reach(&file, &to, target.url.as_deref(), &target.relay).await?;
             let peer = TrustedPeer { entity: to.clone(), key, url };
-            let (node, events) = client_node(&cli, &file, config, peer).await?;
-            let options = SendOptions { prefer_websocket: Some(!http) };
+            let (node, events) = client_node(&cli, &file, config, peer, *http).await?;
+            // HTTP_ONLY is never overridden per message (spec §16.1).
+            let options = SendOptions { prefer_websocket: (!http).then_some(true) };
             let id = node
                 .send_message(&to, MessageType::PeerMessage, message.as_bytes().to_vec(), options)
                 .await?;
@@ -466,7 +474,7 @@ async fn run(cli: Cli) -> Fallible<()> {
                 }
             };
             let hop = peer.entity.clone();
-            let (node, events) = client_node(&cli, &file, config, peer).await?;
+            let (node, events) = client_node(&cli, &file, config, peer, false).await?;
             node.subscribe(&hop, topic).await?;
             while let Ok(e) = events.recv().await {
                 if let Event::Topic { topic, from, data } = e {
