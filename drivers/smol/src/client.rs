@@ -61,6 +61,18 @@ pub enum ClientError {
     /// The WebSocket handshake failed.
     #[error("WebSocket: {0}")]
     WebSocket(String),
+    /// The node at `url` answered `GET /auth/token` with another id than the hop this client
+    /// meant to reach (spec §23.2): nothing was signed. A wrong `--url`, or a relay's URL given
+    /// where the peer's own node was meant.
+    #[error("the node at {url} is {found}, not {expected}")]
+    WrongNode {
+        /// The node's base URL.
+        url: String,
+        /// The id the node returned.
+        found: Box<EntityId>,
+        /// The id of the hop this client meant to reach (configured or pinned).
+        expected: Box<EntityId>,
+    },
 }
 
 /// What client tasks share: the identity (to sign challenges), TLS, the token cache, bounds.
@@ -351,9 +363,7 @@ async fn fetch_token(
     }
     let ch: endpoints::ChallengeBody =
         endpoints::parse_body(&body, max).map_err(|_| ClientError::BadResponse("challenge"))?;
-    // Sign for the node we mean to reach, never for whatever id the server claims.
-    let signature = sign_challenge(&ctx.identity, node, &ch.challenge)
-        .map_err(|_| ClientError::BadResponse("challenge"))?;
+    let signature = sign_for(ctx, base, node, &ch)?;
     let verify = endpoints::VerifyBody {
         entity_id: me.as_str().to_owned(),
         challenge: ch.challenge,
@@ -379,6 +389,27 @@ async fn fetch_token(
     Ok(t.token)
 }
 
+/// The signature answering challenge `ch` from the node at `base`, which this client means to
+/// be the hop `node`. The pin (spec §23.2): the input signed names the `node_id` the node
+/// returned, and only once it is checked to be `node`. A node claiming another id gets nothing
+/// signed: signing the expected id would only earn a 401 from a node that is someone else, and
+/// signing the claimed one would answer, for a rogue node, a challenge it relayed from another.
+fn sign_for(
+    ctx: &ClientCtx,
+    base: &str,
+    node: &EntityId,
+    ch: &endpoints::ChallengeBody,
+) -> Result<String, ClientError> {
+    let found =
+        EntityId::new(ch.node_id.clone()).map_err(|_| ClientError::BadResponse("node_id"))?;
+    if found != *node {
+        let (found, expected) = (Box::new(found), Box::new(node.clone()));
+        return Err(ClientError::WrongNode { url: base.to_owned(), found, expected });
+    }
+    sign_challenge(&ctx.identity, &found, &ch.challenge)
+        .map_err(|_| ClientError::BadResponse("challenge"))
+}
+
 /// An HTTP request the node asked for: `None` when there was no answer (the node retries).
 pub(crate) async fn node_request(
     ctx: &ClientCtx,
@@ -394,6 +425,10 @@ pub(crate) async fn node_request(
         Ok(t) => t,
         // The node refused us outright: report it as the HTTP refusal it is.
         Err(ClientError::Status(s)) if (400..500).contains(&s) => return Some((s, Vec::new())),
+        Err(e @ ClientError::WrongNode { .. }) => {
+            tracing::warn!(error = %e, "not authenticating: another node than the one meant");
+            return None;
+        }
         Err(e) => {
             tracing::debug!(%url, error = %e, "authentication failed");
             return None;
@@ -494,6 +529,10 @@ pub(crate) async fn run_outbound(
             }
             run_link(ws, link, queues, inputs).await;
         }
+        Err(e @ ClientError::WrongNode { .. }) => {
+            tracing::warn!(error = %e, "link failed: another node than the one meant");
+            let _ = inputs.send(Input::LinkFailed { link }).await;
+        }
         Err(e) => {
             tracing::info!(%url, error = %e, "link failed");
             let _ = inputs.send(Input::LinkFailed { link }).await;
@@ -504,15 +543,45 @@ pub(crate) async fn run_outbound(
 /// `GET url` without authentication (for `peerlink status`: `/healthz`, `/metrics`); plain
 /// `http://` only. The body is bounded by `max_body`.
 pub async fn get_public(url: &str, max_body: usize) -> Result<(u16, Vec<u8>), ClientError> {
-    let id = EntityId::new("status").map_err(|_| ClientError::BadUrl)?;
+    get_public_with(url, None, max_body).await
+}
+
+/// [`get_public`], also over `https://` when `tls` is given.
+async fn get_public_with(
+    url: &str,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    max_body: usize,
+) -> Result<(u16, Vec<u8>), ClientError> {
+    // No request here is authenticated: the identity only fills the context.
+    let id = EntityId::new("anonymous").map_err(|_| ClientError::BadUrl)?;
     let identity = Arc::new(crate::keys::generate(id).map_err(|_| ClientError::BadUrl)?);
     let limits = DriverLimits::default();
-    let ctx = ClientCtx::new(identity, None, limits.clone(), 0, max_body);
+    let ctx = ClientCtx::new(identity, tls, limits.clone(), 0, max_body);
     timeout(
         limits.http_timeout,
         http(&ctx, Method::GET, url, None, "text/plain", Vec::new(), max_body),
     )
     .await
+}
+
+/// Largest `GET /peers/capabilities` answer accepted, in bytes.
+const MAX_CAPABILITIES_BODY: usize = 16 * 1024;
+
+/// Who the node at `base` (`http(s)://host:port`) says it is: `GET /peers/capabilities`, the
+/// public endpoint of spec §23.5, with its entity id and public key. A client that learns a
+/// hop's id this way pins it: every later login there must return that id (spec §23.2). `tls`
+/// (the client configuration of [`crate::tls::client_config`]) is needed for `https://`.
+pub async fn capabilities(
+    base: &str,
+    tls: Option<Arc<rustls::ClientConfig>>,
+) -> Result<endpoints::CapabilitiesBody, ClientError> {
+    let url = format!("{}{}", base.trim_end_matches('/'), endpoints::CAPABILITIES_PATH);
+    let (status, body) = get_public_with(&url, tls, MAX_CAPABILITIES_BODY).await?;
+    if status != 200 {
+        return Err(ClientError::Status(status));
+    }
+    endpoints::parse_body(&body, MAX_CAPABILITIES_BODY)
+        .map_err(|_| ClientError::BadResponse("capabilities"))
 }
 
 #[cfg(test)]
@@ -535,6 +604,16 @@ mod tests {
         close: bool,
         answers: usize,
     ) -> (String, Arc<AtomicUsize>, std::sync::mpsc::Receiver<usize>) {
+        fake_node_named("node", close, answers)
+    }
+
+    /// [`fake_node_quitting`] whose `/auth/token` names it `node_id`. Its `/auth/verify` answers
+    /// 401 unless the signature is the client's ([`ctx`]) over `node_id` and the challenge.
+    fn fake_node_named(
+        node_id: &'static str,
+        close: bool,
+        answers: usize,
+    ) -> (String, Arc<AtomicUsize>, std::sync::mpsc::Receiver<usize>) {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let conns = Arc::new(AtomicUsize::new(0));
@@ -545,7 +624,7 @@ mod tests {
                 let Ok(stream) = stream else { return };
                 let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
                 let pinged = pinged.clone();
-                std::thread::spawn(move || serve(stream, n, close, answers, pinged));
+                std::thread::spawn(move || serve(stream, n, node_id, close, answers, pinged));
             }
         });
         (base, conns, ping_rx)
@@ -554,6 +633,7 @@ mod tests {
     fn serve(
         stream: std::net::TcpStream,
         n: usize,
+        node_id: &str,
         close: bool,
         answers: usize,
         pinged: std::sync::mpsc::Sender<usize>,
@@ -583,11 +663,21 @@ mod tests {
             let mut body = vec![0u8; length];
             reader.read_exact(&mut body).unwrap();
             let later = crate::driver::unix_millis() + 60_000;
+            let mut status = "200 OK";
             let json = if line.starts_with("GET /auth/token") {
-                let challenge = peerlink_core::encoding::b64u(&[7u8; 32]);
-                format!(r#"{{"node_id":"node","challenge":"{challenge}","expires_at":{later}}}"#)
+                let challenge = peerlink_core::encoding::b64u(&CHALLENGE);
+                format!(
+                    r#"{{"node_id":"{node_id}","challenge":"{challenge}","expires_at":{later}}}"#
+                )
             } else if line.starts_with("POST /auth/verify") {
+                if !signed_for(node_id, &body) {
+                    status = "401 Unauthorized";
+                }
                 format!(r#"{{"token":"tok","expires_at":{later}}}"#)
+            } else if line.starts_with("GET /peers/capabilities") {
+                format!(
+                    r#"{{"node_id":"{node_id}","public_key":"k","versions":["1.2"],"capabilities":{{}}}}"#
+                )
             } else if line.starts_with("POST /v1/messages") {
                 String::new()
             } else {
@@ -595,7 +685,7 @@ mod tests {
             };
             let connection = if close { "Connection: close\r\n" } else { "" };
             let head = format!(
-                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{connection}\r\n",
+                "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{connection}\r\n",
                 json.len()
             );
             out.write_all(head.as_bytes()).unwrap();
@@ -606,9 +696,31 @@ mod tests {
         }
     }
 
+    /// The challenge every fake node issues.
+    const CHALLENGE: [u8; 32] = [7; 32];
+
+    /// The client of these tests.
+    fn me() -> Identity {
+        Identity::from_secret_bytes(EntityId::new("me").unwrap(), &[3; 32])
+    }
+
     fn ctx() -> ClientCtx {
-        let me = Identity::from_secret_bytes(EntityId::new("me").unwrap(), &[3; 32]);
-        ClientCtx::new(Arc::new(me), None, DriverLimits::default(), 1 << 20, 1 << 20)
+        ClientCtx::new(Arc::new(me()), None, DriverLimits::default(), 1 << 20, 1 << 20)
+    }
+
+    /// Whether a `POST /auth/verify` body carries [`me`]'s signature over `node_id` and
+    /// [`CHALLENGE`] (spec §23.2).
+    fn signed_for(node_id: &str, body: &[u8]) -> bool {
+        let Ok(v) = serde_json::from_slice::<endpoints::VerifyBody>(body) else { return false };
+        let Ok(sig) = peerlink_core::encoding::decode_b64u_array::<64>("signature", &v.signature)
+        else {
+            return false;
+        };
+        let input = peerlink_core::auth::challenge_signing_input(
+            &EntityId::new(node_id).unwrap(),
+            &CHALLENGE,
+        );
+        me().public_key().verify(&input, &sig).is_ok()
     }
 
     async fn token_then_ping(base: &str) -> String {
@@ -638,6 +750,55 @@ mod tests {
         assert_eq!(token, "tok");
         let on = pinged.recv_timeout(Duration::from_secs(5)).unwrap();
         assert_eq!((on, conns.load(Ordering::SeqCst)), (3, 3), "token, verify, upgrade");
+    }
+
+    #[test]
+    fn login_signs_the_node_id_returned_when_it_is_the_hop_meant() {
+        // The fake node's verify answers 401 unless the signature names "relay": the id it
+        // returned, which is also the hop this client meant (a relay, not the peer behind it).
+        let (base, _, _) = fake_node_named("relay", false, usize::MAX);
+        let relay = EntityId::new("relay").unwrap();
+        let token = smol::block_on(token(&ctx(), &base, &relay)).unwrap();
+        assert_eq!(token, "tok");
+    }
+
+    #[test]
+    fn login_refuses_a_node_that_is_not_the_hop_meant_and_signs_nothing() {
+        // Connection: close after each answer, so a POST /auth/verify would need a second
+        // connection: there must be none.
+        let (base, conns, _) = fake_node_named("relay", true, usize::MAX);
+        let bob = EntityId::new("bob").unwrap();
+        let ctx = ctx();
+        let err = smol::block_on(token(&ctx, &base, &bob)).unwrap_err();
+        match &err {
+            ClientError::WrongNode { url, found, expected } => {
+                assert_eq!(
+                    (url.as_str(), found.as_str(), expected.as_str()),
+                    (&*base, "relay", "bob")
+                );
+            }
+            other => panic!("expected WrongNode, got {other:?}"),
+        }
+        assert_eq!(err.to_string(), format!("the node at {base} is relay, not bob"));
+        assert_eq!(conns.load(Ordering::SeqCst), 1, "GET /auth/token only: no verify");
+        assert!(ctx.cached(&base).is_none());
+    }
+
+    #[test]
+    fn a_link_to_a_node_that_is_not_the_hop_meant_is_refused_before_signing() {
+        let (base, conns, _) = fake_node_named("relay", true, usize::MAX);
+        let uri: Uri = format!("{base}/ws/v1/peers").parse().unwrap();
+        let bob = EntityId::new("bob").unwrap();
+        let r = smol::block_on(token_and_stream(&ctx(), &uri, &base, &bob));
+        assert!(matches!(r, Err(ClientError::WrongNode { .. })), "{:?}", r.map(|(t, _)| t));
+        assert_eq!(conns.load(Ordering::SeqCst), 1, "no verify, no upgrade");
+    }
+
+    #[test]
+    fn capabilities_tell_who_the_node_is_without_logging_in() {
+        let (base, _, _) = fake_node_named("relay", false, usize::MAX);
+        let caps = smol::block_on(capabilities(&format!("{base}/"), None)).unwrap();
+        assert_eq!((caps.node_id.as_str(), caps.public_key.as_str()), ("relay", "k"));
     }
 
     /// Posts `n` times to the fake node at `base`, `pause` apart; every answer must be 200.

@@ -13,7 +13,9 @@ use std::time::Duration;
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use clap::{Parser, Subcommand};
+use futures_rustls::rustls;
 use peerlink_core::node::SendOptions;
+use peerlink_core::transport::TransportPreference;
 use peerlink_core::{EntityId, Event, MessageType, PublicKey, TrustPolicy};
 use peerlink_smol::config_file::FileConfig;
 use peerlink_smol::{Config, Peerlink, TrustedPeer, keys};
@@ -33,18 +35,65 @@ struct Cli {
     command: Option<Command>,
 }
 
+/// Where `--url` points when neither it, `--relay` nor a `[relay]` in the config file is given.
+const DEFAULT_URL: &str = "http://127.0.0.1:7420";
+
+/// A relay given on the command line: the node through which peers without a URL of their own
+/// are reached (spec §19). It replaces the config file's `[relay]`.
+#[derive(clap::Args)]
+struct RelayArgs {
+    /// Reach peers through the relay at this HTTP base URL (a node running `peerlink serve`).
+    /// Its entity id and public key are asked of it (GET /peers/capabilities) unless
+    /// --relay-id and --relay-key give them; either way every login to it must return that id.
+    #[arg(long, value_name = "URL")]
+    relay: Option<String>,
+    /// The relay's entity id (checked against what the node at --relay says it is).
+    #[arg(long, value_name = "ID", requires = "relay")]
+    relay_id: Option<String>,
+    /// The relay's public key (b64u), as its `peerlink keygen` printed it.
+    #[arg(long, value_name = "KEY", requires = "relay", allow_hyphen_values = true)]
+    relay_key: Option<String>,
+}
+
 /// Where another node is and who it is.
 #[derive(clap::Args)]
 struct Target {
     /// The peer's entity id.
     #[arg(long)]
     to: String,
-    /// The peer node's HTTP base URL.
-    #[arg(long, default_value = "http://127.0.0.1:7420")]
-    url: String,
+    /// The HTTP base URL of the peer's own node [default: through the config file's [relay] if
+    /// it has one, else http://127.0.0.1:7420]. The node there must be the peer: to go through
+    /// a relay, use --relay instead.
+    #[arg(long, conflicts_with = "relay")]
+    url: Option<String>,
     /// The peer's public key (b64u), as `peerlink keygen` printed it.
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     key: String,
+    #[command(flatten)]
+    relay: RelayArgs,
+}
+
+/// The node hosting a topic (spec §20: topics live on the node subscribed at).
+#[derive(clap::Args)]
+struct TopicHost {
+    /// The entity id of the node hosting the topic (not with --relay: the relay hosts it).
+    #[arg(long, required_unless_present = "relay", conflicts_with = "relay")]
+    to: Option<String>,
+    /// That node's HTTP base URL [default: http://127.0.0.1:7420].
+    #[arg(long, conflicts_with = "relay")]
+    url: Option<String>,
+    /// That node's public key (b64u).
+    #[arg(
+        long,
+        required_unless_present = "relay",
+        conflicts_with = "relay",
+        allow_hyphen_values = true
+    )]
+    key: Option<String>,
+    /// Subscribe at this relay instead: the topic is the relay's, and its id and key are
+    /// learned or checked as for `send --relay`.
+    #[command(flatten)]
+    relay: RelayArgs,
 }
 
 #[derive(Subcommand)]
@@ -63,8 +112,14 @@ enum Command {
         /// Accept any entity that proves its key (trust policy "open").
         #[arg(long)]
         open: bool,
+        /// Be reachable through a relay (and reach peers without a URL through it).
+        #[command(flatten)]
+        relay: RelayArgs,
     },
     /// Run a node and print every message that arrives, one per line.
+    ///
+    /// With --relay, the node keeps a link or a long-poll open to the relay, so peers reach it
+    /// there (`peerlink send --relay URL --to ID --key KEY`) without knowing its own address.
     Listen {
         /// Listen address (overrides the config file).
         #[arg(long)]
@@ -72,6 +127,9 @@ enum Command {
         /// Accept any entity that proves its key.
         #[arg(long)]
         open: bool,
+        /// Be reachable through a relay (and reach peers without a URL through it).
+        #[command(flatten)]
+        relay: RelayArgs,
     },
     /// Send one message to a peer and wait until it is delivered.
     Send {
@@ -79,14 +137,15 @@ enum Command {
         target: Target,
         /// The message text.
         message: String,
-        /// Send over HTTP instead of WebSocket.
+        /// Use HTTP only: every frame, the handshake included, goes in HTTP requests and no
+        /// WebSocket link is opened (transport preference HTTP_ONLY, spec §16).
         #[arg(long)]
         http: bool,
     },
     /// Subscribe to a topic on a node and print what is published.
     Subscribe {
         #[command(flatten)]
-        target: Target,
+        host: TopicHost,
         /// The topic.
         topic: String,
     },
@@ -174,35 +233,174 @@ fn identity(cli: &Cli, file: &FileConfig, id: Option<String>) -> Fallible<peerli
     Ok(identity)
 }
 
-/// A short-lived node on an ephemeral loopback port that knows `target`, and its events.
+/// Why a command line was refused. Each message says what to do about it.
+#[derive(Debug, thiserror::Error)]
+enum CliError {
+    /// `--to`, `--relay-id` or an id a node returned is not an entity id.
+    #[error("{what} {value:?} is not an entity id: {reason}")]
+    BadId { what: &'static str, value: String, reason: String },
+    /// `--key` or `--relay-key` is not a public key.
+    #[error(
+        "{what} is not a public key ({reason}): give the public_key line `peerlink keygen` printed"
+    )]
+    BadKey { what: &'static str, reason: String },
+    /// `--url` or `--relay` is not an `http(s)://host:port` URL.
+    #[error("{what} {url:?} is not a node's base URL: give one like http://127.0.0.1:7420")]
+    BadUrl { what: &'static str, url: String },
+    /// The relay could not say who it is, and `--relay-id`/`--relay-key` were not both given.
+    #[error(
+        "cannot ask the node at {url} who it is (GET /peers/capabilities: {reason}): check that a \
+         node runs there (`peerlink serve`), or give --relay-id and --relay-key"
+    )]
+    RelayUnknown { url: String, reason: String },
+    /// The node at `--relay` is another entity than `--relay-id` names.
+    #[error("the node at {url} is {found}, not {given}: check --relay and --relay-id")]
+    RelayIdMismatch { url: String, found: String, given: String },
+    /// The node at `--relay` has another key than `--relay-key`.
+    #[error("the node at {url} has public key {found}, not {given}: check --relay and --relay-key")]
+    RelayKeyMismatch { url: String, found: String, given: String },
+    /// The node at `--url` is not the peer `--to` names.
+    #[error(
+        "the node at {url} is {found}, not {to}: give --url of {to}'s own node, or, to reach {to} \
+         through {found} as a relay, use --relay {url} instead of --url"
+    )]
+    NotThePeer { url: String, found: String, to: String },
+}
+
+fn entity(what: &'static str, value: &str) -> Result<EntityId, CliError> {
+    EntityId::new(value).map_err(|e| CliError::BadId {
+        what,
+        value: value.to_owned(),
+        reason: e.to_string(),
+    })
+}
+
+fn public_key(what: &'static str, value: &str) -> Result<PublicKey, CliError> {
+    PublicKey::from_b64u(value).map_err(|e| CliError::BadKey { what, reason: e.to_string() })
+}
+
+/// The TLS client configuration for `https://` nodes, when the configuration has a CA file.
+fn client_tls(config: &Config) -> Fallible<Option<Arc<rustls::ClientConfig>>> {
+    Ok(match &config.tls.ca_file {
+        Some(ca) => Some(peerlink_smol::tls::client_config(ca)?),
+        None => None,
+    })
+}
+
+/// The relay `args` names, if any: its id and key from `GET /peers/capabilities` where the
+/// command line leaves them out, and checked against it where it gives only one of them. The
+/// id is then pinned: the node's every login there must return it (spec §23.2).
+async fn relay_peer(args: &RelayArgs, config: &Config) -> Fallible<Option<TrustedPeer>> {
+    let Some(url) = &args.relay else { return Ok(None) };
+    if peerlink_smol::client::base_of(url).is_none() {
+        return Err(CliError::BadUrl { what: "--relay", url: url.clone() }.into());
+    }
+    let given_id = args.relay_id.as_deref().map(|i| entity("--relay-id", i)).transpose()?;
+    let given_key = args.relay_key.as_deref().map(|k| public_key("--relay-key", k)).transpose()?;
+    let url = url.trim_end_matches('/').to_owned();
+    let (entity, key) = match (given_id, given_key) {
+        (Some(id), Some(key)) => (id, key),
+        (given_id, given_key) => {
+            let caps = peerlink_smol::client::capabilities(&url, client_tls(config)?)
+                .await
+                .map_err(|e| CliError::RelayUnknown { url: url.clone(), reason: e.to_string() })?;
+            let found = entity("the relay's node_id", &caps.node_id)?;
+            let key = public_key("the relay's public_key", &caps.public_key)?;
+            if let Some(given) = given_id.filter(|g| *g != found) {
+                let (found, given) = (found.to_string(), given.to_string());
+                return Err(CliError::RelayIdMismatch { url, found, given }.into());
+            }
+            if let Some(given) = given_key.filter(|g| *g != key) {
+                let (found, given) = (key.to_b64u(), given.to_b64u());
+                return Err(CliError::RelayKeyMismatch { url, found, given }.into());
+            }
+            (found, key)
+        }
+    };
+    tracing::info!(relay = %entity, %url, "reaching peers through the relay");
+    Ok(Some(TrustedPeer { entity, key, url: Some(url) }))
+}
+
+/// Checks, before anything is signed or sent, that the node at `url` is `to`: the mistake of
+/// giving a relay's URL as the peer's gets an answer saying what to do. A node that cannot be
+/// asked is left to the login, which refuses another node too (spec §23.2).
+async fn check_peer_node(url: &str, to: &EntityId, config: &Config) -> Fallible<()> {
+    match peerlink_smol::client::capabilities(url, client_tls(config)?).await {
+        Ok(caps) if caps.node_id != to.as_str() => Err(CliError::NotThePeer {
+            url: url.to_owned(),
+            found: caps.node_id,
+            to: to.to_string(),
+        }
+        .into()),
+        Ok(_) => Ok(()),
+        Err(e) => {
+            tracing::debug!(%url, error = %e, "could not ask the node who it is");
+            Ok(())
+        }
+    }
+}
+
+/// A short-lived node on an ephemeral loopback port that knows `peer` (with a URL: reached
+/// directly; without: through `config`'s relay), and its events. `http_only` sets the transport
+/// preference `HTTP_ONLY`.
 async fn client_node(
     cli: &Cli,
     file: &FileConfig,
-    target: &Target,
+    mut config: Config,
+    peer: TrustedPeer,
+    http_only: bool,
 ) -> Fallible<(peerlink_smol::Handle, smol::channel::Receiver<Event>)> {
     let identity = identity(cli, file, None)?;
-    let mut config = file.to_config()?;
     config.listen = ([127, 0, 0, 1], 0).into();
-    config.peers.push(target_peer(target)?);
+    if http_only {
+        config.node.preference = TransportPreference::HttpOnly;
+    }
+    config.peers.push(peer);
     let node = Peerlink::start(config, identity).await?;
     let events = node.incoming().await?;
     Ok((node, events))
 }
 
-fn target_peer(t: &Target) -> Fallible<TrustedPeer> {
-    Ok(TrustedPeer {
-        entity: EntityId::new(t.to.clone())?,
-        key: PublicKey::from_b64u(&t.key)?,
-        url: Some(t.url.clone()),
-    })
+/// The configuration for reaching the node `to` at `url`, or through `relay`: the file's, with
+/// the relay the command line gives. Without `--url` and `--relay`, the config file's `[relay]`
+/// is used if it has one, else the default URL. Returns the peer's URL when it is reached
+/// directly (checked to be `to`).
+async fn reach(
+    file: &FileConfig,
+    to: &EntityId,
+    url: Option<&str>,
+    relay: &RelayArgs,
+) -> Fallible<(Config, Option<String>)> {
+    let mut config = file.to_config()?;
+    if let Some(r) = relay_peer(relay, &config).await? {
+        config.relay = Some(r);
+        return Ok((config, None));
+    }
+    if url.is_none() && config.relay.is_some() {
+        return Ok((config, None));
+    }
+    let url = direct_url(url, to, &config).await?;
+    Ok((config, Some(url)))
+}
+
+/// `--url` (or the default), checked to be a base URL and, if the node there answers, to be
+/// the node `to`.
+async fn direct_url(url: Option<&str>, to: &EntityId, config: &Config) -> Fallible<String> {
+    let url = url.unwrap_or(DEFAULT_URL).trim_end_matches('/').to_owned();
+    if peerlink_smol::client::base_of(&url).is_none() {
+        return Err(CliError::BadUrl { what: "--url", url }.into());
+    }
+    check_peer_node(&url, to, config).await?;
+    Ok(url)
 }
 
 async fn run(cli: Cli) -> Fallible<()> {
     let file = file_config(&cli)?;
-    let command = cli.command.as_ref().map_or(("serve", None, false), |c| match c {
-        Command::Serve { listen, open } => ("serve", *listen, *open),
-        Command::Listen { listen, open } => ("listen", *listen, *open),
-        _ => ("other", None, false),
+    let no_relay = RelayArgs { relay: None, relay_id: None, relay_key: None };
+    let command = cli.command.as_ref().map_or(("serve", None, false, &no_relay), |c| match c {
+        Command::Serve { listen, open, relay } => ("serve", *listen, *open, relay),
+        Command::Listen { listen, open, relay } => ("listen", *listen, *open, relay),
+        _ => ("other", None, false, &no_relay),
     });
     match &cli.command {
         Some(Command::Keygen { id }) => {
@@ -212,7 +410,7 @@ async fn run(cli: Cli) -> Fallible<()> {
             Ok(())
         }
         None | Some(Command::Serve { .. }) | Some(Command::Listen { .. }) => {
-            let (name, listen, open) = command;
+            let (name, listen, open, relay) = command;
             let mut config = file.to_config()?;
             if let Some(l) = listen {
                 config.listen = l;
@@ -220,12 +418,19 @@ async fn run(cli: Cli) -> Fallible<()> {
             if open {
                 config.trust_policy = TrustPolicy::Open;
             }
+            if let Some(r) = relay_peer(relay, &config).await? {
+                config.relay = Some(r);
+            }
             serve(&cli, &file, config, name == "listen").await
         }
         Some(Command::Send { target, message, http }) => {
-            let (node, events) = client_node(&cli, &file, target).await?;
-            let options = SendOptions { prefer_websocket: Some(!http) };
-            let to = EntityId::new(target.to.clone())?;
+            let to = entity("--to", &target.to)?;
+            let key = public_key("--key", &target.key)?;
+            let (config, url) = reach(&file, &to, target.url.as_deref(), &target.relay).await?;
+            let peer = TrustedPeer { entity: to.clone(), key, url };
+            let (node, events) = client_node(&cli, &file, config, peer, *http).await?;
+            // HTTP_ONLY is never overridden per message (spec §16.1).
+            let options = SendOptions { prefer_websocket: (!http).then_some(true) };
             let id = node
                 .send_message(&to, MessageType::PeerMessage, message.as_bytes().to_vec(), options)
                 .await?;
@@ -247,9 +452,29 @@ async fn run(cli: Cli) -> Fallible<()> {
             );
             Ok(())
         }
-        Some(Command::Subscribe { target, topic }) => {
-            let (node, events) = client_node(&cli, &file, target).await?;
-            let hop = EntityId::new(target.to.clone())?;
+        Some(Command::Subscribe { host, topic }) => {
+            let (config, peer) = match (&host.to, &host.key) {
+                (Some(to), Some(key)) => {
+                    // A topic lives on the node subscribed at (spec §20): that node is a hop
+                    // of its own, reached at its URL, never through a relay.
+                    let to = entity("--to", to)?;
+                    let key = public_key("--key", key)?;
+                    let config = file.to_config()?;
+                    let url = direct_url(host.url.as_deref(), &to, &config).await?;
+                    (config, TrustedPeer { entity: to, key, url: Some(url) })
+                }
+                _ => {
+                    // clap requires --to and --key unless --relay is given.
+                    let mut config = file.to_config()?;
+                    let relay = relay_peer(&host.relay, &config)
+                        .await?
+                        .ok_or("give --to and --key of the node hosting the topic, or --relay")?;
+                    config.relay = Some(relay.clone());
+                    (config, relay)
+                }
+            };
+            let hop = peer.entity.clone();
+            let (node, events) = client_node(&cli, &file, config, peer, false).await?;
             node.subscribe(&hop, topic).await?;
             while let Ok(e) = events.recv().await {
                 if let Event::Topic { topic, from, data } = e {
@@ -324,11 +549,18 @@ async fn run(cli: Cli) -> Fallible<()> {
 async fn serve(cli: &Cli, file: &FileConfig, config: Config, print: bool) -> Fallible<()> {
     let identity = identity(cli, file, None)?;
     let public_key = identity.public_key().to_b64u();
+    let config_relay = config
+        .relay
+        .as_ref()
+        .map(|r| format!("{} at {}", r.entity, r.url.as_deref().unwrap_or("(no URL)")));
     let node = Peerlink::start(config, identity).await?;
     let events = node.incoming().await?;
     println!("entity_id  {}", node.id());
     println!("public_key {public_key}");
     println!("url        {}", node.base_url());
+    if let Some(relay) = &config_relay {
+        println!("relay      {relay}");
+    }
     // Ctrl-C or SIGTERM: a graceful shutdown (BYE to peers, drain, stop).
     let (stop_tx, stop_rx) = smol::channel::bounded::<()>(1);
     if let Err(e) = ctrlc::set_handler(move || {
@@ -364,4 +596,36 @@ async fn serve(cli: &Cli, file: &FileConfig, config: Config, print: bool) -> Fal
     node.shutdown().await?;
     smol::Timer::after(Duration::from_millis(10)).await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("peerlink").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn keys_may_begin_with_a_hyphen() {
+        // b64u uses '-': one key in 64 begins with it.
+        let cli = parse(&["send", "--to", "bob", "--key", "-fAb", "hi"]).unwrap();
+        let Some(Command::Send { target, .. }) = cli.command else { panic!("not send") };
+        assert_eq!(target.key, "-fAb");
+        let cli = parse(&["listen", "--relay", "http://r", "--relay-key", "-x"]).unwrap();
+        let Some(Command::Listen { relay, .. }) = cli.command else { panic!("not listen") };
+        assert_eq!(relay.relay_key.as_deref(), Some("-x"));
+    }
+
+    #[test]
+    fn relay_options_go_together_and_exclude_url() {
+        let send = ["send", "--to", "bob", "--key", "k", "hi"];
+        let with = |extra: &[&str]| parse(&[&send[..], extra].concat());
+        assert!(with(&["--relay", "http://r"]).is_ok());
+        assert!(with(&["--relay", "http://r", "--url", "http://u"]).is_err(), "one or the other");
+        assert!(with(&["--relay-id", "relay"]).is_err(), "--relay-id needs --relay");
+        assert!(parse(&["subscribe", "--relay", "http://r", "news"]).is_ok());
+        assert!(parse(&["subscribe", "news"]).is_err(), "--to and --key, or --relay");
+        assert!(parse(&["subscribe", "--relay", "http://r", "--to", "x", "news"]).is_err());
+    }
 }
