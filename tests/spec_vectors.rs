@@ -2362,3 +2362,48 @@ fn invalid_vectors() {
         .expect_err("payload nested 33 levels must be rejected");
     assert_eq!(deep.code, "INVALID_MESSAGE", "payload nested 33 levels");
 }
+
+/// §23.2 from the text alone: the login signs `"peerlink v1 auth\n" || N || 0x00 || challenge`
+/// with `N` the node_id `/auth/token` returned; the token is three b64u parts, header and claims
+/// canonical JSON as the spec shows them, signed by the node's key over `header.claims`.
+#[test]
+fn auth_vectors() {
+    let v = load("auth.json");
+    let ctx = "auth.json";
+    let node = identity(get(&v, "node", ctx), ctx);
+    let entity = identity(get(&v, "entity", ctx), ctx);
+    let response = get(&v, "token_response", ctx);
+    let node_id = get_str(response, "node_id", ctx);
+    assert_eq!(node_id, node.entity_id, "{ctx}: node_id is the node's entity id (§23.5)");
+    let challenge = b64u_decode_len(get_str(response, "challenge", ctx), 32, "challenge").unwrap();
+
+    let mut input = b"peerlink v1 auth\n".to_vec();
+    input.extend_from_slice(node_id.as_bytes());
+    input.push(0);
+    input.extend_from_slice(&challenge);
+    assert_eq!(hex_encode(&input), get_str(&v, "auth_input", ctx), "{ctx}: auth input");
+    let signature = entity.signing.sign(&input);
+    assert_eq!(b64u_encode(&signature.to_bytes()), get_str(&v, "signature", ctx), "{ctx}");
+
+    let token = get_str(&v, "token", ctx);
+    let parts: Vec<&str> = token.split('.').collect();
+    assert_eq!(parts.len(), 3, "{ctx}: a JWT has three parts");
+    let header = String::from_utf8(b64u_decode(parts[0]).unwrap()).unwrap();
+    assert_eq!(header, r#"{"alg":"EdDSA","typ":"JWT"}"#, "{ctx}: header");
+    let claims_text = String::from_utf8(b64u_decode(parts[1]).unwrap()).unwrap();
+    let claims = parse_strict_json(&claims_text).unwrap();
+    assert_eq!(canonical(&claims), claims_text, "{ctx}: claims are canonical JSON");
+    let iat = get_u64(&v, "issued_at_ms", ctx) / 1000;
+    let expected = serde_json::json!({
+        "cnf": {"jwk": {"crv": "Ed25519", "kty": "OKP", "x": b64u_encode(entity.verifying.as_bytes())}},
+        "exp": iat + 3600,
+        "iat": iat,
+        "iss": node.entity_id,
+        "sub": entity.entity_id,
+    });
+    assert_eq!(claims, expected, "{ctx}: claims");
+    let sig = b64u_decode_len(parts[2], 64, "token signature").unwrap();
+    let sig = Signature::from_slice(&sig).expect("64 bytes");
+    let signed = format!("{}.{}", parts[0], parts[1]);
+    node.verifying.verify_strict(signed.as_bytes(), &sig).expect("the node's key signs the token");
+}

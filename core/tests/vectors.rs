@@ -428,9 +428,34 @@ fn replace_member(frame: &str, name: &str, value: &str) -> String {
     format!("{}{}{}", &frame[..start], value, &frame[end + 1..])
 }
 
+/// §23.2: a login's signing input and signature over the `node_id` the node returned, and the
+/// token the node mints for it.
+fn auth_vectors() -> Value {
+    use peerlink_core::auth::{AuthConfig, Authority, challenge_signing_input, sign_challenge};
+    let node = identity("relay", 9);
+    let alice = identity("alice", 1);
+    let challenge = [0x42u8; 32];
+    let input = challenge_signing_input(node.id(), &challenge);
+    let signature = sign_challenge(&alice, node.id(), &b64u(&challenge)).unwrap();
+    let issued = peerlink_core::Timestamp::from_unix_millis(1_700_000_000_000);
+    let authority = Authority::new(Arc::clone(&node), AuthConfig::default());
+    let token = authority.mint_bound(alice.id(), &alice.public_key(), issued);
+    json!({
+        "description": "A login (spec §23.2): alice answers a challenge from the node relay, signing the node_id /auth/token returned, and the token relay mints (iat at issued_at_ms, the default 1 h lifetime)",
+        "node": identity_json(&node),
+        "entity": identity_json(&alice),
+        "token_response": {"node_id": node.id().as_str(), "challenge": b64u(&challenge)},
+        "auth_input": hex(&input),
+        "signature": signature,
+        "issued_at_ms": issued.as_unix_millis(),
+        "token": token,
+    })
+}
+
 fn generate() -> BTreeMap<&'static str, Value> {
     let hs = handshake_vectors();
     let mut files = BTreeMap::new();
+    files.insert("auth.json", auth_vectors());
     files.insert("canonical.json", canonical_vectors());
     files.insert("envelopes.json", envelope_vectors());
     files.insert("handshake.json", hs.vectors.clone());
