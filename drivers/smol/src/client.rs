@@ -425,9 +425,12 @@ pub(crate) async fn node_request(
         Ok(t) => t,
         // The node refused us outright: report it as the HTTP refusal it is.
         Err(ClientError::Status(s)) if (400..500).contains(&s) => return Some((s, Vec::new())),
+        // Another node answers at that URL (spec §23.2): no retry can change that, so the
+        // frames fail as refused at once (421 Misdirected Request, a 4xx of §16.4) rather
+        // than as unreachable after the retries.
         Err(e @ ClientError::WrongNode { .. }) => {
             tracing::warn!(error = %e, "not authenticating: another node than the one meant");
-            return None;
+            return Some((421, Vec::new()));
         }
         Err(e) => {
             tracing::debug!(%url, error = %e, "authentication failed");
