@@ -64,25 +64,23 @@ impl Mailboxes {
     }
 
     /// Puts `frames` (oldest first) back at the front of an entity's mailbox, as far as its
-    /// bounds allow; returns how many were dropped.
+    /// bounds allow (the rest is dropped).
     fn requeue(
         &mut self,
         entity: &EntityId,
         frames: Vec<Arc<[u8]>>,
         expires: Timestamp,
         limits: (usize, usize, usize),
-    ) -> usize {
+    ) {
         let (max_messages, max_bytes, max_boxes) = limits;
         if !self.boxes.contains_key(entity) && self.boxes.len() >= max_boxes {
-            return frames.len();
+            return;
         }
         let b = self.boxes.entry(entity.clone()).or_default();
         let mut held: usize = b.iter().map(|(_, f)| f.len()).sum();
-        let mut dropped = 0usize;
         // Newest first, so the oldest ends up in front; past the bounds the rest is dropped.
         for frame in frames.into_iter().rev() {
             if b.len() >= max_messages || held.saturating_add(frame.len()) > max_bytes {
-                dropped = dropped.saturating_add(1);
                 continue;
             }
             held = held.saturating_add(frame.len());
@@ -93,7 +91,6 @@ impl Mailboxes {
         if b.is_empty() {
             self.boxes.remove(entity);
         }
-        dropped
     }
 
     /// Removes and returns up to `max_bytes` of an entity's frames, oldest first (at least one).
@@ -292,10 +289,8 @@ impl Node {
         self.stats.sent(Transport::Http, len);
         // The caller of the `POST` being processed gets its answers in that `POST`'s response,
         // never in a poll held earlier: that poll may be a dead client's (spec §21).
-        let answered_by_post = self.posting.as_ref() == Some(to);
-        if !answered_by_post && let Some((request, _)) = self.polls.remove(to) {
-            self.timers.cancel(&Timer::Poll(to.clone()));
-            self.answer_poll(request, to);
+        if self.posting.as_ref() != Some(to) {
+            self.release_poll(to);
         }
         self.schedule(Timer::Mailboxes, self.mailboxes.next_expiry());
         Ok(Transport::Http)
@@ -309,6 +304,14 @@ impl Node {
     ) {
         for frame in self.mailboxes.drain(entity, usize::MAX) {
             self.transmit(link, frame);
+        }
+    }
+
+    /// Answers the long poll `entity` holds, if any, with what waits for it.
+    fn release_poll(&mut self, entity: &EntityId) {
+        if let Some((request, _)) = self.polls.remove(entity) {
+            self.timers.cancel(&Timer::Poll(entity.clone()));
+            self.answer_poll(request, entity);
         }
     }
 
@@ -343,11 +346,8 @@ impl Node {
         self.mailboxes.requeue(to, frames, expires, limits);
         if let Some(link) = self.bound.get(to).copied() {
             self.drain_mailbox_to_link(now, to, link);
-        } else if self.mailboxes.has(to)
-            && let Some((request, _)) = self.polls.remove(to)
-        {
-            self.timers.cancel(&Timer::Poll(to.clone()));
-            self.answer_poll(request, to);
+        } else if self.mailboxes.has(to) {
+            self.release_poll(to);
         }
         self.schedule(Timer::Mailboxes, self.mailboxes.next_expiry());
     }
@@ -415,11 +415,8 @@ impl Node {
                 self.posting = None;
                 self.answer_poll(request, &entity);
                 // What did not fit in that answer releases a poll the caller holds.
-                if self.mailboxes.has(&entity)
-                    && let Some((poll, _)) = self.polls.remove(&entity)
-                {
-                    self.timers.cancel(&Timer::Poll(entity.clone()));
-                    self.answer_poll(poll, &entity);
+                if self.mailboxes.has(&entity) {
+                    self.release_poll(&entity);
                 }
             }
             HttpCall::Poll { wait } => {
