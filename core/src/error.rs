@@ -142,6 +142,9 @@ impl fmt::Display for ErrorCode {
     }
 }
 
+/// An error code is also an error: the reason a link was refused ([`crate::Node::handle_input`]).
+impl std::error::Error for ErrorCode {}
+
 /// The string is not a known error code.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("unknown error code")]

@@ -9,7 +9,56 @@
 //! The normative description is `spec/protocol.md` in the repository; each module names the
 //! section it implements.
 //!
+//! ## The node, and the loop that drives it
+//!
+//! A [`Node`] is one entity's whole protocol state: sessions with many peers, the reliable
+//! stream to each, its WebSocket links and HTTP exchanges, relaying, mailboxes and topics. A
+//! driver (smol, threads, tokio, or a simulator) owns the sockets and the clock and runs three
+//! steps, forever:
+//!
+//! 1. **Feed** one [`Input`] with the current time to [`Node::handle_input`]: a link accepted,
+//!    up, failed or closed, a frame, an HTTP call or answer, or [`Input::Timeout`]. Application
+//!    commands are methods that answer at once ([`Node::send`], [`Node::request`],
+//!    [`Node::subscribe`], …).
+//! 2. **Drain** [`Node::poll_output`] and carry out each [`Output`]: write a frame, open a link
+//!    to the finished URL it names, close one, make or answer an HTTP request, or hand an
+//!    [`Event`] to the application.
+//! 3. **Sleep** until [`Node::poll_timeout`] or the next input, whichever comes first.
+//!
+//! `core/examples/node_loop.rs` is that loop over an in-memory network, runnable with
+//! `cargo run -p peerlink-core --example node_loop`. In short:
+//!
+//! ```
+//! use peerlink_core::{EntityId, Identity, Input, Node, NodeConfig, Output, Timestamp};
+//! use peerlink_core::{TrustPolicy, TrustStore, node::NodeAddr};
+//! use rand_chacha::ChaCha20Rng;
+//! use rand_core::SeedableRng;
+//!
+//! let me = Identity::from_secret_bytes(EntityId::new("alice")?, &[1; 32]);
+//! let trust = TrustStore::new(TrustPolicy::Open);
+//! let mut node = Node::new(NodeConfig::default(), me, trust, ChaCha20Rng::seed_from_u64(1))?;
+//! let relay = NodeAddr { entity: EntityId::new("relay")?, base_url: "http://relay:7447".into() };
+//! let now = Timestamp::from_unix_millis(1_700_000_000_000);
+//! node.set_default_route(now, relay);
+//! node.send(now, &EntityId::new("bob")?, b"hi".to_vec(), Default::default())?;
+//! // Drain: the node asks for a link to the relay, at the URL it names.
+//! let mut opened = None;
+//! while let Some(out) = node.poll_output() {
+//!     if let Output::OpenLink { link, url, .. } = out {
+//!         opened = Some((link, url));
+//!     }
+//! }
+//! let (link, url) = opened.ok_or("no link asked for")?;
+//! assert_eq!(url, "ws://relay:7447/ws/v1/peers");
+//! // Feed: the driver connected it (or reports `Input::LinkFailed`).
+//! node.handle_input(now, Input::LinkUp(link))?;
+//! // Sleep until the next deadline, then feed `Input::Timeout`.
+//! assert!(node.poll_timeout().is_some());
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
 //! ## Shape
+//! - [`node`]: the [`Node`], its [`Input`]s and [`Output`]s.
 //! - [`envelope`]: the JSON envelope, its canonical bytes, signing and size-checked decoding.
 //! - [`identity`] and [`ids`]: who is who, and the allowlist binding entity ids to keys.
 //! - [`handshake`]: [`Initiator`] and [`Responder`], fed envelopes, producing envelopes and
@@ -89,7 +138,7 @@ pub use identity::{Identity, PublicKey, TrustPolicy, TrustStore};
 pub use ids::{EntityId, MessageId, SessionId};
 pub use limits::Limits;
 pub use message_type::{MessageClass, MessageType};
-pub use node::{Event, Node, NodeAddr, NodeConfig, Output, SendError, SendOptions};
+pub use node::{Event, Handled, Input, Node, NodeAddr, NodeConfig, Output, SendError, SendOptions};
 pub use session::{Opened, Role, Session};
 pub use signed::{ErrorBody, SignedMessageGuard, error_message, signed_message};
 pub use time::Timestamp;

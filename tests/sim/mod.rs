@@ -11,7 +11,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use peerlink_core::node::{HttpCall, HttpMethod, LinkId, LinkKind, RequestId};
+use peerlink_core::node::{
+    Bearer, Handled, HttpCall, HttpMethod, Input, LinkId, LinkKind, RequestId,
+};
 use peerlink_core::transport::TransportPreference;
 use peerlink_core::{
     EntityId, Event, Identity, MessageId, Node, NodeAddr, NodeConfig, Output, SendOptions,
@@ -396,7 +398,7 @@ impl World {
                     if !self.nodes[i].down
                         && self.nodes[i].node.poll_timeout().is_some_and(|t| t <= self.now)
                     {
-                        self.nodes[i].node.handle_timeout(self.now);
+                        self.feed(i, Input::Timeout);
                         self.drain(i);
                     }
                 }
@@ -446,37 +448,41 @@ impl World {
                     return;
                 }
                 let entity = self.nodes[client].node.id().clone();
-                match self.nodes[server].node.accept_link(self.now, kind, entity) {
-                    Ok(server_link) => {
+                let who = Bearer::from(entity);
+                match self.nodes[server]
+                    .node
+                    .handle_input(self.now, Input::AcceptLink { kind, who })
+                {
+                    Ok(Handled::Link(server_link)) => {
                         self.pairs.insert((client, link), (server, server_link));
                         self.pairs.insert((server, server_link), (client, link));
                         self.drain(server);
                         self.schedule(d, Net::Connected { client, link });
                     }
-                    Err(_) => self.schedule(d, Net::ConnectFailed { client, link }),
+                    _ => self.schedule(d, Net::ConnectFailed { client, link }),
                 }
             }
             Net::Connected { client, link } => {
                 if self.pairs.contains_key(&(client, link)) {
-                    self.nodes[client].node.link_up(self.now, link);
+                    self.feed(client, Input::LinkUp(link));
                 } else {
-                    self.nodes[client].node.link_failed(self.now, link);
+                    self.feed(client, Input::LinkFailed(link));
                 }
                 self.drain(client);
             }
             Net::ConnectFailed { client, link } => {
-                self.nodes[client].node.link_failed(self.now, link);
+                self.feed(client, Input::LinkFailed(link));
                 self.drain(client);
             }
             Net::Frame { to, link, frame } => {
                 if self.pairs.contains_key(&(to, link)) {
-                    self.nodes[to].node.handle_frame(self.now, link, &frame);
+                    self.feed(to, Input::Frame { link, frame: &frame });
                     self.drain(to);
                 }
             }
             Net::Closed { node, link } => {
                 if !self.nodes[node].down {
-                    self.nodes[node].node.link_closed(self.now, link);
+                    self.feed(node, Input::LinkClosed(link));
                     self.drain(node);
                 }
             }
@@ -487,21 +493,25 @@ impl World {
                     return;
                 }
                 let entity = self.nodes[client].node.id().clone();
-                let server_request =
-                    self.nodes[server].node.handle_http_request(self.now, entity, call);
+                let who = Bearer::from(entity);
+                let Ok(Handled::Call(server_request)) =
+                    self.nodes[server].node.handle_input(self.now, Input::HttpCall { who, call })
+                else {
+                    unreachable!("an HTTP call is always taken");
+                };
                 self.http.insert((server, server_request), (client, request, lose_response));
                 self.drain(server);
             }
             Net::HttpResponse { client, request, status, body } => {
                 if self.nodes[client].partitioned {
-                    self.nodes[client].node.handle_http_failure(self.now, request);
+                    self.feed(client, Input::HttpFailed(request));
                 } else {
-                    self.nodes[client].node.handle_http_response(self.now, request, status, &body);
+                    self.feed(client, Input::HttpResponse { request, status, body: &body });
                 }
                 self.drain(client);
             }
             Net::HttpFailure { client, request } => {
-                self.nodes[client].node.handle_http_failure(self.now, request);
+                self.feed(client, Input::HttpFailed(request));
                 self.drain(client);
             }
             Net::RestartRelay => self.restart_relay(),
@@ -613,6 +623,13 @@ impl World {
         }
     }
 
+    /// Feeds node `i` one input now; only an accepted link or call gives an id back, and
+    /// those are fed where the id is wanted.
+    fn feed(&mut self, i: usize, input: Input<'_>) {
+        let handled = self.nodes[i].node.handle_input(self.now, input);
+        assert_eq!(handled, Ok(Handled::Done), "node {i}");
+    }
+
     /// Carries out everything node `i` asked for.
     fn drain(&mut self, i: usize) {
         while let Some(out) = self.nodes[i].node.poll_output() {
@@ -648,7 +665,7 @@ impl World {
                         self.schedule(d, Net::Closed { node: other, link: other_link });
                     }
                 }
-                Output::HttpRequest { request, method, url, body } => {
+                Output::HttpRequest { request, method, url, body, .. } => {
                     self.check_leak("http request", &body);
                     let d = self.latency();
                     let Some(server) = self.node_of_url(&url).filter(|s| self.reachable(i, *s))

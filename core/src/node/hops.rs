@@ -8,6 +8,7 @@ use super::links::{Direction, Source};
 use super::{Event, HttpMethod, LinkId, LinkKind, Node, NodeAddr, Output, RequestId, Timer};
 use crate::backoff::Backoff;
 use crate::capabilities::Transport;
+use crate::endpoints::{SESSION_PARAM, WAIT_PARAM};
 use crate::ids::{EntityId, MessageId};
 use crate::stream::FailReason;
 use crate::time::Timestamp;
@@ -149,10 +150,14 @@ impl Node {
         }
         h.ws_link = Some(link);
         h.transport.set_ws(WsLink::Connecting);
-        let url = websocket_url(&h.addr.base_url, LinkKind::Peers);
+        let mut url = websocket_url(&h.addr.base_url, LinkKind::Peers);
+        if let Some(session) = &resume {
+            url = format!("{url}?{SESSION_PARAM}={}", session.as_str());
+        }
+        let node = h.addr.clone();
         let l = self.new_outbound_link(hop.clone(), now);
         self.links.insert(link, Box::new(l));
-        self.emit(Output::OpenLink { link, url, kind: LinkKind::Peers, resume });
+        self.emit(Output::OpenLink { link, url, kind: LinkKind::Peers, node });
     }
 
     fn new_outbound_link(&self, hop: EntityId, now: Timestamp) -> super::links::Link {
@@ -327,8 +332,9 @@ impl Node {
             body.push(b'\n');
         }
         let url = messages_url(&h.addr.base_url);
+        let node = h.addr.clone();
         h.inflight.insert(request, Exchange { items, attempt, retry_at: None });
-        self.emit(Output::HttpRequest { request, method: HttpMethod::Post, url, body });
+        self.emit(Output::HttpRequest { request, method: HttpMethod::Post, url, node, body });
     }
 
     /// Keeps one long-poll open to each hop that has traffic for us while WebSocket is unusable.
@@ -355,11 +361,13 @@ impl Node {
             let wait = self.config.poll_wait.as_millis();
             let Some(h) = self.hops.get_mut(&hop) else { continue };
             h.poll = Some(request);
-            let url = format!("{}?wait_ms={wait}", messages_url(&h.addr.base_url));
+            let url = format!("{}?{WAIT_PARAM}={wait}", messages_url(&h.addr.base_url));
+            let node = h.addr.clone();
             self.emit(Output::HttpRequest {
                 request,
                 method: HttpMethod::Get,
                 url,
+                node,
                 body: Vec::new(),
             });
         }

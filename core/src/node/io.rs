@@ -62,16 +62,18 @@ pub enum Output {
         /// The frame; shared when the same bytes go to many links.
         frame: Arc<[u8]>,
     },
-    /// Open a WebSocket link; answer with `link_up` or `link_failed`.
+    /// Open a WebSocket link, authenticated at `node` (spec §23.2); answer with
+    /// [`Input::LinkUp`](super::Input::LinkUp) or [`Input::LinkFailed`](super::Input::LinkFailed).
     OpenLink {
         /// The id the node gave the link.
         link: LinkId,
-        /// `ws://…/ws/v1/peers` or `wss://…`.
+        /// The finished URL: `ws://…/ws/v1/peers` or `wss://…`, with `?session_id=` when the
+        /// link is to resume a session with `node` itself.
         url: String,
         /// The endpoint.
         kind: LinkKind,
-        /// The session to resume over it, when the node is the peer itself (`?session_id=`).
-        resume: Option<SessionId>,
+        /// The node the link goes to: the entity its token must name and its HTTP base URL.
+        node: super::NodeAddr,
     },
     /// Close a link.
     CloseLink {
@@ -80,14 +82,18 @@ pub enum Output {
         /// Why, for logs and the close frame; `None` for an orderly close.
         reason: Option<ErrorCode>,
     },
-    /// Make an HTTP request; answer with `handle_http_response` or `handle_http_failure`.
+    /// Make an HTTP request, authenticated at `node`; answer with
+    /// [`Input::HttpResponse`](super::Input::HttpResponse) or
+    /// [`Input::HttpFailed`](super::Input::HttpFailed).
     HttpRequest {
         /// The exchange.
         request: RequestId,
         /// The method.
         method: HttpMethod,
-        /// The full URL.
+        /// The full URL, query included.
         url: String,
+        /// The node asked: the entity its token must name and its HTTP base URL.
+        node: super::NodeAddr,
         /// NDJSON body (empty for `GET`).
         body: Vec<u8>,
     },
@@ -102,6 +108,26 @@ pub enum Output {
     },
     /// Tell the application something.
     Event(Event),
+}
+
+impl Output {
+    /// What this output is, with ids and sizes but no content: for trace logs.
+    pub fn describe(&self) -> String {
+        match self {
+            Output::Transmit { link, frame } => {
+                format!("transmit on {link:?}: {} bytes", frame.len())
+            }
+            Output::OpenLink { link, url, .. } => format!("open {link:?} to {url}"),
+            Output::CloseLink { link, reason } => format!("close {link:?} ({reason:?})"),
+            Output::HttpRequest { request, method, url, body, .. } => {
+                format!("{method:?} {url} as {request:?}: {} bytes", body.len())
+            }
+            Output::HttpRespond { request, status, body } => {
+                format!("answer {request:?}: {status}, {} bytes", body.len())
+            }
+            Output::Event(_) => "event".to_owned(),
+        }
+    }
 }
 
 /// What the application learns. `Debug` shows payload lengths, never payloads, so logging events

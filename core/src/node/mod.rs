@@ -8,11 +8,12 @@
 //!
 //! The driver owns sockets and clocks; the node owns every decision. The loop is:
 //!
-//! 1. Feed one input with the current time: an event from the network (`link_up`, `link_failed`,
-//!    `link_closed`, `accept_link`, `handle_frame`, `handle_http_response`,
-//!    `handle_http_failure`, `handle_http_request`), a command from the application (`send`,
-//!    `broadcast`, `request`, `respond`, `connect`, `disconnect`, `subscribe`, `unsubscribe`,
-//!    `publish`), or `handle_timeout` once the deadline from `poll_timeout` has passed.
+//! 1. Feed one input with the current time: an event from the network or the clock, as an
+//!    [`Input`] to [`Node::handle_input`] ([`Input::Timeout`] once the deadline from
+//!    `poll_timeout` has passed), or a command from the application (`send`, `broadcast`,
+//!    `request`, `respond`, `connect`, `disconnect`, `subscribe`, `unsubscribe`, `publish`),
+//!    which answers at once. The network inputs are also methods of their own (`link_up`,
+//!    `handle_frame`, …), which `handle_input` calls.
 //! 2. Drain [`Node::poll_output`] until it returns `None`, carrying out each [`Output`]: write a
 //!    frame, open or close a link, make or answer an HTTP request, or hand an [`Event`] to the
 //!    application.
@@ -31,6 +32,7 @@
 mod config;
 mod hops;
 mod idle;
+mod input;
 mod io;
 mod links;
 mod peers;
@@ -46,6 +48,7 @@ use rand_core::CryptoRng;
 
 pub use crate::auth::Bearer;
 pub use config::NodeConfig;
+pub use input::{Handled, Input};
 pub use io::{Event, HttpCall, HttpMethod, LinkId, LinkKind, Output, RequestId};
 pub use stats::TransportStats;
 

@@ -21,6 +21,7 @@ use crate::transport::TransportPreference;
 mod delivery;
 mod http_answers;
 mod idle;
+mod input;
 mod open;
 mod recovery;
 
@@ -335,6 +336,8 @@ struct Pump {
     held: Vec<(String, Output)>,
     /// Frames of these types written by these nodes on links are lost.
     lose: Vec<(String, MessageType)>,
+    /// The URL of every link a node opened, with the node's name, in order.
+    opened: Vec<(String, String)>,
 }
 
 impl Pump {
@@ -351,6 +354,7 @@ impl Pump {
             hold_posts: Vec::new(),
             held: Vec::new(),
             lose: Vec::new(),
+            opened: Vec::new(),
         }
     }
 
@@ -364,6 +368,12 @@ impl Pump {
 
     fn node(&mut self, name: &str) -> &mut Node {
         self.nodes.get_mut(name).unwrap()
+    }
+
+    /// Feeds `name` one input now; only an accepted link or call gives an id back.
+    fn input(&mut self, name: &str, input: Input<'_>) {
+        let now = self.now;
+        assert_eq!(self.node(name).handle_input(now, input), Ok(Handled::Done));
     }
 
     fn run(&mut self) {
@@ -386,22 +396,28 @@ impl Pump {
     fn carry(&mut self, from: &str, out: Output) {
         let now = self.now;
         match out {
-            Output::OpenLink { link, url, kind, .. } => {
+            Output::OpenLink { link, url, kind, node } => {
                 let to = Self::target(&url);
+                assert_eq!(node, Self::addr(&to), "the link names the node its URL is at");
+                self.opened.push((from.to_owned(), url.clone()));
                 let me = bearer(from, now);
                 let accepted = if self.no_ws.contains(&to) || !self.nodes.contains_key(&to) {
                     None
                 } else {
-                    self.node(&to).accept_link(now, kind, me).ok()
+                    match self.node(&to).handle_input(now, Input::AcceptLink { kind, who: me }) {
+                        Ok(Handled::Link(server)) => Some(server),
+                        _ => None,
+                    }
                 };
-                match accepted {
+                let answer = match accepted {
                     Some(server) => {
                         self.pairs.insert((from.to_owned(), link), (to.clone(), server));
                         self.pairs.insert((to, server), (from.to_owned(), link));
-                        self.node(from).link_up(now, link);
+                        Input::LinkUp(link)
                     }
-                    None => self.node(from).link_failed(now, link),
-                }
+                    None => Input::LinkFailed(link),
+                };
+                self.input(from, answer);
             }
             Output::Transmit { link, frame } => {
                 let lost = !self.lose.is_empty()
@@ -412,13 +428,13 @@ impl Pump {
                     return;
                 }
                 if let Some((to, l)) = self.pairs.get(&(from.to_owned(), link)).cloned() {
-                    self.node(&to).handle_frame(now, l, &frame);
+                    self.input(&to, Input::Frame { link: l, frame: &frame });
                 }
             }
             Output::CloseLink { link, .. } => {
                 if let Some((to, l)) = self.pairs.remove(&(from.to_owned(), link)) {
                     self.pairs.remove(&(to.clone(), l));
-                    self.node(&to).link_closed(now, l);
+                    self.input(&to, Input::LinkClosed(l));
                 }
             }
             Output::HttpRequest { method: HttpMethod::Post, .. }
@@ -426,10 +442,11 @@ impl Pump {
             {
                 self.held.push((from.to_owned(), out));
             }
-            Output::HttpRequest { request, method, url, body } => {
+            Output::HttpRequest { request, method, url, body, node } => {
                 let to = Self::target(&url);
+                assert_eq!(node, Self::addr(&to), "the request names the node its URL is at");
                 if let Some(status) = self.http_status.get(&to).copied() {
-                    self.node(from).handle_http_response(now, request, status, &[]);
+                    self.input(from, Input::HttpResponse { request, status, body: &[] });
                     return;
                 }
                 let call = match method {
@@ -440,12 +457,16 @@ impl Pump {
                     }
                 };
                 let me = bearer(from, now);
-                let server = self.node(&to).handle_http_request(now, me, call);
+                let Ok(Handled::Call(server)) =
+                    self.node(&to).handle_input(now, Input::HttpCall { who: me, call })
+                else {
+                    panic!("an HTTP call is always taken");
+                };
                 self.http.insert((to, server), (from.to_owned(), request));
             }
             Output::HttpRespond { request, status, body } => {
                 if let Some((client, r)) = self.http.remove(&(from.to_owned(), request)) {
-                    self.node(&client).handle_http_response(now, r, status, &body);
+                    self.input(&client, Input::HttpResponse { request: r, status, body: &body });
                 }
             }
             Output::Event(e) => self.events.push((from.to_owned(), e)),
@@ -792,7 +813,7 @@ fn direct_sessions_resume_after_a_reconnect_and_forged_resumes_fail() {
 }
 
 #[derive(Debug, Clone)]
-enum Input {
+enum Fuzzed {
     Accept(u8),
     Frame(u8, Vec<u8>),
     Mutated(u8, u16, u8),
@@ -803,18 +824,18 @@ enum Input {
     Send(u8),
 }
 
-fn input() -> impl Strategy<Value = Input> {
+fn input() -> impl Strategy<Value = Fuzzed> {
     prop_oneof![
-        any::<u8>().prop_map(Input::Accept),
+        any::<u8>().prop_map(Fuzzed::Accept),
         (any::<u8>(), prop::collection::vec(any::<u8>(), 0..64))
-            .prop_map(|(l, b)| Input::Frame(l, b)),
-        (any::<u8>(), any::<u16>(), any::<u8>()).prop_map(|(l, i, b)| Input::Mutated(l, i, b)),
-        any::<u8>().prop_map(Input::Close),
+            .prop_map(|(l, b)| Fuzzed::Frame(l, b)),
+        (any::<u8>(), any::<u16>(), any::<u8>()).prop_map(|(l, i, b)| Fuzzed::Mutated(l, i, b)),
+        any::<u8>().prop_map(Fuzzed::Close),
         (any::<u8>(), prop::collection::vec(any::<u8>(), 0..64))
-            .prop_map(|(e, b)| Input::Post(e, b)),
-        any::<u8>().prop_map(Input::Poll),
-        any::<u16>().prop_map(Input::Advance),
-        any::<u8>().prop_map(Input::Send),
+            .prop_map(|(e, b)| Fuzzed::Post(e, b)),
+        any::<u8>().prop_map(Fuzzed::Poll),
+        any::<u16>().prop_map(Fuzzed::Advance),
+        any::<u8>().prop_map(Fuzzed::Send),
     ]
 }
 
@@ -836,38 +857,38 @@ proptest! {
         ];
         for i in inputs {
             match i {
-                Input::Accept(n) => {
+                Fuzzed::Accept(n) => {
                     let who = names[usize::from(n) % names.len()];
                     let kind = if n % 2 == 0 { LinkKind::Peers } else { LinkKind::Events };
                     if let Ok(l) = relay.accept_link(now, kind, id(who)) { links.push(l) }
                 }
-                Input::Frame(l, bytes) => if let Some(link) = links.get(usize::from(l) % links.len().max(1)) {
+                Fuzzed::Frame(l, bytes) => if let Some(link) = links.get(usize::from(l) % links.len().max(1)) {
                     relay.handle_frame(now, *link, &bytes);
                 },
-                Input::Mutated(l, at, b) => if let Some(link) = links.get(usize::from(l) % links.len().max(1)) {
+                Fuzzed::Mutated(l, at, b) => if let Some(link) = links.get(usize::from(l) % links.len().max(1)) {
                     let mut f = valid[usize::from(b) % valid.len()].clone();
                     let len = f.len();
                     f[usize::from(at) % len] ^= b | 1;
                     relay.handle_frame(now, *link, &f);
                 },
-                Input::Close(l) => if let Some(link) = links.get(usize::from(l) % links.len().max(1)) {
+                Fuzzed::Close(l) => if let Some(link) = links.get(usize::from(l) % links.len().max(1)) {
                     relay.link_closed(now, *link);
                 },
-                Input::Post(e, body) => {
+                Fuzzed::Post(e, body) => {
                     let who = names[usize::from(e) % names.len()];
                     let mut b = body;
                     b.extend_from_slice(b"\n");
                     b.extend_from_slice(&valid[usize::from(e) % valid.len()]);
                     relay.handle_http_request(now, id(who), HttpCall::PostMessages { body: b });
                 }
-                Input::Poll(e) => {
+                Fuzzed::Poll(e) => {
                     relay.handle_http_request(now, id(names[usize::from(e) % names.len()]), HttpCall::Poll { wait: None });
                 }
-                Input::Advance(ms) => {
+                Fuzzed::Advance(ms) => {
                     now = now.saturating_add(Duration::from_millis(u64::from(ms) * 50));
                     relay.handle_timeout(now);
                 }
-                Input::Send(n) => {
+                Fuzzed::Send(n) => {
                     let _ = relay.send(now, &id(names[usize::from(n) % names.len()]), vec![n], SendOptions::default());
                 }
             }

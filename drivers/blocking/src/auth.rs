@@ -11,6 +11,7 @@ use peerlink_core::endpoints::{
 };
 use peerlink_core::identity::Identity;
 use peerlink_core::ids::EntityId;
+use peerlink_core::node::NodeAddr;
 
 use crate::clock::unix_millis;
 
@@ -26,9 +27,6 @@ pub enum AuthFailure {
     /// The node answered something that is not a valid answer.
     #[error("malformed answer from the node")]
     Malformed,
-    /// The base URL is not one of a configured node.
-    #[error("no configured node at that address")]
-    UnknownNode,
     /// The node at `url` answered `GET /auth/token` with another id than the node configured
     /// there (spec §23.2): nothing was signed.
     #[error("the node at {url} is {found}, not {expected}")]
@@ -45,13 +43,11 @@ pub enum AuthFailure {
     Transport(String),
 }
 
-/// Tokens per node base URL.
+/// Tokens per node base URL. A challenge is signed only if the node at a URL returns the id
+/// the core names for it ([`NodeAddr::entity`]), never for whatever id a server claims, which
+/// would let a rogue server relay another node's challenge (spec §23.2).
 pub struct Tokens {
     identity: Identity,
-    /// The node expected at each base URL: a challenge is signed only if the node there returns
-    /// this id (spec §23.2), never for whatever id a server claims (which would let a rogue
-    /// server relay another node's challenge).
-    nodes: BTreeMap<String, EntityId>,
     cache: Mutex<BTreeMap<String, (String, u64)>>,
 }
 
@@ -62,13 +58,19 @@ impl std::fmt::Debug for Tokens {
 }
 
 impl Tokens {
-    /// Tokens for `identity`, at the nodes `nodes` (base URL → the node's entity id).
-    pub fn new(identity: Identity, nodes: BTreeMap<String, EntityId>) -> Self {
-        Self { identity, nodes, cache: Mutex::new(BTreeMap::new()) }
+    /// Tokens for `identity`.
+    pub fn new(identity: Identity) -> Self {
+        Self { identity, cache: Mutex::new(BTreeMap::new()) }
     }
 
-    /// A valid token for the node at `base_url`, from the cache or fetched now.
-    pub fn token(&self, agent: &ureq::Agent, base_url: &str) -> Result<String, AuthFailure> {
+    /// Whether a token for the node at `base_url` is cached.
+    pub fn has(&self, base_url: &str) -> bool {
+        self.cache.lock().is_ok_and(|c| c.contains_key(base_url.trim_end_matches('/')))
+    }
+
+    /// A valid token for `node`, from the cache or fetched now.
+    pub fn token(&self, agent: &ureq::Agent, node: &NodeAddr) -> Result<String, AuthFailure> {
+        let base_url = node.base_url.trim_end_matches('/');
         let now = unix_millis();
         let renew = u64::try_from(RENEW_BEFORE.as_millis()).unwrap_or(u64::MAX);
         if let Ok(cache) = self.cache.lock()
@@ -77,7 +79,7 @@ impl Tokens {
         {
             return Ok(token.clone());
         }
-        let grant = self.fetch(agent, base_url)?;
+        let grant = self.fetch(agent, base_url, &node.entity)?;
         if let Ok(mut cache) = self.cache.lock() {
             cache.insert(base_url.to_owned(), (grant.token.clone(), grant.expires_at));
         }
@@ -87,12 +89,16 @@ impl Tokens {
     /// Forgets the token for `base_url` (after the node refused it).
     pub fn invalidate(&self, base_url: &str) {
         if let Ok(mut cache) = self.cache.lock() {
-            cache.remove(base_url);
+            cache.remove(base_url.trim_end_matches('/'));
         }
     }
 
-    fn fetch(&self, agent: &ureq::Agent, base_url: &str) -> Result<TokenBody, AuthFailure> {
-        let node = self.nodes.get(base_url).ok_or(AuthFailure::UnknownNode)?;
+    fn fetch(
+        &self,
+        agent: &ureq::Agent,
+        base_url: &str,
+        node: &EntityId,
+    ) -> Result<TokenBody, AuthFailure> {
         let id = self.identity.id().as_str();
         let key = self.identity.public_key().to_b64u();
         let challenge: ChallengeBody = read_json(agent.get(&token_url(base_url, id, &key)).call())?;
@@ -210,9 +216,8 @@ mod tests {
         (base, verifies)
     }
 
-    fn tokens_for(base: &str, node: &str) -> Tokens {
-        let nodes = [(base.to_owned(), EntityId::new(node).unwrap())].into_iter().collect();
-        Tokens::new(me(), nodes)
+    fn at(base: &str, node: &str) -> NodeAddr {
+        NodeAddr { entity: EntityId::new(node).unwrap(), base_url: base.to_owned() }
     }
 
     fn agent() -> ureq::Agent {
@@ -222,7 +227,7 @@ mod tests {
     #[test]
     fn login_signs_the_node_id_returned_when_it_is_the_node_configured() {
         let (base, verifies) = fake_node("relay");
-        let token = tokens_for(&base, "relay").token(&agent(), &base).unwrap();
+        let token = Tokens::new(me()).token(&agent(), &at(&base, "relay")).unwrap();
         assert_eq!(token, "tok", "the node accepted a signature over its own id");
         assert_eq!(verifies.load(Ordering::SeqCst), 1);
     }
@@ -230,7 +235,7 @@ mod tests {
     #[test]
     fn login_refuses_a_node_that_is_not_the_one_configured_and_signs_nothing() {
         let (base, verifies) = fake_node("relay");
-        let err = tokens_for(&base, "bob").token(&agent(), &base).unwrap_err();
+        let err = Tokens::new(me()).token(&agent(), &at(&base, "bob")).unwrap_err();
         match &err {
             AuthFailure::WrongNode { url, found, expected } => {
                 assert_eq!(

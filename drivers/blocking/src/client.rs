@@ -85,18 +85,11 @@ impl Client {
             .tls_config(crate::tls::ureq_config(ca.as_deref()))
             .build()
             .into();
-        let nodes = config
-            .routes
-            .iter()
-            .map(|(_, addr)| addr)
-            .chain(config.relay.as_ref())
-            .map(|a| (a.base_url.trim_end_matches('/').to_owned(), a.entity.clone()))
-            .collect();
         let (inputs, receiver) = sync_channel(config.queues.inputs.max(1));
         let shared = Arc::new(Shared {
             config,
             agent,
-            tokens: Tokens::new(auth_identity, nodes),
+            tokens: Tokens::new(auth_identity),
             http_in_flight: AtomicUsize::new(0),
             tls,
         });

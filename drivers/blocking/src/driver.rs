@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use peerlink_core::ids::{EntityId, MessageId};
 use peerlink_core::node::{
-    Event, LinkId, Node, Output, RequestId, SendError, SendOptions, TransportStats,
+    Event, Input as NodeInput, LinkId, Node, Output, RequestId, SendError, SendOptions,
+    TransportStats,
 };
 use peerlink_core::time::Timestamp;
 
@@ -139,7 +140,7 @@ impl Driver {
             }
             let now = clock::now();
             if self.node.poll_timeout().is_some_and(|t| t <= now) {
-                self.node.handle_timeout(now);
+                self.feed(now, NodeInput::Timeout);
             }
             self.drain();
         }
@@ -150,24 +151,29 @@ impl Driver {
         self.inbox.ready.notify_all();
     }
 
+    /// Feeds the node one of its own inputs (this client accepts no links and serves no HTTP,
+    /// so none of them gives anything back).
+    fn feed(&mut self, now: Timestamp, input: NodeInput<'_>) {
+        let _ = self.node.handle_input(now, input);
+    }
+
     fn handle(&mut self, input: Input) {
         let now = clock::now();
-        let node = &mut self.node;
         match input {
-            Input::LinkUp(link) => node.link_up(now, link),
+            Input::LinkUp(link) => self.feed(now, NodeInput::LinkUp(link)),
             Input::LinkFailed(link) => {
                 self.links.remove(&link);
-                node.link_failed(now, link);
+                self.feed(now, NodeInput::LinkFailed(link));
             }
             Input::LinkClosed(link) => {
                 self.links.remove(&link);
-                node.link_closed(now, link);
+                self.feed(now, NodeInput::LinkClosed(link));
             }
-            Input::Frame(link, frame) => node.handle_frame(now, link, &frame),
+            Input::Frame(link, frame) => self.feed(now, NodeInput::Frame { link, frame: &frame }),
             Input::HttpDone(request, status, body) => {
-                node.handle_http_response(now, request, status, &body);
+                self.feed(now, NodeInput::HttpResponse { request, status, body: &body });
             }
-            Input::HttpFailed(request) => node.handle_http_failure(now, request),
+            Input::HttpFailed(request) => self.feed(now, NodeInput::HttpFailed(request)),
             Input::Command(command) => self.command(now, command),
         }
     }
@@ -223,13 +229,13 @@ impl Driver {
         while let Some(output) = self.node.poll_output() {
             match output {
                 Output::Transmit { link, frame } => self.transmit(link, frame),
-                Output::OpenLink { link, url, resume, .. } => {
+                Output::OpenLink { link, url, node, .. } => {
                     let inputs = self.inputs.clone();
-                    match link::spawn(link, url, resume, Arc::clone(&self.shared), inputs) {
+                    match link::spawn(link, url, node, Arc::clone(&self.shared), inputs) {
                         Some(handle) => {
                             self.links.insert(link, handle);
                         }
-                        None => self.node.link_failed(clock::now(), link),
+                        None => self.feed(clock::now(), NodeInput::LinkFailed(link)),
                     }
                 }
                 Output::CloseLink { link, .. } => {
@@ -237,10 +243,10 @@ impl Driver {
                         handle.stop.store(true, Ordering::Relaxed);
                     }
                 }
-                Output::HttpRequest { request, method, url, body } => {
+                Output::HttpRequest { request, method, url, node, body } => {
                     let inputs = self.inputs.clone();
-                    if !crate::http::spawn(request, method, url, body, &self.shared, inputs) {
-                        self.node.handle_http_failure(clock::now(), request);
+                    if !crate::http::spawn(request, method, url, node, body, &self.shared, inputs) {
+                        self.feed(clock::now(), NodeInput::HttpFailed(request));
                     }
                 }
                 // This client serves no HTTP.

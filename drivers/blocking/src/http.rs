@@ -5,8 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::SyncSender;
 
-use peerlink_core::endpoints::base_url_of;
-use peerlink_core::node::{HttpMethod, RequestId};
+use peerlink_core::node::{HttpMethod, NodeAddr, RequestId};
 
 use crate::driver::{Input, Shared};
 
@@ -17,6 +16,7 @@ pub fn spawn(
     request: RequestId,
     method: HttpMethod,
     url: String,
+    node: NodeAddr,
     body: Vec<u8>,
     shared: &Arc<Shared>,
     inputs: SyncSender<Input>,
@@ -28,7 +28,7 @@ pub fn spawn(
     let thread_shared = Arc::clone(shared);
     let spawned = std::thread::Builder::new().name("peerlink-http".into()).spawn(move || {
         let shared = thread_shared;
-        let input = match exchange(method, &url, &body, &shared) {
+        let input = match exchange(method, &url, &node, &body, &shared) {
             Some((status, body)) => Input::HttpDone(request, status, body),
             None => Input::HttpFailed(request),
         };
@@ -42,11 +42,20 @@ pub fn spawn(
     true
 }
 
-/// Makes the request, renewing the token once if the node refuses it with 401.
-fn exchange(method: HttpMethod, url: &str, body: &[u8], shared: &Shared) -> Option<(u16, Vec<u8>)> {
-    let base = base_url_of(url)?;
+/// Makes the request at `url` (the node's finished URL) of `node`. A 401 to a cached token is
+/// answered by one fresh login and one more try (the node may have restarted with a new key,
+/// spec §23.2); a second 401 goes to the node.
+fn exchange(
+    method: HttpMethod,
+    url: &str,
+    node: &NodeAddr,
+    body: &[u8],
+    shared: &Shared,
+) -> Option<(u16, Vec<u8>)> {
+    let base = &node.base_url;
     for attempt in 0..2 {
-        let token = shared.tokens.token(&shared.agent, &base).ok()?;
+        let had_token = shared.tokens.has(base);
+        let token = shared.tokens.token(&shared.agent, node).ok()?;
         let auth = format!("Bearer {token}");
         let response = match method {
             HttpMethod::Get => shared.agent.get(url).header("authorization", &auth).call(),
@@ -59,9 +68,11 @@ fn exchange(method: HttpMethod, url: &str, body: &[u8], shared: &Shared) -> Opti
         };
         let mut response = response.ok()?;
         let status = response.status().as_u16();
-        if status == 401 && attempt == 0 {
-            shared.tokens.invalidate(&base);
-            continue;
+        if status == 401 {
+            shared.tokens.invalidate(base);
+            if attempt == 0 && had_token {
+                continue;
+            }
         }
         let limit = u64::try_from(shared.config.node.max_http_body_bytes).unwrap_or(u64::MAX);
         let body = response.body_mut().with_config().limit(limit).read_to_vec().ok()?;

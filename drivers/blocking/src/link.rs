@@ -8,9 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, sync_channel};
 use std::time::Instant;
 
-use peerlink_core::endpoints::{SESSION_PARAM, base_url_of};
-use peerlink_core::ids::SessionId;
-use peerlink_core::node::LinkId;
+use peerlink_core::node::{LinkId, NodeAddr};
 use tungstenite::client::IntoClientRequest;
 use tungstenite::protocol::WebSocketConfig;
 use tungstenite::stream::MaybeTlsStream;
@@ -31,7 +29,7 @@ pub struct LinkHandle {
 pub fn spawn(
     link: LinkId,
     url: String,
-    resume: Option<SessionId>,
+    node: NodeAddr,
     shared: Arc<Shared>,
     inputs: SyncSender<Input>,
 ) -> Option<LinkHandle> {
@@ -40,7 +38,7 @@ pub fn spawn(
     let flag = Arc::clone(&stop);
     let spawned =
         std::thread::Builder::new().name(format!("peerlink-link-{}", link.0)).spawn(move || {
-            match connect(&url, resume.as_ref(), &shared) {
+            match connect(&url, &node, &shared) {
                 Some(ws) => {
                     if inputs.send(Input::LinkUp(link)).is_ok() {
                         run(link, ws, &queue, &flag, &shared, &inputs);
@@ -58,16 +56,12 @@ pub fn spawn(
 /// A link's socket: plain TCP or TLS.
 type Socket = WebSocket<MaybeTlsStream<TcpStream>>;
 
-/// Authenticates and upgrades; `None` on any failure (the core backs off and retries).
-fn connect(url: &str, resume: Option<&SessionId>, shared: &Shared) -> Option<Socket> {
+/// Authenticates at `node` and upgrades to `url`, the node's finished URL; `None` on any
+/// failure (the core backs off and retries).
+fn connect(url: &str, node: &NodeAddr, shared: &Shared) -> Option<Socket> {
     let settings = &shared.config.websocket;
-    let base = base_url_of(url)?;
-    let token = shared.tokens.token(&shared.agent, &base).ok()?;
-    let url = match resume {
-        Some(s) => format!("{url}?{SESSION_PARAM}={}", s.as_str()),
-        None => url.to_owned(),
-    };
-    let mut request = url.as_str().into_client_request().ok()?;
+    let token = shared.tokens.token(&shared.agent, node).ok()?;
+    let mut request = url.into_client_request().ok()?;
     let auth = format!("Bearer {token}").parse().ok()?;
     request.headers_mut().insert("authorization", auth);
     let host = request.uri().host()?.trim_start_matches('[').trim_end_matches(']').to_owned();
@@ -96,7 +90,7 @@ fn connect(url: &str, resume: Option<&SessionId>, shared: &Shared) -> Option<Soc
         Err(tungstenite::HandshakeError::Failure(WsError::Http(response)))
             if response.status().as_u16() == 401 =>
         {
-            shared.tokens.invalidate(&base);
+            shared.tokens.invalidate(&node.base_url);
             None
         }
         Err(_) => None,

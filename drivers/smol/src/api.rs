@@ -15,7 +15,7 @@ use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
 use smol::channel::{Receiver, Sender};
 
-use crate::client::{ClientCtx, base_of};
+use crate::client::ClientCtx;
 use crate::config::Config;
 use crate::driver::{Clock, Core, Input};
 use crate::routes::RouteCtx;
@@ -138,19 +138,12 @@ impl Peerlink {
         let mut node = Node::new(config.node.clone(), identity, config.trust_store(), seeded()?)
             .map_err(ApiError::Usage)?;
         let clock = Clock::new();
-        let mut hops_by_base = BTreeMap::new();
         for route in config.routes() {
-            if let Some(b) = base_of(&route.base_url) {
-                hops_by_base.insert(b, route.entity.clone());
-            }
             node.add_route(route.entity.clone(), route);
         }
         if let Some(relay) = &config.relay
             && let Some(url) = &relay.url
         {
-            if let Some(b) = base_of(url) {
-                hops_by_base.insert(b, relay.entity.clone());
-            }
             let relay = NodeAddr { entity: relay.entity.clone(), base_url: url.clone() };
             node.set_default_route(clock.now(), relay);
         }
@@ -174,7 +167,6 @@ impl Peerlink {
             waiting: BTreeMap::new(),
             events: None,
             handlers: BTreeMap::new(),
-            hops_by_base,
             client,
             inputs: inputs.clone(),
             errors_by_code: BTreeMap::new(),
@@ -335,9 +327,6 @@ impl Handle {
         self.call(move |c, _| {
             c.node.trust_entity(peer.entity.clone(), peer.key);
             if let Some(url) = peer.url {
-                if let Some(b) = base_of(&url) {
-                    c.hops_by_base.insert(b, peer.entity.clone());
-                }
                 c.node.add_route(
                     peer.entity.clone(),
                     NodeAddr { entity: peer.entity, base_url: url },

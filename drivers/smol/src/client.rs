@@ -22,8 +22,9 @@ use hyper::client::conn::http1::{Parts, SendRequest};
 use hyper::{Method, Request, Uri};
 use peerlink_core::auth::sign_challenge;
 use peerlink_core::endpoints;
+use peerlink_core::node::NodeAddr;
 use peerlink_core::node::{HttpMethod, LinkId};
-use peerlink_core::{EntityId, Identity, SessionId};
+use peerlink_core::{EntityId, Identity};
 use smol::channel::Sender;
 use smol::future::FutureExt as _;
 use smol::net::TcpStream;
@@ -410,18 +411,42 @@ fn sign_for(
         .map_err(|_| ClientError::BadResponse("challenge"))
 }
 
-/// An HTTP request the node asked for: `None` when there was no answer (the node retries).
+/// An HTTP request the node asked for, at `url` (the node's finished URL) of `node`: `None`
+/// when there was no answer (the node retries). A 401 to a cached token is answered by one
+/// fresh login and one more try (the node may have restarted with a new key, spec §23.2); a
+/// second 401 goes to the node.
 pub(crate) async fn node_request(
     ctx: &ClientCtx,
-    node: Option<EntityId>,
+    node: &NodeAddr,
     method: HttpMethod,
     url: &str,
     body: Vec<u8>,
     poll_wait: Duration,
 ) -> Option<(u16, Vec<u8>)> {
-    let base = base_of(url)?;
-    let node = node?;
-    let token = match token(ctx, &base, &node).await {
+    let base = node.base_url.trim_end_matches('/');
+    let body = Bytes::from(body);
+    for attempt in 0..2 {
+        let had_token = ctx.cached(base).is_some();
+        let answer =
+            node_request_once(ctx, base, &node.entity, method, url, body.clone(), poll_wait).await;
+        match answer {
+            Some((401, _)) if attempt == 0 && had_token => continue,
+            answer => return answer,
+        }
+    }
+    None
+}
+
+async fn node_request_once(
+    ctx: &ClientCtx,
+    base: &str,
+    node: &EntityId,
+    method: HttpMethod,
+    url: &str,
+    body: Bytes,
+    poll_wait: Duration,
+) -> Option<(u16, Vec<u8>)> {
+    let token = match token(ctx, base, node).await {
         Ok(t) => t,
         // The node refused us outright: report it as the HTTP refusal it is.
         Err(ClientError::Status(s)) if (400..500).contains(&s) => return Some((s, Vec::new())),
@@ -441,39 +466,32 @@ pub(crate) async fn node_request(
         HttpMethod::Get => (Method::GET, poll_wait),
         HttpMethod::Post => (Method::POST, Duration::ZERO),
     };
-    let url = match method {
-        HttpMethod::Get if !url.contains('?') => {
-            format!("{url}?wait_ms={}", poll_wait.as_millis())
-        }
-        _ => url.to_owned(),
-    };
     let limit = ctx.max_http_body_bytes;
     let d = ctx.limits.http_timeout.saturating_add(wait);
     let exchange = async {
         let uri: Uri = url.parse().map_err(|_| ClientError::BadUrl)?;
         let ndjson = "application/x-ndjson";
-        let body = Bytes::from(body);
         // A kept connection the node closed just as this request went out fails at once:
         // the request is made again, once, on a fresh connection (the stream makes a repeated
         // post harmless, §13).
-        if let Some(mut conn) = ctx.take_idle(&base) {
+        if let Some(mut conn) = ctx.take_idle(base) {
             let again = body.clone();
             if let Ok(answer) =
                 conn.request(m.clone(), &uri, Some(&token), ndjson, again, limit).await
             {
-                ctx.keep_idle(&base, conn);
+                ctx.keep_idle(base, conn);
                 return Ok(answer);
             }
         }
         let mut conn = KeepAlive::connect(ctx, &uri).await?;
         let answer = conn.request(m, &uri, Some(&token), ndjson, body, limit).await?;
-        ctx.keep_idle(&base, conn);
+        ctx.keep_idle(base, conn);
         Ok(answer)
     };
     match timeout(d, exchange).await {
         Ok((status, body)) => {
             if status == 401 {
-                ctx.forget(&base);
+                ctx.forget(base);
             }
             Some((status, body))
         }
@@ -484,24 +502,20 @@ pub(crate) async fn node_request(
     }
 }
 
-/// Opens an outbound link to `node` at `url` and runs it; reports `LinkUp` or `LinkFailed`.
+/// Opens an outbound link to `node` at `url` (the node's finished URL) and runs it; reports
+/// `LinkUp` or `LinkFailed`.
 pub(crate) async fn run_outbound(
     ctx: Arc<ClientCtx>,
     link: LinkId,
     url: String,
-    node: EntityId,
-    resume: Option<SessionId>,
+    node: NodeAddr,
     queues: LinkQueues,
     inputs: Sender<Input>,
 ) {
     let connected = timeout(ctx.limits.handshake_timeout.saturating_mul(3), async {
-        let base = base_of(&url).ok_or(ClientError::BadUrl)?;
-        let url = match &resume {
-            Some(s) => format!("{url}?session_id={}", s.as_str()),
-            None => url.clone(),
-        };
+        let base = node.base_url.trim_end_matches('/');
         let uri: Uri = url.parse().map_err(|_| ClientError::BadUrl)?;
-        let (token, stream) = token_and_stream(&ctx, &uri, &base, &node).await?;
+        let (token, stream) = token_and_stream(&ctx, &uri, base, &node.entity).await?;
         use async_tungstenite::tungstenite::client::IntoClientRequest;
         let mut req = url
             .as_str()
@@ -517,7 +531,7 @@ pub(crate) async fn run_outbound(
             Ok((ws, _)) => Ok(ws),
             Err(async_tungstenite::tungstenite::Error::Http(resp)) => {
                 if resp.status() == 401 {
-                    ctx.forget(&base);
+                    ctx.forget(base);
                 }
                 Err(ClientError::Status(resp.status().as_u16()))
             }
@@ -806,13 +820,12 @@ mod tests {
 
     /// Posts `n` times to the fake node at `base`, `pause` apart; every answer must be 200.
     fn post(ctx: &ClientCtx, base: &str, n: usize, pause: Duration) {
-        let node = Some(EntityId::new("node").unwrap());
+        let node = NodeAddr { entity: EntityId::new("node").unwrap(), base_url: base.to_owned() };
         let url = format!("{base}/v1/messages");
         smol::block_on(async {
             for _ in 0..n {
                 let r =
-                    node_request(ctx, node.clone(), HttpMethod::Post, &url, b"x".to_vec(), pause)
-                        .await;
+                    node_request(ctx, &node, HttpMethod::Post, &url, b"x".to_vec(), pause).await;
                 assert_eq!(r.map(|(s, _)| s), Some(200));
                 smol::Timer::after(pause).await;
             }

@@ -13,7 +13,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_tungstenite::tungstenite::Bytes;
 use peerlink_core::auth::{AuthError, Authority, Bearer, Challenge, ChallengeAnswer};
-use peerlink_core::node::{HttpCall, LinkId, LinkKind, Output, RequestId};
+use peerlink_core::node::{
+    Handled, HttpCall, Input as NodeInput, LinkId, LinkKind, NodeAddr, Output, RequestId,
+};
 use peerlink_core::{EntityId, ErrorCode, Event, MessageId, MessageType, Node, Timestamp};
 use rand_chacha::ChaCha20Rng;
 use smol::channel::{Receiver, Sender, TrySendError};
@@ -66,42 +68,16 @@ pub(crate) enum Input {
 }
 
 impl Input {
-    /// What this input is, with its ids and sizes but no content, for trace logs.
-    fn describe(&self) -> String {
-        match self {
-            Input::Accept { kind, who, .. } => format!("accept {kind:?} link from {}", who.entity),
-            Input::Frame { link, data } => format!("frame on {link:?}: {} bytes", data.len()),
-            Input::Closed { link } => format!("closed {link:?}"),
-            Input::LinkUp { link } => format!("link up {link:?}"),
-            Input::LinkFailed { link } => format!("link failed {link:?}"),
-            Input::Http { who, .. } => format!("HTTP call from {}", who.entity),
-            Input::HttpResult { request, result } => match result {
-                Some((status, body)) => {
-                    format!("HTTP answer to {request:?}: {status}, {} bytes", body.len())
-                }
-                None => format!("HTTP request {request:?} got no answer"),
-            },
+    /// What this input is, with its ids and sizes but no content, for trace logs (`None` for
+    /// the node's own inputs, which describe themselves).
+    fn describe(&self) -> Option<String> {
+        Some(match self {
             Input::Challenge { entity, .. } => format!("challenge for {entity}"),
             Input::Verify { entity, .. } => format!("verify for {entity}"),
             Input::Call(_) => "API call".to_owned(),
             Input::Shutdown { .. } => "shutdown".to_owned(),
-        }
-    }
-}
-
-/// What an output is, with its ids and sizes but no content, for trace logs.
-fn describe_output(out: &Output) -> String {
-    match out {
-        Output::Transmit { link, frame } => format!("transmit on {link:?}: {} bytes", frame.len()),
-        Output::OpenLink { link, url, .. } => format!("open {link:?} to {url}"),
-        Output::CloseLink { link, reason } => format!("close {link:?} ({reason:?})"),
-        Output::HttpRequest { request, method, url, body } => {
-            format!("{method:?} {url} as {request:?}: {} bytes", body.len())
-        }
-        Output::HttpRespond { request, status, body } => {
-            format!("answer {request:?}: {status}, {} bytes", body.len())
-        }
-        Output::Event(_) => "event".to_owned(),
+            _ => return None,
+        })
     }
 }
 
@@ -166,7 +142,6 @@ pub(crate) struct Core {
     pub waiting: BTreeMap<MessageId, Reply<Result<Vec<u8>, ApiError>>>,
     pub events: Option<Sender<Event>>,
     pub handlers: BTreeMap<MessageType, Handler>,
-    pub hops_by_base: BTreeMap<String, EntityId>,
     pub client: Arc<ClientCtx>,
     pub inputs: Sender<Input>,
     pub errors_by_code: BTreeMap<ErrorCode, u64>,
@@ -176,37 +151,56 @@ pub(crate) struct Core {
 }
 
 impl Core {
+    /// Feeds the node one of its own inputs now.
+    fn feed(&mut self, now: Timestamp, input: NodeInput<'_>) -> Result<Handled, ErrorCode> {
+        tracing::trace!(input = %input.describe(), "node input");
+        self.node.handle_input(now, input)
+    }
+
     fn handle(&mut self, input: Input) -> Option<Reply<()>> {
         let now = self.clock.now();
-        tracing::trace!(input = %input.describe(), "node input");
+        if let Some(what) = input.describe() {
+            tracing::trace!(input = %what, "node input");
+        }
         match input {
             Input::Accept { kind, who, handle, reply } => {
-                let r = self.node.accept_link(now, kind, who);
-                if let Ok(link) = r {
-                    self.links.insert(link, (kind, handle));
-                }
+                let r = match self.feed(now, NodeInput::AcceptLink { kind, who }) {
+                    Ok(Handled::Link(link)) => {
+                        self.links.insert(link, (kind, handle));
+                        Ok(link)
+                    }
+                    Ok(_) => Err(ErrorCode::InternalError),
+                    Err(code) => Err(code),
+                };
                 let _ = reply.try_send(r);
             }
-            Input::Frame { link, data } => self.node.handle_frame(now, link, &data),
+            Input::Frame { link, data } => {
+                let _ = self.feed(now, NodeInput::Frame { link, frame: &data });
+            }
             Input::Closed { link } => {
                 self.forget_link(link);
-                self.node.link_closed(now, link);
+                let _ = self.feed(now, NodeInput::LinkClosed(link));
             }
-            Input::LinkUp { link } => self.node.link_up(now, link),
+            Input::LinkUp { link } => {
+                let _ = self.feed(now, NodeInput::LinkUp(link));
+            }
             Input::LinkFailed { link } => {
                 self.forget_link(link);
-                self.node.link_failed(now, link);
+                let _ = self.feed(now, NodeInput::LinkFailed(link));
             }
             Input::Http { who, call, reply } => {
                 let caller = who.entity.clone();
-                let request = self.node.handle_http_request(now, who, call);
-                self.pending_http.insert(request, (caller, reply));
+                if let Ok(Handled::Call(request)) =
+                    self.feed(now, NodeInput::HttpCall { who, call })
+                {
+                    self.pending_http.insert(request, (caller, reply));
+                }
             }
             Input::HttpResult { request, result: Some((status, body)) } => {
-                self.node.handle_http_response(now, request, status, &body)
+                let _ = self.feed(now, NodeInput::HttpResponse { request, status, body: &body });
             }
             Input::HttpResult { request, result: None } => {
-                self.node.handle_http_failure(now, request)
+                let _ = self.feed(now, NodeInput::HttpFailed(request));
             }
             Input::Challenge { entity, pubkey, reply } => {
                 let r = self.authority.challenge(
@@ -241,29 +235,26 @@ impl Core {
     /// Carries out every output the node has.
     async fn drain(&mut self) {
         while let Some(out) = self.node.poll_output() {
-            tracing::trace!(output = %describe_output(&out), "node output");
+            tracing::trace!(output = %out.describe(), "node output");
             match out {
                 Output::Transmit { link, frame } => self.transmit(link, frame),
-                Output::OpenLink { link, url, kind, resume } => {
-                    self.open_link(link, url, kind, resume)
-                }
+                Output::OpenLink { link, url, kind, node } => self.open_link(link, url, kind, node),
                 Output::CloseLink { link, reason } => {
                     if let Some((_, h)) = self.links.get(&link) {
                         let _ = h.kill.try_send(reason);
                     }
                     self.forget_link(link);
                 }
-                Output::HttpRequest { request, method, url, body } => {
+                Output::HttpRequest { request, method, url, node, body } => {
                     if self.stopping {
                         continue;
                     }
                     let ctx = Arc::clone(&self.client);
                     let inputs = self.inputs.clone();
-                    let node = self.hop_of_url(&url);
                     let poll_wait = self.node.config().poll_wait;
                     smol::spawn(async move {
                         let result =
-                            client::node_request(&ctx, node, method, &url, body, poll_wait).await;
+                            client::node_request(&ctx, &node, method, &url, body, poll_wait).await;
                         let _ = inputs.send(Input::HttpResult { request, result }).await;
                     })
                     .detach();
@@ -276,7 +267,8 @@ impl Core {
                         // the answer carried goes back to its mailbox (spec §21).
                         tracing::debug!(%caller, ?request, "HTTP caller gone; answer kept");
                         let now = self.clock.now();
-                        self.node.http_answer_lost(now, &caller, &body);
+                        let _ =
+                            self.feed(now, NodeInput::HttpAnswerLost { to: caller, body: &body });
                     }
                 }
                 Output::Event(e) => self.event(e).await,
@@ -293,37 +285,25 @@ impl Core {
                 self.slow_readers = self.slow_readers.saturating_add(1);
                 let _ = h.kill.try_send(Some(ErrorCode::RateLimitExceeded));
                 self.forget_link(link);
-                self.node.link_closed(self.clock.now(), link);
+                let now = self.clock.now();
+                let _ = self.feed(now, NodeInput::LinkClosed(link));
             }
             Err(TrySendError::Closed(_)) => {}
         }
     }
 
-    fn open_link(
-        &mut self,
-        link: LinkId,
-        url: String,
-        kind: LinkKind,
-        resume: Option<peerlink_core::SessionId>,
-    ) {
-        let now = self.clock.now();
-        let Some(node) = self.hop_of_url(&url).filter(|_| !self.stopping) else {
-            tracing::warn!(%url, "no known node at this URL; link refused");
-            self.node.link_failed(now, link);
+    fn open_link(&mut self, link: LinkId, url: String, kind: LinkKind, node: NodeAddr) {
+        if self.stopping {
+            let now = self.clock.now();
+            let _ = self.feed(now, NodeInput::LinkFailed(link));
             return;
-        };
+        }
         let (handle, queues) = link_channels(self.client.limits.send_queue_frames);
         self.links.insert(link, (kind, handle));
         self.outbound.insert(link);
         let ctx = Arc::clone(&self.client);
         let inputs = self.inputs.clone();
-        smol::spawn(client::run_outbound(ctx, link, url, node, resume, queues, inputs)).detach();
-    }
-
-    /// The next hop a WebSocket or HTTP URL of the node belongs to.
-    fn hop_of_url(&self, url: &str) -> Option<EntityId> {
-        let base = client::base_of(url)?;
-        self.hops_by_base.get(&base).cloned()
+        smol::spawn(client::run_outbound(ctx, link, url, node, queues, inputs)).detach();
     }
 
     async fn event(&mut self, e: Event) {
@@ -470,7 +450,7 @@ pub(crate) async fn run(mut core: Core, inputs: Receiver<Input>) {
             // Also when inputs never stop coming: the timers run at least once per batch.
             let now = core.clock.now();
             if core.node.poll_timeout().is_some_and(|t| t <= now) {
-                core.node.handle_timeout(now);
+                let _ = core.feed(now, NodeInput::Timeout);
             }
         }
         core.drain().await;

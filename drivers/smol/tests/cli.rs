@@ -386,3 +386,30 @@ fn a_relay_whose_login_names_another_node_gets_nothing_signed() {
     assert!(f.stderr.contains(", not carol"), "{}", f.stderr);
     assert!(f.stderr.contains("error: not delivered"), "{}", f.stderr);
 }
+
+#[test]
+fn logs_written_to_a_file_carry_no_colour_codes_and_json_logs_are_one_object_a_line() {
+    let mut p = Procs::new("logs");
+    let text = p.run("keygen-text", "text", &["keygen", "--id", "carol"]);
+    assert!(text.success, "{}", text.stderr);
+    assert!(text.stderr.contains("created a new identity"), "{}", text.stderr);
+    assert!(!text.stderr.contains('\u{1b}'), "escape codes in a file: {:?}", text.stderr);
+
+    let json = p.run("keygen-json", "json", &["--log-format", "json", "keygen", "--id", "dave"]);
+    assert!(json.success, "{}", json.stderr);
+    let lines: Vec<serde_json::Value> = json
+        .stderr
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    assert!(
+        lines.iter().any(|l| l["fields"]["message"] == "created a new identity"
+            && l["level"] == "INFO"
+            && l["fields"]["entity"] == "dave"),
+        "{lines:?}"
+    );
+
+    let bad = p.run("keygen-bad", "bad", &["--log-format", "xml", "keygen", "--id", "erin"]);
+    assert!(!bad.success && bad.stderr.contains("--log-format"), "{}", bad.stderr);
+}

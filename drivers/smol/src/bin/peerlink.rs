@@ -31,8 +31,37 @@ struct Cli {
     /// TOML configuration file (see drivers/smol/peerlink.example.toml).
     #[arg(long, short, global = true)]
     config: Option<PathBuf>,
+    /// Log lines on stderr as text (coloured only on a terminal, never with NO_COLOR set) or
+    /// as one JSON object per line, for log collectors. RUST_LOG sets the level [default: info].
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Option<Command>,
+}
+
+/// How log lines are written.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Installs the log writer: stderr, level from RUST_LOG (default `info`).
+fn init_logs(format: LogFormat) {
+    use std::io::IsTerminal as _;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => logs.json().init(),
+        LogFormat::Text => {
+            let colour = std::io::stderr().is_terminal()
+                && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+            logs.with_ansi(colour).init()
+        }
+    }
 }
 
 /// Where `--url` points when neither it, `--relay` nor a `[relay]` in the config file is given.
@@ -195,14 +224,8 @@ enum Command {
 type Fallible<T> = Result<T, Box<dyn std::error::Error>>;
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    init_logs(cli.log_format);
     match smol::block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

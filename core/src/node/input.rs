@@ -1,0 +1,125 @@
+//! Everything a driver feeds a [`Node`]: one [`Input`] enum and [`Node::handle_input`], next to
+//! [`Output`](super::Output) (as str0m does). The application's commands (`send`, `request`,
+//! `subscribe`, …) stay methods: each returns its own result at once.
+
+use super::{Bearer, HttpCall, LinkId, LinkKind, Node, RequestId};
+use crate::error::ErrorCode;
+use crate::ids::EntityId;
+use crate::time::Timestamp;
+
+/// One event from the network or the clock, with what it carries. Borrowed bytes: the node
+/// copies what it keeps.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Input<'a> {
+    /// An inbound WebSocket connection, already authenticated by the driver: `who` is its
+    /// token's holder (spec §2.3). Handled gives [`Handled::Link`] or the close code.
+    AcceptLink {
+        /// The endpoint it upgraded on.
+        kind: LinkKind,
+        /// The token's holder: the entity and the key it proved.
+        who: Bearer,
+    },
+    /// An outbound link the node asked for ([`Output::OpenLink`](super::Output::OpenLink)) is
+    /// connected.
+    LinkUp(LinkId),
+    /// An outbound link could not be opened.
+    LinkFailed(LinkId),
+    /// A link closed, either side, for any reason.
+    LinkClosed(LinkId),
+    /// One frame (a WebSocket text message) arrived on a link.
+    Frame {
+        /// The link.
+        link: LinkId,
+        /// The frame's bytes.
+        frame: &'a [u8],
+    },
+    /// An inbound HTTP call to `/v1/messages`, already authenticated by the driver. Handled
+    /// gives [`Handled::Call`]: the id its [`Output::HttpRespond`](super::Output::HttpRespond)
+    /// will carry.
+    HttpCall {
+        /// The token's holder.
+        who: Bearer,
+        /// The call.
+        call: HttpCall,
+    },
+    /// The answer to an HTTP request the node made.
+    HttpResponse {
+        /// The exchange.
+        request: RequestId,
+        /// Its status code.
+        status: u16,
+        /// Its body.
+        body: &'a [u8],
+    },
+    /// An HTTP request the node made failed without an answer (refused, timed out).
+    HttpFailed(RequestId),
+    /// An answer the node gave to an inbound HTTP call could not be handed to its caller (the
+    /// connection was gone): see [`Node::http_answer_lost`].
+    HttpAnswerLost {
+        /// The caller the answer was for.
+        to: EntityId,
+        /// The answer's body, as the node emitted it.
+        body: &'a [u8],
+    },
+    /// The deadline from [`Node::poll_timeout`] has passed (harmless if it has not).
+    Timeout,
+}
+
+/// What handling an input gives back that the driver needs at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handled {
+    /// Nothing: the outputs say the rest.
+    Done,
+    /// The id of the link just accepted.
+    Link(LinkId),
+    /// The id of the inbound HTTP call just taken.
+    Call(RequestId),
+}
+
+impl Node {
+    /// Feeds one input at time `now`; then drain [`Node::poll_output`]. The only error is the
+    /// close code of an inbound link that is refused ([`Input::AcceptLink`]).
+    pub fn handle_input(&mut self, now: Timestamp, input: Input<'_>) -> Result<Handled, ErrorCode> {
+        match input {
+            Input::AcceptLink { kind, who } => {
+                return self.accept_link(now, kind, who).map(Handled::Link);
+            }
+            Input::LinkUp(link) => self.link_up(now, link),
+            Input::LinkFailed(link) => self.link_failed(now, link),
+            Input::LinkClosed(link) => self.link_closed(now, link),
+            Input::Frame { link, frame } => self.handle_frame(now, link, frame),
+            Input::HttpCall { who, call } => {
+                return Ok(Handled::Call(self.handle_http_request(now, who, call)));
+            }
+            Input::HttpResponse { request, status, body } => {
+                self.handle_http_response(now, request, status, body)
+            }
+            Input::HttpFailed(request) => self.handle_http_failure(now, request),
+            Input::HttpAnswerLost { to, body } => self.http_answer_lost(now, &to, body),
+            Input::Timeout => self.handle_timeout(now),
+        }
+        Ok(Handled::Done)
+    }
+}
+
+impl Input<'_> {
+    /// What this input is, with ids and sizes but no content: for trace logs.
+    pub fn describe(&self) -> String {
+        match self {
+            Input::AcceptLink { kind, who } => format!("accept {kind:?} link from {}", who.entity),
+            Input::LinkUp(link) => format!("link up {link:?}"),
+            Input::LinkFailed(link) => format!("link failed {link:?}"),
+            Input::LinkClosed(link) => format!("closed {link:?}"),
+            Input::Frame { link, frame } => format!("frame on {link:?}: {} bytes", frame.len()),
+            Input::HttpCall { who, .. } => format!("HTTP call from {}", who.entity),
+            Input::HttpResponse { request, status, body } => {
+                format!("HTTP answer to {request:?}: {status}, {} bytes", body.len())
+            }
+            Input::HttpFailed(request) => format!("HTTP request {request:?} got no answer"),
+            Input::HttpAnswerLost { to, body } => {
+                format!("answer for {to} lost: {} bytes", body.len())
+            }
+            Input::Timeout => "timeout".to_owned(),
+        }
+    }
+}
