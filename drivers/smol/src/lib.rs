@@ -1,9 +1,10 @@
 //! # peerlink-smol
 //!
-//! A peerlink node on [smol]: the WebSocket and HTTP server and client around the sans-IO
-//! [`peerlink_core::node::Node`]. This crate owns sockets, timers and tasks; every protocol
-//! decision (delivery, retransmission, fallback, resume, heartbeat, routing, topics, rate limits)
-//! is the core's. `drivers/smol/README.md` describes the tasks and their bounds.
+//! A peerlink node on [smol]: the runtime-neutral host ([`peerlink_host`]: node task, endpoints,
+//! token client, links, TLS, config, keys, metrics) run on smol's global executor through
+//! [`SmolRuntime`]. Every protocol decision (delivery, retransmission, fallback, resume,
+//! heartbeat, routing, topics, rate limits) is the core's; `drivers/smol/README.md` describes
+//! the tasks and their bounds.
 //!
 //! ```no_run
 //! use peerlink_core::{EntityId, Identity};
@@ -23,18 +24,30 @@
 #![deny(unused_must_use)]
 #![warn(missing_docs)]
 
-mod api;
-pub mod client;
-pub mod config;
-pub mod config_file;
-mod driver;
-pub mod keys;
-mod link;
-pub mod metrics;
-mod routes;
-pub mod rt;
-pub mod server;
-pub mod tls;
+mod runtime;
 
-pub use api::{ApiError, Handle, Peerlink, Snapshot};
-pub use config::{Config, DriverLimits, TlsFiles, TrustedPeer};
+use std::sync::Arc;
+
+use peerlink_core::Identity;
+pub use peerlink_host::{
+    ApiError, Config, DriverLimits, Handle, Snapshot, TlsFiles, TrustedPeer, client, config,
+    config_file, keys, metrics, server, tls,
+};
+pub use runtime::SmolRuntime;
+
+/// Starts nodes on smol.
+#[derive(Debug)]
+pub struct Peerlink;
+
+impl Peerlink {
+    /// Binds the listener, then spawns the node task and the server on smol's global executor.
+    /// Returns once the port is bound; [`Handle::local_addr`] gives it (use port 0 in tests).
+    pub async fn start(config: Config, identity: Identity) -> Result<Handle, ApiError> {
+        peerlink_host::Peerlink::start(rt(), config, identity).await
+    }
+}
+
+/// smol as the host's runtime.
+pub fn rt() -> peerlink_host::Rt {
+    Arc::new(SmolRuntime)
+}

@@ -13,11 +13,11 @@ use std::time::Duration;
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use clap::{Parser, Subcommand};
-use futures_rustls::rustls;
 use peerlink_core::node::SendOptions;
 use peerlink_core::transport::TransportPreference;
 use peerlink_core::{EntityId, Event, MessageType, PublicKey, TrustPolicy};
 use peerlink_smol::config_file::FileConfig;
+use peerlink_smol::tls::rustls;
 use peerlink_smol::{Config, Peerlink, TrustedPeer, keys};
 use smol::future::FutureExt as _;
 
@@ -28,7 +28,7 @@ struct Cli {
     /// Data directory with the identity (default: $PEERLINK_HOME or ./.peerlink).
     #[arg(long, global = true)]
     data_dir: Option<PathBuf>,
-    /// TOML configuration file (see drivers/smol/peerlink.example.toml).
+    /// TOML configuration file (see drivers/host/peerlink.example.toml).
     #[arg(long, short, global = true)]
     config: Option<PathBuf>,
     /// Log lines on stderr as text (coloured only on a terminal, never with NO_COLOR set) or
@@ -324,9 +324,13 @@ async fn relay_peer(args: &RelayArgs, config: &Config) -> Fallible<Option<Truste
     let (entity, key) = match (given_id, given_key) {
         (Some(id), Some(key)) => (id, key),
         (given_id, given_key) => {
-            let caps = peerlink_smol::client::capabilities(&url, client_tls(config)?)
-                .await
-                .map_err(|e| CliError::RelayUnknown { url: url.clone(), reason: e.to_string() })?;
+            let caps =
+                peerlink_smol::client::capabilities(peerlink_smol::rt(), &url, client_tls(config)?)
+                    .await
+                    .map_err(|e| CliError::RelayUnknown {
+                        url: url.clone(),
+                        reason: e.to_string(),
+                    })?;
             let found = entity("the relay's node_id", &caps.node_id)?;
             let key = public_key("the relay's public_key", &caps.public_key)?;
             if let Some(given) = given_id.filter(|g| *g != found) {
@@ -348,7 +352,7 @@ async fn relay_peer(args: &RelayArgs, config: &Config) -> Fallible<Option<Truste
 /// giving a relay's URL as the peer's gets an answer saying what to do. A node that cannot be
 /// asked is left to the login, which refuses another node too (spec §23.2).
 async fn check_peer_node(url: &str, to: &EntityId, config: &Config) -> Fallible<()> {
-    match peerlink_smol::client::capabilities(url, client_tls(config)?).await {
+    match peerlink_smol::client::capabilities(peerlink_smol::rt(), url, client_tls(config)?).await {
         Ok(caps) if caps.node_id != to.as_str() => Err(CliError::NotThePeer {
             url: url.to_owned(),
             found: caps.node_id,
@@ -555,11 +559,19 @@ async fn run(cli: Cli) -> Fallible<()> {
         }
         Some(Command::Status { url }) => {
             let base = url.trim_end_matches('/');
-            let (s, body) =
-                peerlink_smol::client::get_public(&format!("{base}/healthz"), 4096).await?;
+            let (s, body) = peerlink_smol::client::get_public(
+                peerlink_smol::rt(),
+                &format!("{base}/healthz"),
+                4096,
+            )
+            .await?;
             println!("healthz: {s} {}", String::from_utf8_lossy(&body).trim());
-            let (s, body) =
-                peerlink_smol::client::get_public(&format!("{base}/metrics"), 1 << 20).await?;
+            let (s, body) = peerlink_smol::client::get_public(
+                peerlink_smol::rt(),
+                &format!("{base}/metrics"),
+                1 << 20,
+            )
+            .await?;
             if s != 200 {
                 return Err(format!("metrics: HTTP {s}").into());
             }

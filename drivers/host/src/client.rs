@@ -12,6 +12,8 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use async_channel::Sender;
+use futures_lite::FutureExt as _;
 use futures_rustls::TlsConnector;
 use futures_rustls::client::TlsStream;
 use futures_rustls::pki_types::ServerName;
@@ -25,14 +27,12 @@ use peerlink_core::endpoints;
 use peerlink_core::node::NodeAddr;
 use peerlink_core::node::{HttpMethod, LinkId};
 use peerlink_core::{EntityId, Identity};
-use smol::channel::Sender;
-use smol::future::FutureExt as _;
-use smol::net::TcpStream;
 
 use crate::config::DriverLimits;
 use crate::driver::Input;
 use crate::link::{Corked, LinkQueues, run_link, ws_config};
 use crate::rt::FuturesIo;
+use crate::runtime::{Rt, Runtime, Stream as Tcp, sleep, spawn_with_output};
 use crate::tls::MaybeTls;
 
 /// Why a request to another node failed.
@@ -78,6 +78,8 @@ pub enum ClientError {
 
 /// What client tasks share: the identity (to sign challenges), TLS, the token cache, bounds.
 pub(crate) struct ClientCtx {
+    /// The executor.
+    pub rt: Rt,
     pub identity: Arc<Identity>,
     pub tls: Option<Arc<rustls::ClientConfig>>,
     pub limits: DriverLimits,
@@ -91,6 +93,7 @@ pub(crate) struct ClientCtx {
 
 impl ClientCtx {
     pub fn new(
+        rt: Rt,
         identity: Arc<Identity>,
         tls: Option<Arc<rustls::ClientConfig>>,
         limits: DriverLimits,
@@ -98,6 +101,7 @@ impl ClientCtx {
         max_http_body_bytes: usize,
     ) -> Self {
         Self {
+            rt,
             identity,
             tls,
             limits,
@@ -177,15 +181,14 @@ pub fn base_of(url: &str) -> Option<String> {
     Some(format!("{scheme}://{}", uri.authority()?.as_str().to_ascii_lowercase()))
 }
 
-type Stream = MaybeTls<TlsStream<TcpStream>>;
+type Stream = MaybeTls<TlsStream<Tcp>>;
 
 async fn connect(ctx: &ClientCtx, uri: &Uri) -> Result<Stream, ClientError> {
     let tls = matches!(uri.scheme_str(), Some("https" | "wss"));
     let host = uri.host().ok_or(ClientError::BadUrl)?;
     let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
     let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
-    let tcp = TcpStream::connect((host.as_str(), port)).await?;
-    let _ = tcp.set_nodelay(true);
+    let tcp = ctx.rt.connect(host.clone(), port).await?;
     if !tls {
         return Ok(MaybeTls::Plain(tcp));
     }
@@ -197,15 +200,16 @@ async fn connect(ctx: &ClientCtx, uri: &Uri) -> Result<Stream, ClientError> {
 
 /// [`connect`], bounded by `http_timeout`.
 async fn connect_within(ctx: &ClientCtx, uri: &Uri) -> Result<Stream, ClientError> {
-    timeout(ctx.limits.http_timeout, connect(ctx, uri)).await
+    timeout(&*ctx.rt, ctx.limits.http_timeout, connect(ctx, uri)).await
 }
 
 async fn timeout<T>(
+    rt: &dyn Runtime,
     d: Duration,
     f: impl Future<Output = Result<T, ClientError>>,
 ) -> Result<T, ClientError> {
     f.or(async {
-        smol::Timer::after(d).await;
+        sleep(rt, d).await;
         Err(ClientError::Timeout)
     })
     .await
@@ -215,15 +219,16 @@ async fn timeout<T>(
 /// fetches its token and then upgrades to WebSocket on one connection (spec §23.2).
 struct KeepAlive {
     send: SendRequest<Full<Bytes>>,
-    conn: smol::Task<Result<Parts<FuturesIo<Stream>>, hyper::Error>>,
+    /// The connection's task's outcome: its socket back, once `send` is dropped.
+    conn: async_channel::Receiver<Result<Parts<FuturesIo<Stream>>, hyper::Error>>,
     /// Whether the last answer left the connection open (no `Connection: close`).
     reusable: bool,
 }
 
 impl KeepAlive {
-    async fn open(stream: Stream) -> Result<Self, ClientError> {
+    async fn open(rt: &dyn Runtime, stream: Stream) -> Result<Self, ClientError> {
         let (send, conn) = hyper::client::conn::http1::handshake(FuturesIo(stream)).await?;
-        Ok(Self { send, conn: smol::spawn(conn.without_shutdown()), reusable: true })
+        Ok(Self { send, conn: spawn_with_output(rt, conn.without_shutdown()), reusable: true })
     }
 
     /// Whether another request may go on this connection: the last answer did not ask to close
@@ -234,7 +239,7 @@ impl KeepAlive {
 
     /// A fresh connection to `uri`'s host.
     async fn connect(ctx: &ClientCtx, uri: &Uri) -> Result<Self, ClientError> {
-        Self::open(connect_within(ctx, uri).await?).await
+        Self::open(&*ctx.rt, connect_within(ctx, uri).await?).await
     }
 
     /// One exchange; the response body is bounded by `max_body`.
@@ -278,7 +283,11 @@ impl KeepAlive {
     /// The socket back, once every answer has been read; refuses one with bytes left over.
     async fn into_stream(self) -> Result<Stream, ClientError> {
         drop(self.send);
-        let parts = self.conn.await?;
+        let parts = self
+            .conn
+            .recv()
+            .await
+            .map_err(|_| ClientError::BadResponse("connection task gone"))??;
         if !parts.read_buf.is_empty() {
             return Err(ClientError::BadResponse("bytes after the last answer"));
         }
@@ -297,7 +306,7 @@ pub(crate) async fn http(
     max_body: usize,
 ) -> Result<(u16, Vec<u8>), ClientError> {
     let uri: Uri = url.parse().map_err(|_| ClientError::BadUrl)?;
-    let mut conn = KeepAlive::open(connect(ctx, &uri).await?).await?;
+    let mut conn = KeepAlive::open(&*ctx.rt, connect(ctx, &uri).await?).await?;
     conn.request(method, &uri, bearer, content_type, Bytes::from(body), max_body).await
 }
 
@@ -332,7 +341,7 @@ async fn token_and_stream(
     if let Some(t) = ctx.cached(base) {
         return Ok((t, stream));
     }
-    let mut conn = KeepAlive::open(stream).await?;
+    let mut conn = KeepAlive::open(&*ctx.rt, stream).await?;
     let token = fetch_token(ctx, &mut conn, base, node).await?;
     if conn.open_for_more()
         && let Ok(stream) = conn.into_stream().await
@@ -355,6 +364,7 @@ async fn fetch_token(
     let uri: Uri = url.parse().map_err(|_| ClientError::BadUrl)?;
     let max = ctx.limits.max_auth_body_bytes;
     let (status, body) = timeout(
+        &*ctx.rt,
         ctx.limits.http_timeout,
         conn.request(Method::GET, &uri, None, "text/plain", Bytes::new(), max),
     )
@@ -376,6 +386,7 @@ async fn fetch_token(
         *conn = KeepAlive::connect(ctx, &uri).await?;
     }
     let (status, body) = timeout(
+        &*ctx.rt,
         ctx.limits.http_timeout,
         conn.request(Method::POST, &uri, None, "application/json", Bytes::from(body), max),
     )
@@ -488,7 +499,7 @@ async fn node_request_once(
         ctx.keep_idle(base, conn);
         Ok(answer)
     };
-    match timeout(d, exchange).await {
+    match timeout(&*ctx.rt, d, exchange).await {
         Ok((status, body)) => {
             if status == 401 {
                 ctx.forget(base);
@@ -512,7 +523,7 @@ pub(crate) async fn run_outbound(
     queues: LinkQueues,
     inputs: Sender<Input>,
 ) {
-    let connected = timeout(ctx.limits.handshake_timeout.saturating_mul(3), async {
+    let connected = timeout(&*ctx.rt, ctx.limits.handshake_timeout.saturating_mul(3), async {
         let base = node.base_url.trim_end_matches('/');
         let uri: Uri = url.parse().map_err(|_| ClientError::BadUrl)?;
         let (token, stream) = token_and_stream(&ctx, &uri, base, &node.entity).await?;
@@ -544,7 +555,7 @@ pub(crate) async fn run_outbound(
             if inputs.send(Input::LinkUp { link }).await.is_err() {
                 return;
             }
-            run_link(ws, link, queues, inputs).await;
+            run_link(Arc::clone(&ctx.rt), ws, link, queues, inputs).await;
         }
         Err(e @ ClientError::WrongNode { .. }) => {
             tracing::warn!(error = %e, "link failed: another node than the one meant");
@@ -559,12 +570,13 @@ pub(crate) async fn run_outbound(
 
 /// `GET url` without authentication (for `peerlink status`: `/healthz`, `/metrics`); plain
 /// `http://` only. The body is bounded by `max_body`.
-pub async fn get_public(url: &str, max_body: usize) -> Result<(u16, Vec<u8>), ClientError> {
-    get_public_with(url, None, max_body).await
+pub async fn get_public(rt: Rt, url: &str, max_body: usize) -> Result<(u16, Vec<u8>), ClientError> {
+    get_public_with(rt, url, None, max_body).await
 }
 
 /// [`get_public`], also over `https://` when `tls` is given.
 async fn get_public_with(
+    rt: Rt,
     url: &str,
     tls: Option<Arc<rustls::ClientConfig>>,
     max_body: usize,
@@ -573,8 +585,9 @@ async fn get_public_with(
     let id = EntityId::new("anonymous").map_err(|_| ClientError::BadUrl)?;
     let identity = Arc::new(crate::keys::generate(id).map_err(|_| ClientError::BadUrl)?);
     let limits = DriverLimits::default();
-    let ctx = ClientCtx::new(identity, tls, limits.clone(), 0, max_body);
+    let ctx = ClientCtx::new(rt, identity, tls, limits.clone(), 0, max_body);
     timeout(
+        &*ctx.rt,
         limits.http_timeout,
         http(&ctx, Method::GET, url, None, "text/plain", Vec::new(), max_body),
     )
@@ -589,11 +602,12 @@ const MAX_CAPABILITIES_BODY: usize = 16 * 1024;
 /// hop's id this way pins it: every later login there must return that id (spec §23.2). `tls`
 /// (the client configuration of [`crate::tls::client_config`]) is needed for `https://`.
 pub async fn capabilities(
+    rt: Rt,
     base: &str,
     tls: Option<Arc<rustls::ClientConfig>>,
 ) -> Result<endpoints::CapabilitiesBody, ClientError> {
     let url = format!("{}{}", base.trim_end_matches('/'), endpoints::CAPABILITIES_PATH);
-    let (status, body) = get_public_with(&url, tls, MAX_CAPABILITIES_BODY).await?;
+    let (status, body) = get_public_with(rt, &url, tls, MAX_CAPABILITIES_BODY).await?;
     if status != 200 {
         return Err(ClientError::Status(status));
     }
@@ -722,7 +736,14 @@ mod tests {
     }
 
     fn ctx() -> ClientCtx {
-        ClientCtx::new(Arc::new(me()), None, DriverLimits::default(), 1 << 20, 1 << 20)
+        ClientCtx::new(
+            crate::test_runtime::rt(),
+            Arc::new(me()),
+            None,
+            DriverLimits::default(),
+            1 << 20,
+            1 << 20,
+        )
     }
 
     /// Whether a `POST /auth/verify` body carries [`me`]'s signature over `node_id` and
@@ -814,7 +835,9 @@ mod tests {
     #[test]
     fn capabilities_tell_who_the_node_is_without_logging_in() {
         let (base, _, _) = fake_node_named("relay", false, usize::MAX);
-        let caps = smol::block_on(capabilities(&format!("{base}/"), None)).unwrap();
+        let caps =
+            smol::block_on(capabilities(crate::test_runtime::rt(), &format!("{base}/"), None))
+                .unwrap();
         assert_eq!((caps.node_id.as_str(), caps.public_key.as_str()), ("relay", "k"));
     }
 

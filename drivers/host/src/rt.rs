@@ -1,4 +1,4 @@
-//! hyper 1.x on smol: an executor, a timer, and IO wrappers in both directions between hyper's
+//! hyper 1.x on any [`Runtime`](crate::runtime::Runtime): an executor, a timer, and IO wrappers in both directions between hyper's
 //! `rt::Read`/`rt::Write` and futures-io's `AsyncRead`/`AsyncWrite`.
 //!
 //! No `unsafe`: reads into hyper's buffer go through a small stack buffer and
@@ -10,55 +10,55 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use futures_lite::io::{AsyncRead, AsyncWrite};
 use hyper::rt::{Read, ReadBuf, ReadBufCursor, Write};
-use smol::io::{AsyncRead, AsyncWrite};
+
+use crate::runtime::{BoxSleep, Rt};
 
 /// Largest number of bytes one `poll_read` of [`FuturesIo`] moves into hyper's buffer.
 pub const COPY_CHUNK: usize = 8 * 1024;
 
-/// Runs hyper's background futures on smol's global executor.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct SmolExecutor;
+/// Runs hyper's background futures on the node's [`Runtime`](crate::runtime::Runtime).
+#[derive(Debug, Clone)]
+pub struct HyperExecutor(pub Rt);
 
-impl<F> hyper::rt::Executor<F> for SmolExecutor
+impl<F> hyper::rt::Executor<F> for HyperExecutor
 where
-    F: Future + Send + 'static,
-    F::Output: Send + 'static,
+    F: Future<Output = ()> + Send + 'static,
 {
     fn execute(&self, fut: F) {
-        smol::spawn(fut).detach();
+        self.0.spawn(Box::pin(fut));
     }
 }
 
-/// hyper's timer on `smol::Timer`.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct SmolTimer;
+/// hyper's timer on the node's runtime.
+#[derive(Debug, Clone)]
+pub struct HyperTimer(pub Rt);
 
-impl hyper::rt::Timer for SmolTimer {
+impl hyper::rt::Timer for HyperTimer {
     fn sleep(&self, duration: Duration) -> Pin<Box<dyn hyper::rt::Sleep>> {
-        Box::pin(SmolSleep(smol::Timer::after(duration)))
+        Box::pin(HyperSleep(crate::runtime::sleep(&*self.0, duration)))
     }
 
     fn sleep_until(&self, deadline: Instant) -> Pin<Box<dyn hyper::rt::Sleep>> {
-        Box::pin(SmolSleep(smol::Timer::at(deadline)))
+        Box::pin(HyperSleep(self.0.sleep_until(deadline)))
     }
 }
 
-/// A `smol::Timer` as a hyper `Sleep`.
-#[derive(Debug)]
-pub struct SmolSleep(smol::Timer);
+/// A runtime's timer as a hyper `Sleep`.
+pub struct HyperSleep(BoxSleep);
 
-impl Future for SmolSleep {
+impl Future for HyperSleep {
     type Output = ();
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        Pin::new(&mut self.0).poll(cx).map(|_| ())
+        self.0.as_mut().poll(cx)
     }
 }
 
-impl hyper::rt::Sleep for SmolSleep {}
+impl hyper::rt::Sleep for HyperSleep {}
 
-/// A futures-io stream (a smol `TcpStream`, a TLS stream) as hyper IO.
+/// A futures-io stream (a runtime's TCP stream, a TLS stream) as hyper IO.
 #[derive(Debug)]
 pub struct FuturesIo<T>(pub T);
 
@@ -147,11 +147,13 @@ mod tests {
     use smol::io::{AsyncReadExt, AsyncWriteExt};
     use smol::net::{TcpListener, TcpStream};
 
+    use crate::test_runtime::rt as test_rt;
+
     #[test]
     fn timer_sleeps_at_least_the_duration() {
         smol::block_on(async {
             let start = Instant::now();
-            hyper::rt::Timer::sleep(&SmolTimer, Duration::from_millis(20)).await;
+            hyper::rt::Timer::sleep(&HyperTimer(test_rt()), Duration::from_millis(20)).await;
             assert!(start.elapsed() >= Duration::from_millis(20));
         });
     }
@@ -159,8 +161,8 @@ mod tests {
     #[test]
     fn executor_runs_spawned_futures() {
         smol::block_on(async {
-            let (tx, rx) = smol::channel::bounded(1);
-            hyper::rt::Executor::execute(&SmolExecutor, async move {
+            let (tx, rx) = async_channel::bounded(1);
+            hyper::rt::Executor::execute(&HyperExecutor(test_rt()), async move {
                 let _ = tx.send(7u8).await;
             });
             assert_eq!(rx.recv().await.ok(), Some(7));
@@ -201,7 +203,7 @@ mod tests {
                     },
                 );
                 hyper::server::conn::http1::Builder::new()
-                    .timer(SmolTimer)
+                    .timer(HyperTimer(test_rt()))
                     .serve_connection(FuturesIo(stream), service)
                     .with_upgrades()
                     .await

@@ -4,22 +4,24 @@
 //! `poll_timeout()`.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::future::{Future as _, poll_fn};
-use std::pin::{Pin, pin};
+use std::future::poll_fn;
+use std::pin::pin;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::task::Poll;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use async_channel::{Receiver, Sender, TrySendError};
 use async_tungstenite::tungstenite::Bytes;
+use futures_lite::Stream as _;
 use peerlink_core::auth::{AuthError, Authority, Bearer, Challenge, ChallengeAnswer};
 use peerlink_core::node::{
     Handled, HttpCall, Input as NodeInput, LinkId, LinkKind, NodeAddr, Output, RequestId,
 };
 use peerlink_core::{EntityId, ErrorCode, Event, MessageId, MessageType, Node, Timestamp};
 use rand_chacha::ChaCha20Rng;
-use smol::channel::{Receiver, Sender, TrySendError};
-use smol::stream::Stream as _;
+
+use crate::runtime::BoxSleep;
 
 use crate::api::{ApiError, Snapshot};
 use crate::client::{self, ClientCtx};
@@ -252,12 +254,11 @@ impl Core {
                     let ctx = Arc::clone(&self.client);
                     let inputs = self.inputs.clone();
                     let poll_wait = self.node.config().poll_wait;
-                    smol::spawn(async move {
+                    self.client.rt.spawn(Box::pin(async move {
                         let result =
                             client::node_request(&ctx, &node, method, &url, body, poll_wait).await;
                         let _ = inputs.send(Input::HttpResult { request, result }).await;
-                    })
-                    .detach();
+                    }));
                 }
                 Output::HttpRespond { request, status, body } => {
                     if let Some((caller, reply)) = self.pending_http.remove(&request)
@@ -303,7 +304,7 @@ impl Core {
         self.outbound.insert(link);
         let ctx = Arc::clone(&self.client);
         let inputs = self.inputs.clone();
-        smol::spawn(client::run_outbound(ctx, link, url, node, queues, inputs)).detach();
+        self.client.rt.spawn(Box::pin(client::run_outbound(ctx, link, url, node, queues, inputs)));
     }
 
     async fn event(&mut self, e: Event) {
@@ -416,24 +417,25 @@ pub(crate) async fn run(mut core: Core, inputs: Receiver<Input>) {
     core.drain().await;
     // Polled as a stream: the receiver keeps its listener across turns.
     let mut inputs = pin!(inputs);
-    // One timer, moved only when the node's deadline moves (each move registers it with the
-    // reactor, which wakes the reactor thread).
-    let mut timer = smol::Timer::never();
+    // One timer, made anew only when the node's deadline moves (each one registers with the
+    // runtime's timer wheel or reactor).
+    let rt = Arc::clone(&core.client.rt);
+    let mut timer: Option<BoxSleep> = None;
     let mut armed: Option<Timestamp> = None;
     loop {
         let deadline = core.node.poll_timeout();
         if deadline != armed {
-            match deadline {
-                Some(t) => timer.set_at(core.clock.instant_of(t)),
-                None => timer = smol::Timer::never(),
-            }
+            timer = deadline.map(|t| rt.sleep_until(core.clock.instant_of(t)));
             armed = deadline;
         }
         let next = poll_fn(|cx| {
             if let Poll::Ready(input) = inputs.as_mut().poll_next(cx) {
                 return Poll::Ready(Some(input));
             }
-            if armed.is_some() && Pin::new(&mut timer).poll(cx).is_ready() {
+            if let Some(t) = timer.as_mut()
+                && t.as_mut().poll(cx).is_ready()
+            {
+                timer = None;
                 // Fired: the next turn arms it again for the node's next deadline.
                 armed = None;
                 return Poll::Ready(None);
@@ -500,7 +502,7 @@ mod tests {
 
     #[test]
     fn a_batch_takes_what_is_queued_up_to_the_cap() {
-        let (tx, rx) = smol::channel::unbounded();
+        let (tx, rx) = async_channel::unbounded();
         for i in 1..100 {
             tx.try_send(i).unwrap();
         }
@@ -524,7 +526,7 @@ mod tests {
 
     #[test]
     fn a_shutdown_ends_its_batch_and_leaves_the_rest_queued() {
-        let (tx, rx) = smol::channel::unbounded();
+        let (tx, rx) = async_channel::unbounded();
         for i in 1..10 {
             tx.try_send(i).unwrap();
         }

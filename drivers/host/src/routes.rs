@@ -11,9 +11,11 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
+use async_channel::Sender;
 use async_tungstenite::WebSocketStream;
 use async_tungstenite::tungstenite::handshake::derive_accept_key;
 use async_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use futures_lite::FutureExt as _;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Bytes, Incoming};
 use hyper::header::{self, HeaderValue};
@@ -23,8 +25,8 @@ use peerlink_core::endpoints;
 use peerlink_core::node::{HttpCall, LinkId, LinkKind};
 use peerlink_core::{EntityId, ErrorCode, PublicKey, SessionId};
 use serde_json::json;
-use smol::channel::Sender;
-use smol::future::FutureExt as _;
+
+use crate::runtime::{Rt, sleep};
 
 use crate::api::Snapshot;
 use crate::config::DriverLimits;
@@ -43,6 +45,8 @@ pub(crate) struct RouteCtx {
     pub max_http_body_bytes: usize,
     pub public_key: PublicKey,
     pub capabilities: serde_json::Value,
+    /// The executor.
+    pub rt: Rt,
 }
 
 type Resp = Response<Full<Bytes>>;
@@ -100,7 +104,7 @@ fn query(req: &Request<Incoming>, name: &str) -> Option<String> {
 
 /// Asks the node task and waits for its answer; 503 when it has stopped.
 async fn ask<T>(ctx: &RouteCtx, make: impl FnOnce(Sender<T>) -> Input) -> Result<T, Resp> {
-    let (tx, rx) = smol::channel::bounded(1);
+    let (tx, rx) = async_channel::bounded(1);
     let unavailable = || error(503, ErrorCode::InternalError);
     ctx.inputs.send(make(tx)).await.map_err(|_| unavailable())?;
     rx.recv().await.map_err(|_| unavailable())
@@ -268,7 +272,8 @@ async fn upgrade(ctx: &RouteCtx, mut req: Request<Incoming>, kind: LinkKind) -> 
     let inputs = ctx.inputs.clone();
     let config = ws_config(ctx.max_frame_bytes, ctx.limits.ws_read_buffer_bytes);
     let timeout = ctx.limits.handshake_timeout;
-    smol::spawn(serve_upgraded(on_upgrade, timeout, config, link, queues, inputs)).detach();
+    let rt = Arc::clone(&ctx.rt);
+    ctx.rt.spawn(Box::pin(serve_upgraded(rt, on_upgrade, timeout, config, link, queues, inputs)));
     let mut r = respond(101, "text/plain", Bytes::new());
     r.headers_mut().remove(header::CONTENT_TYPE);
     let h = r.headers_mut();
@@ -286,6 +291,7 @@ async fn upgrade(ctx: &RouteCtx, mut req: Request<Incoming>, kind: LinkKind) -> 
 /// (hyper's upgrade future, the timer, the moved-from arguments): a few hundred bytes on every
 /// idle connection.
 async fn serve_upgraded(
+    rt: Rt,
     on_upgrade: hyper::upgrade::OnUpgrade,
     timeout: Duration,
     config: WebSocketConfig,
@@ -295,7 +301,7 @@ async fn serve_upgraded(
 ) {
     let upgraded = async { on_upgrade.await.ok() }
         .or(async {
-            smol::Timer::after(timeout).await;
+            sleep(&*rt, timeout).await;
             None
         })
         .await;
@@ -303,7 +309,8 @@ async fn serve_upgraded(
         Some(io) => {
             let io = Corked::new(HyperIo(io));
             let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
-            smol::spawn(run_link(ws, link, queues, inputs)).detach();
+            let link_rt = Arc::clone(&rt);
+            rt.spawn(Box::pin(run_link(link_rt, ws, link, queues, inputs)));
         }
         None => {
             let _ = inputs.send(Input::Closed { link }).await;

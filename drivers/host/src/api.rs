@@ -7,18 +7,19 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use async_channel::{Receiver, Sender};
 use peerlink_core::auth::Authority;
 use peerlink_core::node::{SendOptions, TransportStats};
 use peerlink_core::stream::FailReason;
 use peerlink_core::{EntityId, Event, Identity, MessageId, MessageType, Node, NodeAddr, SendError};
 use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
-use smol::channel::{Receiver, Sender};
 
 use crate::client::ClientCtx;
 use crate::config::Config;
 use crate::driver::{Clock, Core, Input};
 use crate::routes::RouteCtx;
+use crate::runtime::Rt;
 use crate::server::{ListenError, check_plain, serve};
 
 /// Counters and gauges of a running node (what `/metrics` renders).
@@ -109,9 +110,10 @@ fn seeded() -> Result<ChaCha20Rng, ApiError> {
 }
 
 impl Peerlink {
-    /// Binds the listener, then spawns the node task and the server on smol's global executor.
-    /// Returns once the port is bound; [`Handle::local_addr`] gives it (use port 0 in tests).
-    pub async fn start(config: Config, identity: Identity) -> Result<Handle, ApiError> {
+    /// Binds the listener, then spawns the node task and the server on `rt`. Returns once the
+    /// port is bound; [`Handle::local_addr`] gives it (use port 0 in tests). Drivers wrap this
+    /// with their runtime (`peerlink_smol::Peerlink::start`).
+    pub async fn start(rt: Rt, config: Config, identity: Identity) -> Result<Handle, ApiError> {
         let tls_server = match (&config.tls.cert_file, &config.tls.key_file) {
             (Some(c), Some(k)) => Some(crate::tls::server_config(c, k).map_err(ListenError::from)?),
             _ => {
@@ -123,9 +125,8 @@ impl Peerlink {
             Some(ca) => Some(crate::tls::client_config(ca).map_err(ListenError::from)?),
             None => None,
         };
-        let listener = smol::net::TcpListener::bind(config.listen)
-            .await
-            .map_err(|e| ListenError::Bind(config.listen, e))?;
+        let listener =
+            rt.listen(config.listen).await.map_err(|e| ListenError::Bind(config.listen, e))?;
         let addr = listener.local_addr().map_err(|e| ListenError::Bind(config.listen, e))?;
 
         let id = identity.id().clone();
@@ -148,8 +149,9 @@ impl Peerlink {
             node.set_default_route(clock.now(), relay);
         }
 
-        let (inputs, rx) = smol::channel::bounded(config.limits.input_queue.max(1));
+        let (inputs, rx) = async_channel::bounded(config.limits.input_queue.max(1));
         let client = Arc::new(ClientCtx::new(
+            Arc::clone(&rt),
             Arc::clone(&shared),
             tls_client,
             config.limits.clone(),
@@ -183,12 +185,13 @@ impl Peerlink {
             max_http_body_bytes: max_body,
             public_key,
             capabilities,
+            rt: Arc::clone(&rt),
         });
-        let (stop, stop_rx) = smol::channel::bounded(1);
-        smol::spawn(crate::driver::run(core, rx)).detach();
+        let (stop, stop_rx) = async_channel::bounded(1);
+        rt.spawn(Box::pin(crate::driver::run(core, rx)));
         let tls = tls_server.is_some();
         let acceptor = tls_server.map(futures_rustls::TlsAcceptor::from);
-        smol::spawn(serve(listener, acceptor, route_ctx, stop_rx)).detach();
+        rt.spawn(Box::pin(serve(listener, acceptor, route_ctx, stop_rx)));
         tracing::info!(%addr, entity = %id, "node listening");
         Ok(Handle { inputs, addr, id, stop, event_queue: config.limits.event_queue, tls })
     }
@@ -217,7 +220,7 @@ impl Handle {
         &self,
         f: impl FnOnce(&mut Core, peerlink_core::Timestamp) -> T + Send + 'static,
     ) -> Result<T, ApiError> {
-        let (tx, rx) = smol::channel::bounded(1);
+        let (tx, rx) = async_channel::bounded(1);
         let call: crate::driver::Call = Box::new(move |core, now| {
             let _ = tx.try_send(f(core, now));
         });
@@ -267,7 +270,7 @@ impl Handle {
         timeout: Duration,
     ) -> Result<Vec<u8>, ApiError> {
         let target = target.clone();
-        let (tx, rx) = smol::channel::bounded(1);
+        let (tx, rx) = async_channel::bounded(1);
         self.call(move |c, now| {
             let id = c.node.request(now, &target, payload, timeout)?;
             c.waiting.insert(id, tx);
@@ -342,7 +345,7 @@ impl Handle {
     /// and failures (`Event::Failed`) are never dropped: when the stream is full the node task
     /// waits for the application.
     pub async fn incoming(&self) -> Result<Receiver<Event>, ApiError> {
-        let (tx, rx) = smol::channel::bounded(self.event_queue.max(1));
+        let (tx, rx) = async_channel::bounded(self.event_queue.max(1));
         self.call(move |c, _| c.events = Some(tx)).await?;
         Ok(rx)
     }
@@ -395,7 +398,7 @@ impl Handle {
     /// held HTTP calls, and stops the node task.
     pub async fn shutdown(&self) -> Result<(), ApiError> {
         let _ = self.stop.try_send(());
-        let (tx, rx) = smol::channel::bounded(1);
+        let (tx, rx) = async_channel::bounded(1);
         self.inputs.send(Input::Shutdown { reply: tx }).await.map_err(|_| ApiError::Stopped)?;
         rx.recv().await.map_err(|_| ApiError::Stopped)
     }

@@ -21,16 +21,18 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker, ready};
 use std::time::Duration;
 
+use async_channel::{Sender, TrySendError};
 use async_tungstenite::WebSocketStream;
 use async_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use async_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use async_tungstenite::tungstenite::{Bytes, Error as WsError, Message, Utf8Bytes};
+use futures_lite::FutureExt as _;
+use futures_lite::StreamExt as _;
+use futures_lite::io::{AsyncRead, AsyncWrite};
 use peerlink_core::ErrorCode;
 use peerlink_core::node::LinkId;
-use smol::channel::{Sender, TrySendError};
-use smol::future::FutureExt as _;
-use smol::io::{AsyncRead, AsyncWrite};
-use smol::stream::StreamExt as _;
+
+use crate::runtime::{Rt, Runtime, sleep};
 
 use crate::driver::Input;
 
@@ -419,6 +421,7 @@ enum Step {
 /// `async move` block uses the captured arguments in place.
 #[allow(clippy::manual_async_fn)]
 pub(crate) fn run_link<S>(
+    rt: Rt,
     mut ws: WebSocketStream<Corked<S>>,
     link: LinkId,
     queues: LinkQueues,
@@ -444,7 +447,7 @@ where
             match step {
                 Step::Kill(reason) => {
                     // Boxed: it runs once, and would otherwise enlarge every idle link's task.
-                    let flushed = Box::pin(write_queued(&mut ws, frames, link)).await;
+                    let flushed = Box::pin(write_queued(&*rt, &mut ws, frames, link)).await;
                     break flushed.then(|| close_frame(reason));
                 }
                 Step::Write(first) => {
@@ -504,7 +507,7 @@ where
         };
         if let Some(frame) = close {
             // Boxed for the same reason.
-            Box::pin(close_handshake(&mut ws, frame)).await;
+            Box::pin(close_handshake(&*rt, &mut ws, frame)).await;
         }
         let _ = inputs.send(Input::Closed { link }).await;
     }
@@ -513,6 +516,7 @@ where
 /// On a kill: the frames the node queued before asking for the close (the ERROR that explains
 /// it, spec §19) go out first, within [`CLOSE_TIMEOUT`]. Whether they all did.
 async fn write_queued<S>(
+    rt: &dyn Runtime,
     ws: &mut WebSocketStream<Corked<S>>,
     frames: &LinkQueues,
     link: LinkId,
@@ -529,20 +533,23 @@ where
         true
     }
     .or(async {
-        smol::Timer::after(CLOSE_TIMEOUT).await;
+        sleep(rt, CLOSE_TIMEOUT).await;
         false
     })
     .await
 }
 
 /// Sends the close frame and waits (at most [`CLOSE_TIMEOUT`]) for it to be written.
-async fn close_handshake<S>(ws: &mut WebSocketStream<Corked<S>>, frame: CloseFrame)
-where
+async fn close_handshake<S>(
+    rt: &dyn Runtime,
+    ws: &mut WebSocketStream<Corked<S>>,
+    frame: CloseFrame,
+) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let _ = async { ws.close(Some(frame)).await.ok() }
         .or(async {
-            smol::Timer::after(CLOSE_TIMEOUT).await;
+            sleep(rt, CLOSE_TIMEOUT).await;
             None
         })
         .await;
@@ -677,7 +684,7 @@ mod tests {
             size_of::<F>()
         }
         let task = task_size(|(ws, link, queues, inputs): (WebSocketStream<Io>, _, _, _)| {
-            run_link(ws, link, queues, inputs)
+            run_link(crate::test_runtime::rt(), ws, link, queues, inputs)
         });
         eprintln!("link task future: {task} bytes, shared queue: {} bytes", size_of::<Shared>());
         // Twice the socket's size would mean it is held twice (see `run_link`).
@@ -769,8 +776,8 @@ mod tests {
                 handle.frames.try_send(frame(i)).unwrap();
             }
             handle.kill.try_send(Some(ErrorCode::RateLimitExceeded)).unwrap();
-            let (tx, rx) = smol::channel::bounded(4);
-            run_link(ws, LinkId(7), queues, tx).await;
+            let (tx, rx) = async_channel::bounded(4);
+            run_link(crate::test_runtime::rt(), ws, LinkId(7), queues, tx).await;
             let messages = wire.messages();
             assert_eq!(texts(&messages), expected(0..100));
             match messages.last() {
@@ -792,8 +799,8 @@ mod tests {
             wire.blocked.store(true, Ordering::SeqCst);
             let ws = server(&wire).await;
             let (handle, queues) = link_channels(256);
-            let (tx, rx) = smol::channel::bounded(4);
-            let mut task = pin!(run_link(ws, LinkId(7), queues, tx));
+            let (tx, rx) = async_channel::bounded(4);
+            let mut task = pin!(run_link(crate::test_runtime::rt(), ws, LinkId(7), queues, tx));
             handle.frames.try_send(frame(0)).unwrap();
             handle.frames.try_send(frame(1)).unwrap();
             assert!(smol::future::poll_once(task.as_mut()).await.is_none(), "blocked");
@@ -816,8 +823,8 @@ mod tests {
             let (handle, queues) = link_channels(256);
             handle.frames.try_send(frame(0)).unwrap();
             drop(handle);
-            let (tx, _rx) = smol::channel::bounded(4);
-            run_link(ws, LinkId(7), queues, tx).await;
+            let (tx, _rx) = async_channel::bounded(4);
+            run_link(crate::test_runtime::rt(), ws, LinkId(7), queues, tx).await;
             let messages = wire.messages();
             assert_eq!(texts(&messages), expected(0..1));
             assert!(

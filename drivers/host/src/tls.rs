@@ -7,11 +7,12 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use futures_lite::io::{AsyncRead, AsyncWrite};
 use futures_rustls::pki_types::pem::PemObject;
 use futures_rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use futures_rustls::rustls;
-use smol::io::{AsyncRead, AsyncWrite};
-use smol::net::TcpStream;
+pub use futures_rustls::rustls;
+
+use crate::runtime::Stream;
 
 /// Why TLS could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -78,12 +79,20 @@ pub fn client_config(ca: &Path) -> Result<Arc<rustls::ClientConfig>, TlsError> {
 }
 
 /// Plain TCP or TLS over TCP.
-#[derive(Debug)]
 pub enum MaybeTls<T> {
     /// Plain TCP (loopback, or `require_tls = false`).
-    Plain(TcpStream),
+    Plain(Stream),
     /// TLS.
     Tls(Box<T>),
+}
+
+impl<T> std::fmt::Debug for MaybeTls<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            MaybeTls::Plain(_) => "MaybeTls::Plain",
+            MaybeTls::Tls(_) => "MaybeTls::Tls",
+        })
+    }
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for MaybeTls<T> {

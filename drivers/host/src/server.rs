@@ -5,14 +5,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use async_channel::Receiver;
+use futures_lite::FutureExt as _;
 use futures_rustls::TlsAcceptor;
 use futures_rustls::server::TlsStream;
-use smol::channel::Receiver;
-use smol::future::FutureExt as _;
-use smol::net::{TcpListener, TcpStream};
 
 use crate::routes::{RouteCtx, service};
-use crate::rt::{FuturesIo, SmolTimer};
+use crate::rt::{FuturesIo, HyperTimer};
+use crate::runtime::{Listener, Stream as Tcp, sleep};
 use crate::tls::MaybeTls;
 
 /// Counts a served connection for as long as it lives.
@@ -48,14 +48,14 @@ pub enum ListenError {
 /// stopped node, even once a new node listens at the same address, until its retries ran out
 /// and its messages failed.
 pub(crate) async fn serve(
-    listener: TcpListener,
+    listener: Box<dyn Listener>,
     tls: Option<TlsAcceptor>,
     ctx: Arc<RouteCtx>,
     stop: Receiver<()>,
 ) {
     let live = Arc::new(AtomicUsize::new(0));
     // Never sent on: dropped when this loop ends, which every connection's receiver sees.
-    let (_stopping, stopped) = smol::channel::bounded::<()>(1);
+    let (_stopping, stopped) = async_channel::bounded::<()>(1);
     loop {
         let accepted = async { Some(listener.accept().await) }
             .or(async {
@@ -68,7 +68,7 @@ pub(crate) async fn serve(
             Some(Ok(c)) => c,
             Some(Err(e)) => {
                 tracing::warn!(error = %e, "accept failed");
-                smol::Timer::after(std::time::Duration::from_millis(50)).await;
+                sleep(&*ctx.rt, std::time::Duration::from_millis(50)).await;
                 continue;
             }
         };
@@ -82,24 +82,23 @@ pub(crate) async fn serve(
         let ctx = Arc::clone(&ctx);
         let tls = tls.clone();
         let stopped = stopped.clone();
-        smol::spawn(async move {
+        let rt = Arc::clone(&ctx.rt);
+        rt.spawn(Box::pin(async move {
             let _guard = guard;
-            let _ = tcp.set_nodelay(true);
             if let Some(stream) = handshake(tcp, tls, &ctx).await {
                 serve_connection(stream, ctx, stopped).await;
             }
-        })
-        .detach();
+        }));
     }
 }
 
-type Stream = MaybeTls<TlsStream<TcpStream>>;
+type Stream = MaybeTls<TlsStream<Tcp>>;
 
-async fn handshake(tcp: TcpStream, tls: Option<TlsAcceptor>, ctx: &RouteCtx) -> Option<Stream> {
+async fn handshake(tcp: Tcp, tls: Option<TlsAcceptor>, ctx: &RouteCtx) -> Option<Stream> {
     let Some(acceptor) = tls else { return Some(MaybeTls::Plain(tcp)) };
     let accepted = async { acceptor.accept(tcp).await.ok() }
         .or(async {
-            smol::Timer::after(ctx.limits.handshake_timeout).await;
+            sleep(&*ctx.rt, ctx.limits.handshake_timeout).await;
             None
         })
         .await?;
@@ -111,7 +110,7 @@ async fn handshake(tcp: TcpStream, tls: Option<TlsAcceptor>, ctx: &RouteCtx) -> 
 async fn serve_connection(stream: Stream, ctx: Arc<RouteCtx>, stopped: Receiver<()>) {
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
-        .timer(SmolTimer)
+        .timer(HyperTimer(Arc::clone(&ctx.rt)))
         .header_read_timeout(ctx.limits.handshake_timeout)
         .max_buf_size(64 * 1024);
     let conn = builder.serve_connection(FuturesIo(stream), service(ctx)).with_upgrades();
