@@ -245,3 +245,48 @@ fn bad_input_gets_its_error_and_the_node_keeps_serving() {
         }
     });
 }
+
+/// Browsers send `Origin` on an upgrade and let any page open a link, token in the query
+/// included: only listed origins get one (spec §23.3); clients without `Origin` are judged by
+/// their token alone.
+#[test]
+fn websocket_upgrades_from_unlisted_web_origins_are_refused() {
+    let (r, a) = (identity("relay"), identity("alice"));
+    let start = |origins: &[&str]| {
+        let mut cfg = Config::ephemeral();
+        cfg.peers = vec![trusted(&a, None)];
+        cfg.allowed_origins = origins.iter().map(|o| (*o).to_owned()).collect();
+        smol::block_on(Peerlink::start(cfg, copy(&r))).unwrap()
+    };
+    let listed = start(&["https://app.example"]);
+    let addr = listed.local_addr();
+    let tok = token(addr, &a, r.id());
+    let up = |headers: &[(&'static str, &str)]| {
+        ws_connect_with(addr, "/ws/v1/peers", &tok, headers).map(|_| ())
+    };
+    assert_eq!(up(&[]), Ok(()), "no Origin: not a browser");
+    assert_eq!(up(&[("origin", "https://app.example")]), Ok(()));
+    assert_eq!(up(&[("origin", "https://APP.example/")]), Ok(()), "compared as an origin");
+    assert_eq!(up(&[("origin", "https://evil.example")]), Err(403));
+    assert_eq!(up(&[("origin", "http://app.example")]), Err(403), "another scheme");
+    assert_eq!(
+        up(&[("origin", "https://app.example"), ("origin", "https://evil.example")]),
+        Err(403),
+        "a repeated Origin"
+    );
+    let events = ws_connect_with(addr, "/ws/v1/events", &tok, &[("origin", "https://x.example")]);
+    assert_eq!(events.map(|_| ()), Err(403), "the events endpoint too");
+
+    let default = start(&[]);
+    let addr = default.local_addr();
+    let tok = token(addr, &a, r.id());
+    let page = ws_connect_with(addr, "/ws/v1/peers", &tok, &[("origin", "https://app.example")]);
+    assert_eq!(page.map(|_| ()), Err(403), "no page may open a link by default");
+    assert!(ws_connect(addr, "/ws/v1/peers", &tok).is_ok());
+
+    let any = start(&["*"]);
+    let addr = any.local_addr();
+    let tok = token(addr, &a, r.id());
+    let page = ws_connect_with(addr, "/ws/v1/peers", &tok, &[("origin", "https://app.example")]);
+    assert!(page.is_ok(), "\"*\" allows every page");
+}

@@ -67,7 +67,7 @@ struct Args {
     /// Results folder (`<date>.md`, `<date>.svg`, `latest.md`, `latest.svg`); `-` writes nothing.
     #[arg(long, default_value = "bench/results")]
     out: String,
-    /// Run only these paths (`echo`, `forward`, `ws`, `ws-signed`, `http`) and skip the
+    /// Run only these paths (`echo`, `forward`, `ws`, `ws-signed`, `http`, `ws-tokio`) and skip the
     /// floor, connection and memory measurements (for profiling one path); `memory` also runs
     /// the memory measurement (`--only memory` alone: just that), `handshakes` the connection
     /// measurements (baseline connects and full handshakes), and `floor` the protocol's CPU
@@ -99,12 +99,13 @@ pub enum Kind {
 
 impl Kind {
     /// Every scenario, baselines first.
-    pub const ALL: [Kind; 5] = [
+    pub const ALL: [Kind; 6] = [
         Kind::Echo,
         Kind::Forward,
         Kind::Peer(Path::Ws { sign_all: false }),
         Kind::Peer(Path::Ws { sign_all: true }),
         Kind::Peer(Path::Http),
+        Kind::Peer(Path::WsTokio),
     ];
 
     /// The short name `--only` takes.
@@ -115,6 +116,7 @@ impl Kind {
             Kind::Peer(Path::Ws { sign_all: false }) => "ws",
             Kind::Peer(Path::Ws { sign_all: true }) => "ws-signed",
             Kind::Peer(Path::Http) => "http",
+            Kind::Peer(Path::WsTokio) => "ws-tokio",
         }
     }
 
@@ -126,6 +128,7 @@ impl Kind {
             Kind::Peer(Path::Ws { sign_all: false }) => "peerlink ws, sign_all off",
             Kind::Peer(Path::Ws { sign_all: true }) => "peerlink ws, sign_all on",
             Kind::Peer(Path::Http) => "peerlink http",
+            Kind::Peer(Path::WsTokio) => "peerlink ws on tokio",
         }
     }
 }

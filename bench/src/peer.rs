@@ -27,6 +27,9 @@ pub enum Path {
     },
     /// HTTP only (POST to the relay, long-poll from it); `sign_all` off.
     Http,
+    /// WebSocket only, `sign_all` off, the three nodes on tokio (`peerlink-tokio`, a
+    /// multi-threaded runtime of as many threads as smol's executor has) instead of smol.
+    WsTokio,
 }
 
 impl Path {
@@ -35,7 +38,39 @@ impl Path {
         match self {
             Path::Ws { sign_all } => (TransportPreference::WebsocketOnly, sign_all),
             Path::Http => (TransportPreference::HttpOnly, false),
+            Path::WsTokio => (TransportPreference::WebsocketOnly, false),
         }
+    }
+
+    /// Starts a node of this path: on tokio for [`Path::WsTokio`], else on smol.
+    async fn start(self, config: Config, identity: Identity) -> Result<Handle, BoxError> {
+        Ok(match self {
+            Path::WsTokio => peerlink_host::Peerlink::start(tokio_rt()?, config, identity).await?,
+            _ => Peerlink::start(config, identity).await?,
+        })
+    }
+}
+
+/// The tokio runtime of the tokio paths: multi-threaded, as many workers as smol's executor
+/// (`SMOL_THREADS`, else the CPUs online). Nodes started from smol tasks run on it: the
+/// runtime handle carries their tasks, timers and sockets.
+fn tokio_rt() -> Result<peerlink_host::Rt, BoxError> {
+    static RUNTIME: std::sync::OnceLock<Option<tokio::runtime::Runtime>> =
+        std::sync::OnceLock::new();
+    let runtime = RUNTIME.get_or_init(|| {
+        let threads = std::env::var("SMOL_THREADS")
+            .ok()
+            .and_then(|t| t.parse().ok())
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .enable_all()
+            .build()
+            .ok()
+    });
+    match runtime {
+        Some(rt) => Ok(Arc::new(peerlink_tokio::TokioRuntime::new(rt.handle().clone()))),
+        None => Err("no tokio runtime could be built".into()),
     }
 }
 
@@ -92,7 +127,7 @@ pub async fn pipe(path: Path, window: usize, clock: Clock) -> Result<(Pipe, Trio
     let mut cfg = Config::ephemeral();
     cfg.node = node_config(TransportPreference::WebsocketFirst, sign_all);
     cfg.peers = vec![trusted(&a, None), trusted(&b, None)];
-    let relay = Peerlink::start(cfg, r.duplicate()).await?;
+    let relay = path.start(cfg, r.duplicate()).await?;
     let peer = |me: &Identity, other: &Identity| {
         let mut cfg = Config::ephemeral();
         cfg.node = node_config(pref, sign_all);
@@ -101,9 +136,9 @@ pub async fn pipe(path: Path, window: usize, clock: Clock) -> Result<(Pipe, Trio
         (cfg, me.duplicate())
     };
     let (ca, ia) = peer(&a, &b);
-    let ha = Peerlink::start(ca, ia).await?;
+    let ha = path.start(ca, ia).await?;
     let (cb, ib) = peer(&b, &a);
-    let hb = Peerlink::start(cb, ib).await?;
+    let hb = path.start(cb, ib).await?;
 
     let recorder = Arc::new(Recorder::new(clock));
     let (slots, taken) = smol::channel::bounded(window.max(1));

@@ -1,5 +1,7 @@
-//! CI runs the whole conformance suite against our own smol node, started in-process on an
-//! ephemeral port, under both trust policies (spec §2.3): an allowlist node holding the
+//! CI runs the whole conformance suite against each of our own nodes, started in-process on an
+//! ephemeral port: the smol node, the tokio node, and the tokio node mounted into an axum
+//! application under `/peerlink` (its base URL has that path). Each runs under both trust
+//! policies (spec §2.3): an allowlist node holding the
 //! tester's identity, and an open node holding nobody (the cases marked *open* then use
 //! identities the node has never seen). Each policy is checked twice, each time on a fresh node:
 //! the whole suite (WebSocket and HTTP cases), and the HTTP message cases alone, so that no
@@ -11,8 +13,10 @@
 use std::sync::{Arc, Mutex};
 
 use peerlink_conform::{Options, Outcome, Report, Target, run};
+use peerlink_core::Identity;
 use peerlink_core::{EntityId, TrustPolicy};
-use peerlink_smol::{Config, Peerlink, TrustedPeer};
+use peerlink_smol::{Config, Handle, Peerlink, TrustedPeer};
+use tokio::runtime::Runtime;
 
 /// One suite at a time.
 static TURN: Mutex<()> = Mutex::new(());
@@ -20,9 +24,50 @@ static TURN: Mutex<()> = Mutex::new(());
 /// The cases over HTTP: the message endpoint, and the open policy's (spec §21, §19, §2.3).
 const HTTP_CASES: &str = "C-21.,C-2.3.4,C-2.3.5,C-19.2";
 
-/// Starts a fresh node with `policy`, runs the suite on it (`only` narrows it, as do the
-/// `PEERLINK_CONFORM_ONLY` and `PEERLINK_CONFORM_SLOW` variables), stops the node.
-fn suite(policy: TrustPolicy, only: Option<&str>) -> (Report, Options) {
+/// Which of our nodes is under test.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Driver {
+    /// `peerlink_smol::Peerlink::start`.
+    Smol,
+    /// `peerlink_tokio::Peerlink::start`.
+    Tokio,
+    /// `peerlink_tokio::Peerlink::router`, nested under `/peerlink` in an axum application.
+    Axum,
+}
+
+/// A node of `driver` and its base URL; the tokio runtime it runs on, if any.
+fn start(driver: Driver, config: Config, identity: Identity) -> (Handle, String, Option<Runtime>) {
+    match driver {
+        Driver::Smol => {
+            let node = smol::block_on(Peerlink::start(config, identity)).unwrap();
+            let base = node.base_url();
+            (node, base, None)
+        }
+        Driver::Tokio => {
+            let rt = Runtime::new().unwrap();
+            let node = rt.block_on(peerlink_tokio::Peerlink::start(config, identity)).unwrap();
+            let base = node.base_url();
+            (node, base, Some(rt))
+        }
+        Driver::Axum => {
+            let rt = Runtime::new().unwrap();
+            let (node, base) = rt.block_on(async {
+                let (node, router) =
+                    peerlink_tokio::Peerlink::router(config, identity).await.unwrap();
+                let app = axum::Router::new().nest("/peerlink", router);
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                let addr = listener.local_addr().unwrap();
+                tokio::spawn(async move { axum::serve(listener, app).await });
+                (node, format!("http://{addr}/peerlink"))
+            });
+            (node, base, Some(rt))
+        }
+    }
+}
+
+/// Starts a fresh node of `driver` with `policy`, runs the suite on it (`only` narrows it, as
+/// do the `PEERLINK_CONFORM_ONLY` and `PEERLINK_CONFORM_SLOW` variables), stops the node.
+fn suite(driver: Driver, policy: TrustPolicy, only: Option<&str>) -> (Report, Options) {
     let _turn = TURN.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let tester = peerlink_smol::keys::generate(EntityId::new("conform-tester").unwrap()).unwrap();
     let node_identity =
@@ -36,13 +81,13 @@ fn suite(policy: TrustPolicy, only: Option<&str>) -> (Report, Options) {
             url: None,
         });
     }
-    let node = smol::block_on(Peerlink::start(config, node_identity)).unwrap();
+    let (node, base, runtime) = start(driver, config, node_identity);
     // The application drains its events, as a real one would (backpressure otherwise, §18).
     let events = smol::block_on(node.incoming()).unwrap();
     let drain =
         std::thread::spawn(move || smol::block_on(async { while events.recv().await.is_ok() {} }));
 
-    let target = Target::new(node.base_url(), Arc::new(tester));
+    let target = Target::new(base, Arc::new(tester));
     let only = std::env::var("PEERLINK_CONFORM_ONLY").ok().or(only.map(str::to_owned));
     let options = Options {
         slow: std::env::var_os("PEERLINK_CONFORM_SLOW").is_some(),
@@ -51,12 +96,13 @@ fn suite(policy: TrustPolicy, only: Option<&str>) -> (Report, Options) {
         ..Options::default()
     };
     let report = run(&target, &options);
-    println!("{policy:?} node, cases {:?}:", options.only);
+    println!("{driver:?} {policy:?} node, cases {:?}:", options.only);
     for line in report.lines() {
         println!("{line}");
     }
     smol::block_on(node.shutdown()).unwrap();
     let _ = drain.join();
+    drop(runtime);
     (report, options)
 }
 
@@ -74,26 +120,39 @@ fn check(report: &Report, options: &Options, min: usize) {
     }
 }
 
-#[test]
-fn an_allowlist_node_passes_every_case() {
-    let (report, options) = suite(TrustPolicy::Allowlist, None);
-    check(&report, &options, 80);
+/// The four suites of spec §2.3's two policies, on one driver's node.
+macro_rules! suites {
+    ($module:ident, $driver:expr) => {
+        mod $module {
+            use super::*;
+
+            #[test]
+            fn an_allowlist_node_passes_every_case() {
+                let (report, options) = suite($driver, TrustPolicy::Allowlist, None);
+                check(&report, &options, 80);
+            }
+
+            #[test]
+            fn an_open_node_passes_every_case() {
+                let (report, options) = suite($driver, TrustPolicy::Open, None);
+                check(&report, &options, 83);
+            }
+
+            #[test]
+            fn an_allowlist_node_passes_the_http_cases_on_their_own() {
+                let (report, options) = suite($driver, TrustPolicy::Allowlist, Some(HTTP_CASES));
+                check(&report, &options, 6);
+            }
+
+            #[test]
+            fn an_open_node_passes_the_http_cases_on_their_own() {
+                let (report, options) = suite($driver, TrustPolicy::Open, Some(HTTP_CASES));
+                check(&report, &options, 9);
+            }
+        }
+    };
 }
 
-#[test]
-fn an_open_node_passes_every_case() {
-    let (report, options) = suite(TrustPolicy::Open, None);
-    check(&report, &options, 83);
-}
-
-#[test]
-fn an_allowlist_node_passes_the_http_cases_on_their_own() {
-    let (report, options) = suite(TrustPolicy::Allowlist, Some(HTTP_CASES));
-    check(&report, &options, 6);
-}
-
-#[test]
-fn an_open_node_passes_the_http_cases_on_their_own() {
-    let (report, options) = suite(TrustPolicy::Open, Some(HTTP_CASES));
-    check(&report, &options, 9);
-}
+suites!(smol_node, Driver::Smol);
+suites!(tokio_node, Driver::Tokio);
+suites!(axum_mounted_node, Driver::Axum);

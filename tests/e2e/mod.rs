@@ -350,9 +350,22 @@ pub fn token(addr: SocketAddr, me: &Identity, node: &EntityId) -> String {
 /// Tries a WebSocket upgrade on `path` with `token` as a bearer header; the HTTP status of a
 /// refusal, or the socket.
 pub fn ws_connect(addr: SocketAddr, path: &str, token: &str) -> Result<RawWs, u16> {
+    ws_connect_with(addr, path, token, &[])
+}
+
+/// [`ws_connect`] with more request headers (each appended, so a name may repeat).
+pub fn ws_connect_with(
+    addr: SocketAddr,
+    path: &str,
+    token: &str,
+    headers: &[(&'static str, &str)],
+) -> Result<RawWs, u16> {
     use tungstenite::client::IntoClientRequest;
     let mut req = format!("ws://{addr}{path}").into_client_request().unwrap();
     req.headers_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
+    for (name, value) in headers {
+        req.headers_mut().append(*name, value.parse().unwrap());
+    }
     let stream = TcpStream::connect(addr).unwrap();
     stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     match tungstenite::client::client(req, stream) {
@@ -428,4 +441,16 @@ pub fn rng() -> rand_chacha::ChaCha20Rng {
     let mut seed = [0u8; 32];
     getrandom::fill(&mut seed).unwrap();
     rand_chacha::ChaCha20Rng::from_seed(seed)
+}
+
+/// `GET path` at `addr` over plain HTTP/1.1 without a token: the body, if the status is 200.
+pub fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
+    let mut s = TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(DEADLINE)).ok()?;
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    let (head, body) = out.split_once("\r\n\r\n")?;
+    head.starts_with("HTTP/1.1 200").then(|| body.to_owned())
 }

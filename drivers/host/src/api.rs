@@ -8,6 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_channel::{Receiver, Sender};
+use http_body_util::Full;
+use hyper::body::Bytes;
+use hyper::{Request, Response};
 use peerlink_core::auth::Authority;
 use peerlink_core::node::{SendOptions, TransportStats};
 use peerlink_core::stream::FailReason;
@@ -18,7 +21,7 @@ use rand_core::SeedableRng;
 use crate::client::ClientCtx;
 use crate::config::Config;
 use crate::driver::{Clock, Core, Input};
-use crate::routes::RouteCtx;
+use crate::routes::{Exclusive, RequestBody, RouteCtx, answer};
 use crate::runtime::Rt;
 use crate::server::{ListenError, check_plain, serve};
 
@@ -121,14 +124,45 @@ impl Peerlink {
                 None
             }
         };
-        let tls_client = match &config.tls.ca_file {
-            Some(ca) => Some(crate::tls::client_config(ca).map_err(ListenError::from)?),
-            None => None,
-        };
         let listener =
             rt.listen(config.listen).await.map_err(|e| ListenError::Bind(config.listen, e))?;
         let addr = listener.local_addr().map_err(|e| ListenError::Bind(config.listen, e))?;
 
+        let tls = tls_server.is_some();
+        let (handle, route_ctx, stop_rx) = Self::node(&rt, config, identity, addr, tls)?;
+        let acceptor = tls_server.map(futures_rustls::TlsAcceptor::from);
+        rt.spawn(Box::pin(serve(listener, acceptor, route_ctx, stop_rx)));
+        tracing::info!(%addr, entity = %handle.id, "node listening");
+        Ok(handle)
+    }
+
+    /// Spawns the node task on `rt` without a listener, and returns the [`NodeService`] that
+    /// answers its endpoints, for an application's own HTTP server to serve under a path of its
+    /// choice (`peerlink_tokio::Peerlink::router`). `config.listen` is what
+    /// [`Handle::local_addr`] reports; the TLS files for serving are not used (the
+    /// application's server does TLS), the CA file for reaching other nodes is.
+    pub async fn mount(
+        rt: Rt,
+        config: Config,
+        identity: Identity,
+    ) -> Result<(Handle, NodeService), ApiError> {
+        let addr = config.listen;
+        let (handle, ctx, _stop) = Self::node(&rt, config, identity, addr, false)?;
+        Ok((handle, NodeService { ctx }))
+    }
+
+    /// The node task, spawned, and what serving its endpoints needs.
+    fn node(
+        rt: &Rt,
+        config: Config,
+        identity: Identity,
+        addr: SocketAddr,
+        tls: bool,
+    ) -> Result<(Handle, Arc<RouteCtx>, Receiver<()>), ApiError> {
+        let tls_client = match &config.tls.ca_file {
+            Some(ca) => Some(crate::tls::client_config(ca).map_err(ListenError::from)?),
+            None => None,
+        };
         let id = identity.id().clone();
         let shared = Arc::new(identity.duplicate());
         let public_key = identity.public_key();
@@ -151,7 +185,7 @@ impl Peerlink {
 
         let (inputs, rx) = async_channel::bounded(config.limits.input_queue.max(1));
         let client = Arc::new(ClientCtx::new(
-            Arc::clone(&rt),
+            Arc::clone(rt),
             Arc::clone(&shared),
             tls_client,
             config.limits.clone(),
@@ -185,15 +219,36 @@ impl Peerlink {
             max_http_body_bytes: max_body,
             public_key,
             capabilities,
-            rt: Arc::clone(&rt),
+            origins: crate::origin::OriginPolicy::new(&config.allowed_origins),
+            rt: Arc::clone(rt),
         });
         let (stop, stop_rx) = async_channel::bounded(1);
         rt.spawn(Box::pin(crate::driver::run(core, rx)));
-        let tls = tls_server.is_some();
-        let acceptor = tls_server.map(futures_rustls::TlsAcceptor::from);
-        rt.spawn(Box::pin(serve(listener, acceptor, route_ctx, stop_rx)));
-        tracing::info!(%addr, entity = %id, "node listening");
-        Ok(Handle { inputs, addr, id, stop, event_queue: config.limits.event_queue, tls })
+        let event_queue = config.limits.event_queue;
+        let handle = Handle { inputs, addr, id, stop, event_queue, tls };
+        Ok((handle, route_ctx, stop_rx))
+    }
+}
+
+/// A node's endpoints (spec §23) as a function from request to response, for an application's
+/// own HTTP server ([`Peerlink::mount`]). Cheap to clone.
+#[derive(Clone)]
+pub struct NodeService {
+    ctx: Arc<RouteCtx>,
+}
+
+impl std::fmt::Debug for NodeService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeService").field("node", self.ctx.checker.node_id()).finish()
+    }
+}
+
+impl NodeService {
+    /// Answers one request. Its path is the endpoint's (`/v1/messages`, `/ws/v1/peers`, …):
+    /// strip the application's prefix first, as axum's `nest` does. A WebSocket upgrade needs
+    /// the request's hyper upgrade extension, which servers with upgrades enabled keep.
+    pub async fn call<B: RequestBody + Unpin>(&self, req: Request<B>) -> Response<Full<Bytes>> {
+        answer(&self.ctx, req.map(Exclusive::new)).await
     }
 }
 

@@ -112,6 +112,10 @@ pub struct Config {
     pub peers: Vec<TrustedPeer>,
     /// The relay every peer without a route of its own is reached through.
     pub relay: Option<TrustedPeer>,
+    /// Web page origins (`https://app.example`, or `"*"`) allowed to open WebSocket links; an
+    /// upgrade from a page whose origin is not listed is refused with 403. Clients that send
+    /// no `Origin` (every non-browser client) are judged by their token alone. Default: none.
+    pub allowed_origins: Vec<String>,
 }
 
 impl Default for Config {
@@ -126,6 +130,7 @@ impl Default for Config {
             trust_policy: TrustPolicy::Allowlist,
             peers: Vec::new(),
             relay: None,
+            allowed_origins: Vec::new(),
         }
     }
 }

@@ -40,6 +40,8 @@ pub struct FileConfig {
     pub require_tls: Option<bool>,
     /// `"allowlist"` (default) or `"open"`.
     pub trust: Option<String>,
+    /// Web page origins allowed to open WebSocket links (`"*"`: all).
+    pub allowed_origins: Option<Vec<String>>,
     /// TLS files.
     #[serde(default)]
     pub tls: TlsSection,
@@ -195,6 +197,9 @@ impl FileConfig {
             Some("open") => TrustPolicy::Open,
             Some(other) => return Err(bad("trust", format!("unknown policy {other:?}"))),
         };
+        if let Some(origins) = &self.allowed_origins {
+            c.allowed_origins = origins.clone();
+        }
         c.tls.cert_file = self.tls.cert_file.clone();
         c.tls.key_file = self.tls.key_file.clone();
         c.tls.ca_file = self.tls.ca_file.clone();
@@ -290,6 +295,7 @@ mod tests {
     fn fields_map_onto_the_config() {
         let text = r#"
             listen = "127.0.0.1:9000"
+            allowed_origins = ["https://app.example", "http://localhost:3000"]
             [transport]
             preference = "HTTP_ONLY"
             [transport.websocket]
@@ -302,6 +308,9 @@ mod tests {
         assert_eq!(c.node.preference, TransportPreference::HttpOnly);
         assert_eq!(c.limits.send_queue_frames, 8);
         assert_eq!(c.node.link_rate, RateLimit::per_minute(5));
+        assert_eq!(c.allowed_origins, ["https://app.example", "http://localhost:3000"]);
+        let none = FileConfig::parse("").unwrap().to_config().unwrap();
+        assert!(none.allowed_origins.is_empty(), "no page by default");
     }
 
     #[test]

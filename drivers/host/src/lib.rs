@@ -22,6 +22,7 @@ mod driver;
 pub mod keys;
 mod link;
 pub mod metrics;
+pub mod origin;
 mod routes;
 pub mod rt;
 pub mod runtime;
@@ -30,6 +31,7 @@ pub mod server;
 mod test_runtime;
 pub mod tls;
 
-pub use api::{ApiError, Handle, Peerlink, Snapshot};
+pub use api::{ApiError, Handle, NodeService, Peerlink, Snapshot};
 pub use config::{Config, DriverLimits, TlsFiles, TrustedPeer};
+pub use routes::RequestBody;
 pub use runtime::{Listener, Rt, Runtime};

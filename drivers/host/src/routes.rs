@@ -18,6 +18,22 @@ use async_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use futures_lite::FutureExt as _;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Bytes, Incoming};
+
+/// A request body the endpoints can read: hyper's own ([`Incoming`]), axum's, any
+/// `http_body::Body` of bytes.
+pub trait RequestBody:
+    hyper::body::Body<Data = Bytes, Error: Into<Box<dyn std::error::Error + Send + Sync>>>
+    + Send
+    + 'static
+{
+}
+
+impl<T> RequestBody for T where
+    T: hyper::body::Body<Data = Bytes, Error: Into<Box<dyn std::error::Error + Send + Sync>>>
+        + Send
+        + 'static
+{
+}
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use peerlink_core::auth::{AuthError, Authority, Bearer, bearer_token};
@@ -26,6 +42,7 @@ use peerlink_core::node::{HttpCall, LinkId, LinkKind};
 use peerlink_core::{EntityId, ErrorCode, PublicKey, SessionId};
 use serde_json::json;
 
+use crate::origin::OriginPolicy;
 use crate::runtime::{Rt, sleep};
 
 use crate::api::Snapshot;
@@ -45,6 +62,8 @@ pub(crate) struct RouteCtx {
     pub max_http_body_bytes: usize,
     pub public_key: PublicKey,
     pub capabilities: serde_json::Value,
+    /// Which web pages may open links.
+    pub origins: OriginPolicy,
     /// The executor.
     pub rt: Rt,
 }
@@ -58,8 +77,40 @@ pub(crate) fn service(
 + Send {
     hyper::service::service_fn(move |req| {
         let ctx = Arc::clone(&ctx);
-        async move { Ok::<_, Infallible>(route(&ctx, req).await.unwrap_or_else(|r| r)) }
+        async move { Ok::<_, Infallible>(answer(&ctx, req).await) }
     })
+}
+
+/// The answer to one request to the node's endpoints.
+pub(crate) async fn answer<B: RequestBody + Sync>(ctx: &RouteCtx, req: Request<B>) -> Resp {
+    route(ctx, req).await.unwrap_or_else(|r| r)
+}
+
+/// A request body made `Sync` (as hyper's own is; axum's is not): the routes hold the request
+/// by reference across awaits, and this body is only ever reached through `&mut`, so the
+/// mutex is never locked.
+pub(crate) struct Exclusive<B>(std::sync::Mutex<B>);
+
+impl<B> Exclusive<B> {
+    pub(crate) fn new(body: B) -> Self {
+        Self(std::sync::Mutex::new(body))
+    }
+}
+
+impl<B: hyper::body::Body + Unpin> hyper::body::Body for Exclusive<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<B::Data>, B::Error>>> {
+        let body = match self.get_mut().0.get_mut() {
+            Ok(body) => body,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        std::pin::Pin::new(body).poll_frame(cx)
+    }
 }
 
 fn respond(status: u16, content_type: &'static str, body: impl Into<Bytes>) -> Resp {
@@ -98,7 +149,7 @@ fn auth_error(e: &AuthError) -> Resp {
 }
 
 /// One query parameter, percent-decoded; `None` if absent or repeated.
-fn query(req: &Request<Incoming>, name: &str) -> Option<String> {
+fn query<B: RequestBody>(req: &Request<B>, name: &str) -> Option<String> {
     endpoints::query_param(req.uri().query()?, name)
 }
 
@@ -110,7 +161,7 @@ async fn ask<T>(ctx: &RouteCtx, make: impl FnOnce(Sender<T>) -> Input) -> Result
     rx.recv().await.map_err(|_| unavailable())
 }
 
-async fn read_body(req: Request<Incoming>, max: usize) -> Result<Vec<u8>, Resp> {
+async fn read_body<B: RequestBody>(req: Request<B>, max: usize) -> Result<Vec<u8>, Resp> {
     match Limited::new(req.into_body(), max).collect().await {
         Ok(b) => Ok(b.to_bytes().to_vec()),
         Err(_) => Err(error(413, ErrorCode::MessageTooLarge)),
@@ -119,7 +170,7 @@ async fn read_body(req: Request<Incoming>, max: usize) -> Result<Vec<u8>, Resp> 
 
 /// The entity a request's bearer token (header, or `?token=`) names, with the key it proved, or
 /// the 401 to answer.
-fn authenticate(ctx: &RouteCtx, req: &Request<Incoming>) -> Result<Bearer, Resp> {
+fn authenticate<B: RequestBody>(ctx: &RouteCtx, req: &Request<B>) -> Result<Bearer, Resp> {
     let header = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
     let token = match header {
         Some(h) => bearer_token(h).map(str::to_owned),
@@ -132,7 +183,7 @@ fn authenticate(ctx: &RouteCtx, req: &Request<Incoming>) -> Result<Bearer, Resp>
     })
 }
 
-async fn route(ctx: &RouteCtx, req: Request<Incoming>) -> Result<Resp, Resp> {
+async fn route<B: RequestBody>(ctx: &RouteCtx, req: Request<B>) -> Result<Resp, Resp> {
     let path = req.uri().path().to_owned();
     match (req.method().clone(), path.as_str()) {
         (Method::GET, "/healthz") => Ok(json_resp(200, json!({"status": "ok"}))),
@@ -206,7 +257,7 @@ async fn route(ctx: &RouteCtx, req: Request<Incoming>) -> Result<Resp, Resp> {
 }
 
 /// `GET /auth/token?entity_id=E&pubkey=K`.
-async fn challenge(ctx: &RouteCtx, req: &Request<Incoming>) -> Result<Resp, Resp> {
+async fn challenge<B: RequestBody>(ctx: &RouteCtx, req: &Request<B>) -> Result<Resp, Resp> {
     let bad = || error(400, ErrorCode::InvalidMessage);
     let entity = query(req, "entity_id").and_then(|e| EntityId::new(e).ok()).ok_or_else(bad)?;
     let pubkey = query(req, "pubkey").ok_or_else(bad)?;
@@ -221,7 +272,7 @@ async fn challenge(ctx: &RouteCtx, req: &Request<Incoming>) -> Result<Resp, Resp
 }
 
 /// `POST /auth/verify` with `{"entity_id", "challenge", "signature"}`.
-async fn verify(ctx: &RouteCtx, req: Request<Incoming>) -> Result<Resp, Resp> {
+async fn verify<B: RequestBody>(ctx: &RouteCtx, req: Request<B>) -> Result<Resp, Resp> {
     let body = read_body(req, ctx.limits.max_auth_body_bytes).await?;
     let bad = || error(400, ErrorCode::InvalidMessage);
     let v: endpoints::VerifyBody = endpoints::parse_body(&body, ctx.limits.max_auth_body_bytes)
@@ -238,14 +289,23 @@ async fn verify(ctx: &RouteCtx, req: Request<Incoming>) -> Result<Resp, Resp> {
     Ok(to_json(&endpoints::TokenBody { token, expires_at }))
 }
 
-fn header_has(req: &Request<Incoming>, name: header::HeaderName, want: &str) -> bool {
+fn header_has<B: RequestBody>(req: &Request<B>, name: header::HeaderName, want: &str) -> bool {
     req.headers().get_all(name).iter().any(|v| {
         v.to_str().is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(want)))
     })
 }
 
 /// A WebSocket upgrade: the token is checked and the node accepts the link before `101`.
-async fn upgrade(ctx: &RouteCtx, mut req: Request<Incoming>, kind: LinkKind) -> Result<Resp, Resp> {
+async fn upgrade<B: RequestBody>(
+    ctx: &RouteCtx,
+    mut req: Request<B>,
+    kind: LinkKind,
+) -> Result<Resp, Resp> {
+    let origins: Vec<&[u8]> =
+        req.headers().get_all(header::ORIGIN).iter().map(HeaderValue::as_bytes).collect();
+    if !ctx.origins.allows(&origins) {
+        return Err(error(403, ErrorCode::AuthenticationFailed));
+    }
     let who = authenticate(ctx, &req)?;
     let bad = || error(400, ErrorCode::InvalidMessage);
     if !header_has(&req, header::UPGRADE, "websocket")

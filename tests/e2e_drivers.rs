@@ -1,0 +1,174 @@
+//! Mixed networks: every driver's node talks to every other's. A tokio peer reaches a blocking
+//! client through a smol relay, a smol peer reaches a blocking client through a tokio relay, and
+//! an axum application serves a relay under `/peerlink` next to its own routes, reached over
+//! WebSocket by one peer and over HTTP only by another. Messages cross both ways, exactly once
+//! and in order.
+
+mod e2e;
+
+use std::time::Instant;
+
+use e2e::*;
+use peerlink_blocking::{Client, ClientConfig};
+use peerlink_core::node::{NodeAddr, SendOptions};
+use peerlink_core::transport::TransportPreference;
+use peerlink_core::{EntityId, Event, Identity, MessageType, TrustPolicy, TrustStore};
+use peerlink_smol::{Config, Handle};
+use tokio::runtime::Runtime;
+
+/// A peer on tokio, reachable through the relay at `relay_url`.
+fn tokio_peer(
+    rt: &Runtime,
+    me: &Identity,
+    relay: &Identity,
+    relay_url: &str,
+    peers: &[&Identity],
+    pref: TransportPreference,
+) -> Handle {
+    let mut cfg = Config::ephemeral();
+    cfg.node = fast_node(pref);
+    cfg.peers = peers.iter().map(|c| trusted(c, None)).collect();
+    cfg.relay = Some(trusted(relay, Some(relay_url.to_owned())));
+    rt.block_on(peerlink_tokio::Peerlink::start(cfg, copy(me))).unwrap()
+}
+
+/// A relay configuration trusting `clients`.
+fn relay_config(clients: &[&Identity]) -> Config {
+    let mut cfg = Config::ephemeral();
+    cfg.node = fast_node(TransportPreference::WebsocketFirst);
+    cfg.peers = clients.iter().map(|c| trusted(c, None)).collect();
+    cfg
+}
+
+/// A blocking client reachable through the relay at `relay_url`, trusting `peers`.
+fn blocking_client(
+    me: &Identity,
+    relay: &Identity,
+    relay_url: &str,
+    peers: &[&Identity],
+) -> Client {
+    let mut trust = TrustStore::new(TrustPolicy::Allowlist);
+    trust.insert(relay.id().clone(), relay.public_key());
+    for p in peers {
+        trust.insert(p.id().clone(), p.public_key());
+    }
+    let config = ClientConfig {
+        node: fast_node(TransportPreference::WebsocketFirst),
+        relay: Some(NodeAddr { entity: relay.id().clone(), base_url: relay_url.to_owned() }),
+        ..ClientConfig::default()
+    };
+    let client = Client::start(config, copy(me), trust).unwrap();
+    client.connect(relay.id()).unwrap();
+    client
+}
+
+/// `n` messages from `from` at the blocking client, in arrival order.
+fn client_messages(c: &Client, from: &EntityId, n: usize) -> Vec<Vec<u8>> {
+    let start = Instant::now();
+    let mut out = Vec::new();
+    while out.len() < n {
+        match c.recv_timeout(DEADLINE.saturating_sub(start.elapsed())) {
+            Some(Event::Message { from: f, payload, .. }) => {
+                assert_eq!(&f, from);
+                out.push(payload);
+            }
+            Some(Event::Failed { id, reason, .. }) => panic!("{id:?} failed: {reason:?}"),
+            Some(_) => {}
+            None => panic!("only {} of {n} messages from {from} within {DEADLINE:?}", out.len()),
+        }
+    }
+    out
+}
+
+fn send(node: &Handle, to: &Identity, tag: &str, range: std::ops::Range<usize>) {
+    for i in range {
+        let p = payload(tag, i);
+        smol::block_on(node.send_message(
+            to.id(),
+            MessageType::PeerMessage,
+            p,
+            SendOptions::default(),
+        ))
+        .unwrap();
+    }
+}
+
+fn want(tag: &str, range: std::ops::Range<usize>) -> Vec<Vec<u8>> {
+    range.map(|i| payload(tag, i)).collect()
+}
+
+/// A node's handle and a blocking client exchange `n` messages each way.
+fn both_ways(node: &Handle, node_id: &Identity, client: &Client, client_id: &Identity, n: usize) {
+    let rx = smol::block_on(node.incoming()).unwrap();
+    send(node, client_id, "node", 0..n);
+    for i in 0..n {
+        client.send(node_id.id(), payload("client", i), None).unwrap();
+    }
+    assert_eq!(client_messages(client, node_id.id(), n), want("node", 0..n));
+    assert_eq!(smol::block_on(messages(&rx, client_id.id(), n)), want("client", 0..n));
+}
+
+#[test]
+fn a_tokio_peer_and_a_blocking_client_through_a_smol_relay() {
+    let (r, a, c) = (identity("relay"), identity("alice"), identity("carol"));
+    let relay = smol::block_on(start_relay(&r, &[&a, &c], "127.0.0.1:0".parse().unwrap()));
+    let rt = Runtime::new().unwrap();
+    let alice =
+        tokio_peer(&rt, &a, &r, &relay.base_url(), &[&c], TransportPreference::WebsocketFirst);
+    let carol = blocking_client(&c, &r, &relay.base_url(), &[&a]);
+    both_ways(&alice, &a, &carol, &c, 20);
+}
+
+#[test]
+fn a_smol_peer_and_a_blocking_client_through_a_tokio_relay() {
+    let (r, b, c) = (identity("relay"), identity("bob"), identity("carol"));
+    let rt = Runtime::new().unwrap();
+    let relay = rt.block_on(peerlink_tokio::Peerlink::start(relay_config(&[&b, &c]), copy(&r)));
+    let relay = relay.unwrap();
+    let bob = smol::block_on(start_peer(
+        &b,
+        &r,
+        &relay.base_url(),
+        &[&c],
+        TransportPreference::WebsocketFirst,
+    ));
+    let carol = blocking_client(&c, &r, &relay.base_url(), &[&b]);
+    both_ways(&bob, &b, &carol, &c, 20);
+}
+
+#[test]
+fn an_axum_application_serves_its_own_routes_next_to_a_mounted_relay() {
+    let (r, a, b) = (identity("relay"), identity("alice"), identity("bob"));
+    let rt = Runtime::new().unwrap();
+    let (relay, base) = rt.block_on(async {
+        let (relay, peerlink) =
+            peerlink_tokio::Peerlink::router(relay_config(&[&a, &b]), copy(&r)).await.unwrap();
+        let app = axum::Router::new()
+            .route("/", axum::routing::get(|| async { "the application's own page" }))
+            .nest("/peerlink", peerlink);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (relay, format!("http://{addr}"))
+    });
+    let relay_url = format!("{base}/peerlink");
+    let addr = base.trim_start_matches("http://").parse().unwrap();
+    assert_eq!(http_get(addr, "/").as_deref(), Some("the application's own page"));
+
+    // Alice on tokio over WebSocket (upgraded through axum), bob on smol over HTTP only.
+    let alice = tokio_peer(&rt, &a, &r, &relay_url, &[&b], TransportPreference::WebsocketFirst);
+    let bob = smol::block_on(start_peer(&b, &r, &relay_url, &[&a], TransportPreference::HttpOnly));
+    let (alice_rx, bob_rx) =
+        (smol::block_on(alice.incoming()).unwrap(), smol::block_on(bob.incoming()).unwrap());
+    send(&alice, &b, "alice", 0..20);
+    send(&bob, &a, "bob", 0..20);
+    assert_eq!(smol::block_on(messages(&bob_rx, a.id(), 20)), want("alice", 0..20));
+    assert_eq!(smol::block_on(messages(&alice_rx, b.id(), 20)), want("bob", 0..20));
+
+    let alice_stats = smol::block_on(alice.transport_stats()).unwrap();
+    assert!(alice_stats.ws_messages_sent >= 20, "{alice_stats:?}");
+    let bob_stats = smol::block_on(bob.transport_stats()).unwrap();
+    assert_eq!(bob_stats.ws_messages_sent, 0, "{bob_stats:?}");
+    let snapshot = smol::block_on(relay.snapshot()).unwrap();
+    assert_eq!(snapshot.inbound_peer_links, 1, "alice's link, through axum: {snapshot:?}");
+}
