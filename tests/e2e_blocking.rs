@@ -8,27 +8,8 @@ use e2e::*;
 use peerlink_blocking::{Client, ClientConfig};
 use peerlink_core::node::{NodeAddr, SendOptions};
 use peerlink_core::transport::TransportPreference;
-use peerlink_core::{EntityId, Event, MessageType, TrustPolicy, TrustStore};
+use peerlink_core::{Event, MessageType, TrustPolicy, TrustStore};
 use std::time::{Duration, Instant};
-
-/// `n` messages from `from` at the blocking client, in arrival order.
-fn client_messages(c: &Client, from: &EntityId, n: usize) -> Vec<Vec<u8>> {
-    let start = Instant::now();
-    let mut out = Vec::new();
-    while out.len() < n {
-        let left = DEADLINE.saturating_sub(start.elapsed());
-        match c.recv_timeout(left) {
-            Some(Event::Message { from: f, payload, .. }) => {
-                assert_eq!(&f, from);
-                out.push(payload);
-            }
-            Some(Event::Failed { id, reason, .. }) => panic!("{id:?} failed: {reason:?}"),
-            Some(_) => {}
-            None => panic!("only {} of {n} messages from {from} within {DEADLINE:?}", out.len()),
-        }
-    }
-    out
-}
 
 #[test]
 fn blocking_client_with_a_smol_peer_through_a_cut_websocket() {

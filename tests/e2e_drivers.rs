@@ -6,13 +6,11 @@
 
 mod e2e;
 
-use std::time::Instant;
-
 use e2e::*;
 use peerlink_blocking::{Client, ClientConfig};
 use peerlink_core::node::{NodeAddr, SendOptions};
 use peerlink_core::transport::TransportPreference;
-use peerlink_core::{EntityId, Event, Identity, MessageType, TrustPolicy, TrustStore};
+use peerlink_core::{Identity, MessageType, TrustPolicy, TrustStore};
 use peerlink_smol::{Config, Handle};
 use tokio::runtime::Runtime;
 
@@ -60,24 +58,6 @@ fn blocking_client(
     let client = Client::start(config, copy(me), trust).unwrap();
     client.connect(relay.id()).unwrap();
     client
-}
-
-/// `n` messages from `from` at the blocking client, in arrival order.
-fn client_messages(c: &Client, from: &EntityId, n: usize) -> Vec<Vec<u8>> {
-    let start = Instant::now();
-    let mut out = Vec::new();
-    while out.len() < n {
-        match c.recv_timeout(DEADLINE.saturating_sub(start.elapsed())) {
-            Some(Event::Message { from: f, payload, .. }) => {
-                assert_eq!(&f, from);
-                out.push(payload);
-            }
-            Some(Event::Failed { id, reason, .. }) => panic!("{id:?} failed: {reason:?}"),
-            Some(_) => {}
-            None => panic!("only {} of {n} messages from {from} within {DEADLINE:?}", out.len()),
-        }
-    }
-    out
 }
 
 fn send(node: &Handle, to: &Identity, tag: &str, range: std::ops::Range<usize>) {

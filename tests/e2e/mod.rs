@@ -454,3 +454,22 @@ pub fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
     let (head, body) = out.split_once("\r\n\r\n")?;
     head.starts_with("HTTP/1.1 200").then(|| body.to_owned())
 }
+
+/// `n` messages from `from` at the blocking client, in arrival order.
+pub fn client_messages(c: &peerlink_blocking::Client, from: &EntityId, n: usize) -> Vec<Vec<u8>> {
+    let start = Instant::now();
+    let mut out = Vec::new();
+    while out.len() < n {
+        let left = DEADLINE.saturating_sub(start.elapsed());
+        match c.recv_timeout(left) {
+            Some(Event::Message { from: f, payload, .. }) => {
+                assert_eq!(&f, from);
+                out.push(payload);
+            }
+            Some(Event::Failed { id, reason, .. }) => panic!("{id:?} failed: {reason:?}"),
+            Some(_) => {}
+            None => panic!("only {} of {n} messages from {from} within {DEADLINE:?}", out.len()),
+        }
+    }
+    out
+}

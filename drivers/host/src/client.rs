@@ -737,7 +737,7 @@ mod tests {
 
     fn ctx() -> ClientCtx {
         ClientCtx::new(
-            crate::test_runtime::rt(),
+            crate::smol_runtime::rt(),
             Arc::new(me()),
             None,
             DriverLimits::default(),
@@ -836,7 +836,7 @@ mod tests {
     fn capabilities_tell_who_the_node_is_without_logging_in() {
         let (base, _, _) = fake_node_named("relay", false, usize::MAX);
         let caps =
-            smol::block_on(capabilities(crate::test_runtime::rt(), &format!("{base}/"), None))
+            smol::block_on(capabilities(crate::smol_runtime::rt(), &format!("{base}/"), None))
                 .unwrap();
         assert_eq!((caps.node_id.as_str(), caps.public_key.as_str()), ("relay", "k"));
     }

@@ -27,8 +27,8 @@ mod routes;
 pub mod rt;
 pub mod runtime;
 pub mod server;
-#[cfg(test)]
-mod test_runtime;
+#[cfg(any(test, feature = "smol"))]
+pub mod smol_runtime;
 pub mod tls;
 
 pub use api::{ApiError, Handle, NodeService, Peerlink, Snapshot};

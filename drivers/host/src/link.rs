@@ -684,7 +684,7 @@ mod tests {
             size_of::<F>()
         }
         let task = task_size(|(ws, link, queues, inputs): (WebSocketStream<Io>, _, _, _)| {
-            run_link(crate::test_runtime::rt(), ws, link, queues, inputs)
+            run_link(crate::smol_runtime::rt(), ws, link, queues, inputs)
         });
         eprintln!("link task future: {task} bytes, shared queue: {} bytes", size_of::<Shared>());
         // Twice the socket's size would mean it is held twice (see `run_link`).
@@ -777,7 +777,7 @@ mod tests {
             }
             handle.kill.try_send(Some(ErrorCode::RateLimitExceeded)).unwrap();
             let (tx, rx) = async_channel::bounded(4);
-            run_link(crate::test_runtime::rt(), ws, LinkId(7), queues, tx).await;
+            run_link(crate::smol_runtime::rt(), ws, LinkId(7), queues, tx).await;
             let messages = wire.messages();
             assert_eq!(texts(&messages), expected(0..100));
             match messages.last() {
@@ -800,7 +800,7 @@ mod tests {
             let ws = server(&wire).await;
             let (handle, queues) = link_channels(256);
             let (tx, rx) = async_channel::bounded(4);
-            let mut task = pin!(run_link(crate::test_runtime::rt(), ws, LinkId(7), queues, tx));
+            let mut task = pin!(run_link(crate::smol_runtime::rt(), ws, LinkId(7), queues, tx));
             handle.frames.try_send(frame(0)).unwrap();
             handle.frames.try_send(frame(1)).unwrap();
             assert!(smol::future::poll_once(task.as_mut()).await.is_none(), "blocked");
@@ -824,7 +824,7 @@ mod tests {
             handle.frames.try_send(frame(0)).unwrap();
             drop(handle);
             let (tx, _rx) = async_channel::bounded(4);
-            run_link(crate::test_runtime::rt(), ws, LinkId(7), queues, tx).await;
+            run_link(crate::smol_runtime::rt(), ws, LinkId(7), queues, tx).await;
             let messages = wire.messages();
             assert_eq!(texts(&messages), expected(0..1));
             assert!(

@@ -147,7 +147,7 @@ mod tests {
     use smol::io::{AsyncReadExt, AsyncWriteExt};
     use smol::net::{TcpListener, TcpStream};
 
-    use crate::test_runtime::rt as test_rt;
+    use crate::smol_runtime::rt as test_rt;
 
     #[test]
     fn timer_sleeps_at_least_the_duration() {

@@ -24,16 +24,12 @@
 #![deny(unused_must_use)]
 #![warn(missing_docs)]
 
-mod runtime;
-
-use std::sync::Arc;
-
 use peerlink_core::Identity;
+pub use peerlink_host::smol_runtime::{SmolRuntime, rt};
 pub use peerlink_host::{
     ApiError, Config, DriverLimits, Handle, Snapshot, TlsFiles, TrustedPeer, client, config,
     config_file, keys, metrics, server, tls,
 };
-pub use runtime::SmolRuntime;
 
 /// Starts nodes on smol.
 #[derive(Debug)]
@@ -45,9 +41,4 @@ impl Peerlink {
     pub async fn start(config: Config, identity: Identity) -> Result<Handle, ApiError> {
         peerlink_host::Peerlink::start(rt(), config, identity).await
     }
-}
-
-/// smol as the host's runtime.
-pub fn rt() -> peerlink_host::Rt {
-    Arc::new(SmolRuntime)
 }

@@ -1,10 +1,13 @@
-//! [`SmolRuntime`]: the host's four operations on smol's global executor and `async-net`.
+//! [`SmolRuntime`]: the host's four operations on smol's global executor and `async-net`
+//! (feature `smol`; `peerlink-smol` re-exports it, and this crate's tests run on it).
 
 use std::io;
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use peerlink_host::runtime::{BoxFuture, BoxSleep, Listener, Runtime, Stream};
+use std::sync::Arc;
+
+use crate::runtime::{BoxFuture, BoxSleep, Listener, Rt, Runtime, Stream};
 
 /// smol's global executor, its timers and its TCP sockets.
 #[derive(Debug, Clone, Copy, Default)]
@@ -53,4 +56,9 @@ impl Runtime for SmolRuntime {
             Ok(Box::new(SmolListener(listener)) as Box<dyn Listener>)
         })
     }
+}
+
+/// smol as a node's runtime.
+pub fn rt() -> Rt {
+    Arc::new(SmolRuntime)
 }
