@@ -13,7 +13,7 @@ mod stats;
 
 use std::path::PathBuf;
 
-/// The allocator the `peerlink` binary uses (feature `mimalloc` of peerlink-smol), so the
+/// The allocator the `peerlink` binary uses (feature `mimalloc` of the `peerlink` crate), so the
 /// figures are the ones a deployment sees; the baselines run under it too.
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;

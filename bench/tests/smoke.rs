@@ -37,7 +37,7 @@ fn a_short_run_writes_a_sane_report() {
     assert!(stdout.contains("## Saturation"), "the report is printed too");
 
     let sat = table(&md, "## Saturation");
-    assert_eq!(sat.len(), 10, "5 paths × 2 sizes: {sat:?}");
+    assert_eq!(sat.len(), 12, "6 paths (the tokio one included) × 2 sizes: {sat:?}");
     for row in &sat {
         assert!(number(&row[2]) > 0.0, "msg/s of {row:?}");
         assert!(number(&row[3]) > 0.0, "MiB/s of {row:?}");
@@ -46,7 +46,7 @@ fn a_short_run_writes_a_sane_report() {
         assert_eq!(row[4].contains('–'), !echo, "two rounds give a range: {row:?}");
     }
     let fixed = table(&md, "## Latency at a fixed offered load");
-    assert_eq!(fixed.len(), 5);
+    assert_eq!(fixed.len(), 6);
     for row in &fixed {
         assert!(number(&row[2]) > 0.0, "achieved rate of {row:?}");
     }

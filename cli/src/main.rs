@@ -16,9 +16,9 @@ use clap::{Parser, Subcommand};
 use peerlink_core::node::SendOptions;
 use peerlink_core::transport::TransportPreference;
 use peerlink_core::{EntityId, Event, MessageType, PublicKey, TrustPolicy};
-use peerlink_smol::config_file::FileConfig;
-use peerlink_smol::tls::rustls;
-use peerlink_smol::{Config, Peerlink, TrustedPeer, keys};
+use peerlink_host::config_file::FileConfig;
+use peerlink_host::tls::rustls;
+use peerlink_host::{Config, Peerlink, Rt, TrustedPeer, keys};
 use smol::future::FutureExt as _;
 
 /// A peerlink node and its tools.
@@ -31,12 +31,49 @@ struct Cli {
     /// TOML configuration file (see drivers/host/peerlink.example.toml).
     #[arg(long, short, global = true)]
     config: Option<PathBuf>,
+    /// The executor nodes run on: smol (default) or tokio (a multi-threaded runtime with a
+    /// worker per CPU).
+    #[arg(long, global = true, value_enum, default_value_t = Driver::Smol)]
+    driver: Driver,
     /// Log lines on stderr as text (coloured only on a terminal, never with NO_COLOR set) or
     /// as one JSON object per line, for log collectors. RUST_LOG sets the level [default: info].
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
     #[command(subcommand)]
     command: Option<Command>,
+}
+
+/// Which executor the nodes of this run use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Driver {
+    /// peerlink-smol: smol's global executor.
+    Smol,
+    /// peerlink-tokio: a multi-threaded tokio runtime.
+    Tokio,
+}
+
+/// The driver `--driver` chose, set once at start.
+static DRIVER: std::sync::OnceLock<Driver> = std::sync::OnceLock::new();
+
+/// The runtime of this run's nodes and client requests (`--driver`).
+fn rt() -> Fallible<Rt> {
+    match DRIVER.get().copied().unwrap_or(Driver::Smol) {
+        Driver::Smol => Ok(peerlink_smol::rt()),
+        Driver::Tokio => {
+            static TOKIO: std::sync::OnceLock<Result<tokio::runtime::Runtime, String>> =
+                std::sync::OnceLock::new();
+            let runtime = TOKIO.get_or_init(|| {
+                tokio::runtime::Builder::new_multi_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(|e| format!("cannot start a tokio runtime: {e}"))
+            });
+            match runtime {
+                Ok(r) => Ok(Arc::new(peerlink_tokio::TokioRuntime::new(r.handle().clone()))),
+                Err(e) => Err(e.clone().into()),
+            }
+        }
+    }
 }
 
 /// How log lines are written.
@@ -226,6 +263,7 @@ type Fallible<T> = Result<T, Box<dyn std::error::Error>>;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logs(cli.log_format);
+    let _ = DRIVER.set(cli.driver);
     match smol::block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -305,7 +343,7 @@ fn public_key(what: &'static str, value: &str) -> Result<PublicKey, CliError> {
 /// The TLS client configuration for `https://` nodes, when the configuration has a CA file.
 fn client_tls(config: &Config) -> Fallible<Option<Arc<rustls::ClientConfig>>> {
     Ok(match &config.tls.ca_file {
-        Some(ca) => Some(peerlink_smol::tls::client_config(ca)?),
+        Some(ca) => Some(peerlink_host::tls::client_config(ca)?),
         None => None,
     })
 }
@@ -315,7 +353,7 @@ fn client_tls(config: &Config) -> Fallible<Option<Arc<rustls::ClientConfig>>> {
 /// id is then pinned: the node's every login there must return it (spec §23.2).
 async fn relay_peer(args: &RelayArgs, config: &Config) -> Fallible<Option<TrustedPeer>> {
     let Some(url) = &args.relay else { return Ok(None) };
-    if peerlink_smol::client::base_of(url).is_none() {
+    if peerlink_host::client::base_of(url).is_none() {
         return Err(CliError::BadUrl { what: "--relay", url: url.clone() }.into());
     }
     let given_id = args.relay_id.as_deref().map(|i| entity("--relay-id", i)).transpose()?;
@@ -324,13 +362,9 @@ async fn relay_peer(args: &RelayArgs, config: &Config) -> Fallible<Option<Truste
     let (entity, key) = match (given_id, given_key) {
         (Some(id), Some(key)) => (id, key),
         (given_id, given_key) => {
-            let caps =
-                peerlink_smol::client::capabilities(peerlink_smol::rt(), &url, client_tls(config)?)
-                    .await
-                    .map_err(|e| CliError::RelayUnknown {
-                        url: url.clone(),
-                        reason: e.to_string(),
-                    })?;
+            let caps = peerlink_host::client::capabilities(rt()?, &url, client_tls(config)?)
+                .await
+                .map_err(|e| CliError::RelayUnknown { url: url.clone(), reason: e.to_string() })?;
             let found = entity("the relay's node_id", &caps.node_id)?;
             let key = public_key("the relay's public_key", &caps.public_key)?;
             if let Some(given) = given_id.filter(|g| *g != found) {
@@ -352,7 +386,7 @@ async fn relay_peer(args: &RelayArgs, config: &Config) -> Fallible<Option<Truste
 /// giving a relay's URL as the peer's gets an answer saying what to do. A node that cannot be
 /// asked is left to the login, which refuses another node too (spec §23.2).
 async fn check_peer_node(url: &str, to: &EntityId, config: &Config) -> Fallible<()> {
-    match peerlink_smol::client::capabilities(peerlink_smol::rt(), url, client_tls(config)?).await {
+    match peerlink_host::client::capabilities(rt()?, url, client_tls(config)?).await {
         Ok(caps) if caps.node_id != to.as_str() => Err(CliError::NotThePeer {
             url: url.to_owned(),
             found: caps.node_id,
@@ -376,14 +410,14 @@ async fn client_node(
     mut config: Config,
     peer: TrustedPeer,
     http_only: bool,
-) -> Fallible<(peerlink_smol::Handle, smol::channel::Receiver<Event>)> {
+) -> Fallible<(peerlink_host::Handle, smol::channel::Receiver<Event>)> {
     let identity = identity(cli, file, None)?;
     config.listen = ([127, 0, 0, 1], 0).into();
     if http_only {
         config.node.preference = TransportPreference::HttpOnly;
     }
     config.peers.push(peer);
-    let node = Peerlink::start(config, identity).await?;
+    let node = Peerlink::start(rt()?, config, identity).await?;
     let events = node.incoming().await?;
     Ok((node, events))
 }
@@ -414,7 +448,7 @@ async fn reach(
 /// the node `to`.
 async fn direct_url(url: Option<&str>, to: &EntityId, config: &Config) -> Fallible<String> {
     let url = url.unwrap_or(DEFAULT_URL).trim_end_matches('/').to_owned();
-    if peerlink_smol::client::base_of(&url).is_none() {
+    if peerlink_host::client::base_of(&url).is_none() {
         return Err(CliError::BadUrl { what: "--url", url }.into());
     }
     check_peer_node(&url, to, config).await?;
@@ -559,19 +593,12 @@ async fn run(cli: Cli) -> Fallible<()> {
         }
         Some(Command::Status { url }) => {
             let base = url.trim_end_matches('/');
-            let (s, body) = peerlink_smol::client::get_public(
-                peerlink_smol::rt(),
-                &format!("{base}/healthz"),
-                4096,
-            )
-            .await?;
+            let (s, body) =
+                peerlink_host::client::get_public(rt()?, &format!("{base}/healthz"), 4096).await?;
             println!("healthz: {s} {}", String::from_utf8_lossy(&body).trim());
-            let (s, body) = peerlink_smol::client::get_public(
-                peerlink_smol::rt(),
-                &format!("{base}/metrics"),
-                1 << 20,
-            )
-            .await?;
+            let (s, body) =
+                peerlink_host::client::get_public(rt()?, &format!("{base}/metrics"), 1 << 20)
+                    .await?;
             if s != 200 {
                 return Err(format!("metrics: HTTP {s}").into());
             }
@@ -588,7 +615,7 @@ async fn serve(cli: &Cli, file: &FileConfig, config: Config, print: bool) -> Fal
         .relay
         .as_ref()
         .map(|r| format!("{} at {}", r.entity, r.url.as_deref().unwrap_or("(no URL)")));
-    let node = Peerlink::start(config, identity).await?;
+    let node = Peerlink::start(rt()?, config, identity).await?;
     let events = node.incoming().await?;
     println!("entity_id  {}", node.id());
     println!("public_key {public_key}");

@@ -312,6 +312,38 @@ fn send_http_goes_over_http_only() {
 }
 
 #[test]
+fn nodes_on_tokio_and_on_smol_talk_through_a_relay_on_tokio() {
+    let mut p = Procs::new("tokio");
+    let bob_key = p.keygen("bob", "bob");
+    p.keygen("alice", "alice");
+    let relay = p.start(
+        "relay",
+        "relay",
+        &["--driver", "tokio", "serve", "--open", "--listen", "127.0.0.1:0"],
+    );
+    let relay_url = relay.field("url");
+    let bob = p.start(
+        "bob",
+        "bob",
+        &["listen", "--open", "--relay", &relay_url, "--listen", "127.0.0.1:0"],
+    );
+    bob.field("relay");
+    wait_for_a_client(&relay_url);
+    let out = p.ok(
+        "alice",
+        "alice",
+        &[
+            "--driver", "tokio", "send", "--relay", &relay_url, "--to", "bob", "--key", &bob_key,
+            "hi",
+        ],
+    );
+    assert!(out.starts_with("delivered "), "{out}");
+    bob.line("alice's message", |l| message(l, "alice", "hi"));
+    let bad = p.run("alice-bad", "alice", &["--driver", "async-std", "keygen"]);
+    assert!(!bad.success && bad.stderr.contains("--driver"), "{}", bad.stderr);
+}
+
+#[test]
 fn a_relay_url_given_as_the_peers_says_to_use_relay() {
     let mut p = Procs::new("wrong-url");
     let bob_key = p.keygen("bob", "bob");
