@@ -314,6 +314,20 @@ impl Node {
         self.bound.keys()
     }
 
+    /// Whether a WebSocket link carries frames for `peer` right now: the peer's own link to this
+    /// node, or an open link to the next hop toward it (seed 000's `is_websocket_connected`).
+    /// `false` while a link is connecting, and when traffic to the peer goes over HTTP.
+    pub fn websocket_connected(&self, peer: &EntityId) -> bool {
+        if self.bound.contains_key(peer) {
+            return true;
+        }
+        self.route_of(peer)
+            .and_then(|hop| self.hops.get(&hop))
+            .and_then(|h| h.ws_link)
+            .and_then(|link| self.links.get(&link))
+            .is_some_and(|l| l.up)
+    }
+
     /// Tells the node how many events the driver took with [`Node::poll_output`] but the
     /// application has not consumed yet (a driver that hands events over a queue of its own).
     /// They count against `max_events`, so a slow application pushes back on its peers

@@ -309,6 +309,14 @@ impl Handle {
         Ok(r?)
     }
 
+    /// Whether a WebSocket link carries frames for `peer` now (its own link to this node, or an
+    /// open link to the next hop toward it): seed 000's `is_websocket_connected`. `false` while
+    /// the link is connecting or traffic to the peer goes over HTTP.
+    pub async fn is_websocket_connected(&self, peer: &EntityId) -> Result<bool, ApiError> {
+        let peer = peer.clone();
+        self.call(move |c, _| c.node.websocket_connected(&peer)).await
+    }
+
     /// Sends a `BROADCAST` to every peer with a session; returns the ids accepted.
     pub async fn broadcast(
         &self,

@@ -82,3 +82,21 @@ fn a_lost_answer_fed_as_an_input_goes_back_to_the_callers_link() {
         "{out:?}"
     );
 }
+
+#[test]
+fn websocket_connected_follows_the_link_to_the_peer_or_its_next_hop() {
+    let mut p = Pump::new(&[("alice", NodeConfig::default()), ("bob", NodeConfig::default())]);
+    p.node("alice").add_route(id("bob"), Pump::addr("bob"));
+    assert!(!p.node("alice").websocket_connected(&id("bob")), "no link yet");
+    let now = p.now;
+    p.node("alice").send(now, &id("bob"), b"one".to_vec(), SendOptions::default()).unwrap();
+    assert!(!p.node("alice").websocket_connected(&id("bob")), "connecting is not connected");
+    p.run();
+    assert!(p.node("alice").websocket_connected(&id("bob")), "alice's link to bob's node");
+    assert!(p.node("bob").websocket_connected(&id("alice")), "alice's link, at bob");
+    assert!(!p.node("alice").websocket_connected(&id("carol")), "no route to carol");
+    p.no_ws.push("bob".to_owned());
+    p.cut("alice");
+    assert!(!p.node("alice").websocket_connected(&id("bob")), "cut, and refused since");
+    assert!(!p.node("bob").websocket_connected(&id("alice")));
+}
