@@ -208,6 +208,17 @@ enum Command {
         #[arg(long)]
         http: bool,
     },
+    /// Send a task request to a peer and print its answer (`peerlink listen` and `serve`
+    /// answer with an echo).
+    Request {
+        #[command(flatten)]
+        target: Target,
+        /// The request's text.
+        message: String,
+        /// Seconds to wait for the answer.
+        #[arg(long, default_value_t = 10)]
+        timeout_secs: u64,
+    },
     /// Subscribe to a topic on a node and print what is published.
     Subscribe {
         #[command(flatten)]
@@ -259,6 +270,32 @@ enum Command {
 }
 
 type Fallible<T> = Result<T, Box<dyn std::error::Error>>;
+
+/// The node hosting a topic (spec §20: `--to`/`--key`/`--url`, or `--relay`), and the
+/// configuration of a client node that reaches it.
+async fn topic_host(host: &TopicHost, file: &FileConfig) -> Fallible<(Config, TrustedPeer)> {
+    let (config, peer) = match (&host.to, &host.key) {
+        (Some(to), Some(key)) => {
+            // A topic lives on the node subscribed at (spec §20): that node is a hop
+            // of its own, reached at its URL, never through a relay.
+            let to = entity("--to", to)?;
+            let key = public_key("--key", key)?;
+            let config = file.to_config()?;
+            let url = direct_url(host.url.as_deref(), &to, &config).await?;
+            (config, TrustedPeer { entity: to, key, url: Some(url) })
+        }
+        _ => {
+            // clap requires --to and --key unless --relay is given.
+            let mut config = file.to_config()?;
+            let relay = relay_peer(&host.relay, &config)
+                .await?
+                .ok_or("give --to and --key of the node hosting the topic, or --relay")?;
+            config.relay = Some(relay.clone());
+            (config, relay)
+        }
+    };
+    Ok((config, peer))
+}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -513,27 +550,20 @@ async fn run(cli: Cli) -> Fallible<()> {
             );
             Ok(())
         }
+        Some(Command::Request { target, message, timeout_secs }) => {
+            let to = entity("--to", &target.to)?;
+            let key = public_key("--key", &target.key)?;
+            let (config, url) = reach(&file, &to, target.url.as_deref(), &target.relay).await?;
+            let peer = TrustedPeer { entity: to.clone(), key, url };
+            let (node, _events) = client_node(&cli, &file, config, peer, false).await?;
+            let timeout = Duration::from_secs(*timeout_secs);
+            let answer = node.request(&to, message.as_bytes().to_vec(), timeout).await;
+            node.shutdown().await?;
+            println!("{}", String::from_utf8_lossy(&answer?));
+            Ok(())
+        }
         Some(Command::Subscribe { host, topic }) => {
-            let (config, peer) = match (&host.to, &host.key) {
-                (Some(to), Some(key)) => {
-                    // A topic lives on the node subscribed at (spec §20): that node is a hop
-                    // of its own, reached at its URL, never through a relay.
-                    let to = entity("--to", to)?;
-                    let key = public_key("--key", key)?;
-                    let config = file.to_config()?;
-                    let url = direct_url(host.url.as_deref(), &to, &config).await?;
-                    (config, TrustedPeer { entity: to, key, url: Some(url) })
-                }
-                _ => {
-                    // clap requires --to and --key unless --relay is given.
-                    let mut config = file.to_config()?;
-                    let relay = relay_peer(&host.relay, &config)
-                        .await?
-                        .ok_or("give --to and --key of the node hosting the topic, or --relay")?;
-                    config.relay = Some(relay.clone());
-                    (config, relay)
-                }
-            };
+            let (config, peer) = topic_host(host, &file).await?;
             let hop = peer.entity.clone();
             let (node, events) = client_node(&cli, &file, config, peer, false).await?;
             node.subscribe(&hop, topic).await?;

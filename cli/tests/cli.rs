@@ -344,6 +344,28 @@ fn nodes_on_tokio_and_on_smol_talk_through_a_relay_on_tokio() {
 }
 
 #[test]
+fn request_prints_the_answer() {
+    let mut p = Procs::new("request-publish");
+    let bob_key = p.keygen("bob", "bob");
+    p.keygen("alice", "alice");
+    let (_relay, relay_url) = relay(&mut p);
+    let bob = p.start(
+        "bob",
+        "bob",
+        &["listen", "--open", "--relay", &relay_url, "--listen", "127.0.0.1:0"],
+    );
+    bob.field("relay");
+    wait_for_a_client(&relay_url);
+    // `listen` answers a task request with an echo.
+    let out = p.ok(
+        "alice",
+        "alice",
+        &["request", "--relay", &relay_url, "--to", "bob", "--key", &bob_key, "ping?"],
+    );
+    assert_eq!(out.trim(), "ping?", "{out}");
+}
+
+#[test]
 fn a_relay_url_given_as_the_peers_says_to_use_relay() {
     let mut p = Procs::new("wrong-url");
     let bob_key = p.keygen("bob", "bob");
