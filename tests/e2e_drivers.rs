@@ -7,10 +7,10 @@
 mod e2e;
 
 use e2e::*;
-use peerlink_blocking::{Client, ClientConfig};
-use peerlink_core::node::{NodeAddr, SendOptions};
+use peerlink_blocking::Client;
+use peerlink_core::node::SendOptions;
 use peerlink_core::transport::TransportPreference;
-use peerlink_core::{Identity, MessageType, TrustPolicy, TrustStore};
+use peerlink_core::{Identity, MessageType};
 use peerlink_smol::{Config, Handle};
 use tokio::runtime::Runtime;
 
@@ -45,17 +45,10 @@ fn blocking_client(
     relay_url: &str,
     peers: &[&Identity],
 ) -> Client {
-    let mut trust = TrustStore::new(TrustPolicy::Allowlist);
-    trust.insert(relay.id().clone(), relay.public_key());
-    for p in peers {
-        trust.insert(p.id().clone(), p.public_key());
-    }
-    let config = ClientConfig {
-        node: fast_node(TransportPreference::WebsocketFirst),
-        relay: Some(NodeAddr { entity: relay.id().clone(), base_url: relay_url.to_owned() }),
-        ..ClientConfig::default()
-    };
-    let client = Client::start(config, copy(me), trust).unwrap();
+    let peers: Vec<_> = peers.iter().map(|p| (*p, None)).collect();
+    let config =
+        client_config(TransportPreference::WebsocketFirst, Some((relay, relay_url)), &peers);
+    let client = Client::start(config, copy(me)).unwrap();
     client.connect(relay.id()).unwrap();
     client
 }

@@ -7,10 +7,9 @@ mod e2e;
 use std::time::Duration;
 
 use e2e::*;
-use peerlink_blocking::{Client, ClientConfig};
-use peerlink_core::node::NodeAddr;
+use peerlink_blocking::Client;
+use peerlink_core::Event;
 use peerlink_core::transport::TransportPreference;
-use peerlink_core::{Event, TrustPolicy, TrustStore};
 use serde_json::json;
 
 #[test]
@@ -42,17 +41,8 @@ fn requests_are_answered_and_unanswered_ones_time_out() {
         }
 
         // A blocking client asks bob too.
-        let mut trust = TrustStore::new(TrustPolicy::Allowlist);
-        for p in [&r, &b] {
-            trust.insert(p.id().clone(), p.public_key());
-        }
-        let relay_addr = NodeAddr { entity: r.id().clone(), base_url: relay.base_url() };
-        let config = ClientConfig {
-            node: fast_node(pref),
-            relay: Some(relay_addr),
-            ..ClientConfig::default()
-        };
-        let carol = Client::start(config, copy(&c), trust).unwrap();
+        let config = client_config(pref, Some((&r, &relay.base_url())), &[(&a, None), (&b, None)]);
+        let carol = Client::start(config, copy(&c)).unwrap();
         let answer = smol::unblock(move || {
             let answer = carol.request(b.id(), b"abc".to_vec(), Duration::from_secs(10));
             // Nobody answers for alice (no responder runs there): the request times out.
@@ -61,11 +51,7 @@ fn requests_are_answered_and_unanswered_ones_time_out() {
         })
         .await;
         assert_eq!(answer.0.unwrap(), b"cba".to_vec());
-        assert!(
-            matches!(answer.1, Err(peerlink_blocking::ClientError::TimedOut)),
-            "{:?}",
-            answer.1
-        );
+        assert!(matches!(answer.1, Err(peerlink_blocking::ApiError::Timeout)), "{:?}", answer.1);
         drop(serve);
         for h in [&alice, &bob, &relay] {
             h.shutdown().await.unwrap();

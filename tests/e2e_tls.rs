@@ -7,10 +7,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use e2e::*;
-use peerlink_blocking::{Client, ClientConfig};
-use peerlink_core::node::NodeAddr;
+use peerlink_blocking::Client;
+use peerlink_core::Event;
 use peerlink_core::transport::TransportPreference;
-use peerlink_core::{Event, TrustPolicy, TrustStore};
 use peerlink_smol::{Config, Peerlink};
 
 fn data(file: &str) -> PathBuf {
@@ -30,16 +29,10 @@ fn the_blocking_client_speaks_wss_and_https() {
         let rx = bob.incoming().await.unwrap();
         assert!(bob.base_url().starts_with("https://"));
 
-        let mut trust = TrustStore::new(TrustPolicy::Allowlist);
-        trust.insert(b.id().clone(), b.public_key());
-        let route = NodeAddr { entity: b.id().clone(), base_url: bob.base_url() };
-        let config = ClientConfig {
-            node: fast_node(TransportPreference::WebsocketFirst),
-            routes: vec![(b.id().clone(), route)],
-            tls_ca_file: Some(data("ca.crt")),
-            ..ClientConfig::default()
-        };
-        let alice = Client::start(config, copy(&a), trust).unwrap();
+        let mut config =
+            client_config(TransportPreference::WebsocketFirst, None, &[(&b, Some(bob.base_url()))]);
+        config.tls.ca_file = Some(data("ca.crt"));
+        let alice = Client::start(config, copy(&a)).unwrap();
         let to = b.id().clone();
         let stats = smol::unblock(move || {
             alice.connect(&to).unwrap();

@@ -37,6 +37,20 @@ pub fn now_ts() -> Timestamp {
     )
 }
 
+/// A client's configuration: reached through `relay` at `relay_url` (none: direct routes
+/// only), trusting `peers` (a peer with a URL is a direct route).
+pub fn client_config(
+    pref: TransportPreference,
+    relay: Option<(&Identity, &str)>,
+    peers: &[(&Identity, Option<String>)],
+) -> Config {
+    let mut cfg = Config::ephemeral();
+    cfg.node = fast_node(pref);
+    cfg.relay = relay.map(|(r, url)| trusted(r, Some(url.to_owned())));
+    cfg.peers = peers.iter().map(|(p, url)| trusted(p, url.clone())).collect();
+    cfg
+}
+
 /// A core configuration with timers short enough for a test suite.
 pub fn fast_node(pref: TransportPreference) -> NodeConfig {
     let mut n = NodeConfig { preference: pref, ..NodeConfig::default() };

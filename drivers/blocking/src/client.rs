@@ -1,110 +1,49 @@
-//! The application's handle: blocking calls that hand commands to the client's thread.
+//! [`Client`]: the host's [`Handle`] behind calls that block.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::{SyncSender, sync_channel};
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use peerlink_core::identity::{Identity, TrustStore};
-use peerlink_core::ids::{EntityId, MessageId};
-use peerlink_core::node::{Event, Node, SendError, SendOptions, TransportStats};
-use rand_chacha::ChaCha20Rng;
-use rand_core::SeedableRng;
+use async_channel::Receiver;
+use peerlink_core::node::{SendOptions, TransportStats};
+use peerlink_core::{EntityId, Event, Identity, MessageId, MessageType};
+use peerlink_host::{ApiError, Config, Handle, Snapshot};
 
-use crate::auth::Tokens;
-use crate::clock;
-use crate::config::ClientConfig;
-use crate::driver::{Command, Driver, Inbox, Input, Reply, RequestFailure, Shared};
-
-/// Why a call failed.
-#[derive(Debug, thiserror::Error)]
-pub enum ClientError {
-    /// The configuration is invalid.
-    #[error("invalid configuration: {0}")]
-    Config(#[from] peerlink_core::error::UsageError),
-    /// TLS could not be set up (the CA file).
-    #[error(transparent)]
-    Tls(#[from] crate::tls::TlsError),
-    /// The operating system refused a thread or its randomness.
-    #[error("system: {0}")]
-    System(String),
-    /// The core refused the message or command.
-    #[error(transparent)]
-    Send(#[from] SendError),
-    /// A request got no answer in time.
-    #[error("the request timed out")]
-    TimedOut,
-    /// The client has stopped.
-    #[error("the client has stopped")]
-    Stopped,
-}
-
-/// A peerlink client for synchronous programs. Every call blocks at most until the client's
-/// thread has taken it (queues are bounded: see [`QueueSettings`](crate::QueueSettings)).
-/// Dropping the client shuts it down.
+/// A peerlink client for synchronous programs. Every call blocks until the node has taken it
+/// (its input queue is bounded: [`DriverLimits::input_queue`](crate::DriverLimits)); a
+/// [`request`](Self::request) blocks until its answer or its timeout. Dropping the client shuts
+/// it down.
 pub struct Client {
-    id: EntityId,
-    inputs: SyncSender<Input>,
-    inbox: Arc<Inbox>,
-    thread: Option<JoinHandle<()>>,
+    handle: Handle,
+    events: Receiver<Event>,
 }
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Client").field("id", &self.id).finish_non_exhaustive()
+        f.debug_struct("Client").field("id", self.handle.id()).finish_non_exhaustive()
     }
 }
 
 impl Client {
-    /// Starts a client for `identity`, trusting the peers in `trust`.
-    pub fn start(
-        config: ClientConfig,
-        identity: Identity,
-        trust: TrustStore,
-    ) -> Result<Self, ClientError> {
-        let mut seed = [0u8; 32];
-        getrandom::fill(&mut seed).map_err(|e| ClientError::System(e.to_string()))?;
-        let id = identity.id().clone();
-        let auth_identity = Identity::from_secret_bytes(id.clone(), &identity.secret_bytes());
-        let mut node =
-            Node::new(config.node.clone(), identity, trust, ChaCha20Rng::from_seed(seed))?;
-        let now = clock::now();
-        for (peer, addr) in &config.routes {
-            node.add_route(peer.clone(), addr.clone());
-        }
-        if let Some(relay) = &config.relay {
-            node.set_default_route(now, relay.clone());
-        }
-        let ca = config.tls_ca_file.as_deref().map(crate::tls::ca_certificates).transpose()?;
-        let tls = crate::tls::client_config(ca.as_deref())?;
-        let timeout = config.node.poll_wait.saturating_add(config.http.timeout_margin);
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(timeout))
-            .tls_config(crate::tls::ureq_config(ca.as_deref()))
-            .build()
-            .into();
-        let (inputs, receiver) = sync_channel(config.queues.inputs.max(1));
-        let shared = Arc::new(Shared {
-            config,
-            agent,
-            tokens: Tokens::new(auth_identity),
-            http_in_flight: AtomicUsize::new(0),
-            tls,
-        });
-        let inbox = Arc::new(Inbox::default());
-        let driver = Driver::new(node, shared, inputs.clone(), Arc::clone(&inbox));
-        let thread = std::thread::Builder::new()
-            .name("peerlink-client".into())
-            .spawn(move || driver.run(&receiver))
-            .map_err(|e| ClientError::System(e.to_string()))?;
-        Ok(Self { id, inputs, inbox, thread: Some(thread) })
+    /// Starts a client for `identity`: its node task on smol's background threads, reaching
+    /// the relay and peers of `config`. Links open when traffic needs them, or at
+    /// [`connect`](Self::connect).
+    pub fn start(config: Config, identity: Identity) -> Result<Self, ApiError> {
+        let rt = peerlink_host::smol_runtime::rt();
+        smol::block_on(async {
+            // The node's endpoints are not served: a client is reached over the links it opens.
+            let (handle, _endpoints) = peerlink_host::Peerlink::mount(rt, config, identity).await?;
+            let events = handle.incoming().await?;
+            Ok(Self { handle, events })
+        })
     }
 
     /// This client's entity id.
     pub fn id(&self) -> &EntityId {
-        &self.id
+        self.handle.id()
+    }
+
+    /// The async handle of the same node, for code that runs inside an executor.
+    pub fn handle(&self) -> &Handle {
+        &self.handle
     }
 
     /// Sends `payload` to `to` as a `PEER_MESSAGE`; `prefer_websocket` overrides the transport
@@ -115,41 +54,54 @@ impl Client {
         to: &EntityId,
         payload: Vec<u8>,
         prefer_websocket: Option<bool>,
-    ) -> Result<MessageId, ClientError> {
-        let options = SendOptions { prefer_websocket };
-        Ok(self.call(|r| Command::Send(to.clone(), payload, options, r))??)
+    ) -> Result<MessageId, ApiError> {
+        self.send_message(to, MessageType::PeerMessage, payload, SendOptions { prefer_websocket })
     }
 
-    /// Opens the WebSocket link toward `peer` and starts the handshake now.
-    pub fn connect(&self, peer: &EntityId) -> Result<(), ClientError> {
-        Ok(self.call(|r| Command::Connect(peer.clone(), r))??)
+    /// Sends a `PEER_MESSAGE` or `STATUS` (seed 000's `send_message`); see
+    /// [`Handle::send_message`].
+    pub fn send_message(
+        &self,
+        to: &EntityId,
+        message_type: MessageType,
+        payload: Vec<u8>,
+        options: SendOptions,
+    ) -> Result<MessageId, ApiError> {
+        smol::block_on(self.handle.send_message(to, message_type, payload, options))
+    }
+
+    /// Sends a `BROADCAST` to every peer with a session; returns the ids accepted.
+    pub fn broadcast(&self, payload: Vec<u8>) -> Result<Vec<(EntityId, MessageId)>, ApiError> {
+        smol::block_on(self.handle.broadcast(payload))
+    }
+
+    /// Opens the WebSocket link toward `peer` (its relay, or the peer's own node) and starts
+    /// the handshake now.
+    pub fn connect(&self, peer: &EntityId) -> Result<(), ApiError> {
+        smol::block_on(self.handle.init_websocket_connection(peer))
     }
 
     /// Closes the WebSocket link toward `peer` and stops reconnecting it; traffic moves to
     /// HTTP where the preference allows.
-    pub fn close(&self, peer: &EntityId) -> Result<(), ClientError> {
-        self.inputs
-            .send(Input::Command(Command::Disconnect(peer.clone())))
-            .map_err(|_| ClientError::Stopped)
+    pub fn close(&self, peer: &EntityId) -> Result<(), ApiError> {
+        smol::block_on(self.handle.close_websocket_connection(peer))
     }
 
-    /// Sends a `TASK_REQUEST` and waits for its `TASK_RESPONSE`, at most `timeout`.
+    /// Whether a WebSocket link carries frames for `peer` now (seed 000's
+    /// `is_websocket_connected`).
+    pub fn is_websocket_connected(&self, peer: &EntityId) -> Result<bool, ApiError> {
+        smol::block_on(self.handle.is_websocket_connected(peer))
+    }
+
+    /// Sends a `TASK_REQUEST` and waits for its `TASK_RESPONSE`, at most `timeout`
+    /// ([`ApiError::Timeout`] past it).
     pub fn request(
         &self,
         to: &EntityId,
         payload: Vec<u8>,
         timeout: Duration,
-    ) -> Result<Vec<u8>, ClientError> {
-        let (reply, answer) = sync_channel(1);
-        self.inputs
-            .send(Input::Command(Command::Request(to.clone(), payload, timeout, reply)))
-            .map_err(|_| ClientError::Stopped)?;
-        match answer.recv() {
-            Ok(Ok(payload)) => Ok(payload),
-            Ok(Err(RequestFailure::Refused(e))) => Err(e.into()),
-            Ok(Err(RequestFailure::TimedOut)) => Err(ClientError::TimedOut),
-            Err(_) => Err(ClientError::Stopped),
-        }
+    ) -> Result<Vec<u8>, ApiError> {
+        smol::block_on(self.handle.request(to, payload, timeout))
     }
 
     /// Answers a request received as [`Event::Request`].
@@ -158,18 +110,18 @@ impl Client {
         to: &EntityId,
         request: &MessageId,
         payload: Vec<u8>,
-    ) -> Result<MessageId, ClientError> {
-        Ok(self.call(|r| Command::Respond(to.clone(), request.clone(), payload, r))??)
+    ) -> Result<MessageId, ApiError> {
+        smol::block_on(self.handle.respond(to, request, payload))
     }
 
     /// Subscribes to `topic` at the node `hop`; publications arrive as [`Event::Topic`].
-    pub fn subscribe(&self, hop: &EntityId, topic: &str) -> Result<(), ClientError> {
-        Ok(self.call(|r| Command::Subscribe(hop.clone(), topic.to_owned(), true, r))??)
+    pub fn subscribe(&self, hop: &EntityId, topic: &str) -> Result<(), ApiError> {
+        smol::block_on(self.handle.subscribe(hop, topic))
     }
 
     /// Ends a subscription.
-    pub fn unsubscribe(&self, hop: &EntityId, topic: &str) -> Result<(), ClientError> {
-        Ok(self.call(|r| Command::Subscribe(hop.clone(), topic.to_owned(), false, r))??)
+    pub fn unsubscribe(&self, hop: &EntityId, topic: &str) -> Result<(), ApiError> {
+        smol::block_on(self.handle.unsubscribe(hop, topic))
     }
 
     /// Publishes `data` on `topic` through the node `hop`.
@@ -178,60 +130,64 @@ impl Client {
         hop: &EntityId,
         topic: &str,
         data: serde_json::Value,
-    ) -> Result<(), ClientError> {
-        Ok(self.call(|r| Command::Publish(hop.clone(), topic.to_owned(), data, r))??)
+    ) -> Result<(), ApiError> {
+        smol::block_on(self.handle.publish_via(hop, topic, data))
     }
 
-    /// The transport counters (messages and bytes per transport, fallbacks, resumes, …).
-    pub fn transport_stats(&self) -> Result<TransportStats, ClientError> {
-        self.call(Command::Stats)
+    /// Calls `handler` for every [`Event::Message`] of `message_type` (every
+    /// [`Event::Request`] for `TASK_REQUEST`) instead of queueing it for
+    /// [`recv_timeout`](Self::recv_timeout). It runs on the node's thread: it must return
+    /// quickly (hand the event to a channel of your own for slow work).
+    pub fn on_message(
+        &self,
+        message_type: MessageType,
+        handler: impl Fn(&Event) + Send + Sync + 'static,
+    ) -> Result<(), ApiError> {
+        smol::block_on(self.handle.on_message(message_type, handler))
+    }
+
+    /// The transport counters over all peers (seed 000's `TransportStats`).
+    pub fn transport_stats(&self) -> Result<TransportStats, ApiError> {
+        smol::block_on(self.handle.transport_stats())
+    }
+
+    /// The transport counters for `peer`, `None` before any traffic with it.
+    pub fn peer_stats(&self, peer: &EntityId) -> Result<Option<TransportStats>, ApiError> {
+        smol::block_on(self.handle.peer_stats(peer))
+    }
+
+    /// Links, sessions, queues and error counts, as a node's `/metrics` shows them.
+    pub fn snapshot(&self) -> Result<Snapshot, ApiError> {
+        smol::block_on(self.handle.snapshot())
     }
 
     /// Whether a session with `peer` is established.
-    pub fn has_session(&self, peer: &EntityId) -> Result<bool, ClientError> {
-        self.call(|r| Command::HasSession(peer.clone(), r))
+    pub fn has_session(&self, peer: &EntityId) -> Result<bool, ApiError> {
+        smol::block_on(self.handle.has_session(peer))
     }
 
-    /// The next event, waiting at most `timeout`; `None` if none came (or the client stopped).
+    /// The next event, waiting at most `timeout`; `None` if none came, or the client stopped.
     pub fn recv_timeout(&self, timeout: Duration) -> Option<Event> {
-        let deadline = Instant::now().checked_add(timeout);
-        let mut queue = self.inbox.queue.lock().ok()?;
-        loop {
-            if let Some(event) = queue.pop_front() {
-                return Some(event);
-            }
-            if self.inbox.stopped.load(Ordering::Acquire) {
-                return None;
-            }
-            let left = deadline.map_or(timeout, |d| d.saturating_duration_since(Instant::now()));
-            if left.is_zero() {
-                return None;
-            }
-            queue = self.inbox.ready.wait_timeout(queue, left).ok()?.0;
-        }
+        smol::block_on(smol::future::or(async { self.events.recv().await.ok() }, async {
+            smol::Timer::after(timeout).await;
+            None
+        }))
     }
 
-    /// Closes every link and stops the client's thread.
-    pub fn shutdown(mut self) {
-        self.stop();
+    /// The next event if one is waiting, without blocking.
+    pub fn try_recv(&self) -> Option<Event> {
+        self.events.try_recv().ok()
     }
 
-    fn stop(&mut self) {
-        let _ = self.inputs.send(Input::Command(Command::Shutdown));
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-
-    fn call<T>(&self, command: impl FnOnce(Reply<T>) -> Command) -> Result<T, ClientError> {
-        let (reply, answer) = sync_channel(1);
-        self.inputs.send(Input::Command(command(reply))).map_err(|_| ClientError::Stopped)?;
-        answer.recv().map_err(|_| ClientError::Stopped)
+    /// Closes every link (sending `BYE`) and stops the node.
+    pub fn shutdown(self) {
+        // Drop does it.
     }
 }
 
 impl Drop for Client {
     fn drop(&mut self) {
-        self.stop();
+        // `Stopped` only means the node has stopped already.
+        let _ = smol::block_on(self.handle.shutdown());
     }
 }

@@ -1,41 +1,40 @@
-//! A blocking peerlink client: the sans-IO core ([`peerlink_core::node::Node`]) driven over
-//! `tungstenite` (WebSocket) and `ureq` (HTTP fallback) on std threads, for synchronous
-//! programs. No async runtime.
+//! # peerlink-blocking
 //!
-//! ## Threads and bounds
+//! A peerlink client for synchronous programs: every call blocks until the node has taken it,
+//! and no `async` reaches your code. Underneath it is the same node as every other driver's,
+//! the runtime-neutral host ([`peerlink_host`]) on smol's global executor, whose threads run in
+//! the background (one by default; `SMOL_THREADS` sets more), as `reqwest::blocking` runs
+//! tokio. So the blocking client has the same token client, links, TLS, limits, reconnects,
+//! resumption, fallback to HTTP and exactly-once delivery as the smol and tokio nodes, from the
+//! same code.
 //!
-//! - One **client thread** owns the node. It takes inputs from one bounded queue
-//!   ([`QueueSettings::inputs`]): application commands, frames from links, HTTP answers. It
-//!   carries out the node's outputs and sleeps until the node's next deadline.
-//! - One thread per **WebSocket link**: it authenticates (spec §23.2), upgrades, then alternates
-//!   between writing its bounded send queue ([`WebSocketSettings::send_queue`]) and reading
-//!   for at most [`WebSocketSettings::read_poll`]. A full send queue or a server that stops
-//!   reading for [`WebSocketSettings::connect_timeout`] closes the link; the core then
-//!   reconnects with backoff and moves traffic to HTTP if the preference allows.
-//! - One thread per **HTTP exchange** (a long poll blocks), at most
-//!   [`HttpSettings::max_in_flight`] at once.
-//! - Events wait for the application in an inbox that counts against the core's `max_events`
-//!   ([`Node::set_app_backlog`](peerlink_core::node::Node::set_app_backlog)): an application
-//!   that stops reading makes its peers re-send later instead of growing memory.
+//! A client serves nothing: it is reached through its relay (or the nodes it links to), over
+//! the WebSocket it opens and the HTTP long polls it makes. Its [`Config`] is the nodes' one
+//! (`listen`, `auth`, the serving TLS files and `allowed_origins` are not used; `tls.ca_file`
+//! is, for `https://` and `wss://` nodes).
 //!
-//! `https://` and `wss://` nodes are reached over TLS 1.3, verified against
-//! [`ClientConfig::tls_ca_file`] or the Mozilla roots.
+//! Events wait in a bounded queue ([`DriverLimits::event_queue`]) and count against the
+//! core's `max_events`: an application that stops reading makes its peers re-send later instead
+//! of growing memory.
 //!
-//! Reconnects, resumption, fallback to HTTP and the return to WebSocket, exactly-once delivery:
-//! all of it is the core's; this crate only moves bytes and time.
+//! Do not call a blocking method from inside an async task (it would block that executor's
+//! thread); use [`Client::handle`] there, the async [`Handle`] of the same node.
 //!
 //! ```no_run
 //! use std::time::Duration;
-//! use peerlink_blocking::{Client, ClientConfig};
-//! use peerlink_core::identity::{Identity, TrustPolicy, TrustStore};
-//! use peerlink_core::ids::EntityId;
-//! use peerlink_core::node::NodeAddr;
+//! use peerlink_blocking::{Client, Config, TrustedPeer};
+//! use peerlink_core::{EntityId, Identity};
 //!
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let me = Identity::from_secret_bytes(EntityId::new("alice")?, &[7; 32]);
-//! let relay = NodeAddr { entity: EntityId::new("relay")?, base_url: "http://127.0.0.1:7447".into() };
-//! let config = ClientConfig { relay: Some(relay), ..ClientConfig::default() };
-//! let client = Client::start(config, me, TrustStore::new(TrustPolicy::Open))?;
+//! let relay = Identity::from_secret_bytes(EntityId::new("relay")?, &[8; 32]);
+//! let mut config = Config::default();
+//! config.relay = Some(TrustedPeer {
+//!     entity: relay.id().clone(),
+//!     key: relay.public_key(),
+//!     url: Some("http://127.0.0.1:7447".into()),
+//! });
+//! let client = Client::start(config, me)?;
 //! client.send(&EntityId::new("bob")?, b"hello".to_vec(), None)?;
 //! while let Some(event) = client.recv_timeout(Duration::from_secs(5)) {
 //!     println!("{event:?}");
@@ -43,18 +42,11 @@
 //! # Ok(()) }
 //! ```
 
+#![forbid(unsafe_code)]
+#![deny(unused_must_use)]
 #![warn(missing_docs)]
 
-mod auth;
 mod client;
-mod clock;
-mod config;
-mod driver;
-mod http;
-mod link;
-mod tls;
 
-pub use auth::AuthFailure;
-pub use client::{Client, ClientError};
-pub use config::{ClientConfig, HttpSettings, QueueSettings, WebSocketSettings};
-pub use tls::TlsError;
+pub use client::Client;
+pub use peerlink_host::{ApiError, Config, DriverLimits, Handle, Snapshot, TlsFiles, TrustedPeer};

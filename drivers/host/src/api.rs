@@ -170,7 +170,10 @@ impl Peerlink {
         let max_frame = config.node.limits.max_frame_bytes;
         let max_body = config.node.max_http_body_bytes;
 
-        let mut node = Node::new(config.node.clone(), identity, config.trust_store(), seeded()?)
+        // The event stream's bound is the node's too: past it, data frames wait at their senders.
+        let mut node_config = config.node.clone();
+        node_config.max_events = node_config.max_events.min(config.limits.event_queue.max(1));
+        let mut node = Node::new(node_config, identity, config.trust_store(), seeded()?)
             .map_err(ApiError::Usage)?;
         let clock = Clock::new();
         for route in config.routes() {
@@ -405,8 +408,9 @@ impl Handle {
     /// The stream of events (messages, requests, deliveries, failures, topic messages, …): a
     /// bounded channel of [`DriverLimits::event_queue`](crate::DriverLimits). Until this is
     /// called, events are logged and dropped; a second call replaces the first stream. Messages
-    /// and failures (`Event::Failed`) are never dropped: when the stream is full the node task
-    /// waits for the application.
+    /// and failures (`Event::Failed`) are never dropped: while the stream is full the node
+    /// refuses new data frames (their senders re-send them later), and the few events already
+    /// under way wait for the application.
     pub async fn incoming(&self) -> Result<Receiver<Event>, ApiError> {
         let (tx, rx) = async_channel::bounded(self.event_queue.max(1));
         self.call(move |c, _| c.events = Some(tx)).await?;

@@ -32,7 +32,9 @@ pub struct DriverLimits {
     /// is full. Default 1024.
     pub input_queue: usize,
     /// Events queued for the application's [`incoming`](crate::Handle::incoming) stream. Default
-    /// 1024.
+    /// 1024. It is also the node's `max_events` when smaller: an application that does not take
+    /// its events makes the node refuse data frames, and their senders re-send them later
+    /// (backpressure reaches the peers, memory does not grow, nothing is lost).
     pub event_queue: usize,
     /// Timeout of one outbound HTTP request, not counting long-polls (which get the node's
     /// `poll_wait` plus this). Default 10 s.

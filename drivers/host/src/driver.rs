@@ -161,6 +161,9 @@ impl Core {
 
     fn handle(&mut self, input: Input) -> Option<Reply<()>> {
         let now = self.clock.now();
+        // Events the application has not taken yet count against the node's `max_events`:
+        // a slow reader makes the node refuse data frames (their senders re-send later).
+        self.node.set_app_backlog(self.events.as_ref().map_or(0, |tx| tx.len()));
         if let Some(what) = input.describe() {
             tracing::trace!(input = %what, "node input");
         }
