@@ -167,6 +167,8 @@ pub struct Results {
     pub ws_connect_cpu_us: f64,
     /// Full peerlink handshakes, the client nodes started beforehand.
     pub handshakes: peer::Handshakes,
+    /// The same with the node and its client nodes on tokio.
+    pub handshakes_tokio: peer::Handshakes,
     /// The same against a node in a child process, whose own CPU time is measured.
     pub handshakes_child_node: peer::Handshakes,
     /// Full peerlink handshakes including the start-up (and shutdown) of a new client node each.
@@ -280,8 +282,8 @@ async fn bench(args: &Args) -> Result<Results, BoxError> {
     // `--only` with paths alone skips the floor, connection and memory runs; `floor`,
     // `handshakes` and `memory` ask for those.
     let (mut ws_connects_per_s, mut ws_connect_cpu_us) = (0.0, 0.0);
-    let (mut handshakes, mut handshakes_child_node, mut handshakes_with_startup) =
-        Default::default();
+    let (mut handshakes, mut handshakes_tokio, mut handshakes_child_node) = Default::default();
+    let mut handshakes_with_startup = Default::default();
     if wanted("handshakes") {
         eprintln!("connections");
         let echo = baseline::echo_server().await?;
@@ -298,6 +300,14 @@ async fn bench(args: &Args) -> Result<Results, BoxError> {
         eprintln!(
             "  {:.0} handshakes/s, {:.0} µs CPU each (client nodes already running)",
             handshakes.per_s, handshakes.cpu_us
+        );
+        handshakes_tokio =
+            peer::handshakes(args.seconds, args.concurrency, NodePlace::HereOnTokio).await?;
+        eprintln!(
+            "  {:.0} handshakes/s, {:.0} µs CPU each, on tokio ({:.2}x smol)",
+            handshakes_tokio.per_s,
+            handshakes_tokio.cpu_us,
+            handshakes_tokio.per_s / handshakes.per_s.max(f64::MIN_POSITIVE)
         );
         handshakes_child_node =
             peer::handshakes(args.seconds, args.concurrency, NodePlace::Child).await?;
@@ -328,6 +338,7 @@ async fn bench(args: &Args) -> Result<Results, BoxError> {
         ws_connects_per_s,
         ws_connect_cpu_us,
         handshakes,
+        handshakes_tokio,
         handshakes_child_node,
         handshakes_with_startup,
         mem_node,

@@ -200,8 +200,10 @@ impl Handshakes {
 /// Where the node of the handshake measurements runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NodePlace {
-    /// In this process, on the executor the client nodes share.
+    /// In this process, on the executor the client nodes share (smol).
     Here,
+    /// In this process, the node and its client nodes on tokio (`peerlink-tokio`).
+    HereOnTokio,
     /// In a child process of its own, so that its CPU time is measured apart from the clients'.
     Child,
 }
@@ -218,13 +220,13 @@ impl HandshakeNode {
     /// Starts the node; also returns what its clients need to know of it.
     async fn start(place: NodePlace) -> Result<(Self, TrustedPeer), BoxError> {
         match place {
-            NodePlace::Here => {
+            NodePlace::Here | NodePlace::HereOnTokio => {
                 let s = identity("server")?;
                 let mut cfg = Config::ephemeral();
                 cfg.node = node_config(TransportPreference::WebsocketOnly, true);
                 cfg.node.max_peers = 1 << 20;
                 cfg.trust_policy = TrustPolicy::Open;
-                let server = Peerlink::start(cfg, s.duplicate()).await?;
+                let server = start_at(place, cfg, s.duplicate()).await?;
                 let url = Some(server.base_url());
                 Ok((HandshakeNode::Here(server), trusted(&s, url)))
             }
@@ -269,12 +271,31 @@ impl HandshakeNode {
     }
 }
 
-/// A client node with a new identity that knows the server (its key and URL), and its events.
-async fn client_node(name: &str, server: &TrustedPeer) -> Result<Client, BoxError> {
+/// Starts a node on tokio for [`NodePlace::HereOnTokio`], else on smol.
+async fn start_at(
+    place: NodePlace,
+    config: Config,
+    identity: Identity,
+) -> Result<Handle, BoxError> {
+    Ok(match place {
+        NodePlace::HereOnTokio => {
+            peerlink_host::Peerlink::start(tokio_rt()?, config, identity).await?
+        }
+        NodePlace::Here | NodePlace::Child => Peerlink::start(config, identity).await?,
+    })
+}
+
+/// A client node with a new identity that knows the server (its key and URL), and its events;
+/// on tokio when the server is.
+async fn client_node(
+    name: &str,
+    server: &TrustedPeer,
+    place: NodePlace,
+) -> Result<Client, BoxError> {
     let mut cfg = Config::ephemeral();
     cfg.node = node_config(TransportPreference::WebsocketOnly, true);
     cfg.peers = vec![server.clone()];
-    let handle = Peerlink::start(cfg, identity(name)?).await?;
+    let handle = start_at(place, cfg, identity(name)?).await?;
     let events = handle.incoming().await?;
     Ok(Client { handle, events })
 }
@@ -326,7 +347,7 @@ pub async fn handshakes_with_startup(
             smol::spawn(async move {
                 let mut n = 0u64;
                 while Instant::now() < end {
-                    let client = client_node(&format!("hs-{w}-{n}"), &to).await?;
+                    let client = client_node(&format!("hs-{w}-{n}"), &to, NodePlace::Here).await?;
                     let r = client.handshake(&to.entity).await;
                     let _ = client.handle.shutdown().await;
                     r?;
@@ -371,7 +392,7 @@ pub async fn handshakes(
     while timed < budget {
         let mut clients = Vec::with_capacity(batch);
         for i in 0..batch {
-            clients.push(client_node(&format!("hw-{batch_no}-{i}"), &to).await?);
+            clients.push(client_node(&format!("hw-{batch_no}-{i}"), &to, place).await?);
         }
         batch_no += 1;
         let (queue, take) = smol::channel::unbounded();

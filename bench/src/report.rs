@@ -147,6 +147,7 @@ pub fn markdown(r: &Results) -> String {
     );
     let hs = [
         ("peerlink full handshake (client node already running)", r.handshakes),
+        ("the same, the node and its clients on tokio", r.handshakes_tokio),
         (
             "peerlink full handshake, the node in a child process (CPU: both processes)",
             r.handshakes_child_node,
