@@ -44,10 +44,8 @@ impl Path {
 
     /// Starts a node of this path: on tokio for [`Path::WsTokio`], else on smol.
     async fn start(self, config: Config, identity: Identity) -> Result<Handle, BoxError> {
-        Ok(match self {
-            Path::WsTokio => peerlink_host::Peerlink::start(tokio_rt()?, config, identity).await?,
-            _ => Peerlink::start(config, identity).await?,
-        })
+        let place = if self == Path::WsTokio { NodePlace::HereOnTokio } else { NodePlace::Here };
+        start_at(place, config, identity).await
     }
 }
 

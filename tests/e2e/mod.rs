@@ -82,10 +82,8 @@ pub async fn start_peer(
     peers: &[&Identity],
     pref: TransportPreference,
 ) -> Handle {
-    let mut cfg = Config::ephemeral();
-    cfg.node = fast_node(pref);
-    cfg.peers = peers.iter().map(|c| trusted(c, None)).collect();
-    cfg.relay = Some(trusted(relay, Some(relay_url.to_owned())));
+    let peers: Vec<_> = peers.iter().map(|p| (*p, None)).collect();
+    let cfg = client_config(pref, Some((relay, relay_url)), &peers);
     Peerlink::start(cfg, copy(me)).await.unwrap()
 }
 
