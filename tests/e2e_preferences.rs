@@ -41,7 +41,7 @@ impl Net {
                 self.b.id(),
                 MessageType::PeerMessage,
                 payload("p", i),
-                SendOptions { prefer_websocket },
+                SendOptions { prefer_websocket, ..SendOptions::default() },
             )
             .await
             .unwrap();

@@ -844,6 +844,8 @@ struct Capabilities {
     resume: bool,
     sign_all: bool,
     max_frame_bytes: u64,
+    /// Optional; absent means `false` (§7.8).
+    app_types: bool,
 }
 
 fn parse_capabilities(v: &Value, ctx: &str) -> Capabilities {
@@ -877,6 +879,9 @@ fn parse_capabilities(v: &Value, ctx: &str) -> Capabilities {
             .unwrap_or_else(|| panic!("{ctx}: required capability `max_frame_bytes` missing"))
             .as_u64()
             .unwrap_or_else(|| panic!("{ctx}: `max_frame_bytes` is not a non-negative integer")),
+        app_types: obj.get("app_types").is_some_and(|v| {
+            v.as_bool().unwrap_or_else(|| panic!("{ctx}: capability `app_types` is not a boolean"))
+        }),
     }
 }
 
@@ -888,6 +893,7 @@ fn negotiate(a: &Capabilities, b: &Capabilities) -> Capabilities {
         resume: a.resume && b.resume,
         sign_all: a.sign_all || b.sign_all,
         max_frame_bytes: a.max_frame_bytes.min(b.max_frame_bytes),
+        app_types: a.app_types && b.app_types,
     }
 }
 
@@ -1366,6 +1372,7 @@ fn verify_handshake() -> HandshakeResult {
     assert_eq!(agreed.chunking, recorded_agreed.chunking, "{ctx}: chunking = a ∧ b");
     assert_eq!(agreed.resume, recorded_agreed.resume, "{ctx}: resume = a ∧ b");
     assert_eq!(agreed.sign_all, recorded_agreed.sign_all, "{ctx}: sign_all = a ∨ b");
+    assert_eq!(agreed.app_types, recorded_agreed.app_types, "{ctx}: app_types = a ∧ b");
     assert_eq!(
         agreed.max_frame_bytes, recorded_agreed.max_frame_bytes,
         "{ctx}: max_frame_bytes = min(a, b)"
@@ -1530,6 +1537,8 @@ struct DataFrame {
     no: u64,
     base: u64,
     reply_to: Option<String>,
+    /// §13.1 `app_type`: an entity id's syntax.
+    app_type: Option<String>,
     chunk: Option<ChunkInfo>,
     body: Vec<u8>,
 }
@@ -1614,7 +1623,12 @@ fn parse_data_frame(plaintext: &[u8], envelope_type: &str) -> Result<DataFrame, 
     let header = strict_json_object(&plaintext[..newline], "data-frame header")?;
     let body = plaintext[newline + 1..].to_vec();
     let what = "data-frame header";
-    check_member_names(&header, &["epoch", "no", "base"], &["reply_to", "chunk"], what)?;
+    check_member_names(
+        &header,
+        &["epoch", "no", "base"],
+        &["reply_to", "app_type", "chunk"],
+        what,
+    )?;
     let epoch = int_member(&header, "epoch", what)?;
     if epoch == 0 {
         return Err(invalid("data-frame header: `epoch` outside 1..=2^53-1"));
@@ -1649,7 +1663,14 @@ fn parse_data_frame(plaintext: &[u8], envelope_type: &str) -> Result<DataFrame, 
     if reply_to.is_some() && logical_type != "TASK_RESPONSE" {
         return Err(invalid(format!("`reply_to` in a {logical_type}")));
     }
-    Ok(DataFrame { epoch, no, base, reply_to, chunk, body })
+    // §13.1: `app_type` has an entity id's syntax; a receiver ignores it on types other than
+    // PEER_MESSAGE, BROADCAST and STATUS, so it is not refused there.
+    let app_type = match header.get("app_type") {
+        None => None,
+        Some(Value::String(s)) if is_entity_id(s) => Some(s.clone()),
+        Some(other) => return Err(invalid(format!("`app_type` {other} is not an entity id"))),
+    };
+    Ok(DataFrame { epoch, no, base, reply_to, app_type, chunk, body })
 }
 
 /// §14: `{"id", "seq", "last", "total", "type"}`, all required (a guess), nothing else (a guess).
@@ -2019,6 +2040,13 @@ fn delivery_vectors() {
                         reply_discrepancies.push(message_id.clone());
                     }
                 }
+                if let Some(t) = &d.app_type {
+                    assert!(
+                        ["PEER_MESSAGE", "BROADCAST", "STATUS"].contains(&logical),
+                        "{fctx}: a sender puts `app_type` in a {logical} (§13.1)"
+                    );
+                    assert!(hs.agreed.app_types, "{fctx}: `app_type` {t} without app_types");
+                }
                 data_frames.push(d);
             }
             Ok(SessionPlaintext::Control(c)) => {
@@ -2046,6 +2074,10 @@ fn delivery_vectors() {
         "{ctx}: set of TASK_RESPONSEs that answer no request changed"
     );
     assert!(controls >= 1, "{ctx}: no stream control frame");
+    assert!(
+        data_frames.iter().any(|d| d.app_type.as_deref() == Some("MODEL_CREATED")),
+        "{ctx}: no frame with an application-defined type (§13.1)"
+    );
 
     // §14: the chunk frames reassemble into one message.
     let mut chunked: Vec<&DataFrame> = data_frames.iter().filter(|d| d.chunk.is_some()).collect();
@@ -2153,6 +2185,12 @@ fn delivery_parsers_reject_what_the_spec_forbids() {
         ("{\"epoch\":1,\"no\":1,\"base\":1,\"reply_to\":\"q\"}\n", "PEER_MESSAGE", "reply_to"),
         ("{\"epoch\":1,\"no\":1,\"base\":1,\"reply_to\":\"a b\"}\n", "TASK_RESPONSE", "bad id"),
         ("{\"epoch\":1,\"no\":1,\"base\":1,\"reply_to\":7}\n", "TASK_RESPONSE", "reply_to 7"),
+        (
+            "{\"epoch\":1,\"no\":1,\"base\":1,\"app_type\":\"a b\"}\n",
+            "PEER_MESSAGE",
+            "bad app_type",
+        ),
+        ("{\"epoch\":1,\"no\":1,\"base\":1,\"app_type\":1}\n", "STATUS", "app_type 1"),
         ("{\"epoch\":1,\"no\":1,\"base\":1}\n", "CHUNKED_MESSAGE", "a chunk without `chunk`"),
         ("{\"epoch\":1,\"no\":1,\"base\":1}\n", "ACK", "a data frame in an ACK"),
         ("{\"epoch\":1,\"no\":1,\"base\":1}\n", "CAPABILITY_EXCHANGE", "a data frame there"),

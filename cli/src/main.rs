@@ -528,7 +528,8 @@ async fn run(cli: Cli) -> Fallible<()> {
             let peer = TrustedPeer { entity: to.clone(), key, url };
             let (node, events) = client_node(&cli, &file, config, peer, *http).await?;
             // HTTP_ONLY is never overridden per message (spec §16.1).
-            let options = SendOptions { prefer_websocket: (!http).then_some(true) };
+            let options =
+                SendOptions { prefer_websocket: (!http).then_some(true), ..SendOptions::default() };
             let id = node
                 .send_message(&to, MessageType::PeerMessage, message.as_bytes().to_vec(), options)
                 .await?;

@@ -272,7 +272,7 @@ pub(crate) fn handshake(ctx: &Ctx, ws: &mut Ws, rng: &mut ChaCha20Rng) -> Result
 
 /// A data frame's plaintext.
 pub(crate) fn data(epoch: u64, no: u64, base: u64, body: &[u8]) -> Vec<u8> {
-    let h = DataHeader { epoch, no, base, reply_to: None, chunk: None };
+    let h = DataHeader { epoch, no, base, reply_to: None, app_type: None, chunk: None };
     encode_data(&h, body)
 }
 
@@ -290,7 +290,7 @@ pub(crate) fn chunk(
 ) -> Vec<u8> {
     let chunk =
         ChunkHeader { id: id.clone(), seq, last, total, message_type: MessageType::PeerMessage };
-    let h = DataHeader { epoch, no, base, reply_to: None, chunk: Some(chunk) };
+    let h = DataHeader { epoch, no, base, reply_to: None, app_type: None, chunk: Some(chunk) };
     encode_data(&h, body)
 }
 

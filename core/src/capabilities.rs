@@ -1,8 +1,8 @@
 //! Capabilities offered in the handshake and the rule that turns two offers into one agreement.
 //!
 //! Wire form (a member of the `HANDSHAKE_INIT` and `HANDSHAKE_INIT_ACK` payloads):
-//! `{"chunking":true,"max_frame_bytes":1048576,"resume":true,"sign_all":true,
-//!   "transports":["http","websocket"]}`. Unknown members and unknown transport names are ignored,
+//! `{"app_types":true,"chunking":true,"max_frame_bytes":1048576,"resume":true,"sign_all":true,
+//!   "transports":["http","websocket"]}` (`app_types` only when offered). Unknown members and unknown transport names are ignored,
 //! so later minor versions can add capabilities; they are still covered by the signatures and the
 //! transcript, so they cannot be altered in flight.
 
@@ -52,6 +52,9 @@ pub struct Capabilities {
     pub sign_all: bool,
     /// The largest frame this side accepts.
     pub max_frame_bytes: u64,
+    /// Whether data frames may carry an application-defined type (`app_type`, spec §13.1).
+    /// Absent from an offer means `false`: peers that predate it never offer it.
+    pub app_types: bool,
 }
 
 impl Default for Capabilities {
@@ -62,6 +65,7 @@ impl Default for Capabilities {
             resume: true,
             sign_all: true,
             max_frame_bytes: 1024 * 1024,
+            app_types: true,
         }
     }
 }
@@ -80,19 +84,27 @@ impl Capabilities {
             resume: initiator.resume && responder.resume,
             sign_all: initiator.sign_all || responder.sign_all,
             max_frame_bytes: initiator.max_frame_bytes.min(responder.max_frame_bytes),
+            app_types: initiator.app_types && responder.app_types,
         }
     }
 
-    /// The JSON wire form.
+    /// The JSON wire form. `app_types` is written only when offered, so an offer without it
+    /// reads as before it existed.
     pub fn to_value(&self) -> Value {
         let transports: Vec<&str> = self.transports.iter().map(|t| t.as_str()).collect();
-        json!({
+        let mut v = json!({
             "transports": transports,
             "chunking": self.chunking,
             "resume": self.resume,
             "sign_all": self.sign_all,
             "max_frame_bytes": self.max_frame_bytes.min(crate::canonical::MAX_SAFE_INTEGER),
-        })
+        });
+        if self.app_types
+            && let Some(map) = v.as_object_mut()
+        {
+            map.insert("app_types".into(), Value::Bool(true));
+        }
+        v
     }
 
     /// Parses the wire form. Known members must have the right type; unknown ones are ignored.
@@ -118,12 +130,17 @@ impl Capabilities {
             .get("max_frame_bytes")
             .and_then(Value::as_u64)
             .ok_or(bad("max_frame_bytes is not a non-negative integer"))?;
+        let app_types = match map.get("app_types") {
+            None => false,
+            Some(v) => v.as_bool().ok_or(bad("missing or non-boolean flag"))?,
+        };
         Ok(Capabilities {
             transports,
             chunking: flag("chunking")?,
             resume: flag("resume")?,
             sign_all: flag("sign_all")?,
             max_frame_bytes,
+            app_types,
         })
     }
 }
@@ -141,6 +158,10 @@ mod tests {
         v["transports"] = json!(["websocket", "quic"]);
         let parsed = Capabilities::from_value(&v).unwrap();
         assert_eq!(parsed.transports, [Transport::WebSocket].into_iter().collect());
+        v["app_types"] = json!(1);
+        assert!(Capabilities::from_value(&v).is_err(), "a known member of the wrong type");
+        v.as_object_mut().unwrap().remove("app_types");
+        assert!(!Capabilities::from_value(&v).unwrap().app_types, "absent is not offered");
         v["chunking"] = json!("yes");
         assert!(Capabilities::from_value(&v).is_err());
         assert!(Capabilities::from_value(&json!([])).is_err());
@@ -154,11 +175,12 @@ mod tests {
             resume: false,
             sign_all: false,
             max_frame_bytes: 65536,
+            app_types: false,
         };
         let full = Capabilities::default();
         let agreed = Capabilities::negotiate(&full, &legacy);
         assert_eq!(agreed.transports, [Transport::Http].into_iter().collect());
-        assert!(!agreed.chunking && !agreed.resume);
+        assert!(!agreed.chunking && !agreed.resume && !agreed.app_types);
         assert!(agreed.sign_all, "either side asking for signatures wins");
         assert_eq!(agreed.max_frame_bytes, 65536);
         let lax = Capabilities { sign_all: false, ..Capabilities::default() };

@@ -8,6 +8,7 @@
 //! - A **message id** is 1 to 64 bytes of `A-Z a-z 0-9 _ -`; peerlink generates 22 base64url
 //!   characters (16 random bytes). It stays the same when a message is re-sent, which is what
 //!   receivers deduplicate on.
+//! - An **application type** names a kind of application message, with an entity id's syntax.
 
 use std::fmt;
 
@@ -134,6 +135,12 @@ string_id!(
     /// Names one application message across all its re-sends.
     MessageId, "message id", false
 );
+string_id!(
+    /// An application-defined message type (spec §13.1 `app_type`), e.g. `MODEL_CREATED` or
+    /// `training.progress`: the same syntax as an entity id. It travels encrypted, inside the
+    /// data frame, so relays never see it; the receiving application dispatches on it.
+    AppType, "application type", true
+);
 
 impl SessionId {
     /// A fresh session id: `sess_` and 16 random bytes in base64url.
@@ -169,6 +176,10 @@ mod tests {
         assert!(EntityId::new("é").is_err());
         assert!(SessionId::new("sess.1").is_err(), "no dots in session ids");
         assert!(MessageId::new("abc/def").is_err());
+        assert!(AppType::new("training.progress").is_ok());
+        assert!(AppType::new("MODEL_CREATED").is_ok());
+        assert!(AppType::new("no spaces").is_err());
+        assert!(AppType::new("").is_err());
         let parsed: Result<EntityId, _> = serde_json::from_str("\"bad id\"");
         assert!(parsed.is_err());
     }

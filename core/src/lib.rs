@@ -135,7 +135,7 @@ pub use envelope::{Envelope, PROTOCOL_VERSION, Payload};
 pub use error::{Disposition, ErrorCode, ProtocolError, UsageError};
 pub use handshake::{HandshakeConfig, HandshakeOutput, Initiator, Responder};
 pub use identity::{Identity, PublicKey, TrustPolicy, TrustStore};
-pub use ids::{EntityId, MessageId, SessionId};
+pub use ids::{AppType, EntityId, MessageId, SessionId};
 pub use limits::Limits;
 pub use message_type::{MessageClass, MessageType};
 pub use node::{Event, Handled, Input, Node, NodeAddr, NodeConfig, Output, SendError, SendOptions};

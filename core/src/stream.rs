@@ -12,6 +12,7 @@
 //! - `no` numbers frames 1, 2, 3 … in sending order within the epoch;
 //! - `base` is the lowest `no` the sender has neither had acknowledged nor given up on;
 //! - `reply_to` (in a `TASK_RESPONSE`) names the request's message id;
+//! - `app_type` (optional) is the application-defined type of a message;
 //! - `chunk` (in a `CHUNKED_MESSAGE`) is `{"id","seq","last","total","type"}`.
 //!
 //! The receiver delivers frames of an epoch in `no` order, each once, and acknowledges with an
@@ -29,7 +30,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::canonical::MAX_SAFE_INTEGER;
 use crate::error::ProtocolError;
-use crate::ids::MessageId;
+use crate::ids::{AppType, MessageId};
 use crate::message_type::MessageType;
 
 /// Largest data-frame header accepted, in bytes.
@@ -68,6 +69,10 @@ pub struct DataHeader {
     /// For `TASK_RESPONSE`: the request's message id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reply_to: Option<MessageId>,
+    /// The application-defined type of a `PEER_MESSAGE`, `BROADCAST` or `STATUS` (or of every
+    /// chunk of one), sent only in sessions that agreed on `app_types`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app_type: Option<AppType>,
     /// For `CHUNKED_MESSAGE`: the chunk fields.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chunk: Option<ChunkHeader>,

@@ -289,8 +289,15 @@ fn delivery_vectors(mut hs: Handshake) -> Value {
     use peerlink_core::stream::{
         Ack, ChunkHeader, DataHeader, Forward, StreamControl, encode_data,
     };
-    let header =
-        |no: u64, base: u64| DataHeader { epoch: 4242, no, base, reply_to: None, chunk: None };
+    let header = |no: u64, base: u64| DataHeader {
+        epoch: 4242,
+        no,
+        base,
+        reply_to: None,
+        app_type: None,
+        chunk: None,
+    };
+    let app_type = peerlink_core::AppType::new("MODEL_CREATED").unwrap();
     let big = MessageId::new("big-0001").unwrap();
     let chunk = |seq: u32, last: bool| ChunkHeader {
         id: big.clone(),
@@ -336,6 +343,12 @@ fn delivery_vectors(mut hs: Handshake) -> Value {
                 forward: Some(Forward { epoch: 4242, base: 5 }),
             }
             .encode(),
+        ),
+        (
+            "a message with an application-defined type (the session agreed on app_types)",
+            MessageType::PeerMessage,
+            "msg-d006",
+            encode_data(&DataHeader { app_type: Some(app_type), ..header(5, 5) }, b"{\"id\":7}"),
         ),
     ];
     let mut out = Vec::new();

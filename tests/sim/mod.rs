@@ -16,7 +16,7 @@ use peerlink_core::node::{
 };
 use peerlink_core::transport::TransportPreference;
 use peerlink_core::{
-    EntityId, Event, Identity, MessageId, Node, NodeAddr, NodeConfig, Output, SendOptions,
+    AppType, EntityId, Event, Identity, MessageId, Node, NodeAddr, NodeConfig, Output, SendOptions,
     Timestamp, TrustPolicy, TrustStore,
 };
 use rand_chacha::ChaCha20Rng;
@@ -82,6 +82,11 @@ pub struct Outcome {
     pub timeouts: usize,
     /// Frames and HTTP bodies that carried plaintext (must stay empty).
     pub leaks: Vec<String>,
+    /// The application type each typed message was sent with.
+    pub app_types: BTreeMap<MessageId, AppType>,
+    /// Messages that arrived with another application type than they were sent with, and
+    /// deliveries reported without the transport that carried them (must stay empty).
+    pub mislabelled: Vec<String>,
     /// Largest relay mailbox seen, in bytes.
     pub max_mailbox_bytes: usize,
     /// Largest outbox seen (messages waiting for one peer).
@@ -585,11 +590,18 @@ impl World {
                     Duration::from_secs(90),
                 )
             } else {
-                self.nodes[from].node.send(
-                    self.now,
-                    &target,
-                    payload.clone(),
-                    SendOptions { prefer_websocket },
+                // Every third message of a pair carries an application type (spec §13.1).
+                let app_type = k
+                    .is_multiple_of(3)
+                    .then(|| AppType::new(format!("sim.type-{}", k % 7)))
+                    .and_then(Result::ok);
+                let options = SendOptions { prefer_websocket, app_type: app_type.clone() };
+                self.nodes[from].node.send(self.now, &target, payload.clone(), options).inspect(
+                    |id| {
+                        if let Some(t) = app_type {
+                            self.outcome.app_types.insert(id.clone(), t);
+                        }
+                    },
                 )
             };
             if let Ok(id) = result {
@@ -729,6 +741,14 @@ impl World {
             eprintln!("{:?} node {i} event {e:?}", self.now);
         }
         match e {
+            Event::Message { id, app_type, .. }
+                if app_type != self.outcome.app_types.get(&id).cloned() =>
+            {
+                self.outcome.mislabelled.push(format!("{id} arrived typed {app_type:?}"));
+            }
+            Event::Delivered { id, transport: None, .. } => {
+                self.outcome.mislabelled.push(format!("{id} delivered by no transport"));
+            }
             Event::Message { from, id, .. } | Event::Request { from, id, .. } => {
                 self.outcome.delivered_at.entry(id.clone()).or_insert(self.now);
                 if self.outcome.failed.contains_key(&id) {
@@ -768,6 +788,7 @@ impl World {
         let o = &self.outcome;
         let mut v = Vec::new();
         v.extend(o.leaks.iter().map(|l| format!("plaintext left a session: {l}")));
+        v.extend(o.mislabelled.iter().cloned());
         for ((from, to), delivered) in &o.delivered {
             let sent: Vec<&MessageId> = o
                 .sent

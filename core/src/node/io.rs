@@ -142,6 +142,10 @@ pub enum Event {
         id: MessageId,
         /// `PEER_MESSAGE`, `BROADCAST` or `STATUS`.
         kind: crate::message_type::MessageType,
+        /// The application-defined type the sender gave it ([`SendOptions::app_type`]).
+        ///
+        /// [`SendOptions::app_type`]: super::SendOptions::app_type
+        app_type: Option<crate::ids::AppType>,
         /// The content.
         payload: Vec<u8>,
     },
@@ -170,12 +174,17 @@ pub enum Event {
         /// The request's id.
         request: MessageId,
     },
-    /// The peer acknowledged a message: it was delivered.
+    /// The peer acknowledged a message: its application has it (seed 000's `TransportResult`,
+    /// with the transport that carried it).
     Delivered {
         /// The recipient.
         to: EntityId,
         /// The message.
         id: MessageId,
+        /// The transport that carried the last copy sent toward the recipient (or its next hop):
+        /// for a chunked message, its last chunk's. `None` only if no copy was ever handed to a
+        /// transport, which an acknowledgement cannot follow.
+        transport: Option<Transport>,
     },
     /// The node gave up on a message: it will not be sent again, and it was not confirmed
     /// delivered (spec §13.6). Counted in `TransportStats::failures`; never dropped for a full
@@ -260,11 +269,12 @@ impl std::fmt::Debug for Len {
 impl std::fmt::Debug for Event {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Event::Message { from, id, kind, payload } => f
+            Event::Message { from, id, kind, app_type, payload } => f
                 .debug_struct("Message")
                 .field("from", from)
                 .field("id", id)
                 .field("kind", kind)
+                .field("app_type", app_type)
                 .field("payload", &Len(payload.len()))
                 .finish(),
             Event::Request { from, id, payload } => f
@@ -288,9 +298,12 @@ impl std::fmt::Debug for Event {
             Event::RequestTimedOut { to, request } => {
                 f.debug_struct("RequestTimedOut").field("to", to).field("request", request).finish()
             }
-            Event::Delivered { to, id } => {
-                f.debug_struct("Delivered").field("to", to).field("id", id).finish()
-            }
+            Event::Delivered { to, id, transport } => f
+                .debug_struct("Delivered")
+                .field("to", to)
+                .field("id", id)
+                .field("transport", transport)
+                .finish(),
             Event::Failed { to, id, reason, maybe_delivered } => f
                 .debug_struct("Failed")
                 .field("to", to)

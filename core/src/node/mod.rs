@@ -55,7 +55,7 @@ pub use stats::TransportStats;
 use crate::error::UsageError;
 use crate::handshake::HandshakeConfig;
 use crate::identity::{Identity, PublicKey, TrustStore};
-use crate::ids::{EntityId, MessageId, SessionId};
+use crate::ids::{AppType, EntityId, MessageId, SessionId};
 use crate::message_type::MessageType;
 use crate::signed::SignedMessageGuard;
 use crate::stream::{FailReason, OutboxFull};
@@ -78,11 +78,23 @@ pub struct NodeAddr {
 }
 
 /// Options of one message (seed 000: `send_message(..., prefer_websocket)`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct SendOptions {
     /// `Some(true)`: WebSocket first for this message; `Some(false)`: HTTP first; `None`: the
     /// node's preference. An `*_ONLY` preference is never overridden.
     pub prefer_websocket: Option<bool>,
+    /// The application-defined type the receiver gets in [`Event::Message`] (spec §13.1
+    /// `app_type`), for `PEER_MESSAGE`, `BROADCAST` and `STATUS`. A session whose peer did not
+    /// offer the `app_types` capability cannot carry it: the message then fails with
+    /// `FailReason::Rejected` (`maybe_delivered: false`) rather than arrive without its type.
+    pub app_type: Option<AppType>,
+}
+
+impl SendOptions {
+    /// Options that give the message an application-defined type.
+    pub fn typed(app_type: AppType) -> Self {
+        Self { app_type: Some(app_type), ..Self::default() }
+    }
 }
 
 /// Why a message was not accepted.
@@ -490,8 +502,9 @@ impl Node {
         now: Timestamp,
         peer: &EntityId,
         payload: Vec<u8>,
+        options: SendOptions,
     ) -> Result<MessageId, SendError> {
-        let r = self.enqueue(now, peer, MessageType::Status, None, payload, SendOptions::default());
+        let r = self.enqueue(now, peer, MessageType::Status, None, payload, options);
         self.finish(now);
         r
     }
@@ -500,6 +513,17 @@ impl Node {
     /// its own session. Returns the peers and message ids accepted, and the peers whose outbox
     /// refused the copy.
     pub fn broadcast(&mut self, now: Timestamp, payload: &[u8]) -> BroadcastResult {
+        self.broadcast_with(now, payload, SendOptions::default())
+    }
+
+    /// [`broadcast`](Self::broadcast) with options (an application-defined type, a transport
+    /// preference) applied to every copy.
+    pub fn broadcast_with(
+        &mut self,
+        now: Timestamp,
+        payload: &[u8],
+        options: SendOptions,
+    ) -> BroadcastResult {
         let targets: Vec<EntityId> = self
             .peers
             .iter()
@@ -508,9 +532,8 @@ impl Node {
             .collect();
         let (mut ok, mut failed) = (Vec::new(), Vec::new());
         for peer in targets {
-            let options = SendOptions::default();
-            match self.enqueue(now, &peer, MessageType::Broadcast, None, payload.to_vec(), options)
-            {
+            let (kind, body) = (MessageType::Broadcast, payload.to_vec());
+            match self.enqueue(now, &peer, kind, None, body, options.clone()) {
                 Ok(id) => ok.push((peer, id)),
                 Err(e) => failed.push((peer, e)),
             }

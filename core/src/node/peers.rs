@@ -47,7 +47,8 @@ pub(super) struct PeerState {
     /// Frames accepted since the last acknowledgement was sent.
     pub unacked: u64,
     pub ack_epochs: BTreeSet<u64>,
-    pub prefs: BTreeMap<MessageId, Option<bool>>,
+    /// What is kept about each message in the outbox besides its frames.
+    pub outgoing: BTreeMap<MessageId, Outgoing>,
     /// Requests this node sent, with their deadlines.
     pub requests: BTreeMap<MessageId, Timestamp>,
     /// Requests received and not yet answered.
@@ -71,6 +72,19 @@ pub(super) struct PeerState {
     /// `peer_idle_timeout` without activity, once nothing is outstanding (see `idle.rs`).
     pub last_active: Timestamp,
     pub stats: TransportStats,
+}
+
+/// What a node keeps about one message in a peer's outbox besides its frames; it leaves with
+/// the message (delivered or failed), so it is bounded by the outbox.
+#[derive(Debug, Clone, Default)]
+pub(super) struct Outgoing {
+    /// The message's transport preference ([`SendOptions::prefer_websocket`]).
+    pub prefer_websocket: Option<bool>,
+    /// Whether its frames carry an `app_type`, which only sessions that agreed on the
+    /// `app_types` capability may carry.
+    pub typed: bool,
+    /// The transport that took its last copy sent.
+    pub carried: Option<Transport>,
 }
 
 /// Retired session ids remembered per peer.
@@ -157,7 +171,7 @@ impl Node {
             ack_due: None,
             unacked: 0,
             ack_epochs: BTreeSet::new(),
-            prefs: BTreeMap::new(),
+            outgoing: BTreeMap::new(),
             requests: BTreeMap::new(),
             inbound_requests: BTreeSet::new(),
             resume: None,
@@ -229,6 +243,7 @@ impl Node {
                     message_type: MessageType::ChunkedMessage,
                     message_id: MessageId::random(&mut *self.rng),
                     reply_to: reply_to.clone(),
+                    app_type: options.app_type.clone(),
                     chunk: Some(ChunkHeader {
                         id: id.clone(),
                         seq: c.sequence_number,
@@ -244,6 +259,7 @@ impl Node {
                 message_type: kind,
                 message_id: id.clone(),
                 reply_to: reply_to.clone(),
+                app_type: options.app_type.clone(),
                 chunk: None,
                 body: payload,
             }]
@@ -252,7 +268,12 @@ impl Node {
             return Err(SendError::Unreachable(peer.clone()));
         };
         p.send.push(OutgoingMessage { id: id.clone(), frames }, now, &self.config.stream)?;
-        p.prefs.insert(id.clone(), options.prefer_websocket);
+        let meta = Outgoing {
+            prefer_websocket: options.prefer_websocket,
+            typed: options.app_type.is_some(),
+            carried: None,
+        };
+        p.outgoing.insert(id.clone(), meta);
         if let Some(request) = &reply_to {
             p.inbound_requests.remove(request);
         }
@@ -282,7 +303,7 @@ impl Node {
     ) {
         let Some(p) = self.peers.get_mut(peer) else { return };
         if let Some(failure) = p.send.fail(id) {
-            p.prefs.remove(id);
+            p.outgoing.remove(id);
             p.requests.remove(id);
             self.report_failed(peer, failure, reason);
             // The peer may be waiting for the frames given up: the peer's timer (due at once)
@@ -295,7 +316,7 @@ impl Node {
     fn fail_all(&mut self, peer: &EntityId, reason: FailReason) {
         let Some(p) = self.peers.get_mut(peer) else { return };
         let failures = p.send.fail_all();
-        p.prefs.clear();
+        p.outgoing.clear();
         for failure in failures {
             self.report_failed(peer, failure, reason);
         }
@@ -381,11 +402,16 @@ impl Node {
             let Some(p) = self.peers.get_mut(peer) else { return };
             let Some((kind, message_id, plaintext)) = p.send.plaintext(no) else { continue };
             let Some(logical) = p.send.logical_of(no).cloned() else { continue };
-            let prefer = p.prefs.get(&logical).copied().flatten();
+            let meta = p.outgoing.get(&logical);
+            let prefer = meta.and_then(|m| m.prefer_websocket);
+            let typed = meta.is_some_and(|m| m.typed);
             let preference = self.config.preference.for_message(prefer);
             let Some(session) = p.session.as_mut() else { return };
-            // No chunks toward a peer that did not agree to chunking (spec §14).
-            let refused = kind == MessageType::ChunkedMessage && !session.capabilities().chunking;
+            // No chunks toward a peer that did not agree to chunking (spec §14), and no
+            // application types toward one that did not agree to them (§13.1).
+            let agreed = session.capabilities();
+            let refused = (kind == MessageType::ChunkedMessage && !agreed.chunking)
+                || (typed && !agreed.app_types);
             let sealed = if refused {
                 Err(UsageError::WrongMessageType(kind))
             } else {
@@ -401,9 +427,12 @@ impl Node {
             let frame: Arc<[u8]> = Arc::from(env.encode());
             let owner = Some(super::hops::Owner::Message(peer.clone(), logical.clone()));
             match self.send_frame_to(now, peer, frame, preference, owner) {
-                super::hops::HopSend::Sent(_) => {
+                super::hops::HopSend::Sent(carrier) => {
                     if let Some(p) = self.peers.get_mut(peer) {
                         p.send.on_sent(no, now, &self.config.stream);
+                        if let (Some(t), Some(m)) = (carrier, p.outgoing.get_mut(&logical)) {
+                            m.carried = Some(t);
+                        }
                     }
                     self.remember_sent(&message_id, peer, env.session_id.clone());
                 }
@@ -492,7 +521,7 @@ impl Node {
         let expired = p.send.expire(now);
         for failure in expired {
             if let Some(p) = self.peers.get_mut(peer) {
-                p.prefs.remove(&failure.id);
+                p.outgoing.remove(&failure.id);
                 p.requests.remove(&failure.id);
             }
             self.report_failed(peer, failure, FailReason::Timeout);
@@ -802,10 +831,12 @@ impl Node {
                 self.stats.last_rtt = Some(rtt);
             }
             for id in done {
-                if let Some(p) = self.peers.get_mut(peer) {
-                    p.prefs.remove(&id);
-                }
-                self.event(Event::Delivered { to: peer.clone(), id });
+                let transport = self
+                    .peers
+                    .get_mut(peer)
+                    .and_then(|p| p.outgoing.remove(&id))
+                    .and_then(|m| m.carried);
+                self.event(Event::Delivered { to: peer.clone(), id, transport });
             }
         }
         if let Some(forward) = control.forward
@@ -841,7 +872,7 @@ impl Node {
                             peer,
                             c.message_type,
                             c.id,
-                            f.header.reply_to,
+                            (f.header.reply_to, f.header.app_type),
                             message,
                         ),
                         Ok(None) => p.assembling = Some(c.id),
@@ -855,25 +886,27 @@ impl Node {
                     peer,
                     f.message_type,
                     f.message_id,
-                    f.header.reply_to,
+                    (f.header.reply_to, f.header.app_type),
                     f.body,
                 ),
             }
         }
     }
 
+    /// Hands one message to the application. `reply_to` counts in a `TASK_RESPONSE` only and
+    /// `app_type` in a message only; elsewhere both are ignored (spec §13.1).
     fn deliver_message(
         &mut self,
         peer: &EntityId,
         kind: MessageType,
         id: MessageId,
-        reply_to: Option<MessageId>,
+        (reply_to, app_type): (Option<MessageId>, Option<crate::ids::AppType>),
         payload: Vec<u8>,
     ) {
         let from = peer.clone();
         match kind {
             MessageType::PeerMessage | MessageType::Broadcast | MessageType::Status => {
-                self.event(Event::Message { from, id, kind, payload })
+                self.event(Event::Message { from, id, kind, app_type, payload })
             }
             MessageType::TaskRequest => {
                 let max = self.config.max_pending_requests;

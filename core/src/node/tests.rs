@@ -18,6 +18,7 @@ use crate::rate_limit::RateLimit;
 use crate::signed::{ErrorBody, signed_message};
 use crate::transport::TransportPreference;
 
+mod app_types;
 mod delivery;
 mod http_answers;
 mod idle;
@@ -963,7 +964,12 @@ fn a_legacy_http_only_peer_is_reached_over_http() {
     for n in 0..3u8 {
         let now = p.now;
         p.node("alice")
-            .send(now, &id("bob"), vec![n], SendOptions { prefer_websocket: Some(true) })
+            .send(
+                now,
+                &id("bob"),
+                vec![n],
+                SendOptions { prefer_websocket: Some(true), ..SendOptions::default() },
+            )
             .unwrap();
         p.run();
         p.advance(Duration::from_secs(70));
@@ -1094,6 +1100,7 @@ fn events_never_show_payloads() {
         from: id("alice"),
         id: MessageId::new("m").unwrap(),
         kind: MessageType::PeerMessage,
+        app_type: None,
         payload: b"SECRET".to_vec(),
     };
     let shown = format!("{e:?}");

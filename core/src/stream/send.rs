@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use super::{Ack, ChunkHeader, DataHeader, Forward, StreamConfig, encode_data};
 use crate::canonical::MAX_SAFE_INTEGER;
-use crate::ids::MessageId;
+use crate::ids::{AppType, MessageId};
 use crate::message_type::MessageType;
 use crate::time::Timestamp;
 
@@ -21,6 +21,8 @@ pub struct OutFrame {
     pub logical: MessageId,
     /// Header fields other than `epoch`, `no` and `base`.
     pub reply_to: Option<MessageId>,
+    /// The application-defined type, if any.
+    pub app_type: Option<AppType>,
     /// Chunk fields, for chunks.
     pub chunk: Option<ChunkHeader>,
     /// The body bytes.
@@ -96,6 +98,8 @@ pub struct FrameSpec {
     pub message_id: MessageId,
     /// For `TASK_RESPONSE`: the request's id.
     pub reply_to: Option<MessageId>,
+    /// The application-defined type, if any.
+    pub app_type: Option<AppType>,
     /// For `CHUNKED_MESSAGE`: the chunk fields.
     pub chunk: Option<ChunkHeader>,
     /// The body.
@@ -220,6 +224,7 @@ impl SendStream {
                 message_id: spec.message_id,
                 logical: message.id.clone(),
                 reply_to: spec.reply_to,
+                app_type: spec.app_type,
                 chunk: spec.chunk,
                 body: spec.body,
                 sent_at: None,
@@ -322,6 +327,7 @@ impl SendStream {
             no,
             base: self.base(),
             reply_to: f.reply_to.clone(),
+            app_type: f.app_type.clone(),
             chunk: f.chunk.clone(),
         };
         Some((f.message_type, f.message_id.clone(), encode_data(&header, &f.body)))
@@ -521,4 +527,4 @@ impl SendStream {
 }
 
 debug_without_body!(OutFrame, message_type, message_id, logical, attempts, due);
-debug_without_body!(FrameSpec, message_type, message_id, reply_to, chunk);
+debug_without_body!(FrameSpec, message_type, message_id, reply_to, app_type, chunk);

@@ -19,6 +19,7 @@ fn single(id: &str, body: &[u8]) -> OutgoingMessage {
             message_type: MessageType::PeerMessage,
             message_id: mid(id),
             reply_to: None,
+            app_type: None,
             chunk: None,
             body: body.to_vec(),
         }],
@@ -34,6 +35,7 @@ fn data_frames_round_trip_and_reject_garbage() {
         no: 3,
         base: 2,
         reply_to: Some(mid("req-1")),
+        app_type: Some(crate::ids::AppType::new("MODEL_CREATED").unwrap()),
         chunk: Some(ChunkHeader {
             id: mid("big"),
             seq: 1,
@@ -46,14 +48,19 @@ fn data_frames_round_trip_and_reject_garbage() {
     let (h, body) = decode_data(&bytes).unwrap();
     assert_eq!(h, header);
     assert_eq!(body, b"body\nwith newline");
-    let plain = encode_data(&DataHeader { reply_to: None, chunk: None, ..header.clone() }, b"");
-    assert_eq!(plain, b"{\"epoch\":9,\"no\":3,\"base\":2}\n");
+    let text = String::from_utf8(encode_data(&header, b"")).unwrap();
+    assert!(text.contains(r#""reply_to":"req-1","app_type":"MODEL_CREATED","chunk":"#), "{text}");
+    let plain = DataHeader { reply_to: None, app_type: None, chunk: None, ..header.clone() };
+    assert_eq!(encode_data(&plain, b""), b"{\"epoch\":9,\"no\":3,\"base\":2}\n");
     for bad in [
         &b"no newline"[..],
         b"{\"epoch\":1,\"no\":0,\"base\":0}\n",
         b"{\"epoch\":1,\"no\":1,\"base\":2}\n",
         b"{\"epoch\":0,\"no\":1,\"base\":1}\n",
         b"{\"epoch\":1,\"no\":1,\"base\":1,\"x\":1}\n",
+        b"{\"epoch\":1,\"no\":1,\"base\":1,\"app_type\":\"a b\"}\n",
+        b"{\"epoch\":1,\"no\":1,\"base\":1,\"app_type\":\"\"}\n",
+        b"{\"epoch\":1,\"no\":1,\"base\":1,\"app_type\":7}\n",
         b"[]\n",
     ] {
         assert!(decode_data(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
@@ -410,7 +417,7 @@ fn a_duplicate_still_releases_frames_made_deliverable_by_base() {
     let frame = |no: u64, base: u64| InFrame {
         message_type: MessageType::PeerMessage,
         message_id: mid(&format!("m{no}")),
-        header: DataHeader { epoch: 1, no, base, reply_to: None, chunk: None },
+        header: DataHeader { epoch: 1, no, base, reply_to: None, app_type: None, chunk: None },
         body: vec![no as u8],
     };
     assert_eq!(r.accept(frame(1, 1), &config), Received::Deliver(vec![frame(1, 1)]));
@@ -436,7 +443,7 @@ fn a_full_buffer_never_holds_up_the_frame_that_releases_it() {
     let frame = |no: u64| InFrame {
         message_type: MessageType::PeerMessage,
         message_id: mid(&format!("m{no}")),
-        header: DataHeader { epoch: 1, no, base: 1, reply_to: None, chunk: None },
+        header: DataHeader { epoch: 1, no, base: 1, reply_to: None, app_type: None, chunk: None },
         body: vec![0; 10],
     };
     // 2 and 3 fill the 20-byte buffer; a further out-of-order frame is dropped.
@@ -540,6 +547,7 @@ proptest! {
                             message_type: MessageType::PeerMessage,
                             message_id: mid(&format!("m{next_id}-{k}")),
                             reply_to: None,
+                            app_type: None,
                             chunk: None,
                             body: vec![0; body],
                         })

@@ -4,8 +4,8 @@ use std::time::Duration;
 
 use async_channel::Receiver;
 use peerlink_core::node::{SendOptions, TransportStats};
-use peerlink_core::{EntityId, Event, Identity, MessageId, MessageType};
-use peerlink_host::{ApiError, Config, Handle, Snapshot};
+use peerlink_core::{AppType, EntityId, Event, Identity, MessageId, MessageType};
+use peerlink_host::{ApiError, Config, Handle, Snapshot, TransportResult};
 
 /// A peerlink client for synchronous programs. Every call blocks until the node has taken it
 /// (its input queue is bounded: [`DriverLimits::input_queue`](crate::DriverLimits)); a
@@ -55,7 +55,12 @@ impl Client {
         payload: Vec<u8>,
         prefer_websocket: Option<bool>,
     ) -> Result<MessageId, ApiError> {
-        self.send_message(to, MessageType::PeerMessage, payload, SendOptions { prefer_websocket })
+        self.send_message(
+            to,
+            MessageType::PeerMessage,
+            payload,
+            SendOptions { prefer_websocket, ..SendOptions::default() },
+        )
     }
 
     /// Sends a `PEER_MESSAGE` or `STATUS` (seed 000's `send_message`); see
@@ -70,9 +75,30 @@ impl Client {
         smol::block_on(self.handle.send_message(to, message_type, payload, options))
     }
 
+    /// Sends a `PEER_MESSAGE` and blocks until it is delivered (handed to the recipient's
+    /// application) or given up; see [`Handle::send_confirmed`]. The result says which
+    /// transport carried it.
+    pub fn send_confirmed(
+        &self,
+        to: &EntityId,
+        payload: Vec<u8>,
+        options: SendOptions,
+    ) -> Result<TransportResult, ApiError> {
+        smol::block_on(self.handle.send_confirmed(to, payload, options))
+    }
+
     /// Sends a `BROADCAST` to every peer with a session; returns the ids accepted.
     pub fn broadcast(&self, payload: Vec<u8>) -> Result<Vec<(EntityId, MessageId)>, ApiError> {
         smol::block_on(self.handle.broadcast(payload))
+    }
+
+    /// [`broadcast`](Self::broadcast) with options for every copy (an application type).
+    pub fn broadcast_with(
+        &self,
+        payload: Vec<u8>,
+        options: SendOptions,
+    ) -> Result<Vec<(EntityId, MessageId)>, ApiError> {
+        smol::block_on(self.handle.broadcast_with(payload, options))
     }
 
     /// Opens the WebSocket link toward `peer` (its relay, or the peer's own node) and starts
@@ -144,6 +170,17 @@ impl Client {
         handler: impl Fn(&Event) + Send + Sync + 'static,
     ) -> Result<(), ApiError> {
         smol::block_on(self.handle.on_message(message_type, handler))
+    }
+
+    /// Calls `handler` for every [`Event::Message`] with the application-defined type
+    /// `app_type`, instead of queueing it; it runs on the node's thread, like
+    /// [`on_message`](Self::on_message)'s.
+    pub fn on_app_type(
+        &self,
+        app_type: AppType,
+        handler: impl Fn(&Event) + Send + Sync + 'static,
+    ) -> Result<(), ApiError> {
+        smol::block_on(self.handle.on_app_type(app_type, handler))
     }
 
     /// The transport counters over all peers (seed 000's `TransportStats`).

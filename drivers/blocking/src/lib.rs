@@ -49,4 +49,7 @@
 mod client;
 
 pub use client::Client;
-pub use peerlink_host::{ApiError, Config, DriverLimits, Handle, Snapshot, TlsFiles, TrustedPeer};
+pub use peerlink_host::{
+    ApiError, Config, DriverLimits, Handle, Snapshot, TlsFiles, TransportResult, TrustedPeer,
+    Undelivered,
+};

@@ -14,12 +14,15 @@ use hyper::{Request, Response};
 use peerlink_core::auth::Authority;
 use peerlink_core::node::{SendOptions, TransportStats};
 use peerlink_core::stream::FailReason;
-use peerlink_core::{EntityId, Event, Identity, MessageId, MessageType, Node, NodeAddr, SendError};
+use peerlink_core::{
+    AppType, EntityId, Event, Identity, MessageId, MessageType, Node, NodeAddr, SendError,
+};
 use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
 
 use crate::client::ClientCtx;
 use crate::config::Config;
+use crate::delivery::{HandlerKey, TransportResult, Undelivered, Waiter};
 use crate::driver::{Clock, Core, Input};
 use crate::routes::{Exclusive, RequestBody, RouteCtx, answer};
 use crate::runtime::Rt;
@@ -68,6 +71,9 @@ pub enum ApiError {
     /// The request will not be delivered.
     #[error("request failed: {0:?}")]
     Failed(FailReason),
+    /// A confirmed send ended without delivery ([`Handle::send_confirmed`]).
+    #[error("not delivered: {:?} (may have been delivered: {})", .0.reason, .0.maybe_delivered)]
+    Undelivered(Undelivered),
     /// The node has stopped.
     #[error("node stopped")]
     Stopped,
@@ -204,6 +210,7 @@ impl Peerlink {
             outbound: Default::default(),
             pending_http: BTreeMap::new(),
             waiting: BTreeMap::new(),
+            delivering: BTreeMap::new(),
             events: None,
             handlers: BTreeMap::new(),
             client,
@@ -303,13 +310,36 @@ impl Handle {
             MessageType::PeerMessage => {
                 self.call(move |c, now| c.node.send(now, &target, payload, options)).await?
             }
-            // The core's `send_status` takes no options (core/src/node/mod.rs).
             MessageType::Status => {
-                self.call(move |c, now| c.node.send_status(now, &target, payload)).await?
+                self.call(move |c, now| c.node.send_status(now, &target, payload, options)).await?
             }
             other => return Err(ApiError::UnsupportedType(other)),
         };
         Ok(r?)
+    }
+
+    /// Sends `payload` to `target` as a `PEER_MESSAGE` and waits until it is delivered, that is
+    /// handed to the recipient's application (seed 000's `TransportResult`): the result says
+    /// which transport carried it and how long it took. Fails with [`ApiError::Undelivered`]
+    /// when the node gives up (at the latest after the send timeout, 60 s by default), saying
+    /// whether it may still arrive. The `Delivered` event of a confirmed send is not put on
+    /// [`incoming`](Self::incoming); its `Failed` is, as every failure is.
+    pub async fn send_confirmed(
+        &self,
+        target: &EntityId,
+        payload: Vec<u8>,
+        options: SendOptions,
+    ) -> Result<TransportResult, ApiError> {
+        let target = target.clone();
+        let (reply, rx) = async_channel::bounded(1);
+        let since = std::time::Instant::now();
+        self.call(move |c, now| {
+            let id = c.node.send(now, &target, payload, options)?;
+            c.delivering.insert(id, Waiter { since, reply });
+            Ok::<_, SendError>(())
+        })
+        .await??;
+        rx.recv().await.map_err(|_| ApiError::Stopped)?.map_err(ApiError::Undelivered)
     }
 
     /// Whether a WebSocket link carries frames for `peer` now (its own link to this node, or an
@@ -325,7 +355,17 @@ impl Handle {
         &self,
         payload: Vec<u8>,
     ) -> Result<Vec<(EntityId, MessageId)>, ApiError> {
-        self.call(move |c, now| c.node.broadcast(now, &payload).0).await
+        self.broadcast_with(payload, SendOptions::default()).await
+    }
+
+    /// [`broadcast`](Self::broadcast) with options for every copy, e.g.
+    /// `SendOptions::typed(app_type)` for an application-defined type.
+    pub async fn broadcast_with(
+        &self,
+        payload: Vec<u8>,
+        options: SendOptions,
+    ) -> Result<Vec<(EntityId, MessageId)>, ApiError> {
+        self.call(move |c, now| c.node.broadcast_with(now, &payload, options).0).await
     }
 
     /// Sends a `TASK_REQUEST` and waits for the `TASK_RESPONSE` payload (or a timeout).
@@ -419,15 +459,32 @@ impl Handle {
 
     /// Calls `handler` (on the node task: it must not block) for every `Event::Message` of
     /// `message_type`, or every `Event::Request` for `TASK_REQUEST`, instead of putting it on
-    /// [`incoming`](Self::incoming).
+    /// [`incoming`](Self::incoming). A message with an application type that has a handler of
+    /// its own ([`on_app_type`](Self::on_app_type)) goes to that one instead. A second call for
+    /// the same type replaces the handler.
     pub async fn on_message(
         &self,
         message_type: MessageType,
         handler: impl Fn(&Event) + Send + Sync + 'static,
     ) -> Result<(), ApiError> {
-        let h: crate::driver::Handler = Arc::new(handler);
+        self.register(HandlerKey::Type(message_type), Arc::new(handler)).await
+    }
+
+    /// Calls `handler` (on the node task: it must not block) for every `Event::Message` whose
+    /// application-defined type is `app_type` (sent with `SendOptions::typed`), instead of
+    /// putting it on [`incoming`](Self::incoming): the seed's `register_event_handler` for an
+    /// application's own message types. A second call for the same type replaces the handler.
+    pub async fn on_app_type(
+        &self,
+        app_type: AppType,
+        handler: impl Fn(&Event) + Send + Sync + 'static,
+    ) -> Result<(), ApiError> {
+        self.register(HandlerKey::App(app_type), Arc::new(handler)).await
+    }
+
+    async fn register(&self, key: HandlerKey, h: crate::delivery::Handler) -> Result<(), ApiError> {
         self.call(move |c, _| {
-            c.handlers.insert(message_type, h);
+            c.handlers.insert(key, h);
         })
         .await
     }

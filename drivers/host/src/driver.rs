@@ -18,13 +18,14 @@ use peerlink_core::auth::{AuthError, Authority, Bearer, Challenge, ChallengeAnsw
 use peerlink_core::node::{
     Handled, HttpCall, Input as NodeInput, LinkId, LinkKind, NodeAddr, Output, RequestId,
 };
-use peerlink_core::{EntityId, ErrorCode, Event, MessageId, MessageType, Node, Timestamp};
+use peerlink_core::{EntityId, ErrorCode, Event, MessageId, Node, Timestamp};
 use rand_chacha::ChaCha20Rng;
 
 use crate::runtime::BoxSleep;
 
 use crate::api::{ApiError, Snapshot};
 use crate::client::{self, ClientCtx};
+use crate::delivery::{Handler, HandlerKey, Waiter};
 use crate::link::{LinkHandle, link_channels};
 
 /// A one-shot reply channel (a bounded channel of one).
@@ -127,10 +128,6 @@ impl Clock {
     }
 }
 
-/// A handler the application registered for one message type; called on the node task, so it
-/// must not block (spawn for real work).
-pub(crate) type Handler = Arc<dyn Fn(&Event) + Send + Sync>;
-
 /// Everything the node task owns.
 pub(crate) struct Core {
     pub node: Node,
@@ -143,7 +140,9 @@ pub(crate) struct Core {
     pub pending_http: BTreeMap<RequestId, (EntityId, HttpReply)>,
     pub waiting: BTreeMap<MessageId, Reply<Result<Vec<u8>, ApiError>>>,
     pub events: Option<Sender<Event>>,
-    pub handlers: BTreeMap<MessageType, Handler>,
+    /// Confirmed sends waiting for their `Delivered` or `Failed`.
+    pub delivering: BTreeMap<MessageId, Waiter>,
+    pub handlers: BTreeMap<HandlerKey, Handler>,
     pub client: Arc<ClientCtx>,
     pub inputs: Sender<Input>,
     pub errors_by_code: BTreeMap<ErrorCode, u64>,
@@ -335,12 +334,14 @@ impl Core {
             }
             _ => {}
         }
-        let kind = match &e {
-            Event::Message { kind, .. } => Some(*kind),
-            Event::Request { .. } => Some(MessageType::TaskRequest),
-            _ => None,
-        };
-        if let Some(h) = kind.and_then(|k| self.handlers.get(&k)) {
+        if let Event::Delivered { id, .. } | Event::Failed { id, .. } = &e
+            && let Some(waiter) = self.delivering.remove(id)
+            && waiter.answer(&e)
+        {
+            return;
+        }
+        let handler = HandlerKey::of(&e).into_iter().flatten().find_map(|k| self.handlers.get(&k));
+        if let Some(h) = handler {
             h(&e);
             return;
         }

@@ -18,6 +18,7 @@ mod api;
 pub mod client;
 pub mod config;
 pub mod config_file;
+mod delivery;
 mod driver;
 pub mod keys;
 mod link;
@@ -33,5 +34,6 @@ pub mod tls;
 
 pub use api::{ApiError, Handle, NodeService, Peerlink, Snapshot};
 pub use config::{Config, DriverLimits, TlsFiles, TrustedPeer};
+pub use delivery::{TransportResult, Undelivered};
 pub use routes::RequestBody;
 pub use runtime::{Listener, Rt, Runtime};

@@ -244,6 +244,7 @@ fn each_obligation_keeps_a_peer_however_long_it_was_silent() {
             message_type: MessageType::PeerMessage,
             message_id: id.clone(),
             reply_to: None,
+            app_type: None,
             chunk: None,
             body: b"x".to_vec(),
         };
@@ -266,7 +267,14 @@ fn each_obligation_keeps_a_peer_however_long_it_was_silent() {
         (
             "an empty frame buffered out of order",
             Some(|s, _| {
-                let header = DataHeader { epoch: 77, no: 3, base: 1, reply_to: None, chunk: None };
+                let header = DataHeader {
+                    epoch: 77,
+                    no: 3,
+                    base: 1,
+                    reply_to: None,
+                    app_type: None,
+                    chunk: None,
+                };
                 let frame = InFrame {
                     message_type: MessageType::PeerMessage,
                     message_id: MessageId::new("ahead").unwrap(),
