@@ -52,15 +52,19 @@ fn confirmed_sends_report_the_transport_that_carried_them() {
         alice.init_websocket_connection(b.id()).await.unwrap();
         wait_connected(&alice, b.id()).await;
 
-        let ws = within("a confirmed send", alice.send_confirmed(b.id(), b"one".to_vec(), SendOptions::default()))
-            .await
-            .unwrap();
+        let ws = within(
+            "a confirmed send",
+            alice.send_confirmed(b.id(), b"one".to_vec(), SendOptions::default()),
+        )
+        .await
+        .unwrap();
         assert_eq!((ws.to.clone(), ws.transport), (b.id().clone(), Some(Transport::WebSocket)));
         // This message prefers HTTP (seed 000's `prefer_websocket=False`), and says it went so.
         let http_first = SendOptions { prefer_websocket: Some(false), ..SendOptions::default() };
-        let http = within("an HTTP-first send", alice.send_confirmed(b.id(), b"two".to_vec(), http_first))
-            .await
-            .unwrap();
+        let http =
+            within("an HTTP-first send", alice.send_confirmed(b.id(), b"two".to_vec(), http_first))
+                .await
+                .unwrap();
         assert_eq!(http.transport, Some(Transport::Http));
         assert_ne!(ws.id, http.id);
         // Delivered means handed to bob's application: both are there, in order, once.
@@ -68,8 +72,10 @@ fn confirmed_sends_report_the_transport_that_carried_them() {
         // A confirmed send's `Delivered` is its result, not an event as well.
         let alice_rx = alice.incoming().await.unwrap();
         alice.send_confirmed(b.id(), b"three".to_vec(), SendOptions::default()).await.unwrap();
-        assert!(!std::iter::from_fn(|| alice_rx.try_recv().ok())
-            .any(|e| matches!(e, Event::Delivered { .. })));
+        assert!(
+            !std::iter::from_fn(|| alice_rx.try_recv().ok())
+                .any(|e| matches!(e, Event::Delivered { .. }))
+        );
         for n in [&alice, &bob, &relay] {
             n.shutdown().await.unwrap();
         }
@@ -79,7 +85,8 @@ fn confirmed_sends_report_the_transport_that_carried_them() {
 #[test]
 fn application_types_reach_their_handlers_and_a_peer_without_them_refuses_typed_sends() {
     smol::block_on(async {
-        let (r, a, b, c) = (identity("relay"), identity("alice"), identity("bob"), identity("carol"));
+        let (r, a, b, c) =
+            (identity("relay"), identity("alice"), identity("bob"), identity("carol"));
         let relay = start_relay(&r, &[&a, &b, &c], "127.0.0.1:0".parse().unwrap()).await;
         let url = relay.base_url();
         let pref = TransportPreference::WebsocketFirst;
@@ -110,7 +117,10 @@ fn application_types_reach_their_handlers_and_a_peer_without_them_refuses_typed_
         // Confirmed means bob's application had them: the handlers ran before the results.
         assert_eq!(
             created.lock().unwrap().clone(),
-            vec![(Some(app("MODEL_CREATED")), b"m1".to_vec()), (Some(app("MODEL_CREATED")), vec![7; 600_000])]
+            vec![
+                (Some(app("MODEL_CREATED")), b"m1".to_vec()),
+                (Some(app("MODEL_CREATED")), vec![7; 600_000])
+            ]
         );
         assert_eq!(
             others.lock().unwrap().clone(),
@@ -118,16 +128,23 @@ fn application_types_reach_their_handlers_and_a_peer_without_them_refuses_typed_
         );
 
         // A typed message never reaches carol untyped: it fails, certainly undelivered.
-        let refused = within("a refused typed send", alice.send_confirmed(c.id(), b"x".to_vec(), typed("NEWS"))).await;
+        let refused = within(
+            "a refused typed send",
+            alice.send_confirmed(c.id(), b"x".to_vec(), typed("NEWS")),
+        )
+        .await;
         match refused {
             Err(ApiError::Undelivered(Undelivered { reason, maybe_delivered })) => {
                 assert_eq!((reason, maybe_delivered), (FailReason::Rejected, false))
             }
             other => panic!("expected Undelivered, got {other:?}"),
         }
-        within("an untyped send to carol", alice.send_confirmed(c.id(), b"y".to_vec(), SendOptions::default()))
-            .await
-            .unwrap();
+        within(
+            "an untyped send to carol",
+            alice.send_confirmed(c.id(), b"y".to_vec(), SendOptions::default()),
+        )
+        .await
+        .unwrap();
         assert_eq!(messages(&carol_rx, a.id(), 1).await, vec![b"y".to_vec()]);
 
         // A typed broadcast: bob gets it typed (no BROADCAST handler: on incoming); carol's
