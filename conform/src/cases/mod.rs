@@ -20,7 +20,6 @@ mod topics;
 /// Why a case did not pass.
 pub(crate) enum Verdict {
     Fail(String),
-    #[allow(dead_code)]
     Skip(String),
 }
 

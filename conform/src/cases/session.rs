@@ -6,7 +6,7 @@ use peerlink_core::encoding::{b64u, decode_b64u};
 use peerlink_core::{Envelope, ErrorCode, MessageId, MessageType, Payload, Session, SessionId};
 use rand_chacha::ChaCha20Rng;
 
-use super::{Case, CaseResult, case, ensure};
+use super::{Case, CaseResult, Verdict, case, ensure};
 use crate::ctx::Ctx;
 use crate::peer::{self, ANSWER};
 use crate::ws::Ws;
@@ -18,6 +18,18 @@ pub(super) fn cases() -> Vec<Case> {
             "§13",
             "an encrypted PEER_MESSAGE is acknowledged by a sealed ACK",
             message_ack,
+        ),
+        case(
+            "C-13.1.1",
+            "§13.1",
+            "a PEER_MESSAGE with an app_type is acknowledged in a session that agreed on app_types",
+            typed_message_ack,
+        ),
+        case(
+            "C-13.1.2",
+            "§13.1",
+            "an app_type outside the entity-id syntax is INVALID_MESSAGE",
+            bad_app_type,
         ),
         case(
             "C-13.2",
@@ -111,6 +123,34 @@ fn message_ack(ctx: &Ctx) -> CaseResult {
     let ack = peer::expect_ack(ctx, &mut ws, &mut s, epoch, |a| a.cumulative >= 1)?;
     ensure!(ack.cumulative == 1, "ACK cumulative {} after one frame", ack.cumulative);
     let _ = env;
+    ws.close();
+    Ok(())
+}
+
+fn typed_message_ack(ctx: &Ctx) -> CaseResult {
+    let mut rng = peer::rng();
+    let (mut ws, mut s) = established(ctx, &mut rng)?;
+    if !s.capabilities().app_types {
+        ws.close();
+        return Err(Verdict::Skip("the node does not offer app_types (§7.8)".into()));
+    }
+    let epoch = peer::epoch(&mut rng);
+    let plaintext =
+        format!("{{\"epoch\":{epoch},\"no\":1,\"base\":1,\"app_type\":\"MODEL_CREATED\"}}\nx");
+    peer::seal_send(&mut ws, &mut s, MessageType::PeerMessage, plaintext.as_bytes(), &mut rng)?;
+    let ack = peer::expect_ack(ctx, &mut ws, &mut s, epoch, |a| a.cumulative >= 1)?;
+    ensure!(ack.cumulative == 1, "ACK cumulative {} after one typed frame", ack.cumulative);
+    ws.close();
+    Ok(())
+}
+
+fn bad_app_type(ctx: &Ctx) -> CaseResult {
+    let mut rng = peer::rng();
+    let (mut ws, mut s) = established(ctx, &mut rng)?;
+    let epoch = peer::epoch(&mut rng);
+    let plaintext = format!("{{\"epoch\":{epoch},\"no\":1,\"base\":1,\"app_type\":\"a b\"}}\nx");
+    peer::seal_send(&mut ws, &mut s, MessageType::PeerMessage, plaintext.as_bytes(), &mut rng)?;
+    peer::expect_error(ctx, &mut ws, ErrorCode::InvalidMessage, ANSWER)?;
     ws.close();
     Ok(())
 }
