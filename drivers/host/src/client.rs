@@ -29,8 +29,10 @@ use peerlink_core::node::{HttpMethod, LinkId};
 use peerlink_core::{EntityId, Identity};
 
 use crate::config::DriverLimits;
+use crate::corked::Corked;
 use crate::driver::Input;
-use crate::link::{Corked, LinkQueues, run_link, ws_config};
+use crate::link::{run_link, ws_config};
+use crate::link_queue::LinkQueues;
 use crate::rt::FuturesIo;
 use crate::runtime::{Rt, Runtime, Stream as Tcp, sleep, spawn_with_output};
 use crate::tls::MaybeTls;

@@ -25,7 +25,7 @@ use crate::runtime::BoxSleep;
 
 use crate::api::{ApiError, Snapshot};
 use crate::client::{self, ClientCtx};
-use crate::link::{LinkHandle, link_channels};
+use crate::link_queue::{LinkHandle, link_channels};
 
 /// A one-shot reply channel (a bounded channel of one).
 pub(crate) type Reply<T> = Sender<T>;

@@ -47,8 +47,10 @@ use crate::runtime::{Rt, sleep};
 
 use crate::api::Snapshot;
 use crate::config::DriverLimits;
+use crate::corked::Corked;
 use crate::driver::{Clock, Input};
-use crate::link::{Corked, LinkQueues, link_channels, run_link, ws_config};
+use crate::link::{run_link, ws_config};
+use crate::link_queue::{LinkQueues, link_channels};
 use crate::rt::HyperIo;
 
 /// What request handlers share.
