@@ -307,7 +307,9 @@ impl Core {
         self.outbound.insert(link);
         let ctx = Arc::clone(&self.client);
         let inputs = self.inputs.clone();
-        self.client.rt.spawn(Box::pin(client::run_outbound(ctx, link, url, node, queues, inputs)));
+        self.client
+            .rt
+            .spawn(Box::pin(crate::outbound::run_outbound(ctx, link, url, node, queues, inputs)));
     }
 
     async fn event(&mut self, e: Event) {

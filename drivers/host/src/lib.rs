@@ -25,6 +25,7 @@ mod link;
 mod link_queue;
 pub mod metrics;
 pub mod origin;
+mod outbound;
 mod routes;
 pub mod rt;
 pub mod runtime;
