@@ -34,8 +34,7 @@ use peerlink_core::node::LinkId;
 use crate::corked::{Corked, HOLD_BYTES};
 use crate::link_queue::LinkQueues;
 use crate::runtime::{Rt, Runtime, sleep};
-
-use crate::driver::Input;
+use crate::state::Input;
 
 /// How long a close handshake may take before the socket is dropped.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);

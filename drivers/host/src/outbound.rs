@@ -9,9 +9,9 @@ use peerlink_core::node::{LinkId, NodeAddr};
 
 use crate::client::{ClientCtx, ClientError, timeout, token_and_stream};
 use crate::corked::Corked;
-use crate::driver::Input;
 use crate::link::{run_link, ws_config};
 use crate::link_queue::LinkQueues;
+use crate::state::Input;
 
 /// Opens an outbound link to `node` at `url` (the node's finished URL) and runs it; reports
 /// `LinkUp` or `LinkFailed`.

@@ -78,7 +78,7 @@ fn serve(
         }
         let mut body = vec![0u8; length];
         reader.read_exact(&mut body).unwrap();
-        let later = crate::driver::unix_millis() + 60_000;
+        let later = crate::clock::unix_millis() + 60_000;
         let mut status = "200 OK";
         let json = if line.starts_with("GET /auth/token") {
             let challenge = peerlink_core::encoding::b64u(&CHALLENGE);

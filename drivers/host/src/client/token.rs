@@ -126,7 +126,7 @@ async fn fetch_token(
     }
     let t: endpoints::TokenBody =
         endpoints::parse_body(&body, max).map_err(|_| ClientError::BadResponse("token"))?;
-    let now_ms = crate::driver::unix_millis();
+    let now_ms = crate::clock::unix_millis();
     ctx.store(base, t.token.clone(), Duration::from_millis(t.expires_at.saturating_sub(now_ms)));
     Ok(t.token)
 }
