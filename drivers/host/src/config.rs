@@ -1,5 +1,5 @@
 //! The driver's configuration: the core's [`NodeConfig`] plus what only a driver has (sockets,
-//! queues, TLS, timeouts). [`crate::config_file`] reads it from TOML.
+//! queues, TLS, timeouts). `config_file` reads it from TOML.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -31,7 +31,7 @@ pub struct DriverLimits {
     /// Inputs waiting for the node task (frames, HTTP calls, API commands); senders wait when it
     /// is full. Default 1024.
     pub input_queue: usize,
-    /// Events queued for the application's [`incoming`](crate::Handle::incoming) stream. Default
+    /// Events queued for the application's `Handle::incoming` stream. Default
     /// 1024. It is also the node's `max_events` when smaller: an application that does not take
     /// its events makes the node refuse data frames, and their senders re-send them later
     /// (backpressure reaches the peers, memory does not grow, nothing is lost).
@@ -93,7 +93,7 @@ pub struct TrustedPeer {
     pub url: Option<String>,
 }
 
-/// Everything [`crate::Peerlink::start`] needs besides the identity.
+/// Everything `Peerlink::start` needs besides the identity.
 #[derive(Debug, Clone)]
 pub struct Config {
     /// The core's configuration.

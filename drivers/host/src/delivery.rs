@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use peerlink_core::stream::FailReason;
 use peerlink_core::{AppType, EntityId, Event, MessageId, MessageType, Transport};
 
-/// The outcome of a delivered message ([`Handle::send_confirmed`](crate::Handle::send_confirmed)).
+/// The outcome of a delivered message (`Handle::send_confirmed`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TransportResult {
     /// The recipient.

@@ -1,155 +1,25 @@
-//! The node task: the one task that owns the [`Node`]. Everything else talks to it through one
-//! bounded input queue; it feeds each input to the node with the current time, drains
-//! `poll_output()` and carries out every output, then sleeps until the next input or
-//! `poll_timeout()`.
+//! The node task: the one task that owns the [`Node`](peerlink_core::Node). Everything else
+//! talks to it through one bounded input queue; it feeds each input to the node with the current
+//! time, drains `poll_output()` and carries out every output, then sleeps until the next input or
+//! `poll_timeout()`. What it owns ([`Core`]) and what it is told ([`Input`]) are in
+//! [`crate::state`]; this module is what it does with them.
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::future::poll_fn;
 use std::pin::pin;
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
 use std::task::Poll;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use async_channel::{Receiver, Sender, TrySendError};
-use async_tungstenite::tungstenite::Bytes;
+use async_channel::{Receiver, TrySendError};
 use futures_lite::Stream as _;
-use peerlink_core::auth::{AuthError, Authority, Bearer, Challenge, ChallengeAnswer};
-use peerlink_core::node::{
-    Handled, HttpCall, Input as NodeInput, LinkId, LinkKind, NodeAddr, Output, RequestId,
-};
-use peerlink_core::{EntityId, ErrorCode, Event, MessageId, Node, Timestamp};
-use rand_chacha::ChaCha20Rng;
+use peerlink_core::node::{Handled, Input as NodeInput, LinkId, LinkKind, NodeAddr, Output};
+use peerlink_core::{ErrorCode, Event, Timestamp};
 
+use crate::client;
+use crate::delivery::HandlerKey;
+use crate::error::ApiError;
+use crate::link_queue::link_channels;
 use crate::runtime::BoxSleep;
-
-use crate::api::{ApiError, Snapshot};
-use crate::client::{self, ClientCtx};
-use crate::delivery::{Handler, HandlerKey, Waiter};
-use crate::link::{LinkHandle, link_channels};
-
-/// A one-shot reply channel (a bounded channel of one).
-pub(crate) type Reply<T> = Sender<T>;
-
-/// Where the answer to an inbound HTTP call goes: its status and body.
-pub(crate) type HttpReply = Reply<(u16, Vec<u8>)>;
-
-/// A command run on the node task with the node and the current time.
-pub(crate) type Call = Box<dyn FnOnce(&mut Core, Timestamp) + Send>;
-
-/// What the node task is told.
-pub(crate) enum Input {
-    /// An authenticated inbound WebSocket wants to become a link.
-    Accept {
-        kind: LinkKind,
-        /// The token's holder: the entity and the key it proved (spec §2.3).
-        who: Bearer,
-        handle: LinkHandle,
-        reply: Reply<Result<LinkId, ErrorCode>>,
-    },
-    /// A text frame arrived on a link (the bytes tungstenite read it into, not a copy).
-    Frame { link: LinkId, data: Bytes },
-    /// A link's task ended.
-    Closed { link: LinkId },
-    /// An outbound link connected.
-    LinkUp { link: LinkId },
-    /// An outbound link could not be opened.
-    LinkFailed { link: LinkId },
-    /// An authenticated HTTP call to `/v1/messages`, bound to the token's holder (spec §2.3).
-    Http { who: Bearer, call: HttpCall, reply: Reply<(u16, Vec<u8>)> },
-    /// The outcome of an HTTP request the node asked for (`None`: no answer).
-    HttpResult { request: RequestId, result: Option<(u16, Vec<u8>)> },
-    /// `GET /auth/token`.
-    Challenge { entity: EntityId, pubkey: String, reply: Reply<Result<Challenge, AuthError>> },
-    /// `POST /auth/verify`: the pending challenge, taken out; the connection's task checks the
-    /// answer's signature and mints the token, off the node task.
-    Verify { entity: EntityId, challenge: String, reply: Reply<Result<ChallengeAnswer, AuthError>> },
-    /// An API command.
-    Call(Call),
-    /// Graceful shutdown: `BYE` and close every link, answer held HTTP calls, stop.
-    Shutdown { reply: Reply<()> },
-}
-
-impl Input {
-    /// What this input is, with its ids and sizes but no content, for trace logs (`None` for
-    /// the node's own inputs, which describe themselves).
-    fn describe(&self) -> Option<String> {
-        Some(match self {
-            Input::Challenge { entity, .. } => format!("challenge for {entity}"),
-            Input::Verify { entity, .. } => format!("verify for {entity}"),
-            Input::Call(_) => "API call".to_owned(),
-            Input::Shutdown { .. } => "shutdown".to_owned(),
-            _ => return None,
-        })
-    }
-}
-
-/// Milliseconds since the Unix epoch for the core: the later of the wall clock and a monotonic
-/// clock anchored at the wall clock when the node started, and never less than a reading already
-/// given (`peerlink_core::time`): deadlines never go backwards. The wall clock counts where the
-/// monotonic one stops: a machine's suspension (Linux's monotonic clock does not advance while
-/// suspended). Without it, a node waking from a 12-minute sleep would stamp its envelopes
-/// 12 minutes late (refused by its peers as stale) and let a message outlive its send timeout
-/// by as much, which spec §15.5 relies on not happening.
-#[derive(Debug, Clone)]
-pub(crate) struct Clock {
-    start: Instant,
-    start_ms: u64,
-    /// The latest reading given, shared by every copy.
-    last: Arc<AtomicU64>,
-}
-
-/// Milliseconds since the Unix epoch on the wall clock (0 before it).
-pub(crate) fn unix_millis() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
-}
-
-impl Clock {
-    pub fn new() -> Self {
-        let start_ms = unix_millis();
-        Self { start: Instant::now(), start_ms, last: Arc::new(AtomicU64::new(start_ms)) }
-    }
-
-    pub fn now(&self) -> Timestamp {
-        let elapsed = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
-        let monotonic = self.start_ms.saturating_add(elapsed);
-        peerlink_core::time::clock_reading(monotonic, unix_millis(), &self.last)
-    }
-
-    /// The instant of a node deadline, measured from now (far future if unrepresentable).
-    pub fn instant_of(&self, t: Timestamp) -> Instant {
-        let now = Instant::now();
-        let after =
-            Duration::from_millis(t.as_unix_millis().saturating_sub(self.now().as_unix_millis()));
-        now.checked_add(after).unwrap_or_else(|| now + Duration::from_secs(3600))
-    }
-}
-
-/// Everything the node task owns.
-pub(crate) struct Core {
-    pub node: Node,
-    pub authority: Authority,
-    pub rng: ChaCha20Rng,
-    pub clock: Clock,
-    pub links: BTreeMap<LinkId, (LinkKind, LinkHandle)>,
-    pub outbound: BTreeSet<LinkId>,
-    /// HTTP calls the node has yet to answer: the caller and where its answer goes.
-    pub pending_http: BTreeMap<RequestId, (EntityId, HttpReply)>,
-    pub waiting: BTreeMap<MessageId, Reply<Result<Vec<u8>, ApiError>>>,
-    pub events: Option<Sender<Event>>,
-    /// Confirmed sends waiting for their `Delivered` or `Failed`.
-    pub delivering: BTreeMap<MessageId, Waiter>,
-    pub handlers: BTreeMap<HandlerKey, Handler>,
-    pub client: Arc<ClientCtx>,
-    pub inputs: Sender<Input>,
-    pub errors_by_code: BTreeMap<ErrorCode, u64>,
-    pub slow_readers: u64,
-    pub events_dropped: u64,
-    pub stopping: bool,
-}
+use crate::state::{Core, Input, Reply};
 
 impl Core {
     /// Feeds the node one of its own inputs now.
@@ -158,6 +28,7 @@ impl Core {
         self.node.handle_input(now, input)
     }
 
+    /// Handles one input; `Some` (where to confirm) for a shutdown.
     fn handle(&mut self, input: Input) -> Option<Reply<()>> {
         let now = self.clock.now();
         // Events the application has not taken yet count against the node's `max_events`:
@@ -306,7 +177,9 @@ impl Core {
         self.outbound.insert(link);
         let ctx = Arc::clone(&self.client);
         let inputs = self.inputs.clone();
-        self.client.rt.spawn(Box::pin(client::run_outbound(ctx, link, url, node, queues, inputs)));
+        self.client
+            .rt
+            .spawn(Box::pin(crate::outbound::run_outbound(ctx, link, url, node, queues, inputs)));
     }
 
     async fn event(&mut self, e: Event) {
@@ -373,38 +246,6 @@ impl Core {
     fn forget_link(&mut self, link: LinkId) {
         self.links.remove(&link);
         self.outbound.remove(&link);
-    }
-
-    /// Entities connected on `/ws/v1/peers` right now, in entity-id order.
-    pub fn connected_peers(&self) -> Vec<String> {
-        self.node.connected_entities().map(|e| e.as_str().to_owned()).collect()
-    }
-
-    /// Counters and gauges for `/metrics` and the API.
-    pub fn snapshot(&self) -> Snapshot {
-        let count = |kind: LinkKind| {
-            self.links
-                .iter()
-                .filter(|(id, (k, _))| *k == kind && !self.outbound.contains(id))
-                .count()
-        };
-        Snapshot {
-            stats: self.node.stats().clone(),
-            inbound_peer_links: count(LinkKind::Peers),
-            inbound_event_links: count(LinkKind::Events),
-            outbound_links: self.outbound.len(),
-            sessions: self.node.session_count(),
-            mailbox_messages: self.node.mailbox_len(),
-            mailbox_bytes: self.node.mailbox_bytes(),
-            held_http_calls: self.pending_http.len(),
-            errors_by_code: self
-                .errors_by_code
-                .iter()
-                .map(|(c, n)| (c.as_str().to_owned(), *n))
-                .collect(),
-            slow_readers_disconnected: self.slow_readers,
-            events_dropped: self.events_dropped,
-        }
     }
 }
 
@@ -488,21 +329,6 @@ fn handle_batch<T, R>(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_deadline_maps_to_an_instant_measured_from_now() {
-        let clock = Clock::new();
-        let before = Instant::now();
-        let at = clock.instant_of(clock.now().saturating_add(Duration::from_secs(5)));
-        let after = Instant::now();
-        assert!(
-            at >= before + Duration::from_millis(4_900) && at <= after + Duration::from_secs(5)
-        );
-        assert!(
-            clock.instant_of(Timestamp::from_unix_millis(0)) <= Instant::now(),
-            "a past one: now"
-        );
-    }
 
     #[test]
     fn a_batch_takes_what_is_queued_up_to_the_cap() {

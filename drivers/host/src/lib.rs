@@ -14,26 +14,54 @@
 #![deny(unused_must_use)]
 #![warn(missing_docs)]
 
-mod api;
-pub mod client;
+// The modules in layers, each using only its own layer and those above it: no `crate::` path
+// (doc links included) makes a cycle between two modules.
+
+// The executor, and what needs no node task: TLS, keys, configuration, the clock, errors,
+// delivery results and handlers, and the metrics' snapshot.
+mod clock;
 pub mod config;
 pub mod config_file;
 mod delivery;
-mod driver;
+mod error;
 pub mod keys;
-mod link;
 pub mod metrics;
 pub mod origin;
-mod routes;
 pub mod rt;
 pub mod runtime;
-pub mod server;
 #[cfg(any(test, feature = "smol"))]
 pub mod smol_runtime;
 pub mod tls;
 
-pub use api::{ApiError, Handle, NodeService, Peerlink, Snapshot};
+// A link's plumbing: its bounded send queue, and its socket that writes a batch at once.
+mod corked;
+mod link_queue;
+
+// Reaching other nodes: the token client, connections and HTTP requests.
+pub mod client;
+
+// What the node task owns and what it is told.
+mod state;
+
+// The tasks that talk to the node task: links (inbound and outbound), the endpoints and their
+// listener, and the application's handle.
+mod handle;
+mod link;
+mod outbound;
+mod routes;
+pub mod server;
+
+// The node task.
+mod driver;
+
+// Starting a node.
+mod api;
+
+pub use api::{NodeService, Peerlink};
 pub use config::{Config, DriverLimits, TlsFiles, TrustedPeer};
 pub use delivery::{TransportResult, Undelivered};
+pub use error::ApiError;
+pub use handle::Handle;
+pub use metrics::Snapshot;
 pub use routes::RequestBody;
 pub use runtime::{Listener, Rt, Runtime};

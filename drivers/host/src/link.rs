@@ -1,27 +1,26 @@
 //! One WebSocket link's task (server- or client-side): reads frames into the node task, writes
 //! the frames the node queued for it, and closes when told to.
 //!
-//! Bounds: the write queue holds [`DriverLimits::send_queue_frames`](crate::DriverLimits)
-//! frames; when the node task finds it full it kills the link (a slow reader is disconnected).
-//! Reads wait for room in the node task's input queue (backpressure on the socket). A frame read
-//! goes to the node task as the bytes tungstenite read it into, not a copy: until handled it
-//! keeps that read buffer alive (`ws_read_buffer_bytes`, 4 KiB, or the frame's own size when
-//! larger), at most one per input queue slot.
+//! Bounds: the write queue ([`crate::link_queue`]) holds
+//! [`DriverLimits::send_queue_frames`](crate::DriverLimits) frames; when the node task finds it
+//! full it kills the link (a slow reader is disconnected). Reads wait for room in the node task's
+//! input queue (backpressure on the socket). A frame read goes to the node task as the bytes
+//! tungstenite read it into, not a copy: until handled it keeps that read buffer alive
+//! (`ws_read_buffer_bytes`, 4 KiB, or the frame's own size when larger), at most one per input
+//! queue slot.
 //!
 //! Writes are batched: when a frame is ready, the task also takes the frames already queued
 //! behind it (at most [`WRITE_BATCH_FRAMES`] frames or [`WRITE_BATCH_BYTES`] bytes) and the
 //! socket ([`Corked`]) holds their bytes until the batch ends, so a batch costs one `send`
 //! syscall instead of one per frame.
 
-use std::collections::VecDeque;
 use std::future::poll_fn;
-use std::io;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::task::{Context, Poll, Waker, ready};
+use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
-use async_channel::{Sender, TrySendError};
+use async_channel::Sender;
 use async_tungstenite::WebSocketStream;
 use async_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use async_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
@@ -32,9 +31,10 @@ use futures_lite::io::{AsyncRead, AsyncWrite};
 use peerlink_core::ErrorCode;
 use peerlink_core::node::LinkId;
 
+use crate::corked::{Corked, HOLD_BYTES};
+use crate::link_queue::LinkQueues;
 use crate::runtime::{Rt, Runtime, sleep};
-
-use crate::driver::Input;
+use crate::state::Input;
 
 /// How long a close handshake may take before the socket is dropped.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -43,188 +43,8 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 const WRITE_BATCH_FRAMES: usize = 64;
 
 /// No further frame joins a write batch once it holds this many bytes (the frame that starts a
-/// batch goes whatever its size).
-const WRITE_BATCH_BYTES: usize = 256 * 1024;
-
-/// A corked socket writes its held bytes out once a write would take them past this.
-const HOLD_BYTES: usize = WRITE_BATCH_BYTES;
-
-/// A held-bytes buffer that grew past this is freed once written out, so a link that carried a
-/// burst does not keep the memory while idle.
-const HOLD_RETAIN: usize = 32 * 1024;
-
-/// What a link's two ends share, in one small allocation. (Two `async_channel`s, one for the
-/// frames and one for the kill signal, cost 768 bytes each on every idle link, their
-/// cache-padded queues allocated 128-byte aligned, plus a listener per waiting receiver.)
-#[derive(Debug, Default)]
-struct Shared {
-    /// Frames waiting to be written; the bound is [`FrameSender`]'s count.
-    frames: VecDeque<Arc<[u8]>>,
-    /// `Some(reason)` once the node task asked for a close (the first reason wins).
-    kill: Option<Option<ErrorCode>>,
-    /// The node task dropped its end: the link closes once the queued frames are written.
-    handle_gone: bool,
-    /// The link task ended: frames are refused.
-    link_gone: bool,
-    /// The link task, waiting for a frame.
-    frame_waker: Option<Waker>,
-    /// The link task, waiting for a kill (also while a write is blocked, when a new frame must
-    /// not wake it).
-    kill_waker: Option<Waker>,
-}
-
-type SharedRef = Arc<Mutex<Shared>>;
-
-/// The shared state, locked. Nothing panics while holding the lock, but a poisoned lock is
-/// used anyway rather than panicking in turn.
-fn lock(shared: &SharedRef) -> MutexGuard<'_, Shared> {
-    shared.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-/// Wakes the link task (where it waits for a frame, for a kill, or both), outside the lock.
-fn wake(mut s: MutexGuard<'_, Shared>, frame: bool, kill: bool) {
-    let frame = if frame { s.frame_waker.take() } else { None };
-    let kill = if kill { s.kill_waker.take() } else { None };
-    drop(s);
-    for w in [frame, kill].into_iter().flatten() {
-        w.wake();
-    }
-}
-
-/// Keeps `cx`'s waker in `slot` (without cloning it again if it is already there).
-fn register(slot: &mut Option<Waker>, cx: &Context<'_>) {
-    match slot {
-        Some(w) if w.will_wake(cx.waker()) => {}
-        _ => *slot = Some(cx.waker().clone()),
-    }
-}
-
-/// The node task's end of a link's send queue. The storage grows as frames arrive; the bound is
-/// a count.
-#[derive(Debug)]
-pub(crate) struct FrameSender {
-    shared: SharedRef,
-    cap: usize,
-}
-
-impl FrameSender {
-    /// Queues a frame; `Full` once `cap` frames wait (the slow reader is then disconnected),
-    /// `Closed` once the link task has ended.
-    pub fn try_send(&self, frame: Arc<[u8]>) -> Result<(), TrySendError<Arc<[u8]>>> {
-        let mut s = lock(&self.shared);
-        if s.link_gone {
-            return Err(TrySendError::Closed(frame));
-        }
-        if s.frames.len() >= self.cap {
-            return Err(TrySendError::Full(frame));
-        }
-        s.frames.push_back(frame);
-        wake(s, true, false);
-        Ok(())
-    }
-}
-
-/// The node task's kill switch for a link.
-#[derive(Debug)]
-pub(crate) struct KillSender {
-    shared: SharedRef,
-}
-
-impl KillSender {
-    /// Asks the link to close now, with this reason (`None`: orderly). `Full` if it was asked
-    /// already (the first reason stands).
-    pub fn try_send(
-        &self,
-        reason: Option<ErrorCode>,
-    ) -> Result<(), TrySendError<Option<ErrorCode>>> {
-        let mut s = lock(&self.shared);
-        if s.kill.is_some() {
-            return Err(TrySendError::Full(reason));
-        }
-        s.kill = Some(reason);
-        wake(s, false, true);
-        Ok(())
-    }
-}
-
-/// The node task's side of a link. Dropping it (the node forgot the link) closes the link in
-/// order once the frames already queued are written.
-#[derive(Debug)]
-pub(crate) struct LinkHandle {
-    /// Frames to write, at most `send_queue_frames` waiting.
-    pub frames: FrameSender,
-    /// Close now, with this reason (`None`: orderly).
-    pub kill: KillSender,
-}
-
-impl Drop for LinkHandle {
-    fn drop(&mut self) {
-        let mut s = lock(&self.kill.shared);
-        s.handle_gone = true;
-        wake(s, true, true);
-    }
-}
-
-/// The link task's side.
-#[derive(Debug)]
-pub(crate) struct LinkQueues {
-    shared: SharedRef,
-}
-
-impl Drop for LinkQueues {
-    fn drop(&mut self) {
-        let mut s = lock(&self.shared);
-        s.link_gone = true;
-        s.frames.clear();
-    }
-}
-
-impl LinkQueues {
-    /// The kill reason once asked; `None` (an orderly close) once the handle is gone and the
-    /// queue is empty.
-    fn poll_kill(&self, cx: &mut Context<'_>) -> Poll<Option<ErrorCode>> {
-        let mut s = lock(&self.shared);
-        if let Some(reason) = s.kill {
-            return Poll::Ready(reason);
-        }
-        if s.handle_gone && s.frames.is_empty() {
-            return Poll::Ready(None);
-        }
-        register(&mut s.kill_waker, cx);
-        Poll::Pending
-    }
-
-    /// The next frame; `None` once the handle is gone and the queue is empty.
-    fn poll_recv(&self, cx: &mut Context<'_>) -> Poll<Option<Arc<[u8]>>> {
-        let mut s = lock(&self.shared);
-        if let Some(frame) = s.frames.pop_front() {
-            return Poll::Ready(Some(frame));
-        }
-        if s.handle_gone {
-            return Poll::Ready(None);
-        }
-        register(&mut s.frame_waker, cx);
-        Poll::Pending
-    }
-
-    /// The next frame, if one is queued.
-    fn try_recv(&self) -> Option<Arc<[u8]>> {
-        lock(&self.shared).frames.pop_front()
-    }
-
-    /// Whether no frame is queued.
-    fn is_empty(&self) -> bool {
-        lock(&self.shared).frames.is_empty()
-    }
-}
-
-/// A new link's queue: at most `queue` frames, and one kill signal.
-pub(crate) fn link_channels(queue: usize) -> (LinkHandle, LinkQueues) {
-    let shared = SharedRef::default();
-    let frames = FrameSender { shared: Arc::clone(&shared), cap: queue.max(1) };
-    let kill = KillSender { shared: Arc::clone(&shared) };
-    (LinkHandle { frames, kill }, LinkQueues { shared })
-}
+/// batch goes whatever its size): what a corked socket holds.
+const WRITE_BATCH_BYTES: usize = HOLD_BYTES;
 
 /// tungstenite's configuration: frame and message limits from the core's frame limit, and a
 /// deliberately small read buffer.
@@ -235,110 +55,6 @@ pub(crate) fn ws_config(max_frame_bytes: usize, read_buffer: usize) -> WebSocket
         .max_write_buffer_size(max_frame_bytes.saturating_mul(2).max(64 * 1024))
         .max_message_size(Some(max_frame_bytes))
         .max_frame_size(Some(max_frame_bytes))
-}
-
-/// A link's socket, able to hold its writes back while a batch of frames is written.
-///
-/// tungstenite flushes after every message it sends; while corked, writes are only copied into
-/// a buffer (at most [`HOLD_BYTES`] before they go out anyway) and flushes do nothing, so the
-/// batch reaches the socket in one write when [`Corked::uncork`] and a flush end it. Uncorked,
-/// it writes whatever it still holds and then passes writes straight through. Links start
-/// uncorked (the client's WebSocket handshake runs over it) and are corked only by
-/// [`run_link`]'s write batches.
-#[derive(Debug)]
-pub(crate) struct Corked<S> {
-    io: S,
-    held: Vec<u8>,
-    /// How much of `held` is already written.
-    written: usize,
-    corked: bool,
-}
-
-impl<S> Corked<S> {
-    /// Wraps a socket, uncorked.
-    pub fn new(io: S) -> Self {
-        Self { io, held: Vec::new(), written: 0, corked: false }
-    }
-
-    fn cork(&mut self) {
-        self.corked = true;
-    }
-
-    fn uncork(&mut self) {
-        self.corked = false;
-    }
-
-    /// Holds `data` if corked and it fits.
-    fn hold(&mut self, data: &[u8]) -> bool {
-        let fits = self.held.len().saturating_add(data.len()) <= HOLD_BYTES;
-        if self.corked && fits {
-            self.held.extend_from_slice(data);
-        }
-        self.corked && fits
-    }
-}
-
-impl<S: AsyncWrite + Unpin> Corked<S> {
-    /// Writes out everything held.
-    fn poll_write_held(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        while let Some(rest) = self.held.get(self.written..).filter(|r| !r.is_empty()) {
-            let n = ready!(Pin::new(&mut self.io).poll_write(cx, rest))?;
-            if n == 0 {
-                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
-            }
-            self.written = self.written.saturating_add(n.min(rest.len()));
-        }
-        if self.held.capacity() > HOLD_RETAIN {
-            self.held = Vec::new();
-        } else {
-            self.held.clear();
-        }
-        self.written = 0;
-        Poll::Ready(Ok(()))
-    }
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for Corked<S> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut [u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for Corked<S> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        data: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        if this.hold(data) {
-            return Poll::Ready(Ok(data.len()));
-        }
-        ready!(this.poll_write_held(cx))?;
-        if this.hold(data) {
-            return Poll::Ready(Ok(data.len()));
-        }
-        Pin::new(&mut this.io).poll_write(cx, data)
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        if this.corked {
-            return Poll::Ready(Ok(()));
-        }
-        ready!(this.poll_write_held(cx))?;
-        Pin::new(&mut this.io).poll_flush(cx)
-    }
-
-    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        ready!(this.poll_write_held(cx))?;
-        Pin::new(&mut this.io).poll_close(cx)
-    }
 }
 
 /// The close frame for a reason the node gave: 1000 for an orderly close, 1008 (policy) with the
@@ -557,12 +273,16 @@ async fn close_handshake<S>(
 
 #[cfg(test)]
 mod tests {
+    use std::io;
     use std::pin::pin;
+    use std::sync::Mutex;
     use std::sync::atomic::{AtomicBool, Ordering};
+    use std::task::Context;
 
     use async_tungstenite::tungstenite::protocol::{Role, WebSocket};
 
     use super::*;
+    use crate::link_queue::{Shared, link_channels};
 
     /// A socket that records each write reaching it. Reads never complete; while `blocked`,
     /// writes do not either (a reader that stopped reading).
@@ -643,41 +363,6 @@ mod tests {
     }
 
     #[test]
-    fn the_send_queue_is_bounded_by_count_and_frees_as_the_link_writes() {
-        smol::block_on(async {
-            let (handle, queues) = link_channels(2);
-            let frames = &queues;
-            let frame: Arc<[u8]> = Arc::from(&b"{}"[..]);
-            assert!(handle.frames.try_send(Arc::clone(&frame)).is_ok());
-            assert!(handle.frames.try_send(Arc::clone(&frame)).is_ok());
-            assert!(matches!(
-                handle.frames.try_send(Arc::clone(&frame)),
-                Err(TrySendError::Full(_))
-            ));
-            assert!(poll_fn(|cx| frames.poll_recv(cx)).await.is_some());
-            assert!(handle.frames.try_send(Arc::clone(&frame)).is_ok(), "room again");
-            assert!(matches!(handle.frames.try_send(frame), Err(TrySendError::Full(_))));
-            assert!(frames.try_recv().is_some());
-            assert!(frames.try_recv().is_some());
-            assert!(frames.try_recv().is_none(), "empty");
-            drop(handle);
-            assert!(poll_fn(|cx| frames.poll_recv(cx)).await.is_none(), "closed");
-        });
-    }
-
-    #[test]
-    fn the_first_kill_reason_stands_and_a_gone_link_refuses_frames() {
-        smol::block_on(async {
-            let (handle, queues) = link_channels(4);
-            assert!(handle.kill.try_send(Some(ErrorCode::Timeout)).is_ok());
-            assert!(handle.kill.try_send(None).is_err());
-            assert_eq!(poll_fn(|cx| queues.poll_kill(cx)).await, Some(ErrorCode::Timeout));
-            drop(queues);
-            assert!(matches!(handle.frames.try_send(frame(0)), Err(TrySendError::Closed(_))));
-        });
-    }
-
-    #[test]
     fn an_idle_links_task_and_queue_stay_small() {
         type Io = Corked<crate::rt::HyperIo<hyper::upgrade::Upgraded>>;
         fn task_size<A, F>(_: fn(A) -> F) -> usize {
@@ -709,7 +394,7 @@ mod tests {
             assert_eq!(n.unwrap(), 1);
             assert_eq!(wire.writes(), 2);
             assert_eq!(texts(&wire.messages()), expected(0..11));
-            assert!(!ws.get_ref().corked, "uncorked after a batch");
+            assert!(!ws.get_ref().is_corked(), "uncorked after a batch");
         });
     }
 

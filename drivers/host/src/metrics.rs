@@ -1,8 +1,37 @@
-//! `GET /metrics`: the node's counters in the Prometheus text exposition format (0.0.4).
+//! The node's counters and gauges ([`Snapshot`]), and `GET /metrics`: them in the Prometheus
+//! text exposition format (0.0.4).
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use crate::api::Snapshot;
+use peerlink_core::node::TransportStats;
+
+/// Counters and gauges of a running node (what `/metrics` renders).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    /// The core's transport counters over all peers.
+    pub stats: TransportStats,
+    /// Inbound `/ws/v1/peers` links.
+    pub inbound_peer_links: usize,
+    /// Inbound `/ws/v1/events` links.
+    pub inbound_event_links: usize,
+    /// Links this node opened.
+    pub outbound_links: usize,
+    /// Peers with an established session.
+    pub sessions: usize,
+    /// Envelopes in mailboxes.
+    pub mailbox_messages: usize,
+    /// Bytes in mailboxes.
+    pub mailbox_bytes: usize,
+    /// HTTP calls held (long-polls).
+    pub held_http_calls: usize,
+    /// `Event::Error`s seen, by error code.
+    pub errors_by_code: BTreeMap<String, u64>,
+    /// Links disconnected because their send queue was full.
+    pub slow_readers_disconnected: u64,
+    /// Informational events dropped because `incoming()` was not drained.
+    pub events_dropped: u64,
+}
 
 fn metric(out: &mut String, name: &str, kind: &str, help: &str, samples: &[(&str, u64)]) {
     let _ = writeln!(out, "# HELP {name} {help}");

@@ -18,6 +18,24 @@ use async_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use futures_lite::FutureExt as _;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Bytes, Incoming};
+use hyper::header::{self, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use peerlink_core::auth::{AuthError, Authority, Bearer, bearer_token};
+use peerlink_core::endpoints;
+use peerlink_core::node::{HttpCall, LinkId, LinkKind};
+use peerlink_core::{EntityId, ErrorCode, PublicKey, SessionId};
+use serde_json::json;
+
+use crate::clock::Clock;
+use crate::config::DriverLimits;
+use crate::corked::Corked;
+use crate::link::{run_link, ws_config};
+use crate::link_queue::{LinkQueues, link_channels};
+use crate::metrics::Snapshot;
+use crate::origin::OriginPolicy;
+use crate::rt::HyperIo;
+use crate::runtime::{Rt, sleep};
+use crate::state::Input;
 
 /// A request body the endpoints can read: hyper's own ([`Incoming`]), axum's, any
 /// `http_body::Body` of bytes.
@@ -34,22 +52,6 @@ impl<T> RequestBody for T where
         + 'static
 {
 }
-use hyper::header::{self, HeaderValue};
-use hyper::{Method, Request, Response, StatusCode};
-use peerlink_core::auth::{AuthError, Authority, Bearer, bearer_token};
-use peerlink_core::endpoints;
-use peerlink_core::node::{HttpCall, LinkId, LinkKind};
-use peerlink_core::{EntityId, ErrorCode, PublicKey, SessionId};
-use serde_json::json;
-
-use crate::origin::OriginPolicy;
-use crate::runtime::{Rt, sleep};
-
-use crate::api::Snapshot;
-use crate::config::DriverLimits;
-use crate::driver::{Clock, Input};
-use crate::link::{Corked, LinkQueues, link_channels, run_link, ws_config};
-use crate::rt::HyperIo;
 
 /// What request handlers share.
 pub(crate) struct RouteCtx {

@@ -3,7 +3,7 @@
 //! config, keys, metrics) is this crate's, written once for every executor.
 //!
 //! Streams are futures-io (`AsyncRead` + `AsyncWrite`): smol's are already; tokio's are wrapped
-//! with `tokio_util::compat`. TLS (futures-rustls), hyper (through [`crate::rt`]) and
+//! with `tokio_util::compat`. TLS (futures-rustls), hyper (through the `rt` module) and
 //! async-tungstenite all run over them.
 
 use std::fmt;

@@ -10,6 +10,7 @@ use futures_lite::FutureExt as _;
 use futures_rustls::TlsAcceptor;
 use futures_rustls::server::TlsStream;
 
+pub use crate::error::ListenError;
 use crate::routes::{RouteCtx, service};
 use crate::rt::{FuturesIo, HyperTimer};
 use crate::runtime::{Listener, Stream as Tcp, sleep};
@@ -22,22 +23,6 @@ impl Drop for ConnGuard {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
     }
-}
-
-/// Why the listener refuses to start.
-#[derive(Debug, thiserror::Error)]
-pub enum ListenError {
-    /// `require_tls` is set, no certificate is configured, and the address is not loopback.
-    #[error(
-        "refusing plain ws/http on non-loopback {0}: require_tls is set and no TLS files are configured"
-    )]
-    PlainNotLoopback(SocketAddr),
-    /// TLS files are unusable.
-    #[error(transparent)]
-    Tls(#[from] crate::tls::TlsError),
-    /// Binding failed.
-    #[error("cannot listen on {0}: {1}")]
-    Bind(SocketAddr, std::io::Error),
 }
 
 /// Accepts connections until `stop` fires; then every connection it serves is closed once its

@@ -1,0 +1,152 @@
+//! The node task's state and inbox: [`Core`], everything the node task owns, and [`Input`],
+//! everything it is told, with the replies, calls and handlers they carry. Every other task
+//! (links, endpoints, the application's handle) talks to the node task with these; the loop
+//! that acts on them is `driver`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use async_channel::Sender;
+use async_tungstenite::tungstenite::Bytes;
+use peerlink_core::auth::{AuthError, Authority, Bearer, Challenge, ChallengeAnswer};
+use peerlink_core::node::{HttpCall, LinkId, LinkKind, RequestId};
+use peerlink_core::{EntityId, ErrorCode, Event, MessageId, Node, Timestamp};
+use rand_chacha::ChaCha20Rng;
+
+use crate::client::ClientCtx;
+use crate::clock::Clock;
+use crate::delivery::{Handler, HandlerKey, Waiter};
+use crate::error::ApiError;
+use crate::link_queue::LinkHandle;
+use crate::metrics::Snapshot;
+
+/// A one-shot reply channel (a bounded channel of one).
+pub(crate) type Reply<T> = Sender<T>;
+
+/// Where the answer to an inbound HTTP call goes: its status and body.
+pub(crate) type HttpReply = Reply<(u16, Vec<u8>)>;
+
+/// A command run on the node task with the node and the current time.
+pub(crate) type Call = Box<dyn FnOnce(&mut Core, Timestamp) + Send>;
+
+/// What the node task is told.
+pub(crate) enum Input {
+    /// An authenticated inbound WebSocket wants to become a link.
+    Accept {
+        /// The endpoint it came in on.
+        kind: LinkKind,
+        /// The token's holder: the entity and the key it proved (spec §2.3).
+        who: Bearer,
+        /// The node task's end of the link's send queue.
+        handle: LinkHandle,
+        /// The new link's id, or why the node refused it.
+        reply: Reply<Result<LinkId, ErrorCode>>,
+    },
+    /// A text frame arrived on a link (the bytes tungstenite read it into, not a copy).
+    Frame { link: LinkId, data: Bytes },
+    /// A link's task ended.
+    Closed { link: LinkId },
+    /// An outbound link connected.
+    LinkUp { link: LinkId },
+    /// An outbound link could not be opened.
+    LinkFailed { link: LinkId },
+    /// An authenticated HTTP call to `/v1/messages`, bound to the token's holder (spec §2.3).
+    Http { who: Bearer, call: HttpCall, reply: Reply<(u16, Vec<u8>)> },
+    /// The outcome of an HTTP request the node asked for (`None`: no answer).
+    HttpResult { request: RequestId, result: Option<(u16, Vec<u8>)> },
+    /// `GET /auth/token`.
+    Challenge { entity: EntityId, pubkey: String, reply: Reply<Result<Challenge, AuthError>> },
+    /// `POST /auth/verify`: the pending challenge, taken out; the connection's task checks the
+    /// answer's signature and mints the token, off the node task.
+    Verify { entity: EntityId, challenge: String, reply: Reply<Result<ChallengeAnswer, AuthError>> },
+    /// An API command.
+    Call(Call),
+    /// Graceful shutdown: `BYE` and close every link, answer held HTTP calls, stop.
+    Shutdown { reply: Reply<()> },
+}
+
+impl Input {
+    /// What this input is, with its ids and sizes but no content, for trace logs (`None` for
+    /// the node's own inputs, which describe themselves).
+    pub fn describe(&self) -> Option<String> {
+        Some(match self {
+            Input::Challenge { entity, .. } => format!("challenge for {entity}"),
+            Input::Verify { entity, .. } => format!("verify for {entity}"),
+            Input::Call(_) => "API call".to_owned(),
+            Input::Shutdown { .. } => "shutdown".to_owned(),
+            _ => return None,
+        })
+    }
+}
+
+/// Everything the node task owns.
+pub(crate) struct Core {
+    /// The sans-IO node.
+    pub node: Node,
+    /// Issues challenges and takes their answers (tokens are checked off the node task).
+    pub authority: Authority,
+    /// Randomness for challenges.
+    pub rng: ChaCha20Rng,
+    /// The node's clock.
+    pub clock: Clock,
+    /// Every open link, inbound and outbound, with the node task's end of its send queue.
+    pub links: BTreeMap<LinkId, (LinkKind, LinkHandle)>,
+    /// The links this node opened.
+    pub outbound: BTreeSet<LinkId>,
+    /// HTTP calls the node has yet to answer: the caller and where its answer goes.
+    pub pending_http: BTreeMap<RequestId, (EntityId, HttpReply)>,
+    /// Requests the application waits on (`Handle::request`), by id: where the answer goes.
+    pub waiting: BTreeMap<MessageId, Reply<Result<Vec<u8>, ApiError>>>,
+    /// The application's event stream (`Handle::incoming`), once asked for.
+    pub events: Option<Sender<Event>>,
+    /// Confirmed sends the application waits on (`Handle::send_confirmed`), by message id.
+    pub delivering: BTreeMap<MessageId, Waiter>,
+    /// Handlers the application registered (`Handle::on_message`, `Handle::on_app_type`).
+    pub handlers: BTreeMap<HandlerKey, Handler>,
+    /// What the tasks reaching other nodes share.
+    pub client: Arc<ClientCtx>,
+    /// The node task's own input queue, for the tasks it spawns.
+    pub inputs: Sender<Input>,
+    /// `Event::Error`s seen, by error code.
+    pub errors_by_code: BTreeMap<ErrorCode, u64>,
+    /// Links disconnected because their send queue was full.
+    pub slow_readers: u64,
+    /// Informational events dropped because the event stream was full.
+    pub events_dropped: u64,
+    /// Shutting down: no new outbound links or HTTP requests.
+    pub stopping: bool,
+}
+
+impl Core {
+    /// Entities connected on `/ws/v1/peers` right now, in entity-id order.
+    pub fn connected_peers(&self) -> Vec<String> {
+        self.node.connected_entities().map(|e| e.as_str().to_owned()).collect()
+    }
+
+    /// Counters and gauges for `/metrics` and the API.
+    pub fn snapshot(&self) -> Snapshot {
+        let count = |kind: LinkKind| {
+            self.links
+                .iter()
+                .filter(|(id, (k, _))| *k == kind && !self.outbound.contains(id))
+                .count()
+        };
+        Snapshot {
+            stats: self.node.stats().clone(),
+            inbound_peer_links: count(LinkKind::Peers),
+            inbound_event_links: count(LinkKind::Events),
+            outbound_links: self.outbound.len(),
+            sessions: self.node.session_count(),
+            mailbox_messages: self.node.mailbox_len(),
+            mailbox_bytes: self.node.mailbox_bytes(),
+            held_http_calls: self.pending_http.len(),
+            errors_by_code: self
+                .errors_by_code
+                .iter()
+                .map(|(c, n)| (c.as_str().to_owned(), *n))
+                .collect(),
+            slow_readers_disconnected: self.slow_readers,
+            events_dropped: self.events_dropped,
+        }
+    }
+}
