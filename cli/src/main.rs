@@ -1,5 +1,5 @@
-//! The `peerlink` command: run a node, make keys, send, listen, subscribe, check status, and
-//! check another node's conformance.
+//! The `peerlink` command: run a node, make keys, send, request, listen, subscribe, publish,
+//! check status, and check another node's conformance.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -156,7 +156,7 @@ struct TopicHost {
         allow_hyphen_values = true
     )]
     key: Option<String>,
-    /// Subscribe at this relay instead: the topic is the relay's, and its id and key are
+    /// Use the topic at this relay instead: the topic is the relay's, and its id and key are
     /// learned or checked as for `send --relay`.
     #[command(flatten)]
     relay: RelayArgs,
@@ -219,12 +219,34 @@ enum Command {
         #[arg(long, default_value_t = 10)]
         timeout_secs: u64,
     },
-    /// Subscribe to a topic on a node and print what is published.
+    /// Subscribe to a topic on a node and print what is published, one `TOPIC FROM DATA` line
+    /// each, after a `subscribed TOPIC at NODE` line once the subscription is on the link.
+    ///
+    /// Publications from anyone but the topic's node are checked against the publisher's key:
+    /// list publishers as `[[peers]]` in the config file (--config), or theirs are refused.
     Subscribe {
         #[command(flatten)]
         host: TopicHost,
         /// The topic.
         topic: String,
+    },
+    /// Publish one message on a topic hosted by a node (spec §20), to its subscribers there.
+    ///
+    /// Connects to the node, waits until the link is up, hands the publication to it, and
+    /// shuts down (BYE). A publication is not acknowledged: "published" means it was handed to
+    /// the link, not that any subscriber got it.
+    Publish {
+        #[command(flatten)]
+        host: TopicHost,
+        /// The topic.
+        topic: String,
+        /// The data: JSON text (`{"n":1}`, `42`, `"text"`); anything that is not JSON is
+        /// published as a JSON string.
+        #[arg(allow_negative_numbers = true)]
+        data: String,
+        /// Seconds to wait for the link to the topic's node.
+        #[arg(long, default_value_t = 10)]
+        timeout_secs: u64,
     },
     /// Check a node against the spec: numbered cases, one line each (spec §24).
     ///
@@ -357,6 +379,13 @@ enum CliError {
     /// The node at `--relay` has another key than `--relay-key`.
     #[error("the node at {url} has public key {found}, not {given}: check --relay and --relay-key")]
     RelayKeyMismatch { url: String, found: String, given: String },
+    /// No WebSocket link to the topic's node came up in time.
+    #[error(
+        "no link to {node} at {url} after {secs} s: check that its node runs there and lets this \
+         identity in (`peerlink serve --open`, or a [[peers]] entry for it), or give more \
+         --timeout-secs{last_error}"
+    )]
+    NoLink { node: String, url: String, secs: u64, last_error: String },
     /// The node at `--url` is not the peer `--to` names.
     #[error(
         "the node at {url} is {found}, not {to}: give --url of {to}'s own node, or, to reach {to} \
@@ -492,6 +521,35 @@ async fn direct_url(url: Option<&str>, to: &EntityId, config: &Config) -> Fallib
     Ok(url)
 }
 
+/// What `peerlink publish` publishes: `text` parsed as JSON, or, if it is not JSON, `text` as a
+/// JSON string.
+fn publication_data(text: &str) -> serde_json::Value {
+    serde_json::from_str(text).unwrap_or_else(|_| serde_json::Value::String(text.to_owned()))
+}
+
+/// How often a wait for a link asks the node whether it is up.
+const LINK_POLL: Duration = Duration::from_millis(20);
+
+/// Waits until a WebSocket link to the next hop `hop` is up, at most `timeout` (`None`: as long
+/// as it takes, while the node keeps reconnecting). Whether it came up in time. The node has no
+/// event for a link coming up, so it is asked every [`LINK_POLL`].
+async fn wait_for_link(
+    node: &peerlink_host::Handle,
+    hop: &EntityId,
+    timeout: Option<Duration>,
+) -> Fallible<bool> {
+    let deadline = timeout.map(|t| std::time::Instant::now() + t);
+    loop {
+        if node.is_websocket_connected(hop).await? {
+            return Ok(true);
+        }
+        if deadline.is_some_and(|d| std::time::Instant::now() >= d) {
+            return Ok(false);
+        }
+        smol::Timer::after(LINK_POLL).await;
+    }
+}
+
 async fn run(cli: Cli) -> Fallible<()> {
     let file = file_config(&cli)?;
     let no_relay = RelayArgs { relay: None, relay_id: None, relay_key: None };
@@ -568,11 +626,52 @@ async fn run(cli: Cli) -> Fallible<()> {
             let hop = peer.entity.clone();
             let (node, events) = client_node(&cli, &file, config, peer, false).await?;
             node.subscribe(&hop, topic).await?;
+            // The SUBSCRIBE goes on the link as it comes up (and again on every reconnect):
+            // no deadline, the node keeps reconnecting.
+            wait_for_link(&node, &hop, None).await?;
+            println!("subscribed {topic} at {hop}");
             while let Ok(e) = events.recv().await {
                 if let Event::Topic { topic, from, data } = e {
                     println!("{topic} {from} {data}");
                 }
             }
+            Ok(())
+        }
+        Some(Command::Publish { host, topic, data, timeout_secs }) => {
+            let data = publication_data(data);
+            let (config, peer) = topic_host(host, &file).await?;
+            let hop = peer.entity.clone();
+            let url = peer.url.clone().unwrap_or_default();
+            let (node, events) = client_node(&cli, &file, config, peer, false).await?;
+            let timeout = Duration::from_secs(*timeout_secs);
+            let outcome = async {
+                node.init_websocket_connection(&hop).await?;
+                if !wait_for_link(&node, &hop, Some(timeout)).await? {
+                    let last_error = std::iter::from_fn(|| events.try_recv().ok())
+                        .filter_map(|e| match e {
+                            Event::Error { peer, code }
+                                if peer.as_ref().is_none_or(|p| *p == hop) =>
+                            {
+                                Some(code)
+                            }
+                            _ => None,
+                        })
+                        .last()
+                        .map_or_else(String::new, |code| format!(" (last error: {code})"));
+                    let (node, secs) = (hop.to_string(), *timeout_secs);
+                    return Err(CliError::NoLink { node, url, secs, last_error }.into());
+                }
+                // Fire-and-forget (spec §20): queued on the link that is up, ahead of the BYE the
+                // shutdown below queues. The link's task writes both before its close frame
+                // (drivers/host/src/link.rs), but `Handle::shutdown` returns once they are
+                // queued, not written: a process that exits at once can still lose them.
+                node.publish_via(&hop, topic, data).await?;
+                Fallible::Ok(())
+            }
+            .await;
+            node.shutdown().await?;
+            outcome?;
+            println!("published on {topic} at {hop}");
             Ok(())
         }
         Some(Command::Conform { url, node_id, identity, json, slow, only, open_node, list }) => {
@@ -720,5 +819,32 @@ mod tests {
         assert!(parse(&["subscribe", "--relay", "http://r", "news"]).is_ok());
         assert!(parse(&["subscribe", "news"]).is_err(), "--to and --key, or --relay");
         assert!(parse(&["subscribe", "--relay", "http://r", "--to", "x", "news"]).is_err());
+    }
+
+    #[test]
+    fn publish_takes_its_topic_host_as_subscribe_does() {
+        let cli = parse(&["publish", "--relay", "http://r", "news", "-5"]).unwrap();
+        let Some(Command::Publish { host, topic, data, timeout_secs }) = cli.command else {
+            panic!("not publish")
+        };
+        assert_eq!((host.relay.relay.as_deref(), topic.as_str()), (Some("http://r"), "news"));
+        assert_eq!((data.as_str(), timeout_secs), ("-5", 10), "a negative number is data");
+        let direct = ["publish", "--to", "bob", "--key", "-k", "--url", "http://u", "news", "{}"];
+        assert!(parse(&direct).is_ok());
+        assert!(parse(&["publish", "news", "{}"]).is_err(), "--to and --key, or --relay");
+        assert!(parse(&["publish", "--relay", "http://r", "--url", "http://u", "t", "1"]).is_err());
+        assert!(parse(&["publish", "--relay", "http://r", "news"]).is_err(), "no data");
+    }
+
+    #[test]
+    fn publication_data_is_json_or_else_a_json_string() {
+        use serde_json::json;
+        assert_eq!(publication_data(r#"{"n": 1}"#), json!({"n": 1}));
+        assert_eq!(publication_data("42"), json!(42));
+        assert_eq!(publication_data("true"), json!(true));
+        assert_eq!(publication_data(r#""quoted""#), json!("quoted"));
+        assert_eq!(publication_data("hello world"), json!("hello world"));
+        assert_eq!(publication_data("{not json"), json!("{not json"));
+        assert_eq!(publication_data(""), json!(""));
     }
 }
