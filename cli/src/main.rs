@@ -15,7 +15,7 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use clap::{Parser, Subcommand};
 use peerlink_core::node::SendOptions;
 use peerlink_core::transport::TransportPreference;
-use peerlink_core::{EntityId, Event, MessageType, PublicKey, TrustPolicy};
+use peerlink_core::{EntityId, Event, PublicKey, TrustPolicy};
 use peerlink_host::config_file::FileConfig;
 use peerlink_host::tls::rustls;
 use peerlink_host::{Config, Peerlink, Rt, TrustedPeer, keys};
@@ -588,24 +588,22 @@ async fn run(cli: Cli) -> Fallible<()> {
             // HTTP_ONLY is never overridden per message (spec §16.1).
             let options =
                 SendOptions { prefer_websocket: (!http).then_some(true), ..SendOptions::default() };
-            let id = node
-                .send_message(&to, MessageType::PeerMessage, message.as_bytes().to_vec(), options)
-                .await?;
-            let outcome = loop {
-                match events.recv().await? {
-                    Event::Delivered { id: d, .. } if d == id => break Ok(()),
-                    Event::Failed { id: f, reason, .. } if f == id => {
-                        break Err(format!("not delivered: {reason:?}"));
-                    }
-                    _ => {}
-                }
-            };
+            // No events are read: the result comes from `send_confirmed`, and a closed stream
+            // never holds the node task up.
+            drop(events);
+            // Waits until bob's application has it (or the node gives up), and learns which
+            // transport carried it.
+            let outcome = node.send_confirmed(&to, message.as_bytes().to_vec(), options).await;
             let stats = node.transport_stats().await?;
             node.shutdown().await?;
-            outcome?;
+            let sent = outcome?;
+            let via = sent.transport.map_or("an unknown transport", |t| t.as_str());
             println!(
-                "delivered {id} to {to} (websocket frames {}, http frames {})",
-                stats.ws_messages_sent, stats.http_messages_sent
+                "delivered {} to {to} over {via} in {} ms (websocket frames {}, http frames {})",
+                sent.id,
+                sent.elapsed.as_millis(),
+                stats.ws_messages_sent,
+                stats.http_messages_sent
             );
             Ok(())
         }
@@ -786,7 +784,6 @@ async fn serve(cli: &Cli, file: &FileConfig, config: Config, print: bool) -> Fal
     }
     tracing::info!("shutting down");
     node.shutdown().await?;
-    smol::Timer::after(Duration::from_millis(10)).await;
     Ok(())
 }
 

@@ -2,7 +2,7 @@
 //! listener, and [`Peerlink::mount`] without one, for an application's HTTP server to serve
 //! through [`NodeService`]. Both return the node's [`Handle`].
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -142,6 +142,8 @@ impl Peerlink {
             slow_readers: 0,
             events_dropped: 0,
             stopping: false,
+            up: BTreeSet::new(),
+            closing: BTreeSet::new(),
         };
         let route_ctx = Arc::new(RouteCtx {
             inputs: inputs.clone(),

@@ -17,6 +17,7 @@ use peerlink_core::{ErrorCode, Event, Timestamp};
 use crate::client;
 use crate::delivery::HandlerKey;
 use crate::error::ApiError;
+use crate::link::CLOSE_BOUND;
 use crate::link_queue::link_channels;
 use crate::runtime::BoxSleep;
 use crate::state::{Core, Input, Reply};
@@ -53,10 +54,14 @@ impl Core {
                 let _ = self.feed(now, NodeInput::Frame { link, frame: &data });
             }
             Input::Closed { link } => {
+                self.closing.remove(&link);
                 self.forget_link(link);
                 let _ = self.feed(now, NodeInput::LinkClosed(link));
             }
             Input::LinkUp { link } => {
+                if self.outbound.contains(&link) {
+                    self.up.insert(link);
+                }
                 let _ = self.feed(now, NodeInput::LinkUp(link));
             }
             Input::LinkFailed { link } => {
@@ -117,6 +122,12 @@ impl Core {
                 Output::CloseLink { link, reason } => {
                     if let Some((_, h)) = self.links.get(&link) {
                         let _ = h.kill.try_send(reason);
+                        // A link that is up writes what is queued on it, then closes: a
+                        // shutdown waits for that (a link still connecting writes nothing).
+                        let up = !self.outbound.contains(&link) || self.up.contains(&link);
+                        if self.stopping && up {
+                            self.closing.insert(link);
+                        }
                     }
                     self.forget_link(link);
                 }
@@ -246,6 +257,7 @@ impl Core {
     fn forget_link(&mut self, link: LinkId) {
         self.links.remove(&link);
         self.outbound.remove(&link);
+        self.up.remove(&link);
     }
 }
 
@@ -302,8 +314,37 @@ pub(crate) async fn run(mut core: Core, inputs: Receiver<Input>) {
         }
         core.drain().await;
         if let Some(reply) = done {
+            wait_for_closing(&mut core, inputs.as_mut(), &*rt).await;
             let _ = reply.try_send(());
             break;
+        }
+    }
+}
+
+/// After a shutdown: waits until the links it closed have written what it queued on them (its
+/// `BYE` after everything before it) and ended, at most [`CLOSE_BOUND`], so that the caller of
+/// `Handle::shutdown` may exit its process at once without losing those frames. Other inputs
+/// are dropped: the node has stopped (their callers hear `Stopped`).
+async fn wait_for_closing(
+    core: &mut Core,
+    mut inputs: std::pin::Pin<&mut Receiver<Input>>,
+    rt: &dyn crate::runtime::Runtime,
+) {
+    let mut bound = rt.sleep_until(std::time::Instant::now() + CLOSE_BOUND);
+    while !core.closing.is_empty() {
+        let next = poll_fn(|cx| {
+            if let Poll::Ready(input) = inputs.as_mut().poll_next(cx) {
+                return Poll::Ready(input);
+            }
+            bound.as_mut().poll(cx).map(|_| None)
+        })
+        .await;
+        match next {
+            Some(Input::Closed { link } | Input::LinkFailed { link }) => {
+                core.closing.remove(&link);
+            }
+            Some(_) => {}
+            None => break,
         }
     }
 }

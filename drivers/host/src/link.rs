@@ -39,6 +39,10 @@ use crate::state::Input;
 /// How long a close handshake may take before the socket is dropped.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// The longest a killed link's task takes to end: writing its queued frames, then its close
+/// handshake. A shutdown waits at most this long for its links.
+pub(crate) const CLOSE_BOUND: Duration = Duration::from_secs(5);
+
 /// At most this many frames are written between two flushes.
 const WRITE_BATCH_FRAMES: usize = 64;
 

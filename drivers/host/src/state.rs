@@ -115,6 +115,11 @@ pub(crate) struct Core {
     pub events_dropped: u64,
     /// Shutting down: no new outbound links or HTTP requests.
     pub stopping: bool,
+    /// Outbound links that came up (inbound ones are up from the start).
+    pub up: BTreeSet<LinkId>,
+    /// Links the shutdown closed whose tasks are still writing what was queued on them: the
+    /// shutdown returns once they have ended (or after `link::CLOSE_BOUND`).
+    pub closing: BTreeSet<LinkId>,
 }
 
 impl Core {
