@@ -96,6 +96,9 @@ pub struct NodeConfig {
     /// (their senders re-send them: backpressure) and informational events are dropped with a
     /// count; `Event::Failed` never is (at most one per message accepted). Default 65 536.
     pub max_events: usize,
+    /// Set on a relay that is one node of a cluster sharing a broker (`docs/cluster-design.md`);
+    /// `None` (the default): the node runs alone.
+    pub cluster: Option<super::cluster::ClusterConfig>,
 }
 
 impl Default for NodeConfig {
@@ -130,6 +133,7 @@ impl Default for NodeConfig {
             max_subscriptions_per_link: 64,
             max_topics: 10_000,
             max_events: 65_536,
+            cluster: None,
         }
     }
 }

@@ -63,6 +63,25 @@ pub enum Input<'a> {
     },
     /// The deadline from [`Node::poll_timeout`] has passed (harmless if it has not).
     Timeout,
+    /// A cluster node's broker is reachable (at start, or again): see [`Node::cluster_up`].
+    ClusterUp,
+    /// A cluster node's broker is unreachable: see [`Node::cluster_down`].
+    ClusterDown,
+    /// The broker says which node holds `entity`'s newest link (`None`: none does).
+    ClusterPresence {
+        /// The entity.
+        entity: EntityId,
+        /// The node, or none.
+        node: Option<EntityId>,
+    },
+    /// A frame for `to` from the broker: forwarded by another node, or drained from `to`'s
+    /// shared mailbox ([`Node::cluster_frame`]).
+    ClusterFrame {
+        /// The entity it is for.
+        to: EntityId,
+        /// The envelope.
+        frame: &'a [u8],
+    },
 }
 
 /// What handling an input gives back that the driver needs at once.
@@ -97,6 +116,10 @@ impl Node {
             Input::HttpFailed(request) => self.handle_http_failure(now, request),
             Input::HttpAnswerLost { to, body } => self.http_answer_lost(now, &to, body),
             Input::Timeout => self.handle_timeout(now),
+            Input::ClusterUp => self.cluster_up(now),
+            Input::ClusterDown => self.cluster_down(now),
+            Input::ClusterPresence { entity, node } => self.cluster_presence(now, entity, node),
+            Input::ClusterFrame { to, frame } => self.cluster_frame(now, to, frame),
         }
         Ok(Handled::Done)
     }
@@ -120,6 +143,12 @@ impl Input<'_> {
                 format!("answer for {to} lost: {} bytes", body.len())
             }
             Input::Timeout => "timeout".to_owned(),
+            Input::ClusterUp => "cluster up".to_owned(),
+            Input::ClusterDown => "cluster down".to_owned(),
+            Input::ClusterPresence { entity, node } => format!("{entity} is on {node:?}"),
+            Input::ClusterFrame { to, frame } => {
+                format!("cluster frame for {to}: {} bytes", frame.len())
+            }
         }
     }
 }

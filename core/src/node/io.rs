@@ -108,6 +108,10 @@ pub enum Output {
     },
     /// Tell the application something.
     Event(Event),
+    /// Ask the cluster's broker something (a cluster node only, [`ClusterConfig`]).
+    ///
+    /// [`ClusterConfig`]: super::ClusterConfig
+    Cluster(super::ClusterAction),
 }
 
 impl Output {
@@ -126,6 +130,7 @@ impl Output {
                 format!("answer {request:?}: {status}, {} bytes", body.len())
             }
             Output::Event(_) => "event".to_owned(),
+            Output::Cluster(action) => format!("cluster {action:?}"),
         }
     }
 }

@@ -103,6 +103,7 @@ impl Node {
         self.links.insert(id, Box::new(link));
         if kind == LinkKind::Peers {
             self.bound.insert(entity.clone(), id);
+            self.cluster_bound(&entity);
             self.drain_mailbox_to_link(now, &entity, id);
             if self.peers.contains_key(&entity) {
                 self.flush_peer(now, &entity);
@@ -161,6 +162,7 @@ impl Node {
             Direction::Inbound(entity) => {
                 if self.bound.get(&entity) == Some(&link) {
                     self.bound.remove(&entity);
+                    self.cluster_unbound(&entity);
                     // Frames in flight to it are lost; the stream re-sends them another way. Its
                     // idle time starts now: being connected was not idle.
                     if let Some(p) = self.peers.get_mut(&entity) {

@@ -29,6 +29,7 @@
 //! RNG given to [`Node::new`] and all collections are ordered, so the same inputs with the same
 //! seed produce the same outputs, byte for byte.
 
+mod cluster;
 mod config;
 mod hops;
 mod idle;
@@ -47,6 +48,7 @@ use std::time::Duration;
 use rand_core::CryptoRng;
 
 pub use crate::auth::Bearer;
+pub use cluster::{ClusterAction, ClusterConfig, ClusterStats};
 pub use config::NodeConfig;
 pub use input::{Handled, Input};
 pub use io::{Event, HttpCall, HttpMethod, LinkId, LinkKind, Output, RequestId};
@@ -137,6 +139,7 @@ enum Timer {
     Hop(EntityId),
     Poll(EntityId),
     Mailboxes,
+    Cluster,
 }
 
 /// One local entity's protocol state machine. See the [module docs](self) for the driving loop.
@@ -182,6 +185,8 @@ pub struct Node {
     /// session already replaced). A ring, so sending costs one push and one pop; it is searched,
     /// newest first, only for an `ERROR` whose signature has been verified.
     recent: VecDeque<(MessageId, EntityId, Option<SessionId>)>,
+    /// Set on a cluster node.
+    cluster: Option<cluster::Cluster>,
 }
 
 impl std::fmt::Debug for Node {
@@ -230,6 +235,7 @@ impl Node {
             error_budget: BTreeMap::new(),
             timers: TimerQueue::new(),
             outputs: VecDeque::new(),
+            cluster: config.cluster.clone().map(cluster::Cluster::new),
             events_queued: 0,
             app_backlog: 0,
             events_dropped: 0,
@@ -399,6 +405,7 @@ impl Node {
                 Timer::Hop(h) => self.on_hop_timer(now, &h),
                 Timer::Poll(e) => self.on_poll_timer(now, &e),
                 Timer::Mailboxes => self.on_mailbox_timer(now),
+                Timer::Cluster => self.on_cluster_timer(now),
             }
         }
         self.finish(now);

@@ -273,6 +273,22 @@ impl Node {
         if !known {
             return Err(ErrorCode::UnknownRecipient);
         }
+        // A cluster node: the node holding its link, or its shared mailbox (§19 in a cluster).
+        match self.cluster_route(to) {
+            super::cluster::ClusterRoute::Alone => {}
+            route => return self.cluster_send(route, to, frame),
+        }
+        self.mailbox_push(now, to, frame)
+    }
+
+    /// Keeps `frame` in `to`'s mailbox on this node (spec §19's bounds), releasing a poll `to`
+    /// holds.
+    pub(super) fn mailbox_push(
+        &mut self,
+        now: Timestamp,
+        to: &EntityId,
+        frame: Arc<[u8]>,
+    ) -> Result<Transport, ErrorCode> {
         let expires = now.saturating_add(self.config.limits.max_clock_skew);
         let len = frame.len();
         if self.mailboxes.bytes().saturating_add(len) > self.config.max_mailbox_total_bytes {
@@ -445,6 +461,8 @@ impl Node {
                     }
                     let until = now.saturating_add(wait);
                     self.polls.insert(entity.clone(), (request, until));
+                    // In a cluster, what waits in its shared mailbox comes to this poll.
+                    self.cluster_polled(&entity);
                     self.schedule(Timer::Poll(entity), Some(until));
                 }
                 self.finish(now);

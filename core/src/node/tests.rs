@@ -19,6 +19,7 @@ use crate::signed::{ErrorBody, signed_message};
 use crate::transport::TransportPreference;
 
 mod app_types;
+mod cluster;
 mod delivery;
 mod http_answers;
 mod idle;
@@ -43,7 +44,7 @@ fn trust_all(names: &[&str]) -> TrustStore {
 }
 
 fn node(name: &str, config: NodeConfig) -> Node {
-    let names = ["relay", "alice", "bob", "carol"];
+    let names = ["relay", "relay2", "alice", "bob", "carol"];
     let rng = ChaCha20Rng::seed_from_u64(name.len() as u64);
     Node::new(config, ident(name), trust_all(&names), rng).unwrap()
 }
@@ -339,6 +340,8 @@ struct Pump {
     lose: Vec<(String, MessageType)>,
     /// The URL of every link a node opened, with the node's name, in order.
     opened: Vec<(String, String)>,
+    /// The cluster's broker, for nodes with a `NodeConfig::cluster`.
+    broker: cluster::Broker,
 }
 
 impl Pump {
@@ -356,6 +359,7 @@ impl Pump {
             held: Vec::new(),
             lose: Vec::new(),
             opened: Vec::new(),
+            broker: cluster::Broker::default(),
         }
     }
 
@@ -471,6 +475,7 @@ impl Pump {
                 }
             }
             Output::Event(e) => self.events.push((from.to_owned(), e)),
+            Output::Cluster(action) => self.carry_cluster(from, action),
         }
     }
 

@@ -157,6 +157,11 @@ impl Core {
                     }
                 }
                 Output::Event(e) => self.event(e).await,
+                // The host sets no `NodeConfig::cluster` yet (issue 17): a node without it
+                // never asks for a broker.
+                Output::Cluster(action) => {
+                    tracing::error!(?action, "cluster output on a node without a broker")
+                }
             }
         }
     }

@@ -1,0 +1,290 @@
+//! A node that is one relay of a cluster: several relays that share a broker (Redis) act as one
+//! (`docs/cluster-design.md`). The node decides where a frame for an entity goes, as it decides
+//! every route: on its own link to the entity, to the relay that holds the entity's newest link,
+//! or into the entity's shared mailbox. The driver carries the decisions out against the broker
+//! ([`ClusterAction`]) and feeds back what the broker says ([`Input::ClusterPresence`] and
+//! friends). Frames cross the broker unopened: relays never see plaintext, so the broker never
+//! does either. What the broker loses is repaired by the end-to-end delivery layer (spec §13).
+//!
+//! [`Input::ClusterPresence`]: super::Input::ClusterPresence
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::{Node, Output, Timer};
+use crate::capabilities::Transport;
+use crate::envelope::Envelope;
+use crate::error::ErrorCode;
+use crate::ids::EntityId;
+use crate::time::Timestamp;
+
+/// Settings of a relay that is one node of a cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterConfig {
+    /// Most entities the presence map holds; announcements beyond it are ignored (and counted),
+    /// so frames for those entities go to their shared mailbox. Default 100,000.
+    pub max_presence: usize,
+    /// How often this node announces again every entity linked to it, so the broker's copy
+    /// (which expires after three times this) stays alive while the link does. Default 10 s.
+    pub refresh_every: Duration,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self { max_presence: 100_000, refresh_every: Duration::from_secs(10) }
+    }
+}
+
+/// What a cluster node asks of the broker.
+#[derive(Clone, PartialEq, Eq)]
+pub enum ClusterAction {
+    /// `entity`'s newest peers link is on this node: record it (with an expiry of three
+    /// refreshes) and tell the other nodes.
+    Announce {
+        /// The entity.
+        entity: EntityId,
+    },
+    /// `entity`'s link on this node is gone: remove the record if it still names this node, and
+    /// tell the other nodes.
+    Withdraw {
+        /// The entity.
+        entity: EntityId,
+    },
+    /// Hand `frame` to the node `node`, which holds `to`'s newest link.
+    Forward {
+        /// The node.
+        node: EntityId,
+        /// The recipient.
+        to: EntityId,
+        /// The envelope, unopened.
+        frame: Arc<[u8]>,
+    },
+    /// Keep `frame` in `to`'s shared mailbox until a node that `to` links to (or polls) drains
+    /// it, bounded as spec §19's mailboxes are.
+    Park {
+        /// The recipient.
+        to: EntityId,
+        /// The envelope, unopened.
+        frame: Arc<[u8]>,
+    },
+    /// Fetch (and remove) what `entity`'s shared mailbox holds; each frame comes back as
+    /// [`Input::ClusterFrame`](super::Input::ClusterFrame).
+    Drain {
+        /// The entity.
+        entity: EntityId,
+    },
+}
+
+impl std::fmt::Debug for ClusterAction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ClusterAction::Announce { entity } => write!(f, "Announce({entity})"),
+            ClusterAction::Withdraw { entity } => write!(f, "Withdraw({entity})"),
+            ClusterAction::Forward { node, to, frame } => {
+                write!(f, "Forward(to {to} via {node}, {} bytes)", frame.len())
+            }
+            ClusterAction::Park { to, frame } => write!(f, "Park(for {to}, {} bytes)", frame.len()),
+            ClusterAction::Drain { entity } => write!(f, "Drain({entity})"),
+        }
+    }
+}
+
+/// A cluster node's view of its broker, for `/healthz` and `/metrics`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ClusterStats {
+    /// Whether the broker is reachable.
+    pub up: bool,
+    /// Entities in the presence map.
+    pub presence: usize,
+    /// Announcements ignored because the presence map was full.
+    pub presence_dropped: u64,
+    /// Frames from the broker refused (not an envelope for the entity they came for).
+    pub frames_refused: u64,
+}
+
+/// The cluster state of a node.
+#[derive(Debug)]
+pub(super) struct Cluster {
+    config: ClusterConfig,
+    /// Whether the broker is reachable: while it is not, frames for entities not linked here
+    /// are answered `MAILBOX_FULL` (retry later, spec §19) rather than parked nowhere.
+    up: bool,
+    /// Which node holds each entity's newest link, as the broker last said.
+    presence: BTreeMap<EntityId, EntityId>,
+    /// Announcements ignored because the presence map was full.
+    pub dropped: u64,
+    /// Frames from the broker refused: not an envelope for the entity they came for.
+    pub refused: u64,
+}
+
+impl Cluster {
+    pub fn new(config: ClusterConfig) -> Self {
+        Self { config, up: false, presence: BTreeMap::new(), dropped: 0, refused: 0 }
+    }
+}
+
+/// Where a frame for an entity not linked to this node goes.
+pub(super) enum ClusterRoute {
+    /// Not a cluster node: spec §19 as for a single relay.
+    Alone,
+    /// The broker is unreachable: retry later.
+    Unavailable,
+    /// Another node holds the entity's link.
+    Node(EntityId),
+    /// Nobody does: its shared mailbox.
+    Mailbox,
+}
+
+impl Node {
+    /// The cluster's state as this node sees it; `None` when it runs alone.
+    pub fn cluster_stats(&self) -> Option<ClusterStats> {
+        self.cluster.as_ref().map(|c| ClusterStats {
+            up: c.up,
+            presence: c.presence.len(),
+            presence_dropped: c.dropped,
+            frames_refused: c.refused,
+        })
+    }
+
+    /// Where a frame for `to` (not linked here) goes in the cluster.
+    pub(super) fn cluster_route(&self, to: &EntityId) -> ClusterRoute {
+        let Some(c) = &self.cluster else { return ClusterRoute::Alone };
+        if !c.up {
+            return ClusterRoute::Unavailable;
+        }
+        match c.presence.get(to) {
+            Some(node) if node != self.identity.id() => ClusterRoute::Node(node.clone()),
+            _ => ClusterRoute::Mailbox,
+        }
+    }
+
+    /// Carries out a cluster route for a frame of a known entity `to`.
+    pub(super) fn cluster_send(
+        &mut self,
+        route: ClusterRoute,
+        to: &EntityId,
+        frame: Arc<[u8]>,
+    ) -> Result<Transport, ErrorCode> {
+        let action = match route {
+            ClusterRoute::Alone => return Err(ErrorCode::InternalError),
+            ClusterRoute::Unavailable => return Err(ErrorCode::MailboxFull),
+            ClusterRoute::Node(node) => ClusterAction::Forward { node, to: to.clone(), frame },
+            ClusterRoute::Mailbox => ClusterAction::Park { to: to.clone(), frame },
+        };
+        self.cluster_out(action);
+        // Counted as relayed by the broker, as a local mailbox counts as HTTP (spec §19).
+        Ok(Transport::Http)
+    }
+
+    fn cluster_out(&mut self, action: ClusterAction) {
+        self.emit(Output::Cluster(action));
+    }
+
+    /// `entity`'s newest peers link is now `link` on this node.
+    pub(super) fn cluster_bound(&mut self, entity: &EntityId) {
+        if self.cluster.as_ref().is_some_and(|c| c.up) {
+            self.cluster_out(ClusterAction::Announce { entity: entity.clone() });
+            self.cluster_out(ClusterAction::Drain { entity: entity.clone() });
+        }
+    }
+
+    /// `entity` called this node over HTTP: what its shared mailbox holds comes here, for its
+    /// poll.
+    pub(super) fn cluster_polled(&mut self, entity: &EntityId) {
+        if self.cluster.as_ref().is_some_and(|c| c.up) {
+            self.cluster_out(ClusterAction::Drain { entity: entity.clone() });
+        }
+    }
+
+    /// `entity` has no peers link on this node any more.
+    pub(super) fn cluster_unbound(&mut self, entity: &EntityId) {
+        if self.cluster.as_ref().is_some_and(|c| c.up) {
+            self.cluster_out(ClusterAction::Withdraw { entity: entity.clone() });
+        }
+    }
+
+    /// The broker is reachable (again): this node announces every entity linked to it and
+    /// drains their shared mailboxes; the driver then feeds the presence the broker holds.
+    pub fn cluster_up(&mut self, now: Timestamp) {
+        let Some(c) = self.cluster.as_mut() else { return };
+        c.up = true;
+        let every = c.config.refresh_every;
+        let linked: Vec<EntityId> = self.bound.keys().cloned().collect();
+        for entity in &linked {
+            self.cluster_bound(entity);
+        }
+        self.schedule(Timer::Cluster, Some(now.saturating_add(every)));
+        self.finish(now);
+    }
+
+    /// The broker is unreachable: what it said may be stale, so the presence map is forgotten
+    /// until [`cluster_up`](Self::cluster_up); frames for entities not linked here are answered
+    /// "retry later" meanwhile.
+    pub fn cluster_down(&mut self, now: Timestamp) {
+        let Some(c) = self.cluster.as_mut() else { return };
+        c.up = false;
+        c.presence.clear();
+        self.schedule(Timer::Cluster, None);
+        self.finish(now);
+    }
+
+    /// The broker says `entity`'s newest link is on `node` (`None`: on no node).
+    pub fn cluster_presence(&mut self, now: Timestamp, entity: EntityId, node: Option<EntityId>) {
+        let Some(c) = self.cluster.as_mut() else { return };
+        match node {
+            None => {
+                c.presence.remove(&entity);
+            }
+            Some(node) => {
+                if c.presence.len() >= c.config.max_presence && !c.presence.contains_key(&entity) {
+                    c.dropped = c.dropped.saturating_add(1);
+                } else {
+                    c.presence.insert(entity, node);
+                }
+            }
+        }
+        self.finish(now);
+    }
+
+    /// A frame for `to` from the broker: forwarded by another node, or drained from `to`'s
+    /// shared mailbox. It goes on `to`'s link here; if `to` has none (it moved), back into its
+    /// shared mailbox, never to another node (one cluster hop, so no loops). A frame that is not
+    /// an envelope for `to`, or is too large, is refused and counted.
+    pub fn cluster_frame(&mut self, now: Timestamp, to: EntityId, frame: &[u8]) {
+        if self.cluster.is_none() {
+            return;
+        }
+        let addressed = Envelope::decode(frame, self.config.limits.max_frame_bytes)
+            .is_ok_and(|env| env.recipient_id.as_ref() == Some(&to));
+        if !addressed {
+            if let Some(c) = self.cluster.as_mut() {
+                c.refused = c.refused.saturating_add(1);
+            }
+            return;
+        }
+        let frame: Arc<[u8]> = Arc::from(frame);
+        if let Some(link) = self.bound.get(&to).copied() {
+            self.transmit(link, frame);
+        } else if self.polls.contains_key(&to) {
+            // An HTTP client polling here: its poll takes it. A full mailbox drops it; the
+            // sender's retransmission repairs that.
+            let _ = self.mailbox_push(now, &to, frame);
+        } else if self.cluster.as_ref().is_some_and(|c| c.up) {
+            self.cluster_out(ClusterAction::Park { to, frame });
+        }
+        // Else the broker went down meanwhile: the sender's retransmission repairs it.
+        self.finish(now);
+    }
+
+    /// The refresh timer: announce every linked entity again.
+    pub(super) fn on_cluster_timer(&mut self, now: Timestamp) {
+        let Some(c) = self.cluster.as_ref().filter(|c| c.up) else { return };
+        let every = c.config.refresh_every;
+        let linked: Vec<EntityId> = self.bound.keys().cloned().collect();
+        for entity in linked {
+            self.cluster_out(ClusterAction::Announce { entity });
+        }
+        self.schedule(Timer::Cluster, Some(now.saturating_add(every)));
+    }
+}

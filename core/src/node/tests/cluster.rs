@@ -1,0 +1,224 @@
+//! Relays of a cluster sharing a broker (`docs/cluster-design.md`): the routing decision (the
+//! local link, the node holding the entity's link, or its shared mailbox) with a broker that
+//! does what Redis would.
+
+use std::collections::VecDeque;
+
+use super::*;
+use crate::node::{ClusterAction, ClusterConfig};
+
+/// What Redis would hold for the cluster: presence records and shared mailboxes.
+#[derive(Default)]
+pub(super) struct Broker {
+    /// Which node each entity's newest link is on.
+    presence: BTreeMap<EntityId, String>,
+    /// Frames parked per entity, oldest first.
+    mailboxes: BTreeMap<EntityId, VecDeque<Vec<u8>>>,
+    /// The cluster's nodes, which hear every presence change.
+    members: Vec<String>,
+    /// Every action, in order.
+    pub log: Vec<(String, String)>,
+}
+
+impl Pump {
+    pub(super) fn carry_cluster(&mut self, from: &str, action: ClusterAction) {
+        self.broker.log.push((from.to_owned(), format!("{action:?}")));
+        let tell = |p: &mut Pump, entity: &EntityId, node: Option<EntityId>| {
+            for m in p.broker.members.clone() {
+                let (entity, node) = (entity.clone(), node.clone());
+                p.input(&m, Input::ClusterPresence { entity, node });
+            }
+        };
+        match action {
+            ClusterAction::Announce { entity } => {
+                self.broker.presence.insert(entity.clone(), from.to_owned());
+                tell(self, &entity, Some(id(from)));
+            }
+            ClusterAction::Withdraw { entity } => {
+                if self.broker.presence.get(&entity).is_some_and(|n| n == from) {
+                    self.broker.presence.remove(&entity);
+                    tell(self, &entity, None);
+                }
+            }
+            ClusterAction::Forward { node, to, frame } => {
+                self.input(node.as_str(), Input::ClusterFrame { to, frame: &frame });
+            }
+            ClusterAction::Park { to, frame } => {
+                self.broker.mailboxes.entry(to).or_default().push_back(frame.to_vec());
+            }
+            ClusterAction::Drain { entity } => {
+                let frames = self.broker.mailboxes.remove(&entity).unwrap_or_default();
+                for frame in frames {
+                    let to = entity.clone();
+                    self.input(from, Input::ClusterFrame { to, frame: &frame });
+                }
+            }
+        }
+    }
+
+    fn parked(&self, entity: &str) -> usize {
+        self.broker.mailboxes.get(&id(entity)).map_or(0, VecDeque::len)
+    }
+}
+
+/// Two relays in one cluster; alice reaches the cluster through `relay`, bob through `relay2`.
+fn two_relays(preference: TransportPreference) -> Pump {
+    let relay = NodeConfig { cluster: Some(ClusterConfig::default()), ..NodeConfig::default() };
+    let client = NodeConfig { preference, ..NodeConfig::default() };
+    let mut p = Pump::new(&[
+        ("relay", relay.clone()),
+        ("relay2", relay),
+        ("alice", client.clone()),
+        ("bob", client),
+    ]);
+    p.broker.members = vec!["relay".to_owned(), "relay2".to_owned()];
+    let now = p.now;
+    p.node("alice").set_default_route(now, Pump::addr("relay"));
+    p.node("bob").set_default_route(now, Pump::addr("relay2"));
+    for r in ["relay", "relay2"] {
+        p.input(r, Input::ClusterUp);
+    }
+    p.run();
+    p
+}
+
+#[test]
+fn entities_on_different_relays_reach_each_other_through_the_broker() {
+    let mut p = two_relays(TransportPreference::WebsocketFirst);
+    let now = p.now;
+    p.node("alice").connect(now, &id("bob")).unwrap();
+    p.node("bob").connect(now, &id("alice")).unwrap();
+    p.run();
+    p.advance(Duration::from_secs(1));
+    let big: Vec<u8> = (0..700_000u32).map(|i| (i % 251) as u8).collect();
+    for n in 0..3u8 {
+        let now = p.now;
+        p.node("alice").send(now, &id("bob"), vec![n], SendOptions::default()).unwrap();
+    }
+    let now = p.now;
+    p.node("alice").send(now, &id("bob"), big.clone(), SendOptions::default()).unwrap();
+    p.node("bob").send(now, &id("alice"), b"back".to_vec(), SendOptions::default()).unwrap();
+    p.run();
+    p.advance(Duration::from_secs(3));
+    assert_eq!(p.messages_at("bob"), vec![vec![0], vec![1], vec![2], big]);
+    assert_eq!(p.messages_at("alice"), vec![b"back".to_vec()]);
+    let forwarded = p.broker.log.iter().filter(|(_, a)| a.starts_with("Forward")).count();
+    assert!(forwarded > 0, "frames crossed between relays: {:?}", p.broker.log);
+    let delivered =
+        p.events_of("alice").iter().filter(|e| matches!(e, Event::Delivered { .. })).count();
+    assert_eq!(delivered, 4);
+}
+
+#[test]
+fn an_entity_linked_nowhere_gets_its_frames_from_the_shared_mailbox_on_any_relay() {
+    let mut p = two_relays(TransportPreference::WebsocketFirst);
+    // Bob is offline: alice's handshake waits in his shared mailbox.
+    let now = p.now;
+    let m = p.node("alice").send(now, &id("bob"), b"later".to_vec(), SendOptions::default());
+    let m = m.unwrap();
+    p.run();
+    assert!(p.parked("bob") > 0, "{:?}", p.broker.log);
+    // Bob comes online at relay2: his mailbox drains there, the handshake completes, and the
+    // message arrives exactly once.
+    let now = p.now;
+    p.node("bob").connect(now, &id("alice")).unwrap();
+    p.run();
+    p.advance(Duration::from_secs(5));
+    assert_eq!(p.messages_at("bob"), vec![b"later".to_vec()]);
+    assert!(
+        p.events_of("alice").iter().any(|e| matches!(e, Event::Delivered { id, .. } if *id == m))
+    );
+    assert_eq!(p.parked("bob"), 0);
+}
+
+#[test]
+fn a_broker_outage_means_retry_later_and_nothing_is_lost() {
+    let mut p = two_relays(TransportPreference::WebsocketFirst);
+    let now = p.now;
+    p.node("alice").connect(now, &id("bob")).unwrap();
+    p.node("bob").connect(now, &id("alice")).unwrap();
+    p.run();
+    p.advance(Duration::from_secs(1));
+    for r in ["relay", "relay2"] {
+        p.input(r, Input::ClusterDown);
+    }
+    let now = p.now;
+    p.node("alice").send(now, &id("bob"), b"during".to_vec(), SendOptions::default()).unwrap();
+    p.run();
+    p.advance(Duration::from_secs(2));
+    assert!(p.messages_at("bob").is_empty());
+    for r in ["relay", "relay2"] {
+        p.input(r, Input::ClusterUp);
+    }
+    p.run();
+    p.advance(Duration::from_secs(15));
+    assert_eq!(p.messages_at("bob"), vec![b"during".to_vec()]);
+}
+
+#[test]
+fn frames_from_the_broker_that_are_not_for_their_entity_are_refused() {
+    let mut p = two_relays(TransportPreference::WebsocketFirst);
+    let now = p.now;
+    p.node("bob").connect(now, &id("alice")).unwrap();
+    p.run();
+    let before = p.broker.log.len();
+    for junk in [&b"not json"[..], b"{}", &[0xff; 64]] {
+        p.input("relay2", Input::ClusterFrame { to: id("bob"), frame: junk });
+    }
+    p.run();
+    assert_eq!(p.broker.log.len(), before, "nothing parked or forwarded");
+    assert!(p.messages_at("bob").is_empty());
+}
+
+#[derive(Debug, Clone)]
+enum BrokerSays {
+    Up,
+    Down,
+    Presence(u8, Option<bool>),
+    Frame(u8, Vec<u8>),
+}
+
+fn broker_says() -> impl Strategy<Value = BrokerSays> {
+    prop_oneof![
+        Just(BrokerSays::Up),
+        Just(BrokerSays::Down),
+        (any::<u8>(), proptest::option::of(any::<bool>()))
+            .prop_map(|(e, n)| BrokerSays::Presence(e, n)),
+        (any::<u8>(), proptest::collection::vec(any::<u8>(), 0..200))
+            .prop_map(|(e, f)| BrokerSays::Frame(e, f)),
+    ]
+}
+
+proptest! {
+    /// Whatever the broker says, in any order, a cluster node never panics, keeps its presence
+    /// map within `max_presence`, and asks the broker for nothing about frames it refused.
+    #[test]
+    fn a_cluster_node_survives_anything_its_broker_says(says in proptest::collection::vec(broker_says(), 1..80)) {
+        let config = ClusterConfig { max_presence: 8, ..ClusterConfig::default() };
+        let mut n = node("relay", NodeConfig { cluster: Some(config), ..NodeConfig::default() });
+        let mut refused = 0;
+        for s in says {
+            let input = match &s {
+                BrokerSays::Up => Input::ClusterUp,
+                BrokerSays::Down => Input::ClusterDown,
+                BrokerSays::Presence(e, node) => Input::ClusterPresence {
+                    entity: id(&format!("e{e}")),
+                    node: node.map(|other| id(if other { "relay2" } else { "relay" })),
+                },
+                BrokerSays::Frame(e, f) => Input::ClusterFrame { to: id(&format!("e{e}")), frame: f },
+            };
+            n.handle_input(T0, input).unwrap();
+            if matches!(s, BrokerSays::Frame(..)) {
+                refused += 1;
+            }
+            let out = drain(&mut n);
+            let routed = out.iter().any(|o| {
+                matches!(o, Output::Cluster(ClusterAction::Park { .. } | ClusterAction::Forward { .. }))
+            });
+            prop_assert!(!routed, "{:?}", out);
+            let stats = n.cluster_stats().unwrap();
+            prop_assert!(stats.presence <= 8);
+            prop_assert_eq!(stats.frames_refused, refused);
+        }
+    }
+}
