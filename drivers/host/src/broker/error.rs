@@ -35,7 +35,9 @@ pub enum BrokerError {
         /// The broker's words.
         reason: String,
     },
-    /// No answer in time: the connection, or the request, took longer than allowed.
+    /// No answer in time: the connection, or the request, took longer than allowed. A request
+    /// given up on may still be answered (the answer is then discarded), and the answers behind
+    /// it wait for it: on a broker that has stopped answering, make a new connection.
     #[error("the broker did not answer within {limit:?} ({during})")]
     Timeout {
         /// What was awaited: "connecting" or "a request".
