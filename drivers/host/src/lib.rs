@@ -18,7 +18,8 @@
 // (doc links included) makes a cycle between two modules.
 
 // The executor, and what needs no node task: TLS, keys, configuration, the clock, errors,
-// delivery results and handlers, and the metrics' snapshot.
+// delivery results and handlers, the metrics' snapshot, and the Redis broker's connection.
+pub mod broker;
 mod clock;
 pub mod config;
 pub mod config_file;
