@@ -1,4 +1,4 @@
-//! The application API of seed 000 end to end, on the smol node and on the tokio node alike:
+//! The application API of seed 000 end to end, on every driver (`PEERLINK_E2E_DRIVER`):
 //! `is_websocket_connected`, per-peer stats, handlers registered per message type, `STATUS`
 //! messages and `BROADCAST`s, through a relay.
 
@@ -10,45 +10,21 @@ use e2e::*;
 use peerlink_core::node::SendOptions;
 use peerlink_core::transport::TransportPreference;
 use peerlink_core::{Event, Identity, MessageType};
-use peerlink_smol::{Config, Handle};
-use tokio::runtime::Runtime;
 
-/// Which driver the peers run on.
-#[derive(Clone, Copy, Debug)]
-enum Driver {
-    Smol,
-    Tokio,
-}
-
-/// Peers on `driver` through a smol relay: each trusts the others.
-fn peers(
-    driver: Driver,
-    rt: &Runtime,
-    relay: &Identity,
-    url: &str,
-    ids: &[&Identity],
-) -> Vec<Handle> {
-    ids.iter()
-        .map(|me| {
-            let mut cfg = Config::ephemeral();
-            cfg.node = fast_node(TransportPreference::WebsocketFirst);
-            cfg.peers =
-                ids.iter().filter(|o| o.id() != me.id()).map(|o| trusted(o, None)).collect();
-            cfg.relay = Some(trusted(relay, Some(url.to_owned())));
-            match driver {
-                Driver::Smol => smol::block_on(peerlink_smol::Peerlink::start(cfg, copy(me))),
-                Driver::Tokio => rt.block_on(peerlink_tokio::Peerlink::start(cfg, copy(me))),
-            }
-            .unwrap()
-        })
-        .collect()
-}
-
-fn the_application_api(driver: Driver) {
+#[test]
+fn the_application_api() {
     let (r, a, b, c) = (identity("relay"), identity("alice"), identity("bob"), identity("carol"));
     let relay = smol::block_on(start_relay(&r, &[&a, &b, &c], "127.0.0.1:0".parse().unwrap()));
-    let rt = Runtime::new().unwrap();
-    let nodes = peers(driver, &rt, &r, &relay.base_url(), &[&a, &b, &c]);
+    // Each peer trusts the others.
+    let ids = [&a, &b, &c];
+    let nodes: Vec<Node> = ids
+        .iter()
+        .map(|me| {
+            let others: Vec<_> = ids.iter().filter(|o| o.id() != me.id()).copied().collect();
+            let pref = TransportPreference::WebsocketFirst;
+            smol::block_on(start_peer(me, &r, &relay.base_url(), &others, pref))
+        })
+        .collect();
     let (alice, bob, carol) = (&nodes[0], &nodes[1], &nodes[2]);
     let (bob_rx, carol_rx) =
         (smol::block_on(bob.incoming()).unwrap(), smol::block_on(carol.incoming()).unwrap());
@@ -66,7 +42,7 @@ fn the_application_api(driver: Driver) {
         }
     }))
     .unwrap();
-    let send = |n: &Handle, to: &Identity, t: MessageType, p: &[u8]| {
+    let send = |n: &Node, to: &Identity, t: MessageType, p: &[u8]| {
         smol::block_on(n.send_message(to.id(), t, p.to_vec(), SendOptions::default())).unwrap()
     };
     send(alice, &b, MessageType::Status, b"busy");
@@ -113,17 +89,7 @@ fn the_application_api(driver: Driver) {
     smol::block_on(poll_until("alice's link closed", || async {
         (!alice.is_websocket_connected(b.id()).await.unwrap()).then_some(())
     }));
-    for n in &nodes {
+    for n in nodes.iter().chain([&relay]) {
         smol::block_on(n.shutdown()).unwrap();
     }
-}
-
-#[test]
-fn the_application_api_on_smol() {
-    the_application_api(Driver::Smol);
-}
-
-#[test]
-fn the_application_api_on_tokio() {
-    the_application_api(Driver::Tokio);
 }

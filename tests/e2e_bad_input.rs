@@ -9,7 +9,7 @@ use peerlink_core::node::SendOptions;
 use peerlink_core::rate_limit::RateLimit;
 use peerlink_core::transport::TransportPreference;
 use peerlink_core::{Envelope, Identity, MessageType, Payload, signed_message};
-use peerlink_smol::{Config, Handle, Peerlink};
+use peerlink_smol::Config;
 use std::time::Duration;
 
 const GOOD_MESSAGES: usize = 30;
@@ -48,9 +48,9 @@ fn pong_or_error(ws: &mut RawWs) -> Result<(), String> {
 }
 
 struct World {
-    relay: Handle,
-    alice: Handle,
-    bob: Handle,
+    relay: Node,
+    alice: Node,
+    bob: Node,
     r: Identity,
     a: Identity,
     b: Identity,
@@ -67,7 +67,7 @@ async fn world() -> World {
     cfg.node.ping_rate = RateLimit::per_minute(10_000);
     cfg.limits.send_queue_frames = 8;
     cfg.peers = [&a, &b, &m].iter().map(|c| trusted(c, None)).collect();
-    let relay = Peerlink::start(cfg, copy(&r)).await.unwrap();
+    let relay = start_node(cfg, copy(&r)).await;
     let pref = TransportPreference::WebsocketOnly;
     let alice = start_peer(&a, &r, &relay.base_url(), &[&b], pref).await;
     let bob = start_peer(&b, &r, &relay.base_url(), &[&a], pref).await;
@@ -78,6 +78,7 @@ async fn world() -> World {
 fn bad_input_gets_its_error_and_the_node_keeps_serving() {
     let w = smol::block_on(world());
     let addr = w.relay.local_addr();
+    let (peers, events) = (w.relay.path("/ws/v1/peers"), w.relay.path("/ws/v1/events"));
     let bob_rx = smol::block_on(w.bob.incoming()).unwrap();
     // A well-behaved peer talks through the relay during every case below.
     let good = {
@@ -95,7 +96,7 @@ fn bad_input_gets_its_error_and_the_node_keeps_serving() {
             })
         })
     };
-    let token = token(addr, &w.m, w.r.id());
+    let token = token(&w.relay.base_url(), &w.m, w.r.id());
 
     // Tokens: missing, garbage, forged, expired, minted by another node: 401 before upgrade.
     let authority = |who: &Identity| {
@@ -114,12 +115,12 @@ fn bad_input_gets_its_error_and_the_node_keeps_serving() {
         ("expired", &expired),
         ("foreign", &foreign),
     ] {
-        let status = ws_connect(addr, "/ws/v1/peers", t).map(|_| 101).unwrap_or_else(|s| s);
+        let status = ws_connect(addr, &peers, t).map(|_| 101).unwrap_or_else(|s| s);
         assert_eq!(status, 401, "{what} token");
     }
 
     // Garbage text, invalid JSON, JSON that is no envelope: ERROR INVALID_MESSAGE, link stays.
-    let mut ws = ws_connect(addr, "/ws/v1/peers", &token).unwrap();
+    let mut ws = ws_connect(addr, &peers, &token).unwrap();
     for frame in ["hello, not json", "{\"message_type\": \"PING\",", "{\"foo\": 1}", "[]"] {
         text(&mut ws, frame);
         assert_eq!(next_error(&mut ws), "INVALID_MESSAGE", "{frame:?}");
@@ -147,13 +148,13 @@ fn bad_input_gets_its_error_and_the_node_keeps_serving() {
     drop(ws);
 
     // A link sending as another entity (§19): AUTHENTICATION_FAILED and closed.
-    let mut ws = ws_connect(addr, "/ws/v1/peers", &token).unwrap();
+    let mut ws = ws_connect(addr, &peers, &token).unwrap();
     send_env(&mut ws, &ping(&w.a));
     assert_eq!(next_error(&mut ws), "AUTHENTICATION_FAILED");
     assert!(matches!(until_closed(&mut ws), Seen::Closed(1008, _) | Seen::Gone));
 
     // A binary frame: closed with 1003.
-    let mut ws = ws_connect(addr, "/ws/v1/peers", &token).unwrap();
+    let mut ws = ws_connect(addr, &peers, &token).unwrap();
     ws.send(tungstenite::Message::Binary(vec![0u8, 1, 2, 3].into())).unwrap();
     match until_closed(&mut ws) {
         Seen::Closed(code, _) => assert_eq!(code, 1003),
@@ -163,7 +164,7 @@ fn bad_input_gets_its_error_and_the_node_keeps_serving() {
     // An oversize frame (over 1 MiB): closed with 1009. The node refuses it from its header, so
     // it may reset the connection while the rest is still being written, and the reset can
     // overtake the close frame: then the write fails and the connection is simply gone.
-    let mut ws = ws_connect(addr, "/ws/v1/peers", &token).unwrap();
+    let mut ws = ws_connect(addr, &peers, &token).unwrap();
     let sent = ws.send(tungstenite::Message::Text("x".repeat((1 << 20) + 1024).into()));
     match until_closed(&mut ws) {
         Seen::Closed(code, _) => assert_eq!(code, 1009),
@@ -174,7 +175,7 @@ fn bad_input_gets_its_error_and_the_node_keeps_serving() {
     // A flood past the frame rate limit (100 a minute): RATE_LIMIT_EXCEEDED.
     // One PING at a time, so each answer is read before the next (the node may close a link
     // that keeps flooding).
-    let mut ws = ws_connect(addr, "/ws/v1/peers", &token).unwrap();
+    let mut ws = ws_connect(addr, &peers, &token).unwrap();
     let (mut pongs, mut limited) = (0, 0);
     for _ in 0..150 {
         send_env(&mut ws, &ping(&w.m));
@@ -193,7 +194,7 @@ fn bad_input_gets_its_error_and_the_node_keeps_serving() {
 
     // A client that never reads: it subscribes, then the relay publishes more than its send
     // queue and the socket buffers hold; it is disconnected and nothing grows without end.
-    let mut lazy = ws_connect(addr, "/ws/v1/events", &token).unwrap();
+    let mut lazy = ws_connect(addr, &events, &token).unwrap();
     let sub = signed_message(
         &w.m,
         MessageType::Subscribe,
@@ -256,14 +257,14 @@ fn websocket_upgrades_from_unlisted_web_origins_are_refused() {
         let mut cfg = Config::ephemeral();
         cfg.peers = vec![trusted(&a, None)];
         cfg.allowed_origins = origins.iter().map(|o| (*o).to_owned()).collect();
-        smol::block_on(Peerlink::start(cfg, copy(&r))).unwrap()
+        smol::block_on(start_node(cfg, copy(&r)))
     };
     let listed = start(&["https://app.example"]);
     let addr = listed.local_addr();
-    let tok = token(addr, &a, r.id());
-    let up = |headers: &[(&'static str, &str)]| {
-        ws_connect_with(addr, "/ws/v1/peers", &tok, headers).map(|_| ())
-    };
+    let (peers, events) = (listed.path("/ws/v1/peers"), listed.path("/ws/v1/events"));
+    let tok = token(&listed.base_url(), &a, r.id());
+    let up =
+        |headers: &[(&'static str, &str)]| ws_connect_with(addr, &peers, &tok, headers).map(|_| ());
     assert_eq!(up(&[]), Ok(()), "no Origin: not a browser");
     assert_eq!(up(&[("origin", "https://app.example")]), Ok(()));
     assert_eq!(up(&[("origin", "https://APP.example/")]), Ok(()), "compared as an origin");
@@ -274,19 +275,22 @@ fn websocket_upgrades_from_unlisted_web_origins_are_refused() {
         Err(403),
         "a repeated Origin"
     );
-    let events = ws_connect_with(addr, "/ws/v1/events", &tok, &[("origin", "https://x.example")]);
+    let events = ws_connect_with(addr, &events, &tok, &[("origin", "https://x.example")]);
     assert_eq!(events.map(|_| ()), Err(403), "the events endpoint too");
 
     let default = start(&[]);
-    let addr = default.local_addr();
-    let tok = token(addr, &a, r.id());
-    let page = ws_connect_with(addr, "/ws/v1/peers", &tok, &[("origin", "https://app.example")]);
+    let (addr, peers) = (default.local_addr(), default.path("/ws/v1/peers"));
+    let tok = token(&default.base_url(), &a, r.id());
+    let page = ws_connect_with(addr, &peers, &tok, &[("origin", "https://app.example")]);
     assert_eq!(page.map(|_| ()), Err(403), "no page may open a link by default");
-    assert!(ws_connect(addr, "/ws/v1/peers", &tok).is_ok());
+    assert!(ws_connect(addr, &peers, &tok).is_ok());
 
     let any = start(&["*"]);
-    let addr = any.local_addr();
-    let tok = token(addr, &a, r.id());
-    let page = ws_connect_with(addr, "/ws/v1/peers", &tok, &[("origin", "https://app.example")]);
+    let (addr, peers) = (any.local_addr(), any.path("/ws/v1/peers"));
+    let tok = token(&any.base_url(), &a, r.id());
+    let page = ws_connect_with(addr, &peers, &tok, &[("origin", "https://app.example")]);
     assert!(page.is_ok(), "\"*\" allows every page");
+    for node in [listed, default, any] {
+        smol::block_on(node.shutdown()).unwrap();
+    }
 }

@@ -1,6 +1,8 @@
 //! The blocking client (`peerlink_blocking::Client`) against the smol relay: messages both ways
 //! with a smol peer, then the cut-WebSocket → HTTP → WebSocket-again case, exactly once and in
-//! order throughout.
+//! order throughout. The blocking client is the driver under test: the relay and the peer are
+//! smol nodes whatever `PEERLINK_E2E_DRIVER` says (e2e_drivers mixes the blocking client with
+//! the other drivers).
 
 mod e2e;
 
@@ -15,9 +17,15 @@ use std::time::{Duration, Instant};
 #[test]
 fn blocking_client_with_a_smol_peer_through_a_cut_websocket() {
     let (r, c, b) = (identity("relay"), identity("carol"), identity("bob"));
-    let relay = smol::block_on(start_relay(&r, &[&c, &b], "127.0.0.1:0".parse().unwrap()));
-    let proxy = Proxy::start(relay.local_addr(), false);
-    let bob = smol::block_on(start_peer(
+    let relay = smol::block_on(start_relay_on(
+        NodeDriver::Smol,
+        &r,
+        &[&c, &b],
+        "127.0.0.1:0".parse().unwrap(),
+    ));
+    let proxy = Proxy::start(&relay, false);
+    let bob = smol::block_on(start_peer_on(
+        NodeDriver::Smol,
         &b,
         &r,
         &relay.base_url(),
@@ -131,9 +139,15 @@ fn blocking_client_with_a_smol_peer_through_a_cut_websocket() {
 #[test]
 fn the_blocking_application_api_and_a_slow_reader() {
     let (r, c, b) = (identity("relay"), identity("carol"), identity("bob"));
-    let relay = smol::block_on(start_relay(&r, &[&c, &b], "127.0.0.1:0".parse().unwrap()));
+    let relay = smol::block_on(start_relay_on(
+        NodeDriver::Smol,
+        &r,
+        &[&c, &b],
+        "127.0.0.1:0".parse().unwrap(),
+    ));
     let pref = TransportPreference::WebsocketFirst;
-    let bob = smol::block_on(start_peer(&b, &r, &relay.base_url(), &[&c], pref));
+    let bob =
+        smol::block_on(start_peer_on(NodeDriver::Smol, &b, &r, &relay.base_url(), &[&c], pref));
     let bob_rx = smol::block_on(bob.incoming()).unwrap();
     let mut config = client_config(pref, Some((&r, &relay.base_url())), &[(&b, None)]);
     config.limits.event_queue = 8;

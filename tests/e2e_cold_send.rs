@@ -9,15 +9,15 @@ mod e2e;
 use e2e::*;
 use peerlink_core::node::{NodeConfig, SendOptions};
 use peerlink_core::{Event, Identity, MessageType};
-use peerlink_smol::{Config, Handle, Peerlink};
+use peerlink_smol::Config;
 use std::time::{Duration, Instant};
 
 /// Bob as `peerlink listen` runs him: default timers, trusting alice.
-async fn start_bob(b: &Identity, a: &Identity) -> Handle {
+async fn start_bob(b: &Identity, a: &Identity) -> Node {
     let mut cfg = Config::ephemeral();
     cfg.listen = "127.0.0.1:0".parse().unwrap();
     cfg.peers = vec![trusted(a, None)];
-    Peerlink::start(cfg, copy(b)).await.unwrap()
+    start_node(cfg, copy(b)).await
 }
 
 /// One cold send as `peerlink send` makes it: a fresh node with default timers dials `url`,
@@ -26,7 +26,7 @@ async fn cold_send(a: &Identity, b: &Identity, url: &str, i: usize) -> Duration 
     let mut cfg = Config::ephemeral();
     cfg.listen = "127.0.0.1:0".parse().unwrap();
     cfg.peers = vec![trusted(b, Some(url.to_owned()))];
-    let alice = Peerlink::start(cfg, copy(a)).await.unwrap();
+    let alice = start_node(cfg, copy(a)).await;
     let rx = alice.incoming().await.unwrap();
     let started = Instant::now();
     let id = alice
@@ -51,7 +51,7 @@ fn well_before_a_handshake_timeout() -> Duration {
     NodeConfig::default().limits.handshake_timeout / 2
 }
 
-fn check_all(a: &Identity, b: &Identity, bob: &Handle, url: &str, runs: usize) {
+fn check_all(a: &Identity, b: &Identity, bob: &Node, url: &str, runs: usize) {
     smol::block_on(async {
         let rx = bob.incoming().await.unwrap();
         for i in 0..runs {
@@ -67,6 +67,9 @@ fn check_all(a: &Identity, b: &Identity, bob: &Handle, url: &str, runs: usize) {
 
 #[test]
 fn cold_sends_over_websocket_first_never_wait_for_a_timeout() {
+    if skipped("e2e_cold_send::cold_sends_over_websocket_first_never_wait_for_a_timeout") {
+        return;
+    }
     let (a, b) = (identity("alice"), identity("bob"));
     let bob = smol::block_on(start_bob(&b, &a));
     check_all(&a, &b, &bob, &bob.base_url(), 20);
@@ -79,7 +82,7 @@ fn cold_sends_whose_websocket_is_refused_go_over_http_at_once() {
     // client's poll is still held at bob when the next client posts.
     let (a, b) = (identity("alice"), identity("bob"));
     let bob = smol::block_on(start_bob(&b, &a));
-    let proxy = Proxy::start(bob.local_addr(), false);
+    let proxy = Proxy::start(&bob, false);
     proxy.block_websocket(true);
     check_all(&a, &b, &bob, &proxy.url(), 10);
     smol::block_on(bob.shutdown()).unwrap();
@@ -92,10 +95,11 @@ fn what_a_stopped_clients_poll_was_answered_with_reaches_the_next_client() {
     let bob = smol::block_on(start_bob(&b, &a));
     let addr = bob.local_addr();
     // A client of alice's holds a long poll at bob, then stops: its socket closes.
-    let t = token(addr, &a, b.id());
+    let t = token(&bob.base_url(), &a, b.id());
+    let messages = bob.path("/v1/messages");
     let mut old = std::net::TcpStream::connect(addr).unwrap();
     let get = format!(
-        "GET /v1/messages?wait_ms=20000 HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {t}\r\n\r\n"
+        "GET {messages}?wait_ms=20000 HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {t}\r\n\r\n"
     );
     old.write_all(get.as_bytes()).unwrap();
     smol::block_on(poll_until("bob holds the poll", || async {
@@ -117,7 +121,7 @@ fn what_a_stopped_clients_poll_was_answered_with_reaches_the_next_client() {
     let mut new = std::net::TcpStream::connect(addr).unwrap();
     new.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let get = format!(
-        "GET /v1/messages?wait_ms=3000 HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {t}\r\nConnection: close\r\n\r\n"
+        "GET {messages}?wait_ms=3000 HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {t}\r\nConnection: close\r\n\r\n"
     );
     new.write_all(get.as_bytes()).unwrap();
     let mut answer = String::new();

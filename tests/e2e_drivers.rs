@@ -1,8 +1,8 @@
-//! Mixed networks: every driver's node talks to every other's. A tokio peer reaches a blocking
-//! client through a smol relay, a smol peer reaches a blocking client through a tokio relay, and
-//! an axum application serves a relay under `/peerlink` next to its own routes, reached over
-//! WebSocket by one peer and over HTTP only by another. Messages cross both ways, exactly once
-//! and in order.
+//! Mixed networks: every driver's node talks to every other's (each test names its drivers;
+//! `PEERLINK_E2E_DRIVER` does not apply). A tokio peer reaches a blocking client through a smol
+//! relay, a smol peer reaches a blocking client through a tokio relay, and an axum application
+//! serves a relay under `/peerlink` next to its own routes, reached over WebSocket by one peer
+//! and over HTTP only by another. Messages cross both ways, exactly once and in order.
 
 mod e2e;
 
@@ -11,32 +11,9 @@ use peerlink_blocking::Client;
 use peerlink_core::node::SendOptions;
 use peerlink_core::transport::TransportPreference;
 use peerlink_core::{Identity, MessageType};
-use peerlink_smol::{Config, Handle};
-use tokio::runtime::Runtime;
+use peerlink_smol::Handle;
 
-/// A peer on tokio, reachable through the relay at `relay_url`.
-fn tokio_peer(
-    rt: &Runtime,
-    me: &Identity,
-    relay: &Identity,
-    relay_url: &str,
-    peers: &[&Identity],
-    pref: TransportPreference,
-) -> Handle {
-    let mut cfg = Config::ephemeral();
-    cfg.node = fast_node(pref);
-    cfg.peers = peers.iter().map(|c| trusted(c, None)).collect();
-    cfg.relay = Some(trusted(relay, Some(relay_url.to_owned())));
-    rt.block_on(peerlink_tokio::Peerlink::start(cfg, copy(me))).unwrap()
-}
-
-/// A relay configuration trusting `clients`.
-fn relay_config(clients: &[&Identity]) -> Config {
-    let mut cfg = Config::ephemeral();
-    cfg.node = fast_node(TransportPreference::WebsocketFirst);
-    cfg.peers = clients.iter().map(|c| trusted(c, None)).collect();
-    cfg
-}
+const EPHEMERAL: &str = "127.0.0.1:0";
 
 /// A blocking client reachable through the relay at `relay_url`, trusting `peers`.
 fn blocking_client(
@@ -84,10 +61,11 @@ fn both_ways(node: &Handle, node_id: &Identity, client: &Client, client_id: &Ide
 #[test]
 fn a_tokio_peer_and_a_blocking_client_through_a_smol_relay() {
     let (r, a, c) = (identity("relay"), identity("alice"), identity("carol"));
-    let relay = smol::block_on(start_relay(&r, &[&a, &c], "127.0.0.1:0".parse().unwrap()));
-    let rt = Runtime::new().unwrap();
+    let relay =
+        smol::block_on(start_relay_on(NodeDriver::Smol, &r, &[&a, &c], EPHEMERAL.parse().unwrap()));
+    let pref = TransportPreference::WebsocketFirst;
     let alice =
-        tokio_peer(&rt, &a, &r, &relay.base_url(), &[&c], TransportPreference::WebsocketFirst);
+        smol::block_on(start_peer_on(NodeDriver::Tokio, &a, &r, &relay.base_url(), &[&c], pref));
     let carol = blocking_client(&c, &r, &relay.base_url(), &[&a]);
     both_ways(&alice, &a, &carol, &c, 20);
 }
@@ -95,16 +73,15 @@ fn a_tokio_peer_and_a_blocking_client_through_a_smol_relay() {
 #[test]
 fn a_smol_peer_and_a_blocking_client_through_a_tokio_relay() {
     let (r, b, c) = (identity("relay"), identity("bob"), identity("carol"));
-    let rt = Runtime::new().unwrap();
-    let relay = rt.block_on(peerlink_tokio::Peerlink::start(relay_config(&[&b, &c]), copy(&r)));
-    let relay = relay.unwrap();
-    let bob = smol::block_on(start_peer(
-        &b,
+    let relay = smol::block_on(start_relay_on(
+        NodeDriver::Tokio,
         &r,
-        &relay.base_url(),
-        &[&c],
-        TransportPreference::WebsocketFirst,
+        &[&b, &c],
+        EPHEMERAL.parse().unwrap(),
     ));
+    let pref = TransportPreference::WebsocketFirst;
+    let bob =
+        smol::block_on(start_peer_on(NodeDriver::Smol, &b, &r, &relay.base_url(), &[&c], pref));
     let carol = blocking_client(&c, &r, &relay.base_url(), &[&b]);
     both_ways(&bob, &b, &carol, &c, 20);
 }
@@ -112,25 +89,17 @@ fn a_smol_peer_and_a_blocking_client_through_a_tokio_relay() {
 #[test]
 fn an_axum_application_serves_its_own_routes_next_to_a_mounted_relay() {
     let (r, a, b) = (identity("relay"), identity("alice"), identity("bob"));
-    let rt = Runtime::new().unwrap();
-    let (relay, base) = rt.block_on(async {
-        let (relay, peerlink) =
-            peerlink_tokio::Peerlink::router(relay_config(&[&a, &b]), copy(&r)).await.unwrap();
-        let app = axum::Router::new()
-            .route("/", axum::routing::get(|| async { "the application's own page" }))
-            .nest("/peerlink", peerlink);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, app).await });
-        (relay, format!("http://{addr}"))
-    });
-    let relay_url = format!("{base}/peerlink");
-    let addr = base.trim_start_matches("http://").parse().unwrap();
-    assert_eq!(http_get(addr, "/").as_deref(), Some("the application's own page"));
+    let relay =
+        smol::block_on(start_relay_on(NodeDriver::Axum, &r, &[&a, &b], EPHEMERAL.parse().unwrap()));
+    let relay_url = relay.base_url();
+    assert!(relay_url.ends_with(AXUM_PREFIX), "{relay_url}");
+    assert_eq!(http_get(relay.local_addr(), "/").as_deref(), Some(AXUM_APP_PAGE));
 
     // Alice on tokio over WebSocket (upgraded through axum), bob on smol over HTTP only.
-    let alice = tokio_peer(&rt, &a, &r, &relay_url, &[&b], TransportPreference::WebsocketFirst);
-    let bob = smol::block_on(start_peer(&b, &r, &relay_url, &[&a], TransportPreference::HttpOnly));
+    let ws = TransportPreference::WebsocketFirst;
+    let alice = smol::block_on(start_peer_on(NodeDriver::Tokio, &a, &r, &relay_url, &[&b], ws));
+    let http = TransportPreference::HttpOnly;
+    let bob = smol::block_on(start_peer_on(NodeDriver::Smol, &b, &r, &relay_url, &[&a], http));
     let (alice_rx, bob_rx) =
         (smol::block_on(alice.incoming()).unwrap(), smol::block_on(bob.incoming()).unwrap());
     send(&alice, &b, "alice", 0..20);
@@ -144,4 +113,7 @@ fn an_axum_application_serves_its_own_routes_next_to_a_mounted_relay() {
     assert_eq!(bob_stats.ws_messages_sent, 0, "{bob_stats:?}");
     let snapshot = smol::block_on(relay.snapshot()).unwrap();
     assert_eq!(snapshot.inbound_peer_links, 1, "alice's link, through axum: {snapshot:?}");
+    for node in [alice, bob, relay] {
+        smol::block_on(node.shutdown()).unwrap();
+    }
 }

@@ -15,7 +15,7 @@ fn cut_websocket_falls_back_to_http_then_returns() {
     smol::block_on(async {
         let (r, a, b) = (identity("relay"), identity("alice"), identity("bob"));
         let relay = start_relay(&r, &[&a, &b], "127.0.0.1:0".parse().unwrap()).await;
-        let proxy = Proxy::start(relay.local_addr(), false);
+        let proxy = Proxy::start(&relay, false);
         let pref = TransportPreference::WebsocketFirst;
         let alice = start_peer(&a, &r, &proxy.url(), &[&b], pref).await;
         let bob = start_peer(&b, &r, &relay.base_url(), &[&a], pref).await;

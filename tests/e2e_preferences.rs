@@ -7,13 +7,12 @@ use e2e::*;
 use peerlink_core::node::SendOptions;
 use peerlink_core::transport::TransportPreference;
 use peerlink_core::{Event, MessageType};
-use peerlink_smol::Handle;
 use std::time::Duration;
 
 struct Net {
-    relay: Handle,
-    alice: Handle,
-    bob: Handle,
+    relay: Node,
+    alice: Node,
+    bob: Node,
     proxy: Proxy,
     bob_rx: smol::channel::Receiver<Event>,
     alice_rx: smol::channel::Receiver<Event>,
@@ -25,7 +24,7 @@ struct Net {
 async fn net(pref: TransportPreference, ws_blocked: bool) -> Net {
     let (r, a, b) = (identity("relay"), identity("alice"), identity("bob"));
     let relay = start_relay(&r, &[&a, &b], "127.0.0.1:0".parse().unwrap()).await;
-    let proxy = Proxy::start(relay.local_addr(), false);
+    let proxy = Proxy::start(&relay, false);
     proxy.block_websocket(ws_blocked);
     let alice = start_peer(&a, &r, &proxy.url(), &[&b], pref).await;
     let bob =

@@ -18,7 +18,7 @@ fn two_peers_through_a_relay_over_websocket_end_to_end_encrypted() {
         let relay = start_relay(&r, &[&a, &b], "127.0.0.1:0".parse().unwrap()).await;
         let relay_events = relay.incoming().await.unwrap();
         // Alice reaches the relay through a recording proxy: everything she exchanges with it.
-        let tap = Proxy::start(relay.local_addr(), true);
+        let tap = Proxy::start(&relay, true);
         let pref = TransportPreference::WebsocketOnly;
         let alice = start_peer(&a, &r, &tap.url(), &[&b], pref).await;
         let bob = start_peer(&b, &r, &relay.base_url(), &[&a], pref).await;

@@ -9,7 +9,6 @@ use e2e::*;
 use peerlink_core::node::SendOptions;
 use peerlink_core::transport::TransportPreference;
 use peerlink_core::{Event, MessageType};
-use peerlink_smol::Handle;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -17,15 +16,11 @@ async fn restart(
     r: &peerlink_core::Identity,
     clients: &[&peerlink_core::Identity],
     addr: SocketAddr,
-) -> Handle {
+) -> Node {
     // The old listener is closed asynchronously after shutdown: retry binding the same port.
     let start = std::time::Instant::now();
     loop {
-        let mut cfg = peerlink_smol::Config::ephemeral();
-        cfg.listen = addr;
-        cfg.node = fast_node(TransportPreference::WebsocketFirst);
-        cfg.peers = clients.iter().map(|c| trusted(c, None)).collect();
-        match peerlink_smol::Peerlink::start(cfg, copy(r)).await {
+        match try_start_node(relay_config(clients, addr), copy(r)).await {
             Ok(h) => return h,
             Err(e) => {
                 assert!(start.elapsed() < DEADLINE, "cannot rebind {addr}: {e}");
@@ -48,7 +43,7 @@ async fn start_client(
     relay: &peerlink_core::Identity,
     relay_url: &str,
     peers: &[&peerlink_core::Identity],
-) -> Handle {
+) -> Node {
     let mut cfg = peerlink_smol::Config::ephemeral();
     cfg.node = fast_node(TransportPreference::WebsocketFirst);
     // 100, 200, then 400 ms between attempts.
@@ -56,7 +51,7 @@ async fn start_client(
     retry.max_attempts = 3 + (HTTP_RETRY_BUDGET.as_millis() / retry.max.as_millis()) as u32;
     cfg.peers = peers.iter().map(|c| trusted(c, None)).collect();
     cfg.relay = Some(trusted(relay, Some(relay_url.to_owned())));
-    peerlink_smol::Peerlink::start(cfg, copy(me)).await.unwrap()
+    start_node(cfg, copy(me)).await
 }
 
 #[test]

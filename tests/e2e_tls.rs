@@ -1,4 +1,5 @@
-//! The blocking client reaches a smol node serving TLS 1.3: over `wss://` and over `https://`,
+//! The blocking client reaches a node serving TLS 1.3 (on the axum driver, the application's
+//! server does the TLS, in front of the mounted node): over `wss://` and over `https://`,
 //! verified against the test CA (`drivers/smol/tests/data/ca.crt`).
 
 mod e2e;
@@ -10,7 +11,7 @@ use e2e::*;
 use peerlink_blocking::Client;
 use peerlink_core::Event;
 use peerlink_core::transport::TransportPreference;
-use peerlink_smol::{Config, Peerlink};
+use peerlink_smol::Config;
 
 fn data(file: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../drivers/smol/tests/data").join(file)
@@ -25,7 +26,7 @@ fn the_blocking_client_speaks_wss_and_https() {
         cfg.tls.cert_file = Some(data("localhost.crt"));
         cfg.tls.key_file = Some(data("localhost.key"));
         cfg.peers = vec![trusted(&a, None)];
-        let bob = Peerlink::start(cfg, copy(&b)).await.unwrap();
+        let bob = start_node(cfg, copy(&b)).await;
         let rx = bob.incoming().await.unwrap();
         assert!(bob.base_url().starts_with("https://"));
 

@@ -1,18 +1,19 @@
-//! Shared helpers of the end-to-end tests: nodes on ephemeral loopback ports with short timers, a
-//! fault-injecting TCP proxy, a raw WebSocket client, and waiting on events with deadlines.
+//! Shared helpers of the end-to-end tests: nodes on ephemeral loopback ports with short timers,
+//! on the driver `PEERLINK_E2E_DRIVER` names, a fault-injecting TCP proxy, a raw WebSocket
+//! client, and waiting on events with deadlines.
 #![allow(dead_code)]
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use peerlink_core::node::{NodeConfig, TransportStats};
 use peerlink_core::rate_limit::RateLimit;
 use peerlink_core::transport::TransportPreference;
 use peerlink_core::{EntityId, Event, Identity, Timestamp};
-use peerlink_smol::{Config, Handle, Peerlink, TrustedPeer};
+use peerlink_smol::{ApiError, Config, Handle, TrustedPeer};
 use smol::channel::Receiver;
 use smol::future::FutureExt as _;
 
@@ -65,26 +66,362 @@ pub fn fast_node(pref: TransportPreference) -> NodeConfig {
     n
 }
 
-/// A relay trusting `clients`, on `listen` (port 0: ephemeral).
-pub async fn start_relay(relay: &Identity, clients: &[&Identity], listen: SocketAddr) -> Handle {
+// ---------------------------------------------------------------------------------------------
+// Nodes, on the driver under test.
+
+/// Which driver runs the nodes of a test: `PEERLINK_E2E_DRIVER` names it for the whole run
+/// ([`driver`]). One suite, every driver: a test that passes on one and fails on another has
+/// found a bug in one of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeDriver {
+    /// `peerlink_smol::Peerlink::start` (the default).
+    Smol,
+    /// `peerlink_tokio::Peerlink::start`, on the suite's shared multi-thread tokio runtime.
+    Tokio,
+    /// `peerlink_tokio::Peerlink::router`, nested under [`AXUM_PREFIX`] in an axum application
+    /// served by `axum::serve` on the shared tokio runtime, next to a route of its own (`/`).
+    Axum,
+}
+
+/// The variable that chooses the driver, and its values.
+pub const DRIVER_VAR: &str = "PEERLINK_E2E_DRIVER";
+const DRIVERS: [(&str, NodeDriver); 3] =
+    [("smol", NodeDriver::Smol), ("tokio", NodeDriver::Tokio), ("axum", NodeDriver::Axum)];
+
+/// Where the axum application mounts the node: its base URL is `http://ADDR/peerlink`.
+pub const AXUM_PREFIX: &str = "/peerlink";
+
+/// What the axum application serves at `/`, its own route next to the node's.
+pub const AXUM_APP_PAGE: &str = "the application's own page";
+
+/// The driver `PEERLINK_E2E_DRIVER` names (`smol`, the default, `tokio` or `axum`). Any other
+/// value panics: a typo must not quietly run the suite on smol again.
+pub fn driver() -> NodeDriver {
+    static DRIVER: OnceLock<NodeDriver> = OnceLock::new();
+    *DRIVER.get_or_init(|| {
+        let Some(value) = std::env::var_os(DRIVER_VAR) else { return NodeDriver::Smol };
+        let value = value.to_string_lossy();
+        let found = DRIVERS.iter().find(|(name, _)| *name == value).map(|(_, d)| *d);
+        found.unwrap_or_else(|| {
+            let names: Vec<_> = DRIVERS.iter().map(|(name, _)| *name).collect();
+            panic!("{DRIVER_VAR}={value:?} is not a driver; use one of: {}", names.join(", "))
+        })
+    })
+}
+
+/// Tests that do not run on a driver, each with the reason: `(binary::test, driver, reason)`.
+/// A test calls [`skipped`] first. Keep it short: a test skipped here is a behaviour left
+/// unchecked on that driver, and every entry is a bug to fix or a limit of the test itself.
+pub const SKIPS: &[(&str, NodeDriver, &str)] = &[];
+
+/// Whether `test` (`binary::test`) is listed in [`SKIPS`] for the driver under test; if so it
+/// says so on stderr, past the test harness's capture so that a skip is never silent, and the
+/// test returns at once.
+pub fn skipped(test: &str) -> bool {
+    let d = driver();
+    let Some((_, _, reason)) = SKIPS.iter().find(|(t, on, _)| *t == test && *on == d) else {
+        return false;
+    };
+    let line = format!("SKIPPED {test} on the {d:?} driver: {reason}\n");
+    let _ = std::io::stderr().lock().write_all(line.as_bytes());
+    true
+}
+
+/// The tokio runtime every tokio and axum node of the test binary runs on (multi-thread, like an
+/// application's): nodes are started from `smol::block_on` and their handles used from anywhere.
+pub fn tokio_runtime() -> &'static tokio::runtime::Runtime {
+    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    RT.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .thread_name("e2e-tokio")
+            .build()
+            .expect("the tests' tokio runtime")
+    })
+}
+
+/// A running node of any driver: its [`Handle`] (through `Deref`), the URL peers reach it at and,
+/// for an axum-mounted node, the application server around it.
+#[derive(Clone, Debug)]
+pub struct Node {
+    handle: Handle,
+    driver: NodeDriver,
+    base_url: String,
+    server: Option<Arc<AxumServer>>,
+}
+
+/// The axum application serving a mounted node: stopped by closing `stop`; `done` closes once
+/// `axum::serve` has returned (its listener closed, its connections ended).
+#[derive(Debug)]
+struct AxumServer {
+    stop: smol::channel::Sender<()>,
+    done: Receiver<()>,
+    /// Whether it serves TLS (`https`/`wss`).
+    tls: bool,
+}
+
+impl std::ops::Deref for Node {
+    type Target = Handle;
+
+    fn deref(&self) -> &Handle {
+        &self.handle
+    }
+}
+
+impl Node {
+    /// The node's [`Handle`].
+    pub fn handle(&self) -> &Handle {
+        &self.handle
+    }
+
+    /// The driver it runs on.
+    pub fn driver(&self) -> NodeDriver {
+        self.driver
+    }
+
+    /// The base URL peers reach it at: `Handle::base_url`, with the application's path for an
+    /// axum-mounted node.
+    pub fn base_url(&self) -> String {
+        self.base_url.clone()
+    }
+
+    /// The path under which its endpoints are served: empty, or the axum application's prefix.
+    pub fn prefix(&self) -> &'static str {
+        if self.server.is_some() { AXUM_PREFIX } else { "" }
+    }
+
+    /// The request path of the endpoint `endpoint` (`/v1/messages`, `/ws/v1/peers`, ...).
+    pub fn path(&self, endpoint: &str) -> String {
+        format!("{}{endpoint}", self.prefix())
+    }
+
+    /// `Handle::shutdown`, then, for an axum-mounted node, the application server's graceful
+    /// shutdown, awaited (the node's router does not stop the application's server): its port
+    /// is free and its connections closed when this returns.
+    pub async fn shutdown(&self) -> Result<(), ApiError> {
+        let stopped = self.handle.shutdown().await;
+        if let Some(server) = &self.server {
+            server.stop.close();
+            within("the axum application's server to stop", async {
+                let _ = server.done.recv().await;
+            })
+            .await;
+        }
+        stopped
+    }
+}
+
+/// A node of the driver under test ([`driver`]); panics if it cannot start.
+pub async fn start_node(config: Config, identity: Identity) -> Node {
+    start_node_on(driver(), config, identity).await
+}
+
+/// A node of `driver`; panics if it cannot start.
+pub async fn start_node_on(driver: NodeDriver, config: Config, identity: Identity) -> Node {
+    let listen = config.listen;
+    try_start_node_on(driver, config, identity)
+        .await
+        .unwrap_or_else(|e| panic!("a {driver:?} node on {listen}: {e}"))
+}
+
+/// A node of the driver under test, or why it did not start (its port taken, say).
+pub async fn try_start_node(config: Config, identity: Identity) -> Result<Node, String> {
+    try_start_node_on(driver(), config, identity).await
+}
+
+/// A node of `driver`, or why it did not start.
+pub async fn try_start_node_on(
+    driver: NodeDriver,
+    config: Config,
+    identity: Identity,
+) -> Result<Node, String> {
+    log_if_asked();
+    let (handle, server) = match driver {
+        NodeDriver::Smol => {
+            let node = peerlink_smol::Peerlink::start(config, identity).await;
+            (node.map_err(|e| e.to_string())?, None)
+        }
+        NodeDriver::Tokio => {
+            // Started on the runtime, as an application's `#[tokio::main]` would; its join
+            // handle is awaited from any executor.
+            let task = tokio_runtime().spawn(peerlink_tokio::Peerlink::start(config, identity));
+            let node = task.await.map_err(|e| e.to_string())?;
+            (node.map_err(|e| e.to_string())?, None)
+        }
+        NodeDriver::Axum => {
+            let (node, server) = tokio_runtime()
+                .spawn(serve_axum(config, identity))
+                .await
+                .map_err(|e| e.to_string())??;
+            (node, Some(Arc::new(server)))
+        }
+    };
+    let base_url = match &server {
+        None => handle.base_url(),
+        Some(s) => {
+            let scheme = if s.tls { "https" } else { "http" };
+            format!("{scheme}://{}{AXUM_PREFIX}", handle.local_addr())
+        }
+    };
+    Ok(Node { handle, driver, base_url, server })
+}
+
+/// With `RUST_LOG` set (`RUST_LOG=peerlink_host=trace`), the nodes' logs go to the failing
+/// test's output: what a node did differently on one driver.
+fn log_if_asked() {
+    static LOG: OnceLock<()> = OnceLock::new();
+    LOG.get_or_init(|| {
+        if std::env::var_os("RUST_LOG").is_some() {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+                .with_thread_names(true)
+                .with_test_writer()
+                .try_init();
+        }
+    });
+}
+
+/// An axum application on `config.listen` that serves its own page at `/` and the node under
+/// [`AXUM_PREFIX`], over TLS when `config.tls` has a certificate (the application's server does
+/// TLS: the node's router never sees it). Runs on the current tokio runtime.
+async fn serve_axum(
+    mut config: Config,
+    identity: Identity,
+) -> Result<(Handle, AxumServer), String> {
+    use axum::serve::ListenerExt as _;
+    let tls = match (&config.tls.cert_file, &config.tls.key_file) {
+        (Some(cert), Some(key)) => {
+            Some(peerlink_tokio::tls::server_config(cert, key).map_err(|e| e.to_string())?)
+        }
+        _ => None,
+    };
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
+    // The node reports the address the application listens on (`Handle::local_addr`).
+    config.listen = listener.local_addr().map_err(|e| e.to_string())?;
+    let serves_tls = tls.is_some();
+    let (handle, router) =
+        peerlink_tokio::Peerlink::router(config, identity).await.map_err(|e| e.to_string())?;
+    let app = axum::Router::new()
+        .route("/", axum::routing::get(|| async { AXUM_APP_PAGE }))
+        .nest(AXUM_PREFIX, router);
+    let (stop, stop_rx) = smol::channel::bounded::<()>(1);
+    let (done_tx, done) = smol::channel::bounded::<()>(1);
+    let stopped = async move {
+        let _ = stop_rx.recv().await;
+    };
+    // TCP_NODELAY on every connection, as axum's documentation advises (and as both drivers'
+    // own listeners do).
+    let nodelay = |tcp: &mut tokio::net::TcpStream| {
+        let _ = tcp.set_nodelay(true);
+    };
+    match tls {
+        None => {
+            let listener = listener.tap_io(nodelay);
+            tokio::spawn(async move {
+                let _ = axum::serve(listener, app).with_graceful_shutdown(stopped).await;
+                drop(done_tx);
+            });
+        }
+        Some(tls) => {
+            let listener =
+                TlsListener { tcp: listener, tls: futures_rustls::TlsAcceptor::from(tls) };
+            tokio::spawn(async move {
+                let _ = axum::serve(listener, app).with_graceful_shutdown(stopped).await;
+                drop(done_tx);
+            });
+        }
+    }
+    Ok((handle, AxumServer { stop, done, tls: serves_tls }))
+}
+
+/// A TLS listener for `axum::serve`: the handshake (futures-rustls, over tokio's socket through
+/// `tokio_util::compat`) is done in `accept`, one at a time, each within 5 s.
+struct TlsListener {
+    tcp: tokio::net::TcpListener,
+    tls: futures_rustls::TlsAcceptor,
+}
+
+type TlsIo = tokio_util::compat::Compat<
+    futures_rustls::server::TlsStream<tokio_util::compat::Compat<tokio::net::TcpStream>>,
+>;
+
+impl axum::serve::Listener for TlsListener {
+    type Io = TlsIo;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (TlsIo, SocketAddr) {
+        use tokio_util::compat::{FuturesAsyncReadCompatExt as _, TokioAsyncReadCompatExt as _};
+        loop {
+            let (tcp, peer) = match self.tcp.accept().await {
+                Ok(accepted) => accepted,
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let _ = tcp.set_nodelay(true);
+            let handshake = self.tls.accept(tcp.compat());
+            if let Ok(Ok(tls)) = tokio::time::timeout(Duration::from_secs(5), handshake).await {
+                return (tls.compat(), peer);
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.tcp.local_addr()
+    }
+}
+
+/// A relay trusting `clients`, on `listen` (port 0: ephemeral), on the driver under test.
+pub async fn start_relay(relay: &Identity, clients: &[&Identity], listen: SocketAddr) -> Node {
+    start_relay_on(driver(), relay, clients, listen).await
+}
+
+/// [`start_relay`] on `driver`.
+pub async fn start_relay_on(
+    driver: NodeDriver,
+    relay: &Identity,
+    clients: &[&Identity],
+    listen: SocketAddr,
+) -> Node {
+    start_node_on(driver, relay_config(clients, listen), copy(relay)).await
+}
+
+/// A relay's configuration: trusting `clients`, on `listen`.
+pub fn relay_config(clients: &[&Identity], listen: SocketAddr) -> Config {
     let mut cfg = Config::ephemeral();
     cfg.listen = listen;
     cfg.node = fast_node(TransportPreference::WebsocketFirst);
     cfg.peers = clients.iter().map(|c| trusted(c, None)).collect();
-    Peerlink::start(cfg, copy(relay)).await.unwrap()
+    cfg
 }
 
-/// A peer reachable through the relay at `relay_url`, trusting `peers` (routed via the relay).
+/// A peer reachable through the relay at `relay_url`, trusting `peers` (routed via the relay),
+/// on the driver under test.
 pub async fn start_peer(
     me: &Identity,
     relay: &Identity,
     relay_url: &str,
     peers: &[&Identity],
     pref: TransportPreference,
-) -> Handle {
+) -> Node {
+    start_peer_on(driver(), me, relay, relay_url, peers, pref).await
+}
+
+/// [`start_peer`] on `driver`.
+pub async fn start_peer_on(
+    driver: NodeDriver,
+    me: &Identity,
+    relay: &Identity,
+    relay_url: &str,
+    peers: &[&Identity],
+    pref: TransportPreference,
+) -> Node {
     let peers: Vec<_> = peers.iter().map(|p| (*p, None)).collect();
     let cfg = client_config(pref, Some((relay, relay_url)), &peers);
-    Peerlink::start(cfg, copy(me)).await.unwrap()
+    start_node_on(driver, cfg, copy(me)).await
 }
 
 /// Awaits `f` with the suite's deadline; panics with `what` when it passes.
@@ -194,25 +531,33 @@ struct ProxyState {
     recording: Option<Mutex<Vec<u8>>>,
 }
 
-/// A TCP proxy on an ephemeral loopback port in front of `target` (std threads). It can kill
+/// A TCP proxy on an ephemeral loopback port in front of a node (std threads). It can kill
 /// every proxied connection, refuse WebSocket upgrades (it cuts a connection on which a
-/// `GET /ws/` request starts) while HTTP passes, and record every byte that crossed.
+/// `GET /ws/` request starts, under the node's path prefix) while HTTP passes, and record every
+/// byte that crossed.
 #[derive(Clone)]
 pub struct Proxy {
     addr: SocketAddr,
-    target: Arc<Mutex<SocketAddr>>,
+    target: SocketAddr,
+    /// The node's path prefix (an axum-mounted node's).
+    prefix: &'static str,
+    /// The start of a WebSocket upgrade's request line: `GET {prefix}/ws/`.
+    upgrade: Arc<Vec<u8>>,
     state: Arc<ProxyState>,
 }
 
 impl Proxy {
-    pub fn start(target: SocketAddr, record: bool) -> Proxy {
+    /// A proxy in front of `node` (its plain-TCP listener).
+    pub fn start(node: &Node, record: bool) -> Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(ProxyState {
             recording: record.then(|| Mutex::new(Vec::new())),
             ..ProxyState::default()
         });
-        let proxy = Proxy { addr, target: Arc::new(Mutex::new(target)), state };
+        let prefix = node.prefix();
+        let upgrade = Arc::new(format!("GET {prefix}/ws/").into_bytes());
+        let proxy = Proxy { addr, target: node.local_addr(), prefix, upgrade, state };
         let p = proxy.clone();
         std::thread::spawn(move || {
             for conn in listener.incoming() {
@@ -224,8 +569,9 @@ impl Proxy {
         proxy
     }
 
+    /// The node's base URL through the proxy.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("http://{}{}", self.addr, self.prefix)
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -272,8 +618,7 @@ impl Proxy {
         if self.state.refuse_all.load(Ordering::SeqCst) {
             return;
         }
-        let target = *self.target.lock().unwrap();
-        let Ok(up) = TcpStream::connect(target) else { return };
+        let Ok(up) = TcpStream::connect(self.target) else { return };
         let _ = up.set_nodelay(true);
         let _ = conn.set_nodelay(true);
         {
@@ -291,7 +636,8 @@ impl Proxy {
     /// either way). The upgrade may be the first request or follow others on the connection
     /// (peerlink fetches its token on the connection it then upgrades, spec §23.2).
     fn refuses(&self, chunk: &[u8]) -> bool {
-        let upgrades = chunk.windows(8).filter(|w| w == b"GET /ws/").count() as u64;
+        let needle = &self.upgrade[..];
+        let upgrades = chunk.windows(needle.len()).filter(|w| *w == needle).count() as u64;
         if upgrades == 0 {
             return false;
         }
@@ -331,12 +677,12 @@ impl Proxy {
 
 pub type RawWs = tungstenite::WebSocket<TcpStream>;
 
-/// Gets a token for `me` from the node at `addr` (spec §23.2).
-pub fn token(addr: SocketAddr, me: &Identity, node: &EntityId) -> String {
+/// Gets a token for `me` from the node at `base_url` (spec §23.2).
+pub fn token(base_url: &str, me: &Identity, node: &EntityId) -> String {
     let agent: ureq::Agent =
         ureq::Agent::config_builder().http_status_as_error(false).build().into();
     let url = format!(
-        "http://{addr}/auth/token?entity_id={}&pubkey={}",
+        "{base_url}/auth/token?entity_id={}&pubkey={}",
         me.id().as_str(),
         me.public_key().to_b64u()
     );
@@ -349,7 +695,7 @@ pub fn token(addr: SocketAddr, me: &Identity, node: &EntityId) -> String {
     let body =
         serde_json::json!({"entity_id": me.id().as_str(), "challenge": ch, "signature": sig});
     let mut r = agent
-        .post(&format!("http://{addr}/auth/verify"))
+        .post(&format!("{base_url}/auth/verify"))
         .header("content-type", "application/json")
         .send(body.to_string().as_bytes())
         .unwrap();
@@ -359,8 +705,8 @@ pub fn token(addr: SocketAddr, me: &Identity, node: &EntityId) -> String {
     v["token"].as_str().unwrap().to_owned()
 }
 
-/// Tries a WebSocket upgrade on `path` with `token` as a bearer header; the HTTP status of a
-/// refusal, or the socket.
+/// Tries a WebSocket upgrade on `path` (with the node's prefix: [`Node::path`]) with `token` as
+/// a bearer header; the HTTP status of a refusal, or the socket.
 pub fn ws_connect(addr: SocketAddr, path: &str, token: &str) -> Result<RawWs, u16> {
     ws_connect_with(addr, path, token, &[])
 }

@@ -732,6 +732,8 @@ impl World {
                     }
                 }
                 Output::Event(e) => self.on_event(i, e),
+                // No simulated node is a cluster node yet (issue 17).
+                Output::Cluster(action) => panic!("cluster output from node {i}: {action:?}"),
             }
         }
     }

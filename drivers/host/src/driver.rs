@@ -324,6 +324,19 @@ pub(crate) async fn run(mut core: Core, inputs: Receiver<Input>) {
             break;
         }
     }
+    refuse_queued(&*inputs);
+}
+
+/// Closes the node task's queue and drops what is still in it. An input carries the sender its
+/// answer goes back on (an HTTP call, an upgrade, a token challenge, an API call); left in the
+/// queue, kept alive by every sender of the queue (the handle, the endpoints, the links), it
+/// would never be answered nor dropped, and its caller would wait for ever: a request that came
+/// in just before a shutdown held its connection open, and an application's server waiting for
+/// its connections to end never stopped. Dropped, each caller sees the node stopped (503,
+/// [`ApiError::Stopped`]); once closed, the queue takes nothing more.
+fn refuse_queued<T>(queue: &Receiver<T>) {
+    queue.close();
+    while queue.try_recv().is_ok() {}
 }
 
 /// After a shutdown: waits until the links it closed have written what it queued on them (its
@@ -414,5 +427,17 @@ mod tests {
         assert_eq!(done, Some("stop"));
         assert_eq!(seen, vec![0, 1, 2, 3]);
         assert_eq!(rx.try_recv().ok(), Some(4));
+    }
+
+    #[test]
+    fn what_is_queued_behind_a_shutdown_is_refused_not_left_waiting() {
+        let (tx, rx) = async_channel::unbounded::<async_channel::Sender<()>>();
+        let (reply, answer) = async_channel::bounded(1);
+        tx.try_send(reply).unwrap();
+        refuse_queued(&rx);
+        // The caller's answer channel is closed: it sees the node stopped at once.
+        assert!(answer.is_closed());
+        let (later, _) = async_channel::bounded(1);
+        assert!(tx.try_send(later).is_err(), "the closed queue takes nothing more");
     }
 }

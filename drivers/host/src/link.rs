@@ -259,7 +259,15 @@ where
     .await
 }
 
-/// Sends the close frame and waits (at most [`CLOSE_TIMEOUT`]) for it to be written.
+/// Sends the close frame, then reads (dropping what comes) until the peer's close frame or the
+/// end of the stream: the closing handshake (RFC 6455 §7.1.1), all within [`CLOSE_TIMEOUT`].
+///
+/// Dropping the socket right after the close frame lost what it carried: frames the peer was
+/// still sending arrived on a socket that was no longer read, so closing it reset the
+/// connection, and the peer's link failed on its next write before it read the frames queued
+/// ahead of the close (the acknowledgements a shutdown flushes, then `BYE`). A peer whose
+/// acknowledgements were lost so sent the messages again to a restarted relay, which delivered
+/// them twice (e2e_restart on tokio).
 async fn close_handshake<S>(
     rt: &dyn Runtime,
     ws: &mut WebSocketStream<Corked<S>>,
@@ -267,12 +275,16 @@ async fn close_handshake<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let _ = async { ws.close(Some(frame)).await.ok() }
-        .or(async {
-            sleep(rt, CLOSE_TIMEOUT).await;
-            None
-        })
-        .await;
+    let _ = async {
+        ws.close(Some(frame)).await.ok()?;
+        while let Some(Ok(_)) = ws.next().await {}
+        Some(())
+    }
+    .or(async {
+        sleep(rt, CLOSE_TIMEOUT).await;
+        None
+    })
+    .await;
 }
 
 #[cfg(test)]
