@@ -95,7 +95,7 @@ fn application_types_reach_their_handlers_and_a_peer_without_them_refuses_typed_
         // Carol's node predates application types: it does not offer the capability.
         let mut legacy = client_config(pref, Some((&r, url.as_str())), &[(&a, None)]);
         legacy.node.capabilities.app_types = false;
-        let carol = peerlink_smol::Peerlink::start(legacy, copy(&c)).await.unwrap();
+        let carol = start_node(legacy, copy(&c)).await;
         let bob_rx = bob.incoming().await.unwrap();
         let carol_rx = carol.incoming().await.unwrap();
 
