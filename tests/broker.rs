@@ -136,7 +136,7 @@ async fn requests(rt: Rt) {
 async fn publications_reach_a_subscriber(rt: Rt) {
     let server = RedisServer::start_plain();
     let broker = connect(&rt, &server.url()).await.unwrap();
-    let sub = broker.subscriber(16).await.unwrap();
+    let sub = broker.subscriber(16, MAX_PAYLOAD).await.unwrap();
     sub.subscribe("topic:news").await.unwrap();
     sub.psubscribe("node:*").await.unwrap();
     // Each subscription is confirmed by the server before its call returns: one receiver each.
@@ -157,10 +157,13 @@ async fn publications_reach_a_subscriber(rt: Rt) {
     assert_eq!(n, 0);
 }
 
+/// The largest publication the tests' subscribers take.
+const MAX_PAYLOAD: usize = 1024;
+
 async fn a_full_subscriber_queue_drops_and_counts(rt: Rt) {
     let server = RedisServer::start_plain();
     let broker = connect(&rt, &server.url()).await.unwrap();
-    let sub = broker.subscriber(1).await.unwrap();
+    let sub = broker.subscriber(1, MAX_PAYLOAD).await.unwrap();
     sub.subscribe("burst").await.unwrap();
     for i in 1..=3 {
         let n: usize = broker.query(cmd("PUBLISH").arg("burst").arg(i)).await.unwrap();
@@ -172,6 +175,18 @@ async fn a_full_subscriber_queue_drops_and_counts(rt: Rt) {
     assert_eq!(messages.try_recv().unwrap().payload, b"1");
     assert!(messages.try_recv().is_err());
     assert!(!sub.is_lost());
+    // A publication over the payload bound is dropped and counted, however empty the queue.
+    let big = vec![b'x'; MAX_PAYLOAD + 1];
+    let n: usize = broker.query(cmd("PUBLISH").arg("burst").arg(&big[..])).await.unwrap();
+    assert_eq!(n, 1);
+    let fits = vec![b'y'; MAX_PAYLOAD];
+    let n: usize = broker.query(cmd("PUBLISH").arg("burst").arg(&fits[..])).await.unwrap();
+    assert_eq!(n, 1);
+    // Publications reach the subscriber in order: once the second is queued, the first was seen.
+    let next = bounded(&rt, "the publication that fits", messages.recv()).await.unwrap();
+    assert_eq!(next.payload, fits);
+    assert_eq!(sub.oversized(), 1);
+    assert_eq!(sub.dropped(), 2);
 }
 
 async fn refused_credentials(rt: Rt) {
@@ -205,7 +220,7 @@ async fn refused_credentials(rt: Rt) {
     assert_eq!(ping(&relay).await.unwrap(), "PONG");
     let default = connect(&rt, &server.url_as("", "s3cret")).await.unwrap();
     assert_eq!(ping(&default).await.unwrap(), "PONG");
-    let sub = relay.subscriber(1).await.unwrap();
+    let sub = relay.subscriber(1, MAX_PAYLOAD).await.unwrap();
     sub.subscribe("as-relay").await.unwrap();
 }
 
@@ -258,7 +273,7 @@ async fn rediss_with_the_test_ca(rt: Rt) {
     let () = broker.query(cmd("SET").arg("over").arg("tls")).await.unwrap();
     let got: String = broker.query(cmd("GET").arg("over")).await.unwrap();
     assert_eq!(got, "tls");
-    let sub = broker.subscriber(1).await.unwrap();
+    let sub = broker.subscriber(1, MAX_PAYLOAD).await.unwrap();
     sub.subscribe("secure").await.unwrap();
     let e = Broker::connect(&rt, &to, None, TIMEOUT).await.unwrap_err();
     assert!(matches!(&e, BrokerError::Tls { reason, .. } if reason.contains("CA file")), "{e:?}");
@@ -272,7 +287,7 @@ async fn rediss_with_the_test_ca(rt: Rt) {
 async fn a_killed_server_fails_requests_and_subscriptions_and_a_restart_serves_again(rt: Rt) {
     let mut server = RedisServer::start_plain();
     let broker = connect(&rt, &server.url()).await.unwrap();
-    let sub = broker.subscriber(4).await.unwrap();
+    let sub = broker.subscriber(4, MAX_PAYLOAD).await.unwrap();
     sub.subscribe("before").await.unwrap();
     // A request the server holds: BLPOP without a timeout, on a connection of its own.
     let blocked = broker.connect_again().await.unwrap();
@@ -303,7 +318,7 @@ async fn a_killed_server_fails_requests_and_subscriptions_and_a_restart_serves_a
     assert_eq!(ping(&again).await.unwrap(), "PONG");
     let fresh = connect(&rt, &server.url()).await.unwrap();
     assert_eq!(ping(&fresh).await.unwrap(), "PONG");
-    let sub = again.subscriber(4).await.unwrap();
+    let sub = again.subscriber(4, MAX_PAYLOAD).await.unwrap();
     sub.subscribe("after").await.unwrap();
     let n: usize = fresh.query(cmd("PUBLISH").arg("after").arg(b"back")).await.unwrap();
     assert_eq!(n, 1);

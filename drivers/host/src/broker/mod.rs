@@ -102,9 +102,14 @@ impl Broker {
     }
 
     /// A subscription on a connection of its own, its messages queued up to `capacity`
-    /// (at least 1); see [`Subscriber`] for what happens beyond that.
-    pub async fn subscriber(&self, capacity: usize) -> Result<Subscriber, BrokerError> {
-        Subscriber::open(self.settings.clone(), capacity).await
+    /// (at least 1), each at most `max_payload` bytes, so the queue holds at most
+    /// `capacity × max_payload` bytes; see [`Subscriber`] for what happens beyond that.
+    pub async fn subscriber(
+        &self,
+        capacity: usize,
+        max_payload: usize,
+    ) -> Result<Subscriber, BrokerError> {
+        Subscriber::open(self.settings.clone(), capacity, max_payload).await
     }
 
     /// The broker's URL (its `Display` hides the password).

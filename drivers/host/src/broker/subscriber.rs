@@ -24,7 +24,9 @@ pub struct Published {
 /// **Bound.** Messages wait in a channel of the capacity given to [`Broker::subscriber`]. The
 /// connection's reader never waits for the application (a wait would stall the connection, and
 /// the broker would then drop it for its output buffer): a message that finds the channel full
-/// is dropped and counted ([`Subscriber::dropped`]). Redis's pub/sub is at most once anyway;
+/// is dropped and counted ([`Subscriber::dropped`]), and so is one whose payload is over the
+/// `max_payload` given to [`Broker::subscriber`] ([`Subscriber::oversized`]): anyone allowed to
+/// publish on the broker could otherwise fill the queue with large ones. Redis's pub/sub is at most once anyway;
 /// what must not be lost belongs in a stream or a list, not in a publication.
 ///
 /// **Loss.** When the connection is lost, [`Subscriber::lost`] completes, [`Subscriber::is_lost`]
@@ -37,21 +39,30 @@ pub struct Subscriber {
     /// Never sent on: closed when the connection is lost.
     lost: async_channel::Receiver<()>,
     dropped: Arc<AtomicU64>,
+    oversized: Arc<AtomicU64>,
 }
 
 impl Subscriber {
     /// A subscription connection like the one of `settings`, queueing up to `capacity`
-    /// messages.
+    /// messages of at most `max_payload` bytes.
     pub(super) async fn open(
         settings: Arc<Settings>,
         capacity: usize,
+        max_payload: usize,
     ) -> Result<Subscriber, BrokerError> {
         let (messages_tx, messages) = async_channel::bounded(capacity.max(1));
         let (lost_tx, lost) = async_channel::bounded(1);
         let dropped = Arc::new(AtomicU64::new(0));
-        let push = PushSender { messages: messages_tx, lost: lost_tx, dropped: dropped.clone() };
+        let oversized = Arc::new(AtomicU64::new(0));
+        let push = PushSender {
+            messages: messages_tx,
+            lost: lost_tx,
+            dropped: dropped.clone(),
+            oversized: oversized.clone(),
+            max_payload,
+        };
         let con = open(&settings, Some(push)).await?;
-        Ok(Subscriber { broker: Broker { settings, con }, messages, lost, dropped })
+        Ok(Subscriber { broker: Broker { settings, con }, messages, lost, dropped, oversized })
     }
 
     /// Subscribes to `channel`, bounded by the connection's timeout.
@@ -99,6 +110,11 @@ impl Subscriber {
         self.dropped.load(Ordering::Relaxed)
     }
 
+    /// How many messages were dropped because their payload was over `max_payload`.
+    pub fn oversized(&self) -> u64 {
+        self.oversized.load(Ordering::Relaxed)
+    }
+
     /// Whether the connection is lost.
     pub fn is_lost(&self) -> bool {
         self.lost.is_closed()
@@ -126,6 +142,8 @@ pub(super) struct PushSender {
     messages: async_channel::Sender<Published>,
     lost: async_channel::Sender<()>,
     dropped: Arc<AtomicU64>,
+    oversized: Arc<AtomicU64>,
+    max_payload: usize,
 }
 
 impl redis::aio::AsyncPushSender for PushSender {
@@ -137,6 +155,10 @@ impl redis::aio::AsyncPushSender for PushSender {
         }
         // Other pushes (the confirmations of SUBSCRIBE and the like) are the requests' answers.
         let Some(msg) = Msg::from_push_info(info) else { return Ok(()) };
+        if msg.get_payload_bytes().len() > self.max_payload {
+            self.oversized.fetch_add(1, Ordering::Relaxed);
+            return Ok(());
+        }
         let channel = msg.get_channel::<Vec<u8>>().unwrap_or_default();
         let published = Published {
             channel: String::from_utf8_lossy(&channel).into_owned(),
