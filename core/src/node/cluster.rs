@@ -110,8 +110,10 @@ pub(super) struct Cluster {
     /// Whether the broker is reachable: while it is not, frames for entities not linked here
     /// are answered `MAILBOX_FULL` (retry later, spec §19) rather than parked nowhere.
     up: bool,
-    /// Which node holds each entity's newest link, as the broker last said.
-    presence: BTreeMap<EntityId, EntityId>,
+    /// Which node holds each entity's newest link, as the broker last said, and when. An entry
+    /// not announced again for three refreshes is stale (its node may have died: the broker's
+    /// record expired, and nobody said so) and counts as absent.
+    presence: BTreeMap<EntityId, (EntityId, Timestamp)>,
     /// Announcements ignored because the presence map was full.
     pub dropped: u64,
     /// Frames from the broker refused: not an envelope for the entity they came for.
@@ -148,13 +150,18 @@ impl Node {
     }
 
     /// Where a frame for `to` (not linked here) goes in the cluster.
-    pub(super) fn cluster_route(&self, to: &EntityId) -> ClusterRoute {
+    pub(super) fn cluster_route(&self, now: Timestamp, to: &EntityId) -> ClusterRoute {
         let Some(c) = &self.cluster else { return ClusterRoute::Alone };
         if !c.up {
             return ClusterRoute::Unavailable;
         }
+        let fresh_for = c.config.refresh_every.saturating_mul(3);
         match c.presence.get(to) {
-            Some(node) if node != self.identity.id() => ClusterRoute::Node(node.clone()),
+            Some((node, at))
+                if node != self.identity.id() && now < at.saturating_add(fresh_for) =>
+            {
+                ClusterRoute::Node(node.clone())
+            }
             _ => ClusterRoute::Mailbox,
         }
     }
@@ -240,7 +247,7 @@ impl Node {
                 if c.presence.len() >= c.config.max_presence && !c.presence.contains_key(&entity) {
                     c.dropped = c.dropped.saturating_add(1);
                 } else {
-                    c.presence.insert(entity, node);
+                    c.presence.insert(entity, (node, now));
                 }
             }
         }
@@ -267,9 +274,10 @@ impl Node {
         if let Some(link) = self.bound.get(&to).copied() {
             self.transmit(link, frame);
         } else if self.polls.contains_key(&to) {
-            // An HTTP client polling here: its poll takes it. A full mailbox drops it; the
-            // sender's retransmission repairs that.
-            let _ = self.mailbox_push(now, &to, frame);
+            // An HTTP client polling here: its poll takes it; a full mailbox leaves it parked.
+            if self.mailbox_push(now, &to, Arc::clone(&frame)).is_err() {
+                self.cluster_out(ClusterAction::Park { to, frame });
+            }
         } else if self.cluster.as_ref().is_some_and(|c| c.up) {
             self.cluster_out(ClusterAction::Park { to, frame });
         }

@@ -436,15 +436,19 @@ impl Node {
     fn event(&mut self, event: Event) {
         // Messages, requests and responses are never dropped: data frames are refused
         // unacknowledged while the queue is full (backpressure), so these stay bounded by the
-        // receive windows. Nor is a failure: the application is told of every message that
-        // failed (spec §13.6), and each message accepted fails at most once, so these stay
-        // bounded by the outboxes. Other events past the bound are counted and dropped.
+        // receive windows. Nor is the outcome of a message or a request: the application is told
+        // of every message that was delivered or failed (spec §13.6) and of every request that
+        // timed out (a driver may be waiting on it), and each ends once, so these stay bounded
+        // by the outboxes and `max_pending_requests`. Other events past the bound are counted
+        // and dropped.
         let kept = matches!(
             event,
             Event::Message { .. }
                 | Event::Request { .. }
                 | Event::Response { .. }
                 | Event::Failed { .. }
+                | Event::Delivered { .. }
+                | Event::RequestTimedOut { .. }
         );
         if self.events_full() && !kept {
             self.events_dropped = self.events_dropped.saturating_add(1);

@@ -262,9 +262,19 @@ impl Node {
         to: &EntityId,
         frame: Arc<[u8]>,
     ) -> Result<Transport, ErrorCode> {
+        use super::cluster::ClusterRoute;
         if let Some(link) = self.bound.get(to).copied() {
             self.transmit(link, frame);
             return Ok(Transport::WebSocket);
+        }
+        // An HTTP caller of this node (a poll held here, or the `POST` being answered) takes its
+        // frames from the mailbox here, cluster or not (spec §21).
+        let calling_here = self.polls.contains_key(to) || self.posting.as_ref() == Some(to);
+        // A cluster node: the node that holds the entity's link knows it, even if this one
+        // never met it (open policy).
+        let route = if calling_here { ClusterRoute::Alone } else { self.cluster_route(now, to) };
+        if let ClusterRoute::Node(_) = route {
+            return self.cluster_send(route, to, frame);
         }
         // Trusted, in session, or admitted under the open policy with a token still valid.
         let known = self.trust.get(to).is_some()
@@ -273,10 +283,9 @@ impl Node {
         if !known {
             return Err(ErrorCode::UnknownRecipient);
         }
-        // A cluster node: the node holding its link, or its shared mailbox (§19 in a cluster).
-        match self.cluster_route(to) {
-            super::cluster::ClusterRoute::Alone => {}
-            route => return self.cluster_send(route, to, frame),
+        // A cluster node: its shared mailbox (§19 in a cluster), or "retry later".
+        if !matches!(route, ClusterRoute::Alone) {
+            return self.cluster_send(route, to, frame);
         }
         self.mailbox_push(now, to, frame)
     }

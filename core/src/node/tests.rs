@@ -454,6 +454,10 @@ impl Pump {
                     self.input(from, Input::HttpResponse { request, status, body: &[] });
                     return;
                 }
+                if !self.nodes.contains_key(&to) {
+                    self.input(from, Input::HttpFailed(request));
+                    return;
+                }
                 let call = match method {
                     HttpMethod::Post => HttpCall::PostMessages { body },
                     HttpMethod::Get => {

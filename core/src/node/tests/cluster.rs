@@ -40,8 +40,11 @@ impl Pump {
                     tell(self, &entity, None);
                 }
             }
+            // A publication to a node that is gone is lost, as Redis loses it.
             ClusterAction::Forward { node, to, frame } => {
-                self.input(node.as_str(), Input::ClusterFrame { to, frame: &frame });
+                if self.nodes.contains_key(node.as_str()) {
+                    self.input(node.as_str(), Input::ClusterFrame { to, frame: &frame });
+                }
             }
             ClusterAction::Park { to, frame } => {
                 self.broker.mailboxes.entry(to).or_default().push_back(frame.to_vec());
@@ -153,6 +156,27 @@ fn a_broker_outage_means_retry_later_and_nothing_is_lost() {
     p.run();
     p.advance(Duration::from_secs(15));
     assert_eq!(p.messages_at("bob"), vec![b"during".to_vec()]);
+}
+
+#[test]
+fn a_relay_that_died_silently_is_forgotten_after_three_refreshes() {
+    let mut p = two_relays(TransportPreference::WebsocketFirst);
+    let now = p.now;
+    p.node("bob").connect(now, &id("alice")).unwrap();
+    p.run();
+    // relay2 dies without a word: its presence records are left to expire.
+    p.cut("relay2");
+    p.nodes.remove("relay2");
+    p.broker.members.retain(|m| m != "relay2");
+    let before = p.broker.log.len();
+    let now = p.now;
+    p.node("alice").send(now, &id("bob"), b"x".to_vec(), SendOptions::default()).unwrap();
+    p.run();
+    let forwarded = |p: &Pump| p.broker.log[before..].iter().any(|(_, a)| a.starts_with("Forward"));
+    assert!(forwarded(&p), "at first relay still believes bob is on relay2");
+    p.advance(ClusterConfig::default().refresh_every * 3 + Duration::from_secs(60));
+    // Now frames for bob (alice's retransmissions) wait in his shared mailbox instead.
+    assert!(p.parked("bob") > 0, "{:?}", &p.broker.log[before..]);
 }
 
 #[test]

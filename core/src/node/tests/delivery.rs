@@ -97,3 +97,27 @@ fn a_message_sent_and_not_confirmed_fails_as_maybe_delivered() {
     assert_eq!(failed, Some(true));
     assert!(!reported_delivered(&p, &m));
 }
+
+#[test]
+fn outcomes_are_reported_even_while_the_event_queue_is_full() {
+    // Alice's application has stopped reading: her queue is full. A driver waiting on the
+    // outcome of a send (a confirmed send) or of a request must still hear of it.
+    let alice = NodeConfig { max_events: 4, ..NodeConfig::default() };
+    let mut p = Pump::new(&[("alice", alice), ("bob", NodeConfig::default())]);
+    p.node("alice").add_route(id("bob"), Pump::addr("bob"));
+    let now = p.now;
+    p.node("alice").connect(now, &id("bob")).unwrap();
+    p.run();
+    p.node("alice").set_app_backlog(4);
+    let m = p.node("alice").send(now, &id("bob"), b"x".to_vec(), SendOptions::default()).unwrap();
+    let r = p.node("alice").request(now, &id("bob"), b"q".to_vec(), Duration::from_secs(1));
+    let r = r.unwrap();
+    p.run();
+    p.advance(Duration::from_secs(2));
+    assert!(reported_delivered(&p, &m), "{:?}", p.events_of("alice"));
+    let timed_out = p
+        .events_of("alice")
+        .iter()
+        .any(|e| matches!(e, Event::RequestTimedOut { request, .. } if *request == r));
+    assert!(timed_out, "{:?}", p.events_of("alice"));
+}
