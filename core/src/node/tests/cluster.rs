@@ -85,14 +85,20 @@ fn two_relays(preference: TransportPreference) -> Pump {
     p
 }
 
-#[test]
-fn entities_on_different_relays_reach_each_other_through_the_broker() {
+/// [`two_relays`] with alice and bob linked, each at its relay, and in session.
+fn linked_on_two_relays() -> Pump {
     let mut p = two_relays(TransportPreference::WebsocketFirst);
     let now = p.now;
     p.node("alice").connect(now, &id("bob")).unwrap();
     p.node("bob").connect(now, &id("alice")).unwrap();
     p.run();
     p.advance(Duration::from_secs(1));
+    p
+}
+
+#[test]
+fn entities_on_different_relays_reach_each_other_through_the_broker() {
+    let mut p = linked_on_two_relays();
     let big: Vec<u8> = (0..700_000u32).map(|i| (i % 251) as u8).collect();
     for n in 0..3u8 {
         let now = p.now;
@@ -136,12 +142,7 @@ fn an_entity_linked_nowhere_gets_its_frames_from_the_shared_mailbox_on_any_relay
 
 #[test]
 fn a_broker_outage_means_retry_later_and_nothing_is_lost() {
-    let mut p = two_relays(TransportPreference::WebsocketFirst);
-    let now = p.now;
-    p.node("alice").connect(now, &id("bob")).unwrap();
-    p.node("bob").connect(now, &id("alice")).unwrap();
-    p.run();
-    p.advance(Duration::from_secs(1));
+    let mut p = linked_on_two_relays();
     for r in ["relay", "relay2"] {
         p.input(r, Input::ClusterDown);
     }
