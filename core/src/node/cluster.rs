@@ -28,11 +28,16 @@ pub struct ClusterConfig {
     /// How often this node announces again every entity linked to it, so the broker's copy
     /// (which expires after three times this) stays alive while the link does. Default 10 s.
     pub refresh_every: Duration,
+    /// This node's name in the cluster: what presence records and forwards name it by. `None`
+    /// (the default) names it by its entity id. Nodes of one cluster may share one identity
+    /// (one relay, many processes, so a client trusts one key whichever node it reaches) and
+    /// then need names of their own.
+    pub name: Option<EntityId>,
 }
 
 impl Default for ClusterConfig {
     fn default() -> Self {
-        Self { max_presence: 100_000, refresh_every: Duration::from_secs(10) }
+        Self { max_presence: 100_000, refresh_every: Duration::from_secs(10), name: None }
     }
 }
 
@@ -149,17 +154,33 @@ impl Node {
         })
     }
 
+    /// This node's name in the cluster (`None` when it runs alone).
+    pub fn cluster_name(&self) -> Option<&EntityId> {
+        let c = self.cluster.as_ref()?;
+        Some(c.config.name.as_ref().unwrap_or(self.identity.id()))
+    }
+
+    /// Entities whose newest link is on another node of the cluster, as far as this node
+    /// knows (fresh presence records only), in entity-id order; empty when it runs alone.
+    pub fn cluster_entities(&self, now: Timestamp) -> impl Iterator<Item = &EntityId> {
+        let me = self.cluster_name();
+        let fresh = self.cluster.as_ref().map(|c| c.config.refresh_every.saturating_mul(3));
+        self.cluster.iter().flat_map(|c| c.presence.iter()).filter_map(move |(e, (node, at))| {
+            let fresh = fresh.is_some_and(|f| now < at.saturating_add(f));
+            (fresh && Some(node) != me).then_some(e)
+        })
+    }
+
     /// Where a frame for `to` (not linked here) goes in the cluster.
     pub(super) fn cluster_route(&self, now: Timestamp, to: &EntityId) -> ClusterRoute {
         let Some(c) = &self.cluster else { return ClusterRoute::Alone };
         if !c.up {
             return ClusterRoute::Unavailable;
         }
+        let me = c.config.name.as_ref().unwrap_or(self.identity.id());
         let fresh_for = c.config.refresh_every.saturating_mul(3);
         match c.presence.get(to) {
-            Some((node, at))
-                if node != self.identity.id() && now < at.saturating_add(fresh_for) =>
-            {
+            Some((node, at)) if node != me && now < at.saturating_add(fresh_for) => {
                 ClusterRoute::Node(node.clone())
             }
             _ => ClusterRoute::Mailbox,

@@ -5,6 +5,7 @@
 use std::collections::VecDeque;
 
 use super::*;
+use crate::node::cluster::ClusterRoute;
 use crate::node::{ClusterAction, ClusterConfig};
 
 /// What Redis would hold for the cluster: presence records and shared mailboxes.
@@ -246,4 +247,30 @@ proptest! {
             prop_assert_eq!(stats.frames_refused, refused);
         }
     }
+}
+
+#[test]
+fn a_named_node_knows_itself_by_its_name_and_lists_the_entities_on_other_nodes() {
+    let config = ClusterConfig { name: Some(id("east")), ..ClusterConfig::default() };
+    let mut n = node("relay", NodeConfig { cluster: Some(config), ..NodeConfig::default() });
+    assert_eq!(n.cluster_name(), Some(&id("east")));
+    n.handle_input(T0, Input::ClusterUp).unwrap();
+    for (entity, node) in [("bob", "west"), ("carol", "east"), ("dave", "relay")] {
+        let input = Input::ClusterPresence { entity: id(entity), node: Some(id(node)) };
+        n.handle_input(T0, input).unwrap();
+    }
+    // A record naming "east" is this node's own (stale: carol is not linked here); one naming
+    // "relay", its entity id but not its name, is another node's.
+    assert!(matches!(n.cluster_route(T0, &id("bob")), ClusterRoute::Node(w) if w == id("west")));
+    assert!(matches!(n.cluster_route(T0, &id("carol")), ClusterRoute::Mailbox));
+    assert!(matches!(n.cluster_route(T0, &id("dave")), ClusterRoute::Node(r) if r == id("relay")));
+    let listed: Vec<_> = n.cluster_entities(T0).cloned().collect();
+    assert_eq!(listed, vec![id("bob"), id("dave")]);
+    // Records not refreshed for three refreshes are no longer listed.
+    let later = T0.saturating_add(ClusterConfig::default().refresh_every * 3);
+    assert_eq!(n.cluster_entities(later).count(), 0);
+    // A node running alone has no name and lists nobody.
+    let alone = node("solo", NodeConfig::default());
+    assert_eq!(alone.cluster_name(), None);
+    assert_eq!(alone.cluster_entities(T0).count(), 0);
 }
