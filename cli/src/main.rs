@@ -16,9 +16,10 @@ use clap::{Parser, Subcommand};
 use peerlink_core::node::SendOptions;
 use peerlink_core::transport::TransportPreference;
 use peerlink_core::{EntityId, Event, PublicKey, TrustPolicy};
+use peerlink_host::broker::BrokerUrl;
 use peerlink_host::config_file::FileConfig;
 use peerlink_host::tls::rustls;
-use peerlink_host::{Config, Peerlink, Rt, TrustedPeer, keys};
+use peerlink_host::{ApiError, ClusterSettings, Config, Peerlink, Rt, TrustedPeer, keys};
 use smol::future::FutureExt as _;
 
 /// A peerlink node and its tools.
@@ -162,6 +163,24 @@ struct TopicHost {
     relay: RelayArgs,
 }
 
+/// Cluster membership given on the command line; it replaces the config file's `[cluster]`
+/// URL and name (its other settings stay).
+#[derive(clap::Args, Default)]
+struct ClusterArgs {
+    /// Be one node of the cluster whose Redis broker is at this URL:
+    /// `redis://[[user]:password@]host[:port][/db]`, or `rediss://` (TLS, checked against the
+    /// config file's `[tls] ca_file`). A node that cannot reach it at start exits with code 69.
+    #[arg(long, value_name = "REDIS_URL")]
+    cluster: Option<String>,
+    /// This node's name in the cluster, unique among its nodes [default: its entity id].
+    #[arg(long, value_name = "NAME")]
+    cluster_name: Option<String>,
+}
+
+/// Exit code of a node that cannot reach its cluster's broker at start (sysexits'
+/// `EX_UNAVAILABLE`).
+const EXIT_BROKER_UNAVAILABLE: u8 = 69;
+
 #[derive(Subcommand)]
 enum Command {
     /// Create the identity (if there is none) and print its entity id and public key.
@@ -181,6 +200,9 @@ enum Command {
         /// Be reachable through a relay (and reach peers without a URL through it).
         #[command(flatten)]
         relay: RelayArgs,
+        /// Be one node of a cluster (docs/cluster.md).
+        #[command(flatten)]
+        cluster: ClusterArgs,
     },
     /// Run a node and print every message that arrives, one per line.
     ///
@@ -327,9 +349,30 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
-            ExitCode::FAILURE
+            match e.downcast_ref::<ApiError>() {
+                Some(ApiError::Cluster(_)) => ExitCode::from(EXIT_BROKER_UNAVAILABLE),
+                _ => ExitCode::FAILURE,
+            }
         }
     }
+}
+
+/// `--cluster` and `--cluster-name` onto the configuration.
+fn cluster_settings(args: &ClusterArgs, config: &mut Config) -> Fallible<()> {
+    if let Some(url) = &args.cluster {
+        let url = BrokerUrl::parse(url)?;
+        match &mut config.cluster {
+            Some(c) => c.redis_url = url,
+            None => config.cluster = Some(ClusterSettings::new(url)),
+        }
+    }
+    if let Some(name) = &args.cluster_name {
+        let Some(c) = &mut config.cluster else {
+            return Err("--cluster-name needs --cluster or a [cluster] section".into());
+        };
+        c.name = Some(entity("--cluster-name", name)?);
+    }
+    Ok(())
 }
 
 fn file_config(cli: &Cli) -> Fallible<FileConfig> {
@@ -553,11 +596,17 @@ async fn wait_for_link(
 async fn run(cli: Cli) -> Fallible<()> {
     let file = file_config(&cli)?;
     let no_relay = RelayArgs { relay: None, relay_id: None, relay_key: None };
-    let command = cli.command.as_ref().map_or(("serve", None, false, &no_relay), |c| match c {
-        Command::Serve { listen, open, relay } => ("serve", *listen, *open, relay),
-        Command::Listen { listen, open, relay } => ("listen", *listen, *open, relay),
-        _ => ("other", None, false, &no_relay),
-    });
+    let no_cluster = ClusterArgs::default();
+    let command =
+        cli.command.as_ref().map_or(("serve", None, false, &no_relay, &no_cluster), |c| match c {
+            Command::Serve { listen, open, relay, cluster } => {
+                ("serve", *listen, *open, relay, cluster)
+            }
+            Command::Listen { listen, open, relay } => {
+                ("listen", *listen, *open, relay, &no_cluster)
+            }
+            _ => ("other", None, false, &no_relay, &no_cluster),
+        });
     match &cli.command {
         Some(Command::Keygen { id }) => {
             let identity = identity(&cli, &file, id.clone())?;
@@ -566,8 +615,9 @@ async fn run(cli: Cli) -> Fallible<()> {
             Ok(())
         }
         None | Some(Command::Serve { .. }) | Some(Command::Listen { .. }) => {
-            let (name, listen, open, relay) = command;
+            let (name, listen, open, relay, cluster) = command;
             let mut config = file.to_config()?;
+            cluster_settings(cluster, &mut config)?;
             if let Some(l) = listen {
                 config.listen = l;
             }
@@ -743,6 +793,10 @@ async fn serve(cli: &Cli, file: &FileConfig, config: Config, print: bool) -> Fal
         .relay
         .as_ref()
         .map(|r| format!("{} at {}", r.entity, r.url.as_deref().unwrap_or("(no URL)")));
+    let cluster = config.cluster.as_ref().map(|c| {
+        let name = c.name.as_ref().unwrap_or(identity.id());
+        format!("{name} via {}", c.redis_url)
+    });
     let node = Peerlink::start(rt()?, config, identity).await?;
     let events = node.incoming().await?;
     println!("entity_id  {}", node.id());
@@ -750,6 +804,9 @@ async fn serve(cli: &Cli, file: &FileConfig, config: Config, print: bool) -> Fal
     println!("url        {}", node.base_url());
     if let Some(relay) = &config_relay {
         println!("relay      {relay}");
+    }
+    if let Some(cluster) = &cluster {
+        println!("cluster    {cluster}");
     }
     // Ctrl-C or SIGTERM: a graceful shutdown (BYE to peers, drain, stop).
     let (stop_tx, stop_rx) = smol::channel::bounded::<()>(1);

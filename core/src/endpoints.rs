@@ -105,6 +105,10 @@ pub struct DiscoveredPeer {
     /// `"websocket"` while it holds a peers link to this node, else `"http"` (reached by
     /// polling or through its mailbox).
     pub transport: String,
+    /// On a cluster node (spec §25): the name of the other node of the cluster that holds the
+    /// entity's newest peers link; absent for entities linked to this node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 /// The answer to `GET /peers/discover`.

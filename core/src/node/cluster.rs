@@ -160,14 +160,15 @@ impl Node {
         Some(c.config.name.as_ref().unwrap_or(self.identity.id()))
     }
 
-    /// Entities whose newest link is on another node of the cluster, as far as this node
-    /// knows (fresh presence records only), in entity-id order; empty when it runs alone.
-    pub fn cluster_entities(&self, now: Timestamp) -> impl Iterator<Item = &EntityId> {
+    /// Entities whose newest link is on another node of the cluster, with that node's name, as
+    /// far as this node knows (fresh presence records only), in entity-id order; empty when it
+    /// runs alone.
+    pub fn cluster_entities(&self, now: Timestamp) -> impl Iterator<Item = (&EntityId, &EntityId)> {
         let me = self.cluster_name();
         let fresh = self.cluster.as_ref().map(|c| c.config.refresh_every.saturating_mul(3));
         self.cluster.iter().flat_map(|c| c.presence.iter()).filter_map(move |(e, (node, at))| {
             let fresh = fresh.is_some_and(|f| now < at.saturating_add(f));
-            (fresh && Some(node) != me).then_some(e)
+            (fresh && Some(node) != me).then_some((e, node))
         })
     }
 

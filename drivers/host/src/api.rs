@@ -11,19 +11,23 @@ use http_body_util::Full;
 use hyper::body::Bytes;
 use hyper::{Request, Response};
 use peerlink_core::auth::Authority;
+use peerlink_core::node::ClusterConfig;
 use peerlink_core::{Identity, Node, NodeAddr};
 use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
 
+use crate::broker::Broker;
 use crate::client::ClientCtx;
 use crate::clock::Clock;
+use crate::cluster::{ClusterTask, MailboxBounds};
 use crate::config::Config;
 use crate::error::{ApiError, ListenError};
 use crate::handle::Handle;
+use crate::metrics::ClusterCounters;
 use crate::routes::{Exclusive, RequestBody, RouteCtx, answer};
 use crate::runtime::Rt;
 use crate::server::{check_plain, serve};
-use crate::state::Core;
+use crate::state::{ClusterLink, Core};
 
 /// Starts nodes.
 #[derive(Debug)]
@@ -58,7 +62,10 @@ impl Peerlink {
         let addr = listener.local_addr().map_err(|e| ListenError::Bind(config.listen, e))?;
 
         let tls = tls_server.is_some();
-        let (handle, route_ctx, stop_rx) = Self::node(&rt, config, identity, addr, tls)?;
+        let tls_client = Self::tls_client(&config)?;
+        let broker = Self::broker(&rt, &config, &tls_client).await?;
+        let (handle, route_ctx, stop_rx) =
+            Self::node(&rt, config, identity, addr, tls, tls_client, broker)?;
         let acceptor = tls_server.map(futures_rustls::TlsAcceptor::from);
         rt.spawn(Box::pin(serve(listener, acceptor, route_ctx, stop_rx)));
         tracing::info!(%addr, entity = %handle.id, "node listening");
@@ -76,22 +83,46 @@ impl Peerlink {
         identity: Identity,
     ) -> Result<(Handle, NodeService), ApiError> {
         let addr = config.listen;
-        let (handle, ctx, _stop) = Self::node(&rt, config, identity, addr, false)?;
+        let tls_client = Self::tls_client(&config)?;
+        let broker = Self::broker(&rt, &config, &tls_client).await?;
+        let (handle, ctx, _stop) =
+            Self::node(&rt, config, identity, addr, false, tls_client, broker)?;
         Ok((handle, NodeService { ctx }))
     }
 
-    /// The node task, spawned, and what serving its endpoints needs.
+    /// The TLS configuration for reaching other nodes (and a `rediss://` broker).
+    fn tls_client(
+        config: &Config,
+    ) -> Result<Option<Arc<crate::tls::rustls::ClientConfig>>, ApiError> {
+        Ok(match &config.tls.ca_file {
+            Some(ca) => Some(crate::tls::client_config(ca).map_err(ListenError::from)?),
+            None => None,
+        })
+    }
+
+    /// A cluster node's first connection to its broker: a node that cannot reach it does not
+    /// start (it reconnects by itself once running).
+    async fn broker(
+        rt: &Rt,
+        config: &Config,
+        tls: &Option<Arc<crate::tls::rustls::ClientConfig>>,
+    ) -> Result<Option<Broker>, ApiError> {
+        let Some(settings) = &config.cluster else { return Ok(None) };
+        let broker = crate::cluster::connect(rt, settings, tls.clone()).await?;
+        Ok(Some(broker))
+    }
+
+    /// The node task, spawned (with its broker's task on a cluster node), and what serving its
+    /// endpoints needs.
     fn node(
         rt: &Rt,
         config: Config,
         identity: Identity,
         addr: SocketAddr,
         tls: bool,
+        tls_client: Option<Arc<crate::tls::rustls::ClientConfig>>,
+        broker: Option<Broker>,
     ) -> Result<(Handle, Arc<RouteCtx>, Receiver<()>), ApiError> {
-        let tls_client = match &config.tls.ca_file {
-            Some(ca) => Some(crate::tls::client_config(ca).map_err(ListenError::from)?),
-            None => None,
-        };
         let id = identity.id().clone();
         let shared = Arc::new(identity.duplicate());
         let public_key = identity.public_key();
@@ -102,6 +133,13 @@ impl Peerlink {
         // The event stream's bound is the node's too: past it, data frames wait at their senders.
         let mut node_config = config.node.clone();
         node_config.max_events = node_config.max_events.min(config.limits.event_queue.max(1));
+        if let Some(c) = &config.cluster {
+            node_config.cluster = Some(ClusterConfig {
+                max_presence: c.max_presence,
+                refresh_every: c.refresh_every,
+                name: c.name.clone(),
+            });
+        }
         let mut node = Node::new(node_config, identity, config.trust_store(), seeded()?)
             .map_err(ApiError::Usage)?;
         let clock = Clock::new();
@@ -116,6 +154,31 @@ impl Peerlink {
         }
 
         let (inputs, rx) = async_channel::bounded(config.limits.input_queue.max(1));
+        let cluster = match (broker, &config.cluster) {
+            (Some(broker), Some(settings)) => {
+                let counters = Arc::new(ClusterCounters::default());
+                let (actions, actions_rx) = async_channel::bounded(settings.request_queue.max(1));
+                let task = ClusterTask {
+                    rt: Arc::clone(rt),
+                    settings: settings.clone(),
+                    name: node.cluster_name().cloned().unwrap_or_else(|| id.clone()),
+                    tls: tls_client.clone(),
+                    mailbox: MailboxBounds {
+                        messages: config.node.mailbox_messages,
+                        bytes: config.node.mailbox_bytes,
+                        ttl: config.node.limits.max_clock_skew,
+                    },
+                    max_frame,
+                    counters: Arc::clone(&counters),
+                    inputs: inputs.clone(),
+                    actions: actions_rx,
+                };
+                rt.spawn(Box::pin(crate::cluster::run(task, broker)));
+                Some(ClusterLink { actions, counters })
+            }
+            _ => None,
+        };
+        let cluster_counters = cluster.as_ref().map(|c| Arc::clone(&c.counters));
         let client = Arc::new(ClientCtx::new(
             Arc::clone(rt),
             Arc::clone(&shared),
@@ -144,6 +207,7 @@ impl Peerlink {
             stopping: false,
             up: BTreeSet::new(),
             closing: BTreeSet::new(),
+            cluster,
         };
         let route_ctx = Arc::new(RouteCtx {
             inputs: inputs.clone(),
@@ -156,6 +220,7 @@ impl Peerlink {
             capabilities,
             origins: crate::origin::OriginPolicy::new(&config.allowed_origins),
             rt: Arc::clone(rt),
+            cluster: cluster_counters,
         });
         let (stop, stop_rx) = async_channel::bounded(1);
         rt.spawn(Box::pin(crate::driver::run(core, rx)));

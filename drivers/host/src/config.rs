@@ -9,6 +9,8 @@ use peerlink_core::auth::AuthConfig;
 use peerlink_core::node::NodeConfig;
 use peerlink_core::{EntityId, NodeAddr, PublicKey, TrustPolicy, TrustStore};
 
+use crate::broker::BrokerUrl;
+
 /// The port `peerlink serve` listens on by default.
 pub const DEFAULT_PORT: u16 = 7420;
 
@@ -118,6 +120,57 @@ pub struct Config {
     /// upgrade from a page whose origin is not listed is refused with 403. Clients that send
     /// no `Origin` (every non-browser client) are judged by their token alone. Default: none.
     pub allowed_origins: Vec<String>,
+    /// Run as one node of a cluster sharing a Redis broker (`docs/cluster.md`). Default: none,
+    /// the node runs alone.
+    pub cluster: Option<ClusterSettings>,
+}
+
+/// Settings of a node that is one of a cluster sharing a Redis broker (`docs/cluster.md`,
+/// spec §25). The node's relay limits (mailbox bounds, frame size) apply to the shared
+/// structures too.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterSettings {
+    /// The broker: `redis://[[user]:password@]host[:port][/db]`, or `rediss://` (TLS, checked
+    /// against `[tls] ca_file`).
+    pub redis_url: BrokerUrl,
+    /// This node's name in the cluster, unique among its nodes. Default: its entity id (nodes
+    /// that share one relay identity must each be given a name).
+    pub name: Option<EntityId>,
+    /// Prefix of every key and channel the cluster uses, so that several clusters can share
+    /// one Redis. Default `peerlink`.
+    pub prefix: String,
+    /// Bound of connecting and of each request to the broker. Default 2 s.
+    pub timeout: Duration,
+    /// Wait between attempts to reach a lost broker. Default 1 s.
+    pub retry_every: Duration,
+    /// How often presence records are refreshed (they expire after three times this).
+    /// Default 10 s.
+    pub refresh_every: Duration,
+    /// Entities the presence map holds at most. Default 100 000.
+    pub max_presence: usize,
+    /// Requests to the broker queued by the node; past it they are dropped and counted (the
+    /// end-to-end layer re-sends what they carried). Default 4096.
+    pub request_queue: usize,
+    /// Publications from the broker queued for the node; past it they are dropped and counted.
+    /// Default 4096.
+    pub publication_queue: usize,
+}
+
+impl ClusterSettings {
+    /// The defaults, with the broker at `redis_url`.
+    pub fn new(redis_url: BrokerUrl) -> Self {
+        Self {
+            redis_url,
+            name: None,
+            prefix: "peerlink".to_owned(),
+            timeout: Duration::from_secs(2),
+            retry_every: Duration::from_secs(1),
+            refresh_every: Duration::from_secs(10),
+            max_presence: 100_000,
+            request_queue: 4096,
+            publication_queue: 4096,
+        }
+    }
 }
 
 impl Default for Config {
@@ -133,6 +186,7 @@ impl Default for Config {
             peers: Vec::new(),
             relay: None,
             allowed_origins: Vec::new(),
+            cluster: None,
         }
     }
 }

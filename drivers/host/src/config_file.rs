@@ -10,7 +10,8 @@ use peerlink_core::transport::TransportPreference;
 use peerlink_core::{EntityId, PublicKey, TrustPolicy};
 use serde::Deserialize;
 
-use crate::config::{Config, TrustedPeer};
+use crate::broker::BrokerUrl;
+use crate::config::{ClusterSettings, Config, TrustedPeer};
 
 /// Why a configuration file was refused.
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +60,63 @@ pub struct FileConfig {
     pub peers: Vec<PeerSection>,
     /// The relay.
     pub relay: Option<PeerSection>,
+    /// Run as one node of a cluster (`docs/cluster.md`).
+    pub cluster: Option<ClusterSection>,
+}
+
+/// `[cluster]`: this node is one of a cluster sharing a Redis broker.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSection {
+    /// `redis://[[user]:password@]host[:port][/db]` or `rediss://…` (required).
+    pub redis_url: String,
+    /// This node's name in the cluster (default: its entity id).
+    pub name: Option<String>,
+    /// Prefix of the cluster's Redis keys and channels (default `peerlink`).
+    pub prefix: Option<String>,
+    /// Bound of connecting and of each request to Redis, milliseconds (default 2000).
+    pub timeout_ms: Option<u64>,
+    /// Wait between attempts to reach a lost Redis, milliseconds (default 1000).
+    pub retry_ms: Option<u64>,
+    /// Presence refresh period, seconds (default 10; records expire after three).
+    pub refresh_secs: Option<u64>,
+    /// Entities the presence map holds at most (default 100 000).
+    pub max_presence: Option<usize>,
+}
+
+impl ClusterSection {
+    fn to_settings(&self) -> Result<ClusterSettings, ConfigError> {
+        let url = BrokerUrl::parse(&self.redis_url).map_err(|e| bad("cluster.redis_url", e))?;
+        let mut c = ClusterSettings::new(url);
+        if let Some(name) = &self.name {
+            c.name = Some(EntityId::new(name.clone()).map_err(|e| bad("cluster.name", e))?);
+        }
+        if let Some(prefix) = &self.prefix {
+            let ok = !prefix.is_empty()
+                && prefix.len() <= 64
+                && prefix.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b));
+            if !ok {
+                return Err(bad("cluster.prefix", "1 to 64 of A-Z a-z 0-9 _ - ."));
+            }
+            c.prefix = prefix.clone();
+        }
+        let positive = |v: u64, what: &str| {
+            if v == 0 { Err(bad(what, "must be at least 1")) } else { Ok(v) }
+        };
+        if let Some(v) = self.timeout_ms {
+            c.timeout = Duration::from_millis(positive(v, "cluster.timeout_ms")?);
+        }
+        if let Some(v) = self.retry_ms {
+            c.retry_every = Duration::from_millis(positive(v, "cluster.retry_ms")?);
+        }
+        if let Some(v) = self.refresh_secs {
+            c.refresh_every = Duration::from_secs(positive(v, "cluster.refresh_secs")?);
+        }
+        if let Some(v) = self.max_presence {
+            c.max_presence = v;
+        }
+        Ok(c)
+    }
 }
 
 /// `[tls]`.
@@ -263,6 +321,9 @@ impl FileConfig {
         if let Some(r) = &self.relay {
             c.relay = Some(r.to_peer()?);
         }
+        if let Some(cluster) = &self.cluster {
+            c.cluster = Some(cluster.to_settings()?);
+        }
         c.node.validate().map_err(|e| bad("node", e))?;
         c.auth.validate().map_err(|e| bad("auth", e))?;
         Ok(c)
@@ -280,6 +341,38 @@ mod tests {
         assert_eq!(c.node.preference, TransportPreference::WebsocketFirst);
         assert_eq!(c.node.limits.max_frame_bytes, 1 << 20);
         assert_eq!(c.limits.ws_read_buffer_bytes, 4096);
+    }
+
+    #[test]
+    fn a_cluster_section_makes_a_cluster_node() {
+        let text = r#"
+            [cluster]
+            redis_url = "redis://peerlink:s3cret@10.0.0.5:6380/2"
+            name = "node-1"
+            prefix = "prod"
+            timeout_ms = 500
+            refresh_secs = 5
+        "#;
+        let c = FileConfig::parse(text).unwrap().to_config().unwrap().cluster.unwrap();
+        assert_eq!((c.redis_url.host(), c.redis_url.port()), ("10.0.0.5", 6380));
+        assert!(!c.redis_url.to_string().contains("s3cret"), "{}", c.redis_url);
+        assert_eq!(c.name.as_ref().map(EntityId::as_str), Some("node-1"));
+        assert_eq!(c.prefix, "prod");
+        assert_eq!(c.timeout, Duration::from_millis(500));
+        assert_eq!(c.refresh_every, Duration::from_secs(5));
+        assert_eq!(c.retry_every, Duration::from_secs(1), "absent fields keep their defaults");
+        assert!(FileConfig::parse("").unwrap().to_config().unwrap().cluster.is_none());
+        for bad in [
+            "[cluster]\nname = \"n\"",
+            "[cluster]\nredis_url = \"http://x\"",
+            "[cluster]\nredis_url = \"redis://x\"\nname = \"a b\"",
+            "[cluster]\nredis_url = \"redis://x\"\nprefix = \"a:b\"",
+            "[cluster]\nredis_url = \"redis://x\"\ntimeout_ms = 0",
+            "[cluster]\nredis_url = \"redis://x\"\nport = 1",
+        ] {
+            let parsed = FileConfig::parse(bad).and_then(|f| f.to_config());
+            assert!(parsed.is_err(), "{bad}");
+        }
     }
 
     #[test]

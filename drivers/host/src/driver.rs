@@ -11,7 +11,9 @@ use std::task::Poll;
 
 use async_channel::{Receiver, TrySendError};
 use futures_lite::Stream as _;
-use peerlink_core::node::{Handled, Input as NodeInput, LinkId, LinkKind, NodeAddr, Output};
+use peerlink_core::node::{
+    ClusterAction, Handled, Input as NodeInput, LinkId, LinkKind, NodeAddr, Output,
+};
 use peerlink_core::{ErrorCode, Event, Timestamp};
 
 use crate::client;
@@ -19,8 +21,9 @@ use crate::delivery::HandlerKey;
 use crate::error::ApiError;
 use crate::link::CLOSE_BOUND;
 use crate::link_queue::link_channels;
+use crate::metrics::ClusterCounters;
 use crate::runtime::BoxSleep;
-use crate::state::{Core, Input, Reply};
+use crate::state::{ClusterNews, Core, Input, Reply};
 
 impl Core {
     /// Feeds the node one of its own inputs now.
@@ -96,6 +99,7 @@ impl Core {
                 let _ = reply.try_send(self.authority.take_answer(&entity, &challenge, now));
             }
             Input::Call(call) => call(self, now),
+            Input::Cluster(news) => self.cluster_news(now, news),
             Input::Shutdown { reply } => {
                 self.shutdown(now);
                 return Some(reply);
@@ -157,12 +161,36 @@ impl Core {
                     }
                 }
                 Output::Event(e) => self.event(e).await,
-                // The host sets no `NodeConfig::cluster` yet (issue 17): a node without it
-                // never asks for a broker.
-                Output::Cluster(action) => {
-                    tracing::error!(?action, "cluster output on a node without a broker")
-                }
+                Output::Cluster(action) => self.cluster_action(action),
             }
+        }
+    }
+
+    /// Feeds the node what the cluster's broker said.
+    fn cluster_news(&mut self, now: Timestamp, news: ClusterNews) {
+        let _ = match news {
+            ClusterNews::Up => self.feed(now, NodeInput::ClusterUp),
+            ClusterNews::Down => self.feed(now, NodeInput::ClusterDown),
+            ClusterNews::Presence { entity, node } => {
+                self.feed(now, NodeInput::ClusterPresence { entity, node })
+            }
+            ClusterNews::Frame { to, frame } => {
+                self.feed(now, NodeInput::ClusterFrame { to, frame: &frame })
+            }
+        };
+    }
+
+    /// Hands what the node asks of the broker to the broker's task. Its queue is bounded: a
+    /// request that finds it full is dropped and counted (the end-to-end layer re-sends a
+    /// dropped frame; presence is announced again at the next refresh).
+    fn cluster_action(&mut self, action: ClusterAction) {
+        let Some(cluster) = &self.cluster else {
+            tracing::error!(?action, "cluster output on a node without a broker");
+            return;
+        };
+        if let Err(e) = cluster.actions.try_send(action) {
+            tracing::debug!(action = ?e.into_inner(), "cluster request dropped: queue full");
+            ClusterCounters::add(&cluster.counters.requests_dropped, 1);
         }
     }
 

@@ -36,6 +36,9 @@ pub enum ApiError {
     /// Listening failed.
     #[error(transparent)]
     Listen(#[from] ListenError),
+    /// A cluster node could not reach its broker at start (`Config::cluster`).
+    #[error("cluster: {0}")]
+    Cluster(#[from] crate::broker::BrokerError),
 }
 
 /// Why the listener refuses to start.

@@ -45,7 +45,8 @@ pub mod client;
 mod state;
 
 // The tasks that talk to the node task: links (inbound and outbound), the endpoints and their
-// listener, and the application's handle.
+// listener, the application's handle, and a cluster node's broker task.
+pub mod cluster;
 mod handle;
 mod link;
 mod outbound;
@@ -59,7 +60,7 @@ mod driver;
 mod api;
 
 pub use api::{NodeService, Peerlink};
-pub use config::{Config, DriverLimits, TlsFiles, TrustedPeer};
+pub use config::{ClusterSettings, Config, DriverLimits, TlsFiles, TrustedPeer};
 pub use delivery::{TransportResult, Undelivered};
 pub use error::ApiError;
 pub use handle::Handle;

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use peerlink_core::node::TransportStats;
 
@@ -31,6 +32,96 @@ pub struct Snapshot {
     pub slow_readers_disconnected: u64,
     /// Informational events dropped because `incoming()` was not drained.
     pub events_dropped: u64,
+    /// The node's view of its cluster; `None` when it runs alone.
+    pub cluster: Option<ClusterSnapshot>,
+}
+
+/// A cluster node's broker counters (`/metrics`' `peerlink_cluster_*`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ClusterSnapshot {
+    /// Whether the broker is reachable now.
+    pub up: bool,
+    /// Entities the presence map holds (on any node).
+    pub presence: usize,
+    /// Presence announcements ignored because the map was full.
+    pub presence_dropped: u64,
+    /// Times the node (re)connected to the broker.
+    pub connects: u64,
+    /// Frames handed to another node through the broker.
+    pub forwarded: u64,
+    /// Frames put in shared mailboxes.
+    pub parked: u64,
+    /// Frames a full shared mailbox refused (their senders re-send them).
+    pub parks_refused: u64,
+    /// Frames taken out of shared mailboxes.
+    pub drained: u64,
+    /// Frames received from the broker (forwarded to this node, or drained).
+    pub frames_received: u64,
+    /// Requests to the broker dropped: the queue was full, or the broker was unreachable.
+    pub requests_dropped: u64,
+    /// Publications dropped: the queue was full, or they were larger than a frame may be.
+    pub publications_dropped: u64,
+    /// Publications and frames refused as malformed, forged or not for their entity.
+    pub refused: u64,
+}
+
+/// A cluster node's broker counters as its tasks update them (the broker's task, the node
+/// task, `/healthz`), read into a [`ClusterSnapshot`].
+#[derive(Debug, Default)]
+pub struct ClusterCounters {
+    /// Whether the broker is reachable now.
+    pub up: AtomicBool,
+    /// See [`ClusterSnapshot::connects`].
+    pub connects: AtomicU64,
+    /// See [`ClusterSnapshot::forwarded`].
+    pub forwarded: AtomicU64,
+    /// See [`ClusterSnapshot::parked`].
+    pub parked: AtomicU64,
+    /// See [`ClusterSnapshot::parks_refused`].
+    pub parks_refused: AtomicU64,
+    /// See [`ClusterSnapshot::drained`].
+    pub drained: AtomicU64,
+    /// See [`ClusterSnapshot::frames_received`].
+    pub frames_received: AtomicU64,
+    /// See [`ClusterSnapshot::requests_dropped`].
+    pub requests_dropped: AtomicU64,
+    /// See [`ClusterSnapshot::publications_dropped`].
+    pub publications_dropped: AtomicU64,
+    /// Publications refused as malformed or forged (frames the node refused are added).
+    pub refused: AtomicU64,
+}
+
+impl ClusterCounters {
+    /// Adds `n` to `counter`.
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Whether the broker is reachable now.
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Relaxed)
+    }
+
+    /// The counters now, with what only the node knows (its presence map, and the frames it
+    /// refused).
+    pub fn snapshot(&self, node: Option<peerlink_core::node::ClusterStats>) -> ClusterSnapshot {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let node = node.unwrap_or_default();
+        ClusterSnapshot {
+            up: self.is_up(),
+            presence: node.presence,
+            presence_dropped: node.presence_dropped,
+            connects: get(&self.connects),
+            forwarded: get(&self.forwarded),
+            parked: get(&self.parked),
+            parks_refused: get(&self.parks_refused),
+            drained: get(&self.drained),
+            frames_received: get(&self.frames_received),
+            requests_dropped: get(&self.requests_dropped),
+            publications_dropped: get(&self.publications_dropped),
+            refused: get(&self.refused).saturating_add(node.frames_refused),
+        }
+    }
 }
 
 fn metric(out: &mut String, name: &str, kind: &str, help: &str, samples: &[(&str, u64)]) {
@@ -202,5 +293,54 @@ pub fn render(s: &Snapshot) -> String {
         "Informational events dropped because the application did not drain them.",
         &[("", s.events_dropped)],
     );
+    if let Some(c) = &s.cluster {
+        render_cluster(&mut out, c);
+    }
     out
+}
+
+/// The `peerlink_cluster_*` families, present on a cluster node only.
+fn render_cluster(out: &mut String, c: &ClusterSnapshot) {
+    let families: [(&str, &str, &str, u64); 12] = [
+        ("up", "gauge", "1 when the cluster's broker is reachable, else 0.", u64::from(c.up)),
+        ("presence", "gauge", "Entities in the presence map.", n(c.presence)),
+        (
+            "presence_dropped_total",
+            "counter",
+            "Presence announcements ignored because the map was full.",
+            c.presence_dropped,
+        ),
+        ("connects_total", "counter", "Connections made to the broker.", c.connects),
+        ("forwarded_total", "counter", "Frames handed to other nodes.", c.forwarded),
+        ("parked_total", "counter", "Frames put in shared mailboxes.", c.parked),
+        (
+            "parks_refused_total",
+            "counter",
+            "Frames a full shared mailbox refused.",
+            c.parks_refused,
+        ),
+        ("drained_total", "counter", "Frames taken from shared mailboxes.", c.drained),
+        ("frames_received_total", "counter", "Frames received from the broker.", c.frames_received),
+        (
+            "requests_dropped_total",
+            "counter",
+            "Requests to the broker dropped (queue full or broker unreachable).",
+            c.requests_dropped,
+        ),
+        (
+            "publications_dropped_total",
+            "counter",
+            "Publications dropped (queue full or too large).",
+            c.publications_dropped,
+        ),
+        (
+            "refused_total",
+            "counter",
+            "Publications and frames from the broker refused as malformed or forged.",
+            c.refused,
+        ),
+    ];
+    for (name, kind, help, value) in families {
+        metric(out, &format!("peerlink_cluster_{name}"), kind, help, &[("", value)]);
+    }
 }

@@ -31,7 +31,7 @@ use crate::config::DriverLimits;
 use crate::corked::Corked;
 use crate::link::{run_link, ws_config};
 use crate::link_queue::{LinkQueues, link_channels};
-use crate::metrics::Snapshot;
+use crate::metrics::{ClusterCounters, Snapshot};
 use crate::origin::OriginPolicy;
 use crate::rt::HyperIo;
 use crate::runtime::{Rt, sleep};
@@ -68,9 +68,21 @@ pub(crate) struct RouteCtx {
     pub origins: OriginPolicy,
     /// The executor.
     pub rt: Rt,
+    /// A cluster node's broker counters (`/healthz` says whether the broker is reachable).
+    pub cluster: Option<Arc<ClusterCounters>>,
 }
 
 type Resp = Response<Full<Bytes>>;
+
+/// `GET /healthz`: `ok` while serving; a cluster node whose broker is unreachable still serves
+/// its own entities and says `degraded`, with the cluster's state.
+fn health(ctx: &RouteCtx) -> serde_json::Value {
+    match &ctx.cluster {
+        None => json!({"status": "ok"}),
+        Some(c) if c.is_up() => json!({"status": "ok", "cluster": "up"}),
+        Some(_) => json!({"status": "degraded", "cluster": "down"}),
+    }
+}
 
 /// The hyper service for one connection.
 pub(crate) fn service(
@@ -188,7 +200,7 @@ fn authenticate<B: RequestBody>(ctx: &RouteCtx, req: &Request<B>) -> Result<Bear
 async fn route<B: RequestBody>(ctx: &RouteCtx, req: Request<B>) -> Result<Resp, Resp> {
     let path = req.uri().path().to_owned();
     match (req.method().clone(), path.as_str()) {
-        (Method::GET, "/healthz") => Ok(json_resp(200, json!({"status": "ok"}))),
+        (Method::GET, "/healthz") => Ok(json_resp(200, health(ctx))),
         (Method::GET, "/metrics") => {
             let snap: Snapshot = ask(ctx, |tx| {
                 Input::Call(Box::new(move |core, _| {
@@ -219,20 +231,12 @@ async fn route<B: RequestBody>(ctx: &RouteCtx, req: Request<B>) -> Result<Resp, 
         }
         (Method::GET, "/peers/discover") => {
             authenticate(ctx, &req)?;
-            let peers: Vec<String> = ask(ctx, |tx| {
-                Input::Call(Box::new(move |core, _| {
-                    let _ = tx.try_send(core.connected_peers());
+            let peers = ask(ctx, |tx| {
+                Input::Call(Box::new(move |core, now| {
+                    let _ = tx.try_send(core.discovered_peers(now));
                 }))
             })
             .await?;
-            let peers = peers
-                .into_iter()
-                .take(endpoints::MAX_DISCOVERED)
-                .map(|entity_id| endpoints::DiscoveredPeer {
-                    entity_id,
-                    transport: "websocket".to_owned(),
-                })
-                .collect();
             let node_id = ctx.checker.node_id().as_str().to_owned();
             Ok(to_json(&endpoints::DiscoverBody { node_id, peers }))
         }

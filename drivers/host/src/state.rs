@@ -9,7 +9,8 @@ use std::sync::Arc;
 use async_channel::Sender;
 use async_tungstenite::tungstenite::Bytes;
 use peerlink_core::auth::{AuthError, Authority, Bearer, Challenge, ChallengeAnswer};
-use peerlink_core::node::{HttpCall, LinkId, LinkKind, RequestId};
+use peerlink_core::endpoints::{DiscoveredPeer, MAX_DISCOVERED};
+use peerlink_core::node::{ClusterAction, HttpCall, LinkId, LinkKind, RequestId};
 use peerlink_core::{EntityId, ErrorCode, Event, MessageId, Node, Timestamp};
 use rand_chacha::ChaCha20Rng;
 
@@ -18,7 +19,7 @@ use crate::clock::Clock;
 use crate::delivery::{Handler, HandlerKey, Waiter};
 use crate::error::ApiError;
 use crate::link_queue::LinkHandle;
-use crate::metrics::Snapshot;
+use crate::metrics::{ClusterCounters, Snapshot};
 
 /// A one-shot reply channel (a bounded channel of one).
 pub(crate) type Reply<T> = Sender<T>;
@@ -63,6 +64,29 @@ pub(crate) enum Input {
     Call(Call),
     /// Graceful shutdown: `BYE` and close every link, answer held HTTP calls, stop.
     Shutdown { reply: Reply<()> },
+    /// What the cluster's broker says (a cluster node only).
+    Cluster(ClusterNews),
+}
+
+/// What the cluster's broker says, as the broker's task hands it to the node task.
+#[derive(Debug)]
+pub(crate) enum ClusterNews {
+    /// The broker is reachable (again).
+    Up,
+    /// The broker is unreachable.
+    Down,
+    /// `entity`'s newest link is on the node named `node` (`None`: on none).
+    Presence { entity: EntityId, node: Option<EntityId> },
+    /// A frame for `to`: forwarded to this node, or drained from `to`'s shared mailbox.
+    Frame { to: EntityId, frame: Vec<u8> },
+}
+
+/// The node task's end of the cluster: where it sends what it asks of the broker.
+pub(crate) struct ClusterLink {
+    /// Requests for the broker's task; bounded, a full queue drops and counts.
+    pub actions: Sender<ClusterAction>,
+    /// Counters shared with the broker's task and the endpoints.
+    pub counters: Arc<ClusterCounters>,
 }
 
 impl Input {
@@ -120,12 +144,28 @@ pub(crate) struct Core {
     /// Links the shutdown closed whose tasks are still writing what was queued on them: the
     /// shutdown returns once they have ended (or after `link::CLOSE_BOUND`).
     pub closing: BTreeSet<LinkId>,
+    /// The cluster's broker task, on a cluster node.
+    pub cluster: Option<ClusterLink>,
 }
 
 impl Core {
-    /// Entities connected on `/ws/v1/peers` right now, in entity-id order.
-    pub fn connected_peers(&self) -> Vec<String> {
-        self.node.connected_entities().map(|e| e.as_str().to_owned()).collect()
+    /// `GET /peers/discover`'s list: the entities linked here, then (on a cluster node) those
+    /// linked to other nodes, in entity-id order, at most `MAX_DISCOVERED`.
+    pub fn discovered_peers(&self, now: Timestamp) -> Vec<DiscoveredPeer> {
+        let here = self.node.connected_entities().map(|e| (e, None));
+        let elsewhere = self.node.cluster_entities(now).map(|(e, n)| (e, Some(n)));
+        let mut all: Vec<(&EntityId, Option<&EntityId>)> = here.chain(elsewhere).collect();
+        // Linked here and (by a stale record) elsewhere: here wins, being sorted first.
+        all.sort_by(|a, b| a.0.cmp(b.0).then(a.1.is_some().cmp(&b.1.is_some())));
+        all.dedup_by(|b, a| a.0 == b.0);
+        all.into_iter()
+            .take(MAX_DISCOVERED)
+            .map(|(e, n)| DiscoveredPeer {
+                entity_id: e.as_str().to_owned(),
+                transport: "websocket".to_owned(),
+                node: n.map(|n| n.as_str().to_owned()),
+            })
+            .collect()
     }
 
     /// Counters and gauges for `/metrics` and the API.
@@ -152,6 +192,7 @@ impl Core {
                 .collect(),
             slow_readers_disconnected: self.slow_readers,
             events_dropped: self.events_dropped,
+            cluster: self.cluster.as_ref().map(|c| c.counters.snapshot(self.node.cluster_stats())),
         }
     }
 }

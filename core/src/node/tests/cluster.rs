@@ -264,8 +264,8 @@ fn a_named_node_knows_itself_by_its_name_and_lists_the_entities_on_other_nodes()
     assert!(matches!(n.cluster_route(T0, &id("bob")), ClusterRoute::Node(w) if w == id("west")));
     assert!(matches!(n.cluster_route(T0, &id("carol")), ClusterRoute::Mailbox));
     assert!(matches!(n.cluster_route(T0, &id("dave")), ClusterRoute::Node(r) if r == id("relay")));
-    let listed: Vec<_> = n.cluster_entities(T0).cloned().collect();
-    assert_eq!(listed, vec![id("bob"), id("dave")]);
+    let listed: Vec<_> = n.cluster_entities(T0).map(|(e, n)| (e.clone(), n.clone())).collect();
+    assert_eq!(listed, vec![(id("bob"), id("west")), (id("dave"), id("relay"))]);
     // Records not refreshed for three refreshes are no longer listed.
     let later = T0.saturating_add(ClusterConfig::default().refresh_every * 3);
     assert_eq!(n.cluster_entities(later).count(), 0);
