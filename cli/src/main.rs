@@ -120,6 +120,10 @@ struct RelayArgs {
     /// The relay's public key (b64u), as its `peerlink keygen` printed it.
     #[arg(long, value_name = "KEY", requires = "relay", allow_hyphen_values = true)]
     relay_key: Option<String>,
+    /// Another node of the relay's cluster (sharing its identity), tried when the relay's URL
+    /// fails twice in a row; repeat it for more (docs/cluster.md).
+    #[arg(long, value_name = "URL", requires = "relay")]
+    relay_failover: Vec<String>,
 }
 
 /// Where another node is and who it is.
@@ -335,6 +339,7 @@ async fn topic_host(host: &TopicHost, file: &FileConfig) -> Fallible<(Config, Tr
                 .await?
                 .ok_or("give --to and --key of the node hosting the topic, or --relay")?;
             config.relay = Some(relay.clone());
+            config.relay_failover_urls = failover_urls(&host.relay)?;
             (config, relay)
         }
     };
@@ -460,6 +465,18 @@ fn client_tls(config: &Config) -> Fallible<Option<Arc<rustls::ClientConfig>>> {
 /// The relay `args` names, if any: its id and key from `GET /peers/capabilities` where the
 /// command line leaves them out, and checked against it where it gives only one of them. The
 /// id is then pinned: the node's every login there must return it (spec §23.2).
+/// `--relay-failover` URLs, checked and without a trailing slash.
+fn failover_urls(args: &RelayArgs) -> Fallible<Vec<String>> {
+    let mut urls = Vec::new();
+    for url in &args.relay_failover {
+        if peerlink_host::client::base_of(url).is_none() {
+            return Err(CliError::BadUrl { what: "--relay-failover", url: url.clone() }.into());
+        }
+        urls.push(url.trim_end_matches('/').to_owned());
+    }
+    Ok(urls)
+}
+
 async fn relay_peer(args: &RelayArgs, config: &Config) -> Fallible<Option<TrustedPeer>> {
     let Some(url) = &args.relay else { return Ok(None) };
     if peerlink_host::client::base_of(url).is_none() {
@@ -544,6 +561,7 @@ async fn reach(
     let mut config = file.to_config()?;
     if let Some(r) = relay_peer(relay, &config).await? {
         config.relay = Some(r);
+        config.relay_failover_urls = failover_urls(relay)?;
         return Ok((config, None));
     }
     if url.is_none() && config.relay.is_some() {
@@ -595,7 +613,8 @@ async fn wait_for_link(
 
 async fn run(cli: Cli) -> Fallible<()> {
     let file = file_config(&cli)?;
-    let no_relay = RelayArgs { relay: None, relay_id: None, relay_key: None };
+    let no_relay =
+        RelayArgs { relay: None, relay_id: None, relay_key: None, relay_failover: Vec::new() };
     let no_cluster = ClusterArgs::default();
     let command =
         cli.command.as_ref().map_or(("serve", None, false, &no_relay, &no_cluster), |c| match c {
@@ -626,6 +645,7 @@ async fn run(cli: Cli) -> Fallible<()> {
             }
             if let Some(r) = relay_peer(relay, &config).await? {
                 config.relay = Some(r);
+                config.relay_failover_urls = failover_urls(relay)?;
             }
             serve(&cli, &file, config, name == "listen").await
         }

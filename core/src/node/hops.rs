@@ -61,7 +61,17 @@ pub(super) struct Hop {
     pub poll: Option<RequestId>,
     pub poll_retry_at: Option<Timestamp>,
     pub poll_backoff: Backoff,
+    /// Every base URL it is served at (the nodes of one cluster), the one in use
+    /// (`addr.base_url`) among them; empty when it has one.
+    pub urls: Vec<String>,
+    /// Attempts to reach it at `addr.base_url` that failed in a row.
+    pub failures: u32,
 }
+
+/// Failed attempts in a row (a WebSocket link that could not be opened or dropped, an HTTP
+/// request without an answer or with a 5xx) after which a next hop served at several URLs is
+/// reached at the next one.
+pub const FAILOVER_AFTER: u32 = 2;
 
 /// The WebSocket URL of a node's HTTP base URL (seed 000: http → ws, https → wss, plus the path).
 pub fn websocket_url(base_url: &str, kind: LinkKind) -> String {
@@ -125,7 +135,57 @@ impl Node {
             poll: None,
             poll_retry_at: None,
             poll_backoff: Backoff::new(reconnect),
+            urls: Vec::new(),
+            failures: 0,
         });
+    }
+
+    /// `hop` is served at every one of `urls` too (the nodes of one cluster, sharing its
+    /// identity): after [`FAILOVER_AFTER`] failed attempts in a row to reach it at the URL in
+    /// use, this node reaches it at the next one, in turn. Sessions are end to end, so they
+    /// resume through the new node (spec §15.3). The hop must be known (a route to it);
+    /// duplicates and its current URL are ignored.
+    pub fn set_failover_urls(
+        &mut self,
+        hop: &EntityId,
+        urls: Vec<String>,
+    ) -> Result<(), super::SendError> {
+        let Some(h) = self.hops.get_mut(hop) else {
+            return Err(super::SendError::Unreachable(hop.clone()));
+        };
+        let mut all = vec![h.addr.base_url.clone()];
+        for u in urls {
+            if !all.contains(&u) {
+                all.push(u);
+            }
+        }
+        h.urls = if all.len() > 1 { all } else { Vec::new() };
+        h.failures = 0;
+        Ok(())
+    }
+
+    /// An attempt to reach `hop` at its current URL failed: after [`FAILOVER_AFTER`] in a row,
+    /// the next URL is used from the next attempt on.
+    pub(super) fn hop_attempt_failed(&mut self, hop: &EntityId) {
+        let Some(h) = self.hops.get_mut(hop) else { return };
+        h.failures = h.failures.saturating_add(1);
+        if h.failures < FAILOVER_AFTER || h.urls.len() < 2 {
+            return;
+        }
+        h.failures = 0;
+        let at = h.urls.iter().position(|u| *u == h.addr.base_url).unwrap_or(0);
+        let next = at.saturating_add(1) % h.urls.len();
+        if let Some(url) = h.urls.get(next) {
+            h.addr.base_url = url.clone();
+            self.stats.failovers = self.stats.failovers.saturating_add(1);
+        }
+    }
+
+    /// An attempt to reach `hop` succeeded.
+    pub(super) fn hop_attempt_succeeded(&mut self, hop: &EntityId) {
+        if let Some(h) = self.hops.get_mut(hop) {
+            h.failures = 0;
+        }
     }
 
     /// The next hop toward `peer`, if a route is configured.
@@ -422,6 +482,12 @@ impl Node {
             return;
         };
         let outcome = classify_http(status);
+        // No answer, or a server failing: this URL may be down. (A 429 or 408 is an answer.)
+        match status {
+            None | Some(500..=599) => self.hop_attempt_failed(&hop),
+            Some(200..=299) => self.hop_attempt_succeeded(&hop),
+            Some(_) => {}
+        }
         let Some(h) = self.hops.get_mut(&hop) else { return };
         if h.poll == Some(request) {
             h.poll = None;

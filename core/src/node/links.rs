@@ -124,6 +124,7 @@ impl Node {
             Some(h) => {
                 h.transport.set_ws(WsLink::Up { since: now });
                 h.backoff.reset();
+                h.failures = 0;
                 std::mem::replace(&mut h.had_link, true)
             }
             None => false,
@@ -180,6 +181,7 @@ impl Node {
                     h.transport.set_ws(WsLink::Down);
                     h.transport.note_ws_failure(now);
                     self.stats.fallbacks = self.stats.fallbacks.saturating_add(1);
+                    self.hop_attempt_failed(&hop);
                     // A next hop that is also a peer: its idle time starts now.
                     self.touch_peer(now, &hop);
                     self.schedule_reconnect(now, &hop);

@@ -30,6 +30,9 @@ pub struct TransportStats {
     pub failures: u64,
     /// WebSocket reconnect attempts.
     pub reconnects: u64,
+    /// Times a next hop served at several URLs (a cluster) was reached at the next one after
+    /// the current one failed (`Node::set_failover_urls`).
+    pub failovers: u64,
     /// Sessions resumed without a handshake.
     pub resumes: u64,
     /// Full handshakes completed.

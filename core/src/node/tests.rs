@@ -21,6 +21,7 @@ use crate::transport::TransportPreference;
 mod app_types;
 mod cluster;
 mod delivery;
+mod failover;
 mod http_answers;
 mod idle;
 mod input;

@@ -150,7 +150,12 @@ impl Peerlink {
             && let Some(url) = &relay.url
         {
             let relay = NodeAddr { entity: relay.entity.clone(), base_url: url.clone() };
+            let hop = relay.entity.clone();
             node.set_default_route(clock.now(), relay);
+            if !config.relay_failover_urls.is_empty() {
+                let urls = config.relay_failover_urls.clone();
+                node.set_failover_urls(&hop, urls).map_err(ApiError::Send)?;
+            }
         }
 
         let (inputs, rx) = async_channel::bounded(config.limits.input_queue.max(1));

@@ -116,6 +116,10 @@ pub struct Config {
     pub peers: Vec<TrustedPeer>,
     /// The relay every peer without a route of its own is reached through.
     pub relay: Option<TrustedPeer>,
+    /// More base URLs the relay is served at: the other nodes of its cluster, sharing its
+    /// identity (`docs/cluster.md`). When the relay's current URL fails twice in a row, the
+    /// node moves to the next, in turn, and resumes its sessions there. Default: none.
+    pub relay_failover_urls: Vec<String>,
     /// Web page origins (`https://app.example`, or `"*"`) allowed to open WebSocket links; an
     /// upgrade from a page whose origin is not listed is refused with 403. Clients that send
     /// no `Origin` (every non-browser client) are judged by their token alone. Default: none.
@@ -185,6 +189,7 @@ impl Default for Config {
             trust_policy: TrustPolicy::Allowlist,
             peers: Vec::new(),
             relay: None,
+            relay_failover_urls: Vec::new(),
             allowed_origins: Vec::new(),
             cluster: None,
         }

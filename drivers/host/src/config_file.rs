@@ -211,6 +211,9 @@ pub struct PeerSection {
     pub public_key: String,
     /// HTTP base URL, when reached directly.
     pub url: Option<String>,
+    /// `[relay]` only: more base URLs the relay is served at (the other nodes of its cluster),
+    /// tried in turn when the current one fails.
+    pub failover_urls: Option<Vec<String>>,
 }
 
 fn bad(what: &str, e: impl std::fmt::Display) -> ConfigError {
@@ -320,6 +323,10 @@ impl FileConfig {
         }
         if let Some(r) = &self.relay {
             c.relay = Some(r.to_peer()?);
+            c.relay_failover_urls = r.failover_urls.clone().unwrap_or_default();
+        }
+        if self.peers.iter().any(|p| p.failover_urls.is_some()) {
+            return Err(bad("peers.failover_urls", "only [relay] has failover URLs"));
         }
         if let Some(cluster) = &self.cluster {
             c.cluster = Some(cluster.to_settings()?);
