@@ -1,7 +1,8 @@
 //! A cluster of relays on a real `redis-server` (`redis_server/mod.rs` starts one per test):
 //! entities linked to different nodes reach each other in both directions, large messages
 //! included, over two and three nodes; an entity linked to no node gets what waited for it in
-//! its shared mailbox on whichever node it connects to; a Redis restart mid-stream loses and
+//! its shared mailbox on whichever node it connects to; a publication reaches the subscribers
+//! on every node, each once; a Redis restart mid-stream loses and
 //! duplicates nothing; a node that cannot reach Redis at start does not start; forged and
 //! oversized publications on a node's channel are refused and counted. Nothing in Redis is
 //! plaintext. The nodes run on the driver `PEERLINK_E2E_DRIVER` names.
@@ -15,11 +16,12 @@ use std::time::Duration;
 use e2e::*;
 use peerlink_core::node::SendOptions;
 use peerlink_core::transport::TransportPreference;
-use peerlink_core::{EntityId, Identity, MessageType};
+use peerlink_core::{EntityId, Event, Identity, MessageType};
 use peerlink_host::ClusterSettings;
 use peerlink_host::broker::redis::cmd;
 use peerlink_host::broker::{Broker, BrokerUrl};
 use redis_server::RedisServer;
+use serde_json::json;
 
 /// A cluster node: the relay identity `relay` (every node shares it, so a client trusts one key
 /// whichever node it reaches), named `name` in the cluster on `redis`, trusting `clients`.
@@ -384,6 +386,89 @@ fn forged_and_oversized_publications_are_refused_and_counted() {
         let metrics = http_get(n2.local_addr(), &n2.path("/metrics")).unwrap();
         assert!(metrics.contains("peerlink_cluster_refused_total"), "{metrics}");
         for n in [&alice, &bob, &n1, &n2] {
+            n.shutdown().await.unwrap();
+        }
+    });
+}
+
+/// The topic publications received on `rx` so far: (publisher, `n`).
+fn publications(rx: &smol::channel::Receiver<Event>) -> Vec<(String, i64)> {
+    let mut got = Vec::new();
+    while let Ok(e) = rx.try_recv() {
+        if let Event::Topic { topic, from, data } = e {
+            assert_eq!(topic, "news");
+            got.push((from.to_string(), data["n"].as_i64().unwrap_or(-1)));
+        }
+    }
+    got
+}
+
+#[test]
+fn a_publication_reaches_the_subscribers_on_every_node_once() {
+    smol::block_on(async {
+        let redis = RedisServer::start_plain();
+        let (r, a, b, c) =
+            (identity("relay"), identity("alice"), identity("bob"), identity("carol"));
+        let everyone = [&a, &b, &c];
+        let n1 = cluster_node(&redis, &r, "n1", &everyone).await;
+        let n2 = cluster_node(&redis, &r, "n2", &everyone).await;
+        let pref = TransportPreference::WebsocketFirst;
+        let others = |me: &Identity| -> Vec<&Identity> {
+            everyone.iter().copied().filter(|p| p.id() != me.id()).collect()
+        };
+        // Alice subscribes at n1, bob at n2; carol publishes at n2, alice at n1.
+        let alice = start_peer(&a, &r, &n1.base_url(), &others(&a), pref).await;
+        let bob = start_peer(&b, &r, &n2.base_url(), &others(&b), pref).await;
+        let carol = start_peer(&c, &r, &n2.base_url(), &others(&c), pref).await;
+        let (alice_rx, bob_rx) = (alice.incoming().await.unwrap(), bob.incoming().await.unwrap());
+        alice.subscribe(r.id(), "news").await.unwrap();
+        bob.subscribe(r.id(), "news").await.unwrap();
+        // Subscriptions travel to the nodes, and the nodes' to Redis, asynchronously: publish
+        // until both subscribers have heard one (n = 0), then the numbered ones.
+        let (mut at_alice, mut at_bob) = (Vec::new(), Vec::new());
+        within("both subscribers to hear a first publication", async {
+            while at_alice.is_empty() || at_bob.is_empty() {
+                carol.publish_via(r.id(), "news", json!({"n": 0})).await.unwrap();
+                smol::Timer::after(Duration::from_millis(50)).await;
+                at_alice.extend(publications(&alice_rx));
+                at_bob.extend(publications(&bob_rx));
+            }
+        })
+        .await;
+        const N: i64 = 20;
+        for n in 1..=N {
+            carol.publish_via(r.id(), "news", json!({"n": n})).await.unwrap();
+            alice.publish_via(r.id(), "news", json!({"n": 100 + n})).await.unwrap();
+        }
+        let last = |got: &Vec<(String, i64)>, who: &str| {
+            got.iter().filter(|(f, _)| f == who).map(|(_, n)| *n).max()
+        };
+        within("every publication at both subscribers", async {
+            while last(&at_alice, "carol") != Some(N)
+                || last(&at_bob, "carol") != Some(N)
+                || last(&at_bob, "alice") != Some(100 + N)
+            {
+                smol::Timer::after(Duration::from_millis(20)).await;
+                at_alice.extend(publications(&alice_rx));
+                at_bob.extend(publications(&bob_rx));
+            }
+        })
+        .await;
+        smol::Timer::after(Duration::from_millis(300)).await;
+        at_alice.extend(publications(&alice_rx));
+        at_bob.extend(publications(&bob_rx));
+        // Each numbered publication exactly once, in order, at each subscriber (a publisher
+        // that subscribed does not get its own back).
+        let numbered = |got: &Vec<(String, i64)>, who: &str| -> Vec<i64> {
+            got.iter().filter(|(f, n)| f == who && *n > 0).map(|(_, n)| *n).collect()
+        };
+        let from_carol: Vec<i64> = (1..=N).collect();
+        let from_alice: Vec<i64> = (101..=100 + N).collect();
+        assert_eq!(numbered(&at_alice, "carol"), from_carol, "carol's at alice (other node)");
+        assert_eq!(numbered(&at_bob, "carol"), from_carol, "carol's at bob (her node)");
+        assert_eq!(numbered(&at_bob, "alice"), from_alice, "alice's at bob (other node)");
+        assert!(numbered(&at_alice, "alice").is_empty(), "alice's own came back to her");
+        for n in [&alice, &bob, &carol, &n1, &n2] {
             n.shutdown().await.unwrap();
         }
     });

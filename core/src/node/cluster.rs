@@ -79,6 +79,25 @@ pub enum ClusterAction {
         /// The entity.
         entity: EntityId,
     },
+    /// This node has subscribers to `topic` now: hand it what other nodes publish on it, as
+    /// [`Input::ClusterPublication`](super::Input::ClusterPublication).
+    Listen {
+        /// The topic.
+        topic: String,
+    },
+    /// No subscriber to `topic` is left on this node.
+    Unlisten {
+        /// The topic.
+        topic: String,
+    },
+    /// A publication this node fanned out to its own subscribers: hand it to every other node
+    /// listening on `topic`, for theirs.
+    Publish {
+        /// The topic.
+        topic: String,
+        /// The signed `PUBLISH` envelope, as every subscriber gets it.
+        frame: Arc<[u8]>,
+    },
 }
 
 impl std::fmt::Debug for ClusterAction {
@@ -91,6 +110,11 @@ impl std::fmt::Debug for ClusterAction {
             }
             ClusterAction::Park { to, frame } => write!(f, "Park(for {to}, {} bytes)", frame.len()),
             ClusterAction::Drain { entity } => write!(f, "Drain({entity})"),
+            ClusterAction::Listen { topic } => write!(f, "Listen({topic})"),
+            ClusterAction::Unlisten { topic } => write!(f, "Unlisten({topic})"),
+            ClusterAction::Publish { topic, frame } => {
+                write!(f, "Publish(on {topic}, {} bytes)", frame.len())
+            }
         }
     }
 }
@@ -121,7 +145,8 @@ pub(super) struct Cluster {
     presence: BTreeMap<EntityId, (EntityId, Timestamp)>,
     /// Announcements ignored because the presence map was full.
     pub dropped: u64,
-    /// Frames from the broker refused: not an envelope for the entity they came for.
+    /// Frames and publications from the broker refused: not an envelope for the entity they
+    /// came for, not a publication on the topic they came on.
     pub refused: u64,
 }
 
@@ -152,6 +177,11 @@ impl Node {
             presence_dropped: c.dropped,
             frames_refused: c.refused,
         })
+    }
+
+    /// Whether this node is one of a cluster whose broker is reachable now.
+    pub(super) fn cluster_up_now(&self) -> bool {
+        self.cluster.as_ref().is_some_and(|c| c.up)
     }
 
     /// This node's name in the cluster (`None` when it runs alone).
@@ -206,13 +236,13 @@ impl Node {
         Ok(Transport::Http)
     }
 
-    fn cluster_out(&mut self, action: ClusterAction) {
+    pub(super) fn cluster_out(&mut self, action: ClusterAction) {
         self.emit(Output::Cluster(action));
     }
 
     /// `entity`'s newest peers link is now `link` on this node.
     pub(super) fn cluster_bound(&mut self, entity: &EntityId) {
-        if self.cluster.as_ref().is_some_and(|c| c.up) {
+        if self.cluster_up_now() {
             self.cluster_out(ClusterAction::Announce { entity: entity.clone() });
             self.cluster_out(ClusterAction::Drain { entity: entity.clone() });
         }
@@ -221,20 +251,21 @@ impl Node {
     /// `entity` called this node over HTTP: what its shared mailbox holds comes here, for its
     /// poll.
     pub(super) fn cluster_polled(&mut self, entity: &EntityId) {
-        if self.cluster.as_ref().is_some_and(|c| c.up) {
+        if self.cluster_up_now() {
             self.cluster_out(ClusterAction::Drain { entity: entity.clone() });
         }
     }
 
     /// `entity` has no peers link on this node any more.
     pub(super) fn cluster_unbound(&mut self, entity: &EntityId) {
-        if self.cluster.as_ref().is_some_and(|c| c.up) {
+        if self.cluster_up_now() {
             self.cluster_out(ClusterAction::Withdraw { entity: entity.clone() });
         }
     }
 
-    /// The broker is reachable (again): this node announces every entity linked to it and
-    /// drains their shared mailboxes; the driver then feeds the presence the broker holds.
+    /// The broker is reachable (again): this node announces every entity linked to it, drains
+    /// their shared mailboxes and listens on the topics it has subscribers to; the driver then
+    /// feeds the presence the broker holds.
     pub fn cluster_up(&mut self, now: Timestamp) {
         let Some(c) = self.cluster.as_mut() else { return };
         c.up = true;
@@ -243,6 +274,7 @@ impl Node {
         for entity in &linked {
             self.cluster_bound(entity);
         }
+        self.cluster_listen_all();
         self.schedule(Timer::Cluster, Some(now.saturating_add(every)));
         self.finish(now);
     }
@@ -300,7 +332,7 @@ impl Node {
             if self.mailbox_push(now, &to, Arc::clone(&frame)).is_err() {
                 self.cluster_out(ClusterAction::Park { to, frame });
             }
-        } else if self.cluster.as_ref().is_some_and(|c| c.up) {
+        } else if self.cluster_up_now() {
             self.cluster_out(ClusterAction::Park { to, frame });
         }
         // Else the broker went down meanwhile: the sender's retransmission repairs it.

@@ -82,6 +82,16 @@ pub enum Input<'a> {
         /// The envelope.
         frame: &'a [u8],
     },
+    /// A publication another node of the cluster fanned out, for this node's subscribers to
+    /// `topic` ([`Node::cluster_publication`]).
+    ClusterPublication {
+        /// The topic it came on.
+        topic: &'a str,
+        /// The name of the node it came from.
+        origin: EntityId,
+        /// The signed `PUBLISH` envelope.
+        frame: &'a [u8],
+    },
 }
 
 /// What handling an input gives back that the driver needs at once.
@@ -120,6 +130,9 @@ impl Node {
             Input::ClusterDown => self.cluster_down(now),
             Input::ClusterPresence { entity, node } => self.cluster_presence(now, entity, node),
             Input::ClusterFrame { to, frame } => self.cluster_frame(now, to, frame),
+            Input::ClusterPublication { topic, origin, frame } => {
+                self.cluster_publication(now, topic, &origin, frame)
+            }
         }
         Ok(Handled::Done)
     }
@@ -148,6 +161,9 @@ impl Input<'_> {
             Input::ClusterPresence { entity, node } => format!("{entity} is on {node:?}"),
             Input::ClusterFrame { to, frame } => {
                 format!("cluster frame for {to}: {} bytes", frame.len())
+            }
+            Input::ClusterPublication { topic, origin, frame } => {
+                format!("cluster publication on {topic} from {origin}: {} bytes", frame.len())
             }
         }
     }

@@ -158,7 +158,9 @@ impl Node {
     pub(super) fn drop_link(&mut self, now: Timestamp, link: LinkId) {
         let Some(l) = self.links.remove(&link) else { return };
         self.timers.cancel(&Timer::Link(link));
-        self.topics.remove_link(link, &l.subscriptions);
+        for emptied in self.topics.remove_link(link, &l.subscriptions) {
+            self.cluster_unlisten(&emptied);
+        }
         match l.direction {
             Direction::Inbound(entity) => {
                 if self.bound.get(&entity) == Some(&link) {

@@ -30,6 +30,7 @@
 //! seed produce the same outputs, byte for byte.
 
 mod cluster;
+mod cluster_topics;
 mod config;
 mod hops;
 mod idle;

@@ -37,15 +37,24 @@ pub(super) struct Topics {
 }
 
 impl Topics {
-    pub fn remove_link(&mut self, link: LinkId, topics: &BTreeSet<String>) {
+    /// Removes `link`'s subscriptions to `topics`; returns the topics left with no subscriber.
+    pub fn remove_link(&mut self, link: LinkId, topics: &BTreeSet<String>) -> Vec<String> {
+        let mut emptied = Vec::new();
         for t in topics {
             if let Some(set) = self.subscribers.get_mut(t) {
                 set.remove(&link);
                 if set.is_empty() {
                     self.subscribers.remove(t);
+                    emptied.push(t.clone());
                 }
             }
         }
+        emptied
+    }
+
+    /// The topics with at least one subscriber on this node.
+    pub fn subscribed(&self) -> impl Iterator<Item = &String> {
+        self.subscribers.keys()
     }
 
     /// Topics the application subscribed to on `hop`.
@@ -54,7 +63,7 @@ impl Topics {
     }
 }
 
-fn topic_of(env: &Envelope) -> Option<String> {
+pub(super) fn topic_of(env: &Envelope) -> Option<String> {
     env.payload
         .value()
         .get("topic")
@@ -110,7 +119,9 @@ impl Node {
         if env.message_type == MessageType::Unsubscribe {
             l.subscriptions.remove(&topic);
             let single = BTreeSet::from([topic]);
-            self.topics.remove_link(link, &single);
+            for emptied in self.topics.remove_link(link, &single) {
+                self.cluster_unlisten(&emptied);
+            }
             return;
         }
         let new_topic = !self.topics.subscribers.contains_key(&topic);
@@ -121,7 +132,10 @@ impl Node {
             return;
         }
         l.subscriptions.insert(topic.clone());
-        self.topics.subscribers.entry(topic).or_default().insert(link);
+        self.topics.subscribers.entry(topic.clone()).or_default().insert(link);
+        if new_topic {
+            self.cluster_listen(&topic);
+        }
     }
 
     fn on_publish(&mut self, now: Timestamp, source: &Source, env: &Envelope) {
@@ -142,7 +156,8 @@ impl Node {
                     Source::Link(l) => Some(*l),
                     _ => None,
                 };
-                self.fan_out(&topic, frame, exclude);
+                self.fan_out(&topic, Arc::clone(&frame), exclude);
+                self.cluster_publish(&topic, frame);
             }
         }
     }
@@ -159,7 +174,12 @@ impl Node {
         hop.is_some_and(|h| self.topics.remote.get(&h).is_some_and(|s| s.contains(topic)))
     }
 
-    fn fan_out(&mut self, topic: &str, frame: Arc<[u8]>, exclude: Option<LinkId>) -> usize {
+    pub(super) fn fan_out(
+        &mut self,
+        topic: &str,
+        frame: Arc<[u8]>,
+        exclude: Option<LinkId>,
+    ) -> usize {
         let links: Vec<LinkId> = self
             .topics
             .subscribers
@@ -181,7 +201,9 @@ impl Node {
         data: Value,
     ) -> Result<usize, UsageError> {
         let env = self.publish_envelope(now, topic, data)?;
-        let reached = self.fan_out(topic, Arc::from(env.encode()), None);
+        let frame: Arc<[u8]> = Arc::from(env.encode());
+        let reached = self.fan_out(topic, Arc::clone(&frame), None);
+        self.cluster_publish(topic, frame);
         self.finish(now);
         Ok(reached)
     }

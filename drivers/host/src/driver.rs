@@ -177,6 +177,8 @@ impl Core {
             ClusterNews::Frame { to, frame } => {
                 self.feed(now, NodeInput::ClusterFrame { to, frame: &frame })
             }
+            ClusterNews::Publication { topic, origin, frame } => self
+                .feed(now, NodeInput::ClusterPublication { topic: &topic, origin, frame: &frame }),
         };
     }
 

@@ -17,6 +17,8 @@ pub(super) struct Broker {
     mailboxes: BTreeMap<EntityId, VecDeque<Vec<u8>>>,
     /// The cluster's nodes, which hear every presence change.
     members: Vec<String>,
+    /// The nodes listening on each topic.
+    listeners: BTreeMap<String, Vec<String>>,
     /// Every action, in order.
     pub log: Vec<(String, String)>,
 }
@@ -55,6 +57,25 @@ impl Pump {
                 for frame in frames {
                     let to = entity.clone();
                     self.input(from, Input::ClusterFrame { to, frame: &frame });
+                }
+            }
+            ClusterAction::Listen { topic } => {
+                self.broker.listeners.entry(topic).or_default().push(from.to_owned());
+            }
+            ClusterAction::Unlisten { topic } => {
+                if let Some(l) = self.broker.listeners.get_mut(&topic) {
+                    l.retain(|n| n != from);
+                }
+            }
+            // Every listener hears it, the publishing node too (as Redis does).
+            ClusterAction::Publish { topic, frame } => {
+                for to in self.broker.listeners.get(&topic).cloned().unwrap_or_default() {
+                    let input = Input::ClusterPublication {
+                        topic: &topic,
+                        origin: id(from),
+                        frame: &frame,
+                    };
+                    self.input(&to, input);
                 }
             }
         }
@@ -202,6 +223,7 @@ enum BrokerSays {
     Down,
     Presence(u8, Option<bool>),
     Frame(u8, Vec<u8>),
+    Publication(Vec<u8>),
 }
 
 fn broker_says() -> impl Strategy<Value = BrokerSays> {
@@ -212,6 +234,7 @@ fn broker_says() -> impl Strategy<Value = BrokerSays> {
             .prop_map(|(e, n)| BrokerSays::Presence(e, n)),
         (any::<u8>(), proptest::collection::vec(any::<u8>(), 0..200))
             .prop_map(|(e, f)| BrokerSays::Frame(e, f)),
+        proptest::collection::vec(any::<u8>(), 0..200).prop_map(BrokerSays::Publication),
     ]
 }
 
@@ -232,14 +255,18 @@ proptest! {
                     node: node.map(|other| id(if other { "relay2" } else { "relay" })),
                 },
                 BrokerSays::Frame(e, f) => Input::ClusterFrame { to: id(&format!("e{e}")), frame: f },
+                BrokerSays::Publication(f) => {
+                    Input::ClusterPublication { topic: "t", origin: id("relay2"), frame: f }
+                }
             };
             n.handle_input(T0, input).unwrap();
-            if matches!(s, BrokerSays::Frame(..)) {
+            if matches!(s, BrokerSays::Frame(..) | BrokerSays::Publication(..)) {
                 refused += 1;
             }
             let out = drain(&mut n);
             let routed = out.iter().any(|o| {
                 matches!(o, Output::Cluster(ClusterAction::Park { .. } | ClusterAction::Forward { .. }))
+                    || matches!(o, Output::Transmit { .. })
             });
             prop_assert!(!routed, "{:?}", out);
             let stats = n.cluster_stats().unwrap();
@@ -273,4 +300,86 @@ fn a_named_node_knows_itself_by_its_name_and_lists_the_entities_on_other_nodes()
     let alone = node("solo", NodeConfig::default());
     assert_eq!(alone.cluster_name(), None);
     assert_eq!(alone.cluster_entities(T0).count(), 0);
+}
+
+fn cluster_actions(out: &[Output]) -> Vec<String> {
+    out.iter()
+        .filter_map(|o| match o {
+            Output::Cluster(a) => Some(format!("{a:?}")),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn publications_reach_subscribers_on_every_node_once() {
+    let cluster = |name: &str| {
+        let config = ClusterConfig { name: Some(id(name)), ..ClusterConfig::default() };
+        let mut n = node("relay", NodeConfig { cluster: Some(config), ..NodeConfig::default() });
+        n.handle_input(T0, Input::ClusterUp).unwrap();
+        drain(&mut n);
+        n
+    };
+    let (mut east, mut west) = (cluster("east"), cluster("west"));
+    let sub = |who: &str, t| signed(who, MessageType::Subscribe, None, json!({"topic": "news"}), t);
+    // Alice subscribes at east, bob at west: each node listens on the topic once.
+    let alice = east.accept_link(T0, LinkKind::Events, id("alice")).unwrap();
+    east.handle_frame(T0, alice, &sub("alice", T0));
+    assert_eq!(cluster_actions(&drain(&mut east)), ["Listen(news)"]);
+    let bob = west.accept_link(T0, LinkKind::Events, id("bob")).unwrap();
+    west.handle_frame(T0, bob, &sub("bob", T0));
+    assert_eq!(cluster_actions(&drain(&mut west)), ["Listen(news)"]);
+    let carol = west.accept_link(T0, LinkKind::Peers, id("carol")).unwrap();
+    let t1 = T0.saturating_add(Duration::from_millis(1));
+    west.handle_frame(t1, carol, &sub("carol", t1));
+    let actions = cluster_actions(&drain(&mut west));
+    assert!(!actions.iter().any(|a| a.starts_with("Listen")), "already listening: {actions:?}");
+
+    // Carol publishes at west: bob gets it there, and it goes to the cluster once.
+    let t2 = T0.saturating_add(Duration::from_millis(2));
+    let publish =
+        signed("carol", MessageType::Publish, None, json!({"topic": "news", "data": 7}), t2);
+    west.handle_frame(t2, carol, &publish);
+    let out = drain(&mut west);
+    assert!(matches!(frames(&out).as_slice(), [f] if **f == *publish));
+    let Some(Output::Cluster(ClusterAction::Publish { topic, frame })) =
+        out.into_iter().find(|o| matches!(o, Output::Cluster(_)))
+    else {
+        panic!("no publication for the cluster")
+    };
+    assert_eq!(topic, "news");
+    // East fans it out to alice, the same bytes; west, hearing its own publication back from
+    // the broker, does nothing.
+    east.handle_input(
+        t2,
+        Input::ClusterPublication { topic: "news", origin: id("west"), frame: &frame },
+    )
+    .unwrap();
+    let out = drain(&mut east);
+    assert!(
+        matches!(out.as_slice(), [Output::Transmit { link, frame: f }] if *link == alice && **f == *publish)
+    );
+    west.handle_input(
+        t2,
+        Input::ClusterPublication { topic: "news", origin: id("west"), frame: &frame },
+    )
+    .unwrap();
+    assert!(drain(&mut west).is_empty(), "its own publication is not fanned out twice");
+
+    // A publication on another topic than its channel's, or not a publication, is refused.
+    for (topic, junk) in [("other", &frame[..]), ("news", b"{}"), ("news", &sub("x", t2)[..])] {
+        east.handle_input(t2, Input::ClusterPublication { topic, origin: id("west"), frame: junk })
+            .unwrap();
+    }
+    assert!(drain(&mut east).is_empty());
+    assert_eq!(east.cluster_stats().map(|s| s.frames_refused), Some(3));
+
+    // The last subscriber gone, the node stops listening; back from an outage, it listens
+    // again on what it has.
+    east.link_closed(t2, alice);
+    assert_eq!(cluster_actions(&drain(&mut east)), ["Unlisten(news)"]);
+    west.handle_input(t2, Input::ClusterDown).unwrap();
+    west.handle_input(t2, Input::ClusterUp).unwrap();
+    let again = cluster_actions(&drain(&mut west));
+    assert!(again.contains(&"Listen(news)".to_owned()), "{again:?}");
 }

@@ -157,7 +157,7 @@ impl Carrier {
                         let Ok(more) = self.task.actions.try_recv() else { break };
                         batch.push(more);
                     }
-                    self.carry(broker, batch).await
+                    self.carry(broker, &sub, batch).await
                 }
                 Next::Published(None) => {
                     return Stop::Lost(BrokerError::ConnectionLost(
@@ -246,6 +246,12 @@ impl Carrier {
         } else if p.channel == self.node_channel {
             layout::decode_forward(&p.payload)
                 .map(|(to, frame)| ClusterNews::Frame { to, frame: frame.to_vec() })
+        } else if let Some(topic) = self.layout.topic_of_channel(&p.channel) {
+            layout::decode_forward(&p.payload).map(|(origin, frame)| ClusterNews::Publication {
+                topic: topic.to_owned(),
+                origin,
+                frame: frame.to_vec(),
+            })
         } else {
             None
         };
@@ -268,8 +274,37 @@ impl Carrier {
     /// received, which go to their mailboxes). A request Redis refuses (an ACL that forbids a
     /// command, Redis out of memory) is logged and counted; the end-to-end layer re-sends what
     /// it carried. A lost connection stops serving.
-    async fn carry(&self, broker: &Broker, batch: Vec<ClusterAction>) -> Result<(), Stop> {
-        let mut batch = batch;
+    async fn carry(
+        &self,
+        broker: &Broker,
+        sub: &Subscriber,
+        batch: Vec<ClusterAction>,
+    ) -> Result<(), Stop> {
+        // Listening on a topic or not is a change of the subscription, not a request.
+        let mut requests = Vec::with_capacity(batch.len());
+        for action in batch {
+            let changed = match &action {
+                ClusterAction::Listen { topic } => {
+                    sub.subscribe(&self.layout.topic_channel(topic)).await
+                }
+                ClusterAction::Unlisten { topic } => {
+                    sub.unsubscribe(&self.layout.topic_channel(topic)).await
+                }
+                _ => {
+                    requests.push(action);
+                    continue;
+                }
+            };
+            match changed {
+                Ok(()) => {}
+                Err(e @ (BrokerError::Refused(_) | BrokerError::Protocol(_))) => {
+                    tracing::warn!(error = %e, "topic subscription refused by the broker");
+                    ClusterCounters::add(&self.counters().requests_dropped, 1);
+                }
+                Err(e) => return Err(Stop::Lost(e)),
+            }
+        }
+        let mut batch = requests;
         while !batch.is_empty() {
             let (pipe, answers) = self.pipeline(batch);
             let values: Vec<Value> = match broker.pipeline(&pipe).await {
@@ -376,6 +411,14 @@ impl Carrier {
                     pipe.cmd("EVAL").arg(layout::DRAIN_SCRIPT).arg(2).arg(list).arg(bytes);
                     answers.push(Answer::Drain(entity));
                 }
+                ClusterAction::Publish { topic, frame } => {
+                    pipe.cmd("PUBLISH")
+                        .arg(self.layout.topic_channel(&topic))
+                        .arg(layout::encode_forward(&self.task.name, &frame));
+                    answers.push(Answer::Ignore);
+                }
+                // Carried out before the pipeline (`carry`).
+                ClusterAction::Listen { .. } | ClusterAction::Unlisten { .. } => {}
             }
         }
         (pipe, answers)

@@ -48,6 +48,16 @@ impl Layout {
         format!("{}:node:{node}", self.prefix)
     }
 
+    /// `P:topic:T`: the channel publications on topic `T` cross between nodes on.
+    pub fn topic_channel(&self, topic: &str) -> String {
+        format!("{}:topic:{topic}", self.prefix)
+    }
+
+    /// The topic of a topic channel of this cluster.
+    pub fn topic_of_channel<'a>(&self, channel: &'a str) -> Option<&'a str> {
+        channel.strip_prefix(self.prefix.as_str())?.strip_prefix(":topic:")
+    }
+
     /// `P:mbox:{E}` and `P:mbox:{E}:bytes`: `entity`'s shared mailbox (a list of frames, oldest
     /// first) and its size in bytes. The braces are a Redis hash tag: both keys live together.
     pub fn mailbox_keys(&self, entity: &EntityId) -> [String; 2] {
@@ -83,7 +93,9 @@ impl PresenceChange {
     }
 }
 
-/// A frame forwarded to a node: `TO`, a line feed, then the envelope's bytes, unopened.
+/// A frame forwarded to a node: `TO`, a line feed, then the envelope's bytes, unopened. A
+/// publication crossing between nodes has the same form, its first line the name of the node
+/// it comes from.
 pub fn encode_forward(to: &EntityId, frame: &[u8]) -> Vec<u8> {
     let mut out =
         Vec::with_capacity(to.as_str().len().saturating_add(1).saturating_add(frame.len()));
@@ -93,7 +105,8 @@ pub fn encode_forward(to: &EntityId, frame: &[u8]) -> Vec<u8> {
     out
 }
 
-/// A forwarded frame read back: its recipient and envelope; `None` if it is not one.
+/// A forwarded frame (or a publication) read back: its recipient (or origin) and envelope;
+/// `None` if it is not one.
 pub fn decode_forward(payload: &[u8]) -> Option<(EntityId, &[u8])> {
     let at = payload.iter().position(|&b| b == b'\n')?;
     let (to, rest) = payload.split_at(at);
@@ -150,6 +163,9 @@ mod tests {
         assert_eq!(l.presence_channel(), "pl:presence");
         assert_eq!(l.node_channel(&id("n-1")), "pl:node:n-1");
         assert_eq!(l.mailbox_keys(&id("bob")), ["pl:mbox:{bob}", "pl:mbox:{bob}:bytes"]);
+        assert_eq!(l.topic_channel("a/b.c"), "pl:topic:a/b.c");
+        assert_eq!(l.topic_of_channel("pl:topic:a/b.c"), Some("a/b.c"));
+        assert_eq!(l.topic_of_channel("pl:node:n1"), None);
         assert_eq!(l.entity_of_presence_key(b"pl:presence:alice"), Some(id("alice")));
         for junk in [&b"pl:presence:"[..], b"pl:presence:a b", b"other:presence:x", &[0xff; 9]] {
             assert_eq!(l.entity_of_presence_key(junk), None, "{junk:?}");
