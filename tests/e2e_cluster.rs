@@ -473,3 +473,132 @@ fn a_publication_reaches_the_subscribers_on_every_node_once() {
         }
     });
 }
+
+/// The ACL rule `docs/cluster.md` gives for a cluster's Redis user: the commands a node uses
+/// (those its scripts call included), on its prefix's keys and channels only.
+const ACL_RULE: &str = "peerlink on >s3cret resetkeys ~peerlink:* resetchannels &peerlink:* \
+    -@all +@connection +get +set +del +mget +scan +publish +subscribe +unsubscribe +eval \
+    +llen +rpush +incrby +pexpire +lrange";
+
+#[test]
+fn a_cluster_runs_as_the_documented_acl_user_and_nothing_more() {
+    smol::block_on(async {
+        let mut args = vec!["--user", "default", "off", "--user"];
+        args.extend(ACL_RULE.split_whitespace());
+        let redis = RedisServer::start_with(&args);
+        let (r, a, b) = (identity("relay"), identity("alice"), identity("bob"));
+        let node = |name: &str| {
+            let mut cfg = relay_config(&[&a, &b], "127.0.0.1:0".parse().unwrap());
+            let mut settings = cluster_settings(&redis, name);
+            settings.redis_url = BrokerUrl::parse(&redis.url_as("peerlink", "s3cret")).unwrap();
+            cfg.cluster = Some(settings);
+            cfg
+        };
+        let n1 = start_node(node("n1"), copy(&r)).await;
+        let n2 = start_node(node("n2"), copy(&r)).await;
+        for n in [&n1, &n2] {
+            poll_until("the node to join its cluster", || async {
+                n.snapshot().await.ok()?.cluster?.up.then_some(())
+            })
+            .await;
+        }
+        let pref = TransportPreference::WebsocketFirst;
+        // Bob is offline first: his shared mailbox (the scripts) is used, then drained.
+        let alice = start_peer(&a, &r, &n1.base_url(), &[&b], pref).await;
+        alice.init_websocket_connection(r.id()).await.unwrap();
+        wait_for_presence(&n1, 1).await;
+        let t = MessageType::PeerMessage;
+        alice.send_message(b.id(), t, b"parked".to_vec(), send_opts()).await.unwrap();
+        let bob = start_peer(&b, &r, &n2.base_url(), &[&a], pref).await;
+        let bob_rx = bob.incoming().await.unwrap();
+        bob.init_websocket_connection(r.id()).await.unwrap();
+        assert_eq!(messages(&bob_rx, a.id(), 1).await, vec![b"parked".to_vec()]);
+        alice.send_message(b.id(), t, b"forwarded".to_vec(), send_opts()).await.unwrap();
+        assert_eq!(messages(&bob_rx, a.id(), 1).await, vec![b"forwarded".to_vec()]);
+        let (c1, c2) = (n1.snapshot().await.unwrap(), n2.snapshot().await.unwrap());
+        let (c1, c2) = (c1.cluster.unwrap(), c2.cluster.unwrap());
+        for c in [&c1, &c2] {
+            assert_eq!(c.requests_dropped, 0, "the broker refused a request: {c:?}");
+        }
+        assert!(c1.parked > 0 && c1.forwarded > 0, "{c1:?}");
+        assert!(c2.drained > 0, "{c2:?}");
+        for n in [&alice, &bob, &n1, &n2] {
+            n.shutdown().await.unwrap();
+        }
+    });
+}
+
+#[test]
+fn a_node_cut_from_redis_serves_its_own_entities_and_rejoins_by_itself() {
+    smol::block_on(async {
+        let redis = RedisServer::start_plain();
+        let redis_addr: std::net::SocketAddr =
+            format!("127.0.0.1:{}", redis.port()).parse().unwrap();
+        // Node 2 reaches Redis through a proxy that can cut it off.
+        let cut = Proxy::to(redis_addr, "", false);
+        let (r, a, b, c) =
+            (identity("relay"), identity("alice"), identity("bob"), identity("carol"));
+        let everyone = [&a, &b, &c];
+        let n1 = cluster_node(&redis, &r, "n1", &everyone).await;
+        let mut cfg = relay_config(&everyone, "127.0.0.1:0".parse().unwrap());
+        let mut settings = cluster_settings(&redis, "n2");
+        settings.redis_url = BrokerUrl::parse(&format!("redis://{}", cut.addr())).unwrap();
+        cfg.cluster = Some(settings);
+        let n2 = start_node(cfg, copy(&r)).await;
+        let pref = TransportPreference::WebsocketFirst;
+        let others = |me: &Identity| -> Vec<&Identity> {
+            everyone.iter().copied().filter(|p| p.id() != me.id()).collect()
+        };
+        let alice = start_peer(&a, &r, &n1.base_url(), &others(&a), pref).await;
+        let bob = start_peer(&b, &r, &n2.base_url(), &others(&b), pref).await;
+        let carol = start_peer(&c, &r, &n2.base_url(), &others(&c), pref).await;
+        let rx: Vec<_> = vec![
+            alice.incoming().await.unwrap(),
+            bob.incoming().await.unwrap(),
+            carol.incoming().await.unwrap(),
+        ];
+        for p in [&alice, &bob, &carol] {
+            p.init_websocket_connection(r.id()).await.unwrap();
+        }
+        wait_for_presence(&n1, 3).await;
+        wait_for_presence(&n2, 3).await;
+        let t = MessageType::PeerMessage;
+        alice.send_message(b.id(), t, payload("before", 0), send_opts()).await.unwrap();
+        assert_eq!(messages(&rx[1], a.id(), 1).await, vec![payload("before", 0)]);
+
+        // Node 2 loses Redis (its connections cut, new ones refused).
+        cut.refuse_all(true);
+        cut.kill_all();
+        poll_until("node 2 to see Redis gone", || async {
+            (!n2.snapshot().await.ok()?.cluster?.up).then_some(())
+        })
+        .await;
+        let health = http_get(n2.local_addr(), &n2.path("/healthz")).unwrap();
+        assert!(health.contains(r#""status":"degraded""#), "{health}");
+        let health = http_get(n1.local_addr(), &n1.path("/healthz")).unwrap();
+        assert!(health.contains(r#""cluster":"up""#), "node 1 is fine: {health}");
+        // Its own entities still reach each other at once.
+        bob.send_message(c.id(), t, payload("local", 0), send_opts()).await.unwrap();
+        assert_eq!(messages(&rx[2], b.id(), 1).await, vec![payload("local", 0)]);
+        // Messages across the cut wait, both ways.
+        const N: usize = 20;
+        for i in 0..N {
+            alice.send_message(b.id(), t, payload("a-b", i), send_opts()).await.unwrap();
+            bob.send_message(a.id(), t, payload("b-a", i), send_opts()).await.unwrap();
+        }
+        // Redis is reachable again: node 2 rejoins by itself and everything arrives, once.
+        cut.refuse_all(false);
+        let got_bob = messages(&rx[1], a.id(), N).await;
+        assert_eq!(got_bob, (0..N).map(|i| payload("a-b", i)).collect::<Vec<_>>());
+        let got_alice = messages(&rx[0], b.id(), N).await;
+        assert_eq!(got_alice, (0..N).map(|i| payload("b-a", i)).collect::<Vec<_>>());
+        for r in &rx {
+            assert_no_more_messages(r, Duration::from_millis(300)).await;
+        }
+        let c2 = n2.snapshot().await.unwrap().cluster.unwrap();
+        assert!(c2.up && c2.connects >= 2, "{c2:?}");
+        for n in [&alice, &bob, &carol, &n1, &n2] {
+            n.shutdown().await.unwrap();
+        }
+    });
+}

@@ -549,15 +549,20 @@ pub struct Proxy {
 impl Proxy {
     /// A proxy in front of `node` (its plain-TCP listener).
     pub fn start(node: &Node, record: bool) -> Proxy {
+        Proxy::to(node.local_addr(), node.prefix(), record)
+    }
+
+    /// A proxy in front of any TCP server at `target` (a Redis, say); `prefix` is the path
+    /// under which WebSocket upgrades are recognised (empty for a server that has none).
+    pub fn to(target: SocketAddr, prefix: &'static str, record: bool) -> Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(ProxyState {
             recording: record.then(|| Mutex::new(Vec::new())),
             ..ProxyState::default()
         });
-        let prefix = node.prefix();
         let upgrade = Arc::new(format!("GET {prefix}/ws/").into_bytes());
-        let proxy = Proxy { addr, target: node.local_addr(), prefix, upgrade, state };
+        let proxy = Proxy { addr, target, prefix, upgrade, state };
         let p = proxy.clone();
         std::thread::spawn(move || {
             for conn in listener.incoming() {
