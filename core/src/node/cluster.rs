@@ -148,11 +148,16 @@ pub(super) struct Cluster {
     /// Frames and publications from the broker refused: not an envelope for the entity they
     /// came for, not a publication on the topic they came on.
     pub refused: u64,
+    /// Entities without a peers link here that poll here over HTTP, and when they last did:
+    /// announced like linked ones while they keep polling (within two refreshes), so frames
+    /// for them come to this node and their polls. Bounded by the polls held (`max_links`).
+    pollers: BTreeMap<EntityId, Timestamp>,
 }
 
 impl Cluster {
     pub fn new(config: ClusterConfig) -> Self {
-        Self { config, up: false, presence: BTreeMap::new(), dropped: 0, refused: 0 }
+        let presence = BTreeMap::new();
+        Self { config, up: false, presence, dropped: 0, refused: 0, pollers: BTreeMap::new() }
     }
 }
 
@@ -248,11 +253,27 @@ impl Node {
         }
     }
 
-    /// `entity` called this node over HTTP: what its shared mailbox holds comes here, for its
-    /// poll.
-    pub(super) fn cluster_polled(&mut self, entity: &EntityId) {
-        if self.cluster_up_now() {
-            self.cluster_out(ClusterAction::Drain { entity: entity.clone() });
+    /// `entity` holds a poll here: what its shared mailbox holds comes to it, and, unless it
+    /// has a peers link here, the cluster learns it is reached here (once, then at each refresh
+    /// while it keeps polling).
+    pub(super) fn cluster_polled(&mut self, now: Timestamp, entity: &EntityId) {
+        if !self.cluster_up_now() {
+            return;
+        }
+        self.cluster_out(ClusterAction::Drain { entity: entity.clone() });
+        let linked = self.bound.contains_key(entity);
+        let max = self.config.max_links;
+        let Some(c) = self.cluster.as_mut() else { return };
+        let new = c.pollers.insert(entity.clone(), now).is_none();
+        if c.pollers.len() > max {
+            // Bounded: the poller seen longest ago is forgotten (its record expires by itself).
+            let oldest = c.pollers.iter().min_by_key(|(_, at)| **at).map(|(e, _)| e.clone());
+            if let Some(e) = oldest {
+                c.pollers.remove(&e);
+            }
+        }
+        if new && !linked {
+            self.cluster_out(ClusterAction::Announce { entity: entity.clone() });
         }
     }
 
@@ -286,6 +307,7 @@ impl Node {
         let Some(c) = self.cluster.as_mut() else { return };
         c.up = false;
         c.presence.clear();
+        c.pollers.clear();
         self.schedule(Timer::Cluster, None);
         self.finish(now);
     }
@@ -340,11 +362,34 @@ impl Node {
     }
 
     /// The refresh timer: announce every linked entity again.
+    /// Entities that polled within two refreshes stay announced; the others are forgotten and
+    /// withdrawn (their polls stopped: they are linked elsewhere, or gone).
     pub(super) fn on_cluster_timer(&mut self, now: Timestamp) {
-        let Some(c) = self.cluster.as_ref().filter(|c| c.up) else { return };
+        let polls = &self.polls;
+        let Some(c) = self.cluster.as_mut().filter(|c| c.up) else { return };
         let every = c.config.refresh_every;
+        let keep_for = every.saturating_mul(2);
+        let stopped: Vec<EntityId> = c
+            .pollers
+            .iter()
+            .filter(|(e, at)| !polls.contains_key(*e) && now >= at.saturating_add(keep_for))
+            .map(|(e, _)| e.clone())
+            .collect();
+        for e in &stopped {
+            c.pollers.remove(e);
+        }
+        let polling: Vec<EntityId> =
+            c.pollers.keys().filter(|e| !self.bound.contains_key(*e)).cloned().collect();
         let linked: Vec<EntityId> = self.bound.keys().cloned().collect();
+        for entity in stopped {
+            if !self.bound.contains_key(&entity) {
+                self.cluster_out(ClusterAction::Withdraw { entity });
+            }
+        }
         for entity in linked {
+            self.cluster_out(ClusterAction::Announce { entity });
+        }
+        for entity in polling {
             self.cluster_out(ClusterAction::Announce { entity });
         }
         self.schedule(Timer::Cluster, Some(now.saturating_add(every)));

@@ -471,7 +471,7 @@ impl Node {
                     let until = now.saturating_add(wait);
                     self.polls.insert(entity.clone(), (request, until));
                     // In a cluster, what waits in its shared mailbox comes to this poll.
-                    self.cluster_polled(&entity);
+                    self.cluster_polled(now, &entity);
                     self.schedule(Timer::Poll(entity), Some(until));
                 }
                 self.finish(now);

@@ -88,23 +88,30 @@ impl Pump {
 
 /// Two relays in one cluster; alice reaches the cluster through `relay`, bob through `relay2`.
 fn two_relays(preference: TransportPreference) -> Pump {
+    cluster_of(preference, &[("alice", "relay"), ("bob", "relay2")])
+}
+
+/// Two relays in one cluster, and `clients`, each reaching the cluster through its relay.
+fn cluster_of(preference: TransportPreference, clients: &[(&str, &str)]) -> Pump {
     let relay = NodeConfig { cluster: Some(ClusterConfig::default()), ..NodeConfig::default() };
-    let client = NodeConfig { preference, ..NodeConfig::default() };
-    let mut p = Pump::new(&[
-        ("relay", relay.clone()),
-        ("relay2", relay),
-        ("alice", client.clone()),
-        ("bob", client),
-    ]);
+    let mut p = Pump::new(&[("relay", relay.clone()), ("relay2", relay)]);
     p.broker.members = vec!["relay".to_owned(), "relay2".to_owned()];
-    let now = p.now;
-    p.node("alice").set_default_route(now, Pump::addr("relay"));
-    p.node("bob").set_default_route(now, Pump::addr("relay2"));
     for r in ["relay", "relay2"] {
         p.input(r, Input::ClusterUp);
     }
+    for (name, via) in clients {
+        add_client(&mut p, name, via, preference);
+    }
     p.run();
     p
+}
+
+/// A client `name` that reaches the cluster through `relay` from now on.
+fn add_client(p: &mut Pump, name: &str, relay: &str, preference: TransportPreference) {
+    let config = NodeConfig { preference, ..NodeConfig::default() };
+    p.nodes.insert(name.to_owned(), node(name, config));
+    let now = p.now;
+    p.node(name).set_default_route(now, Pump::addr(relay));
 }
 
 /// [`two_relays`] with alice and bob linked, each at its relay, and in session.
@@ -142,7 +149,8 @@ fn entities_on_different_relays_reach_each_other_through_the_broker() {
 
 #[test]
 fn an_entity_linked_nowhere_gets_its_frames_from_the_shared_mailbox_on_any_relay() {
-    let mut p = two_relays(TransportPreference::WebsocketFirst);
+    let pref = TransportPreference::WebsocketFirst;
+    let mut p = cluster_of(pref, &[("alice", "relay")]);
     // Bob is offline: alice's handshake waits in his shared mailbox.
     let now = p.now;
     let m = p.node("alice").send(now, &id("bob"), b"later".to_vec(), SendOptions::default());
@@ -151,6 +159,7 @@ fn an_entity_linked_nowhere_gets_its_frames_from_the_shared_mailbox_on_any_relay
     assert!(p.parked("bob") > 0, "{:?}", p.broker.log);
     // Bob comes online at relay2: his mailbox drains there, the handshake completes, and the
     // message arrives exactly once.
+    add_client(&mut p, "bob", "relay2", pref);
     let now = p.now;
     p.node("bob").connect(now, &id("alice")).unwrap();
     p.run();
@@ -382,4 +391,32 @@ fn publications_reach_subscribers_on_every_node_once() {
     west.handle_input(t2, Input::ClusterUp).unwrap();
     let again = cluster_actions(&drain(&mut west));
     assert!(again.contains(&"Listen(news)".to_owned()), "{again:?}");
+}
+
+#[test]
+fn an_entity_polling_a_node_is_announced_there_while_it_polls() {
+    let mut p = two_relays(TransportPreference::HttpOnly);
+    // Bob reaches the cluster only by polling relay2: he is announced there.
+    p.advance(Duration::from_millis(100));
+    let announced =
+        |p: &Pump| p.broker.log.iter().any(|(n, a)| n == "relay2" && a == "Announce(bob)");
+    assert!(announced(&p), "{:?}", p.broker.log);
+    let now = p.now;
+    let m = p.node("alice").send(now, &id("bob"), b"to a poller".to_vec(), SendOptions::default());
+    let m = m.unwrap();
+    p.run();
+    p.advance(Duration::from_secs(5));
+    assert_eq!(p.messages_at("bob"), vec![b"to a poller".to_vec()]);
+    assert!(p.broker.log.iter().any(|(n, a)| n == "relay" && a.starts_with("Forward(to bob")));
+    assert!(
+        p.events_of("alice").iter().any(|e| matches!(e, Event::Delivered { id, .. } if *id == m))
+    );
+    // Bob stops polling (relay2 answers him 503 from now on): two refreshes later relay2
+    // withdraws him.
+    p.http_status.insert("relay2".to_owned(), 503);
+    let before = p.broker.log.len();
+    p.advance(ClusterConfig::default().refresh_every * 4);
+    let withdrawn =
+        p.broker.log[before..].iter().any(|(n, a)| n == "relay2" && a == "Withdraw(bob)");
+    assert!(withdrawn, "{:?}", &p.broker.log[before..]);
 }
