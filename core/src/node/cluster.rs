@@ -1,5 +1,5 @@
 //! A node that is one relay of a cluster: several relays that share a broker (Redis) act as one
-//! (`docs/cluster-design.md`). The node decides where a frame for an entity goes, as it decides
+//! (`docs/cluster.md`, spec §25). The node decides where a frame for an entity goes, as it decides
 //! every route: on its own link to the entity, to the relay that holds the entity's newest link,
 //! or into the entity's shared mailbox. The driver carries the decisions out against the broker
 //! ([`ClusterAction`]) and feeds back what the broker says ([`Input::ClusterPresence`] and

@@ -96,8 +96,8 @@ pub struct NodeConfig {
     /// (their senders re-send them: backpressure) and informational events are dropped with a
     /// count; `Event::Failed` never is (at most one per message accepted). Default 65 536.
     pub max_events: usize,
-    /// Set on a relay that is one node of a cluster sharing a broker (`docs/cluster-design.md`);
-    /// `None` (the default): the node runs alone.
+    /// Set on a relay that is one node of a cluster sharing a broker (`docs/cluster.md`, spec
+    /// §25); `None` (the default): the node runs alone.
     pub cluster: Option<super::cluster::ClusterConfig>,
 }
 

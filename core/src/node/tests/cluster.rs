@@ -1,4 +1,4 @@
-//! Relays of a cluster sharing a broker (`docs/cluster-design.md`): the routing decision (the
+//! Relays of a cluster sharing a broker (`docs/cluster.md`, spec §25): the routing decision (the
 //! local link, the node holding the entity's link, or its shared mailbox) with a broker that
 //! does what Redis would.
 
