@@ -119,7 +119,7 @@ pub async fn echo_pipe(addr: SocketAddr, window: usize, clock: Clock) -> Result<
         }
     })
     .detach();
-    Ok(Pipe { sink: Sink::Ws(tx), slots, recorder, clock })
+    Ok(Pipe { sink: Sink::Ws(tx), slots, recorder, clock, other_cpu: None })
 }
 
 /// A pipe through the forwarder at `addr`: the receiving client answers every message with its
@@ -153,7 +153,7 @@ pub async fn forward_pipe(addr: SocketAddr, window: usize, clock: Clock) -> Resu
         }
     })
     .detach();
-    Ok(Pipe { sink: Sink::Ws(tx), slots, recorder, clock })
+    Ok(Pipe { sink: Sink::Ws(tx), slots, recorder, clock, other_cpu: None })
 }
 
 /// WebSocket connections per second to the echo server at `addr` (TCP connect, upgrade, one

@@ -141,21 +141,9 @@ impl ChildServer {
         Ok(rss_kib(Some(self.child.id()))?)
     }
 
-    /// The CPU time it has used so far, user and system, every thread (`/proc/<pid>/stat`, in
-    /// clock ticks of 10 ms on Linux).
+    /// The CPU time it has used so far, user and system, every thread.
     pub fn cpu_time(&self) -> Result<Duration, BoxError> {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))?;
-        // The fields after the command name, which is in parentheses and may hold spaces:
-        // state is field 3 of the line, utime 14 and stime 15.
-        let rest = stat.rsplit_once(')').map(|(_, r)| r).ok_or("unreadable stat")?;
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        let ticks =
-            |i: usize| -> Result<u64, BoxError> { Ok(fields.get(i).ok_or("short stat")?.parse()?) };
-        let total = ticks(11)?.saturating_add(ticks(12)?);
-        // SAFETY: sysconf reads a constant of the system and touches no memory of ours.
-        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-        let hz = u64::try_from(hz).ok().filter(|h| *h > 0).unwrap_or(100);
-        Ok(Duration::from_secs_f64(total as f64 / hz as f64))
+        crate::stats::process_cpu_time(self.child.id())
     }
 }
 

@@ -81,6 +81,9 @@ pub struct Pipe {
     pub recorder: Arc<Recorder>,
     /// The bench clock the payloads are stamped with.
     pub clock: Clock,
+    /// Another process the path runs through (the cluster's Redis), whose CPU time per message
+    /// is measured too.
+    pub other_cpu: Option<u32>,
 }
 
 /// What one run measured.
@@ -96,6 +99,9 @@ pub struct Measured {
     pub latency: Percentiles,
     /// CPU time of the whole process per message arrived, in microseconds.
     pub cpu_us_per_msg: f64,
+    /// CPU time of the pipe's other process ([`Pipe::other_cpu`]) per message arrived, in
+    /// microseconds (from 10 ms clock ticks).
+    pub other_cpu_us_per_msg: Option<f64>,
     /// The offered rate (`None`: saturation).
     pub offered: Option<f64>,
 }
@@ -130,6 +136,8 @@ pub async fn run(
         smol::Timer::after(Duration::from_millis(2)).await;
     }
 
+    let other_cpu = |pid: Option<u32>| pid.and_then(|p| crate::stats::process_cpu_time(p).ok());
+    let other0 = other_cpu(pipe.other_cpu);
     let cpu0 = cpu_time();
     let started = Instant::now();
     let start_ns = pipe.recorder.open();
@@ -165,6 +173,7 @@ pub async fn run(
         return Err(format!("{} sends were refused", refused.load(Ordering::Relaxed)).into());
     }
     let cpu = cpu_time().saturating_sub(cpu0);
+    let other = other0.zip(other_cpu(pipe.other_cpu)).map(|(a, b)| b.saturating_sub(a));
     let (messages, bytes, lat) = pipe.recorder.take();
     // Let what is in flight drain so the next run starts clean.
     let drain = Instant::now() + Duration::from_secs(20);
@@ -179,6 +188,7 @@ pub async fn run(
         mib_per_s: bytes as f64 / secs / (1024.0 * 1024.0),
         latency: Percentiles::of(&lat),
         cpu_us_per_msg: per_msg,
+        other_cpu_us_per_msg: other.map(|d| d.as_secs_f64() * 1e6 / messages.max(1) as f64),
         offered: match mode {
             Mode::Saturate => None,
             Mode::Rate(r) => Some(r),

@@ -7,6 +7,7 @@ mod floor;
 mod load;
 mod memory;
 mod peer;
+mod redis;
 mod report;
 mod rounds;
 mod stats;
@@ -67,8 +68,9 @@ struct Args {
     /// Results folder (`<date>.md`, `<date>.svg`, `latest.md`, `latest.svg`); `-` writes nothing.
     #[arg(long, default_value = "bench/results")]
     out: String,
-    /// Run only these paths (`echo`, `forward`, `ws`, `ws-signed`, `http`, `ws-tokio`) and skip the
-    /// floor, connection and memory measurements (for profiling one path); `memory` also runs
+    /// Run only these paths (`echo`, `forward`, `ws`, `ws-signed`, `http`, `ws-tokio`, `cluster`)
+    /// and skip the floor, connection and memory measurements (for profiling one path);
+    /// `cluster` brings `ws` along (the single relay it is compared with); `memory` also runs
     /// the memory measurement (`--only memory` alone: just that), `handshakes` the connection
     /// measurements (baseline connects and full handshakes), and `floor` the protocol's CPU
     /// floor (public-key operations and the core's work, one thread, no I/O).
@@ -99,14 +101,18 @@ pub enum Kind {
 
 impl Kind {
     /// Every scenario, baselines first.
-    pub const ALL: [Kind; 6] = [
+    pub const ALL: [Kind; 7] = [
         Kind::Echo,
         Kind::Forward,
         Kind::Peer(Path::Ws { sign_all: false }),
         Kind::Peer(Path::Ws { sign_all: true }),
         Kind::Peer(Path::Http),
         Kind::Peer(Path::WsTokio),
+        Kind::Peer(Path::Cluster),
     ];
+
+    /// The single relay the cluster path is compared with: peerlink ws, `sign_all` off.
+    pub const SINGLE_RELAY: Kind = Kind::Peer(Path::Ws { sign_all: false });
 
     /// The short name `--only` takes.
     pub fn short(self) -> &'static str {
@@ -117,6 +123,7 @@ impl Kind {
             Kind::Peer(Path::Ws { sign_all: true }) => "ws-signed",
             Kind::Peer(Path::Http) => "http",
             Kind::Peer(Path::WsTokio) => "ws-tokio",
+            Kind::Peer(Path::Cluster) => "cluster",
         }
     }
 
@@ -129,6 +136,7 @@ impl Kind {
             Kind::Peer(Path::Ws { sign_all: true }) => "peerlink ws, sign_all on",
             Kind::Peer(Path::Http) => "peerlink http",
             Kind::Peer(Path::WsTokio) => "peerlink ws on tokio",
+            Kind::Peer(Path::Cluster) => "peerlink cluster (2 nodes, Redis)",
         }
     }
 }
@@ -146,6 +154,12 @@ pub struct Row {
     pub frames_per_msg: Option<f64>,
     /// Its msg/s (saturation) or p99 (fixed rate) over the echo's, round by round.
     pub vs_echo: Option<rounds::Spread>,
+    /// The cluster path: its msg/s (saturation) or p99 (fixed rate) over the single relay's
+    /// ([`Kind::SINGLE_RELAY`]), round by round.
+    pub vs_relay: Option<rounds::Spread>,
+    /// The cluster path: frames its nodes handed to one another through Redis per message
+    /// delivered (the message one way, its acknowledgement the other).
+    pub broker_frames_per_msg: Option<f64>,
 }
 
 /// Everything one run of the tool measured.
@@ -214,34 +228,44 @@ async fn one(
             (p, Some(t))
         }
     };
-    let frames0 = match &trio {
-        Some(t) => t.frames_sent().await,
-        None => 0,
+    let (frames0, broker0) = match &trio {
+        Some(t) => (t.frames_sent().await, t.broker_frames().await),
+        None => (0, 0),
     };
     let m = load::run(&mut pipe, size, mode, secs).await?;
-    let mut frames_per_msg = None;
+    let (mut frames_per_msg, mut broker_frames_per_msg) = (None, None);
     if let Some(t) = trio {
-        let frames = t.frames_sent().await.saturating_sub(frames0);
-        frames_per_msg = Some(frames as f64 / m.messages.max(1) as f64);
+        let per_msg = |n: u64| n as f64 / m.messages.max(1) as f64;
+        frames_per_msg = Some(per_msg(t.frames_sent().await.saturating_sub(frames0)));
+        if t.redis.is_some() {
+            broker_frames_per_msg = Some(per_msg(t.broker_frames().await.saturating_sub(broker0)));
+        }
         t.shutdown().await;
     }
+    let redis_cpu =
+        m.other_cpu_us_per_msg.map_or(String::new(), |c| format!(" (+{c:.1} µs Redis)"));
     eprintln!(
-        "  {:<28} {:>8} B  {:>10.0} msg/s  {:>8.1} MiB/s  p99 {:>9.1} µs",
+        "  {:<34} {:>8} B  {:>10.0} msg/s  {:>8.1} MiB/s  p99 {:>9.1} µs  CPU {:>6.1} µs/msg{redis_cpu}",
         kind.label(),
         size,
         m.msgs_per_s,
         m.mib_per_s,
-        m.latency.p99
+        m.latency.p99,
+        m.cpu_us_per_msg,
     );
-    Ok(Row { kind, size, m, frames_per_msg, vs_echo: None })
+    Ok(Row { kind, size, m, frames_per_msg, vs_echo: None, vs_relay: None, broker_frames_per_msg })
 }
 
 async fn bench(args: &Args) -> Result<Results, BoxError> {
+    let wanted = |what: &str| args.only.is_empty() || args.only.iter().any(|o| o == what);
     let kinds: Vec<Kind> = Kind::ALL
         .into_iter()
-        .filter(|k| args.only.is_empty() || args.only.iter().any(|o| o == k.short()))
+        .filter(|&k| wanted(k.short()) || (k == Kind::SINGLE_RELAY && wanted("cluster")))
         .collect();
-    let wanted = |what: &str| args.only.is_empty() || args.only.iter().any(|o| o == what);
+    if kinds.contains(&Kind::Peer(Path::Cluster)) {
+        // Before anything is measured, rather than after the other paths' runs.
+        redis::check_installed()?;
+    }
     let mut floor = None;
     if wanted("floor") {
         let budget = std::time::Duration::from_secs_f64((args.seconds / 8.0).clamp(0.005, 0.3));

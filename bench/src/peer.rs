@@ -1,6 +1,7 @@
 //! peerlink scenarios: peer → relay node → peer, end-to-end encrypted, over WebSocket (with
-//! `sign_all` on or off) or over the HTTP fallback; and full handshakes per second, with and
-//! without the start-up of the client node.
+//! `sign_all` on or off) or over the HTTP fallback; peer → cluster node → Redis → cluster node
+//! → peer (two relay nodes sharing one identity and one Redis); and full handshakes per second,
+//! with and without the start-up of the client node.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -9,12 +10,15 @@ use peerlink_core::node::NodeConfig;
 use peerlink_core::rate_limit::RateLimit;
 use peerlink_core::transport::TransportPreference;
 use peerlink_core::{EntityId, Event, Identity, TrustPolicy};
-use peerlink_smol::{Config, Handle, Peerlink, TrustedPeer};
+use peerlink_host::ClusterSettings;
+use peerlink_host::broker::BrokerUrl;
+use peerlink_smol::{Config, Handle, Peerlink, Snapshot, TrustedPeer};
 use smol::future::FutureExt as _;
 
 use crate::BoxError;
 use crate::child::{ChildServer, Server};
 use crate::load::{Pipe, Sink};
+use crate::redis::RedisServer;
 use crate::stats::{Clock, Recorder, cpu_time};
 
 /// Which peerlink path a scenario takes.
@@ -30,6 +34,11 @@ pub enum Path {
     /// WebSocket only, `sign_all` off, the three nodes on tokio (`peerlink-tokio`, a
     /// multi-threaded runtime of as many threads as smol's executor has) instead of smol.
     WsTokio,
+    /// WebSocket only, `sign_all` off, across a cluster: the sender linked to cluster node
+    /// `n1`, the receiver to `n2`, both nodes sharing one relay identity and one Redis (started
+    /// for the run), so every message and acknowledgement crosses Redis (a `PUBLISH` on the
+    /// other node's channel). The nodes run on smol in this process, as the single relay does.
+    Cluster,
 }
 
 impl Path {
@@ -38,7 +47,7 @@ impl Path {
         match self {
             Path::Ws { sign_all } => (TransportPreference::WebsocketOnly, sign_all),
             Path::Http => (TransportPreference::HttpOnly, false),
-            Path::WsTokio => (TransportPreference::WebsocketOnly, false),
+            Path::WsTokio | Path::Cluster => (TransportPreference::WebsocketOnly, false),
         }
     }
 
@@ -89,23 +98,39 @@ fn trusted(i: &Identity, url: Option<String>) -> TrustedPeer {
     TrustedPeer { entity: i.id().clone(), key: i.public_key(), url }
 }
 
-/// The three nodes of a relayed scenario.
+/// The nodes of a relayed scenario: the sender, the receiver and the relay (or the two
+/// cluster nodes, and their Redis).
 #[derive(Debug)]
 pub struct Trio {
-    /// The relay.
-    pub relay: Handle,
+    /// The relay, or the cluster's nodes (the sender's first, the receiver's second).
+    pub relays: Vec<Handle>,
     /// The sender.
     pub a: Handle,
     /// The receiver.
     pub b: Handle,
+    /// The cluster's Redis, stopped once the nodes are shut down.
+    pub redis: Option<RedisServer>,
 }
 
 impl Trio {
-    /// Shuts the three nodes down.
+    /// Shuts the nodes down, then stops the cluster's Redis (if any).
     pub async fn shutdown(self) {
-        for h in [self.a, self.b, self.relay] {
+        for h in [self.a, self.b].into_iter().chain(self.relays) {
             let _ = h.shutdown().await;
         }
+        drop(self.redis);
+    }
+
+    /// Frames the cluster's nodes have handed to one another through Redis so far (0 when there
+    /// is no cluster).
+    pub async fn broker_frames(&self) -> u64 {
+        let mut n = 0;
+        for r in &self.relays {
+            if let Ok(Snapshot { cluster: Some(c), .. }) = r.snapshot().await {
+                n += c.forwarded;
+            }
+        }
+        n
     }
 
     /// Frames the sender has sent so far (messages, chunks, re-sends, acknowledgements).
@@ -118,24 +143,80 @@ impl Trio {
     }
 }
 
-/// Starts a relay and two peers on `path` and returns a pipe from `a` to `b`.
+/// How long a cluster may take to come up and learn where its entities are linked (a failure
+/// bound, not a pause).
+const CLUSTER_DEADLINE: Duration = Duration::from_secs(20);
+
+/// Polls `f` every 5 ms until it is true; fails after [`CLUSTER_DEADLINE`], saying `what`.
+async fn wait_for<F, Fut>(what: &str, mut f: F) -> Result<(), BoxError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let until = Instant::now() + CLUSTER_DEADLINE;
+    while !f().await {
+        if Instant::now() > until {
+            return Err(format!("{what}: not within {CLUSTER_DEADLINE:?}").into());
+        }
+        smol::Timer::after(Duration::from_millis(5)).await;
+    }
+    Ok(())
+}
+
+/// Starts the relay of `path` trusting `a` and `b`: one node, or for [`Path::Cluster`] a Redis
+/// and two cluster nodes (`n1`, `n2`) sharing the relay identity `r`, each up on the broker.
+async fn relays(
+    path: Path,
+    r: &Identity,
+    a: &Identity,
+    b: &Identity,
+) -> Result<(Vec<Handle>, Option<RedisServer>), BoxError> {
+    let (_, sign_all) = path.settings();
+    let config = || {
+        let mut cfg = Config::ephemeral();
+        cfg.node = node_config(TransportPreference::WebsocketFirst, sign_all);
+        cfg.peers = vec![trusted(a, None), trusted(b, None)];
+        cfg
+    };
+    if path != Path::Cluster {
+        return Ok((vec![path.start(config(), r.duplicate()).await?], None));
+    }
+    let redis = RedisServer::start()?;
+    let mut nodes = Vec::new();
+    for name in ["n1", "n2"] {
+        let mut cfg = config();
+        let mut cluster = ClusterSettings::new(BrokerUrl::parse(&redis.url())?);
+        cluster.name = Some(EntityId::new(name)?);
+        cfg.cluster = Some(cluster);
+        let node = path.start(cfg, r.duplicate()).await?;
+        wait_for("a cluster node to reach Redis", || async {
+            node.snapshot().await.ok().and_then(|s| s.cluster).is_some_and(|c| c.up)
+        })
+        .await?;
+        nodes.push(node);
+    }
+    Ok((nodes, Some(redis)))
+}
+
+/// Starts a relay (or a cluster of two) and two peers on `path` and returns a pipe from `a` to
+/// `b`. On [`Path::Cluster`] `a` is linked to the first node and `b` to the second, and the
+/// pipe is returned once both nodes know where both are linked.
 pub async fn pipe(path: Path, window: usize, clock: Clock) -> Result<(Pipe, Trio), BoxError> {
     let (pref, sign_all) = path.settings();
     let (r, a, b) = (identity("relay")?, identity("alice")?, identity("bob")?);
-    let mut cfg = Config::ephemeral();
-    cfg.node = node_config(TransportPreference::WebsocketFirst, sign_all);
-    cfg.peers = vec![trusted(&a, None), trusted(&b, None)];
-    let relay = path.start(cfg, r.duplicate()).await?;
-    let peer = |me: &Identity, other: &Identity| {
+    let (relays, redis) = relays(path, &r, &a, &b).await?;
+    let other = |me: &Identity| if me.id() == a.id() { &b } else { &a };
+    let peer = |me: &Identity, via: &Handle| {
         let mut cfg = Config::ephemeral();
         cfg.node = node_config(pref, sign_all);
-        cfg.peers = vec![trusted(other, None)];
-        cfg.relay = Some(trusted(&r, Some(relay.base_url())));
+        cfg.peers = vec![trusted(other(me), None)];
+        cfg.relay = Some(trusted(&r, Some(via.base_url())));
         (cfg, me.duplicate())
     };
-    let (ca, ia) = peer(&a, &b);
+    let (first, last) = (&relays[0], &relays[relays.len() - 1]);
+    let (ca, ia) = peer(&a, first);
     let ha = path.start(ca, ia).await?;
-    let (cb, ib) = peer(&b, &a);
+    let (cb, ib) = peer(&b, last);
     let hb = path.start(cb, ib).await?;
 
     let recorder = Arc::new(Recorder::new(clock));
@@ -160,13 +241,27 @@ pub async fn pipe(path: Path, window: usize, clock: Clock) -> Result<(Pipe, Trio
         }
     })
     .detach();
+    if path == Path::Cluster {
+        // Both linked, and each node's presence map holding both: only then does a message
+        // for bob leave n1 on n2's channel rather than for the shared mailbox.
+        ha.init_websocket_connection(r.id()).await?;
+        hb.init_websocket_connection(r.id()).await?;
+        for node in &relays {
+            wait_for("the cluster's presence of alice and bob", || async {
+                node.snapshot().await.ok().and_then(|s| s.cluster).is_some_and(|c| c.presence >= 2)
+            })
+            .await?;
+        }
+    }
     let sink = Sink::Peer {
         handle: ha.clone(),
         to: Arc::new(b.id().clone()),
         release,
         refused: Default::default(),
     };
-    Ok((Pipe { sink, slots, recorder, clock }, Trio { relay, a: ha, b: hb }))
+    let other_cpu = redis.as_ref().map(RedisServer::pid);
+    let pipe = Pipe { sink, slots, recorder, clock, other_cpu };
+    Ok((pipe, Trio { relays, a: ha, b: hb, redis }))
 }
 
 /// What a run of full handshakes measured.

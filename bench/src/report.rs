@@ -126,6 +126,7 @@ pub fn markdown(r: &Results) -> String {
             m.cpu_us_per_msg,
         );
     }
+    cluster_section(&mut s, r);
     let _ = writeln!(s, "\n## Connections\n");
     let _ = writeln!(
         s,
@@ -202,6 +203,111 @@ pub fn markdown(r: &Results) -> String {
     }
     s.push_str(&targets(r));
     s
+}
+
+/// A row's ratio to the single relay, round by round (see [`paired`]).
+fn paired_relay(row: &Row, x: f64, base: f64) -> String {
+    paired(&Row { vs_echo: row.vs_relay, ..*row }, x, base)
+}
+
+/// The cluster path next to the single relay and the baseline forwarder, and issue 17's
+/// targets; nothing when the cluster did not run.
+fn cluster_section(s: &mut String, r: &Results) {
+    let cluster = Kind::Peer(Path::Cluster);
+    if !r.saturation.iter().any(|x| x.kind == cluster) {
+        return;
+    }
+    let _ = writeln!(s, "\n## Cluster (issue 17)\n");
+    let _ = writeln!(
+        s,
+        "alice linked to cluster node n1, bob to n2, both nodes sharing one relay identity and \
+         one `redis-server` started for the run, so every message crosses Redis (n1 `PUBLISH`es \
+         it on n2's channel, n2 hands it to bob) and so does its acknowledgement. Compared with \
+         the single relay (peerlink ws, sign_all off: alice → relay → bob) and the baseline \
+         forwarder of the same run; `× relay` is the median of the ratios to the single relay \
+         of the same round, with their range. CPU is this process (clients and nodes) per \
+         message; Redis's own CPU per message (10 ms ticks) is given apart. `broker frames/msg` \
+         counts the frames the two nodes handed to each other through Redis per message.\n"
+    );
+    let _ = writeln!(
+        s,
+        "| size | forward msg/s | single relay msg/s | cluster msg/s | cluster × relay | cluster × fwd | relay CPU µs/msg | cluster CPU µs/msg | + Redis CPU µs/msg | broker frames/msg |"
+    );
+    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let rate = |k: Kind, size: usize| find(&r.saturation, k, size).map(|x| x.m.msgs_per_s);
+    let cell = |x: Option<f64>| x.map_or("–".to_owned(), |v| format!("{v:.0}"));
+    for c in r.saturation.iter().filter(|x| x.kind == cluster) {
+        let (fwd, relay) = (rate(Kind::Forward, c.size), rate(Kind::SINGLE_RELAY, c.size));
+        let relay_cpu = find(&r.saturation, Kind::SINGLE_RELAY, c.size).map(|x| x.m.cpu_us_per_msg);
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {:.0} | {} | {} | {} | {:.2} | {} | {} |",
+            size_label(c.size),
+            cell(fwd),
+            cell(relay),
+            c.m.msgs_per_s,
+            paired_relay(c, c.m.msgs_per_s, relay.unwrap_or(0.0)),
+            ratio(c.m.msgs_per_s, fwd.unwrap_or(0.0)),
+            relay_cpu.map_or("–".to_owned(), |v| format!("{v:.2}")),
+            c.m.cpu_us_per_msg,
+            c.m.other_cpu_us_per_msg.map_or("–".to_owned(), |v| format!("{v:.2}")),
+            c.broker_frames_per_msg.map_or("–".to_owned(), |f| format!("{f:.2}")),
+        );
+    }
+    let _ = writeln!(
+        s,
+        "\n| 64 B at a fixed load | offered msg/s | achieved msg/s | p50 µs | p99 µs | p99.9 µs | p99 × relay | CPU µs/msg | + Redis CPU µs/msg |"
+    );
+    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let relay_fixed = find(&r.fixed, Kind::SINGLE_RELAY, 64).map(|x| x.m).unwrap_or_default();
+    for k in [Kind::Forward, Kind::SINGLE_RELAY, cluster] {
+        let Some(row) = find(&r.fixed, k, 64) else { continue };
+        let m = &row.m;
+        let _ = writeln!(
+            s,
+            "| {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {} | {:.2} | {} |",
+            k.label(),
+            m.offered.unwrap_or(0.0),
+            m.msgs_per_s,
+            m.latency.p50,
+            m.latency.p99,
+            m.latency.p999,
+            if k == cluster {
+                paired_relay(row, m.latency.p99, relay_fixed.latency.p99)
+            } else {
+                "–".to_owned()
+            },
+            m.cpu_us_per_msg,
+            m.other_cpu_us_per_msg.map_or("–".to_owned(), |v| format!("{v:.2}")),
+        );
+    }
+    let _ = writeln!(s, "\nIssue 17's targets (reported, not asserted):\n");
+    let _ = writeln!(s, "| target | measured | status |\n|---|---|---|");
+    if let (Some(c), Some(relay)) =
+        (find(&r.saturation, cluster, 64), find(&r.saturation, Kind::SINGLE_RELAY, 64))
+    {
+        let q = c.vs_relay.map_or(c.m.msgs_per_s / relay.m.msgs_per_s.max(1e-9), |v| v.median);
+        let _ = writeln!(
+            s,
+            "| cross-node relayed 64 B ≥ 0.5× the single relay's msg/s | {:.0} vs {:.0} (median runs); {} per round | {} |",
+            c.m.msgs_per_s,
+            relay.m.msgs_per_s,
+            paired_relay(c, c.m.msgs_per_s, relay.m.msgs_per_s),
+            verdict(q >= 0.5)
+        );
+    }
+    if let Some(c) = find(&r.fixed, cluster, 64) {
+        let offered = c.m.offered.unwrap_or(0.0);
+        let note =
+            if offered < 9_999.0 { " (offered below 10,000: saturation is lower)" } else { "" };
+        let _ = writeln!(
+            s,
+            "| p99 ≤ 2 ms at 10,000 msg/s offered (cluster) | {:.0} µs (p50 {:.0}) at {offered:.0} msg/s{note} | {} |",
+            c.m.latency.p99,
+            c.m.latency.p50,
+            verdict(c.m.latency.p99 <= 2000.0 && offered >= 9_999.0)
+        );
+    }
 }
 
 fn targets(r: &Results) -> String {
@@ -364,6 +470,8 @@ pub fn svg(r: &Results) -> Result<String, BoxError> {
         RGBColor(31, 119, 180),
         RGBColor(255, 127, 14),
         RGBColor(44, 160, 44),
+        RGBColor(214, 39, 40),
+        RGBColor(148, 103, 189),
     ];
     let mut out = String::new();
     {

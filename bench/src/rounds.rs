@@ -3,6 +3,7 @@
 //! is the median of the ratios of each round (paired), with their range: on a noisy machine the
 //! speed moves between runs, and a ratio of two runs made minutes apart would carry that.
 
+use crate::peer::Path;
 use crate::{Kind, Row};
 
 /// The median and range of a ratio measured once per round.
@@ -40,7 +41,8 @@ pub enum By {
 
 /// Reduces `rounds` (each holding one run of every path, in the same order) to one row per
 /// path: its median run by `by`, with its per-round ratio to the echo's msg/s (saturation) or
-/// p99 (fixed rate) of the same round when the echo ran (and the path is not the echo).
+/// p99 (fixed rate) of the same round when the echo ran (and the path is not the echo), and
+/// for the cluster path the same ratio to the single relay's ([`Kind::SINGLE_RELAY`]).
 pub fn reduce(rounds: &[Vec<Row>], by: By) -> Vec<Row> {
     let Some(first) = rounds.first() else { return Vec::new() };
     let value = |r: &Row| match by {
@@ -54,16 +56,24 @@ pub fn reduce(rounds: &[Vec<Row>], by: By) -> Vec<Row> {
             let mut runs: Vec<Row> = rounds.iter().filter_map(|r| r.get(i).copied()).collect();
             runs.sort_by(|a, b| value(a).total_cmp(&value(b)));
             let mut row = *runs.get((runs.len().checked_sub(1)?) / 2)?;
-            let ratios: Vec<f64> = rounds
-                .iter()
-                .filter_map(|round| {
-                    let mine = round.get(i)?;
-                    let echo = round.iter().find(|r| r.kind == Kind::Echo)?;
-                    (value(echo) > 0.0).then(|| value(mine) / value(echo))
-                })
-                .collect();
+            let ratios = |base: Kind| -> Vec<f64> {
+                rounds
+                    .iter()
+                    .filter_map(|round| {
+                        let mine = round.get(i)?;
+                        let base = round.iter().find(|r| r.kind == base)?;
+                        (value(base) > 0.0).then(|| value(mine) / value(base))
+                    })
+                    .collect()
+            };
             // The echo against itself says nothing.
-            row.vs_echo = if row.kind == Kind::Echo { None } else { Spread::of(&ratios) };
+            row.vs_echo =
+                if row.kind == Kind::Echo { None } else { Spread::of(&ratios(Kind::Echo)) };
+            row.vs_relay = if row.kind == Kind::Peer(Path::Cluster) {
+                Spread::of(&ratios(Kind::SINGLE_RELAY))
+            } else {
+                None
+            };
             debug_assert_eq!(row.kind, proto.kind);
             Some(row)
         })
@@ -78,7 +88,15 @@ mod tests {
     fn row(kind: Kind, msgs_per_s: f64, p99: f64) -> Row {
         let mut m = Measured { msgs_per_s, ..Measured::default() };
         m.latency.p99 = p99;
-        Row { kind, size: 64, m, frames_per_msg: None, vs_echo: None }
+        Row {
+            kind,
+            size: 64,
+            m,
+            frames_per_msg: None,
+            vs_echo: None,
+            vs_relay: None,
+            broker_frames_per_msg: None,
+        }
     }
 
     #[test]
@@ -101,6 +119,22 @@ mod tests {
         let by_p99 = reduce(&rounds, By::P99);
         assert_eq!(by_p99[1].m.latency.p99, 30.0, "the median p99 run");
         assert_eq!(by_p99[1].vs_echo.unwrap().median, 4.0, "3, 4 and 5 × the echo's p99");
+    }
+
+    #[test]
+    fn the_cluster_is_paired_with_the_single_relay_of_its_round() {
+        let (relay, cluster) = (Kind::SINGLE_RELAY, Kind::Peer(Path::Cluster));
+        let rounds = vec![
+            vec![row(relay, 100.0, 10.0), row(cluster, 50.0, 30.0)],
+            vec![row(relay, 40.0, 10.0), row(cluster, 30.0, 20.0)],
+            vec![row(relay, 80.0, 10.0), row(cluster, 60.0, 40.0)],
+        ];
+        let rows = reduce(&rounds, By::Throughput);
+        let s = rows[1].vs_relay.unwrap();
+        // Per round: 0.5, 0.75, 0.75.
+        assert_eq!((s.median, s.min, s.max, s.rounds), (0.75, 0.5, 0.75, 3));
+        assert_eq!(rows[0].vs_relay, None, "only the cluster is compared with the relay");
+        assert_eq!(rows[1].vs_echo, None, "no echo ran");
     }
 
     #[test]

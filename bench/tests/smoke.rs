@@ -1,5 +1,6 @@
-//! Runs the tool for about a second with tiny parameters and checks that its output is sane:
-//! the report parses and every rate is positive. Timings are never asserted.
+//! Runs the tool for a few seconds with tiny parameters and checks that its output is sane:
+//! the report parses and every rate is positive. Timings are never asserted. The `cluster` path
+//! runs too, so `redis-server` must be installed (`apt-get install -y redis-server`).
 
 use std::process::Command;
 
@@ -37,7 +38,7 @@ fn a_short_run_writes_a_sane_report() {
     assert!(stdout.contains("## Saturation"), "the report is printed too");
 
     let sat = table(&md, "## Saturation");
-    assert_eq!(sat.len(), 12, "6 paths (the tokio one included) × 2 sizes: {sat:?}");
+    assert_eq!(sat.len(), 14, "7 paths (tokio and cluster included) × 2 sizes: {sat:?}");
     for row in &sat {
         assert!(number(&row[2]) > 0.0, "msg/s of {row:?}");
         assert!(number(&row[3]) > 0.0, "MiB/s of {row:?}");
@@ -46,9 +47,17 @@ fn a_short_run_writes_a_sane_report() {
         assert_eq!(row[4].contains('–'), !echo, "two rounds give a range: {row:?}");
     }
     let fixed = table(&md, "## Latency at a fixed offered load");
-    assert_eq!(fixed.len(), 6);
+    assert_eq!(fixed.len(), 7);
     for row in &fixed {
         assert!(number(&row[2]) > 0.0, "achieved rate of {row:?}");
+    }
+    let cluster = table(&md, "## Cluster");
+    assert_eq!(cluster.len(), 2, "one row per size: {cluster:?}");
+    for row in &cluster {
+        assert!(number(&row[3]) > 0.0, "the cluster's msg/s: {row:?}");
+        assert!(number(&row[4]) > 0.0, "its ratio to the single relay: {row:?}");
+        assert!(row[4].contains('–'), "two rounds give a range: {row:?}");
+        assert!(number(&row[9]) >= 1.0, "every message crossed Redis: {row:?}");
     }
     let floor = table(&md, "## The protocol's CPU floor");
     assert_eq!(
