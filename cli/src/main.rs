@@ -20,7 +20,6 @@ use peerlink_host::broker::BrokerUrl;
 use peerlink_host::config_file::FileConfig;
 use peerlink_host::tls::rustls;
 use peerlink_host::{ApiError, ClusterSettings, Config, Peerlink, Rt, TrustedPeer, keys};
-use smol::future::FutureExt as _;
 
 /// A peerlink node and its tools.
 #[derive(Parser)]
@@ -179,6 +178,11 @@ struct ClusterArgs {
     /// This node's name in the cluster, unique among its nodes [default: its entity id].
     #[arg(long, value_name = "NAME")]
     cluster_name: Option<String>,
+    /// Run N nodes of the cluster in this process, all on the one port (SO_REUSEPORT: the
+    /// kernel spreads connections among them), named NAME-1 … NAME-N, each on its own task of
+    /// an executor with at least N threads, so that they use N cores (docs/cluster.md).
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
+    workers: u16,
 }
 
 /// Exit code of a node that cannot reach its cluster's broker at start (sysexits'
@@ -348,6 +352,14 @@ async fn topic_host(host: &TopicHost, file: &FileConfig) -> Fallible<(Config, Tr
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::Serve { cluster, .. }) = &cli.command
+        && cluster.workers > 1
+        && std::env::var_os("SMOL_THREADS").is_none()
+    {
+        // SAFETY: no other thread exists yet (nothing has started smol's executor, nor logging).
+        // Each worker is one task: the executor needs a thread per worker to use that many cores.
+        unsafe { std::env::set_var("SMOL_THREADS", cluster.workers.to_string()) };
+    }
     init_logs(cli.log_format);
     let _ = DRIVER.set(cli.driver);
     match smol::block_on(run(cli)) {
@@ -647,7 +659,14 @@ async fn run(cli: Cli) -> Fallible<()> {
                 config.relay = Some(r);
                 config.relay_failover_urls = failover_urls(relay)?;
             }
-            serve(&cli, &file, config, name == "listen").await
+            if cluster.workers > 1 && config.cluster.is_none() {
+                return Err(
+                    "--workers needs --cluster (or a [cluster] section): each worker is a \
+                            node of the cluster"
+                        .into(),
+                );
+            }
+            serve(&cli, &file, config, name == "listen", cluster.workers).await
         }
         Some(Command::Send { target, message, http }) => {
             let to = entity("--to", &target.to)?;
@@ -806,43 +825,14 @@ async fn run(cli: Cli) -> Fallible<()> {
     }
 }
 
-async fn serve(cli: &Cli, file: &FileConfig, config: Config, print: bool) -> Fallible<()> {
-    let identity = identity(cli, file, None)?;
-    let public_key = identity.public_key().to_b64u();
-    let config_relay = config
-        .relay
-        .as_ref()
-        .map(|r| format!("{} at {}", r.entity, r.url.as_deref().unwrap_or("(no URL)")));
-    let cluster = config.cluster.as_ref().map(|c| {
-        let name = c.name.as_ref().unwrap_or(identity.id());
-        format!("{name} via {}", c.redis_url)
-    });
-    let node = Peerlink::start(rt()?, config, identity).await?;
-    let events = node.incoming().await?;
-    println!("entity_id  {}", node.id());
-    println!("public_key {public_key}");
-    println!("url        {}", node.base_url());
-    if let Some(relay) = &config_relay {
-        println!("relay      {relay}");
-    }
-    if let Some(cluster) = &cluster {
-        println!("cluster    {cluster}");
-    }
-    // Ctrl-C or SIGTERM: a graceful shutdown (BYE to peers, drain, stop).
-    let (stop_tx, stop_rx) = smol::channel::bounded::<()>(1);
-    if let Err(e) = ctrlc::set_handler(move || {
-        let _ = stop_tx.try_send(());
-    }) {
-        tracing::warn!(error = %e, "no signal handler: Ctrl-C will not shut down gracefully");
-    }
-    loop {
-        let next = async { events.recv().await.ok() }
-            .or(async {
-                let _ = stop_rx.recv().await;
-                None
-            })
-            .await;
-        let Some(e) = next else { break };
+/// A node's events until it stops: messages printed (`print`) or logged, requests answered
+/// with an echo.
+async fn answer_events(
+    node: peerlink_host::Handle,
+    events: smol::channel::Receiver<Event>,
+    print: bool,
+) {
+    while let Ok(e) = events.recv().await {
         match e {
             Event::Message { from, payload, .. } => {
                 if print {
@@ -859,11 +849,75 @@ async fn serve(cli: &Cli, file: &FileConfig, config: Config, print: bool) -> Fal
             other => tracing::debug!(event = ?other, "event"),
         }
     }
-    tracing::info!("shutting down");
-    node.shutdown().await?;
-    Ok(())
 }
 
+/// Runs `workers` nodes (one, or the workers of `--workers`) until Ctrl-C or SIGTERM, printing
+/// (`print`) or logging what arrives and answering requests with an echo.
+async fn serve(
+    cli: &Cli,
+    file: &FileConfig,
+    config: Config,
+    print: bool,
+    workers: u16,
+) -> Fallible<()> {
+    let identity = identity(cli, file, None)?;
+    let public_key = identity.public_key().to_b64u();
+    let config_relay = config
+        .relay
+        .as_ref()
+        .map(|r| format!("{} at {}", r.entity, r.url.as_deref().unwrap_or("(no URL)")));
+    let base_name =
+        config.cluster.as_ref().map(|c| c.name.clone().unwrap_or_else(|| identity.id().clone()));
+    let mut nodes: Vec<peerlink_host::Handle> = Vec::new();
+    for i in 1..=workers {
+        let mut config = config.clone();
+        if workers > 1 {
+            config.reuse_port = true;
+            if let (Some(c), Some(base)) = (&mut config.cluster, &base_name) {
+                c.name = Some(entity("--cluster-name", &format!("{base}-{i}"))?);
+            }
+            // The others bind the port the first one got (with port 0, the kernel's choice).
+            if let Some(first) = nodes.first() {
+                config.listen = first.local_addr();
+            }
+        }
+        nodes.push(Peerlink::start(rt()?, config, identity.duplicate()).await?);
+    }
+    let first = &nodes[0];
+    println!("entity_id  {}", first.id());
+    println!("public_key {public_key}");
+    println!("url        {}", first.base_url());
+    if let Some(relay) = &config_relay {
+        println!("relay      {relay}");
+    }
+    if let (Some(c), Some(base)) = (&config.cluster, &base_name) {
+        match workers {
+            1 => println!("cluster    {base} via {}", c.redis_url),
+            n => println!("cluster    {base}-1 … {base}-{n} via {} (one port)", c.redis_url),
+        }
+    }
+    // Ctrl-C or SIGTERM: a graceful shutdown (BYE to peers, drain, stop).
+    let (stop_tx, stop_rx) = smol::channel::bounded::<()>(1);
+    if let Err(e) = ctrlc::set_handler(move || {
+        let _ = stop_tx.try_send(());
+    }) {
+        tracing::warn!(error = %e, "no signal handler: Ctrl-C will not shut down gracefully");
+    }
+    let mut loops = Vec::new();
+    for node in &nodes {
+        let (node, events) = (node.clone(), node.incoming().await?);
+        loops.push(smol::spawn(answer_events(node, events, print)));
+    }
+    let _ = stop_rx.recv().await;
+    tracing::info!("shutting down");
+    for node in &nodes {
+        node.shutdown().await?;
+    }
+    for l in loops {
+        l.await;
+    }
+    Ok(())
+}
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -261,7 +261,13 @@ impl Node {
             return;
         }
         self.cluster_out(ClusterAction::Drain { entity: entity.clone() });
-        let linked = self.bound.contains_key(entity);
+        // Linked here, or (by a fresh record) to another node: that node keeps it; this poll gets
+        // what is parked for it (the mail notices, `cluster_mail`).
+        let linked = self.bound.contains_key(entity)
+            || matches!(self.cluster_route(now, entity), ClusterRoute::Node(_));
+        if linked {
+            return;
+        }
         let max = self.config.max_links;
         let Some(c) = self.cluster.as_mut() else { return };
         let new = c.pollers.insert(entity.clone(), now).is_none();
@@ -272,9 +278,19 @@ impl Node {
                 c.pollers.remove(&e);
             }
         }
-        if new && !linked {
+        if new {
             self.cluster_out(ClusterAction::Announce { entity: entity.clone() });
         }
+    }
+
+    /// The broker says something was parked in `entity`'s shared mailbox: if `entity` is linked
+    /// here or holds a poll here, this node drains it now (rather than at its next link or poll).
+    pub fn cluster_mail(&mut self, now: Timestamp, entity: EntityId) {
+        let here = self.bound.contains_key(&entity) || self.polls.contains_key(&entity);
+        if here && self.cluster_up_now() {
+            self.cluster_out(ClusterAction::Drain { entity });
+        }
+        self.finish(now);
     }
 
     /// `entity` has no peers link on this node any more.
@@ -380,6 +396,11 @@ impl Node {
         }
         let polling: Vec<EntityId> =
             c.pollers.keys().filter(|e| !self.bound.contains_key(*e)).cloned().collect();
+        // One that another node announced since (linked there now) is that node's.
+        let polling: Vec<EntityId> = polling
+            .into_iter()
+            .filter(|e| !matches!(self.cluster_route(now, e), ClusterRoute::Node(_)))
+            .collect();
         let linked: Vec<EntityId> = self.bound.keys().cloned().collect();
         for entity in stopped {
             if !self.bound.contains_key(&entity) {

@@ -82,6 +82,11 @@ pub enum Input<'a> {
         /// The envelope.
         frame: &'a [u8],
     },
+    /// Something was parked in `entity`'s shared mailbox ([`Node::cluster_mail`]).
+    ClusterMail {
+        /// The entity.
+        entity: EntityId,
+    },
     /// A publication another node of the cluster fanned out, for this node's subscribers to
     /// `topic` ([`Node::cluster_publication`]).
     ClusterPublication {
@@ -133,6 +138,7 @@ impl Node {
             Input::ClusterPublication { topic, origin, frame } => {
                 self.cluster_publication(now, topic, &origin, frame)
             }
+            Input::ClusterMail { entity } => self.cluster_mail(now, entity),
         }
         Ok(Handled::Done)
     }
@@ -165,6 +171,7 @@ impl Input<'_> {
             Input::ClusterPublication { topic, origin, frame } => {
                 format!("cluster publication on {topic} from {origin}: {} bytes", frame.len())
             }
+            Input::ClusterMail { entity } => format!("cluster mail for {entity}"),
         }
     }
 }

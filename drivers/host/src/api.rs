@@ -57,8 +57,13 @@ impl Peerlink {
                 None
             }
         };
-        let listener =
-            rt.listen(config.listen).await.map_err(|e| ListenError::Bind(config.listen, e))?;
+        let bind_error = |e| ListenError::Bind(config.listen, e);
+        let listener = if config.reuse_port {
+            let shared = crate::runtime::reuse_port_listener(config.listen).map_err(bind_error)?;
+            rt.adopt(shared).map_err(bind_error)?
+        } else {
+            rt.listen(config.listen).await.map_err(bind_error)?
+        };
         let addr = listener.local_addr().map_err(|e| ListenError::Bind(config.listen, e))?;
 
         let tls = tls_server.is_some();

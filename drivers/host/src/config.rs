@@ -106,6 +106,10 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Refuse to listen without TLS on a non-loopback address. Default true.
     pub require_tls: bool,
+    /// Bind the listener with `SO_REUSEPORT`, so that several nodes (the workers of one
+    /// machine, each a node of one cluster: `peerlink serve --workers N`) share its port and
+    /// the kernel spreads connections among them. Default false.
+    pub reuse_port: bool,
     /// TLS files.
     pub tls: TlsFiles,
     /// Driver bounds.
@@ -184,6 +188,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             listen: SocketAddr::from(([127, 0, 0, 1], DEFAULT_PORT)),
             require_tls: true,
+            reuse_port: false,
             tls: TlsFiles::default(),
             limits: DriverLimits::default(),
             trust_policy: TrustPolicy::Allowlist,

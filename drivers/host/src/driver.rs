@@ -177,6 +177,7 @@ impl Core {
             ClusterNews::Frame { to, frame } => {
                 self.feed(now, NodeInput::ClusterFrame { to, frame: &frame })
             }
+            ClusterNews::Mail { entity } => self.feed(now, NodeInput::ClusterMail { entity }),
             ClusterNews::Publication { topic, origin, frame } => self
                 .feed(now, NodeInput::ClusterPublication { topic: &topic, origin, frame: &frame }),
         };

@@ -49,6 +49,28 @@ pub trait Runtime: fmt::Debug + Send + Sync + 'static {
     fn connect(&self, host: String, port: u16) -> BoxFuture<'static, io::Result<Stream>>;
     /// A listener bound to `addr`.
     fn listen(&self, addr: SocketAddr) -> BoxFuture<'static, io::Result<Box<dyn Listener>>>;
+    /// A listener made of `listener`, already bound and listening (non-blocking): how a node
+    /// shares its port with other nodes (`Config::reuse_port`). A runtime that cannot adopt a
+    /// socket keeps this default, and such nodes fail to start with its error.
+    fn adopt(&self, listener: std::net::TcpListener) -> io::Result<Box<dyn Listener>> {
+        drop(listener);
+        Err(io::Error::new(io::ErrorKind::Unsupported, "this runtime cannot adopt a listener"))
+    }
+}
+
+/// A TCP socket bound to `addr` with `SO_REUSEPORT` (and `SO_REUSEADDR`), listening and
+/// non-blocking: several processes or nodes may bind the same port this way, and the kernel
+/// spreads new connections among them (Linux, and the BSDs).
+pub fn reuse_port_listener(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    #[cfg(unix)]
+    socket.set_reuse_port(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
 }
 
 /// The runtime a node runs on, shared by its tasks.

@@ -56,6 +56,11 @@ impl Runtime for SmolRuntime {
             Ok(Box::new(SmolListener(listener)) as Box<dyn Listener>)
         })
     }
+
+    fn adopt(&self, listener: std::net::TcpListener) -> io::Result<Box<dyn Listener>> {
+        let listener = smol::net::TcpListener::try_from(listener)?;
+        Ok(Box::new(SmolListener(listener)))
+    }
 }
 
 /// smol as a node's runtime.

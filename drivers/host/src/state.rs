@@ -79,6 +79,8 @@ pub(crate) enum ClusterNews {
     Presence { entity: EntityId, node: Option<EntityId> },
     /// A frame for `to`: forwarded to this node, or drained from `to`'s shared mailbox.
     Frame { to: EntityId, frame: Vec<u8> },
+    /// Something was parked in `entity`'s shared mailbox.
+    Mail { entity: EntityId },
     /// A publication on `topic` the node named `origin` fanned out.
     Publication { topic: String, origin: EntityId, frame: Vec<u8> },
 }

@@ -81,6 +81,13 @@ impl Runtime for TokioRuntime {
         let handle = self.0.clone();
         Box::pin(async move { Ok(Box::new(TokioListener(bound?, handle)) as Box<dyn Listener>) })
     }
+
+    fn adopt(&self, listener: std::net::TcpListener) -> io::Result<Box<dyn Listener>> {
+        listener.set_nonblocking(true)?;
+        let _entered = self.0.enter();
+        let listener = tokio::net::TcpListener::from_std(listener)?;
+        Ok(Box::new(TokioListener(listener, self.0.clone())))
+    }
 }
 
 #[cfg(test)]

@@ -49,8 +49,12 @@ impl Pump {
                     self.input(node.as_str(), Input::ClusterFrame { to, frame: &frame });
                 }
             }
+            // Every member hears that something was parked (the host's park script publishes it).
             ClusterAction::Park { to, frame } => {
-                self.broker.mailboxes.entry(to).or_default().push_back(frame.to_vec());
+                self.broker.mailboxes.entry(to.clone()).or_default().push_back(frame.to_vec());
+                for m in self.broker.members.clone() {
+                    self.input(&m, Input::ClusterMail { entity: to.clone() });
+                }
             }
             ClusterAction::Drain { entity } => {
                 let frames = self.broker.mailboxes.remove(&entity).unwrap_or_default();
@@ -419,4 +423,20 @@ fn an_entity_polling_a_node_is_announced_there_while_it_polls() {
     let withdrawn =
         p.broker.log[before..].iter().any(|(n, a)| n == "relay2" && a == "Withdraw(bob)");
     assert!(withdrawn, "{:?}", &p.broker.log[before..]);
+}
+
+#[test]
+fn mail_for_an_entity_linked_or_polling_here_is_drained_at_once() {
+    let mut n = node(
+        "relay",
+        NodeConfig { cluster: Some(ClusterConfig::default()), ..NodeConfig::default() },
+    );
+    n.handle_input(T0, Input::ClusterUp).unwrap();
+    let _bob = n.accept_link(T0, LinkKind::Peers, id("bob")).unwrap();
+    drain(&mut n);
+    n.handle_input(T0, Input::ClusterMail { entity: id("bob") }).unwrap();
+    assert_eq!(cluster_actions(&drain(&mut n)), ["Drain(bob)"]);
+    // Mail for someone neither linked nor polling here is not this node's to drain.
+    n.handle_input(T0, Input::ClusterMail { entity: id("carol") }).unwrap();
+    assert!(cluster_actions(&drain(&mut n)).is_empty());
 }

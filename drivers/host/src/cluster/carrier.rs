@@ -50,6 +50,7 @@ pub(super) struct Carrier {
     layout: Layout,
     presence_channel: String,
     node_channel: String,
+    mail_channel: String,
     /// Publications the current subscriber dropped, already counted.
     dropped_seen: u64,
 }
@@ -59,7 +60,8 @@ impl Carrier {
         let layout = Layout::new(&task.settings.prefix);
         let presence_channel = layout.presence_channel();
         let node_channel = layout.node_channel(&task.name);
-        Self { task, layout, presence_channel, node_channel, dropped_seen: 0 }
+        let mail_channel = layout.mail_channel();
+        Self { task, layout, presence_channel, node_channel, mail_channel, dropped_seen: 0 }
     }
 
     fn counters(&self) -> &ClusterCounters {
@@ -181,6 +183,7 @@ impl Carrier {
         let sub = broker.subscriber(self.task.settings.publication_queue, max_payload).await?;
         sub.subscribe(&self.presence_channel).await?;
         sub.subscribe(&self.node_channel).await?;
+        sub.subscribe(&self.mail_channel).await?;
         Ok(sub)
     }
 
@@ -246,6 +249,9 @@ impl Carrier {
         } else if p.channel == self.node_channel {
             layout::decode_forward(&p.payload)
                 .map(|(to, frame)| ClusterNews::Frame { to, frame: frame.to_vec() })
+        } else if p.channel == self.mail_channel {
+            let entity = std::str::from_utf8(&p.payload).ok().and_then(|e| EntityId::new(e).ok());
+            entity.map(|entity| ClusterNews::Mail { entity })
         } else if let Some(topic) = self.layout.topic_of_channel(&p.channel) {
             layout::decode_forward(&p.payload).map(|(origin, frame)| ClusterNews::Publication {
                 topic: topic.to_owned(),
@@ -403,7 +409,9 @@ impl Carrier {
                         .arg(&*frame)
                         .arg(mailbox.messages)
                         .arg(mailbox.bytes)
-                        .arg(millis(mailbox.ttl));
+                        .arg(millis(mailbox.ttl))
+                        .arg(&self.mail_channel)
+                        .arg(to.as_str());
                     answers.push(Answer::Park);
                 }
                 ClusterAction::Drain { entity } => {

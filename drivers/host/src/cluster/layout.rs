@@ -43,6 +43,11 @@ impl Layout {
         format!("{}:presence", self.prefix)
     }
 
+    /// `P:mail`: the channel on which a park says whose shared mailbox got something.
+    pub fn mail_channel(&self) -> String {
+        format!("{}:mail", self.prefix)
+    }
+
     /// `P:node:N`: the channel the node named `node` receives forwarded frames on.
     pub fn node_channel(&self, node: &EntityId) -> String {
         format!("{}:node:{node}", self.prefix)
@@ -114,10 +119,12 @@ pub fn decode_forward(payload: &[u8]) -> Option<(EntityId, &[u8])> {
     Some((to, rest.get(1..)?))
 }
 
-/// Appends a frame to a shared mailbox unless that would pass its bounds.
+/// Appends a frame to a shared mailbox unless that would pass its bounds, and says so on the
+/// mail channel (the node the entity is linked to, or polls, drains it at once).
 /// `KEYS`: the mailbox's two keys; `ARGV`: the frame, the most frames, the most bytes, the
-/// expiry in milliseconds. Answers 1 when kept, 0 when the mailbox is full. Both keys' expiry
-/// is renewed: a mailbox nobody drains vanishes one expiry after its newest frame.
+/// expiry in milliseconds, the mail channel, the entity. Answers 1 when kept, 0 when the
+/// mailbox is full. Both keys' expiry is renewed: a mailbox nobody drains vanishes one expiry
+/// after its newest frame.
 pub const PARK_SCRIPT: &str = r"
 local n = redis.call('LLEN', KEYS[1])
 local b = tonumber(redis.call('GET', KEYS[2]) or '0') or 0
@@ -126,6 +133,7 @@ redis.call('RPUSH', KEYS[1], ARGV[1])
 redis.call('INCRBY', KEYS[2], #ARGV[1])
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
 redis.call('PEXPIRE', KEYS[2], ARGV[4])
+redis.call('PUBLISH', ARGV[5], ARGV[6])
 return 1
 ";
 
@@ -161,6 +169,7 @@ mod tests {
         let l = Layout::new("pl");
         assert_eq!(l.presence_key(&id("alice")), "pl:presence:alice");
         assert_eq!(l.presence_channel(), "pl:presence");
+        assert_eq!(l.mail_channel(), "pl:mail");
         assert_eq!(l.node_channel(&id("n-1")), "pl:node:n-1");
         assert_eq!(l.mailbox_keys(&id("bob")), ["pl:mbox:{bob}", "pl:mbox:{bob}:bytes"]);
         assert_eq!(l.topic_channel("a/b.c"), "pl:topic:a/b.c");
