@@ -2,6 +2,7 @@
 //! pipelined batches, hands publications and drained frames to the node task, and reconnects
 //! when Redis is lost.
 
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -11,8 +12,9 @@ use peerlink_core::node::ClusterAction;
 use redis::{FromRedisValue, Value};
 
 use super::layout::{self, Layout, PresenceChange};
+use super::reader::Reader;
 use super::{ClusterTask, connect};
-use crate::broker::{Broker, BrokerError, Published, Subscriber};
+use crate::broker::{Broker, BrokerError, Subscriber};
 use crate::metrics::ClusterCounters;
 use crate::runtime::sleep;
 use crate::state::{ClusterNews, Input};
@@ -51,8 +53,6 @@ pub(super) struct Carrier {
     presence_channel: String,
     node_channel: String,
     mail_channel: String,
-    /// Publications the current subscriber dropped, already counted.
-    dropped_seen: u64,
 }
 
 impl Carrier {
@@ -61,7 +61,7 @@ impl Carrier {
         let presence_channel = layout.presence_channel();
         let node_channel = layout.node_channel(&task.name);
         let mail_channel = layout.mail_channel();
-        Self { task, layout, presence_channel, node_channel, mail_channel, dropped_seen: 0 }
+        Self { task, layout, presence_channel, node_channel, mail_channel }
     }
 
     fn counters(&self) -> &ClusterCounters {
@@ -129,7 +129,6 @@ impl Carrier {
             Ok(sub) => sub,
             Err(e) => return Stop::Lost(e),
         };
-        self.dropped_seen = 0;
         self.counters().up.store(true, Ordering::Relaxed);
         ClusterCounters::add(&self.counters().connects, 1);
         tracing::info!(broker = %broker.url(), node = %self.task.name, "cluster broker reached");
@@ -139,19 +138,34 @@ impl Carrier {
         if let Err(stop) = self.rebuild(broker).await {
             return stop;
         }
-        let messages = sub.messages();
+        // Publications are read by a task of their own, so that they never wait behind this
+        // task's requests (the node's acknowledgements would delay the frames they answer).
+        let sub = Arc::new(sub);
+        let (reader_done_tx, reader_done) = async_channel::bounded::<()>(1);
+        let (stop_reader, reader_stop) = async_channel::bounded::<()>(1);
+        let reader = Reader {
+            layout: self.layout.clone(),
+            presence_channel: self.presence_channel.clone(),
+            node_channel: self.node_channel.clone(),
+            mail_channel: self.mail_channel.clone(),
+            counters: Arc::clone(&self.task.counters),
+            inputs: self.task.inputs.clone(),
+        };
+        self.task.rt.spawn(Box::pin(reader.run(Arc::clone(&sub), reader_stop, reader_done_tx)));
+        // Dropped when serving ends, whatever the reason: the reader stops with it.
+        let _stop_reader = stop_reader;
         enum Next {
             Action(Option<ClusterAction>),
-            Published(Option<Published>),
+            ReaderEnded,
         }
         loop {
-            // `race` picks a ready side at random: a flood on one never starves the other.
             let next =
-                future::race(async { Next::Action(self.task.actions.recv().await.ok()) }, async {
-                    Next::Published(messages.recv().await.ok())
+                future::or(async { Next::Action(self.task.actions.recv().await.ok()) }, async {
+                    let _ = reader_done.recv().await;
+                    Next::ReaderEnded
                 })
                 .await;
-            let result = match next {
+            match next {
                 Next::Action(None) => return Stop::NodeGone,
                 Next::Action(Some(first)) => {
                     let mut batch = vec![first];
@@ -159,18 +173,15 @@ impl Carrier {
                         let Ok(more) = self.task.actions.try_recv() else { break };
                         batch.push(more);
                     }
-                    self.carry(broker, &sub, batch).await
+                    if let Err(stop) = self.carry(broker, &sub, batch).await {
+                        return stop;
+                    }
                 }
-                Next::Published(None) => {
+                Next::ReaderEnded => {
                     return Stop::Lost(BrokerError::ConnectionLost(
                         "the subscription ended".into(),
                     ));
                 }
-                Next::Published(Some(p)) => self.published(p).await,
-            };
-            self.count_dropped(&sub);
-            if let Err(stop) = result {
-                return stop;
             }
         }
     }
@@ -185,15 +196,6 @@ impl Carrier {
         sub.subscribe(&self.node_channel).await?;
         sub.subscribe(&self.mail_channel).await?;
         Ok(sub)
-    }
-
-    fn count_dropped(&mut self, sub: &Subscriber) {
-        let seen = sub.dropped().saturating_add(sub.oversized());
-        let new = seen.saturating_sub(self.dropped_seen);
-        if new > 0 {
-            ClusterCounters::add(&self.counters().publications_dropped, new);
-            self.dropped_seen = seen;
-        }
     }
 
     /// Hands `news` to the node task (waiting while its queue is full); `Err` when it stopped.
@@ -238,41 +240,6 @@ impl Carrier {
                 return Ok(());
             }
             cursor = next;
-        }
-    }
-
-    /// A publication on one of the node's channels, checked and handed to the node.
-    async fn published(&self, p: Published) -> Result<(), Stop> {
-        let news = if p.channel == self.presence_channel {
-            PresenceChange::decode(&p.payload)
-                .map(|c| ClusterNews::Presence { entity: c.entity, node: c.node })
-        } else if p.channel == self.node_channel {
-            layout::decode_forward(&p.payload)
-                .map(|(to, frame)| ClusterNews::Frame { to, frame: frame.to_vec() })
-        } else if p.channel == self.mail_channel {
-            let entity = std::str::from_utf8(&p.payload).ok().and_then(|e| EntityId::new(e).ok());
-            entity.map(|entity| ClusterNews::Mail { entity })
-        } else if let Some(topic) = self.layout.topic_of_channel(&p.channel) {
-            layout::decode_forward(&p.payload).map(|(origin, frame)| ClusterNews::Publication {
-                topic: topic.to_owned(),
-                origin,
-                frame: frame.to_vec(),
-            })
-        } else {
-            None
-        };
-        match news {
-            Some(news) => {
-                if matches!(news, ClusterNews::Frame { .. }) {
-                    ClusterCounters::add(&self.counters().frames_received, 1);
-                }
-                self.tell(news).await
-            }
-            None => {
-                tracing::debug!(channel = %p.channel, bytes = p.payload.len(), "publication refused");
-                ClusterCounters::add(&self.counters().refused, 1);
-                Ok(())
-            }
         }
     }
 

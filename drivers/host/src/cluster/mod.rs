@@ -9,6 +9,7 @@
 
 mod carrier;
 mod layout;
+mod reader;
 
 use std::sync::Arc;
 
