@@ -229,6 +229,13 @@ pub fn render(s: &Snapshot) -> String {
     );
     metric(
         &mut out,
+        "peerlink_failovers_total",
+        "counter",
+        "Times a next hop served at several URLs was reached at the next one.",
+        &[("", t.failovers)],
+    );
+    metric(
+        &mut out,
         "peerlink_failures_total",
         "counter",
         "Messages reported failed.",
