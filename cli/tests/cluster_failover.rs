@@ -5,14 +5,14 @@
 //! (SIGKILL): alice moves to node 2 by herself, her sessions resume end to end, and every
 //! message arrives exactly once, in order. Alice and bob run in this process (smol).
 
+mod cluster_support;
 #[path = "../../tests/redis_server/mod.rs"]
 mod redis_server;
 
-use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc::channel;
+use std::process::{Child, Command};
 use std::time::Duration;
+
+use cluster_support::{DEADLINE, ServeProcess, log_if_asked, temp_dir};
 
 use peerlink_core::node::{NodeConfig, SendOptions};
 use peerlink_core::rate_limit::RateLimit;
@@ -22,72 +22,6 @@ use peerlink_smol::{Config, Handle, Peerlink, TrustedPeer};
 use redis_server::RedisServer;
 use smol::channel::Receiver;
 use smol::future::FutureExt as _;
-
-/// Every wait gives up after this long, saying what it waited for.
-const DEADLINE: Duration = Duration::from_secs(60);
-
-/// A `peerlink serve --cluster` process; killed (SIGKILL) when dropped.
-struct ClusterNode {
-    child: Child,
-    url: String,
-    stderr: PathBuf,
-}
-
-impl Drop for ClusterNode {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn temp_dir(what: &str) -> PathBuf {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
-    let dir = std::env::temp_dir().join(format!(
-        "peerlink-failover-{what}-{}-{}",
-        std::process::id(),
-        nanos.as_nanos()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-/// Starts `peerlink serve --open --cluster REDIS --cluster-name NAME` with the relay identity
-/// in `home`, and waits for the URL it prints.
-fn start_cluster_node(home: &PathBuf, redis: &RedisServer, name: &str) -> ClusterNode {
-    let stderr = home.join(format!("{name}.stderr"));
-    // Hundreds of frames a second on one link: far past the default rate (100 a minute).
-    let config = home.join("peerlink.toml");
-    std::fs::write(&config, "[limits]\nframes_per_minute = 1000000\n").unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_peerlink"))
-        .arg("--config")
-        .arg(&config)
-        .args(["serve", "--open", "--listen", "127.0.0.1:0", "--cluster", &redis.url()])
-        .args(["--cluster-name", name])
-        .env("PEERLINK_HOME", home)
-        .env("RUST_LOG", "peerlink_host=info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(&stderr).unwrap())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, lines) = channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let url = loop {
-        let line = lines.recv_timeout(DEADLINE).unwrap_or_else(|_| {
-            let log = std::fs::read_to_string(&stderr).unwrap_or_default();
-            panic!("node {name} printed no url line; stderr:\n{log}")
-        });
-        if let Some(url) = line.strip_prefix("url") {
-            break url.trim().to_owned();
-        }
-    };
-    ClusterNode { child, url, stderr }
-}
 
 /// A client node's configuration: timers short enough for a test, WebSocket first (the
 /// default), reached through the relay `relay` at `url`, failing over to `failover`.
@@ -218,13 +152,7 @@ async fn send_all(from: &Handle, to: &EntityId, tag: &str, range: std::ops::Rang
 
 #[test]
 fn a_node_killed_mid_stream_loses_and_duplicates_nothing_after_failover() {
-    // With RUST_LOG set, alice's and bob's nodes log to the test's output.
-    if std::env::var_os("RUST_LOG").is_some() {
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-            .with_test_writer()
-            .try_init();
-    }
+    log_if_asked();
     let redis = RedisServer::start_plain();
     // One relay identity for both nodes: clients trust one key whichever node they reach.
     let home1 = temp_dir("n1");
@@ -243,8 +171,8 @@ fn a_node_killed_mid_stream_loses_and_duplicates_nothing_after_failover() {
             std::fs::copy(entry.path(), home2.join(entry.file_name())).unwrap();
         }
     }
-    let mut n1 = start_cluster_node(&home1, &redis, "n1");
-    let n2 = start_cluster_node(&home2, &redis, "n2");
+    let mut n1 = ServeProcess::start(&home1, &redis.url(), "n1", &[]);
+    let n2 = ServeProcess::start(&home2, &redis.url(), "n2", &[]);
     let relay = TrustedPeer {
         entity: EntityId::new("relay").unwrap(),
         key: peerlink_core::PublicKey::from_b64u(&key).unwrap(),
@@ -253,8 +181,8 @@ fn a_node_killed_mid_stream_loses_and_duplicates_nothing_after_failover() {
 
     smol::block_on(async {
         let (a, b) = (identity("alice"), identity("bob"));
-        let alice_cfg = client(&relay, &n1.url, &n2.url, &b);
-        let bob_cfg = client(&relay, &n2.url, &n1.url, &a);
+        let alice_cfg = client(&relay, n1.url(), n2.url(), &b);
+        let bob_cfg = client(&relay, n2.url(), n1.url(), &a);
         let alice = Peerlink::start(alice_cfg, a.duplicate()).await.unwrap();
         let bob = Peerlink::start(bob_cfg, b.duplicate()).await.unwrap();
         let (alice_rx, bob_rx) = (alice.incoming().await.unwrap(), bob.incoming().await.unwrap());
@@ -264,7 +192,7 @@ fn a_node_killed_mid_stream_loses_and_duplicates_nothing_after_failover() {
         // Each node knows where both are linked before anything is sent (under the open trust
         // policy an entity a node has not heard of is an unknown recipient).
         for node in [&n1, &n2] {
-            wait_for_presence(&node.url, 2).await;
+            wait_for_presence(node.url(), 2).await;
         }
 
         const N: usize = 400;
@@ -305,8 +233,7 @@ fn a_node_killed_mid_stream_loses_and_duplicates_nothing_after_failover() {
         alice.shutdown().await.unwrap();
         bob.shutdown().await.unwrap();
     });
-    let log = std::fs::read_to_string(&n2.stderr).unwrap_or_default();
-    assert!(!log.contains("panicked"), "{log}");
+    assert!(!n2.panicked(), "node 2 panicked");
     drop(n2);
     for home in [home1, home2] {
         let _ = std::fs::remove_dir_all(home);

@@ -3,14 +3,14 @@
 //! both workers (Redis's presence records name both), and messages between clients on different
 //! workers arrive, each once.
 
+mod cluster_support;
 #[path = "../../tests/redis_server/mod.rs"]
 mod redis_server;
 
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc::channel;
 use std::time::{Duration, Instant};
+
+use cluster_support::{DEADLINE, ServeProcess, log_if_asked, temp_dir};
 
 use peerlink_core::node::{NodeConfig, SendOptions};
 use peerlink_core::rate_limit::RateLimit;
@@ -22,61 +22,15 @@ use peerlink_smol::{Config, Peerlink, TrustedPeer};
 use redis_server::RedisServer;
 use smol::future::FutureExt as _;
 
-const DEADLINE: Duration = Duration::from_secs(60);
 const CLIENTS: usize = 20;
-
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 #[test]
 fn two_workers_share_one_port_and_carry_messages_between_them() {
-    if std::env::var_os("RUST_LOG").is_some() {
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-            .with_test_writer()
-            .try_init();
-    }
+    log_if_asked();
     let redis = RedisServer::start_plain();
-    let home = std::env::temp_dir().join(format!("peerlink-workers-{}", std::process::id()));
-    std::fs::create_dir_all(&home).unwrap();
-    std::fs::write(home.join("peerlink.toml"), "[limits]\nframes_per_minute = 1000000\n").unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_peerlink"))
-        .arg("--config")
-        .arg(home.join("peerlink.toml"))
-        .args(["serve", "--open", "--listen", "127.0.0.1:0", "--cluster", &redis.url()])
-        .args(["--cluster-name", "w", "--workers", "2"])
-        .env("PEERLINK_HOME", &home)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(home.join("stderr")).unwrap())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let server = Killed(child);
-    let (tx, lines) = channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let mut fields = std::collections::BTreeMap::new();
-    while !fields.contains_key("cluster") {
-        let line = lines.recv_timeout(DEADLINE).unwrap_or_else(|_| {
-            panic!(
-                "no cluster line; stderr:\n{}",
-                std::fs::read_to_string(home.join("stderr")).unwrap_or_default()
-            )
-        });
-        if let Some((k, v)) = line.split_once(' ') {
-            fields.insert(k.to_owned(), v.trim().to_owned());
-        }
-    }
+    let home = temp_dir("workers");
+    let server = ServeProcess::start(&home, &redis.url(), "w", &["--workers", "2"]);
+    let fields = &server.fields;
     assert!(fields["cluster"].starts_with("w-1 … w-2 via"), "{fields:?}");
     let url = fields["url"].clone();
     let relay = TrustedPeer {
