@@ -1,6 +1,7 @@
-//! `peerlink serve --cluster URL --workers 2`: two nodes of the cluster in one process, on one
-//! port (SO_REUSEPORT). Twenty clients connect to that port; the kernel spreads their links over
-//! both workers (Redis's presence records name both), and messages between clients on different
+//! `peerlink serve --cluster URL`: a node that cannot reach Redis at start exits with code 69
+//! and says why; with `--workers 2`, two nodes of the cluster in one process, on one port
+//! (SO_REUSEPORT). Twenty clients connect to that port; the kernel spreads their links over both
+//! workers (Redis's presence records name both), and messages between clients on different
 //! workers arrive, each once.
 
 mod cluster_support;
@@ -120,5 +121,23 @@ fn two_workers_share_one_port_and_carry_messages_between_them() {
         eprintln!("shut down after {:?}", start.elapsed());
     });
     drop(server);
+    let _ = std::fs::remove_dir_all(&home);
+}
+
+#[test]
+fn a_node_that_cannot_reach_redis_exits_with_code_69_and_says_why() {
+    let mut redis = RedisServer::start_plain();
+    let url = redis.url();
+    redis.stop();
+    let home = temp_dir("unreachable");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_peerlink"))
+        .args(["serve", "--open", "--listen", "127.0.0.1:0", "--cluster", &url])
+        .env("PEERLINK_HOME", &home)
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(69), "{stderr}");
+    assert!(stderr.contains("cluster: cannot connect to the broker"), "{stderr}");
     let _ = std::fs::remove_dir_all(&home);
 }
