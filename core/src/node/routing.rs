@@ -281,6 +281,14 @@ impl Node {
             || self.peers.get(to).is_some_and(|p| p.session.is_some())
             || self.admitted.holds(to, now);
         if !known {
+            // A cluster node under the open policy cannot tell an entity that exists nowhere
+            // from one whose presence has not reached it yet (it linked to another node a
+            // moment ago): "retry later", so the sender's retransmission finds it, and a
+            // recipient that never appears fails at the sender's own timeout.
+            let open = self.trust.policy() == crate::identity::TrustPolicy::Open;
+            if open && !matches!(route, ClusterRoute::Alone) {
+                return Err(ErrorCode::MailboxFull);
+            }
             return Err(ErrorCode::UnknownRecipient);
         }
         // A cluster node: its shared mailbox (§19 in a cluster), or "retry later".

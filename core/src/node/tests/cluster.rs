@@ -440,3 +440,26 @@ fn mail_for_an_entity_linked_or_polling_here_is_drained_at_once() {
     n.handle_input(T0, Input::ClusterMail { entity: id("carol") }).unwrap();
     assert!(cluster_actions(&drain(&mut n)).is_empty());
 }
+
+#[test]
+fn an_unknown_recipient_is_retry_later_on_an_open_cluster_node_only() {
+    let frame = || Arc::<[u8]>::from(&b"sealed"[..]);
+    let cluster =
+        || NodeConfig { cluster: Some(ClusterConfig::default()), ..NodeConfig::default() };
+    // Open policy, one of a cluster: zed may have linked to another node a moment ago.
+    let mut open = open_node("relay", cluster());
+    open.handle_input(T0, Input::ClusterUp).unwrap();
+    assert_eq!(open.deliver_to_entity(T0, &id("zed"), frame()), Err(ErrorCode::MailboxFull));
+    // Once presence names his node, his frames go there.
+    let input = Input::ClusterPresence { entity: id("zed"), node: Some(id("relay2")) };
+    open.handle_input(T0, input).unwrap();
+    drain(&mut open);
+    assert!(open.deliver_to_entity(T0, &id("zed"), frame()).is_ok());
+    assert_eq!(cluster_actions(&drain(&mut open)), ["Forward(to zed via relay2, 6 bytes)"]);
+    // Alone, or under the allowlist (every node trusts the same entities), unknown is unknown.
+    let mut alone = open_node("relay", NodeConfig::default());
+    assert_eq!(alone.deliver_to_entity(T0, &id("zed"), frame()), Err(ErrorCode::UnknownRecipient));
+    let mut listed = node("relay", cluster());
+    listed.handle_input(T0, Input::ClusterUp).unwrap();
+    assert_eq!(listed.deliver_to_entity(T0, &id("zed"), frame()), Err(ErrorCode::UnknownRecipient));
+}
