@@ -46,7 +46,8 @@ pub enum Sink {
 }
 
 impl Sink {
-    async fn send(&mut self, payload: Vec<u8>) -> Result<(), BoxError> {
+    /// Sends `payload` (for a peerlink node: spawns the send, see [`Sink::Peer`]).
+    pub async fn send(&mut self, payload: Vec<u8>) -> Result<(), BoxError> {
         match self {
             Sink::Ws(ws) => ws.send(Message::Binary(payload.into())).await?,
             Sink::Peer { handle, to, release, refused } => {

@@ -11,6 +11,7 @@ mod redis;
 mod report;
 mod rounds;
 mod stats;
+mod workers;
 
 use std::path::PathBuf;
 
@@ -68,12 +69,18 @@ struct Args {
     /// Results folder (`<date>.md`, `<date>.svg`, `latest.md`, `latest.svg`); `-` writes nothing.
     #[arg(long, default_value = "bench/results")]
     out: String,
+    /// Client pairs of the `workers` measurement (each pair's window: `--window` / pairs, at
+    /// least 2, so that as many messages are in flight in all as on one pair elsewhere).
+    #[arg(long, default_value_t = 8)]
+    pairs: usize,
     /// Run only these paths (`echo`, `forward`, `ws`, `ws-signed`, `http`, `ws-tokio`, `cluster`)
     /// and skip the floor, connection and memory measurements (for profiling one path);
     /// `cluster` brings `ws` along (the single relay it is compared with); `memory` also runs
     /// the memory measurement (`--only memory` alone: just that), `handshakes` the connection
     /// measurements (baseline connects and full handshakes), and `floor` the protocol's CPU
-    /// floor (public-key operations and the core's work, one thread, no I/O).
+    /// floor (public-key operations and the core's work, one thread, no I/O); `workers` the
+    /// `peerlink serve --workers 1` / `--workers 2` measurement (it needs the release `peerlink`
+    /// binary next to this one: `cargo build --release -p peerlink`).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Threads of smol's global executor, which runs every node and baseline task (sets
@@ -195,6 +202,10 @@ pub struct Results {
     pub floor: Option<floor::Floor>,
     /// Handshakes and baseline connects run at a time.
     pub concurrency: usize,
+    /// `peerlink serve --workers 1` against `--workers 2`, when measured.
+    pub workers: Option<workers::Workers>,
+    /// Why the workers measurement was skipped in a full run (no `peerlink` binary).
+    pub workers_skipped: Option<String>,
     /// CPUs online.
     pub cpus: usize,
     /// Threads of smol's global executor.
@@ -353,6 +364,22 @@ async fn bench(args: &Args) -> Result<Results, BoxError> {
         mem_node = memory::footprints(Server::Node, &args.conns, args.setup_workers).await?;
         mem_echo = memory::footprints(Server::Echo, &args.conns, args.setup_workers).await?;
     }
+    let (mut workers, mut workers_skipped) = (None, None);
+    if wanted("workers") {
+        let found = workers::peerlink_binary();
+        match found {
+            // A full run goes on without it, and says so; `--only workers` stops.
+            Err(e) if args.only.is_empty() => {
+                eprintln!("workers: skipped: {e}");
+                workers_skipped = Some(e.to_string());
+            }
+            _ => {
+                let window = (args.window / args.pairs.max(1)).max(2);
+                let w = workers::measure(args.pairs, window, args.seconds, rounds).await?;
+                workers = Some(w);
+            }
+        }
+    }
     Ok(Results {
         date: stats::today(),
         seconds: args.seconds,
@@ -368,6 +395,8 @@ async fn bench(args: &Args) -> Result<Results, BoxError> {
         mem_node,
         mem_echo,
         floor,
+        workers,
+        workers_skipped,
         concurrency: args.concurrency,
         cpus: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
         threads: executor_threads(),

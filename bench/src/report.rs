@@ -127,6 +127,7 @@ pub fn markdown(r: &Results) -> String {
         );
     }
     cluster_section(&mut s, r);
+    workers_section(&mut s, r);
     let _ = writeln!(s, "\n## Connections\n");
     let _ = writeln!(
         s,
@@ -308,6 +309,80 @@ fn cluster_section(s: &mut String, r: &Results) {
             verdict(c.m.latency.p99 <= 2000.0 && offered >= 9_999.0)
         );
     }
+}
+
+/// `peerlink serve --workers 1` against `--workers 2`; a note when a full run skipped it,
+/// nothing when it was not asked for.
+fn workers_section(s: &mut String, r: &Results) {
+    if let Some(why) = &r.workers_skipped {
+        let _ = writeln!(s, "\n## Workers (issue 17)\n\nNot measured: {why}.");
+    }
+    let Some(w) = &r.workers else { return };
+    let _ = writeln!(s, "\n## Workers (issue 17)\n");
+    let _ = writeln!(
+        s,
+        "One `peerlink serve --open --cluster … --cluster-name w --workers W` process (the \
+         release binary, a Redis of its own, `[limits] frames_per_minute = 1000000`, the CLI's \
+         own executor: W threads), run with W = 1 and then W = 2 in each of {} rounds; {} \
+         client pairs in this process linked to its one port, each sending {} B messages \
+         with {} in flight at most, for {} s. msg/s is every pair's together. CPU per message: \
+         the relay process's (`/proc/PID/stat`, 10 ms ticks), this process's (the {} client \
+         nodes) and `redis-server`'s. The links' spread is read from Redis \
+         (`GET peerlink:presence:<entity>`); a pair across workers crosses Redis. The clients, \
+         the relay and Redis share this machine's {} CPUs: W = 2 may not beat W = 1 here.\n",
+        w.runs.len() / 2,
+        w.pairs,
+        crate::workers::SIZE,
+        w.window,
+        w.seconds,
+        2 * w.pairs,
+        r.cpus,
+    );
+    let _ = writeln!(
+        s,
+        "| workers | msg/s | × W=1 | p50 µs | p99 µs | relay CPU µs/msg | relay cores busy | clients CPU µs/msg | Redis CPU µs/msg | links per worker | pairs across workers |"
+    );
+    let _ = writeln!(s, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|");
+    for run in [&w.one, &w.two] {
+        let vs = if run.workers == 1 {
+            "1.00×".to_owned()
+        } else {
+            match w.ratio {
+                Some(v) if v.rounds > 1 => {
+                    format!("{}× ({}–{})", sig(v.median), sig(v.min), sig(v.max))
+                }
+                Some(v) => format!("{}×", sig(v.median)),
+                None => "–".to_owned(),
+            }
+        };
+        let spread: Vec<String> = run.spread.iter().map(|(k, n)| format!("{k}: {n}")).collect();
+        let _ = writeln!(
+            s,
+            "| {} | {:.0} | {vs} | {:.0} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {} | {} of {} |",
+            run.workers,
+            run.msgs_per_s,
+            run.latency.p50,
+            run.latency.p99,
+            run.relay_cpu_us,
+            run.relay_cpu_us * run.msgs_per_s / 1e6,
+            run.clients_cpu_us,
+            run.redis_cpu_us,
+            spread.join(", "),
+            run.crossing_pairs,
+            w.pairs,
+        );
+    }
+    let _ = writeln!(
+        s,
+        "\nEach W's median run by msg/s; `× W=1` is the median of the rounds' W2 / W1 ratios, \
+         with their range; `relay cores busy` is the relay's CPU per message times msg/s (how \
+         much of a core, or of two, the relay process used). Every run: {}.",
+        w.runs
+            .iter()
+            .map(|x| format!("W={} {:.0} msg/s", x.workers, x.msgs_per_s))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
 }
 
 fn targets(r: &Results) -> String {

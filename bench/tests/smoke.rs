@@ -1,6 +1,9 @@
 //! Runs the tool for a few seconds with tiny parameters and checks that its output is sane:
 //! the report parses and every rate is positive. Timings are never asserted. The `cluster` path
-//! runs too, so `redis-server` must be installed (`apt-get install -y redis-server`).
+//! runs too, so `redis-server` must be installed (`apt-get install -y redis-server`). The
+//! `workers` measurement runs when a `peerlink` binary lies next to the tool's (`cargo build -p
+//! peerlink`, which `cargo test --workspace` does), and is checked then; otherwise the report
+//! must say it was skipped.
 
 use std::process::Command;
 
@@ -27,7 +30,7 @@ fn a_short_run_writes_a_sane_report() {
     let out = std::env::temp_dir().join(format!("peerlink-bench-smoke-{}", std::process::id()));
     let status = Command::new(env!("CARGO_BIN_EXE_peerlink-bench"))
         .args(["--seconds", "0.15", "--sizes", "64,1024", "--conns", "10,20", "--concurrency", "2"])
-        .args(["--rounds", "2"])
+        .args(["--rounds", "2", "--pairs", "2"])
         .arg("--out")
         .arg(&out)
         .output()
@@ -58,6 +61,21 @@ fn a_short_run_writes_a_sane_report() {
         assert!(number(&row[4]) > 0.0, "its ratio to the single relay: {row:?}");
         assert!(row[4].contains('–'), "two rounds give a range: {row:?}");
         assert!(number(&row[9]) >= 1.0, "every message crossed Redis: {row:?}");
+    }
+    let workers_ran = !md.contains("## Workers (issue 17)\n\nNot measured");
+    assert!(md.contains("## Workers (issue 17)"), "measured, or said to be skipped");
+    if workers_ran {
+        let workers = table(&md, "## Workers");
+        assert_eq!(workers.len(), 2, "W = 1 and W = 2: {workers:?}");
+        for (w, row) in workers.iter().enumerate() {
+            assert_eq!(number(&row[0]), (w + 1) as f64, "{row:?}");
+            assert!(number(&row[1]) > 0.0, "msg/s: {row:?}");
+            let links: usize = row[9]
+                .split(", ")
+                .map(|l| l.rsplit(' ').next().unwrap().parse::<usize>().unwrap())
+                .sum();
+            assert_eq!(links, 4, "every client's worker named in Redis: {row:?}");
+        }
     }
     let floor = table(&md, "## The protocol's CPU floor");
     assert_eq!(
