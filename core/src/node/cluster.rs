@@ -253,9 +253,10 @@ impl Node {
         }
     }
 
-    /// `entity` holds a poll here: what its shared mailbox holds comes to it, and, unless it
-    /// has a peers link here, the cluster learns it is reached here (once, then at each refresh
-    /// while it keeps polling).
+    /// `entity` called this node over HTTP (it holds a poll here, or posted): what its shared
+    /// mailbox holds comes here, for its poll or its next call, and, unless it has a peers link
+    /// here or (by a fresh record) on another node, the cluster learns it is reached here (once,
+    /// then at each refresh while it keeps calling).
     pub(super) fn cluster_polled(&mut self, now: Timestamp, entity: &EntityId) {
         if !self.cluster_up_now() {
             return;
@@ -281,6 +282,14 @@ impl Node {
         if new {
             self.cluster_out(ClusterAction::Announce { entity: entity.clone() });
         }
+    }
+
+    /// Whether `entity` called this node over HTTP lately (within two refreshes), so that its
+    /// next call comes here: frames for it wait in the mailbox here, in order.
+    pub(super) fn calls_here(&self, now: Timestamp, entity: &EntityId) -> bool {
+        let Some(c) = &self.cluster else { return false };
+        let keep_for = c.config.refresh_every.saturating_mul(2);
+        c.pollers.get(entity).is_some_and(|at| now < at.saturating_add(keep_for))
     }
 
     /// The broker says something was parked in `entity`'s shared mailbox: if `entity` is linked
@@ -365,8 +374,10 @@ impl Node {
         let frame: Arc<[u8]> = Arc::from(frame);
         if let Some(link) = self.bound.get(&to).copied() {
             self.transmit(link, frame);
-        } else if self.polls.contains_key(&to) {
-            // An HTTP client polling here: its poll takes it; a full mailbox leaves it parked.
+        } else if self.polls.contains_key(&to) || self.calls_here(now, &to) {
+            // An HTTP client polling here (now, or lately: its next call comes here) takes it
+            // from the mailbox here, in the order it came (a drained batch releases the poll
+            // with its first frame: the rest wait for the next); a full mailbox leaves it parked.
             if self.mailbox_push(now, &to, Arc::clone(&frame)).is_err() {
                 self.cluster_out(ClusterAction::Park { to, frame });
             }

@@ -269,7 +269,9 @@ impl Node {
         }
         // An HTTP caller of this node (a poll held here, or the `POST` being answered) takes its
         // frames from the mailbox here, cluster or not (spec §21).
-        let calling_here = self.polls.contains_key(to) || self.posting.as_ref() == Some(to);
+        let calling_here = self.polls.contains_key(to)
+            || self.posting.as_ref() == Some(to)
+            || self.calls_here(now, to);
         // A cluster node: the node that holds the entity's link knows it, even if this one
         // never met it (open policy).
         let route = if calling_here { ClusterRoute::Alone } else { self.cluster_route(now, to) };
@@ -451,6 +453,8 @@ impl Node {
                 if self.mailboxes.has(&entity) {
                     self.release_poll(&entity);
                 }
+                // In a cluster, what waits in its shared mailbox comes here for its next call.
+                self.cluster_polled(now, &entity);
             }
             HttpCall::Poll { wait } => {
                 let wait = wait.map_or(self.config.poll_wait, |w| w.min(self.config.poll_wait));

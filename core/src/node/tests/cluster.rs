@@ -463,3 +463,44 @@ fn an_unknown_recipient_is_retry_later_on_an_open_cluster_node_only() {
     listed.handle_input(T0, Input::ClusterUp).unwrap();
     assert_eq!(listed.deliver_to_entity(T0, &id("zed"), frame()), Err(ErrorCode::UnknownRecipient));
 }
+
+#[test]
+fn frames_drained_for_a_polling_entity_wait_for_its_next_poll_there_in_order() {
+    let pref = TransportPreference::HttpOnly;
+    let mut p = cluster_of(pref, &[("alice", "relay")]);
+    let now = p.now;
+    p.node("alice").send(now, &id("bob"), b"two".to_vec(), SendOptions::default()).unwrap();
+    p.run();
+    // Bob is away long enough for alice to try her handshake again: two frames wait.
+    p.advance(Duration::from_secs(8));
+    assert!(p.parked("bob") >= 2, "{:?}", p.broker.log);
+    // Bob polls relay2: the first drained frame answers his poll, the others wait on relay2 for
+    // his next poll, rather than going back to the end of his shared mailbox (out of order,
+    // and round again at every poll). (Found by the cluster simulator.)
+    let before = p.broker.log.len();
+    add_client(&mut p, "bob", "relay2", pref);
+    p.run();
+    let parked_again =
+        p.broker.log[before..].iter().any(|(n, a)| n == "relay2" && a.starts_with("Park"));
+    assert!(!parked_again, "{:?}", &p.broker.log[before..]);
+    p.advance(Duration::from_secs(3));
+    assert_eq!(p.messages_at("bob"), vec![b"two".to_vec()]);
+}
+
+#[test]
+fn an_entity_that_posts_without_polling_gets_its_shared_mailbox_on_that_relay() {
+    let mut p = cluster_of(TransportPreference::WebsocketFirst, &[("alice", "relay")]);
+    let now = p.now;
+    p.node("alice").send(now, &id("bob"), b"post".to_vec(), SendOptions::default()).unwrap();
+    p.run();
+    assert!(p.parked("bob") > 0, "{:?}", p.broker.log);
+    // Bob posts to relay2 (his link is down and he holds no poll): what waits for him comes to
+    // relay2, for the answer to his next call there (spec §21), as a single relay's mailbox
+    // would give it him. (Found by the cluster simulator.)
+    let now = p.now;
+    let call = HttpCall::PostMessages { body: Vec::new() };
+    p.node("relay2").handle_http_request(now, bearer("bob", now), call);
+    p.run();
+    assert_eq!(p.parked("bob"), 0, "{:?}", p.broker.log);
+    assert!(p.node("relay2").mailbox_bytes() > 0);
+}
