@@ -4,55 +4,77 @@
 //! 0..20,000 in a release build (what CI runs), on every core. `PEERLINK_SIM_SEEDS=N` runs N
 //! seeds, from `PEERLINK_SIM_FIRST` (default 0), so a long sweep can be split and resumed:
 //! each run ends by printing the range it passed. `PEERLINK_SIM_SEED=1234` replays one seed,
-//! and `PEERLINK_SIM_TRACE=1` with it prints every network event. The seeds that once broke an
-//! invariant run every time (`regression_seeds`).
+//! and `PEERLINK_SIM_TRACE=1` with it prints every network and broker event. The seeds that once
+//! broke an invariant run every time (`regression_seeds`). Two seeds in three run a cluster of
+//! two or three relays sharing a simulated broker (`sim/cluster.rs`); the sweep checks that its
+//! paths (forwards, mailboxes drained on another relay, broker restarts, peers moving) are really
+//! exercised. `PEERLINK_SIM_ALONE=1` replays a seed with one relay, whatever it draws.
 
 mod sim;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use sim::World;
+use sim::{BrokerStats, World};
 
 /// Peers besides the relay, messages per peer, and simulated run length.
 const PEERS: usize = 3;
 const MESSAGES: usize = 12;
 const RUN_MS: u64 = 330_000;
 
-/// A seed's violations, summary and the idle peers its nodes forgot.
-fn run_seed(seed: u64, trace: bool) -> (Vec<String>, String, u64) {
-    let mut world = World::new(seed, PEERS, MESSAGES);
-    world.trace = trace;
+/// What one seed's run gives the sweep.
+struct Ran {
+    violations: Vec<String>,
+    summary: String,
+    forgotten: u64,
+    broker: BrokerStats,
+}
+
+/// Runs a seed (`alone`: with one relay, whatever the seed draws).
+fn run_seed(seed: u64, alone: bool) -> Ran {
+    let mut world =
+        if alone { World::alone(seed, PEERS, MESSAGES) } else { World::new(seed, PEERS, MESSAGES) };
     world.run(RUN_MS);
-    (world.violations(), world.summary(), world.peers_forgotten())
+    Ran {
+        violations: world.violations(),
+        summary: world.summary(),
+        forgotten: world.peers_forgotten(),
+        broker: world.broker_stats(),
+    }
 }
 
 fn env_u64(name: &str) -> Option<u64> {
     std::env::var(name).ok().and_then(|v| v.parse().ok())
 }
 
-/// Seeds that once broke an invariant, each with what it found.
-const REGRESSIONS: &[(u64, &str)] = &[
+/// Seeds that once broke an invariant, each with whether it ran with one relay (before the
+/// cluster existed; such a seed is replayed that way) and what it found.
+const REGRESSIONS: &[(u64, bool, &str)] = &[
     // A selective acknowledgement completed a message the receiver only held out of order; the
     // frame before it then failed, no session came back to carry the `forward`, and the message
     // "delivered" never reached the application (12709, 38505, 64739).
-    (12709, "selective ack reported as delivered"),
-    (38505, "selective ack reported as delivered"),
-    (64739, "selective ack reported as delivered"),
+    (12709, true, "selective ack reported as delivered"),
+    (38505, true, "selective ack reported as delivered"),
+    (64739, true, "selective ack reported as delivered"),
 ];
 
 #[test]
 fn regression_seeds() {
-    for &(seed, what) in REGRESSIONS {
-        let (violations, summary, _) = run_seed(seed, false);
-        assert!(violations.is_empty(), "{summary}\n({what}): {violations:#?}");
+    for &(seed, alone, what) in REGRESSIONS {
+        let ran = run_seed(seed, alone);
+        assert!(ran.violations.is_empty(), "{}\n({what}): {:#?}", ran.summary, ran.violations);
     }
 }
 
 #[test]
 fn simulated_runs_keep_every_invariant() {
     if let Some(seed) = env_u64("PEERLINK_SIM_SEED") {
-        let mut world = World::new(seed, PEERS, MESSAGES);
+        let alone = std::env::var_os("PEERLINK_SIM_ALONE").is_some();
+        let mut world = if alone {
+            World::alone(seed, PEERS, MESSAGES)
+        } else {
+            World::new(seed, PEERS, MESSAGES)
+        };
         world.trace = std::env::var_os("PEERLINK_SIM_TRACE").is_some();
         world.run(RUN_MS);
         let (violations, summary) = (world.violations(), world.summary());
@@ -72,27 +94,32 @@ fn simulated_runs_keep_every_invariant() {
     let next = Arc::new(AtomicU64::new(first));
     let failures = Arc::new(Mutex::new(Vec::new()));
     let forgotten = Arc::new(AtomicU64::new(0));
+    let broker = Arc::new(Mutex::new(BrokerStats::default()));
     let handles: Vec<_> = (0..threads)
         .map(|_| {
             let next = Arc::clone(&next);
             let failures = Arc::clone(&failures);
             let forgotten = Arc::clone(&forgotten);
+            let broker = Arc::clone(&broker);
             std::thread::spawn(move || {
+                let mut mine = BrokerStats::default();
                 loop {
                     let seed = next.fetch_add(1, Ordering::Relaxed);
                     if seed >= end {
                         break;
                     }
-                    let (violations, summary, forgot) = run_seed(seed, false);
-                    forgotten.fetch_add(forgot, Ordering::Relaxed);
-                    if !violations.is_empty() {
+                    let ran = run_seed(seed, false);
+                    forgotten.fetch_add(ran.forgotten, Ordering::Relaxed);
+                    mine.add(&ran.broker);
+                    if !ran.violations.is_empty() {
                         let mut f = failures.lock().unwrap();
-                        f.push((seed, summary, violations));
+                        f.push((seed, ran.summary, ran.violations));
                         if f.len() >= 5 {
                             next.store(end, Ordering::Relaxed);
                         }
                     }
                 }
+                broker.lock().unwrap().add(&mine);
             })
         })
         .collect();
@@ -113,9 +140,30 @@ fn simulated_runs_keep_every_invariant() {
     let forgotten = forgotten.load(Ordering::Relaxed);
     // Odd seeds forget idle peers after 61 s (sim/mod.rs): the runs must really exercise it.
     assert!(seeds < 2 || forgotten > 0, "no seed forgot an idle peer");
+    let b = *broker.lock().unwrap();
+    // The cluster's paths must really be exercised too (a sweep of a few hundred seeds has
+    // every one of them many times over).
+    if seeds >= 200 {
+        let exercised = [
+            ("frames forwarded to another relay and delivered", b.forwards_delivered),
+            ("frames drained on another relay than the one that parked them", b.drained_elsewhere),
+            ("publications lost", b.publications_lost),
+            ("publications duplicated", b.publications_duplicated),
+            ("broker restarts", b.broker_restarts),
+            ("relays cut from the broker", b.relay_cuts),
+            ("relay crashes in a cluster", b.relay_crashes),
+            ("failovers", b.failovers),
+            ("voluntary moves", b.moves),
+            ("full broker mailboxes", b.parks_dropped),
+        ];
+        for (what, n) in exercised {
+            assert!(n > 0, "no {what} in {seeds} seeds: {b}");
+        }
+    }
     eprintln!(
         "seeds {first}..{end} passed ({seeds} seeds, {threads} threads, {:.0} s); \
-         {forgotten} idle peers forgotten",
-        started.elapsed().as_secs_f64()
+         {forgotten} idle peers forgotten; {} cluster runs: {b}",
+        started.elapsed().as_secs_f64(),
+        b.cluster_runs
     );
 }

@@ -168,7 +168,7 @@ struct TopicHost {
 
 /// Cluster membership given on the command line; it replaces the config file's `[cluster]`
 /// URL and name (its other settings stay).
-#[derive(clap::Args, Default)]
+#[derive(clap::Args)]
 struct ClusterArgs {
     /// Be one node of the cluster whose Redis broker is at this URL:
     /// `redis://[[user]:password@]host[:port][/db]`, or `rediss://` (TLS, checked against the
@@ -183,6 +183,13 @@ struct ClusterArgs {
     /// an executor with at least N threads, so that they use N cores (docs/cluster.md).
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
     workers: u16,
+}
+
+impl Default for ClusterArgs {
+    /// No cluster: one node.
+    fn default() -> Self {
+        ClusterArgs { cluster: None, cluster_name: None, workers: 1 }
+    }
 }
 
 /// Exit code of a node that cannot reach its cluster's broker at start (sysexits'
@@ -869,7 +876,7 @@ async fn serve(
     let base_name =
         config.cluster.as_ref().map(|c| c.name.clone().unwrap_or_else(|| identity.id().clone()));
     let mut nodes: Vec<peerlink_host::Handle> = Vec::new();
-    for i in 1..=workers {
+    for i in 1..=workers.max(1) {
         let mut config = config.clone();
         if workers > 1 {
             config.reuse_port = true;
@@ -883,7 +890,7 @@ async fn serve(
         }
         nodes.push(Peerlink::start(rt()?, config, identity.duplicate()).await?);
     }
-    let first = &nodes[0];
+    let Some(first) = nodes.first() else { return Err("no node to run (--workers 0)".into()) };
     println!("entity_id  {}", first.id());
     println!("public_key {public_key}");
     println!("url        {}", first.base_url());

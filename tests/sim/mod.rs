@@ -5,7 +5,13 @@
 //! request, a lost response), link cuts, partitions of a peer, and restarts of the relay that lose
 //! all its state. The application on each peer sends messages (some large enough to be chunked,
 //! with random transport preferences) and answers requests. After the run the invariants of spec
-//! §"Delivery" are checked.
+//! §"Delivery" are checked. In two runs of three the relay is one of a cluster of two or three
+//! relays that share a simulated broker, with faults of their own (`cluster.rs`, `broker.rs`).
+
+mod broker;
+mod cluster;
+
+pub use broker::BrokerStats;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -148,8 +154,13 @@ enum Net {
     Send {
         from: usize,
     },
-    RestartRelay,
-    RelayUp,
+    RestartRelay {
+        relay: usize,
+    },
+    RelayUp {
+        relay: usize,
+    },
+    Cluster(cluster::Event),
     Partition {
         node: usize,
         on: bool,
@@ -192,6 +203,10 @@ pub struct World {
     pub trace: bool,
     /// Whether p1 reaches p2 directly.
     direct: bool,
+    /// Peers (nodes `1..=peers`; relays of a cluster come after them).
+    peers: usize,
+    /// The cluster, in runs with more than one relay.
+    cluster: Option<cluster::ClusterSim>,
 }
 
 const RELAY: usize = 0;
@@ -202,8 +217,18 @@ fn ms(n: u64) -> Duration {
 }
 
 impl World {
-    /// A world of one relay and `peers` peers, each sending `messages` messages.
+    /// A world of `peers` peers, each sending `messages` messages, and one relay or (as the seed
+    /// draws) a cluster of them.
     pub fn new(seed: u64, peers: usize, messages: usize) -> Self {
+        Self::build(seed, peers, messages, true)
+    }
+
+    /// A world of one relay, whatever the seed draws (as every run was before the cluster).
+    pub fn alone(seed: u64, peers: usize, messages: usize) -> Self {
+        Self::build(seed, peers, messages, false)
+    }
+
+    fn build(seed: u64, peers: usize, messages: usize, clustered: bool) -> Self {
         let mut rng = ChaCha20Rng::seed_from_u64(seed);
         let faults = Faults::from_rng(&mut rng);
         // Small chunks so chunking is exercised cheaply; a generous rate limit for the relay.
@@ -222,19 +247,29 @@ impl World {
             1 => TransportPreference::HttpOnly,
             _ => TransportPreference::WebsocketFirst,
         };
-        let names: Vec<EntityId> = (0..=peers)
+        let mut names: Vec<EntityId> = (0..=peers)
             .map(|i| {
                 EntityId::new(if i == RELAY { "relay".to_owned() } else { format!("p{i}") })
                     .unwrap()
             })
             .collect();
-        let identities: Vec<[u8; 32]> = (0..=peers)
+        let mut identities: Vec<[u8; 32]> = (0..=peers)
             .map(|_| {
                 let mut b = [0u8; 32];
                 rng.fill_bytes(&mut b);
                 b
             })
             .collect();
+        // The cluster draws from a generator of its own: a run with one relay is as it was.
+        let mut cluster =
+            cluster::ClusterSim::draw(seed, peers, config.mailbox_messages, config.mailbox_bytes)
+                .filter(|_| clustered);
+        if let Some(c) = cluster.as_mut() {
+            for k in 1..c.relays.len() {
+                names.push(EntityId::new(format!("relay{}", k + 1)).unwrap());
+                identities.push(c.secret());
+            }
+        }
         let mut trust = TrustStore::new(TrustPolicy::Allowlist);
         for (name, secret) in names.iter().zip(&identities) {
             let id = Identity::from_secret_bytes(name.clone(), secret);
@@ -260,8 +295,10 @@ impl World {
             send_until: Timestamp::from_unix_millis(START + 120_000),
             trace: false,
             direct: false,
+            peers,
+            cluster,
         };
-        for i in 0..=peers {
+        for i in 0..names.len() {
             let node = world.make_node(i, &names);
             world.nodes.push(SimNode {
                 node,
@@ -285,7 +322,7 @@ impl World {
         }
         if world.faults.relay_restart {
             let at = 20_000 + world.rng.next_u64() % 60_000;
-            world.schedule(ms(at), Net::RestartRelay);
+            world.schedule(ms(at), Net::RestartRelay { relay: RELAY });
         }
         if world.faults.partition && peers > 0 {
             let node = 1 + (world.rng.next_u64() as usize) % peers;
@@ -294,6 +331,7 @@ impl World {
             world.schedule(ms(at), Net::Partition { node, on: true });
             world.schedule(ms(at + length), Net::Partition { node, on: false });
         }
+        world.start_cluster();
         // Peers make themselves reachable at their relay from the start.
         for i in 0..world.nodes.len() {
             world.drain(i);
@@ -310,18 +348,22 @@ impl World {
         // §15.5), well inside the run, and the others keep them: so one side of a pair may hold
         // a session the other forgot. Decided by the seed, not the RNG, so the draws stay
         // what they were.
-        if self.seed % 2 == 1 && i % 2 == 1 {
+        if self.seed % 2 == 1 && i % 2 == 1 && !self.is_relay(i) {
             config.peer_idle_timeout = Duration::from_secs(61);
+        }
+        if self.cluster.is_some() && self.is_relay(i) {
+            config.cluster = Some(cluster::relay_config());
         }
         let mut node =
             Node::new(config, identity, self.trust.clone(), ChaCha20Rng::seed_from_u64(node_seed))
                 .expect("valid config");
-        if i != RELAY {
+        if !self.is_relay(i) {
+            let home = self.home_of(i);
             node.set_default_route(
                 self.now,
                 NodeAddr {
-                    entity: names[RELAY].clone(),
-                    base_url: format!("http://{}.sim", names[RELAY]),
+                    entity: names[home].clone(),
+                    base_url: format!("http://{}.sim", names[home]),
                 },
             );
         }
@@ -408,10 +450,14 @@ impl World {
                     }
                 }
             }
-            let mailbox = self.nodes[RELAY].node.mailbox_bytes();
-            self.outcome.max_mailbox_bytes = self.outcome.max_mailbox_bytes.max(mailbox);
-            for n in &self.nodes {
-                for m in &self.nodes {
+            for relay in self.relays() {
+                let mailbox = self.nodes[relay].node.mailbox_bytes();
+                self.outcome.max_mailbox_bytes = self.outcome.max_mailbox_bytes.max(mailbox);
+            }
+            // Only peers send messages, so only their outboxes toward peers hold any.
+            let peers = &self.nodes[1..=self.peers];
+            for n in peers {
+                for m in peers {
                     let outbox = n.node.outbox_len(m.node.id());
                     self.outcome.max_outbox = self.outcome.max_outbox.max(outbox);
                 }
@@ -519,8 +565,12 @@ impl World {
                 self.feed(client, Input::HttpFailed(request));
                 self.drain(client);
             }
-            Net::RestartRelay => self.restart_relay(),
-            Net::RelayUp => self.nodes[RELAY].down = false,
+            Net::RestartRelay { relay } => self.restart_relay(relay),
+            Net::RelayUp { relay } => {
+                self.nodes[relay].down = false;
+                self.cluster_relay_up(relay);
+            }
+            Net::Cluster(event) => self.apply_cluster(event),
             Net::Partition { node, on } => {
                 self.nodes[node].partitioned = on;
                 if on {
@@ -534,36 +584,35 @@ impl World {
         }
     }
 
-    fn restart_relay(&mut self) {
+    /// Relay `r` crashes, losing all its state, and runs again after a while.
+    fn restart_relay(&mut self, r: usize) {
         let links: Vec<LinkId> =
-            self.pairs.keys().filter(|(n, _)| *n == RELAY).map(|(_, l)| *l).collect();
+            self.pairs.keys().filter(|(n, _)| *n == r).map(|(_, l)| *l).collect();
         for link in links {
-            self.cut(RELAY, link);
+            self.cut(r, link);
         }
         // Held polls and in-flight requests at the relay are lost: their clients see failures.
-        let lost: Vec<(usize, RequestId)> = self
-            .http
-            .iter()
-            .filter(|((s, _), _)| *s == RELAY)
-            .map(|(_, (c, r, _))| (*c, *r))
-            .collect();
-        self.http.retain(|(s, _), _| *s != RELAY);
+        let lost: Vec<(usize, RequestId)> =
+            self.http.iter().filter(|((s, _), _)| *s == r).map(|(_, (c, r, _))| (*c, *r)).collect();
+        self.http.retain(|(s, _), _| *s != r);
         for (client, request) in lost {
             self.schedule(ms(500), Net::HttpFailure { client, request });
         }
         let names: Vec<EntityId> = self.nodes.iter().map(|n| n.node.id().clone()).collect();
         self.counter += 1;
-        let fresh = self.make_node(RELAY, &names);
-        let relay = &mut self.nodes[RELAY];
-        relay.node = fresh;
+        let fresh = self.make_node(r, &names);
+        let relay = &mut self.nodes[r];
+        let old = std::mem::replace(&mut relay.node, fresh);
         relay.generation += 1;
         relay.down = true;
         let downtime = 1000 + self.rng.next_u64() % 10_000;
-        self.schedule(ms(downtime), Net::RelayUp);
+        self.schedule(ms(downtime), Net::RelayUp { relay: r });
+        let refused = old.cluster_stats().map_or(0, |s| s.frames_refused);
+        self.cluster_relay_crashed(r, refused);
     }
 
     fn app_send(&mut self, from: usize) {
-        let peers = self.nodes.len() - 1;
+        let peers = self.peers;
         if self.now < self.send_until && self.budget[from] > 0 && peers > 1 {
             self.budget[from] -= 1;
             let mut to = 1 + (self.rng.next_u64() as usize) % peers;
@@ -732,8 +781,7 @@ impl World {
                     }
                 }
                 Output::Event(e) => self.on_event(i, e),
-                // No simulated node is a cluster node yet (issue 17).
-                Output::Cluster(action) => panic!("cluster output from node {i}: {action:?}"),
+                Output::Cluster(action) => self.cluster_command(i, action),
             }
         }
     }
@@ -791,6 +839,7 @@ impl World {
         let mut v = Vec::new();
         v.extend(o.leaks.iter().map(|l| format!("plaintext left a session: {l}")));
         v.extend(o.mislabelled.iter().cloned());
+        v.extend(self.cluster_violations());
         for ((from, to), delivered) in &o.delivered {
             let sent: Vec<&MessageId> = o
                 .sent
@@ -893,7 +942,7 @@ impl World {
         let sent: usize = o.sent.values().map(Vec::len).sum();
         let delivered: usize = o.delivered.values().map(Vec::len).sum();
         format!(
-            "seed {}{}: {sent} sent, {delivered} delivered, {} failed ({} delivered late), {} frames, {} handshakes, {} resumes, {} switches, {} peers forgotten, faults {:?}",
+            "seed {}{}: {sent} sent, {delivered} delivered, {} failed ({} delivered late), {} frames, {} handshakes, {} resumes, {} switches, {} peers forgotten, faults {:?}{}",
             self.seed,
             if self.direct { " (p1->p2 direct)" } else { "" },
             o.failed.len(),
@@ -903,7 +952,8 @@ impl World {
             o.resumes,
             o.switches,
             self.peers_forgotten(),
-            self.faults
+            self.faults,
+            self.cluster_summary()
         )
     }
 }
