@@ -61,6 +61,8 @@ pub enum Carried {
     Forwarded(EntityId, Arc<[u8]>),
     /// A drained frame (the drain's reply), and the relay that parked it.
     Drained(EntityId, Arc<[u8]>, usize),
+    /// Something was parked for the entity (published by the park, as the host's script does).
+    Mail(EntityId),
 }
 
 impl std::fmt::Debug for Carried {
@@ -71,6 +73,7 @@ impl std::fmt::Debug for Carried {
             Carried::Drained(to, frame, by) => {
                 write!(f, "drained for {to} ({} B, parked by {by})", frame.len())
             }
+            Carried::Mail(to) => write!(f, "mail for {to}"),
         }
     }
 }
@@ -339,6 +342,7 @@ impl World {
                         }
                         self.feed(relay, Input::ClusterFrame { to, frame: &frame });
                     }
+                    Carried::Mail(entity) => self.feed(relay, Input::ClusterMail { entity }),
                 }
                 self.drain(relay);
             }
@@ -434,18 +438,18 @@ impl World {
                     Some((target, conn)) => {
                         self.publish(target, conn, Carried::Forwarded(to, frame));
                     }
-                    None => c.stats.forwards_unheard += 1,
+                    // No receiver (PUBLISH answers 0): the host parks it instead.
+                    None => {
+                        c.stats.forwards_unheard += 1;
+                        self.park(relay, to, frame);
+                    }
                 }
             }
-            ClusterAction::Park { to, frame } => {
-                if c.broker.park(now, to, frame, relay) {
-                    c.stats.parks += 1;
-                    let held = c.broker.held_bytes() as u64;
-                    c.stats.max_held_bytes = c.stats.max_held_bytes.max(held);
-                } else {
-                    c.stats.parks_dropped += 1;
-                }
-            }
+            ClusterAction::Park { to, frame } => self.park(relay, to, frame),
+            // The simulated peers use no topics: nothing to carry.
+            ClusterAction::Listen { .. }
+            | ClusterAction::Unlisten { .. }
+            | ClusterAction::Publish { .. } => {}
             ClusterAction::Drain { entity } => {
                 c.stats.drains += 1;
                 let taken = c.broker.drain(now, &entity);
@@ -470,6 +474,24 @@ impl World {
     }
 
     /// Publishes a presence change to every relay connected to the broker.
+    /// A park (the host's script): kept within the mailbox's bounds, and announced on the mail
+    /// channel to every relay.
+    fn park(&mut self, relay: usize, to: EntityId, frame: Arc<[u8]>) {
+        let now = self.now;
+        let c = self.cluster.as_mut().expect("cluster");
+        if c.broker.park(now, to.clone(), frame, relay) {
+            c.stats.parks += 1;
+            let held = c.broker.held_bytes() as u64;
+            c.stats.max_held_bytes = c.stats.max_held_bytes.max(held);
+            let subscribers: Vec<(usize, u64)> = c.conns.iter().map(|(r, n)| (*r, *n)).collect();
+            for (r, conn) in subscribers {
+                self.publish(r, conn, Carried::Mail(to.clone()));
+            }
+        } else {
+            c.stats.parks_dropped += 1;
+        }
+    }
+
     fn publish_presence(&mut self, entity: EntityId, node: Option<EntityId>) {
         let c = self.cluster.as_ref().expect("cluster");
         let subscribers: Vec<(usize, u64)> = c.conns.iter().map(|(r, n)| (*r, *n)).collect();
