@@ -1,6 +1,6 @@
 //! [`Carrier`]: the broker's task of a cluster node. It carries the node's requests out in
-//! pipelined batches, hands publications and drained frames to the node task, and reconnects
-//! when Redis is lost.
+//! pipelined batches, hands drained frames to the node task, starts the [`Reader`] of each
+//! subscription (publications), and reconnects when Redis is lost.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;

@@ -2,8 +2,9 @@
 //! broker's task. The node decides where each frame goes ([`peerlink_core::node::ClusterAction`]);
 //! this task carries those decisions out against Redis and hands what Redis says back to the
 //! node task ([`ClusterNews`](crate::state::ClusterNews)). It owns two connections, one for
-//! requests and one for the node's subscriptions (the presence channel and its own forward
-//! channel), and when either is lost it tells the node (which answers "retry later" for entities
+//! requests (`carrier`) and one for the node's subscriptions (the presence, mail and topic
+//! channels and its own forward channel, read by `reader` on a task of its own), and when either
+//! is lost it tells the node (which answers "retry later" for entities
 //! on other nodes meanwhile), waits, reconnects, resubscribes and rebuilds the presence map from
 //! the records Redis holds, by itself, for as long as the node runs.
 
