@@ -509,6 +509,11 @@ fn a_cluster_runs_as_the_documented_acl_user_and_nothing_more() {
         wait_for_presence(&n1, 1).await;
         let t = MessageType::PeerMessage;
         alice.send_message(b.id(), t, b"parked".to_vec(), send_opts()).await.unwrap();
+        // Parked before bob appears (else it would be forwarded to him, and the scripts untried).
+        poll_until("alice's handshake parked for bob", || async {
+            (n1.snapshot().await.ok()?.cluster?.parked > 0).then_some(())
+        })
+        .await;
         let bob = start_peer(&b, &r, &n2.base_url(), &[&a], pref).await;
         let bob_rx = bob.incoming().await.unwrap();
         bob.init_websocket_connection(r.id()).await.unwrap();
