@@ -109,6 +109,7 @@ pub mod backoff;
 pub mod canonical;
 pub mod capabilities;
 pub mod chunking;
+pub mod durable;
 pub mod encoding;
 pub mod endpoints;
 pub mod envelope;

@@ -782,6 +782,7 @@ impl World {
                 }
                 Output::Event(e) => self.on_event(i, e),
                 Output::Cluster(action) => self.cluster_command(i, action),
+                Output::Persist(_) => {}
             }
         }
     }

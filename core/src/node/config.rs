@@ -99,6 +99,11 @@ pub struct NodeConfig {
     /// Set on a relay that is one node of a cluster sharing a broker (`docs/cluster.md`, spec
     /// §25); `None` (the default): the node runs alone.
     pub cluster: Option<super::cluster::ClusterConfig>,
+    /// Whether the node keeps its promises across a restart (spec §26): it emits
+    /// [`Output::Persist`](super::Output::Persist) for every accepted message, acknowledgement
+    /// and receive position, and is rebuilt with [`Node::restore`](super::Node::restore).
+    /// Default false (everything in memory).
+    pub durable: bool,
 }
 
 impl Default for NodeConfig {
@@ -134,6 +139,7 @@ impl Default for NodeConfig {
             max_topics: 10_000,
             max_events: 65_536,
             cluster: None,
+            durable: false,
         }
     }
 }

@@ -112,6 +112,11 @@ pub enum Output {
     ///
     /// [`ClusterConfig`]: super::ClusterConfig
     Cluster(super::ClusterAction),
+    /// Write to the node's store (a durable node only, [`NodeConfig::durable`]). Every output
+    /// after this one must wait until the write is durable (spec §26.2).
+    ///
+    /// [`NodeConfig::durable`]: super::NodeConfig::durable
+    Persist(crate::durable::StoreOp),
 }
 
 impl Output {
@@ -131,6 +136,7 @@ impl Output {
             }
             Output::Event(_) => "event".to_owned(),
             Output::Cluster(action) => format!("cluster {action:?}"),
+            Output::Persist(op) => format!("persist {op:?}"),
         }
     }
 }

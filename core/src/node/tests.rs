@@ -481,6 +481,7 @@ impl Pump {
             }
             Output::Event(e) => self.events.push((from.to_owned(), e)),
             Output::Cluster(action) => self.carry_cluster(from, action),
+            Output::Persist(_) => {}
         }
     }
 

@@ -162,6 +162,7 @@ impl Core {
                 }
                 Output::Event(e) => self.event(e).await,
                 Output::Cluster(action) => self.cluster_action(action),
+                Output::Persist(_) => {}
             }
         }
     }
