@@ -15,7 +15,8 @@
 //! |---|---|---|
 //! | `s` ‖ peer ‖ `0x00` | `{"epoch":E,"next":N}` | the send stream to `peer`: its epoch and next frame number |
 //! | `f` ‖ peer ‖ `0x00` ‖ no (8 bytes, big-endian) | header JSON ‖ `\n` ‖ body | one accepted frame not yet acknowledged or given up |
-//! | `r` ‖ peer ‖ `0x00` ‖ epoch (8 bytes, big-endian) | `{"next":N}` | the receive position of `peer`'s stream `epoch` |
+//! | `r` ‖ peer ‖ `0x00` | `{"epochs":[[E,N],…]}` | the receive positions of `peer`'s streams: for each epoch, the next frame number to deliver |
+//! | `a` ‖ peer ‖ `0x00` ‖ no (8 bytes, big-endian) | header JSON ‖ `\n` ‖ body | one chunk of a message from `peer` being reassembled, already counted in its receive position |
 //!
 //! Entity ids never contain `0x00` (spec §3), so a key splits without ambiguity. Everything
 //! read back is checked as hostile input: a malformed entry is a [`StoreError`], never a panic.
@@ -26,7 +27,9 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::ids::EntityId;
+use crate::ids::{AppType, EntityId, MessageId};
+use crate::message_type::MessageType;
+use crate::stream::{ChunkHeader, DataHeader};
 
 /// The version of the layout above; a store written by a newer layout is refused.
 pub const FORMAT_VERSION: u32 = 1;
@@ -103,8 +106,10 @@ pub(crate) mod kind {
     pub const STREAM: u8 = b's';
     /// An outbox frame.
     pub const FRAME: u8 = b'f';
-    /// A receive position.
+    /// A peer's receive positions.
     pub const RECV: u8 = b'r';
+    /// A chunk held for reassembly.
+    pub const CHUNK: u8 = b'a';
 }
 
 /// `kind ‖ entity ‖ 0x00`.
@@ -145,25 +150,91 @@ pub(crate) struct StreamRecord {
     pub next: u64,
 }
 
-/// A receive position.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// A peer's receive positions: `(epoch, next)` pairs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RecvRecord {
-    pub next: u64,
+    pub epochs: Vec<(u64, u64)>,
 }
 
-/// Everything read back, sorted by kind and peer: what [`Node::restore`](crate::Node::restore)
-/// rebuilds the node from.
+/// The header of a stored outbox frame (`f`): what the frame needs besides its body.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct FrameRecord {
+    #[serde(rename = "type")]
+    pub message_type: MessageType,
+    pub id: MessageId,
+    pub logical: MessageId,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_to: Option<MessageId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app_type: Option<AppType>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chunk: Option<ChunkHeader>,
+    /// The message's send timeout, Unix milliseconds.
+    pub deadline: u64,
+    /// The message's transport preference.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ws: Option<bool>,
+}
+
+/// The header of a stored chunk (`a`): the frame's envelope type and id and its data header.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ChunkRecord {
+    #[serde(rename = "type")]
+    pub message_type: MessageType,
+    pub id: MessageId,
+    pub header: DataHeader,
+}
+
+/// `header JSON ‖ \n ‖ body`.
+pub(crate) fn encode_with_body<T: Serialize>(header: &T, body: &[u8]) -> Vec<u8> {
+    // Serializing ids, integers and options of them cannot fail.
+    let mut out = serde_json::to_vec(header).unwrap_or_default();
+    out.reserve(body.len().saturating_add(1));
+    out.push(b'\n');
+    out.extend_from_slice(body);
+    out
+}
+
+/// Splits `header JSON ‖ \n ‖ body`.
+pub(crate) fn decode_with_body<T: for<'de> Deserialize<'de>>(
+    value: &[u8],
+) -> Result<(T, Vec<u8>), String> {
+    let search = value.get(..value.len().min(MAX_RECORD_HEADER.saturating_add(1))).unwrap_or(value);
+    let split = search.iter().position(|&b| b == b'\n').ok_or("no header line")?;
+    let header = serde_json::from_slice(value.get(..split).ok_or("truncated")?)
+        .map_err(|e| e.to_string())?;
+    let body = value.get(split.saturating_add(1)..).ok_or("truncated")?.to_vec();
+    Ok((header, body))
+}
+
+/// Largest record header read back, in bytes.
+const MAX_RECORD_HEADER: usize = 2048;
+
+/// One peer's stored state, read back.
+#[derive(Debug, Default)]
+pub(crate) struct PeerRecords {
+    pub stream: Option<StreamRecord>,
+    pub frames: BTreeMap<u64, (FrameRecord, Vec<u8>)>,
+    pub recv: Option<RecvRecord>,
+    pub chunks: BTreeMap<u64, (ChunkRecord, Vec<u8>)>,
+}
+
+/// Everything read back, by peer: what [`Node::restore`](crate::Node::restore) rebuilds the
+/// node from.
 #[derive(Debug, Default)]
 pub(crate) struct Restored {
-    pub streams: BTreeMap<EntityId, StreamRecord>,
-    pub frames: BTreeMap<EntityId, BTreeMap<u64, Vec<u8>>>,
-    pub recv: BTreeMap<EntityId, BTreeMap<u64, RecvRecord>>,
+    pub peers: BTreeMap<EntityId, PeerRecords>,
+}
+
+fn in_range(n: u64) -> bool {
+    (1..=crate::canonical::MAX_SAFE_INTEGER).contains(&n)
 }
 
 impl Restored {
-    /// Sorts and checks the entries' keys and small values; frame values are checked later,
-    /// when they are decoded.
+    /// Decodes and checks every entry.
     pub fn parse(
         entries: impl IntoIterator<Item = (Vec<u8>, Vec<u8>)>,
     ) -> Result<Self, StoreError> {
@@ -175,62 +246,50 @@ impl Restored {
             };
             let (k, entity, number) = split_key(&key).ok_or_else(|| corrupt("malformed key"))?;
             let entity = EntityId::new(entity).map_err(|_| corrupt("invalid entity id"))?;
+            let peer = out.peers.entry(entity).or_default();
             match (k, number) {
                 (kind::STREAM, None) => {
                     let r: StreamRecord =
                         serde_json::from_slice(&value).map_err(|e| corrupt(&e.to_string()))?;
-                    if r.epoch == 0
-                        || r.epoch > crate::canonical::MAX_SAFE_INTEGER
-                        || r.next == 0
-                        || r.next > crate::canonical::MAX_SAFE_INTEGER
-                    {
+                    if !in_range(r.epoch) || !in_range(r.next) {
                         return Err(corrupt("epoch and next must be in 1..=2^53-1"));
                     }
-                    out.streams.insert(entity, r);
+                    peer.stream = Some(r);
                 }
                 (kind::FRAME, Some(no)) => {
-                    if no == 0 || no > crate::canonical::MAX_SAFE_INTEGER {
+                    if !in_range(no) {
                         return Err(corrupt("frame number out of range"));
                     }
-                    out.frames.entry(entity).or_default().insert(no, value);
+                    let frame = decode_with_body::<FrameRecord>(&value).map_err(|e| corrupt(&e))?;
+                    peer.frames.insert(no, frame);
                 }
-                (kind::RECV, Some(epoch)) => {
+                (kind::RECV, None) => {
                     let r: RecvRecord =
                         serde_json::from_slice(&value).map_err(|e| corrupt(&e.to_string()))?;
-                    if epoch == 0 || r.next == 0 || r.next > crate::canonical::MAX_SAFE_INTEGER {
-                        return Err(corrupt("epoch and next must be in 1..=2^53-1"));
+                    if r.epochs.iter().any(|&(e, n)| !in_range(e) || !in_range(n)) {
+                        return Err(corrupt("epochs and positions must be in 1..=2^53-1"));
                     }
-                    out.recv.entry(entity).or_default().insert(epoch, r);
+                    if r.epochs.len() > MAX_STORED_EPOCHS {
+                        return Err(corrupt("too many epochs"));
+                    }
+                    peer.recv = Some(r);
+                }
+                (kind::CHUNK, Some(no)) => {
+                    let chunk = decode_with_body::<ChunkRecord>(&value).map_err(|e| corrupt(&e))?;
+                    if chunk.0.header.chunk.is_none() || chunk.0.header.no != no {
+                        return Err(corrupt("not a chunk of the number in its key"));
+                    }
+                    peer.chunks.insert(no, chunk);
                 }
                 _ => return Err(corrupt("unknown record kind")),
             }
         }
         Ok(out)
     }
-
-    /// Decodes every frame, as restoring would.
-    pub fn check_frames(&self) -> Result<(), StoreError> {
-        Ok(())
-    }
 }
 
-/// Checks entries read back from a store as [`Node::restore`](crate::Node::restore) would,
-/// without a node: what `peerlink store check` reports. Returns how many entries of each kind
-/// (by the key's first byte) it read.
-pub fn validate(
-    entries: impl IntoIterator<Item = (Vec<u8>, Vec<u8>)>,
-) -> Result<BTreeMap<char, usize>, StoreError> {
-    let mut counts = BTreeMap::new();
-    let entries: Vec<_> = entries
-        .into_iter()
-        .inspect(|(k, _)| {
-            let kind = k.first().map_or('?', |&b| b as char);
-            *counts.entry(kind).or_insert(0usize) += 1;
-        })
-        .collect();
-    Restored::parse(entries)?.check_frames()?;
-    Ok(counts)
-}
+/// Most epochs one receive-position record may hold.
+const MAX_STORED_EPOCHS: usize = 1024;
 
 #[cfg(test)]
 mod tests {
@@ -243,7 +302,7 @@ mod tests {
         assert_eq!(split_key(&k), Some((b'f', "alice", Some(7))));
         assert_eq!(describe_key(&key_of(kind::STREAM, &e)), "s/alice");
         assert_eq!(split_key(b"f"), None);
-        assert_eq!(split_key(b"falice\0123"), None);
+        assert_eq!(split_key(b"falice\x00\x01\x02\x03"), None);
     }
 
     #[test]
@@ -252,6 +311,8 @@ mod tests {
             (b"x".to_vec(), b"".to_vec()),
             (b"salice\0".to_vec(), b"{".to_vec()),
             (b"salice\0".to_vec(), br#"{"epoch":0,"next":1}"#.to_vec()),
+            (b"falice\0\0\0\0\0\0\0\0\x01".to_vec(), b"{}".to_vec()),
+            (b"ralice\0".to_vec(), br#"{"epochs":[[1,0]]}"#.to_vec()),
             (b"q\0".to_vec(), b"".to_vec()),
         ] {
             assert!(matches!(Restored::parse([(k, v)]), Err(StoreError::Corrupt { .. })));

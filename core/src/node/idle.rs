@@ -75,8 +75,9 @@ impl Node {
 
     /// Removes `peer`'s state and its timer; the caller reports what it held.
     pub(super) fn remove_peer(&mut self, peer: &EntityId) -> Option<PeerState> {
-        let state = self.peers.remove(peer)?;
+        let mut state = self.peers.remove(peer)?;
         self.timers.cancel(&Timer::Peer(peer.clone()));
+        self.persist_forgotten(peer, &mut state);
         Some(state)
     }
 }

@@ -113,7 +113,8 @@ pub enum Output {
     /// [`ClusterConfig`]: super::ClusterConfig
     Cluster(super::ClusterAction),
     /// Write to the node's store (a durable node only, [`NodeConfig::durable`]). Every output
-    /// after this one must wait until the write is durable (spec §26.2).
+    /// after this one except [`Output::Event`] must wait until the write is durable (spec
+    /// §26.2); events are handed to the application at once.
     ///
     /// [`NodeConfig::durable`]: super::NodeConfig::durable
     Persist(crate::durable::StoreOp),

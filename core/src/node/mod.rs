@@ -32,6 +32,7 @@
 mod cluster;
 mod cluster_topics;
 mod config;
+mod durability;
 mod hops;
 mod idle;
 mod input;
@@ -51,6 +52,7 @@ use rand_core::CryptoRng;
 pub use crate::auth::Bearer;
 pub use cluster::{ClusterAction, ClusterConfig, ClusterStats};
 pub use config::NodeConfig;
+pub use durability::{RestoreError, RestoreSummary};
 pub use input::{Handled, Input};
 pub use io::{Event, HttpCall, HttpMethod, LinkId, LinkKind, Output, RequestId};
 pub use stats::TransportStats;

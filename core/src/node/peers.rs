@@ -52,6 +52,8 @@ pub(super) struct PeerState {
     /// The chunked message being reassembled. Its chunks come on consecutive stream numbers, so
     /// any frame of another message means the sender gave up on the rest of it.
     pub assembling: Option<MessageId>,
+    /// On a durable node: the numbers of the stored chunks of the message being reassembled.
+    pub stored_chunks: Vec<u64>,
     /// Sessions with this peer that were replaced or lost (newest last): a message for one of
     /// them is answered `SESSION_EXPIRED` rather than `SESSION_NOT_FOUND`.
     pub retired: std::collections::VecDeque<crate::ids::SessionId>,
@@ -150,6 +152,10 @@ impl Node {
             return Err(SendError::LimitReached("max_peers"));
         }
         let epoch = 1 + self.rng.next_u64() % crate::canonical::MAX_SAFE_INTEGER;
+        let mut send = SendStream::new(epoch);
+        if self.config.durable {
+            send.journal();
+        }
         let state = PeerState {
             session: None,
             initiator: None,
@@ -157,7 +163,7 @@ impl Node {
             handshake_out: None,
             next_handshake_at: None,
             handshake_backoff: Backoff::new(self.config.reconnect.clone()),
-            send: SendStream::new(epoch),
+            send,
             recv: RecvStreams::default(),
             reassembly: Reassembler::new(self.config.reassembly.clone()),
             ack_due: None,
@@ -169,6 +175,7 @@ impl Node {
             resume: None,
             blocked: false,
             assembling: None,
+            stored_chunks: Vec::new(),
             retired: std::collections::VecDeque::new(),
             wanted: false,
             last_resume: None,
@@ -224,6 +231,10 @@ impl Node {
         let Some(p) = self.peers.get_mut(peer) else { return };
         // Partial chunked messages too old to finish.
         let stale = p.reassembly.expire(now);
+        if p.assembling.as_ref().is_some_and(|a| stale.contains(a)) {
+            self.persist_chunks_done(peer);
+        }
+        let Some(p) = self.peers.get_mut(peer) else { return };
         // Requests past their deadline.
         let late: Vec<MessageId> =
             p.requests.iter().filter(|(_, t)| **t <= now).map(|(id, _)| id.clone()).collect();

@@ -21,6 +21,7 @@ use crate::transport::TransportPreference;
 mod app_types;
 mod cluster;
 mod delivery;
+mod durable;
 mod failover;
 mod http_answers;
 mod idle;
@@ -343,6 +344,12 @@ struct Pump {
     opened: Vec<(String, String)>,
     /// The cluster's broker, for nodes with a `NodeConfig::cluster`.
     broker: cluster::Broker,
+    /// Each durable node's store, written as its `Persist` outputs come.
+    stores: BTreeMap<String, BTreeMap<Vec<u8>, Vec<u8>>>,
+    /// Nodes to crash right after their next write (a crash between a write and what follows
+    /// it).
+    crash_after_write: BTreeMap<String, NodeConfig>,
+    restarts: u64,
 }
 
 impl Pump {
@@ -361,6 +368,9 @@ impl Pump {
             lose: Vec::new(),
             opened: Vec::new(),
             broker: cluster::Broker::default(),
+            stores: BTreeMap::new(),
+            crash_after_write: BTreeMap::new(),
+            restarts: 0,
         }
     }
 
@@ -387,6 +397,10 @@ impl Pump {
             let mut progressed = false;
             let names: Vec<String> = self.nodes.keys().cloned().collect();
             for name in names {
+                if self.node(&name).config.durable {
+                    progressed |= self.carry_group_committed(&name);
+                    continue;
+                }
                 while let Some(out) = self.node(&name).poll_output() {
                     progressed = true;
                     self.carry(&name, out);
@@ -397,6 +411,37 @@ impl Pump {
             }
         }
         panic!("network did not settle");
+    }
+
+    /// Carries out a durable node's outputs as a driver does: events and what precedes its
+    /// first write at once, then every write (one transaction), then the rest. A node in
+    /// `crash_after_write` crashes after the writes instead of carrying out the rest.
+    fn carry_group_committed(&mut self, name: &str) -> bool {
+        let outputs = drain(self.node(name));
+        let any = !outputs.is_empty();
+        let (mut writes, mut held) = (Vec::new(), Vec::new());
+        for out in outputs {
+            match out {
+                Output::Persist(_) => writes.push(out),
+                Output::Event(_) => self.carry(name, out),
+                _ if writes.is_empty() => self.carry(name, out),
+                _ => held.push(out),
+            }
+        }
+        if writes.is_empty() {
+            return any;
+        }
+        for write in writes {
+            self.carry(name, write);
+        }
+        if let Some(config) = self.crash_after_write.remove(name) {
+            self.crash(name, config);
+            return true;
+        }
+        for out in held {
+            self.carry(name, out);
+        }
+        true
     }
 
     fn carry(&mut self, from: &str, out: Output) {
@@ -481,8 +526,53 @@ impl Pump {
             }
             Output::Event(e) => self.events.push((from.to_owned(), e)),
             Output::Cluster(action) => self.carry_cluster(from, action),
-            Output::Persist(_) => {}
+            Output::Persist(op) => {
+                let store = self.stores.entry(from.to_owned()).or_default();
+                match op {
+                    crate::durable::StoreOp::Put { key, value } => {
+                        store.insert(key, value);
+                    }
+                    crate::durable::StoreOp::Delete { key } => {
+                        store.remove(&key);
+                    }
+                }
+            }
         }
+    }
+
+    /// Kills `name` (its links close, its HTTP exchanges fail, its outputs not yet carried out
+    /// are lost) and starts it again from its store with `config`.
+    fn crash(&mut self, name: &str, config: NodeConfig) -> RestoreSummary {
+        let now = self.now;
+        let links: Vec<(String, LinkId)> =
+            self.pairs.keys().filter(|(n, _)| n == name).cloned().collect();
+        for key in links {
+            if let Some((to, tl)) = self.pairs.remove(&key) {
+                self.pairs.remove(&(to.clone(), tl));
+                self.node(&to).link_closed(now, tl);
+            }
+        }
+        let calls: Vec<_> = self.http.keys().cloned().collect();
+        for key in calls {
+            let (server, _) = &key;
+            let client = self.http.get(&key).map(|(c, _)| c.clone()).unwrap_or_default();
+            if server == name {
+                if let Some((c, r)) = self.http.remove(&key) {
+                    self.input(&c, Input::HttpFailed(r));
+                }
+            } else if client == name {
+                self.http.remove(&key);
+            }
+        }
+        self.held.retain(|(n, _)| n != name);
+        self.restarts += 1;
+        let names = ["relay", "relay2", "alice", "bob", "carol"];
+        let rng = ChaCha20Rng::seed_from_u64(1_000 + self.restarts);
+        let mut n = Node::new(config, ident(name), trust_all(&names), rng).unwrap();
+        let entries = self.stores.get(name).cloned().unwrap_or_default();
+        let summary = n.restore(now, entries).unwrap();
+        self.nodes.insert(name.to_owned(), n);
+        summary
     }
 
     fn advance(&mut self, by: Duration) {

@@ -151,6 +151,33 @@ impl RecvStreams {
         })
     }
 
+    /// `(epoch, next)` for every epoch: the next frame number each would deliver. What a
+    /// durable node stores (frames buffered out of order are not: the sender still holds them).
+    pub fn positions(&self) -> Vec<(u64, u64)> {
+        self.epochs.iter().map(|(&e, s)| (e, s.next)).collect()
+    }
+
+    /// Receiving halves rebuilt from stored [`RecvStreams::positions`], at most `max_epochs`
+    /// of them (the highest positions kept).
+    pub fn restored(positions: &[(u64, u64)], config: &StreamConfig) -> Self {
+        let mut out = Self::default();
+        let mut sorted = positions.to_vec();
+        sorted.sort_by_key(|&(_, next)| std::cmp::Reverse(next));
+        for &(epoch, next) in sorted.iter().take(config.max_epochs.max(1)) {
+            out.clock = out.clock.saturating_add(1);
+            out.epochs.insert(
+                epoch,
+                RecvState {
+                    next: next.max(1),
+                    buffer: BTreeMap::new(),
+                    buffered_bytes: 0,
+                    last_used: out.clock,
+                },
+            );
+        }
+        out
+    }
+
     /// Bytes buffered out of order, over all epochs.
     pub fn buffered_bytes(&self) -> usize {
         self.epochs.values().map(|s| s.buffered_bytes).sum()

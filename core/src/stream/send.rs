@@ -146,6 +146,9 @@ pub struct SendStream {
     peer_cumulative: u64,
     /// When a `forward` announcement is next due, while one is needed.
     pub(super) forward_due: Option<Timestamp>,
+    /// While journaling (a durable node): the numbers of the frames removed since the last
+    /// [`SendStream::take_removed`], so their stored copies can be deleted.
+    removed: Option<Vec<u64>>,
 }
 
 impl SendStream {
@@ -165,7 +168,86 @@ impl SendStream {
             srtt: None,
             peer_cumulative: 0,
             forward_due: None,
+            removed: None,
         }
+    }
+
+    /// Starts recording the frames removed (see [`SendStream::take_removed`]).
+    pub fn journal(&mut self) {
+        self.removed.get_or_insert_with(Vec::new);
+    }
+
+    /// The numbers of the frames removed (acknowledged or given up) since the last call, while
+    /// journaling.
+    pub fn take_removed(&mut self) -> Vec<u64> {
+        self.removed.as_mut().map(std::mem::take).unwrap_or_default()
+    }
+
+    /// Frame `no`, if still waiting.
+    pub fn frame(&self, no: u64) -> Option<&OutFrame> {
+        self.frames.get(&no)
+    }
+
+    /// The numbers of the frames still waiting.
+    pub fn frame_numbers(&self) -> impl Iterator<Item = u64> + '_ {
+        self.frames.keys().copied()
+    }
+
+    /// The number the next frame will get.
+    pub fn next_no(&self) -> u64 {
+        self.next_no
+    }
+
+    /// A stream rebuilt from what a durable node stored: its epoch, its next frame number, and
+    /// the frames still waiting (by number, with their messages' deadlines). Every frame is due
+    /// at `now`, as if never sent. Frames numbered at or past `next_no` move `next_no` past them.
+    pub fn restored(
+        epoch: u64,
+        next_no: u64,
+        frames: Vec<(u64, FrameSpec, MessageId, Timestamp)>,
+        now: Timestamp,
+    ) -> Self {
+        let mut stream = Self::new(epoch);
+        stream.journal();
+        stream.next_no = next_no.clamp(1, MAX_SAFE_INTEGER);
+        for (no, spec, logical, deadline) in frames {
+            stream.next_no = stream.next_no.max(no.saturating_add(1));
+            let size = spec.body.len();
+            stream.frame_bytes = stream.frame_bytes.saturating_add(size);
+            stream.bytes = stream.bytes.saturating_add(size);
+            stream.frames.insert(
+                no,
+                OutFrame {
+                    message_type: spec.message_type,
+                    message_id: spec.message_id,
+                    logical: logical.clone(),
+                    reply_to: spec.reply_to,
+                    app_type: spec.app_type,
+                    chunk: spec.chunk,
+                    body: spec.body,
+                    sent_at: None,
+                    attempts: 0,
+                    due: now,
+                    sacked: false,
+                },
+            );
+            stream.unsent.insert(no);
+            let l = stream.logical.entry(logical.clone()).or_insert_with(|| Logical {
+                frames: BTreeSet::new(),
+                bytes: 0,
+                deadline,
+            });
+            l.frames.insert(no);
+            l.bytes = l.bytes.saturating_add(size);
+            // A message's frames were stored with one deadline; the earliest counts.
+            if deadline < l.deadline {
+                l.deadline = deadline;
+            }
+        }
+        for (id, l) in &stream.logical {
+            stream.expiries.insert((l.deadline, id.clone()));
+        }
+        stream
     }
 
     /// The stream's epoch.
@@ -253,6 +335,9 @@ impl SendStream {
             self.unsent.remove(&no);
         }
         self.frame_bytes = self.frame_bytes.saturating_sub(frame.body.len());
+        if let Some(removed) = self.removed.as_mut() {
+            removed.push(no);
+        }
         Some(frame)
     }
 

@@ -92,6 +92,7 @@ impl Node {
                     header,
                     body: body.to_vec(),
                 };
+                let before = self.config.durable.then(|| p.recv.positions());
                 let received = p.recv.accept(frame, &self.config.stream);
                 if received != Received::Dropped {
                     p.ack_epochs.insert(epoch);
@@ -106,6 +107,9 @@ impl Node {
                 if let Received::Deliver(frames) = received {
                     self.deliver_frames(now, &peer, frames);
                 }
+                // After the messages went to the application, before the `ACK` that covers
+                // them (queued by the flush below).
+                self.persist_positions(&peer, before);
             }
         }
         self.flush_peer(now, &peer);
@@ -119,6 +123,8 @@ impl Node {
                 p.stats.last_rtt = Some(rtt);
                 self.stats.last_rtt = Some(rtt);
             }
+            // Their stored frames go before the application hears they were delivered.
+            self.persist_removed(peer);
             for id in done {
                 let transport = self
                     .peers
@@ -128,6 +134,7 @@ impl Node {
                 self.event(Event::Delivered { to: peer.clone(), id, transport });
             }
         }
+        let before = self.positions_before(peer);
         if let Some(forward) = control.forward
             && let Some(p) = self.peers.get_mut(peer)
         {
@@ -137,6 +144,7 @@ impl Node {
             if let Received::Deliver(frames) = received {
                 self.deliver_frames(now, peer, frames);
             }
+            self.persist_positions(peer, before);
         }
     }
 
@@ -146,7 +154,16 @@ impl Node {
             let current = f.header.chunk.as_ref().map(|c| c.id.clone());
             if let Some(orphan) = p.assembling.take().filter(|a| Some(a) != current.as_ref()) {
                 p.reassembly.discard(&orphan);
+                self.persist_chunks_done(peer);
             }
+            let Some(p) = self.peers.get_mut(peer) else { return };
+            // A durable node stores each chunk it holds: its receive position moves past it.
+            let stored = (self.config.durable && f.header.chunk.is_some()).then(|| InFrame {
+                message_type: f.message_type,
+                message_id: f.message_id.clone(),
+                header: f.header.clone(),
+                body: f.body.clone(),
+            });
             match f.header.chunk {
                 Some(c) => {
                     let chunk = Chunk {
@@ -157,15 +174,24 @@ impl Node {
                         data: f.body,
                     };
                     match p.reassembly.insert(chunk, now) {
-                        Ok(Some(message)) => self.deliver_message(
-                            peer,
-                            c.message_type,
-                            c.id,
-                            (f.header.reply_to, f.header.app_type),
-                            message,
-                        ),
-                        Ok(None) => p.assembling = Some(c.id),
+                        Ok(Some(message)) => {
+                            self.deliver_message(
+                                peer,
+                                c.message_type,
+                                c.id,
+                                (f.header.reply_to, f.header.app_type),
+                                message,
+                            );
+                            self.persist_chunks_done(peer);
+                        }
+                        Ok(None) => {
+                            p.assembling = Some(c.id);
+                            if let Some(frame) = stored {
+                                self.persist_chunk(peer, &frame);
+                            }
+                        }
                         Err(e) => {
+                            self.persist_chunks_done(peer);
                             self.event(Event::Error { peer: Some(peer.clone()), code: e.code() });
                             self.notify_peer(now, peer, e.code(), Some(c.id));
                         }

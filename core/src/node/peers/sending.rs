@@ -84,6 +84,7 @@ impl Node {
         let Some(p) = self.peers.get_mut(peer) else {
             return Err(SendError::Unreachable(peer.clone()));
         };
+        let first = p.send.next_no();
         p.send.push(OutgoingMessage { id: id.clone(), frames }, now, &self.config.stream)?;
         let meta = Outgoing {
             prefer_websocket: options.prefer_websocket,
@@ -94,6 +95,8 @@ impl Node {
         if let Some(request) = &reply_to {
             p.inbound_requests.remove(request);
         }
+        let deadline = now.saturating_add(self.config.stream.send_timeout);
+        self.persist_accepted(peer, first, deadline, options.prefer_websocket);
         self.flush_peer(now, peer);
         Ok(id)
     }
@@ -110,6 +113,8 @@ impl Node {
         if let Some(p) = self.peers.get_mut(peer) {
             p.stats.failures = p.stats.failures.saturating_add(1);
         }
+        // Its stored frames go before the application hears of it.
+        self.persist_removed(peer);
         self.stats.failures = self.stats.failures.saturating_add(1);
         let Failure { id, maybe_delivered } = failure;
         self.event(Event::Failed { to: peer.clone(), id, reason, maybe_delivered });

@@ -1,0 +1,282 @@
+//! What a durable node writes to its store, and how it is rebuilt from it (spec §26; the
+//! layout is in [`crate::durable`]).
+//!
+//! Every write is an [`Output::Persist`]; the driver makes it durable before it carries out any
+//! output queued after it other than an event (events go to the application at once). So the
+//! order in which this module's writes are queued, relative to frames, is the durability
+//! contract:
+//!
+//! - an accepted message's frames are queued before `send` returns and before any of its frames
+//!   is transmitted: a restarted sender re-sends it under the same epoch and numbers, and the
+//!   receiver recognises what it already delivered;
+//! - an acknowledged or given-up frame is deleted in the same group as its `Delivered` or
+//!   `Failed` event;
+//! - a receive position (and a chunk held for reassembly) is written after the messages it
+//!   covers are handed to the application and before the acknowledgement that covers them.
+//!
+//! A crash between handing events to the application and the commit of the writes of the same
+//! group may show those events again after the restart (at least once at that boundary, with
+//! the same message ids); it never loses one.
+
+use super::peers::PeerState;
+use super::{Node, Output, SendError};
+use crate::chunking::Chunk;
+use crate::durable::{
+    ChunkRecord, FrameRecord, RecvRecord, Restored, StoreError, StoreOp, StreamRecord,
+    encode_with_body, key_of, kind, numbered_key,
+};
+use crate::error::UsageError;
+use crate::ids::EntityId;
+use crate::stream::{FailReason, FrameSpec, InFrame, RecvStreams, SendStream};
+use crate::time::Timestamp;
+
+/// What [`Node::restore`] rebuilt.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RestoreSummary {
+    /// Peers with stored state.
+    pub peers: usize,
+    /// Messages waiting for acknowledgement, to be sent again.
+    pub messages: usize,
+    /// Messages whose send timeout passed while the node was down: reported failed.
+    pub expired: usize,
+    /// Chunks of partly received messages.
+    pub chunks: usize,
+}
+
+impl Node {
+    fn persist(&mut self, op: StoreOp) {
+        self.emit(Output::Persist(op));
+    }
+
+    /// Stores the frames `first..` of message `id`, just accepted into `peer`'s outbox.
+    pub(super) fn persist_accepted(
+        &mut self,
+        peer: &EntityId,
+        first: u64,
+        deadline: Timestamp,
+        prefer_websocket: Option<bool>,
+    ) {
+        if !self.config.durable {
+            return;
+        }
+        let Some(p) = self.peers.get(peer) else { return };
+        let stream = StreamRecord { epoch: p.send.epoch(), next: p.send.next_no() };
+        let mut ops = vec![StoreOp::Put {
+            key: key_of(kind::STREAM, peer),
+            value: serde_json::to_vec(&stream).unwrap_or_default(),
+        }];
+        for no in first..p.send.next_no() {
+            let Some(f) = p.send.frame(no) else { continue };
+            let record = FrameRecord {
+                message_type: f.message_type,
+                id: f.message_id.clone(),
+                logical: f.logical.clone(),
+                reply_to: f.reply_to.clone(),
+                app_type: f.app_type.clone(),
+                chunk: f.chunk.clone(),
+                deadline: deadline.as_unix_millis(),
+                ws: prefer_websocket,
+            };
+            ops.push(StoreOp::Put {
+                key: numbered_key(kind::FRAME, peer, no),
+                value: encode_with_body(&record, &f.body),
+            });
+        }
+        for op in ops {
+            self.persist(op);
+        }
+    }
+
+    /// Deletes the stored copies of the frames `peer`'s outbox dropped since last time.
+    pub(super) fn persist_removed(&mut self, peer: &EntityId) {
+        if !self.config.durable {
+            return;
+        }
+        let Some(p) = self.peers.get_mut(peer) else { return };
+        for no in p.send.take_removed() {
+            self.persist(StoreOp::Delete { key: numbered_key(kind::FRAME, peer, no) });
+        }
+    }
+
+    /// Stores `peer`'s receive positions if they moved from `before`.
+    pub(super) fn persist_positions(&mut self, peer: &EntityId, before: Option<Vec<(u64, u64)>>) {
+        let Some(before) = before else { return };
+        let Some(p) = self.peers.get(peer) else { return };
+        let epochs = p.recv.positions();
+        if epochs == before {
+            return;
+        }
+        let value = serde_json::to_vec(&RecvRecord { epochs }).unwrap_or_default();
+        self.persist(StoreOp::Put { key: key_of(kind::RECV, peer), value });
+    }
+
+    /// `peer`'s receive positions now, if this node stores them.
+    pub(super) fn positions_before(&self, peer: &EntityId) -> Option<Vec<(u64, u64)>> {
+        self.config.durable.then(|| self.peers.get(peer).map(|p| p.recv.positions()))?
+    }
+
+    /// Stores a chunk just handed to reassembly (its receive position moves past it).
+    pub(super) fn persist_chunk(&mut self, peer: &EntityId, frame: &InFrame) {
+        if !self.config.durable {
+            return;
+        }
+        let record = ChunkRecord {
+            message_type: frame.message_type,
+            id: frame.message_id.clone(),
+            header: frame.header.clone(),
+        };
+        let no = frame.header.no;
+        if let Some(p) = self.peers.get_mut(peer) {
+            p.stored_chunks.push(no);
+        }
+        let value = encode_with_body(&record, &frame.body);
+        self.persist(StoreOp::Put { key: numbered_key(kind::CHUNK, peer, no), value });
+    }
+
+    /// Deletes the stored chunks of the message `peer` was reassembling (it completed, or was
+    /// given up).
+    pub(super) fn persist_chunks_done(&mut self, peer: &EntityId) {
+        let Some(p) = self.peers.get_mut(peer) else { return };
+        let nos = std::mem::take(&mut p.stored_chunks);
+        for no in nos {
+            self.persist(StoreOp::Delete { key: numbered_key(kind::CHUNK, peer, no) });
+        }
+    }
+
+    /// Deletes everything stored about `peer`, whose state is being dropped.
+    pub(super) fn persist_forgotten(&mut self, peer: &EntityId, state: &mut PeerState) {
+        if !self.config.durable {
+            return;
+        }
+        let mut ops = vec![
+            StoreOp::Delete { key: key_of(kind::STREAM, peer) },
+            StoreOp::Delete { key: key_of(kind::RECV, peer) },
+        ];
+        for no in state.send.take_removed().into_iter().chain(state.send.frame_numbers()) {
+            ops.push(StoreOp::Delete { key: numbered_key(kind::FRAME, peer, no) });
+        }
+        for no in std::mem::take(&mut state.stored_chunks) {
+            ops.push(StoreOp::Delete { key: numbered_key(kind::CHUNK, peer, no) });
+        }
+        for op in ops {
+            self.persist(op);
+        }
+    }
+
+    /// Rebuilds a durable node from the entries its store holds, read back after a restart:
+    /// outboxes (re-sent under their old epochs and numbers once a session is up), receive
+    /// positions, and chunks of partly received messages. Call it once, on a new node, before
+    /// any other input. Messages whose send timeout passed while the node was down are reported
+    /// failed (`maybe_delivered` as the stored frames allow).
+    ///
+    /// Entries are hostile input: a malformed one is a [`StoreError`] and the node is left as
+    /// it was.
+    pub fn restore(
+        &mut self,
+        now: Timestamp,
+        entries: impl IntoIterator<Item = (Vec<u8>, Vec<u8>)>,
+    ) -> Result<RestoreSummary, RestoreError> {
+        if !self.config.durable {
+            return Err(RestoreError::Usage(UsageError::InvalidConfig(
+                "restore needs a node with NodeConfig::durable set",
+            )));
+        }
+        if !self.peers.is_empty() {
+            return Err(RestoreError::Usage(UsageError::InvalidConfig(
+                "restore must come before any other input",
+            )));
+        }
+        let restored = Restored::parse(entries)?;
+        if restored.peers.len() > self.config.max_peers {
+            return Err(StoreError::OverLimit("more peers than max_peers").into());
+        }
+        let mut summary = RestoreSummary::default();
+        for (peer, records) in restored.peers {
+            self.ensure_peer(now, &peer).map_err(|e| match e {
+                SendError::LimitReached(what) => RestoreError::Store(StoreError::OverLimit(what)),
+                _ => RestoreError::Store(StoreError::OverLimit("max_peers")),
+            })?;
+            summary.peers = summary.peers.saturating_add(1);
+            let Some(p) = self.peers.get_mut(&peer) else { continue };
+            p.send.journal();
+            let mut outgoing = std::collections::BTreeMap::new();
+            let frames: Vec<_> = records
+                .frames
+                .into_iter()
+                .map(|(no, (r, body))| {
+                    let meta = super::peers::Outgoing {
+                        prefer_websocket: r.ws,
+                        typed: r.app_type.is_some(),
+                        carried: None,
+                    };
+                    outgoing.insert(r.logical.clone(), meta);
+                    let spec = FrameSpec {
+                        message_type: r.message_type,
+                        message_id: r.id,
+                        reply_to: r.reply_to,
+                        app_type: r.app_type,
+                        chunk: r.chunk,
+                        body,
+                    };
+                    (no, spec, r.logical, Timestamp::from_unix_millis(r.deadline))
+                })
+                .collect();
+            if let Some(stream) = records.stream {
+                p.send = SendStream::restored(stream.epoch, stream.next, frames, now);
+            } else if !frames.is_empty() {
+                return Err(StoreError::Corrupt {
+                    key: crate::durable::describe_key(&key_of(kind::STREAM, &peer)),
+                    reason: "outbox frames stored without their stream".to_owned(),
+                }
+                .into());
+            }
+            summary.messages = summary.messages.saturating_add(outgoing.len());
+            p.outgoing = outgoing;
+            if let Some(recv) = records.recv {
+                p.recv = RecvStreams::restored(&recv.epochs, &self.config.stream);
+            }
+            for (no, (r, body)) in records.chunks {
+                let Some(c) = r.header.chunk else { continue };
+                let chunk = Chunk {
+                    chunk_id: c.id.clone(),
+                    sequence_number: c.seq,
+                    is_last: c.last,
+                    total_len: c.total,
+                    data: body,
+                };
+                // A chunk that does not fit what is held (a store from another configuration)
+                // is dropped with the rest of its message, as reassembly would.
+                if p.reassembly.insert(chunk, now).is_ok() {
+                    p.assembling = Some(c.id);
+                    summary.chunks = summary.chunks.saturating_add(1);
+                }
+                p.stored_chunks.push(no);
+            }
+        }
+        let peers: Vec<EntityId> = self.peers.keys().cloned().collect();
+        for peer in &peers {
+            let expired = self.peers.get_mut(peer).map(|p| p.send.expire(now)).unwrap_or_default();
+            summary.expired = summary.expired.saturating_add(expired.len());
+            for failure in expired {
+                if let Some(p) = self.peers.get_mut(peer) {
+                    p.outgoing.remove(&failure.id);
+                }
+                self.report_failed(peer, failure, FailReason::Timeout);
+            }
+            self.flush_peer(now, peer);
+        }
+        Ok(summary)
+    }
+}
+
+/// Why [`Node::restore`] refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RestoreError {
+    /// What the store holds cannot be used.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The node was not one to restore.
+    #[error(transparent)]
+    Usage(#[from] UsageError),
+}

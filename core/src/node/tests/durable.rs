@@ -1,0 +1,317 @@
+//! Durable nodes (spec §26): what a sender accepted, what a receiver delivered and what it held
+//! for reassembly survive a crash, and a restarted node neither loses nor repeats a message.
+
+use super::*;
+use crate::durable::StoreOp;
+
+fn durable() -> NodeConfig {
+    let mut c = NodeConfig { durable: true, ..NodeConfig::default() };
+    // Long enough that nothing times out in these tests; the idle bound must exceed it.
+    c.stream.send_timeout = Duration::from_secs(3600);
+    c.peer_idle_timeout = Duration::from_secs(7200);
+    c
+}
+
+/// Alice and Bob, both durable, Alice reaching Bob directly.
+fn pair(config: NodeConfig) -> Pump {
+    let mut p = Pump::new(&[("alice", config.clone()), ("bob", config)]);
+    p.node("alice").add_route(id("bob"), Pump::addr("bob"));
+    p
+}
+
+fn restart(p: &mut Pump, name: &str, config: NodeConfig) -> RestoreSummary {
+    let summary = p.crash(name, config);
+    if name == "alice" {
+        p.node("alice").add_route(id("bob"), Pump::addr("bob"));
+    }
+    summary
+}
+
+fn send_all(p: &mut Pump, n: usize, tag: &str) -> Vec<MessageId> {
+    let mut ids = Vec::new();
+    for i in 0..n {
+        let now = p.now;
+        let body = format!("{tag}-{i}").into_bytes();
+        ids.push(p.node("alice").send(now, &id("bob"), body, SendOptions::default()).unwrap());
+        p.run();
+    }
+    ids
+}
+
+fn kinds_stored(p: &Pump, name: &str, kind: u8) -> usize {
+    p.stores.get(name).map_or(0, |s| s.keys().filter(|k| k.first() == Some(&kind)).count())
+}
+
+fn delivered_ids(p: &Pump) -> Vec<MessageId> {
+    p.events_of("alice")
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::Delivered { id, .. } => Some(id.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn expect_in_order(p: &Pump, tags: &[(&str, usize)]) {
+    let want: Vec<Vec<u8>> = tags
+        .iter()
+        .flat_map(|(tag, n)| (0..*n).map(move |i| format!("{tag}-{i}").into_bytes()))
+        .collect();
+    assert_eq!(p.messages_at("bob"), want, "every message once, in order");
+}
+
+#[test]
+fn a_node_that_is_not_durable_writes_nothing() {
+    let mut p = pair(NodeConfig::default());
+    send_all(&mut p, 3, "m");
+    assert!(p.stores.is_empty());
+    assert_eq!(p.messages_at("bob").len(), 3);
+}
+
+#[test]
+fn a_restarted_sender_delivers_what_it_had_accepted() {
+    let mut p = pair(durable());
+    // Bob cannot be reached: nothing leaves Alice.
+    p.no_ws.push("bob".into());
+    p.http_status.insert("bob".into(), 503);
+    let ids = send_all(&mut p, 50, "m");
+    assert_eq!(kinds_stored(&p, "alice", b'f'), 50);
+    let summary = restart(&mut p, "alice", durable());
+    assert_eq!((summary.peers, summary.messages, summary.expired), (1, 50, 0));
+    p.no_ws.clear();
+    p.http_status.clear();
+    p.advance(Duration::from_secs(30));
+    expect_in_order(&p, &[("m", 50)]);
+    assert_eq!(delivered_ids(&p), ids, "each accepted id is reported delivered once");
+    assert_eq!(kinds_stored(&p, "alice", b'f'), 0, "acknowledged frames leave the store");
+    // New messages continue the stream after the restart.
+    send_all(&mut p, 5, "n");
+    expect_in_order(&p, &[("m", 50), ("n", 5)]);
+}
+
+#[test]
+fn frames_delivered_before_the_sender_crashed_are_not_delivered_again() {
+    let mut p = pair(durable());
+    // Bob gets everything but his acknowledgements are lost.
+    p.lose.push(("bob".into(), MessageType::Ack));
+    send_all(&mut p, 40, "m");
+    expect_in_order(&p, &[("m", 40)]);
+    assert_eq!(kinds_stored(&p, "alice", b'f'), 40);
+    restart(&mut p, "alice", durable());
+    p.lose.clear();
+    p.advance(Duration::from_secs(30));
+    expect_in_order(&p, &[("m", 40)]);
+    assert_eq!(delivered_ids(&p).len(), 40);
+    assert_eq!(kinds_stored(&p, "alice", b'f'), 0);
+}
+
+#[test]
+fn a_restarted_receiver_remembers_what_it_delivered() {
+    let mut p = pair(durable());
+    p.lose.push(("bob".into(), MessageType::Ack));
+    send_all(&mut p, 40, "m");
+    expect_in_order(&p, &[("m", 40)]);
+    assert_eq!(kinds_stored(&p, "bob", b'r'), 1);
+    restart(&mut p, "bob", durable());
+    p.lose.clear();
+    // Alice's session is gone on Bob's side: she handshakes again and re-sends all 40.
+    p.advance(Duration::from_secs(60));
+    expect_in_order(&p, &[("m", 40)]);
+    assert_eq!(delivered_ids(&p).len(), 40);
+}
+
+#[test]
+fn a_receiver_that_forgets_everything_delivers_twice_which_is_what_the_store_prevents() {
+    // The same run as above with Bob's store wiped: proof the test above can fail.
+    let mut p = pair(durable());
+    p.lose.push(("bob".into(), MessageType::Ack));
+    send_all(&mut p, 10, "m");
+    p.stores.remove("bob");
+    restart(&mut p, "bob", durable());
+    p.lose.clear();
+    p.advance(Duration::from_secs(60));
+    assert_eq!(p.messages_at("bob").len(), 20);
+}
+
+#[test]
+fn chunks_held_for_reassembly_survive_the_receivers_crash() {
+    let mut config = durable();
+    config.chunk_threshold = 1024;
+    config.chunk_size = 1024;
+    config.stream.send_window = 4;
+    let mut p = pair(config.clone());
+    p.lose.push(("bob".into(), MessageType::Ack));
+    let payload: Vec<u8> = (0..10 * 1024u32).map(|i| (i % 251) as u8).collect();
+    let now = p.now;
+    p.node("alice").send(now, &id("bob"), payload.clone(), SendOptions::default()).unwrap();
+    p.run();
+    // The window let four chunks through; Bob holds them, stored, and counts them received.
+    assert_eq!(kinds_stored(&p, "bob", b'a'), 4);
+    assert!(p.messages_at("bob").is_empty());
+    let summary = restart(&mut p, "bob", config);
+    assert_eq!(summary.chunks, 4);
+    p.lose.clear();
+    p.advance(Duration::from_secs(60));
+    assert_eq!(p.messages_at("bob"), vec![payload]);
+    assert_eq!(kinds_stored(&p, "bob", b'a'), 0, "a completed message's chunks leave the store");
+    assert_eq!(delivered_ids(&p).len(), 1);
+}
+
+#[test]
+fn a_crash_right_after_a_write_loses_nothing() {
+    let mut p = pair(durable());
+    p.lose.push(("bob".into(), MessageType::Ack));
+    send_all(&mut p, 5, "m");
+    // Bob dies right after his next write: the position of the next message delivered, with
+    // the acknowledgement behind it never sent.
+    p.crash_after_write.insert("bob".into(), durable());
+    send_all(&mut p, 1, "x");
+    // The acknowledgement waits for `ack_delay`.
+    p.advance(Duration::from_millis(50));
+    assert_eq!(p.restarts, 1);
+    p.lose.clear();
+    // Alice dies right after her next write: the message accepted, not yet sent.
+    p.crash_after_write.insert("alice".into(), durable());
+    let now = p.now;
+    p.node("alice").send(now, &id("bob"), b"y-0".to_vec(), SendOptions::default()).unwrap();
+    p.run();
+    assert_eq!(p.restarts, 2);
+    p.node("alice").add_route(id("bob"), Pump::addr("bob"));
+    p.advance(Duration::from_secs(60));
+    expect_in_order(&p, &[("m", 5), ("x", 1), ("y", 1)]);
+}
+
+#[test]
+fn an_expired_message_is_reported_failed_at_restore() {
+    let mut config = durable();
+    config.stream.send_timeout = Duration::from_secs(60);
+    config.peer_idle_timeout = Duration::from_secs(600);
+    let mut p = pair(config.clone());
+    p.no_ws.push("bob".into());
+    p.http_status.insert("bob".into(), 503);
+    let ids = send_all(&mut p, 2, "m");
+    p.now = p.now.saturating_add(Duration::from_secs(120));
+    let summary = restart(&mut p, "alice", config);
+    assert_eq!(summary.expired, 2);
+    p.run();
+    let failed: Vec<_> = p
+        .events_of("alice")
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::Failed { id, reason: FailReason::Timeout, .. } => Some(id.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(failed, ids);
+    assert_eq!(kinds_stored(&p, "alice", b'f'), 0);
+}
+
+#[test]
+fn restore_refuses_a_corrupt_store_and_a_node_in_use() {
+    let mut n = node("alice", durable());
+    let bad = vec![(b"falice\0\0\0\0\0\0\0\0\x01".to_vec(), b"not json\n".to_vec())];
+    assert!(matches!(
+        n.restore(T0, bad),
+        Err(RestoreError::Store(crate::durable::StoreError::Corrupt { .. }))
+    ));
+    let mut plain = node("alice", NodeConfig::default());
+    assert!(matches!(plain.restore(T0, Vec::new()), Err(RestoreError::Usage(_))));
+    // Frames without their stream record.
+    let mut p = pair(durable());
+    p.no_ws.push("bob".into());
+    p.http_status.insert("bob".into(), 503);
+    send_all(&mut p, 1, "m");
+    let orphan: Vec<_> =
+        p.stores["alice"].clone().into_iter().filter(|(k, _)| k[0] == b'f').collect();
+    let mut fresh = node("alice", durable());
+    assert!(fresh.restore(T0, orphan).is_err());
+}
+
+#[test]
+fn writes_come_before_what_depends_on_them() {
+    let mut p = pair(durable());
+    let now = p.now;
+    p.node("alice").connect(now, &id("bob")).unwrap();
+    p.run();
+    p.node("alice").send(now, &id("bob"), b"hi".to_vec(), SendOptions::default()).unwrap();
+    let out = drain(p.node("alice"));
+    let write = out.iter().position(|o| matches!(o, Output::Persist(StoreOp::Put { .. })));
+    let transmit = out.iter().position(|o| matches!(o, Output::Transmit { .. }));
+    assert!(write.unwrap() < transmit.unwrap(), "the frame is stored before it is sent");
+    // Debug output shows keys and lengths, never the stored content.
+    let shown = format!("{out:?}");
+    assert!(shown.contains("f/bob/1") && !shown.contains("\"hi\""), "{shown}");
+}
+
+#[derive(Debug, Clone)]
+enum Step {
+    Send(u8),
+    CrashAlice,
+    CrashBob,
+    CrashAfterWrite(bool),
+    LoseAcks(bool),
+    Cut,
+    Wait(u16),
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        4 => (1u8..6).prop_map(Step::Send),
+        1 => Just(Step::CrashAlice),
+        1 => Just(Step::CrashBob),
+        1 => any::<bool>().prop_map(Step::CrashAfterWrite),
+        1 => any::<bool>().prop_map(Step::LoseAcks),
+        1 => Just(Step::Cut),
+        2 => (1u16..5000).prop_map(Step::Wait),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    /// Whatever crashes and losses come, every message accepted reaches Bob once and in order,
+    /// and Alice hears of its delivery once.
+    #[test]
+    fn crashes_anywhere_lose_and_repeat_nothing(steps in prop::collection::vec(step(), 1..40)) {
+        let mut p = pair(durable());
+        let mut sent = 0usize;
+        for s in steps {
+            match s {
+                Step::Send(n) => {
+                    for _ in 0..n {
+                        let now = p.now;
+                        let body = format!("m-{sent}").into_bytes();
+                        p.node("alice").send(now, &id("bob"), body, SendOptions::default()).unwrap();
+                        sent += 1;
+                    }
+                    p.run();
+                }
+                Step::CrashAlice => { restart(&mut p, "alice", durable()); }
+                Step::CrashBob => { restart(&mut p, "bob", durable()); }
+                Step::CrashAfterWrite(alice) => {
+                    let who = if alice { "alice" } else { "bob" };
+                    p.crash_after_write.insert(who.into(), durable());
+                }
+                Step::LoseAcks(on) => {
+                    p.lose.clear();
+                    if on {
+                        p.lose.push(("bob".into(), MessageType::Ack));
+                    }
+                }
+                Step::Cut => p.cut("alice"),
+                Step::Wait(ms) => p.advance(Duration::from_millis(u64::from(ms))),
+            }
+            // A crash after a write restarts Alice without her route.
+            p.node("alice").add_route(id("bob"), Pump::addr("bob"));
+        }
+        p.lose.clear();
+        p.crash_after_write.clear();
+        p.advance(Duration::from_secs(300));
+        expect_in_order(&p, &[("m", sent)]);
+        let delivered = delivered_ids(&p);
+        let unique: std::collections::BTreeSet<_> = delivered.iter().collect();
+        prop_assert_eq!(unique.len(), sent);
+        prop_assert_eq!(delivered.len(), sent);
+        prop_assert_eq!(kinds_stored(&p, "alice", b'f'), 0);
+    }
+}
