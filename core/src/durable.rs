@@ -291,6 +291,25 @@ impl Restored {
 /// Most epochs one receive-position record may hold.
 const MAX_STORED_EPOCHS: usize = 1024;
 
+/// Checks entries read back from a store as [`Node::restore`](crate::Node::restore) would,
+/// without a node: what `peerlink store check` reports. Returns how many entries of each kind
+/// (by the key's first byte) it read.
+pub fn validate(
+    entries: impl IntoIterator<Item = (Vec<u8>, Vec<u8>)>,
+) -> Result<BTreeMap<char, usize>, StoreError> {
+    let mut counts = BTreeMap::new();
+    let entries: Vec<_> = entries
+        .into_iter()
+        .inspect(|(k, _)| {
+            let kind = k.first().map_or('?', |&b| char::from(b));
+            let n = counts.entry(kind).or_insert(0usize);
+            *n = n.saturating_add(1);
+        })
+        .collect();
+    Restored::parse(entries)?;
+    Ok(counts)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

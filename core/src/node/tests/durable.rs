@@ -315,3 +315,46 @@ proptest! {
         prop_assert_eq!(kinds_stored(&p, "alice", b'f'), 0);
     }
 }
+
+/// A recipient offline for ten minutes, through a relay, while its sender crashes and comes
+/// back: with a message lifetime of an hour, everything arrives once, in order, when the
+/// recipient returns (a deterministic clock: ten simulated minutes).
+#[test]
+fn a_recipient_offline_for_ten_minutes_gets_everything_when_it_returns() {
+    let mut config = durable();
+    config.preference = TransportPreference::WebsocketFirst;
+    let mut p = Pump::new(&[
+        ("relay", NodeConfig::default()),
+        ("alice", config.clone()),
+        ("bob", config.clone()),
+    ]);
+    let relay = |p: &mut Pump, n: &str| {
+        let now = p.now;
+        p.node(n).set_default_route(now, Pump::addr("relay"));
+    };
+    relay(&mut p, "alice");
+    relay(&mut p, "bob");
+    let now = p.now;
+    p.node("bob").connect(now, &id("alice")).unwrap();
+    p.run();
+    send_all(&mut p, 5, "before");
+    expect_in_order(&p, &[("before", 5)]);
+    p.advance(Duration::from_secs(1));
+    assert_eq!(kinds_stored(&p, "alice", b'f'), 0, "{:?}", p.events_of("alice"));
+    // Bob goes away (a laptop closed): his link drops and his node stops running.
+    p.cut("bob");
+    let bob = p.nodes.remove("bob").unwrap();
+    send_all(&mut p, 100, "away");
+    p.advance(Duration::from_secs(240));
+    // Alice crashes half-way and comes back from her store.
+    let summary = p.crash("alice", config.clone());
+    assert_eq!(summary.messages, 100);
+    relay(&mut p, "alice");
+    p.advance(Duration::from_secs(360));
+    assert_eq!(p.messages_at("bob").len(), 5, "nothing reached Bob while he was away");
+    p.nodes.insert("bob".into(), bob);
+    p.advance(Duration::from_secs(120));
+    expect_in_order(&p, &[("before", 5), ("away", 100)]);
+    assert_eq!(delivered_ids(&p).len(), 105);
+    assert_eq!(kinds_stored(&p, "alice", b'f'), 0);
+}
