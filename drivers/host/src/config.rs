@@ -131,6 +131,74 @@ pub struct Config {
     /// Run as one node of a cluster sharing a Redis broker (`docs/cluster.md`). Default: none,
     /// the node runs alone.
     pub cluster: Option<ClusterSettings>,
+    /// Where and how the node keeps its durable state (`docs/storage.md`). Default: in memory
+    /// (nothing survives a restart); the `peerlink` command picks redb unless told otherwise.
+    pub storage: StorageSettings,
+}
+
+/// Which store keeps a node's durable state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum StorageKind {
+    /// A map in memory: nothing survives a restart (the default of [`Config::default`]).
+    #[default]
+    Memory,
+    /// A redb file (`store.redb` in the data directory unless [`StorageSettings::path`] says
+    /// otherwise): what was committed survives a restart, as [`Fsync`] says.
+    Redb,
+}
+
+/// When a commit to a file store is flushed to the disk.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Fsync {
+    /// Every commit is flushed (fsync) before it counts as done: it survives a process crash and
+    /// a power loss. The default.
+    #[default]
+    Always,
+    /// Commits are never flushed while the node runs, only when the store is closed cleanly: a
+    /// process crash or a power loss loses every commit since the store was opened or last
+    /// closed (`docs/storage.md`). For tests and throw-away relays.
+    Never,
+}
+
+/// The durable store's settings (`[storage]` in the configuration file).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StorageSettings {
+    /// Memory (default) or a redb file.
+    pub kind: StorageKind,
+    /// The store file. Default: `store.redb` in the data directory.
+    pub path: Option<PathBuf>,
+    /// When commits are flushed to the disk. Default [`Fsync::Always`].
+    pub fsync: Fsync,
+    /// Bytes of keys and values the store may hold; a commit that would pass it is refused.
+    /// Default 1 GiB.
+    pub max_bytes: u64,
+    /// Entries the store may hold; a commit that would pass it is refused. Default 1 000 000.
+    pub max_entries: u64,
+    /// How long a relay keeps messages for an offline recipient. Default 24 h.
+    pub mailbox_ttl: Duration,
+}
+
+/// The store file's name in the data directory when [`StorageSettings::path`] is not given.
+pub const DEFAULT_STORE_FILE: &str = "store.redb";
+
+impl Default for StorageSettings {
+    fn default() -> Self {
+        Self {
+            kind: StorageKind::Memory,
+            path: None,
+            fsync: Fsync::Always,
+            max_bytes: 1 << 30,
+            max_entries: 1_000_000,
+            mailbox_ttl: Duration::from_secs(24 * 60 * 60),
+        }
+    }
+}
+
+impl StorageSettings {
+    /// The store file: [`path`](Self::path), else `store.redb` in `data_dir`.
+    pub fn file_in(&self, data_dir: &std::path::Path) -> PathBuf {
+        self.path.clone().unwrap_or_else(|| data_dir.join(DEFAULT_STORE_FILE))
+    }
 }
 
 /// Settings of a node that is one of a cluster sharing a Redis broker (`docs/cluster.md`,
@@ -197,6 +265,7 @@ impl Default for Config {
             relay_failover_urls: Vec::new(),
             allowed_origins: Vec::new(),
             cluster: None,
+            storage: StorageSettings::default(),
         }
     }
 }

@@ -11,7 +11,7 @@ use peerlink_core::{EntityId, PublicKey, TrustPolicy};
 use serde::Deserialize;
 
 use crate::broker::BrokerUrl;
-use crate::config::{ClusterSettings, Config, TrustedPeer};
+use crate::config::{ClusterSettings, Config, Fsync, StorageKind, StorageSettings, TrustedPeer};
 
 /// Why a configuration file was refused.
 #[derive(Debug, thiserror::Error)]
@@ -62,6 +62,72 @@ pub struct FileConfig {
     pub relay: Option<PeerSection>,
     /// Run as one node of a cluster (`docs/cluster.md`).
     pub cluster: Option<ClusterSection>,
+    /// The durable store (`docs/storage.md`).
+    #[serde(default)]
+    pub storage: StorageSection,
+}
+
+/// `[storage]`: where and how the node keeps its durable state.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageSection {
+    /// `"redb"` or `"memory"` (default: memory, but the `peerlink` command picks redb).
+    pub kind: Option<String>,
+    /// The store file (default: `store.redb` in the data directory).
+    pub path: Option<PathBuf>,
+    /// `"always"` (default: every commit is flushed to the disk) or `"never"`.
+    pub fsync: Option<String>,
+    /// Bytes of keys and values the store may hold (default 1 GiB).
+    pub max_bytes: Option<u64>,
+    /// Entries the store may hold (default 1 000 000).
+    pub max_entries: Option<u64>,
+    /// Seconds a relay keeps messages for an offline recipient (default 86 400: 24 h).
+    pub mailbox_ttl_secs: Option<u64>,
+}
+
+impl StorageSection {
+    fn to_settings(&self) -> Result<StorageSettings, ConfigError> {
+        let kind = match self.kind.as_deref() {
+            None | Some("memory") => StorageKind::Memory,
+            Some("redb") => StorageKind::Redb,
+            Some(other) => {
+                return Err(bad(
+                    "storage.kind",
+                    format!("{other:?} is not \"redb\" or \"memory\""),
+                ));
+            }
+        };
+        let mut s = StorageSettings { kind, ..StorageSettings::default() };
+        if let Some(path) = &self.path {
+            if path.as_os_str().is_empty() {
+                return Err(bad("storage.path", "must not be empty"));
+            }
+            s.path = Some(path.clone());
+        }
+        s.fsync = match self.fsync.as_deref() {
+            None | Some("always") => Fsync::Always,
+            Some("never") => Fsync::Never,
+            Some(other) => {
+                return Err(bad(
+                    "storage.fsync",
+                    format!("{other:?} is not \"always\" or \"never\""),
+                ));
+            }
+        };
+        let positive = |v: u64, what: &str| {
+            if v == 0 { Err(bad(what, "must be at least 1")) } else { Ok(v) }
+        };
+        if let Some(v) = self.max_bytes {
+            s.max_bytes = positive(v, "storage.max_bytes")?;
+        }
+        if let Some(v) = self.max_entries {
+            s.max_entries = positive(v, "storage.max_entries")?;
+        }
+        if let Some(v) = self.mailbox_ttl_secs {
+            s.mailbox_ttl = Duration::from_secs(positive(v, "storage.mailbox_ttl_secs")?);
+        }
+        Ok(s)
+    }
 }
 
 /// `[cluster]`: this node is one of a cluster sharing a Redis broker.
@@ -331,6 +397,7 @@ impl FileConfig {
         if let Some(cluster) = &self.cluster {
             c.cluster = Some(cluster.to_settings()?);
         }
+        c.storage = self.storage.to_settings()?;
         c.node.validate().map_err(|e| bad("node", e))?;
         c.auth.validate().map_err(|e| bad("auth", e))?;
         Ok(c)
@@ -380,6 +447,45 @@ mod tests {
             let parsed = FileConfig::parse(bad).and_then(|f| f.to_config());
             assert!(parsed.is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_storage_section_sets_the_store() {
+        let text = r#"
+            [storage]
+            kind = "redb"
+            path = "/var/lib/peerlink/node.redb"
+            fsync = "never"
+            max_bytes = 1048576
+            max_entries = 500
+            mailbox_ttl_secs = 3600
+        "#;
+        let s = FileConfig::parse(text).unwrap().to_config().unwrap().storage;
+        assert_eq!(s.kind, StorageKind::Redb);
+        assert_eq!(s.path.as_deref(), Some(Path::new("/var/lib/peerlink/node.redb")));
+        assert_eq!(s.fsync, Fsync::Never);
+        assert_eq!((s.max_bytes, s.max_entries), (1 << 20, 500));
+        assert_eq!(s.mailbox_ttl, Duration::from_secs(3600));
+        let none = FileConfig::parse("").unwrap().to_config().unwrap().storage;
+        assert_eq!(none, StorageSettings::default(), "memory unless told otherwise");
+        assert_eq!(none.file_in(Path::new("home")), Path::new("home").join("store.redb"));
+        let some = FileConfig::parse("[storage]\nkind = \"redb\"").unwrap().to_config().unwrap();
+        assert_eq!(some.storage.fsync, Fsync::Always, "absent fields keep their defaults");
+        for bad in [
+            "[storage]\nkind = \"sled\"",
+            "[storage]\nfsync = \"sometimes\"",
+            "[storage]\nmax_bytes = 0",
+            "[storage]\nmax_entries = 0",
+            "[storage]\nmailbox_ttl_secs = 0",
+            "[storage]\npath = \"\"",
+            "[storage]\nmax_bytes = -1",
+            "[storage]\nfile = \"x\"",
+        ] {
+            let parsed = FileConfig::parse(bad).and_then(|f| f.to_config());
+            assert!(parsed.is_err(), "{bad}");
+        }
+        let err = FileConfig::parse("[storage]\nkind = \"sled\"").unwrap().to_config();
+        assert!(err.unwrap_err().to_string().contains("storage.kind"));
     }
 
     #[test]

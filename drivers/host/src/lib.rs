@@ -18,7 +18,8 @@
 // (doc links included) makes a cycle between two modules.
 
 // The executor, and what needs no node task: TLS, keys, configuration, the clock, errors,
-// delivery results and handlers, the metrics' snapshot, and the Redis broker's connection.
+// delivery results and handlers, the metrics' snapshot, the Redis broker's connection, and the
+// durable store (with its writer thread).
 pub mod broker;
 mod clock;
 pub mod config;
@@ -32,6 +33,7 @@ pub mod rt;
 pub mod runtime;
 #[cfg(any(test, feature = "smol"))]
 pub mod smol_runtime;
+pub mod store;
 pub mod tls;
 
 // A link's plumbing: its bounded send queue, and its socket that writes a batch at once.
@@ -60,7 +62,10 @@ mod driver;
 mod api;
 
 pub use api::{NodeService, Peerlink};
-pub use config::{ClusterSettings, Config, DriverLimits, TlsFiles, TrustedPeer};
+pub use config::{
+    ClusterSettings, Config, DriverLimits, Fsync, StorageKind, StorageSettings, TlsFiles,
+    TrustedPeer,
+};
 pub use delivery::{TransportResult, Undelivered};
 pub use error::ApiError;
 pub use handle::Handle;
