@@ -18,8 +18,11 @@ use peerlink_core::transport::TransportPreference;
 use peerlink_core::{EntityId, Event, PublicKey, TrustPolicy};
 use peerlink_host::broker::BrokerUrl;
 use peerlink_host::config_file::FileConfig;
+use peerlink_host::store::StoreFailure;
 use peerlink_host::tls::rustls;
-use peerlink_host::{ApiError, ClusterSettings, Config, Peerlink, Rt, TrustedPeer, keys};
+use peerlink_host::{
+    ApiError, ClusterSettings, Config, Peerlink, Rt, StorageKind, TrustedPeer, keys, store,
+};
 
 /// A peerlink node and its tools.
 #[derive(Parser)]
@@ -196,6 +199,38 @@ impl Default for ClusterArgs {
 /// `EX_UNAVAILABLE`).
 const EXIT_BROKER_UNAVAILABLE: u8 = 69;
 
+/// Exit code of a store that is corrupt, holds a corrupt entry, or was written by a newer
+/// peerlink (sysexits' `EX_DATAERR`).
+const EXIT_DATA_ERROR: u8 = 65;
+
+/// Exit code of a store that cannot be read (sysexits' `EX_IOERR`).
+const EXIT_IO_ERROR: u8 = 74;
+
+/// Exit code of a store another process has open (sysexits' `EX_TEMPFAIL`).
+const EXIT_LOCKED: u8 = 75;
+
+/// Where a node keeps its durable state (`--storage`, overriding `[storage] kind`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Storage {
+    /// In memory: nothing survives a restart.
+    Memory,
+    /// In a redb file (`store.redb` in the data directory, or `[storage] path`).
+    Redb,
+}
+
+/// `peerlink store …`.
+#[derive(Subcommand)]
+enum StoreCommand {
+    /// Check a store file without running a node, and print what it holds: its size, format,
+    /// integrity, entries and bytes by kind, and whether a node can restore from them. Exit
+    /// codes: 0 sound, 65 corrupt (or a corrupt entry, or written by a newer peerlink), 74
+    /// unreadable, 75 locked (a node has it open).
+    Check {
+        /// The store file [default: `[storage] path`, else store.redb in the data directory].
+        path: Option<PathBuf>,
+    },
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Create the identity (if there is none) and print its entity id and public key.
@@ -218,6 +253,9 @@ enum Command {
         /// Be one node of a cluster (docs/cluster.md).
         #[command(flatten)]
         cluster: ClusterArgs,
+        /// Where the node keeps its durable state [default: `[storage] kind`, else redb].
+        #[arg(long, value_enum)]
+        storage: Option<Storage>,
     },
     /// Run a node and print every message that arrives, one per line.
     ///
@@ -233,6 +271,9 @@ enum Command {
         /// Be reachable through a relay (and reach peers without a URL through it).
         #[command(flatten)]
         relay: RelayArgs,
+        /// Where the node keeps its durable state [default: `[storage] kind`, else redb].
+        #[arg(long, value_enum)]
+        storage: Option<Storage>,
     },
     /// Send one message to a peer and wait until it is delivered.
     Send {
@@ -320,6 +361,11 @@ enum Command {
         #[arg(long)]
         list: bool,
     },
+    /// Inspect a node's durable store (docs/storage.md).
+    Store {
+        #[command(subcommand)]
+        command: StoreCommand,
+    },
     /// Print a node's health and metrics.
     Status {
         /// The node's HTTP base URL.
@@ -373,6 +419,12 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
+            if let Some(failure) = e.downcast_ref::<StoreFailure>() {
+                return ExitCode::from(store_exit_code(failure));
+            }
+            if let Some(CliError::CorruptEntry { .. }) = e.downcast_ref::<CliError>() {
+                return ExitCode::from(EXIT_DATA_ERROR);
+            }
             match e.downcast_ref::<ApiError>() {
                 Some(ApiError::Cluster(_)) => ExitCode::from(EXIT_BROKER_UNAVAILABLE),
                 _ => ExitCode::FAILURE,
@@ -397,6 +449,30 @@ fn cluster_settings(args: &ClusterArgs, config: &mut Config) -> Fallible<()> {
         c.name = Some(entity("--cluster-name", name)?);
     }
     Ok(())
+}
+
+/// The store a node of `serve` or `listen` uses: `--storage`, else the config file's
+/// `[storage] kind`, else redb (the command keeps its state across restarts by default; a node
+/// embedded with `Config::default()` keeps it in memory).
+fn storage_kind(flag: Option<Storage>, file: &FileConfig) -> StorageKind {
+    match flag {
+        Some(Storage::Memory) => StorageKind::Memory,
+        Some(Storage::Redb) => StorageKind::Redb,
+        None => match file.storage.kind.as_deref() {
+            Some("memory") => StorageKind::Memory,
+            _ => StorageKind::Redb,
+        },
+    }
+}
+
+/// The exit code of a store failure: 65 for data that cannot be used, 75 for a store in use,
+/// 74 for the rest.
+fn store_exit_code(failure: &StoreFailure) -> u8 {
+    match failure {
+        StoreFailure::Corrupt { .. } | StoreFailure::NewerVersion { .. } => EXIT_DATA_ERROR,
+        StoreFailure::Locked { .. } => EXIT_LOCKED,
+        _ => EXIT_IO_ERROR,
+    }
 }
 
 fn file_config(cli: &Cli) -> Fallible<FileConfig> {
@@ -459,6 +535,12 @@ enum CliError {
          through {found} as a relay, use --relay {url} instead of --url"
     )]
     NotThePeer { url: String, found: String, to: String },
+    /// `peerlink store check` found an entry a node cannot restore from.
+    #[error(
+        "the store at {path} holds an entry a node cannot restore from (above): move the file \
+         away to start over with an empty store (what it held is lost)"
+    )]
+    CorruptEntry { path: String },
 }
 
 fn entity(what: &'static str, value: &str) -> Result<EntityId, CliError> {
@@ -636,14 +718,16 @@ async fn run(cli: Cli) -> Fallible<()> {
         RelayArgs { relay: None, relay_id: None, relay_key: None, relay_failover: Vec::new() };
     let no_cluster = ClusterArgs::default();
     let command =
-        cli.command.as_ref().map_or(("serve", None, false, &no_relay, &no_cluster), |c| match c {
-            Command::Serve { listen, open, relay, cluster } => {
-                ("serve", *listen, *open, relay, cluster)
+        cli.command.as_ref().map_or(("serve", None, false, &no_relay, &no_cluster, None), |c| {
+            match c {
+                Command::Serve { listen, open, relay, cluster, storage } => {
+                    ("serve", *listen, *open, relay, cluster, *storage)
+                }
+                Command::Listen { listen, open, relay, storage } => {
+                    ("listen", *listen, *open, relay, &no_cluster, *storage)
+                }
+                _ => ("other", None, false, &no_relay, &no_cluster, None),
             }
-            Command::Listen { listen, open, relay } => {
-                ("listen", *listen, *open, relay, &no_cluster)
-            }
-            _ => ("other", None, false, &no_relay, &no_cluster),
         });
     match &cli.command {
         Some(Command::Keygen { id }) => {
@@ -653,9 +737,10 @@ async fn run(cli: Cli) -> Fallible<()> {
             Ok(())
         }
         None | Some(Command::Serve { .. }) | Some(Command::Listen { .. }) => {
-            let (name, listen, open, relay, cluster) = command;
+            let (name, listen, open, relay, cluster, storage) = command;
             let mut config = file.to_config()?;
             cluster_settings(cluster, &mut config)?;
+            config.storage.kind = storage_kind(storage, &file);
             if let Some(l) = listen {
                 config.listen = l;
             }
@@ -815,6 +900,19 @@ async fn run(cli: Cli) -> Fallible<()> {
                 Err(format!("{} of {} cases failed", report.failed(), report.cases.len()).into())
             }
         }
+        Some(Command::Store { command: StoreCommand::Check { path } }) => {
+            let path = match path {
+                Some(p) => p.clone(),
+                None => file.to_config()?.storage.file_in(&data_dir(&cli, &file)),
+            };
+            let report = store::check(&path)?;
+            println!("{report}");
+            if report.is_ok() {
+                Ok(())
+            } else {
+                Err(CliError::CorruptEntry { path: path.display().to_string() }.into())
+            }
+        }
         Some(Command::Status { url }) => {
             let base = url.trim_end_matches('/');
             let (s, body) =
@@ -876,10 +974,13 @@ async fn serve(
     let base_name =
         config.cluster.as_ref().map(|c| c.name.clone().unwrap_or_else(|| identity.id().clone()));
     let mut nodes: Vec<peerlink_host::Handle> = Vec::new();
+    let store_file = config.storage.file_in(&data_dir(cli, file));
     for i in 1..=workers.max(1) {
         let mut config = config.clone();
         if workers > 1 {
             config.reuse_port = true;
+            // Each worker is a node of its own, with a store of its own: store-1.redb, …
+            config.storage.path = Some(worker_store(&store_file, i));
             if let (Some(c), Some(base)) = (&mut config.cluster, &base_name) {
                 c.name = Some(entity("--cluster-name", &format!("{base}-{i}"))?);
             }
@@ -925,6 +1026,16 @@ async fn serve(
     }
     Ok(())
 }
+/// The store file of worker `i` of `--workers`: `NAME-i.EXT` beside `file`.
+fn worker_store(file: &std::path::Path, i: u16) -> PathBuf {
+    let stem = file.file_stem().map_or_else(|| "store".into(), |s| s.to_string_lossy());
+    let name = match file.extension() {
+        Some(ext) => format!("{stem}-{i}.{}", ext.to_string_lossy()),
+        None => format!("{stem}-{i}"),
+    };
+    file.with_file_name(name)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -969,6 +1080,27 @@ mod tests {
         assert!(parse(&["publish", "news", "{}"]).is_err(), "--to and --key, or --relay");
         assert!(parse(&["publish", "--relay", "http://r", "--url", "http://u", "t", "1"]).is_err());
         assert!(parse(&["publish", "--relay", "http://r", "news"]).is_err(), "no data");
+    }
+
+    #[test]
+    fn the_command_keeps_its_state_in_redb_unless_told_otherwise() {
+        let none = FileConfig::default();
+        assert_eq!(storage_kind(None, &none), StorageKind::Redb);
+        assert_eq!(storage_kind(Some(Storage::Memory), &none), StorageKind::Memory);
+        let memory = FileConfig::parse("[storage]\nkind = \"memory\"").unwrap();
+        assert_eq!(storage_kind(None, &memory), StorageKind::Memory);
+        assert_eq!(storage_kind(Some(Storage::Redb), &memory), StorageKind::Redb);
+        let cli = parse(&["serve", "--storage", "memory"]).unwrap();
+        let Some(Command::Serve { storage, .. }) = cli.command else { panic!("not serve") };
+        assert_eq!(storage, Some(Storage::Memory));
+        assert!(parse(&["listen", "--storage", "sled"]).is_err());
+        let cli = parse(&["store", "check", "x.redb"]).unwrap();
+        let Some(Command::Store { command: StoreCommand::Check { path } }) = cli.command else {
+            panic!("not store check")
+        };
+        assert_eq!(path, Some(PathBuf::from("x.redb")));
+        let file = std::path::Path::new("home/store.redb");
+        assert_eq!(worker_store(file, 2), std::path::Path::new("home/store-2.redb"));
     }
 
     #[test]
