@@ -977,6 +977,7 @@ async fn serve(
     let store_file = config.storage.file_in(&data_dir(cli, file));
     for i in 1..=workers.max(1) {
         let mut config = config.clone();
+        config.storage.path = Some(store_file.clone());
         if workers > 1 {
             config.reuse_port = true;
             // Each worker is a node of its own, with a store of its own: store-1.redb, …

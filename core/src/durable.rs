@@ -17,6 +17,7 @@
 //! | `f` ‖ peer ‖ `0x00` ‖ no (8 bytes, big-endian) | header JSON ‖ `\n` ‖ body | one accepted frame not yet acknowledged or given up |
 //! | `r` ‖ peer ‖ `0x00` | `{"epochs":[[E,N],…]}` | the receive positions of `peer`'s streams: for each epoch, the next frame number to deliver |
 //! | `a` ‖ peer ‖ `0x00` ‖ no (8 bytes, big-endian) | header JSON ‖ `\n` ‖ body | one chunk of a message from `peer` being reassembled, already counted in its receive position |
+//! | `t` ‖ node ‖ `0x00` | `{"topics":[…]}` | the topics the application subscribed to at the next hop `node` |
 //!
 //! Entity ids never contain `0x00` (spec §3), so a key splits without ambiguity. Everything
 //! read back is checked as hostile input: a malformed entry is a [`StoreError`], never a panic.
@@ -110,6 +111,8 @@ pub(crate) mod kind {
     pub const RECV: u8 = b'r';
     /// A chunk held for reassembly.
     pub const CHUNK: u8 = b'a';
+    /// Subscriptions at a next hop.
+    pub const TOPICS: u8 = b't';
 }
 
 /// `kind ‖ entity ‖ 0x00`.
@@ -213,6 +216,16 @@ pub(crate) fn decode_with_body<T: for<'de> Deserialize<'de>>(
 /// Largest record header read back, in bytes.
 const MAX_RECORD_HEADER: usize = 2048;
 
+/// The topics subscribed to at one next hop.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct TopicsRecord {
+    pub topics: Vec<String>,
+}
+
+/// Most topics one subscription record may hold.
+const MAX_STORED_TOPICS: usize = 10_000;
+
 /// One peer's stored state, read back.
 #[derive(Debug, Default)]
 pub(crate) struct PeerRecords {
@@ -220,6 +233,7 @@ pub(crate) struct PeerRecords {
     pub frames: BTreeMap<u64, (FrameRecord, Vec<u8>)>,
     pub recv: Option<RecvRecord>,
     pub chunks: BTreeMap<u64, (ChunkRecord, Vec<u8>)>,
+    pub topics: Vec<String>,
 }
 
 /// Everything read back, by peer: what [`Node::restore`](crate::Node::restore) rebuilds the
@@ -280,6 +294,16 @@ impl Restored {
                         return Err(corrupt("not a chunk of the number in its key"));
                     }
                     peer.chunks.insert(no, chunk);
+                }
+                (kind::TOPICS, None) => {
+                    let r: TopicsRecord =
+                        serde_json::from_slice(&value).map_err(|e| corrupt(&e.to_string()))?;
+                    if r.topics.len() > MAX_STORED_TOPICS
+                        || !r.topics.iter().all(|t| crate::node::valid_topic(t))
+                    {
+                        return Err(corrupt("too many topics, or an invalid topic name"));
+                    }
+                    peer.topics = r.topics;
                 }
                 _ => return Err(corrupt("unknown record kind")),
             }

@@ -23,7 +23,7 @@ use super::{Node, Output, SendError};
 use crate::chunking::Chunk;
 use crate::durable::{
     ChunkRecord, FrameRecord, RecvRecord, Restored, StoreError, StoreOp, StreamRecord,
-    encode_with_body, key_of, kind, numbered_key,
+    TopicsRecord, encode_with_body, key_of, kind, numbered_key,
 };
 use crate::error::UsageError;
 use crate::ids::EntityId;
@@ -41,6 +41,8 @@ pub struct RestoreSummary {
     pub expired: usize,
     /// Chunks of partly received messages.
     pub chunks: usize,
+    /// Topic subscriptions at next hops, renewed.
+    pub subscriptions: usize,
 }
 
 impl Node {
@@ -85,6 +87,24 @@ impl Node {
         for op in ops {
             self.persist(op);
         }
+    }
+
+    /// Stores the topics the application holds at the next hop `node`.
+    pub(super) fn persist_topics(&mut self, node: &EntityId) {
+        if !self.config.durable {
+            return;
+        }
+        let topics = self.topics.remote(node);
+        let key = key_of(kind::TOPICS, node);
+        let op = if topics.is_empty() {
+            StoreOp::Delete { key }
+        } else {
+            StoreOp::Put {
+                key,
+                value: serde_json::to_vec(&TopicsRecord { topics }).unwrap_or_default(),
+            }
+        };
+        self.persist(op);
     }
 
     /// Deletes the stored copies of the frames `peer`'s outbox dropped since last time.
@@ -181,17 +201,42 @@ impl Node {
                 "restore needs a node with NodeConfig::durable set",
             )));
         }
-        if !self.peers.is_empty() {
+        let restored = Restored::parse(entries)?;
+        if restored.peers.keys().any(|p| self.peers.contains_key(p)) {
             return Err(RestoreError::Usage(UsageError::InvalidConfig(
-                "restore must come before any other input",
+                "restore must come before anything is sent or received",
             )));
         }
-        let restored = Restored::parse(entries)?;
-        if restored.peers.len() > self.config.max_peers {
+        if restored.peers.len() > self.config.max_peers.saturating_add(self.config.max_links) {
             return Err(StoreError::OverLimit("more peers than max_peers").into());
         }
         let mut summary = RestoreSummary::default();
         for (peer, records) in restored.peers {
+            // Subscriptions at a next hop: renewed at once if the hop is configured, else kept
+            // until it is (sent when its link comes up).
+            if !records.topics.is_empty() {
+                summary.subscriptions = summary.subscriptions.saturating_add(records.topics.len());
+                let topics = records.topics.clone();
+                self.topics.restore_remote(peer.clone(), records.topics);
+                if let Some(h) = self.hops.get_mut(&peer) {
+                    h.wanted = true;
+                    for topic in &topics {
+                        self.send_subscription(
+                            now,
+                            &peer,
+                            topic,
+                            crate::message_type::MessageType::Subscribe,
+                        );
+                    }
+                }
+            }
+            if records.stream.is_none()
+                && records.frames.is_empty()
+                && records.recv.is_none()
+                && records.chunks.is_empty()
+            {
+                continue;
+            }
             self.ensure_peer(now, &peer).map_err(|e| match e {
                 SendError::LimitReached(what) => RestoreError::Store(StoreError::OverLimit(what)),
                 _ => RestoreError::Store(StoreError::OverLimit("max_peers")),

@@ -56,6 +56,7 @@ pub use durability::{RestoreError, RestoreSummary};
 pub use input::{Handled, Input};
 pub use io::{Event, HttpCall, HttpMethod, LinkId, LinkKind, Output, RequestId};
 pub use stats::TransportStats;
+pub(crate) use topics::valid_topic;
 
 use crate::error::UsageError;
 use crate::handshake::HandshakeConfig;

@@ -57,6 +57,11 @@ impl Topics {
         self.subscribers.keys()
     }
 
+    /// Sets what the application subscribed to on `hop` (a durable node's restore).
+    pub fn restore_remote(&mut self, hop: EntityId, topics: Vec<String>) {
+        self.remote.insert(hop, topics.into_iter().collect());
+    }
+
     /// Topics the application subscribed to on `hop`.
     pub fn remote(&self, hop: &EntityId) -> Vec<String> {
         self.remote.get(hop).map(|s| s.iter().cloned().collect()).unwrap_or_default()
@@ -285,10 +290,13 @@ impl Node {
             return Err(SendError::Unreachable(node.clone()));
         }
         let set = self.topics.remote.entry(node.clone()).or_default();
-        if kind == MessageType::Subscribe {
-            set.insert(topic.to_owned());
+        let changed = if kind == MessageType::Subscribe {
+            set.insert(topic.to_owned())
         } else {
-            set.remove(topic);
+            set.remove(topic)
+        };
+        if changed {
+            self.persist_topics(node);
         }
         if let Some(h) = self.hops.get_mut(node) {
             h.wanted = true;

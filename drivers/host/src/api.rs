@@ -20,7 +20,7 @@ use crate::broker::Broker;
 use crate::client::ClientCtx;
 use crate::clock::Clock;
 use crate::cluster::{ClusterTask, MailboxBounds};
-use crate::config::Config;
+use crate::config::{Config, StorageKind};
 use crate::error::{ApiError, ListenError};
 use crate::handle::Handle;
 use crate::metrics::ClusterCounters;
@@ -145,6 +145,16 @@ impl Peerlink {
                 name: c.name.clone(),
             });
         }
+        let durable = config.storage.kind == StorageKind::Redb;
+        if durable {
+            node_config.durable = true;
+            // Messages wait for an offline recipient as long as the storage settings say, and a
+            // peer's receive positions outlive that (spec §26.4).
+            node_config.stream.send_timeout = config.storage.mailbox_ttl;
+            node_config.peer_idle_timeout = node_config
+                .peer_idle_timeout
+                .max(config.storage.mailbox_ttl.saturating_add(MIN_IDLE_MARGIN));
+        }
         let mut node = Node::new(node_config, identity, config.trust_store(), seeded()?)
             .map_err(ApiError::Usage)?;
         let clock = Clock::new();
@@ -163,6 +173,8 @@ impl Peerlink {
             }
         }
 
+        // After the routes: subscriptions restored at a next hop are renewed at once.
+        let store = if durable { Some(open_store(&config, &mut node, &clock)?) } else { None };
         let (inputs, rx) = async_channel::bounded(config.limits.input_queue.max(1));
         let cluster = match (broker, &config.cluster) {
             (Some(broker), Some(settings)) => {
@@ -218,6 +230,10 @@ impl Peerlink {
             up: BTreeSet::new(),
             closing: BTreeSet::new(),
             cluster,
+            store,
+            store_stats: Default::default(),
+            store_failed: None,
+            deferred: Vec::new(),
         };
         let route_ctx = Arc::new(RouteCtx {
             inputs: inputs.clone(),
@@ -260,4 +276,31 @@ impl NodeService {
     pub async fn call<B: RequestBody + Unpin>(&self, req: Request<B>) -> Response<Full<Bytes>> {
         answer(&self.ctx, req.map(Exclusive::new)).await
     }
+}
+
+/// How much longer than the message lifetime a durable node remembers an idle peer.
+const MIN_IDLE_MARGIN: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// Opens a durable node's store, rebuilds the node from what it holds, and starts its writer.
+fn open_store(
+    config: &Config,
+    node: &mut Node,
+    clock: &Clock,
+) -> Result<crate::store::StoreWriter, ApiError> {
+    let mut store = crate::store::open(&config.storage, std::path::Path::new("."))?;
+    let entries = store.load()?;
+    let count = entries.len();
+    let summary = node.restore(clock.now(), entries).map_err(ApiError::Restore)?;
+    tracing::info!(
+        entries = count,
+        peers = summary.peers,
+        messages = summary.messages,
+        expired = summary.expired,
+        chunks = summary.chunks,
+        subscriptions = summary.subscriptions,
+        "store opened"
+    );
+    let path = config.storage.file_in(std::path::Path::new("."));
+    crate::store::StoreWriter::spawn(store)
+        .map_err(|source| ApiError::Store(crate::store::StoreFailure::Io { path, source }))
 }

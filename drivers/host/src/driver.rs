@@ -116,54 +116,98 @@ impl Core {
         self.node.shutdown(now);
     }
 
-    /// Carries out every output the node has.
+    /// Carries out every output the node has. On a durable node (spec §26.2) the writes among
+    /// them are made durable together, in one transaction (group commit), and every output
+    /// queued after the first write waits for that commit, except events, which go to the
+    /// application at once; so do the answers to the application's calls ([`Core::deferred`]).
+    /// A failed commit stops the node (see [`Core::store_failed`]).
     async fn drain(&mut self) {
-        while let Some(out) = self.node.poll_output() {
-            tracing::trace!(output = %out.describe(), "node output");
-            match out {
-                Output::Transmit { link, frame } => self.transmit(link, frame),
-                Output::OpenLink { link, url, kind, node } => self.open_link(link, url, kind, node),
-                Output::CloseLink { link, reason } => {
-                    if let Some((_, h)) = self.links.get(&link) {
-                        let _ = h.kill.try_send(reason);
-                        // A link that is up writes what is queued on it, then closes: a
-                        // shutdown waits for that (a link still connecting writes nothing).
-                        let up = !self.outbound.contains(&link) || self.up.contains(&link);
-                        if self.stopping && up {
-                            self.closing.insert(link);
-                        }
-                    }
-                    self.forget_link(link);
+        loop {
+            let (mut writes, mut held, mut any) = (Vec::new(), Vec::new(), false);
+            while let Some(out) = self.node.poll_output() {
+                tracing::trace!(output = %out.describe(), "node output");
+                any = true;
+                match out {
+                    Output::Persist(op) => writes.push(op),
+                    Output::Event(e) => self.event(e).await,
+                    out if writes.is_empty() => self.carry(out),
+                    out => held.push(out),
                 }
-                Output::HttpRequest { request, method, url, node, body } => {
-                    if self.stopping {
-                        continue;
-                    }
-                    let ctx = Arc::clone(&self.client);
-                    let inputs = self.inputs.clone();
-                    let poll_wait = self.node.config().poll_wait;
-                    self.client.rt.spawn(Box::pin(async move {
-                        let result =
-                            client::node_request(&ctx, &node, method, &url, body, poll_wait).await;
-                        let _ = inputs.send(Input::HttpResult { request, result }).await;
-                    }));
-                }
-                Output::HttpRespond { request, status, body } => {
-                    if let Some((caller, reply)) = self.pending_http.remove(&request)
-                        && let Err(TrySendError::Closed((_, body))) = reply.try_send((status, body))
-                    {
-                        // The caller's connection is gone (a stopped client's long poll): what
-                        // the answer carried goes back to its mailbox (spec §21).
-                        tracing::debug!(%caller, ?request, "HTTP caller gone; answer kept");
-                        let now = self.clock.now();
-                        let _ =
-                            self.feed(now, NodeInput::HttpAnswerLost { to: caller, body: &body });
-                    }
-                }
-                Output::Event(e) => self.event(e).await,
-                Output::Cluster(action) => self.cluster_action(action),
-                Output::Persist(_) => {}
             }
+            if !any {
+                break;
+            }
+            if !writes.is_empty()
+                && let Some(store) = &self.store
+            {
+                match store.commit(writes).await {
+                    Ok(stats) => self.store_stats.add(&stats),
+                    Err(e) => {
+                        tracing::error!(
+                            error = %e,
+                            "the store refused a write: the node stops so that nothing it \
+                             accepted is lost; the calls of this batch were not accepted"
+                        );
+                        self.store_failed = Some(e.to_string());
+                        self.deferred.clear();
+                        return;
+                    }
+                }
+            }
+            // Carrying these out may give the node more to do (a lost HTTP answer), hence the
+            // loop.
+            for out in held {
+                self.carry(out);
+            }
+        }
+        for reply in std::mem::take(&mut self.deferred) {
+            reply();
+        }
+    }
+
+    /// Carries out one output other than an event or a write.
+    fn carry(&mut self, out: Output) {
+        match out {
+            Output::Transmit { link, frame } => self.transmit(link, frame),
+            Output::OpenLink { link, url, kind, node } => self.open_link(link, url, kind, node),
+            Output::CloseLink { link, reason } => {
+                if let Some((_, h)) = self.links.get(&link) {
+                    let _ = h.kill.try_send(reason);
+                    // A link that is up writes what is queued on it, then closes: a
+                    // shutdown waits for that (a link still connecting writes nothing).
+                    let up = !self.outbound.contains(&link) || self.up.contains(&link);
+                    if self.stopping && up {
+                        self.closing.insert(link);
+                    }
+                }
+                self.forget_link(link);
+            }
+            Output::HttpRequest { request, method, url, node, body } => {
+                if self.stopping {
+                    return;
+                }
+                let ctx = Arc::clone(&self.client);
+                let inputs = self.inputs.clone();
+                let poll_wait = self.node.config().poll_wait;
+                self.client.rt.spawn(Box::pin(async move {
+                    let result =
+                        client::node_request(&ctx, &node, method, &url, body, poll_wait).await;
+                    let _ = inputs.send(Input::HttpResult { request, result }).await;
+                }));
+            }
+            Output::HttpRespond { request, status, body } => {
+                if let Some((caller, reply)) = self.pending_http.remove(&request)
+                    && let Err(TrySendError::Closed((_, body))) = reply.try_send((status, body))
+                {
+                    // The caller's connection is gone (a stopped client's long poll): what
+                    // the answer carried goes back to its mailbox (spec §21).
+                    tracing::debug!(%caller, ?request, "HTTP caller gone; answer kept");
+                    let now = self.clock.now();
+                    let _ = self.feed(now, NodeInput::HttpAnswerLost { to: caller, body: &body });
+                }
+            }
+            Output::Cluster(action) => self.cluster_action(action),
+            Output::Event(_) | Output::Persist(_) => {}
         }
     }
 
@@ -350,13 +394,28 @@ pub(crate) async fn run(mut core: Core, inputs: Receiver<Input>) {
             }
         }
         core.drain().await;
+        if core.store_failed.is_some() {
+            break;
+        }
         if let Some(reply) = done {
             wait_for_closing(&mut core, inputs.as_mut(), &*rt).await;
+            // A caller of `shutdown` may start the node again at once: its store is released.
+            close_store(&mut core).await;
             let _ = reply.try_send(());
             break;
         }
     }
     refuse_queued(&*inputs);
+    close_store(&mut core).await;
+}
+
+/// Waits for the store's writer to finish and releases its file.
+async fn close_store(core: &mut Core) {
+    if let Some(store) = core.store.take()
+        && let Err(e) = store.close().await
+    {
+        tracing::error!(error = %e, "closing the store failed");
+    }
 }
 
 /// Closes the node task's queue and drops what is still in it. An input carries the sender its

@@ -39,6 +39,12 @@ pub enum ApiError {
     /// A cluster node could not reach its broker at start (`Config::cluster`).
     #[error("cluster: {0}")]
     Cluster(#[from] crate::broker::BrokerError),
+    /// A durable node's store cannot be opened or read (`Config::storage`, `docs/storage.md`).
+    #[error("store: {0}")]
+    Store(#[from] crate::store::StoreFailure),
+    /// What a durable node's store holds cannot be used (`peerlink store check` says more).
+    #[error("store: {0}")]
+    Restore(peerlink_core::node::RestoreError),
 }
 
 /// Why the listener refuses to start.

@@ -62,7 +62,15 @@ impl Handle {
     ) -> Result<T, ApiError> {
         let (tx, rx) = async_channel::bounded(1);
         let call: crate::state::Call = Box::new(move |core, now| {
-            let _ = tx.try_send(f(core, now));
+            let result = f(core, now);
+            // On a durable node the answer waits for the commit of what the call wrote.
+            if core.store.is_some() {
+                core.deferred.push(Box::new(move || {
+                    let _ = tx.try_send(result);
+                }));
+            } else {
+                let _ = tx.try_send(result);
+            }
         });
         self.inputs.send(Input::Call(call)).await.map_err(|_| ApiError::Stopped)?;
         rx.recv().await.map_err(|_| ApiError::Stopped)

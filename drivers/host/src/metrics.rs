@@ -34,6 +34,25 @@ pub struct Snapshot {
     pub events_dropped: u64,
     /// The node's view of its cluster; `None` when it runs alone.
     pub cluster: Option<ClusterSnapshot>,
+    /// A durable node's store; `None` when the node keeps everything in memory.
+    pub store: Option<StoreSnapshot>,
+}
+
+/// A durable node's store counters (`/metrics`' `peerlink_store_*`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoreSnapshot {
+    /// Transactions committed (each a group of writes).
+    pub commits: u64,
+    /// Writes (puts and deletes) committed.
+    pub writes: u64,
+    /// Bytes of keys and values written.
+    pub bytes_written: u64,
+    /// Flushes to the disk waited for.
+    pub fsyncs: u64,
+    /// Entries held now.
+    pub entries: u64,
+    /// Bytes held now (keys and values).
+    pub bytes: u64,
 }
 
 /// A cluster node's broker counters (`/metrics`' `peerlink_cluster_*`).
@@ -303,7 +322,25 @@ pub fn render(s: &Snapshot) -> String {
     if let Some(c) = &s.cluster {
         render_cluster(&mut out, c);
     }
+    if let Some(st) = &s.store {
+        render_store(&mut out, st);
+    }
     out
+}
+
+/// The `peerlink_store_*` families, present on a durable node only.
+fn render_store(out: &mut String, s: &StoreSnapshot) {
+    let families: [(&str, &str, &str, u64); 6] = [
+        ("commits_total", "counter", "Transactions committed (groups of writes).", s.commits),
+        ("writes_total", "counter", "Puts and deletes committed.", s.writes),
+        ("written_bytes_total", "counter", "Bytes of keys and values written.", s.bytes_written),
+        ("fsyncs_total", "counter", "Flushes to the disk the commits waited for.", s.fsyncs),
+        ("entries", "gauge", "Entries the store holds.", s.entries),
+        ("bytes", "gauge", "Bytes of keys and values the store holds.", s.bytes),
+    ];
+    for (name, kind, help, value) in families {
+        metric(out, &format!("peerlink_store_{name}"), kind, help, &[("", value)]);
+    }
 }
 
 /// The `peerlink_cluster_*` families, present on a cluster node only.

@@ -150,6 +150,33 @@ pub(crate) struct Core {
     pub closing: BTreeSet<LinkId>,
     /// The cluster's broker task, on a cluster node.
     pub cluster: Option<ClusterLink>,
+    /// A durable node's store (`Config::storage`), written in groups by `drain`.
+    pub store: Option<crate::store::StoreWriter>,
+    /// What the store's commits did, for the metrics.
+    pub store_stats: StoreTotals,
+    /// Set when a commit failed: the node task stops (the reason is logged).
+    pub store_failed: Option<String>,
+    /// Answers to the application's calls, held on a durable node until the writes of the
+    /// calls' batch are committed (what `send` accepted is on disk when it returns).
+    pub deferred: Vec<Box<dyn FnOnce() + Send>>,
+}
+
+/// Totals of a durable node's commits.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct StoreTotals {
+    pub commits: u64,
+    pub ops: u64,
+    pub bytes: u64,
+    pub fsyncs: u64,
+}
+
+impl StoreTotals {
+    pub fn add(&mut self, stats: &crate::store::CommitStats) {
+        self.commits = self.commits.saturating_add(1);
+        self.ops = self.ops.saturating_add(u64::try_from(stats.ops).unwrap_or(u64::MAX));
+        self.bytes = self.bytes.saturating_add(stats.bytes_written);
+        self.fsyncs = self.fsyncs.saturating_add(u64::from(stats.fsyncs));
+    }
 }
 
 impl Core {
@@ -197,6 +224,17 @@ impl Core {
             slow_readers_disconnected: self.slow_readers,
             events_dropped: self.events_dropped,
             cluster: self.cluster.as_ref().map(|c| c.counters.snapshot(self.node.cluster_stats())),
+            store: self.store.as_ref().map(|w| {
+                let usage = w.usage();
+                crate::metrics::StoreSnapshot {
+                    commits: self.store_stats.commits,
+                    writes: self.store_stats.ops,
+                    bytes_written: self.store_stats.bytes,
+                    fsyncs: self.store_stats.fsyncs,
+                    entries: usage.entries,
+                    bytes: usage.bytes,
+                }
+            }),
         }
     }
 }

@@ -358,3 +358,38 @@ fn a_recipient_offline_for_ten_minutes_gets_everything_when_it_returns() {
     assert_eq!(delivered_ids(&p).len(), 105);
     assert_eq!(kinds_stored(&p, "alice", b'f'), 0);
 }
+
+/// The topics the application subscribed to at its relay are renewed by the node restarted from
+/// its store, and an unsubscribe is remembered too.
+#[test]
+fn subscriptions_at_the_relay_survive_a_restart() {
+    let mut p = Pump::new(&[("relay", NodeConfig::default()), ("alice", durable())]);
+    let now = p.now;
+    p.node("alice").set_default_route(now, Pump::addr("relay"));
+    p.node("alice").subscribe(now, &id("relay"), "news").unwrap();
+    p.node("alice").subscribe(now, &id("relay"), "sport").unwrap();
+    p.node("alice").unsubscribe(now, &id("relay"), "sport").unwrap();
+    p.run();
+    assert_eq!(kinds_stored(&p, "alice", b't'), 1);
+    let reached = |p: &mut Pump| {
+        let now = p.now;
+        p.node("relay").publish(now, "news", serde_json::json!(1)).unwrap()
+    };
+    assert_eq!(reached(&mut p), 1);
+    // Alice's process dies: the relay loses her link, and with it her subscription.
+    p.cut("alice");
+    assert_eq!(reached(&mut p), 0);
+    let entries = p.stores["alice"].clone();
+    let rng = ChaCha20Rng::seed_from_u64(77);
+    let names = ["relay", "alice"];
+    let mut alice = Node::new(durable(), ident("alice"), trust_all(&names), rng).unwrap();
+    alice.set_default_route(p.now, Pump::addr("relay"));
+    let summary = alice.restore(p.now, entries).unwrap();
+    assert_eq!(summary.subscriptions, 1);
+    p.nodes.insert("alice".into(), alice);
+    p.run();
+    assert_eq!(reached(&mut p), 1, "news is subscribed again, sport is not");
+    let now = p.now;
+    let sport = p.node("relay").publish(now, "sport", serde_json::json!(1)).unwrap();
+    assert_eq!(sport, 0);
+}
