@@ -533,9 +533,15 @@ impl Node {
     }
 
     fn fail_owners(&mut self, now: Timestamp, items: Vec<BatchItem>, reason: FailReason) {
+        // A durable node does not give up on a message because a next hop did not answer for a
+        // while: its stream re-sends the message until the message's lifetime ends (spec
+        // §26.3). What a next hop refused still fails at once.
+        let keep = self.config.durable && reason == FailReason::Unreachable;
         for item in items {
             match item.owner {
+                Some(Owner::Message(peer, _)) if keep => self.reschedule_peer(&peer),
                 Some(Owner::Message(peer, id)) => self.fail_message(now, &peer, &id, reason),
+                Some(Owner::Handshake(peer)) if keep => self.handshake_unanswered(now, &peer),
                 Some(Owner::Handshake(peer)) => self.handshake_refused(now, &peer, reason),
                 None => {}
             }

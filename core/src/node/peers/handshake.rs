@@ -36,6 +36,15 @@ impl Node {
         }
     }
 
+    /// A durable node's handshake message got no answer from the next hop: the handshake is
+    /// tried again after its backoff, and the messages waiting for it stay (spec §26.3).
+    pub(in crate::node) fn handshake_unanswered(&mut self, now: Timestamp, peer: &EntityId) {
+        if self.peers.get(peer).is_some_and(|p| p.session.is_none()) {
+            self.handshake_failed(now, peer, ErrorCode::Timeout);
+            self.reschedule_peer(peer);
+        }
+    }
+
     pub(super) fn handshake_failed(&mut self, now: Timestamp, peer: &EntityId, code: ErrorCode) {
         let Some(p) = self.peers.get_mut(peer) else { return };
         p.initiator = None;

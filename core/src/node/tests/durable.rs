@@ -393,3 +393,40 @@ fn subscriptions_at_the_relay_survive_a_restart() {
     let sport = p.node("relay").publish(now, "sport", serde_json::json!(1)).unwrap();
     assert_eq!(sport, 0);
 }
+
+/// A relay that does not answer for longer than the HTTP retries last fails a message on an
+/// ordinary node (seed 001's HTTP outcomes) but not on a durable one: its stream re-sends the
+/// message until the relay answers again.
+#[test]
+fn a_next_hop_that_does_not_answer_for_a_while_fails_nothing_on_a_durable_node() {
+    for durable_node in [false, true] {
+        let mut config = if durable_node { durable() } else { NodeConfig::default() };
+        config.preference = TransportPreference::HttpOnly;
+        let mut p = Pump::new(&[
+            ("relay", NodeConfig::default()),
+            ("alice", config.clone()),
+            ("bob", config.clone()),
+        ]);
+        for n in ["alice", "bob"] {
+            let now = p.now;
+            p.node(n).set_default_route(now, Pump::addr("relay"));
+        }
+        send_all(&mut p, 3, "m");
+        p.advance(Duration::from_secs(5));
+        expect_in_order(&p, &[("m", 3)]);
+        // The relay stops answering for 30 s.
+        p.http_status.insert("relay".into(), 503);
+        send_all(&mut p, 3, "n");
+        p.advance(Duration::from_secs(30));
+        p.http_status.clear();
+        p.advance(Duration::from_secs(60));
+        let failed =
+            p.events_of("alice").iter().filter(|e| matches!(e, Event::Failed { .. })).count();
+        if durable_node {
+            assert_eq!(failed, 0);
+            expect_in_order(&p, &[("m", 3), ("n", 3)]);
+        } else {
+            assert_eq!(failed, 3, "the ordinary node gives up after its HTTP retries");
+        }
+    }
+}
