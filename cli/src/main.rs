@@ -279,12 +279,23 @@ enum Command {
     Send {
         #[command(flatten)]
         target: Target,
-        /// The message text.
-        message: String,
+        /// The message text (or --stdin).
+        #[arg(required_unless_present = "stdin", conflicts_with = "stdin")]
+        message: Option<String>,
         /// Use HTTP only: every frame, the handshake included, goes in HTTP requests and no
         /// WebSocket link is opened (transport preference HTTP_ONLY, spec §16).
         #[arg(long)]
         http: bool,
+        /// Send each line of standard input as a message: `accepted N ID` is printed once the
+        /// node has accepted it (stored, with --storage redb), then the command waits until
+        /// every message it holds, those a store kept from an earlier run included, is
+        /// delivered or has failed, and prints `done: D delivered, F failed`.
+        #[arg(long)]
+        stdin: bool,
+        /// Where the node keeps what it accepted [default: `[storage] kind`, else memory]:
+        /// with redb, a run that dies is resumed by the next one in the same data directory.
+        #[arg(long, value_enum)]
+        storage: Option<Storage>,
     },
     /// Send a task request to a peer and print its answer (`peerlink listen` and `serve`
     /// answer with an echo).
@@ -631,6 +642,63 @@ async fn check_peer_node(url: &str, to: &EntityId, config: &Config) -> Fallible<
 /// A short-lived node on an ephemeral loopback port that knows `peer` (with a URL: reached
 /// directly; without: through `config`'s relay), and its events. `http_only` sets the transport
 /// preference `HTTP_ONLY`.
+/// `peerlink send --stdin`: each line of standard input is a message to `to`; then waits until
+/// nothing is left in the node's outbox for `to` (what an earlier run's store held included),
+/// counting the deliveries and failures reported meanwhile.
+async fn send_lines(
+    node: &peerlink_host::Handle,
+    events: smol::channel::Receiver<Event>,
+    to: &EntityId,
+    options: SendOptions,
+) -> Fallible<()> {
+    use std::io::{BufRead as _, Write as _};
+    let (tx, lines) = smol::channel::bounded::<String>(64);
+    // Standard input is read on a thread of its own: reading it blocks.
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lock().lines() {
+            let Ok(line) = line else { break };
+            if tx.send_blocking(line).is_err() {
+                break;
+            }
+        }
+    });
+    let (mut delivered, mut failed) = (0u64, 0u64);
+    let mut count = |e: Event| match e {
+        Event::Delivered { .. } => delivered += 1,
+        Event::Failed { .. } => failed += 1,
+        _ => {}
+    };
+    let mut n = 0u64;
+    while let Ok(line) = lines.recv().await {
+        let id = node
+            .send_message(to, peerlink_core::MessageType::PeerMessage, line.into_bytes(), options.clone())
+            .await?;
+        n += 1;
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "accepted {n} {id}")?;
+        out.flush()?;
+        while let Ok(e) = events.try_recv() {
+            count(e);
+        }
+    }
+    while node.outbox_len(to).await? > 0 {
+        if let Ok(Ok(e)) =
+            smol::future::or(async { Ok(events.recv().await) }, async {
+                smol::Timer::after(Duration::from_millis(200)).await;
+                Err(())
+            })
+            .await
+        {
+            count(e);
+        }
+    }
+    while let Ok(e) = events.try_recv() {
+        count(e);
+    }
+    println!("done: {delivered} delivered, {failed} failed");
+    Ok(())
+}
+
 async fn client_node(
     cli: &Cli,
     file: &FileConfig,
@@ -760,21 +828,36 @@ async fn run(cli: Cli) -> Fallible<()> {
             }
             serve(&cli, &file, config, name == "listen", cluster.workers).await
         }
-        Some(Command::Send { target, message, http }) => {
+        Some(Command::Send { target, message, http, stdin, storage }) => {
             let to = entity("--to", &target.to)?;
             let key = public_key("--key", &target.key)?;
-            let (config, url) = reach(&file, &to, target.url.as_deref(), &target.relay).await?;
+            let (mut config, url) =
+                reach(&file, &to, target.url.as_deref(), &target.relay).await?;
+            config.storage.kind = match storage {
+                Some(Storage::Redb) => StorageKind::Redb,
+                Some(Storage::Memory) => StorageKind::Memory,
+                None => config.storage.kind,
+            };
+            if config.storage.kind == StorageKind::Redb {
+                config.storage.path = Some(config.storage.file_in(&data_dir(&cli, &file)));
+            }
             let peer = TrustedPeer { entity: to.clone(), key, url };
             let (node, events) = client_node(&cli, &file, config, peer, *http).await?;
             // HTTP_ONLY is never overridden per message (spec §16.1).
             let options =
                 SendOptions { prefer_websocket: (!http).then_some(true), ..SendOptions::default() };
+            if *stdin {
+                let outcome = send_lines(&node, events, &to, options).await;
+                node.shutdown().await?;
+                return outcome;
+            }
             // No events are read: the result comes from `send_confirmed`, and a closed stream
             // never holds the node task up.
             drop(events);
             // Waits until bob's application has it (or the node gives up), and learns which
             // transport carried it.
-            let outcome = node.send_confirmed(&to, message.as_bytes().to_vec(), options).await;
+            let message = message.clone().unwrap_or_default();
+            let outcome = node.send_confirmed(&to, message.into_bytes(), options).await;
             let stats = node.transport_stats().await?;
             node.shutdown().await?;
             let sent = outcome?;

@@ -133,6 +133,13 @@ impl Handle {
         self.call(move |c, _| c.node.websocket_connected(&peer)).await
     }
 
+    /// Messages to `peer` accepted and not yet delivered or failed (on a durable node, those it
+    /// restored from its store included).
+    pub async fn outbox_len(&self, peer: &EntityId) -> Result<usize, ApiError> {
+        let peer = peer.clone();
+        self.call(move |c, _| c.node.outbox_len(&peer)).await
+    }
+
     /// Sends a `BROADCAST` to every peer with a session; returns the ids accepted.
     pub async fn broadcast(
         &self,

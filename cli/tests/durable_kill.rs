@@ -1,0 +1,278 @@
+//! Durability with real processes and `kill -9` (spec §26): a `peerlink send --stdin
+//! --storage redb` sender is killed with hundreds of messages accepted and undelivered, and the
+//! next run in its data directory delivers every one of them, once, in order, while the relay
+//! between the two is killed and started again mid-stream. The receiver (bob) runs in this
+//! process on smol.
+
+mod cluster_support;
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{Receiver, channel};
+use std::time::Duration;
+
+use cluster_support::{DEADLINE, log_if_asked, temp_dir};
+use peerlink_core::node::NodeConfig;
+use peerlink_core::rate_limit::RateLimit;
+use peerlink_core::{EntityId, Event, Identity, MessageType, PublicKey};
+use peerlink_smol::{Config, Peerlink, TrustedPeer};
+
+/// How many messages the sender accepts before it is killed.
+const MESSAGES: usize = 300;
+
+/// A `peerlink` process, killed (SIGKILL) when dropped, with its standard output as lines.
+struct Proc {
+    child: Child,
+    lines: Receiver<String>,
+    stderr: PathBuf,
+    name: String,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Proc {
+    /// `peerlink ARGS` with `PEERLINK_HOME=home`; standard input piped if `stdin`.
+    fn start(name: &str, home: &Path, args: &[&str], stdin: bool) -> Proc {
+        let stderr = home.join(format!("{name}.stderr"));
+        let mut child = Command::new(env!("CARGO_BIN_EXE_peerlink"))
+            .args(args)
+            .env("PEERLINK_HOME", home)
+            .env("RUST_LOG", "peerlink_host=info")
+            .stdin(if stdin { Stdio::piped() } else { Stdio::null() })
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&stderr).unwrap())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        Proc { child, lines, stderr, name: name.to_owned() }
+    }
+
+    /// The first line for which `pick` says something, within the deadline.
+    fn line<T>(&self, what: &str, mut pick: impl FnMut(&str) -> Option<T>) -> T {
+        let start = std::time::Instant::now();
+        loop {
+            let left = DEADLINE.saturating_sub(start.elapsed());
+            match self.lines.recv_timeout(left) {
+                Ok(l) => {
+                    if let Some(t) = pick(&l) {
+                        return t;
+                    }
+                }
+                Err(_) => panic!(
+                    "{}: no {what} within {DEADLINE:?}; stderr:\n{}",
+                    self.name,
+                    std::fs::read_to_string(&self.stderr).unwrap_or_default()
+                ),
+            }
+        }
+    }
+
+    /// The value of a `name  value` line.
+    fn field(&self, name: &str) -> String {
+        self.line(name, |l| {
+            let (k, v) = l.split_once(' ')?;
+            (k == name).then(|| v.trim().to_owned())
+        })
+    }
+
+    fn kill9(mut self) {
+        let status = Command::new("kill").arg("-KILL").arg(self.child.id().to_string()).status();
+        assert!(status.is_ok_and(|s| s.success()));
+        let _ = self.child.wait();
+    }
+}
+
+/// A relay (`peerlink serve --storage memory`) on `port` that knows `peers` (`(id, key)`), with
+/// link rates far above the default; returns it with its entity id and public key.
+fn relay(home: &Path, port: u16, peers: &[(&str, &str)]) -> (Proc, String, String) {
+    let config = home.join("peerlink.toml");
+    let mut toml = String::from("[limits]\nframes_per_minute = 1000000\n");
+    for (id, key) in peers {
+        toml.push_str(&format!("[[peers]]\nentity_id = \"{id}\"\npublic_key = \"{key}\"\n"));
+    }
+    std::fs::write(&config, toml).unwrap();
+    let listen = format!("127.0.0.1:{port}");
+    let args = ["--config", config.to_str().unwrap(), "serve", "--storage", "memory"];
+    let p = Proc::start("relay", home, &[&args[..], &["--listen", &listen]].concat(), false);
+    let id = p.field("entity_id");
+    let key = p.field("public_key");
+    p.field("url");
+    (p, id, key)
+}
+
+/// A free loopback port (bound, then released).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// What bob's application received, in order.
+#[derive(Clone, Default)]
+struct Inbox(std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>>);
+
+impl Inbox {
+    fn len(&self) -> usize {
+        self.0.lock().unwrap().len()
+    }
+}
+
+fn bob_config(relay_id: &str, relay_key: &str, url: &str, alice_key: &str) -> Config {
+    let mut cfg = Config::ephemeral();
+    let mut n = NodeConfig::default();
+    n.reconnect.initial = Duration::from_millis(100);
+    n.reconnect.max = Duration::from_millis(400);
+    n.link_rate = RateLimit::per_minute(1_000_000);
+    cfg.node = n;
+    cfg.relay = Some(TrustedPeer {
+        entity: EntityId::new(relay_id).unwrap(),
+        key: PublicKey::from_b64u(relay_key).unwrap(),
+        url: Some(url.to_owned()),
+    });
+    cfg.peers = vec![TrustedPeer {
+        entity: EntityId::new("alice").unwrap(),
+        key: PublicKey::from_b64u(alice_key).unwrap(),
+        url: None,
+    }];
+    cfg
+}
+
+fn store_check(home: &Path) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_peerlink"))
+        .args(["store", "check"])
+        .env("PEERLINK_HOME", home)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The outbox frames `peerlink store check` counted.
+fn outbox_frames(report: &str) -> u64 {
+    report
+        .lines()
+        .find(|l| l.contains("outbox frames"))
+        .and_then(|l| l.split_whitespace().rev().nth(3)?.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_sender_killed_with_hundreds_accepted_delivers_them_all_after_a_restart() {
+    log_if_asked();
+    let dir = temp_dir("durable-kill");
+    let (relay_home, alice_home) = (dir.join("relay"), dir.join("alice"));
+    std::fs::create_dir_all(&relay_home).unwrap();
+    std::fs::create_dir_all(&alice_home).unwrap();
+    let keygen = Proc::start("keygen", &alice_home, &["keygen", "--id", "alice"], false);
+    let alice_key = keygen.field("public_key");
+    drop(keygen);
+    let bob: Identity = peerlink_smol::keys::generate(EntityId::new("bob").unwrap()).unwrap();
+    let bob_key = bob.public_key().to_b64u();
+    // The relay knows bob (his messages wait for him) but he is not running yet.
+    let port = free_port();
+    let peers = [("alice", alice_key.as_str()), ("bob", bob_key.as_str())];
+    let (relay_proc, relay_id, relay_key) = relay(&relay_home, port, &peers);
+    let url = format!("http://127.0.0.1:{port}");
+    let send = [
+        "send",
+        "--to",
+        "bob",
+        "--key",
+        &bob_key,
+        "--relay",
+        &url,
+        "--relay-id",
+        &relay_id,
+        "--relay-key",
+        &relay_key,
+        "--storage",
+        "redb",
+        "--stdin",
+    ];
+
+    // Bob is not running: the sender accepts (stores) every message and can deliver none.
+    let mut alice = Proc::start("alice-1", &alice_home, &send, true);
+    {
+        let mut stdin = alice.child.stdin.take().unwrap();
+        for i in 0..MESSAGES {
+            writeln!(stdin, "m-{i}").unwrap();
+        }
+        // Left open: the sender waits for more.
+        std::mem::forget(stdin);
+    }
+    alice.line("the last acceptance", |l| {
+        l.starts_with(&format!("accepted {MESSAGES} ")).then_some(())
+    });
+    alice.kill9();
+    let report = store_check(&alice_home);
+    assert_eq!(outbox_frames(&report), MESSAGES as u64, "the store holds them all:\n{report}");
+
+    smol::block_on(async {
+        let bob_node = Peerlink::start(bob_config(&relay_id, &relay_key, &url, &alice_key), bob)
+            .await
+            .unwrap();
+        let inbox = Inbox::default();
+        let into = inbox.clone();
+        bob_node
+            .on_message(MessageType::PeerMessage, move |e| {
+                if let Event::Message { payload, .. } = e {
+                    into.0.lock().unwrap().push(payload.clone());
+                    // A slow application (on bob's node task): the stream is still flowing
+                    // when the relay is killed.
+                    std::thread::sleep(Duration::from_millis(3));
+                }
+            })
+            .await
+            .unwrap();
+
+        // The next run, with nothing new to send, delivers what the first one accepted.
+        let alice = Proc::start("alice-2", &alice_home, &send, false);
+        // Mid-stream, the relay is killed and started again on the same port.
+        within("a third of the messages", async {
+            while inbox.len() < MESSAGES / 3 {
+                smol::Timer::after(Duration::from_millis(5)).await;
+            }
+        })
+        .await;
+        relay_proc.kill9();
+        let at_kill = inbox.len();
+        assert!(at_kill < MESSAGES, "the relay died mid-stream ({at_kill} delivered before)");
+        let (relay_again, id_again, _) = relay(&relay_home, port, &peers);
+        assert_eq!(id_again, relay_id);
+        let done = smol::unblock(move || {
+            let line = alice.line("done", |l| l.strip_prefix("done: ").map(str::to_owned));
+            (line, alice)
+        })
+        .await;
+        assert_eq!(done.0, format!("{MESSAGES} delivered, 0 failed"));
+        smol::Timer::after(Duration::from_millis(500)).await;
+        let got = inbox.0.lock().unwrap().clone();
+        let want: Vec<Vec<u8>> = (0..MESSAGES).map(|i| format!("m-{i}").into_bytes()).collect();
+        assert_eq!(got.len(), MESSAGES, "each message once");
+        assert!(got == want, "in order");
+        bob_node.shutdown().await.unwrap();
+        drop(relay_again);
+    });
+    let report = store_check(&alice_home);
+    assert_eq!(outbox_frames(&report), 0, "delivered messages leave the store:\n{report}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+async fn within<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
+    use smol::future::FutureExt as _;
+    f.or(async {
+        smol::Timer::after(DEADLINE).await;
+        panic!("timed out after {DEADLINE:?} waiting for {what}")
+    })
+    .await
+}
