@@ -30,6 +30,10 @@ use crate::ids::EntityId;
 use crate::stream::{FailReason, FrameSpec, InFrame, RecvStreams, SendStream};
 use crate::time::Timestamp;
 
+/// How often a durable node looks whether the application has taken the events it was handed,
+/// while receive positions wait for that.
+const SETTLE_POLL: std::time::Duration = std::time::Duration::from_millis(2);
+
 /// What [`Node::restore`] rebuilt.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RestoreSummary {
@@ -118,16 +122,55 @@ impl Node {
         }
     }
 
-    /// Stores `peer`'s receive positions if they moved from `before`.
+    /// Notes that `peer`'s receive positions moved from `before`. They are written, and
+    /// acknowledged, only once the application has taken every event handed to it
+    /// ([`Node::settle_positions`]): an event still waiting in a queue of the driver's would
+    /// die with the process, and a position written past it would make its sender's copy a
+    /// duplicate after the restart.
     pub(super) fn persist_positions(&mut self, peer: &EntityId, before: Option<Vec<(u64, u64)>>) {
         let Some(before) = before else { return };
         let Some(p) = self.peers.get(peer) else { return };
-        let epochs = p.recv.positions();
-        if epochs == before {
+        if p.recv.positions() != before {
+            self.unsettled.insert(peer.clone());
+            self.schedule(super::Timer::Settle, Some(Timestamp::default()));
+        }
+    }
+
+    /// Whether `peer`'s acknowledgements wait for its receive positions to be written.
+    pub(super) fn acks_held(&self, peer: &EntityId) -> bool {
+        self.unsettled.contains(peer)
+    }
+
+    /// A durable node's driver says its application has taken every event handed to it so far
+    /// (a driver handing events to the application synchronously calls it after each
+    /// `poll_output` round; one with a queue of its own sets [`Node::set_app_backlog`] and the
+    /// node looks again before each input and every few milliseconds): the receive positions
+    /// held back are written, and the acknowledgements they held sent.
+    pub fn events_taken(&mut self, now: Timestamp) {
+        self.app_backlog = 0;
+        self.settle_positions(now);
+    }
+
+    /// Writes the receive positions held back, and sends the acknowledgements they held, if the
+    /// application has taken every event; otherwise looks again in [`SETTLE_POLL`].
+    pub(super) fn settle_positions(&mut self, now: Timestamp) {
+        if self.unsettled.is_empty() {
             return;
         }
-        let value = serde_json::to_vec(&RecvRecord { epochs }).unwrap_or_default();
-        self.persist(StoreOp::Put { key: key_of(kind::RECV, peer), value });
+        if self.events_queued.saturating_add(self.app_backlog) > 0 {
+            self.schedule(super::Timer::Settle, Some(now.saturating_add(SETTLE_POLL)));
+            return;
+        }
+        self.schedule(super::Timer::Settle, None);
+        for peer in std::mem::take(&mut self.unsettled) {
+            let Some(p) = self.peers.get(&peer) else { continue };
+            let epochs = p.recv.positions();
+            let value = serde_json::to_vec(&RecvRecord { epochs }).unwrap_or_default();
+            self.persist(StoreOp::Put { key: key_of(kind::RECV, &peer), value });
+            // The acknowledgement follows the write.
+            self.flush_control(now, &peer);
+            self.reschedule_peer(&peer);
+        }
     }
 
     /// `peer`'s receive positions now, if this node stores them.
@@ -168,6 +211,7 @@ impl Node {
         if !self.config.durable {
             return;
         }
+        self.unsettled.remove(peer);
         let mut ops = vec![
             StoreOp::Delete { key: key_of(kind::STREAM, peer) },
             StoreOp::Delete { key: key_of(kind::RECV, peer) },

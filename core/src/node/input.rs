@@ -114,6 +114,7 @@ impl Node {
     /// Feeds one input at time `now`; then drain [`Node::poll_output`]. The only error is the
     /// close code of an inbound link that is refused ([`Input::AcceptLink`]).
     pub fn handle_input(&mut self, now: Timestamp, input: Input<'_>) -> Result<Handled, ErrorCode> {
+        self.settle_positions(now);
         match input {
             Input::AcceptLink { kind, who } => {
                 return self.accept_link(now, kind, who).map(Handled::Link);

@@ -113,14 +113,34 @@ pub enum Output {
     /// [`ClusterConfig`]: super::ClusterConfig
     Cluster(super::ClusterAction),
     /// Write to the node's store (a durable node only, [`NodeConfig::durable`]). Every output
-    /// after this one except [`Output::Event`] must wait until the write is durable (spec
-    /// §26.2); events are handed to the application at once.
+    /// after this one for which [`Output::waits_for_writes`] is true must wait until the write
+    /// is durable (spec §26.2).
     ///
     /// [`NodeConfig::durable`]: super::NodeConfig::durable
     Persist(crate::durable::StoreOp),
 }
 
 impl Output {
+    /// Whether a durable node's driver must hold this output until the writes queued before it
+    /// are committed (spec §26.2): everything but the writes themselves and the events that
+    /// hand received content to the application (a message, a request, a response, a topic
+    /// publication), which go at once. So frames, HTTP answers and a sender's `Delivered` or
+    /// `Failed` follow the writes they depend on, and a crash can repeat neither an outcome nor
+    /// contradict one.
+    pub fn waits_for_writes(&self) -> bool {
+        match self {
+            Output::Persist(_) => false,
+            Output::Event(e) => !matches!(
+                e,
+                Event::Message { .. }
+                    | Event::Request { .. }
+                    | Event::Response { .. }
+                    | Event::Topic { .. }
+            ),
+            _ => true,
+        }
+    }
+
     /// What this output is, with ids and sizes but no content: for trace logs.
     pub fn describe(&self) -> String {
         match self {

@@ -144,6 +144,9 @@ enum Timer {
     Poll(EntityId),
     Mailboxes,
     Cluster,
+    /// A durable node re-checks whether the application has taken every event, to write the
+    /// receive positions held back meanwhile (see `durability.rs`).
+    Settle,
 }
 
 /// One local entity's protocol state machine. See the [module docs](self) for the driving loop.
@@ -191,6 +194,9 @@ pub struct Node {
     recent: VecDeque<(MessageId, EntityId, Option<SessionId>)>,
     /// Set on a cluster node.
     cluster: Option<cluster::Cluster>,
+    /// On a durable node: peers whose receive positions moved while the application had not
+    /// taken every event yet; written (and acknowledged) once it has.
+    unsettled: std::collections::BTreeSet<EntityId>,
 }
 
 impl std::fmt::Debug for Node {
@@ -240,6 +246,7 @@ impl Node {
             timers: TimerQueue::new(),
             outputs: VecDeque::new(),
             cluster: config.cluster.clone().map(cluster::Cluster::new),
+            unsettled: std::collections::BTreeSet::new(),
             events_queued: 0,
             app_backlog: 0,
             events_dropped: 0,
@@ -398,6 +405,7 @@ impl Node {
 
     /// Runs everything due at `now`.
     pub fn handle_timeout(&mut self, now: Timestamp) {
+        self.settle_positions(now);
         // Bounded: each object's handler reschedules it strictly later or not at all.
         let mut budget = self.timers.len().saturating_add(16);
         while budget > 0 {
@@ -410,6 +418,7 @@ impl Node {
                 Timer::Poll(e) => self.on_poll_timer(now, &e),
                 Timer::Mailboxes => self.on_mailbox_timer(now),
                 Timer::Cluster => self.on_cluster_timer(now),
+                Timer::Settle => {}
             }
         }
         self.finish(now);

@@ -349,6 +349,8 @@ struct Pump {
     /// Nodes to crash right after their next write (a crash between a write and what follows
     /// it).
     crash_after_write: BTreeMap<String, NodeConfig>,
+    /// Outcomes (`Delivered`, `Failed`) a crash after a write kept from the application.
+    lost_outcomes: Vec<(String, MessageId)>,
     restarts: u64,
 }
 
@@ -370,6 +372,7 @@ impl Pump {
             broker: cluster::Broker::default(),
             stores: BTreeMap::new(),
             crash_after_write: BTreeMap::new(),
+            lost_outcomes: Vec::new(),
             restarts: 0,
         }
     }
@@ -419,14 +422,17 @@ impl Pump {
     /// first write at once, then every write (one transaction), then the rest. A node in
     /// `crash_after_write` crashes after the writes instead of carrying out the rest.
     fn carry_group_committed(&mut self, name: &str) -> bool {
+        // The application took the events of the last round (this network hands them over at
+        // once).
+        let now = self.now;
+        self.node(name).events_taken(now);
         let outputs = drain(self.node(name));
         let any = !outputs.is_empty();
         let (mut writes, mut held) = (Vec::new(), Vec::new());
         for out in outputs {
             match out {
                 Output::Persist(_) => writes.push(out),
-                Output::Event(_) => self.carry(name, out),
-                _ if writes.is_empty() => self.carry(name, out),
+                _ if writes.is_empty() || !out.waits_for_writes() => self.carry(name, out),
                 _ => held.push(out),
             }
         }
@@ -437,6 +443,12 @@ impl Pump {
             self.carry(name, write);
         }
         if let Some(config) = self.crash_after_write.remove(name) {
+            // The outcomes held behind the writes die with the process.
+            for out in &held {
+                if let Output::Event(Event::Delivered { id, .. } | Event::Failed { id, .. }) = out {
+                    self.lost_outcomes.push((name.to_owned(), id.clone()));
+                }
+            }
             self.crash(name, config);
             return true;
         }

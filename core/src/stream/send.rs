@@ -226,7 +226,9 @@ impl SendStream {
                     chunk: spec.chunk,
                     body: spec.body,
                     sent_at: None,
-                    attempts: 0,
+                    // The run that stored it may have sent it: given up now, it may still have
+                    // been delivered (`Failure::maybe_delivered`).
+                    attempts: 1,
                     due: now,
                     sacked: false,
                 },

@@ -129,9 +129,9 @@ impl Core {
                 any = true;
                 match out {
                     Output::Persist(op) => writes.push(op),
+                    out if !writes.is_empty() && out.waits_for_writes() => held.push(out),
                     Output::Event(e) => self.event(e).await,
-                    out if writes.is_empty() => self.carry(out),
-                    out => held.push(out),
+                    out => self.carry(out),
                 }
             }
             if !any {
@@ -157,7 +157,20 @@ impl Core {
             // Carrying these out may give the node more to do (a lost HTTP answer), hence the
             // loop.
             for out in held {
-                self.carry(out);
+                match out {
+                    Output::Event(e) => self.event(e).await,
+                    out => self.carry(out),
+                }
+            }
+            if self.store.is_some() {
+                // The application may have taken every event by now: the receive positions held
+                // back until it had are written (spec §26.2), in the next round.
+                let backlog = self.events.as_ref().map_or(0, |tx| tx.len());
+                self.node.set_app_backlog(backlog);
+                if backlog == 0 {
+                    let now = self.clock.now();
+                    self.node.events_taken(now);
+                }
             }
         }
         for reply in std::mem::take(&mut self.deferred) {
@@ -390,6 +403,7 @@ pub(crate) async fn run(mut core: Core, inputs: Receiver<Input>) {
             // Also when inputs never stop coming: the timers run at least once per batch.
             let now = core.clock.now();
             if core.node.poll_timeout().is_some_and(|t| t <= now) {
+                core.node.set_app_backlog(core.events.as_ref().map_or(0, |tx| tx.len()));
                 let _ = core.feed(now, NodeInput::Timeout);
             }
         }

@@ -294,10 +294,12 @@ impl Node {
     }
 
     /// Sends acknowledgements that are due, and a `forward` announcement when needed.
-    pub(super) fn flush_control(&mut self, now: Timestamp, peer: &EntityId) {
-        let Some(p) = self.peers.get_mut(peer) else { return };
+    pub(in crate::node) fn flush_control(&mut self, now: Timestamp, peer: &EntityId) {
         let mut controls = Vec::new();
-        if p.ack_due.is_some_and(|t| t <= now) {
+        // A durable node acknowledges nothing its store does not hold yet.
+        let held = self.acks_held(peer);
+        let Some(p) = self.peers.get_mut(peer) else { return };
+        if p.ack_due.is_some_and(|t| t <= now) && !held {
             p.ack_due = None;
             p.unacked = 0;
             for epoch in std::mem::take(&mut p.ack_epochs) {

@@ -308,10 +308,17 @@ proptest! {
         p.crash_after_write.clear();
         p.advance(Duration::from_secs(300));
         expect_in_order(&p, &[("m", sent)]);
+        // Each message's outcome is reported once, or was held behind the write that settled it
+        // when a crash came between that write and the report (spec §26.2); never twice, never
+        // contradicted.
         let delivered = delivered_ids(&p);
         let unique: std::collections::BTreeSet<_> = delivered.iter().collect();
-        prop_assert_eq!(unique.len(), sent);
-        prop_assert_eq!(delivered.len(), sent);
+        prop_assert_eq!(unique.len(), delivered.len(), "no outcome twice");
+        let lost: std::collections::BTreeSet<_> = p.lost_outcomes.iter().map(|(_, id)| id).collect();
+        prop_assert!(unique.is_disjoint(&lost));
+        prop_assert_eq!(unique.len() + lost.len(), sent);
+        let failed = p.events_of("alice").iter().filter(|e| matches!(e, Event::Failed { .. })).count();
+        prop_assert_eq!(failed, 0);
         prop_assert_eq!(kinds_stored(&p, "alice", b'f'), 0);
     }
 }
