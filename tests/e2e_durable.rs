@@ -70,11 +70,12 @@ fn what_a_stopped_sender_accepted_is_delivered_by_the_next_start() {
         send_n(&alice, b.id(), "m", 300).await;
         alice.shutdown().await.unwrap();
         assert_eq!(stored_frames(&dir), 300, "every accepted message is on disk");
-        let bob = start_node(
-            client_config(TransportPreference::WebsocketFirst, Some((&r, &url)), &[(&a, None)]),
-            copy(&b),
-        )
-        .await;
+        // Bob is durable too (his own store).
+        let bob_dir = temp_dir("receiver");
+        let mut bob_cfg =
+            client_config(TransportPreference::WebsocketFirst, Some((&r, &url)), &[(&a, None)]);
+        bob_cfg.storage = durable(&bob_dir);
+        let bob = start_node(bob_cfg, copy(&b)).await;
         let bob_rx = bob.incoming().await.unwrap();
         let alice = start_node(alice_config(&r, &url, &b, &dir), copy(&a)).await;
         let alice_rx = alice.incoming().await.unwrap();
@@ -96,7 +97,9 @@ fn what_a_stopped_sender_accepted_is_delivered_by_the_next_start() {
         assert!(store.commits > 0 && store.fsyncs > 0, "{store:?}");
         alice.shutdown().await.unwrap();
         assert_eq!(stored_frames(&dir), 0);
+        bob.shutdown().await.unwrap();
         let _ = std::fs::remove_dir_all(&dir);
+        let _ = std::fs::remove_dir_all(&bob_dir);
     });
 }
 

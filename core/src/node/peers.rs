@@ -113,7 +113,9 @@ impl PeerState {
         self.initiator.is_some() || self.responder.is_some() || self.handshake_out.is_some()
     }
 
-    fn deadline(&self, config: &super::NodeConfig) -> Option<Timestamp> {
+    /// The earliest deadline of this peer's timer. `acks_held`: its acknowledgements wait for
+    /// its receive positions to be written (a durable node), so a due one wakes nothing.
+    fn deadline(&self, config: &super::NodeConfig, acks_held: bool) -> Option<Timestamp> {
         // Frames waiting for a link are woken by the link, not by the clock; until then only
         // their send timeouts count.
         let data = if self.session.is_some() && !self.blocked {
@@ -123,7 +125,7 @@ impl PeerState {
         };
         [
             data,
-            self.session.as_ref().and(self.ack_due),
+            self.session.as_ref().and(self.ack_due).filter(|_| !acks_held),
             self.reassembly.next_expiry(),
             self.requests.values().min().copied(),
             self.initiator.as_ref().and_then(Initiator::poll_timeout),
@@ -203,7 +205,8 @@ impl Node {
             // The idle deadline counts only while nothing else keeps the peer: otherwise it
             // would be due, and fire, again and again without forgetting anything.
             let idle = self.may_forget(peer, p).then(|| p.idle_deadline(&self.config));
-            [p.deadline(&self.config), idle].into_iter().flatten().min()
+            let held = self.acks_held(peer);
+            [p.deadline(&self.config, held), idle].into_iter().flatten().min()
         });
         self.schedule(Timer::Peer(peer.clone()), at);
     }
