@@ -346,7 +346,7 @@ fn a_receiver_killed_mid_stream_loses_nothing_and_repeats_at_most_its_last_round
             node.send_message(&to, MessageType::PeerMessage, payload, options).await.unwrap();
         }
         // Bob prints what his application takes; he is killed a third of the way through.
-        let (first, bob) = smol::unblock(move || {
+        let first = smol::unblock(move || {
             let mut lines = Vec::new();
             while lines.len() < MESSAGES / 3 {
                 lines.push(
@@ -355,10 +355,9 @@ fn a_receiver_killed_mid_stream_loses_nothing_and_repeats_at_most_its_last_round
             }
             // What it printed before it died, to the last line.
             lines.extend(bob.kill9().into_iter().filter(|l| l.starts_with("alice\t")));
-            (lines, ())
+            lines
         })
         .await;
-        let _ = bob;
         let bob = Proc::start("bob-2", &bob_home, &listen, false);
         let (second, bob) = smol::unblock(move || {
             let mut lines = Vec::new();
