@@ -8,14 +8,17 @@
 //! broke an invariant run every time (`regression_seeds`). Two seeds in three run a cluster of
 //! two or three relays sharing a simulated broker (`sim/cluster.rs`); the sweep checks that its
 //! paths (forwards, mailboxes drained on another relay, broker restarts, peers moving) are really
-//! exercised. `PEERLINK_SIM_ALONE=1` replays a seed with one relay, whatever it draws.
+//! exercised. `PEERLINK_SIM_ALONE=1` replays a seed with one relay, whatever it draws. In half
+//! the seeds the peers are durable and crash (`sim/durable.rs`); the sweep checks that every
+//! kind of crash comes and that stores are really restored. `PEERLINK_SIM_SUMMARIES=1` prints
+//! every seed's summary line.
 
 mod sim;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use sim::{BrokerStats, World};
+use sim::{BrokerStats, DurableStats, World};
 
 /// Peers besides the relay, messages per peer, and simulated run length.
 const PEERS: usize = 3;
@@ -28,6 +31,7 @@ struct Ran {
     summary: String,
     forgotten: u64,
     broker: BrokerStats,
+    durable: DurableStats,
 }
 
 /// Runs a seed (`alone`: with one relay, whatever the seed draws).
@@ -40,6 +44,7 @@ fn run_seed(seed: u64, alone: bool) -> Ran {
         summary: world.summary(),
         forgotten: world.peers_forgotten(),
         broker: world.broker_stats(),
+        durable: world.durable_stats(),
     }
 }
 
@@ -95,14 +100,18 @@ fn simulated_runs_keep_every_invariant() {
     let failures = Arc::new(Mutex::new(Vec::new()));
     let forgotten = Arc::new(AtomicU64::new(0));
     let broker = Arc::new(Mutex::new(BrokerStats::default()));
+    let durable = Arc::new(Mutex::new(DurableStats::default()));
+    let summaries = std::env::var_os("PEERLINK_SIM_SUMMARIES").is_some();
     let handles: Vec<_> = (0..threads)
         .map(|_| {
             let next = Arc::clone(&next);
             let failures = Arc::clone(&failures);
             let forgotten = Arc::clone(&forgotten);
             let broker = Arc::clone(&broker);
+            let durable = Arc::clone(&durable);
             std::thread::spawn(move || {
                 let mut mine = BrokerStats::default();
+                let mut mine_durable = DurableStats::default();
                 loop {
                     let seed = next.fetch_add(1, Ordering::Relaxed);
                     if seed >= end {
@@ -111,6 +120,10 @@ fn simulated_runs_keep_every_invariant() {
                     let ran = run_seed(seed, false);
                     forgotten.fetch_add(ran.forgotten, Ordering::Relaxed);
                     mine.add(&ran.broker);
+                    mine_durable.add(&ran.durable);
+                    if summaries {
+                        eprintln!("{}", ran.summary);
+                    }
                     if !ran.violations.is_empty() {
                         let mut f = failures.lock().unwrap();
                         f.push((seed, ran.summary, ran.violations));
@@ -120,6 +133,7 @@ fn simulated_runs_keep_every_invariant() {
                     }
                 }
                 broker.lock().unwrap().add(&mine);
+                durable.lock().unwrap().add(&mine_durable);
             })
         })
         .collect();
@@ -160,10 +174,23 @@ fn simulated_runs_keep_every_invariant() {
             assert!(n > 0, "no {what} in {seeds} seeds: {b}");
         }
     }
+    let d = *durable.lock().unwrap();
+    if seeds >= 200 {
+        let exercised = [
+            ("clean crashes of durable peers", d.crashes_clean),
+            ("crashes between a commit and its answer", d.crashes_after_commit),
+            ("torn writes", d.crashes_torn),
+            ("messages restored from a store", d.messages_restored),
+        ];
+        for (what, n) in exercised {
+            assert!(n > 0, "no {what} in {seeds} seeds: {d}");
+        }
+    }
     eprintln!(
         "seeds {first}..{end} passed ({seeds} seeds, {threads} threads, {:.0} s); \
-         {forgotten} idle peers forgotten; {} cluster runs: {b}",
+         {forgotten} idle peers forgotten; {} cluster runs: {b}; {} durable runs: {d}",
         started.elapsed().as_secs_f64(),
-        b.cluster_runs
+        b.cluster_runs,
+        d.durable_runs
     );
 }

@@ -245,7 +245,7 @@ impl World {
             self.schedule(ms(at + length), Net::Cluster(Event::Cut { relay, on: false }));
         }
         if let Some((which, at)) = f.relay_crash {
-            self.schedule(ms(at), Net::RestartRelay { relay: relays[which] });
+            self.schedule(ms(at), Net::Restart { node: relays[which] });
         }
         for (peer, at) in moves {
             // Decided when it happens: away from wherever the peer is then.
@@ -550,6 +550,9 @@ impl World {
         }
         if self.trace {
             eprintln!("{now:?} peer {peer} moves from relay {from} to relay {to} ({why:?})");
+        }
+        if self.nodes[peer].down {
+            return; // It finds its new relay when it runs again (`World::set_up`).
         }
         let addr = NodeAddr {
             entity: self.nodes[to].node.id().clone(),

@@ -7,11 +7,16 @@
 //! with random transport preferences) and answers requests. After the run the invariants of spec
 //! §"Delivery" are checked. In two runs of three the relay is one of a cluster of two or three
 //! relays that share a simulated broker, with faults of their own (`cluster.rs`, `broker.rs`).
+//! In half the runs the peers are durable: each writes a store, as the driver contract says,
+//! and crashes (cleanly, between a commit and its answer, or tearing its last write) and is
+//! rebuilt from it (`durable.rs`).
 
 mod broker;
 mod cluster;
+mod durable;
 
 pub use broker::BrokerStats;
+pub use durable::DurableStats;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -105,6 +110,17 @@ pub struct Outcome {
     pub resumes: u64,
     /// Full handshakes.
     pub handshakes: u64,
+    /// Messages handed to the application whose receive position was not committed when their
+    /// receiver crashed: how many more times each may be handed (at least once at that
+    /// boundary, `durable.rs`).
+    pub repeats_allowed: BTreeMap<MessageId, usize>,
+    /// Messages whose outcome (`Delivered`, `Failed`) was held behind a commit and lost with a
+    /// crash after it: they may end with no outcome at their sender.
+    pub outcomes_lost: BTreeSet<MessageId>,
+    /// Outcomes reported more than once (must stay empty).
+    pub reported_twice: Vec<String>,
+    /// Stores a restarted node refused (must stay empty).
+    pub restore_errors: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -154,11 +170,18 @@ enum Net {
     Send {
         from: usize,
     },
-    RestartRelay {
-        relay: usize,
+    /// The node crashes now, losing what it holds but its store.
+    Restart {
+        node: usize,
     },
-    RelayUp {
-        relay: usize,
+    /// A crash of a durable node comes due: at once, or at its next group's commit.
+    Crash {
+        node: usize,
+        kind: durable::CrashKind,
+    },
+    /// The node runs again after a crash.
+    Up {
+        node: usize,
     },
     Cluster(cluster::Event),
     Partition {
@@ -183,17 +206,21 @@ pub struct World {
     rng: ChaCha20Rng,
     faults: Faults,
     nodes: Vec<SimNode>,
-    queue: BTreeMap<(Timestamp, u64), Net>,
+    /// Events by time, each with the generation of the node it is addressed to (an event for
+    /// an earlier incarnation is dropped).
+    queue: BTreeMap<(Timestamp, u64), (Net, u64)>,
     counter: u64,
     /// Link pairs: (node, link) → (other node, other link).
     pairs: BTreeMap<(usize, LinkId), (usize, LinkId)>,
     /// Per-link time of the last scheduled delivery, to keep links in order.
     link_clock: BTreeMap<(usize, LinkId), Timestamp>,
-    /// Server-side HTTP requests: (server, server request) → (client, client request, lose).
-    http: BTreeMap<(usize, RequestId), (usize, RequestId, bool)>,
+    /// Server-side HTTP requests: (server, server request) → (client, client request, lose,
+    /// the client's generation when it made the request).
+    http: BTreeMap<(usize, RequestId), (usize, RequestId, bool, u64)>,
     outcome: Outcome,
     config: NodeConfig,
     identities: Vec<[u8; 32]>,
+    names: Vec<EntityId>,
     trust: TrustStore,
     /// Messages still to send, per peer.
     budget: Vec<usize>,
@@ -207,6 +234,8 @@ pub struct World {
     peers: usize,
     /// The cluster, in runs with more than one relay.
     cluster: Option<cluster::ClusterSim>,
+    /// Durable nodes, their stores and crashes.
+    durable: durable::DurableSim,
 }
 
 const RELAY: usize = 0;
@@ -289,6 +318,7 @@ impl World {
             outcome: Outcome::default(),
             config,
             identities,
+            names: names.clone(),
             trust,
             budget: vec![messages; peers + 1],
             messages,
@@ -297,12 +327,13 @@ impl World {
             direct: false,
             peers,
             cluster,
+            durable: durable::DurableSim::draw(seed, peers),
         };
         for i in 0..names.len() {
-            let node = world.make_node(i, &names);
+            let node = world.new_node(i);
             world.nodes.push(SimNode {
                 node,
-                base_url: format!("http://{}.sim", names[i]),
+                base_url: world.base_url(i),
                 generation: 0,
                 down: false,
                 partitioned: false,
@@ -311,10 +342,10 @@ impl World {
         // In a third of the runs p1 reaches p2 directly, at p2's own node, instead of through
         // the relay: the direct case of spec §15.3 and §19 under the same faults.
         if peers >= 2 && world.rng.next_u32().is_multiple_of(3) {
-            let p2 =
-                NodeAddr { entity: names[2].clone(), base_url: world.nodes[2].base_url.clone() };
-            world.nodes[1].node.add_route(names[2].clone(), p2);
             world.direct = true;
+        }
+        for i in 0..world.nodes.len() {
+            world.set_up(i);
         }
         for i in 1..=peers {
             let at = ms(world.rng.next_u64() % 2000);
@@ -322,7 +353,7 @@ impl World {
         }
         if world.faults.relay_restart {
             let at = 20_000 + world.rng.next_u64() % 60_000;
-            world.schedule(ms(at), Net::RestartRelay { relay: RELAY });
+            world.schedule(ms(at), Net::Restart { node: RELAY });
         }
         if world.faults.partition && peers > 0 {
             let node = 1 + (world.rng.next_u64() as usize) % peers;
@@ -332,6 +363,9 @@ impl World {
             world.schedule(ms(at + length), Net::Partition { node, on: false });
         }
         world.start_cluster();
+        for (node, at, kind) in std::mem::take(&mut world.durable.crashes) {
+            world.schedule(ms(at), Net::Crash { node, kind });
+        }
         // Peers make themselves reachable at their relay from the start.
         for i in 0..world.nodes.len() {
             world.drain(i);
@@ -339,10 +373,17 @@ impl World {
         world
     }
 
-    fn make_node(&mut self, i: usize, names: &[EntityId]) -> Node {
-        let identity = Identity::from_secret_bytes(names[i].clone(), &self.identities[i]);
-        let node_seed =
-            self.seed.wrapping_mul(1_000_003).wrapping_add(i as u64).wrapping_add(self.counter);
+    /// A new node for index `i` (its first, or a new incarnation after a crash): not yet set up.
+    fn new_node(&self, i: usize) -> Node {
+        let identity = Identity::from_secret_bytes(self.names[i].clone(), &self.identities[i]);
+        // Distinct for every node and incarnation: `i + counter` alone let two nodes crashed a
+        // few events apart draw the same generator, and so the same message ids (seed 18087).
+        // Fewer than 256 nodes; the first incarnations (counter 0) are as they were.
+        let node_seed = self
+            .seed
+            .wrapping_mul(1_000_003)
+            .wrapping_add(i as u64)
+            .wrapping_add(self.counter << 8);
         let mut config = self.config.clone();
         // In odd seeds the odd-numbered peers forget idle peers as early as allowed (spec
         // §15.5), well inside the run, and the others keep them: so one side of a pair may hold
@@ -354,25 +395,50 @@ impl World {
         if self.cluster.is_some() && self.is_relay(i) {
             config.cluster = Some(cluster::relay_config());
         }
-        let mut node =
-            Node::new(config, identity, self.trust.clone(), ChaCha20Rng::seed_from_u64(node_seed))
-                .expect("valid config");
-        if !self.is_relay(i) {
-            let home = self.home_of(i);
-            node.set_default_route(
-                self.now,
-                NodeAddr {
-                    entity: names[home].clone(),
-                    base_url: format!("http://{}.sim", names[home]),
-                },
-            );
+        config.durable = self.is_durable(i);
+        Node::new(config, identity, self.trust.clone(), ChaCha20Rng::seed_from_u64(node_seed))
+            .expect("valid config")
+    }
+
+    /// What the simulator sets up on node `i` at the start, and again when it runs after a
+    /// crash (after its store is restored): a peer's relay, and p1's direct route to p2.
+    fn set_up(&mut self, i: usize) {
+        if self.is_relay(i) {
+            return;
         }
-        node
+        let home = self.home_of(i);
+        let relay = NodeAddr { entity: self.names[home].clone(), base_url: self.base_url(home) };
+        self.nodes[i].node.set_default_route(self.now, relay);
+        if self.direct && i == 1 {
+            let p2 = NodeAddr { entity: self.names[2].clone(), base_url: self.base_url(2) };
+            self.nodes[1].node.add_route(self.names[2].clone(), p2);
+        }
+    }
+
+    fn base_url(&self, i: usize) -> String {
+        format!("http://{}.sim", self.names[i])
+    }
+
+    /// The node whose incarnation an event belongs to: an event for an earlier one is lost.
+    fn addressee(event: &Net) -> Option<usize> {
+        match event {
+            Net::Connect { client, .. }
+            | Net::Connected { client, .. }
+            | Net::ConnectFailed { client, .. }
+            | Net::HttpRequest { client, .. }
+            | Net::HttpResponse { client, .. }
+            | Net::HttpFailure { client, .. } => Some(*client),
+            Net::Frame { to, .. } => Some(*to),
+            Net::Closed { node, .. } => Some(*node),
+            _ => None,
+        }
     }
 
     fn schedule(&mut self, after: Duration, event: Net) {
         self.counter += 1;
-        self.queue.insert((self.now.saturating_add(after), self.counter), event);
+        let generation =
+            Self::addressee(&event).and_then(|n| self.nodes.get(n)).map_or(0, |n| n.generation);
+        self.queue.insert((self.now.saturating_add(after), self.counter), (event, generation));
     }
 
     fn latency(&mut self) -> Duration {
@@ -438,8 +504,8 @@ impl World {
             }
             if next_net == Some(next) {
                 let key = *self.queue.keys().next().unwrap();
-                let event = self.queue.remove(&key).unwrap();
-                self.apply(event);
+                let (event, generation) = self.queue.remove(&key).unwrap();
+                self.apply(event, generation);
             } else {
                 for i in 0..self.nodes.len() {
                     if !self.nodes[i].down
@@ -484,9 +550,20 @@ impl World {
         }
     }
 
-    fn apply(&mut self, event: Net) {
+    /// Carries out `event`, addressed to the incarnation `addressed` of its node.
+    fn apply(&mut self, event: Net, addressed: u64) {
         if self.trace {
             eprintln!("{:?} {:?}", self.now, short(&event));
+        }
+        // An event for a node that crashed since it was sent is lost with that incarnation,
+        // except a request already on its way: it reaches the server, and its answer is lost.
+        let stale = Self::addressee(&event)
+            .is_some_and(|n| self.nodes[n].generation != addressed || self.nodes[n].down);
+        if stale && !matches!(event, Net::HttpRequest { .. }) {
+            if self.trace {
+                eprintln!("{:?}   (lost: its node crashed)", self.now);
+            }
+            return;
         }
         match event {
             Net::Send { from } => self.app_send(from),
@@ -539,8 +616,16 @@ impl World {
             }
             Net::HttpRequest { client, request, server, call, lose_response, generation } => {
                 let d = self.latency();
-                if self.nodes[server].generation != generation || !self.reachable(client, server) {
-                    self.schedule(d + ms(1000), Net::HttpFailure { client, request });
+                let reachable = if stale {
+                    let s = &self.nodes[server];
+                    !s.down && !s.partitioned && !self.nodes[client].partitioned
+                } else {
+                    self.reachable(client, server)
+                };
+                if self.nodes[server].generation != generation || !reachable {
+                    if !stale {
+                        self.schedule(d + ms(1000), Net::HttpFailure { client, request });
+                    }
                     return;
                 }
                 let entity = self.nodes[client].node.id().clone();
@@ -550,7 +635,8 @@ impl World {
                 else {
                     unreachable!("an HTTP call is always taken");
                 };
-                self.http.insert((server, server_request), (client, request, lose_response));
+                self.http
+                    .insert((server, server_request), (client, request, lose_response, addressed));
                 self.drain(server);
             }
             Net::HttpResponse { client, request, status, body } => {
@@ -565,11 +651,9 @@ impl World {
                 self.feed(client, Input::HttpFailed(request));
                 self.drain(client);
             }
-            Net::RestartRelay { relay } => self.restart_relay(relay),
-            Net::RelayUp { relay } => {
-                self.nodes[relay].down = false;
-                self.cluster_relay_up(relay);
-            }
+            Net::Restart { node } => self.crash_node(node),
+            Net::Crash { node, kind } => self.crash_due(node, kind),
+            Net::Up { node } => self.node_up(node),
             Net::Cluster(event) => self.apply_cluster(event),
             Net::Partition { node, on } => {
                 self.nodes[node].partitioned = on;
@@ -584,34 +668,12 @@ impl World {
         }
     }
 
-    /// Relay `r` crashes, losing all its state, and runs again after a while.
-    fn restart_relay(&mut self, r: usize) {
-        let links: Vec<LinkId> =
-            self.pairs.keys().filter(|(n, _)| *n == r).map(|(_, l)| *l).collect();
-        for link in links {
-            self.cut(r, link);
-        }
-        // Held polls and in-flight requests at the relay are lost: their clients see failures.
-        let lost: Vec<(usize, RequestId)> =
-            self.http.iter().filter(|((s, _), _)| *s == r).map(|(_, (c, r, _))| (*c, *r)).collect();
-        self.http.retain(|(s, _), _| *s != r);
-        for (client, request) in lost {
-            self.schedule(ms(500), Net::HttpFailure { client, request });
-        }
-        let names: Vec<EntityId> = self.nodes.iter().map(|n| n.node.id().clone()).collect();
-        self.counter += 1;
-        let fresh = self.make_node(r, &names);
-        let relay = &mut self.nodes[r];
-        let old = std::mem::replace(&mut relay.node, fresh);
-        relay.generation += 1;
-        relay.down = true;
-        let downtime = 1000 + self.rng.next_u64() % 10_000;
-        self.schedule(ms(downtime), Net::RelayUp { relay: r });
-        let refused = old.cluster_stats().map_or(0, |s| s.frames_refused);
-        self.cluster_relay_crashed(r, refused);
-    }
-
     fn app_send(&mut self, from: usize) {
+        if self.nodes[from].down {
+            // The application runs again with its node.
+            self.schedule(ms(500), Net::Send { from });
+            return;
+        }
         let peers = self.peers;
         if self.now < self.send_until && self.budget[from] > 0 && peers > 1 {
             self.budget[from] -= 1;
@@ -654,7 +716,7 @@ impl World {
                 )
             };
             if let Ok(id) = result {
-                self.outcome.sent.entry((from, to)).or_default().push((id, payload));
+                self.accepted(from, to, (id, payload));
             }
             self.drain(from);
         }
@@ -691,99 +753,112 @@ impl World {
         assert_eq!(handled, Ok(Handled::Done), "node {i}");
     }
 
-    /// Carries out everything node `i` asked for.
+    /// Carries out everything node `i` asked for (nothing if it is down).
     fn drain(&mut self, i: usize) {
+        if self.nodes[i].down {
+            return;
+        }
+        if self.is_durable(i) {
+            return self.drain_durable(i);
+        }
         while let Some(out) = self.nodes[i].node.poll_output() {
-            match out {
-                Output::Transmit { link, frame } => {
-                    self.check_leak("frame", &frame);
-                    if let Some((to, to_link)) = self.pairs.get(&(i, link)).copied() {
-                        let at = self.now.saturating_add(self.latency());
-                        let last = self.link_clock.get(&(to, to_link)).copied().unwrap_or(at);
-                        let at = at.max(last);
-                        self.link_clock.insert((to, to_link), at);
-                        let after = at.saturating_duration_since(self.now);
-                        self.schedule(after, Net::Frame { to, link: to_link, frame });
-                    }
+            self.carry(i, out);
+        }
+    }
+
+    /// Carries out one output of node `i`.
+    fn carry(&mut self, i: usize, out: Output) {
+        match out {
+            Output::Transmit { link, frame } => {
+                self.check_leak("frame", &frame);
+                if let Some((to, to_link)) = self.pairs.get(&(i, link)).copied() {
+                    let at = self.now.saturating_add(self.latency());
+                    let last = self.link_clock.get(&(to, to_link)).copied().unwrap_or(at);
+                    let at = at.max(last);
+                    self.link_clock.insert((to, to_link), at);
+                    let after = at.saturating_duration_since(self.now);
+                    self.schedule(after, Net::Frame { to, link: to_link, frame });
                 }
-                Output::OpenLink { link, url, kind, .. } => {
-                    let d = self.latency();
-                    match self.node_of_url(&url) {
-                        Some(server) if self.reachable(i, server) => {
-                            let generation = self.nodes[server].generation;
-                            self.schedule(
-                                d,
-                                Net::Connect { client: i, link, server, kind, generation },
-                            );
-                        }
-                        _ => self.schedule(d + ms(1000), Net::ConnectFailed { client: i, link }),
-                    }
-                }
-                Output::CloseLink { link, .. } => {
-                    if let Some((other, other_link)) = self.pairs.remove(&(i, link)) {
-                        self.pairs.remove(&(other, other_link));
-                        let d = self.latency();
-                        self.schedule(d, Net::Closed { node: other, link: other_link });
-                    }
-                }
-                Output::HttpRequest { request, method, url, body, .. } => {
-                    self.check_leak("http request", &body);
-                    let d = self.latency();
-                    let Some(server) = self.node_of_url(&url).filter(|s| self.reachable(i, *s))
-                    else {
-                        self.schedule(d + ms(1000), Net::HttpFailure { client: i, request });
-                        continue;
-                    };
-                    if self.chance(self.faults.http_5xx_per_mille) {
+            }
+            Output::OpenLink { link, url, kind, .. } => {
+                let d = self.latency();
+                match self.node_of_url(&url) {
+                    Some(server) if self.reachable(i, server) => {
+                        let generation = self.nodes[server].generation;
                         self.schedule(
                             d,
-                            Net::HttpResponse { client: i, request, status: 503, body: Vec::new() },
+                            Net::Connect { client: i, link, server, kind, generation },
                         );
-                        continue;
                     }
-                    if self.chance(self.faults.http_lost_request_per_mille) {
-                        self.schedule(d + ms(5000), Net::HttpFailure { client: i, request });
-                        continue;
-                    }
-                    let lose_response = self.chance(self.faults.http_lost_response_per_mille);
-                    let call = match method {
-                        HttpMethod::Post => HttpCall::PostMessages { body },
-                        HttpMethod::Get => HttpCall::Poll { wait: poll_wait_in(&url) },
-                    };
-                    let generation = self.nodes[server].generation;
+                    _ => self.schedule(d + ms(1000), Net::ConnectFailed { client: i, link }),
+                }
+            }
+            Output::CloseLink { link, .. } => {
+                if let Some((other, other_link)) = self.pairs.remove(&(i, link)) {
+                    self.pairs.remove(&(other, other_link));
+                    let d = self.latency();
+                    self.schedule(d, Net::Closed { node: other, link: other_link });
+                }
+            }
+            Output::HttpRequest { request, method, url, body, .. } => {
+                self.check_leak("http request", &body);
+                let d = self.latency();
+                let Some(server) = self.node_of_url(&url).filter(|s| self.reachable(i, *s)) else {
+                    self.schedule(d + ms(1000), Net::HttpFailure { client: i, request });
+                    return;
+                };
+                if self.chance(self.faults.http_5xx_per_mille) {
                     self.schedule(
                         d,
-                        Net::HttpRequest {
-                            client: i,
-                            request,
-                            server,
-                            call,
-                            lose_response,
-                            generation,
-                        },
+                        Net::HttpResponse { client: i, request, status: 503, body: Vec::new() },
                     );
+                    return;
                 }
-                Output::HttpRespond { request, status, body } => {
-                    self.check_leak("http response", &body);
-                    if let Some((client, client_request, lose)) = self.http.remove(&(i, request)) {
-                        let d = self.latency();
-                        if lose {
-                            self.schedule(
-                                d + ms(5000),
-                                Net::HttpFailure { client, request: client_request },
-                            );
-                        } else {
-                            self.schedule(
-                                d,
-                                Net::HttpResponse { client, request: client_request, status, body },
-                            );
-                        }
+                if self.chance(self.faults.http_lost_request_per_mille) {
+                    self.schedule(d + ms(5000), Net::HttpFailure { client: i, request });
+                    return;
+                }
+                let lose_response = self.chance(self.faults.http_lost_response_per_mille);
+                let call = match method {
+                    HttpMethod::Post => HttpCall::PostMessages { body },
+                    HttpMethod::Get => HttpCall::Poll { wait: poll_wait_in(&url) },
+                };
+                let generation = self.nodes[server].generation;
+                self.schedule(
+                    d,
+                    Net::HttpRequest {
+                        client: i,
+                        request,
+                        server,
+                        call,
+                        lose_response,
+                        generation,
+                    },
+                );
+            }
+            Output::HttpRespond { request, status, body } => {
+                self.check_leak("http response", &body);
+                if let Some((client, client_request, lose, generation)) =
+                    self.http.remove(&(i, request))
+                    && self.nodes[client].generation == generation
+                {
+                    let d = self.latency();
+                    if lose {
+                        self.schedule(
+                            d + ms(5000),
+                            Net::HttpFailure { client, request: client_request },
+                        );
+                    } else {
+                        self.schedule(
+                            d,
+                            Net::HttpResponse { client, request: client_request, status, body },
+                        );
                     }
                 }
-                Output::Event(e) => self.on_event(i, e),
-                Output::Cluster(action) => self.cluster_command(i, action),
-                Output::Persist(_) => {}
             }
+            Output::Event(e) => self.on_event(i, e),
+            Output::Cluster(action) => self.cluster_command(i, action),
+            Output::Persist(op) => unreachable!("node {i} is not durable but wrote {op:?}"),
         }
     }
 
@@ -801,6 +876,7 @@ impl World {
                 self.outcome.mislabelled.push(format!("{id} delivered by no transport"));
             }
             Event::Message { from, id, .. } | Event::Request { from, id, .. } => {
+                self.handed(i, &from, &id);
                 self.outcome.delivered_at.entry(id.clone()).or_insert(self.now);
                 if self.outcome.failed.contains_key(&id) {
                     self.outcome.late += 1;
@@ -819,11 +895,19 @@ impl World {
                     let _ = self.nodes[i].node.respond(self.now, &from, &id, b"done".to_vec());
                 }
             }
+            // An outcome is reported once, whatever crashes its sender (spec §26.2): the first
+            // report is kept.
             Event::Delivered { id, .. } => {
-                self.outcome.acked.insert(id, self.now);
+                if self.outcome.acked.contains_key(&id) || self.outcome.failed.contains_key(&id) {
+                    self.outcome.reported_twice.push(format!("node {i}: {id} delivered again"));
+                }
+                self.outcome.acked.entry(id).or_insert(self.now);
             }
             Event::Failed { id, maybe_delivered, .. } => {
-                self.outcome.failed.insert(id, (self.now, maybe_delivered));
+                if self.outcome.acked.contains_key(&id) || self.outcome.failed.contains_key(&id) {
+                    self.outcome.reported_twice.push(format!("node {i}: {id} failed again"));
+                }
+                self.outcome.failed.entry(id).or_insert((self.now, maybe_delivered));
             }
             Event::Response { .. } => self.outcome.responses += 1,
             Event::RequestTimedOut { .. } => self.outcome.timeouts += 1,
@@ -841,6 +925,8 @@ impl World {
         v.extend(o.leaks.iter().map(|l| format!("plaintext left a session: {l}")));
         v.extend(o.mislabelled.iter().cloned());
         v.extend(self.cluster_violations());
+        v.extend(o.restore_errors.iter().map(|e| format!("restore refused its store: {e}")));
+        v.extend(o.reported_twice.iter().map(|e| format!("outcome reported twice: {e}")));
         for ((from, to), delivered) in &o.delivered {
             let sent: Vec<&MessageId> = o
                 .sent
@@ -848,10 +934,17 @@ impl World {
                 .map(|s| s.iter().map(|(m, _)| m).collect())
                 .unwrap_or_default();
             let mut last = None;
-            let mut seen = BTreeSet::new();
+            let mut seen: BTreeMap<&MessageId, usize> = BTreeMap::new();
             for id in delivered {
-                if !seen.insert(id) {
-                    v.push(format!("p{from}->p{to}: {id} delivered twice"));
+                let times = seen.entry(id).or_default();
+                *times += 1;
+                if *times > 1 {
+                    // Only a message handed in a group a crash tore may come again, once more
+                    // per such crash; where it comes again is not an order of its own.
+                    if *times > 1 + o.repeats_allowed.get(id).copied().unwrap_or(0) {
+                        v.push(format!("p{from}->p{to}: {id} delivered {times} times"));
+                    }
+                    continue;
                 }
                 match sent.iter().position(|m| *m == id) {
                     None => v.push(format!("p{from}->p{to}: {id} delivered but never sent")),
@@ -893,10 +986,12 @@ impl World {
                         "p{from}->p{to}: {id} reported failed and never sent, yet delivered"
                     ));
                 }
-                if !got && failed.is_none() {
+                // An outcome lost with its sender's crash after a commit is no outcome.
+                let lost = o.outcomes_lost.contains(id);
+                if !got && failed.is_none() && !lost {
                     v.push(format!("p{from}->p{to}: {id} neither delivered nor reported failed"));
                 }
-                if acked.is_none() && failed.is_none() {
+                if acked.is_none() && failed.is_none() && !lost {
                     v.push(format!("p{from}->p{to}: {id} has no outcome at its sender"));
                 }
             }
@@ -932,6 +1027,11 @@ impl World {
         out
     }
 
+    /// The durable part's counters (zero for a run without durable peers).
+    pub fn durable_stats(&self) -> DurableStats {
+        self.durable.stats
+    }
+
     /// Idle peers forgotten so far, every node together.
     pub fn peers_forgotten(&self) -> u64 {
         self.nodes.iter().map(|n| n.node.stats().peers_forgotten).sum()
@@ -943,7 +1043,7 @@ impl World {
         let sent: usize = o.sent.values().map(Vec::len).sum();
         let delivered: usize = o.delivered.values().map(Vec::len).sum();
         format!(
-            "seed {}{}: {sent} sent, {delivered} delivered, {} failed ({} delivered late), {} frames, {} handshakes, {} resumes, {} switches, {} peers forgotten, faults {:?}{}",
+            "seed {}{}: {sent} sent, {delivered} delivered, {} failed ({} delivered late), {} frames, {} handshakes, {} resumes, {} switches, {} peers forgotten, faults {:?}{}{}",
             self.seed,
             if self.direct { " (p1->p2 direct)" } else { "" },
             o.failed.len(),
@@ -954,7 +1054,8 @@ impl World {
             o.switches,
             self.peers_forgotten(),
             self.faults,
-            self.cluster_summary()
+            self.cluster_summary(),
+            self.durable_summary()
         )
     }
 }
