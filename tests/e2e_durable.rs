@@ -124,3 +124,33 @@ fn a_store_that_cannot_be_used_stops_the_start_with_what_to_do() {
         let _ = std::fs::remove_dir_all(&dir);
     });
 }
+
+#[test]
+fn a_store_that_refuses_a_write_stops_the_node_and_keeps_what_it_had_accepted() {
+    if skipped(
+        "e2e_durable::a_store_that_refuses_a_write_stops_the_node_and_keeps_what_it_had_accepted",
+    ) {
+        return;
+    }
+    smol::block_on(async {
+        let (r, a, b) = (identity("relay"), identity("alice"), identity("bob"));
+        let dir = temp_dir("full");
+        let mut cfg = alice_config(&r, "http://127.0.0.1:9", &b, &dir);
+        // Room for the stream record and two frames: the third message's write is refused.
+        cfg.storage.max_entries = 3;
+        let alice = start_node(cfg, copy(&a)).await;
+        send_n(&alice, b.id(), "m", 2).await;
+        let refused = alice
+            .send_message(b.id(), MessageType::PeerMessage, payload("m", 2), SendOptions::default())
+            .await;
+        assert!(refused.is_err(), "a message the store refused is not accepted: {refused:?}");
+        // The node has stopped: it takes nothing more.
+        let after = alice.transport_stats().await;
+        assert!(after.is_err(), "{after:?}");
+        // What it accepted before is on disk, and a node restores from it.
+        let report = peerlink_host::store::check(&dir.join("store.redb")).unwrap();
+        assert_eq!(report.kinds.get(&b'f').map(|k| k.entries), Some(2));
+        assert!(report.is_ok(), "{report}");
+        let _ = std::fs::remove_dir_all(&dir);
+    });
+}

@@ -419,8 +419,9 @@ pub(crate) async fn run(mut core: Core, inputs: Receiver<Input>) {
             break;
         }
     }
-    refuse_queued(&*inputs);
+    // The store first: a caller that hears the node stopped finds its file released.
     close_store(&mut core).await;
+    refuse_queued(&*inputs);
 }
 
 /// Waits for the store's writer to finish and releases its file.
