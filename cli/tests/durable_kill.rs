@@ -247,7 +247,7 @@ fn a_sender_killed_with_hundreds_accepted_delivers_them_all_after_a_restart() {
     .concat();
 
     // Bob is not running: the sender accepts (stores) every message and can deliver none.
-    let mut alice = Proc::start("alice-1", &alice_home, &send, true);
+    let mut alice = Proc::start("alice-1", alice_home, &send, true);
     {
         let mut stdin = alice.child.stdin.take().unwrap();
         for i in 0..MESSAGES {
@@ -260,7 +260,7 @@ fn a_sender_killed_with_hundreds_accepted_delivers_them_all_after_a_restart() {
         l.starts_with(&format!("accepted {MESSAGES} ")).then_some(())
     });
     alice.kill9();
-    let report = store_check(&alice_home);
+    let report = store_check(alice_home);
     assert_eq!(outbox_frames(&report), MESSAGES as u64, "the store holds them all:\n{report}");
 
     smol::block_on(async {
@@ -281,7 +281,7 @@ fn a_sender_killed_with_hundreds_accepted_delivers_them_all_after_a_restart() {
             .unwrap();
 
         // The next run, with nothing new to send, delivers what the first one accepted.
-        let alice = Proc::start("alice-2", &alice_home, &send, false);
+        let alice = Proc::start("alice-2", alice_home, &send, false);
         // Mid-stream, the relay is killed and started again on the same port.
         within("a third of the messages", async {
             while inbox.len() < MESSAGES / 3 {
@@ -292,7 +292,7 @@ fn a_sender_killed_with_hundreds_accepted_delivers_them_all_after_a_restart() {
         relay_proc.kill9();
         let at_kill = inbox.len();
         assert!(at_kill < MESSAGES, "the relay died mid-stream ({at_kill} delivered before)");
-        let (relay_again, id_again, _) = relay(&relay_home, port, &peers);
+        let (relay_again, id_again, _) = relay(relay_home, port, &peers);
         assert_eq!(&id_again, relay_id);
         let done = smol::unblock(move || {
             let line = alice.line("done", |l| l.strip_prefix("done: ").map(str::to_owned));
@@ -308,7 +308,7 @@ fn a_sender_killed_with_hundreds_accepted_delivers_them_all_after_a_restart() {
         bob_node.shutdown().await.unwrap();
         drop(relay_again);
     });
-    let report = store_check(&alice_home);
+    let report = store_check(alice_home);
     assert_eq!(outbox_frames(&report), 0, "delivered messages leave the store:\n{report}");
     let _ = std::fs::remove_dir_all(&w.dir);
 }
@@ -337,7 +337,7 @@ fn a_receiver_killed_mid_stream_loses_nothing_and_repeats_at_most_its_last_round
         &["--storage", "redb"],
     ]
     .concat();
-    let bob = Proc::start("bob-1", &bob_home, &listen, false);
+    let bob = Proc::start("bob-1", bob_home, &listen, false);
     bob.field("url");
 
     smol::block_on(async {
@@ -363,7 +363,7 @@ fn a_receiver_killed_mid_stream_loses_nothing_and_repeats_at_most_its_last_round
             lines
         })
         .await;
-        let bob = Proc::start("bob-2", &bob_home, &listen, false);
+        let bob = Proc::start("bob-2", bob_home, &listen, false);
         let (second, bob) = smol::unblock(move || {
             let mut lines = Vec::new();
             loop {
