@@ -3,6 +3,7 @@
 
 mod baseline;
 mod child;
+mod durable;
 mod floor;
 mod load;
 mod memory;
@@ -80,7 +81,9 @@ struct Args {
     /// measurements (baseline connects and full handshakes), and `floor` the protocol's CPU
     /// floor (public-key operations and the core's work, one thread, no I/O); `workers` the
     /// `peerlink serve --workers 1` / `--workers 2` measurement (it needs the release `peerlink`
-    /// binary next to this one: `cargo build --release -p peerlink`).
+    /// binary next to this one: `cargo build --release -p peerlink`); `durable` both endpoints
+    /// in memory against both on redb (fsync always, and once never), relayed and direct,
+    /// 64 B and 64 KiB (those of `--sizes`, or both if it names neither).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Threads of smol's global executor, which runs every node and baseline task (sets
@@ -206,6 +209,8 @@ pub struct Results {
     pub workers: Option<workers::Workers>,
     /// Why the workers measurement was skipped in a full run (no `peerlink` binary).
     pub workers_skipped: Option<String>,
+    /// Durable endpoints (redb) against endpoints in memory, when measured.
+    pub durable: Option<durable::Durable>,
     /// CPUs online.
     pub cpus: usize,
     /// Threads of smol's global executor.
@@ -380,6 +385,10 @@ async fn bench(args: &Args) -> Result<Results, BoxError> {
             }
         }
     }
+    let mut durable = None;
+    if wanted("durable") {
+        durable = Some(durable::measure_all(&args.sizes, args.window, args.seconds, rounds).await?);
+    }
     Ok(Results {
         date: stats::today(),
         seconds: args.seconds,
@@ -397,6 +406,7 @@ async fn bench(args: &Args) -> Result<Results, BoxError> {
         floor,
         workers,
         workers_skipped,
+        durable,
         concurrency: args.concurrency,
         cpus: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
         threads: executor_threads(),

@@ -128,6 +128,9 @@ pub fn markdown(r: &Results) -> String {
     }
     cluster_section(&mut s, r);
     workers_section(&mut s, r);
+    if let Some(d) = &r.durable {
+        crate::durable::section(&mut s, d, r.cpus);
+    }
     let _ = writeln!(s, "\n## Connections\n");
     let _ = writeln!(
         s,

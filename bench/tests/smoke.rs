@@ -3,7 +3,8 @@
 //! runs too, so `redis-server` must be installed (`apt-get install -y redis-server`). The
 //! `workers` measurement runs when a `peerlink` binary lies next to the tool's (`cargo build -p
 //! peerlink`, which `cargo test --workspace` does), and is checked then; otherwise the report
-//! must say it was skipped.
+//! must say it was skipped. The `durable` measurement writes its redb files under the temporary
+//! directory.
 
 use std::process::Command;
 
@@ -75,6 +76,21 @@ fn a_short_run_writes_a_sane_report() {
                 .map(|l| l.rsplit(' ').next().unwrap().parse::<usize>().unwrap())
                 .sum();
             assert_eq!(links, 4, "every client's worker named in Redis: {row:?}");
+        }
+    }
+    let durable = table(&md, "## Durable storage");
+    assert_eq!(
+        durable.len(),
+        5,
+        "64 B only (--sizes 64,1024): relayed memory, fsync always, never; direct memory, always: {durable:?}"
+    );
+    for row in &durable {
+        assert!(number(&row[3]) > 0.0, "msg/s of {row:?}");
+        let memory = row[2] == "memory";
+        assert_eq!(row[9] == "–", memory, "store counters for the durable runs only: {row:?}");
+        if !memory {
+            assert!(number(&row[9]) > 0.0, "a durable run commits: {row:?}");
+            assert!(number(&row[11]) >= 1.0, "each message's frame is written: {row:?}");
         }
     }
     let floor = table(&md, "## The protocol's CPU floor");
