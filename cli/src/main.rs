@@ -671,7 +671,12 @@ async fn send_lines(
     let mut n = 0u64;
     while let Ok(line) = lines.recv().await {
         let id = node
-            .send_message(to, peerlink_core::MessageType::PeerMessage, line.into_bytes(), options.clone())
+            .send_message(
+                to,
+                peerlink_core::MessageType::PeerMessage,
+                line.into_bytes(),
+                options.clone(),
+            )
             .await?;
         n += 1;
         let mut out = std::io::stdout().lock();
@@ -682,12 +687,11 @@ async fn send_lines(
         }
     }
     while node.outbox_len(to).await? > 0 {
-        if let Ok(Ok(e)) =
-            smol::future::or(async { Ok(events.recv().await) }, async {
-                smol::Timer::after(Duration::from_millis(200)).await;
-                Err(())
-            })
-            .await
+        if let Ok(Ok(e)) = smol::future::or(async { Ok(events.recv().await) }, async {
+            smol::Timer::after(Duration::from_millis(200)).await;
+            Err(())
+        })
+        .await
         {
             count(e);
         }
@@ -831,8 +835,7 @@ async fn run(cli: Cli) -> Fallible<()> {
         Some(Command::Send { target, message, http, stdin, storage }) => {
             let to = entity("--to", &target.to)?;
             let key = public_key("--key", &target.key)?;
-            let (mut config, url) =
-                reach(&file, &to, target.url.as_deref(), &target.relay).await?;
+            let (mut config, url) = reach(&file, &to, target.url.as_deref(), &target.relay).await?;
             config.storage.kind = match storage {
                 Some(Storage::Redb) => StorageKind::Redb,
                 Some(Storage::Memory) => StorageKind::Memory,
