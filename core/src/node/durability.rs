@@ -167,6 +167,11 @@ impl Node {
             let epochs = p.recv.positions();
             let value = serde_json::to_vec(&RecvRecord { epochs }).unwrap_or_default();
             self.persist(StoreOp::Put { key: key_of(kind::RECV, &peer), value });
+            // The chunks of the messages this position passes, in the same group.
+            let freed = self.peers.get_mut(&peer).map(|p| std::mem::take(&mut p.freed_chunks));
+            for no in freed.unwrap_or_default() {
+                self.persist(StoreOp::Delete { key: numbered_key(kind::CHUNK, &peer, no) });
+            }
             // The acknowledgement follows the write.
             self.flush_control(now, &peer);
             self.reschedule_peer(&peer);
@@ -219,7 +224,8 @@ impl Node {
         for no in state.send.take_removed().into_iter().chain(state.send.frame_numbers()) {
             ops.push(StoreOp::Delete { key: numbered_key(kind::FRAME, peer, no) });
         }
-        for no in std::mem::take(&mut state.stored_chunks) {
+        let freed = std::mem::take(&mut state.freed_chunks);
+        for no in std::mem::take(&mut state.stored_chunks).into_iter().chain(freed) {
             ops.push(StoreOp::Delete { key: numbered_key(kind::CHUNK, peer, no) });
         }
         for op in ops {

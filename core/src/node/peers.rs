@@ -54,6 +54,10 @@ pub(super) struct PeerState {
     pub assembling: Option<MessageId>,
     /// On a durable node: the numbers of the stored chunks of the message being reassembled.
     pub stored_chunks: Vec<u64>,
+    /// On a durable node: stored chunks of messages completed and handed to the application,
+    /// deleted with the receive position that passes them (until the application has taken
+    /// the message, they are what rebuilds it after a crash).
+    pub freed_chunks: Vec<u64>,
     /// Sessions with this peer that were replaced or lost (newest last): a message for one of
     /// them is answered `SESSION_EXPIRED` rather than `SESSION_NOT_FOUND`.
     pub retired: std::collections::VecDeque<crate::ids::SessionId>,
@@ -178,6 +182,7 @@ impl Node {
             blocked: false,
             assembling: None,
             stored_chunks: Vec::new(),
+            freed_chunks: Vec::new(),
             retired: std::collections::VecDeque::new(),
             wanted: false,
             last_resume: None,

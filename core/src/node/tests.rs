@@ -351,6 +351,8 @@ struct Pump {
     crash_after_write: BTreeMap<String, NodeConfig>,
     /// Outcomes (`Delivered`, `Failed`) a crash after a write kept from the application.
     lost_outcomes: Vec<(String, MessageId)>,
+    /// Durable nodes whose application takes none of its events (they wait in a queue).
+    slow_apps: Vec<String>,
     restarts: u64,
 }
 
@@ -373,6 +375,7 @@ impl Pump {
             stores: BTreeMap::new(),
             crash_after_write: BTreeMap::new(),
             lost_outcomes: Vec::new(),
+            slow_apps: Vec::new(),
             restarts: 0,
         }
     }
@@ -425,7 +428,11 @@ impl Pump {
         // The application took the events of the last round (this network hands them over at
         // once).
         let now = self.now;
-        self.node(name).events_taken(now);
+        if self.slow_apps.iter().any(|n| n == name) {
+            self.node(name).set_app_backlog(1);
+        } else {
+            self.node(name).events_taken(now);
+        }
         let outputs = drain(self.node(name));
         let any = !outputs.is_empty();
         let (mut writes, mut held) = (Vec::new(), Vec::new());

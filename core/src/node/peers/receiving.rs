@@ -182,7 +182,11 @@ impl Node {
                                 (f.header.reply_to, f.header.app_type),
                                 message,
                             );
-                            self.persist_chunks_done(peer);
+                            // Deleted with the position that passes the last chunk.
+                            if let Some(p) = self.peers.get_mut(peer) {
+                                let done = std::mem::take(&mut p.stored_chunks);
+                                p.freed_chunks.extend(done);
+                            }
                         }
                         Ok(None) => {
                             p.assembling = Some(c.id);

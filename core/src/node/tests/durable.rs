@@ -437,3 +437,34 @@ fn a_next_hop_that_does_not_answer_for_a_while_fails_nothing_on_a_durable_node()
         }
     }
 }
+
+/// Messages handed to an application that had not taken them yet (they wait in a queue of the
+/// driver's, which dies with the process) are received again after a crash, a chunked one
+/// included: the receive position and the chunks' deletion wait until the application has them.
+#[test]
+fn messages_the_application_had_not_taken_are_received_again_after_a_crash() {
+    let mut config = durable();
+    config.chunk_threshold = 1024;
+    config.chunk_size = 1024;
+    let mut p = pair(config.clone());
+    p.slow_apps.push("bob".into());
+    send_all(&mut p, 3, "m");
+    let big: Vec<u8> = (0..5 * 1024u32).map(|i| (i % 253) as u8).collect();
+    let now = p.now;
+    p.node("alice").send(now, &id("bob"), big.clone(), SendOptions::default()).unwrap();
+    p.advance(Duration::from_secs(1));
+    assert_eq!(p.messages_at("bob").len(), 4, "handed to the driver's queue");
+    assert_eq!(kinds_stored(&p, "bob", b'r'), 0, "no position: the application took nothing");
+    assert_eq!(kinds_stored(&p, "bob", b'a'), 4, "the chunks stay until it does");
+    assert!(delivered_ids(&p).is_empty(), "nothing acknowledged");
+    // Bob's process dies with the four messages in its queue; his application is quick now.
+    p.slow_apps.clear();
+    p.events.retain(|(n, _)| n != "bob");
+    restart(&mut p, "bob", config);
+    p.advance(Duration::from_secs(60));
+    let mut want: Vec<Vec<u8>> = (0..3).map(|i| format!("m-{i}").into_bytes()).collect();
+    want.push(big);
+    assert_eq!(p.messages_at("bob"), want, "all four again, in order, once");
+    assert_eq!(delivered_ids(&p).len(), 4);
+    assert_eq!(kinds_stored(&p, "bob", b'a'), 0);
+}
