@@ -18,6 +18,7 @@
 //! | `r` ‖ peer ‖ `0x00` | `{"epochs":[[E,N],…]}` | the receive positions of `peer`'s streams: for each epoch, the next frame number to deliver |
 //! | `a` ‖ peer ‖ `0x00` ‖ no (8 bytes, big-endian) | header JSON ‖ `\n` ‖ body | one chunk of a message from `peer` being reassembled, already counted in its receive position |
 //! | `t` ‖ node ‖ `0x00` | `{"topics":[…]}` | the topics the application subscribed to at the next hop `node` |
+//! | `m` ‖ entity ‖ `0x00` ‖ no (8 bytes, big-endian) | `{"expires":T}` ‖ `\n` ‖ envelope | one envelope held in `entity`'s mailbox (a relay's), until `T` (Unix ms); numbers give the mailbox's order |
 //!
 //! Entity ids never contain `0x00` (spec §3), so a key splits without ambiguity. Everything
 //! read back is checked as hostile input: a malformed entry is a [`StoreError`], never a panic.
@@ -113,6 +114,8 @@ pub(crate) mod kind {
     pub const CHUNK: u8 = b'a';
     /// Subscriptions at a next hop.
     pub const TOPICS: u8 = b't';
+    /// An envelope held in a mailbox for an entity not connected (a relay's).
+    pub const MAILBOX: u8 = b'm';
 }
 
 /// `kind ‖ entity ‖ 0x00`.
@@ -191,6 +194,16 @@ pub(crate) struct ChunkRecord {
     pub header: DataHeader,
 }
 
+/// The header of a stored mailbox entry (`m`): when it expires. The body is the envelope as
+/// it arrived, whose payload a relay cannot read (end-to-end ciphertext, or a handshake's
+/// public values).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct MailboxRecord {
+    /// Unix milliseconds.
+    pub expires: u64,
+}
+
 /// `header JSON ‖ \n ‖ body`.
 pub(crate) fn encode_with_body<T: Serialize>(header: &T, body: &[u8]) -> Vec<u8> {
     // Serializing ids, integers and options of them cannot fail.
@@ -234,6 +247,19 @@ pub(crate) struct PeerRecords {
     pub recv: Option<RecvRecord>,
     pub chunks: BTreeMap<u64, (ChunkRecord, Vec<u8>)>,
     pub topics: Vec<String>,
+    /// Entries of the entity's mailbox, by number.
+    pub mailbox: BTreeMap<u64, (MailboxRecord, Vec<u8>)>,
+}
+
+impl PeerRecords {
+    /// Whether there is state of a peer of this node's own (a stream, frames, positions,
+    /// chunks), beyond subscriptions and a mailbox.
+    pub fn has_peer_state(&self) -> bool {
+        self.stream.is_some()
+            || !self.frames.is_empty()
+            || self.recv.is_some()
+            || !self.chunks.is_empty()
+    }
 }
 
 /// Everything read back, by peer: what [`Node::restore`](crate::Node::restore) rebuilds the
@@ -304,6 +330,14 @@ impl Restored {
                         return Err(corrupt("too many topics, or an invalid topic name"));
                     }
                     peer.topics = r.topics;
+                }
+                (kind::MAILBOX, Some(no)) => {
+                    let entry =
+                        decode_with_body::<MailboxRecord>(&value).map_err(|e| corrupt(&e))?;
+                    if entry.1.is_empty() {
+                        return Err(corrupt("an empty mailbox entry"));
+                    }
+                    peer.mailbox.insert(no, entry);
                 }
                 _ => return Err(corrupt("unknown record kind")),
             }

@@ -33,7 +33,10 @@
 //! An outcome is never reported twice, nor contradicted, whatever the crash.
 //!
 //! Crashes and restarts are functions of the node index ([`World::crash_node`],
-//! [`World::node_up`]): a relay is crashed the same way, with a store if it is given one.
+//! [`World::node_up`]). In half the durable runs the relays are durable too: a relay's restart
+//! (every third run has one) is then a crash of one of the three kinds, and the relay comes
+//! back with its mailboxes (spec §26.4). Whatever a relay writes must hold no plaintext: no
+//! stored value may contain a payload's text (`MSG|`), checked at every commit.
 
 use std::collections::BTreeMap;
 
@@ -89,6 +92,14 @@ pub struct DurableStats {
     pub repeats_seen: u64,
     /// Outcomes (`Delivered`, `Failed`) held behind a commit and lost with a crash after it.
     pub outcomes_lost: u64,
+    /// Runs whose relays are durable.
+    pub durable_relays: u64,
+    /// Relay restarts rebuilt from a store.
+    pub relay_restores: u64,
+    /// Mailbox entries a restarted relay held again.
+    pub mailboxed: u64,
+    /// Mailbox entries a restarted relay dropped (expired while it was down).
+    pub mailbox_dropped: u64,
     /// Writes committed.
     pub writes: u64,
     /// Groups committed.
@@ -112,6 +123,10 @@ impl DurableStats {
         }
         self.repeats_seen += o.repeats_seen;
         self.outcomes_lost += o.outcomes_lost;
+        self.durable_relays += o.durable_relays;
+        self.relay_restores += o.relay_restores;
+        self.mailboxed += o.mailboxed;
+        self.mailbox_dropped += o.mailbox_dropped;
         self.writes += o.writes;
         self.groups += o.groups;
     }
@@ -121,10 +136,11 @@ impl std::fmt::Display for DurableStats {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "peer crashes {} clean / {} after commit / {} torn, {} restores ({} messages \
+            "crashes {} clean / {} after commit / {} torn, {} restores ({} messages \
              restored, {} expired while down, {} chunks), {} sends lost with a torn group, {} \
              outcomes lost after a commit, repeats allowed {} / {} / {} by crash kind ({} seen), \
-             {} writes in {} groups committed",
+             {} runs with durable relays ({} relay restores, {} mailbox entries kept, {} \
+             expired), {} writes in {} groups committed",
             self.crashes_clean,
             self.crashes_after_commit,
             self.crashes_torn,
@@ -138,6 +154,10 @@ impl std::fmt::Display for DurableStats {
             self.repeats_allowed[1],
             self.repeats_allowed[2],
             self.repeats_seen,
+            self.durable_relays,
+            self.relay_restores,
+            self.mailboxed,
+            self.mailbox_dropped,
             self.writes,
             self.groups,
         )
@@ -161,6 +181,8 @@ pub(super) struct DurableSim {
     covered: BTreeMap<usize, Vec<MessageId>>,
     /// Crashes to schedule at the start: (node, when in ms, kind).
     pub(super) crashes: Vec<(usize, u64, CrashKind)>,
+    /// Whether the relays are durable too, and how a relay's restart crashes it.
+    pub(super) relays: Option<CrashKind>,
     pub(super) stats: DurableStats,
 }
 
@@ -177,6 +199,7 @@ impl DurableSim {
             unsettled: BTreeMap::new(),
             covered: BTreeMap::new(),
             crashes: Vec::new(),
+            relays: None,
             stats: DurableStats::default(),
         };
         if peers > 0 && rng.next_u32().is_multiple_of(2) {
@@ -193,6 +216,14 @@ impl DurableSim {
                     _ => CrashKind::Torn,
                 };
                 me.crashes.push((node, at, kind));
+            }
+            if rng.next_u32().is_multiple_of(2) {
+                me.stats.durable_relays = 1;
+                me.relays = Some(match rng.next_u32() % 3 {
+                    0 => CrashKind::Clean,
+                    1 => CrashKind::AfterCommit,
+                    _ => CrashKind::Torn,
+                });
             }
         }
         me.rng = rng;
@@ -297,6 +328,9 @@ impl World {
                     self.durable_crash(i, CrashKind::Torn);
                     return;
                 }
+                if self.is_relay(i) {
+                    self.check_no_plaintext(i, &writes);
+                }
                 let store = self.durable.stores.get_mut(&i).expect("a durable node has a store");
                 self.durable.stats.writes += writes.len() as u64;
                 self.durable.stats.groups += 1;
@@ -358,6 +392,28 @@ impl World {
         *unsettled = rest;
         let into = self.durable.covered.entry(i).or_default();
         into.extend(covered.into_iter().map(|(_, id)| id));
+    }
+
+    /// A relay stores envelopes as they came: a payload's text (every payload starts with
+    /// `MSG|`) must never be among them.
+    fn check_no_plaintext(&mut self, i: usize, writes: &[StoreOp]) {
+        const TEXT: &[u8] = b"MSG|";
+        for op in writes {
+            if let StoreOp::Put { key, value } = op
+                && value.windows(TEXT.len()).any(|w| w == TEXT)
+            {
+                let key = describe_key(key);
+                self.outcome.leaks.push(format!("relay {i} stored plaintext under {key}"));
+            }
+        }
+    }
+
+    /// A relay restarts: a durable one crashes the way the run drew, else it loses everything.
+    pub(super) fn relay_restart(&mut self, i: usize) {
+        match self.durable.relays {
+            Some(kind) if self.is_durable(i) => self.crash_due(i, kind),
+            _ => self.crash_node(i),
+        }
     }
 
     fn commit_pending(&mut self, i: usize) {
@@ -438,11 +494,17 @@ impl World {
             let entries = store.clone();
             match self.nodes[i].node.restore(self.now, entries) {
                 Ok(summary) => {
+                    let relay = self.is_relay(i);
                     let s = &mut self.durable.stats;
                     s.restores += 1;
                     s.messages_restored += summary.messages as u64;
                     s.expired_at_restore += summary.expired as u64;
                     s.chunks_restored += summary.chunks as u64;
+                    if relay {
+                        s.relay_restores += 1;
+                        s.mailboxed += summary.mailboxed as u64;
+                        s.mailbox_dropped += summary.mailbox_dropped as u64;
+                    }
                     if self.trace {
                         eprintln!("{:?} node {i} restored: {summary:?}", self.now);
                     }

@@ -329,6 +329,11 @@ impl World {
             cluster,
             durable: durable::DurableSim::draw(seed, peers),
         };
+        if world.durable.relays.is_some() {
+            for r in world.relays() {
+                world.durable.stores.insert(r, durable::Store::new());
+            }
+        }
         for i in 0..names.len() {
             let node = world.new_node(i);
             world.nodes.push(SimNode {
@@ -651,7 +656,7 @@ impl World {
                 self.feed(client, Input::HttpFailed(request));
                 self.drain(client);
             }
-            Net::Restart { node } => self.crash_node(node),
+            Net::Restart { node } => self.relay_restart(node),
             Net::Crash { node, kind } => self.crash_due(node, kind),
             Net::Up { node } => self.node_up(node),
             Net::Cluster(event) => self.apply_cluster(event),

@@ -47,6 +47,11 @@ pub struct RestoreSummary {
     pub chunks: usize,
     /// Topic subscriptions at next hops, renewed.
     pub subscriptions: usize,
+    /// Envelopes held again in mailboxes for entities not connected (a relay's).
+    pub mailboxed: usize,
+    /// Mailbox entries dropped: they expired while the node was down, or no longer fit its
+    /// bounds.
+    pub mailbox_dropped: usize,
 }
 
 impl Node {
@@ -257,17 +262,25 @@ impl Node {
                 "restore must come before anything is sent or received",
             )));
         }
-        if restored.peers.len() > self.config.max_peers.saturating_add(self.config.max_links) {
+        let with_state = restored.peers.values().filter(|r| r.has_peer_state()).count();
+        if with_state > self.config.max_peers.saturating_add(self.config.max_links) {
             return Err(StoreError::OverLimit("more peers than max_peers").into());
         }
         let mut summary = RestoreSummary::default();
-        for (peer, records) in restored.peers {
+        for (peer, mut records) in restored.peers {
+            for (number, (record, frame)) in std::mem::take(&mut records.mailbox) {
+                if self.restore_mailbox_entry(now, &peer, number, record, frame) {
+                    summary.mailboxed = summary.mailboxed.saturating_add(1);
+                } else {
+                    summary.mailbox_dropped = summary.mailbox_dropped.saturating_add(1);
+                }
+            }
             // Subscriptions at a next hop: renewed at once if the hop is configured, else kept
             // until it is (sent when its link comes up).
             if !records.topics.is_empty() {
                 summary.subscriptions = summary.subscriptions.saturating_add(records.topics.len());
                 let topics = records.topics.clone();
-                self.topics.restore_remote(peer.clone(), records.topics);
+                self.topics.restore_remote(peer.clone(), std::mem::take(&mut records.topics));
                 if let Some(h) = self.hops.get_mut(&peer) {
                     h.wanted = true;
                     for topic in &topics {
@@ -280,11 +293,7 @@ impl Node {
                     }
                 }
             }
-            if records.stream.is_none()
-                && records.frames.is_empty()
-                && records.recv.is_none()
-                && records.chunks.is_empty()
-            {
+            if !records.has_peer_state() {
                 continue;
             }
             self.ensure_peer(now, &peer).map_err(|e| match e {

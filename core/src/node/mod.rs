@@ -38,6 +38,7 @@ mod idle;
 mod input;
 mod io;
 mod links;
+mod mailboxes;
 mod peers;
 mod routing;
 mod stats;
@@ -70,8 +71,9 @@ use crate::timers::TimerQueue;
 
 use hops::Hop;
 use links::Link;
+use mailboxes::Mailboxes;
 use peers::PeerState;
-use routing::{Admissions, Mailboxes};
+use routing::Admissions;
 use topics::Topics;
 
 /// Where a next-hop node is reached: its entity id and its HTTP base URL.
@@ -226,7 +228,7 @@ impl Node {
         Ok(Self {
             guard: SignedMessageGuard::new(&config.limits),
             topics: Topics::default(),
-            mailboxes: Mailboxes::default(),
+            mailboxes: Mailboxes::durable(config.durable),
             admitted: Admissions::default(),
             handshake,
             identity: Arc::new(identity),

@@ -1,7 +1,7 @@
 //! Frames in: checks, relaying to other entities, mailboxes for offline entities, and this
 //! node's HTTP server side (spec §"Routing").
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use serde_json::json;
@@ -19,122 +19,6 @@ use crate::rate_limit::TokenBucket;
 use crate::signed::{error_message, signed_message};
 use crate::time::Timestamp;
 use crate::transport::TransportPreference;
-
-/// One entity's mailbox: frames with the time they expire, oldest first.
-type Mailbox = VecDeque<(Timestamp, Arc<[u8]>)>;
-
-/// Envelopes held for entities that are not connected, bounded per entity and in total.
-#[derive(Debug, Default)]
-pub(super) struct Mailboxes {
-    boxes: BTreeMap<EntityId, Mailbox>,
-    bytes: usize,
-    count: usize,
-}
-
-impl Mailboxes {
-    pub fn len(&self) -> usize {
-        self.count
-    }
-
-    pub fn bytes(&self) -> usize {
-        self.bytes
-    }
-
-    fn push(
-        &mut self,
-        entity: &EntityId,
-        frame: Arc<[u8]>,
-        expires: Timestamp,
-        max_messages: usize,
-        max_bytes: usize,
-        max_boxes: usize,
-    ) -> Result<(), ErrorCode> {
-        if !self.boxes.contains_key(entity) && self.boxes.len() >= max_boxes {
-            return Err(ErrorCode::MailboxFull);
-        }
-        let b = self.boxes.entry(entity.clone()).or_default();
-        let held: usize = b.iter().map(|(_, f)| f.len()).sum();
-        if b.len() >= max_messages || held.saturating_add(frame.len()) > max_bytes {
-            return Err(ErrorCode::MailboxFull);
-        }
-        self.bytes = self.bytes.saturating_add(frame.len());
-        self.count = self.count.saturating_add(1);
-        b.push_back((expires, frame));
-        Ok(())
-    }
-
-    /// Puts `frames` (oldest first) back at the front of an entity's mailbox, as far as its
-    /// bounds allow (the rest is dropped).
-    fn requeue(
-        &mut self,
-        entity: &EntityId,
-        frames: Vec<Arc<[u8]>>,
-        expires: Timestamp,
-        limits: (usize, usize, usize),
-    ) {
-        let (max_messages, max_bytes, max_boxes) = limits;
-        if !self.boxes.contains_key(entity) && self.boxes.len() >= max_boxes {
-            return;
-        }
-        let b = self.boxes.entry(entity.clone()).or_default();
-        let mut held: usize = b.iter().map(|(_, f)| f.len()).sum();
-        // Newest first, so the oldest ends up in front; past the bounds the rest is dropped.
-        for frame in frames.into_iter().rev() {
-            if b.len() >= max_messages || held.saturating_add(frame.len()) > max_bytes {
-                continue;
-            }
-            held = held.saturating_add(frame.len());
-            self.bytes = self.bytes.saturating_add(frame.len());
-            self.count = self.count.saturating_add(1);
-            b.push_front((expires, frame));
-        }
-        if b.is_empty() {
-            self.boxes.remove(entity);
-        }
-    }
-
-    /// Removes and returns up to `max_bytes` of an entity's frames, oldest first (at least one).
-    fn drain(&mut self, entity: &EntityId, max_bytes: usize) -> Vec<Arc<[u8]>> {
-        let mut out = Vec::new();
-        let Some(b) = self.boxes.get_mut(entity) else { return out };
-        let mut size = 0usize;
-        while let Some((_, f)) = b.front() {
-            if !out.is_empty() && size.saturating_add(f.len()) > max_bytes {
-                break;
-            }
-            size = size.saturating_add(f.len().saturating_add(1));
-            if let Some((_, f)) = b.pop_front() {
-                self.bytes = self.bytes.saturating_sub(f.len());
-                self.count = self.count.saturating_sub(1);
-                out.push(f);
-            }
-        }
-        if b.is_empty() {
-            self.boxes.remove(entity);
-        }
-        out
-    }
-
-    fn has(&self, entity: &EntityId) -> bool {
-        self.boxes.get(entity).is_some_and(|b| !b.is_empty())
-    }
-
-    fn expire(&mut self, now: Timestamp) {
-        for b in self.boxes.values_mut() {
-            while b.front().is_some_and(|(t, _)| *t <= now) {
-                if let Some((_, f)) = b.pop_front() {
-                    self.bytes = self.bytes.saturating_sub(f.len());
-                    self.count = self.count.saturating_sub(1);
-                }
-            }
-        }
-        self.boxes.retain(|_, b| !b.is_empty());
-    }
-
-    fn next_expiry(&self) -> Option<Timestamp> {
-        self.boxes.values().filter_map(|b| b.front().map(|(t, _)| *t)).min()
-    }
-}
 
 /// Entities the trust store does not hold, admitted under the open policy by a token that binds
 /// them to a key (spec §2.3): until the token expires, replies to them may wait in their
@@ -182,15 +66,6 @@ impl Admissions {
 fn looks_like_error(bytes: &[u8]) -> bool {
     const NEEDLE: &[u8] = b"\"type\":\"ERROR\"";
     bytes.windows(NEEDLE.len()).any(|w| w == NEEDLE)
-}
-
-fn ndjson(frames: &[Arc<[u8]>]) -> Vec<u8> {
-    let mut body = Vec::new();
-    for f in frames {
-        body.extend_from_slice(f);
-        body.push(b'\n');
-    }
-    body
 }
 
 impl Node {
@@ -300,102 +175,10 @@ impl Node {
         self.mailbox_push(now, to, frame)
     }
 
-    /// Keeps `frame` in `to`'s mailbox on this node (spec §19's bounds), releasing a poll `to`
-    /// holds.
-    pub(super) fn mailbox_push(
-        &mut self,
-        now: Timestamp,
-        to: &EntityId,
-        frame: Arc<[u8]>,
-    ) -> Result<Transport, ErrorCode> {
-        let expires = now.saturating_add(self.config.limits.max_clock_skew);
-        let len = frame.len();
-        if self.mailboxes.bytes().saturating_add(len) > self.config.max_mailbox_total_bytes {
-            return Err(ErrorCode::MailboxFull);
-        }
-        self.mailboxes.push(
-            to,
-            frame,
-            expires,
-            self.config.mailbox_messages,
-            self.config.mailbox_bytes,
-            self.config.max_mailboxes,
-        )?;
-        self.stats.sent(Transport::Http, len);
-        // The caller of the `POST` being processed gets its answers in that `POST`'s response,
-        // never in a poll held earlier: that poll may be a dead client's (spec §21).
-        if self.posting.as_ref() != Some(to) {
-            self.release_poll(to);
-        }
-        self.schedule(Timer::Mailboxes, self.mailboxes.next_expiry());
-        Ok(Transport::Http)
-    }
-
-    pub(super) fn drain_mailbox_to_link(
-        &mut self,
-        _now: Timestamp,
-        entity: &EntityId,
-        link: super::LinkId,
-    ) {
-        for frame in self.mailboxes.drain(entity, usize::MAX) {
-            self.transmit(link, frame);
-        }
-    }
-
-    /// Answers the long poll `entity` holds, if any, with what waits for it.
-    fn release_poll(&mut self, entity: &EntityId) {
-        if let Some((request, _)) = self.polls.remove(entity) {
-            self.timers.cancel(&Timer::Poll(entity.clone()));
-            self.answer_poll(request, entity);
-        }
-    }
-
-    pub(super) fn answer_poll(&mut self, request: RequestId, entity: &EntityId) {
-        let frames = self.mailboxes.drain(entity, self.config.max_http_body_bytes);
-        self.emit(Output::HttpRespond { request, status: 200, body: ndjson(&frames) });
-    }
-
-    /// The answer to an HTTP call from `to` never reached it: its client had gone (a stopped
-    /// process whose long poll was still held, spec §21). The envelopes the answer carried go
-    /// back to the front of `to`'s mailbox, within its bounds (what does not fit, and anything
-    /// that is not an envelope line, is dropped: senders re-send data, §13.3), and then to its
-    /// link or a poll it holds now. `body` is the answer's NDJSON body, as this node emitted it.
-    pub fn http_answer_lost(&mut self, now: Timestamp, to: &EntityId, body: &[u8]) {
-        let max_frame = self.config.limits.max_frame_bytes;
-        let frames: Vec<Arc<[u8]>> = body
-            .split(|&b| b == b'\n')
-            .filter(|l| !l.is_empty() && l.len() <= max_frame)
-            .map(Arc::from)
-            .collect();
-        if frames.is_empty() {
-            return;
-        }
-        let total = self.config.max_mailbox_total_bytes.saturating_sub(self.mailboxes.bytes());
-        let size: usize = frames.iter().map(|f| f.len()).sum();
-        if size > total {
-            return;
-        }
-        let expires = now.saturating_add(self.config.limits.max_clock_skew);
-        let limits =
-            (self.config.mailbox_messages, self.config.mailbox_bytes, self.config.max_mailboxes);
-        self.mailboxes.requeue(to, frames, expires, limits);
-        if let Some(link) = self.bound.get(to).copied() {
-            self.drain_mailbox_to_link(now, to, link);
-        } else if self.mailboxes.has(to) {
-            self.release_poll(to);
-        }
-        self.schedule(Timer::Mailboxes, self.mailboxes.next_expiry());
-    }
-
     pub(super) fn on_poll_timer(&mut self, _now: Timestamp, entity: &EntityId) {
         if let Some((request, _)) = self.polls.remove(entity) {
             self.answer_poll(request, entity);
         }
-    }
-
-    pub(super) fn on_mailbox_timer(&mut self, now: Timestamp) {
-        self.mailboxes.expire(now);
-        self.schedule(Timer::Mailboxes, self.mailboxes.next_expiry());
     }
 
     /// An HTTP call to this node, already authenticated by the driver (JWT): `who` is the
@@ -450,7 +233,7 @@ impl Node {
                 self.posting = None;
                 self.answer_poll(request, &entity);
                 // What did not fit in that answer releases a poll the caller holds.
-                if self.mailboxes.has(&entity) {
+                if self.has_mail(&entity) {
                     self.release_poll(&entity);
                 }
                 // In a cluster, what waits in its shared mailbox comes here for its next call.
@@ -458,7 +241,7 @@ impl Node {
             }
             HttpCall::Poll { wait } => {
                 let wait = wait.map_or(self.config.poll_wait, |w| w.min(self.config.poll_wait));
-                if self.mailboxes.has(&entity) || wait.is_zero() {
+                if self.has_mail(&entity) || wait.is_zero() {
                     self.answer_poll(request, &entity);
                 } else {
                     if let Some((old, _)) = self.polls.remove(&entity) {

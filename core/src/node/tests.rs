@@ -542,7 +542,16 @@ impl Pump {
             }
             Output::HttpRespond { request, status, body } => {
                 if let Some((client, r)) = self.http.remove(&(from.to_owned(), request)) {
-                    self.input(&client, Input::HttpResponse { request: r, status, body: &body });
+                    if self.nodes.contains_key(&client) {
+                        self.input(
+                            &client,
+                            Input::HttpResponse { request: r, status, body: &body },
+                        );
+                    } else {
+                        // The client is gone (taken out of the network): the answer cannot be
+                        // written, as a driver finds.
+                        self.node(from).http_answer_lost(now, &id(&client), &body);
+                    }
                 }
             }
             Output::Event(e) => self.events.push((from.to_owned(), e)),

@@ -298,6 +298,8 @@ fn open_store(
         expired = summary.expired,
         chunks = summary.chunks,
         subscriptions = summary.subscriptions,
+        mailboxed = summary.mailboxed,
+        mailbox_dropped = summary.mailbox_dropped,
         "store opened"
     );
     let path = config.storage.file_in(std::path::Path::new("."));

@@ -468,3 +468,113 @@ fn messages_the_application_had_not_taken_are_received_again_after_a_crash() {
     assert_eq!(delivered_ids(&p).len(), 4);
     assert_eq!(kinds_stored(&p, "bob", b'a'), 0);
 }
+
+/// Alice and Bob (not durable, WebSocket first) at a relay with `relay` as its configuration;
+/// Bob has a session with Alice and has received 5 messages, then goes away; Alice sends 20
+/// more, which wait in the relay's mailbox for Bob, and then goes away for good, her outbox
+/// with her: from then on only the relay holds them.
+fn mailboxed_at_relay(relay: NodeConfig) -> (Pump, Node) {
+    let config =
+        NodeConfig { preference: TransportPreference::WebsocketFirst, ..NodeConfig::default() };
+    let mut p = Pump::new(&[("relay", relay), ("alice", config.clone()), ("bob", config)]);
+    for n in ["alice", "bob"] {
+        let now = p.now;
+        p.node(n).set_default_route(now, Pump::addr("relay"));
+    }
+    let now = p.now;
+    p.node("bob").connect(now, &id("alice")).unwrap();
+    p.run();
+    send_all(&mut p, 5, "before");
+    expect_in_order(&p, &[("before", 5)]);
+    let bob = take_out(&mut p, "bob");
+    send_all(&mut p, 20, "away");
+    assert_eq!(p.node("relay").mailbox_len(), 20);
+    take_out(&mut p, "alice");
+    (p, bob)
+}
+
+/// Takes a node out of the network: the other ends of its links see them close, and so does
+/// the node itself, which does not run until it is put back.
+fn take_out(p: &mut Pump, name: &str) -> Node {
+    let mut node = p.nodes.remove(name).unwrap();
+    let now = p.now;
+    let links: Vec<(String, LinkId)> = p.pairs.keys().filter(|(n, _)| n == name).cloned().collect();
+    for key in links {
+        if let Some((to, tl)) = p.pairs.remove(&key) {
+            p.pairs.remove(&(to.clone(), tl));
+            p.node(&to).link_closed(now, tl);
+            node.link_closed(now, key.1);
+        }
+    }
+    p.run();
+    node
+}
+
+fn relay_config() -> NodeConfig {
+    NodeConfig { durable: true, ..NodeConfig::default() }
+}
+
+/// A relay restarted from its store still holds what waited in its mailboxes, in order, and
+/// what it stored is the envelopes as they came (the end-to-end ciphertext), nothing readable.
+#[test]
+fn a_restarted_relay_still_holds_its_mailboxes() {
+    let (mut p, bob) = mailboxed_at_relay(relay_config());
+    assert_eq!(kinds_stored(&p, "relay", b'm'), 20);
+    for value in p.stores["relay"].values() {
+        let plain = b"away-";
+        assert!(!value.windows(plain.len()).any(|w| w == plain), "plaintext at rest on a relay");
+    }
+    p.advance(Duration::from_secs(10));
+    let summary = p.crash("relay", relay_config());
+    assert_eq!((summary.mailboxed, summary.mailbox_dropped, summary.peers), (20, 0, 0));
+    assert_eq!(p.node("relay").mailbox_len(), 20);
+    p.nodes.insert("bob".into(), bob);
+    p.advance(Duration::from_secs(60));
+    expect_in_order(&p, &[("before", 5), ("away", 20)]);
+    // Handed to Bob's link: gone from the mailbox and from the store. What waits now is Bob's
+    // acknowledgements, for Alice.
+    assert!(p.stores["relay"].keys().all(|k| !k.starts_with(b"mbob\0")));
+}
+
+/// The same run with the relay's store wiped: proof the test above can fail.
+#[test]
+fn a_relay_that_forgets_its_mailboxes_loses_what_only_it_held() {
+    let (mut p, bob) = mailboxed_at_relay(relay_config());
+    p.stores.remove("relay");
+    let summary = p.crash("relay", relay_config());
+    assert_eq!(summary.mailboxed, 0);
+    p.nodes.insert("bob".into(), bob);
+    p.advance(Duration::from_secs(60));
+    expect_in_order(&p, &[("before", 5)]);
+}
+
+/// Mailbox entries whose time ran out while the relay was down are deleted at its restart, and
+/// bad ones refuse the restore.
+#[test]
+fn expired_and_malformed_mailbox_entries_at_restore() {
+    let (p, _bob) = mailboxed_at_relay(relay_config());
+    let entries = p.stores["relay"].clone();
+    let names = ["relay", "alice", "bob"];
+    let fresh = || {
+        let rng = ChaCha20Rng::seed_from_u64(5);
+        Node::new(relay_config(), ident("relay"), trust_all(&names), rng).unwrap()
+    };
+    // Mailboxes hold envelopes as long as a receiver would accept them (max_clock_skew).
+    let later = p.now.saturating_add(Duration::from_secs(301));
+    let mut relay = fresh();
+    let summary = relay.restore(later, entries.clone()).unwrap();
+    assert_eq!((summary.mailboxed, summary.mailbox_dropped), (0, 20));
+    let deleted = drain(&mut relay)
+        .into_iter()
+        .filter(|o| matches!(o, Output::Persist(StoreOp::Delete { key }) if key[0] == b'm'))
+        .count();
+    assert_eq!(deleted, 20);
+    assert_eq!(relay.mailbox_len(), 0);
+    // An entry with no envelope, or no header, is corrupt.
+    for bad in [b"{\"expires\":1}\n".to_vec(), b"no header".to_vec()] {
+        let mut e = entries.clone();
+        let key = e.keys().find(|k| k[0] == b'm').unwrap().clone();
+        e.insert(key, bad);
+        assert!(matches!(fresh().restore(p.now, e), Err(RestoreError::Store(_))));
+    }
+}
