@@ -2,7 +2,8 @@
 //! --storage redb` sender is killed with hundreds of messages accepted and undelivered, and the
 //! next run in its data directory delivers every one of them, once, in order, while the relay
 //! between the two is killed and started again mid-stream. The receiver (bob) runs in this
-//! process on smol.
+//! process on smol. A receiver killed mid-stream continues where it was; a relay on redb killed
+//! with messages in its mailbox, their sender gone, delivers them after its restart.
 
 mod cluster_support;
 
@@ -101,9 +102,9 @@ impl Proc {
     }
 }
 
-/// A relay (`peerlink serve --storage memory`) on `port` that knows `peers` (`(id, key)`), with
-/// link rates far above the default; returns it with its entity id and public key.
-fn relay(home: &Path, port: u16, peers: &[(&str, &str)]) -> (Proc, String, String) {
+/// A relay (`peerlink serve --storage STORAGE`) on `port` that knows `peers` (`(id, key)`),
+/// with link rates far above the default; returns it with its entity id and public key.
+fn relay(home: &Path, port: u16, peers: &[(&str, &str)], storage: &str) -> (Proc, String, String) {
     let config = home.join("peerlink.toml");
     let mut toml = String::from("[limits]\nframes_per_minute = 1000000\n");
     for (id, key) in peers {
@@ -111,7 +112,7 @@ fn relay(home: &Path, port: u16, peers: &[(&str, &str)]) -> (Proc, String, Strin
     }
     std::fs::write(&config, toml).unwrap();
     let listen = format!("127.0.0.1:{port}");
-    let args = ["--config", config.to_str().unwrap(), "serve", "--storage", "memory"];
+    let args = ["--config", config.to_str().unwrap(), "serve", "--storage", storage];
     let p = Proc::start("relay", home, &[&args[..], &["--listen", &listen]].concat(), false);
     let id = p.field("entity_id");
     let key = p.field("public_key");
@@ -150,8 +151,8 @@ struct World {
 }
 
 impl World {
-    /// The world, and the relay's process.
-    fn new(test: &str, proc_name: &str, local_name: &str) -> (World, Proc) {
+    /// The world, and the relay's process (with a store of kind `storage`).
+    fn new(test: &str, proc_name: &str, local_name: &str, storage: &str) -> (World, Proc) {
         log_if_asked();
         let dir = temp_dir(test);
         let (relay_home, proc_home) = (dir.join("relay"), dir.join(proc_name));
@@ -164,7 +165,7 @@ impl World {
         let local_key = local.public_key().to_b64u();
         let port = free_port();
         let peers = [(proc_name, proc_key.as_str()), (local_name, local_key.as_str())];
-        let (relay, relay_id, relay_key) = relay(&relay_home, port, &peers);
+        let (relay, relay_id, relay_key) = relay(&relay_home, port, &peers, storage);
         let url = format!("http://127.0.0.1:{port}");
         let world = World {
             dir,
@@ -225,16 +226,21 @@ fn store_check(home: &Path) -> String {
 
 /// The outbox frames `peerlink store check` counted.
 fn outbox_frames(report: &str) -> u64 {
+    entries_of(report, "outbox frames")
+}
+
+/// The entries of the kind named `what` that `peerlink store check` counted.
+fn entries_of(report: &str, what: &str) -> u64 {
     report
         .lines()
-        .find(|l| l.contains("outbox frames"))
+        .find(|l| l.contains(what))
         .and_then(|l| l.split_whitespace().rev().nth(3)?.parse().ok())
         .unwrap_or(0)
 }
 
 #[test]
 fn a_sender_killed_with_hundreds_accepted_delivers_them_all_after_a_restart() {
-    let (w, relay_proc) = World::new("durable-kill", "alice", "bob");
+    let (w, relay_proc) = World::new("durable-kill", "alice", "bob", "memory");
     let (alice_home, relay_home, port) = (&w.proc_home, &w.relay_home, w.port);
     let (relay_id, alice_key) = (&w.relay_id, &w.proc_key);
     let bob_key = w.local_key.clone();
@@ -292,7 +298,7 @@ fn a_sender_killed_with_hundreds_accepted_delivers_them_all_after_a_restart() {
         relay_proc.kill9();
         let at_kill = inbox.len();
         assert!(at_kill < MESSAGES, "the relay died mid-stream ({at_kill} delivered before)");
-        let (relay_again, id_again, _) = relay(relay_home, port, &peers);
+        let (relay_again, id_again, _) = relay(relay_home, port, &peers, "memory");
         assert_eq!(&id_again, relay_id);
         let done = smol::unblock(move || {
             let line = alice.line("done", |l| l.strip_prefix("done: ").map(str::to_owned));
@@ -329,7 +335,7 @@ fn numbers(lines: &[String]) -> Vec<usize> {
 
 #[test]
 fn a_receiver_killed_mid_stream_loses_nothing_and_repeats_at_most_its_last_round() {
-    let (w, _relay) = World::new("durable-receiver", "bob", "alice");
+    let (w, _relay) = World::new("durable-receiver", "bob", "alice", "memory");
     let (bob_home, bob_key) = (&w.proc_home, &w.proc_key);
     let listen: Vec<&str> = [
         &["listen", "--open", "--listen", "127.0.0.1:0"][..],
@@ -403,5 +409,117 @@ fn a_receiver_killed_mid_stream_loses_nothing_and_repeats_at_most_its_last_round
         node.shutdown().await.unwrap();
         drop(bob);
     });
+    let _ = std::fs::remove_dir_all(&w.dir);
+}
+
+/// Sends `signal` (`STOP`, `CONT`) to a process.
+fn signal(p: &Proc, signal: &str) {
+    let status =
+        Command::new("kill").arg(format!("-{signal}")).arg(p.child.id().to_string()).status();
+    assert!(status.is_ok_and(|s| s.success()), "kill -{signal}");
+}
+
+/// The samples of the relay's `GET /metrics` named `name` (labels included), summed.
+fn metric(port: u16, name: &str) -> u64 {
+    use std::io::Read as _;
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    conn.set_read_timeout(Some(DEADLINE)).unwrap();
+    write!(conn, "GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").unwrap();
+    let mut text = String::new();
+    conn.read_to_string(&mut text).unwrap();
+    text.lines()
+        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+        .filter(|l| l[name.len()..].starts_with([' ', '{']))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// A relay on redb is killed (SIGKILL) while its mailbox holds messages for a recipient that
+/// is not polling (stopped with SIGSTOP) and whose sender has gone for good, its outbox with it:
+/// only the relay holds them. Its next run, on the same store and port, delivers every one of
+/// them once, in order, when the recipient polls again.
+#[test]
+fn a_relay_killed_with_messages_in_its_mailbox_delivers_them_after_its_restart() {
+    const HELD: usize = 50;
+    let (w, relay_proc) = World::new("durable-relay", "bob", "alice", "redb");
+    let peers = w.peers("bob", "alice");
+    let bob_config = w.proc_home.join("bob.toml");
+    std::fs::write(&bob_config, "[transport]\npreference = \"HTTP_ONLY\"\n").unwrap();
+    let listen: Vec<&str> = [
+        &["--config", bob_config.to_str().unwrap(), "listen", "--open"][..],
+        &["--listen", "127.0.0.1:0", "--storage", "memory"],
+        &w.relay_args(),
+    ]
+    .concat();
+    let bob = Proc::start("bob", &w.proc_home, &listen, false);
+    bob.field("url");
+
+    let bob = smol::block_on(async {
+        let alice =
+            Peerlink::start(w.local_config("bob", &w.proc_key), w.local.duplicate()).await.unwrap();
+        let events = alice.incoming().await.unwrap();
+        let to = EntityId::new("bob").unwrap();
+        let send = |i: usize| {
+            let options = peerlink_core::node::SendOptions::default();
+            alice.send_message(
+                &to,
+                MessageType::PeerMessage,
+                format!("m-{i}").into_bytes(),
+                options,
+            )
+        };
+        // A session with Bob, proved by a delivery.
+        send(0).await.unwrap();
+        within("m-0 delivered", async {
+            loop {
+                match events.recv().await.unwrap() {
+                    Event::Delivered { .. } => break,
+                    e @ Event::Failed { .. } => panic!("{e:?}"),
+                    _ => {}
+                }
+            }
+        })
+        .await;
+        // Bob stops polling; Alice sends, and goes away with her outbox.
+        signal(&bob, "STOP");
+        for i in 1..=HELD {
+            send(i).await.unwrap();
+        }
+        alice.shutdown().await.unwrap();
+        // Her link closes after the frames it carried: once the relay has no link left, it has
+        // taken all of them (all in the mailbox, or the first in the answer to a poll Bob still
+        // held when he stopped, waiting unread in his socket).
+        within("the frames in the relay's mailbox", async {
+            loop {
+                let links = metric(w.port, "peerlink_links");
+                let held = metric(w.port, "peerlink_mailbox_messages");
+                if links == 0 && held >= HELD as u64 - 1 {
+                    break;
+                }
+                smol::Timer::after(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        bob
+    });
+    relay_proc.kill9();
+    let report = store_check(&w.relay_home);
+    let stored = entries_of(&report, "mailbox entries");
+    assert!(stored >= HELD as u64 - 1, "the relay's store holds the mailbox:\n{report}");
+
+    let (relay_again, _, _) = relay(&w.relay_home, w.port, &peers, "redb");
+    signal(&bob, "CONT");
+    let mut lines = Vec::new();
+    loop {
+        let l = bob.line("a message", |l| l.starts_with("alice\t").then(|| l.to_owned()));
+        let last = l == format!("alice\tm-{HELD}");
+        lines.push(l);
+        if last {
+            break;
+        }
+    }
+    assert_eq!(numbers(&lines), (0..=HELD).collect::<Vec<_>>(), "each once, in order");
+    drop(bob);
+    drop(relay_again);
     let _ = std::fs::remove_dir_all(&w.dir);
 }

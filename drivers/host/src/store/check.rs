@@ -68,7 +68,7 @@ fn kind_name(kind: u8) -> String {
         b'r' => "r  receive positions".to_owned(),
         b'a' => "a  chunks held for reassembly".to_owned(),
         b't' => "t  topic subscriptions".to_owned(),
-        b'm' => "m  mailbox entries (envelopes held for entities not connected)".to_owned(),
+        b'm' => "m  mailbox entries".to_owned(),
         k if k.is_ascii_graphic() => format!("{}  unknown kind (0x{k:02x})", k as char),
         k => format!("0x{k:02x} unknown kind"),
     }
