@@ -300,10 +300,12 @@ impl Node {
         link: super::LinkId,
     ) {
         let frames = self.mailboxes.drain(entity, usize::MAX);
-        self.mailboxes_changed();
         for frame in frames {
             self.transmit(link, frame);
         }
+        // The deletions come after the frames: a crash between the two hands them again (a
+        // duplicate the recipient discards) rather than dropping them (spec §26.2).
+        self.mailboxes_changed();
     }
 
     /// Answers the long poll `entity` holds, if any, with what waits for it.
@@ -316,8 +318,8 @@ impl Node {
 
     pub(super) fn answer_poll(&mut self, request: RequestId, entity: &EntityId) {
         let frames = self.mailboxes.drain(entity, self.config.max_http_body_bytes);
-        self.mailboxes_changed();
         self.emit(Output::HttpRespond { request, status: 200, body: ndjson(&frames) });
+        self.mailboxes_changed();
     }
 
     pub(super) fn has_mail(&self, entity: &EntityId) -> bool {
