@@ -392,7 +392,7 @@ fn forged_and_oversized_publications_are_refused_and_counted() {
 }
 
 /// The topic publications received on `rx` so far: (publisher, `n`).
-fn publications(rx: &smol::channel::Receiver<Event>) -> Vec<(String, i64)> {
+fn publications(rx: &peerlink_host::Events) -> Vec<(String, i64)> {
     let mut got = Vec::new();
     while let Ok(e) = rx.try_recv() {
         if let Event::Topic { topic, from, data } = e {

@@ -14,8 +14,8 @@ struct Net {
     alice: Node,
     bob: Node,
     proxy: Proxy,
-    bob_rx: smol::channel::Receiver<Event>,
-    alice_rx: smol::channel::Receiver<Event>,
+    bob_rx: peerlink_host::Events,
+    alice_rx: peerlink_host::Events,
     b: peerlink_core::Identity,
     a: peerlink_core::Identity,
 }

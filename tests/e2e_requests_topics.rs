@@ -77,7 +77,7 @@ fn a_publication_reaches_every_subscriber_once() {
         bob.subscribe(r.id(), "news").await.unwrap();
         carol.subscribe(r.id(), "news").await.unwrap();
         // Subscriptions travel to the relay asynchronously: publish until both have one.
-        let topic = |rx: &smol::channel::Receiver<Event>| {
+        let topic = |rx: &peerlink_host::Events| {
             let mut got = Vec::new();
             while let Ok(e) = rx.try_recv() {
                 if let Event::Topic { topic, data, .. } = e {

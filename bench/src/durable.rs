@@ -1,7 +1,7 @@
 //! The `durable` measurement: the same pipe with both endpoints keeping their state in memory
 //! (the baseline) and with both durable (a redb file each, in a temporary directory, `fsync`
 //! always; once also `fsync` never), side by side in every round. Two routes (alice → relay →
-//! bob, the relay in memory; and alice → bob directly) and two sizes (64 B, 64 KiB). Measured:
+//! bob, the relay with the same store as the endpoints; and alice → bob directly) and two sizes (64 B, 64 KiB). Measured:
 //! msg/s delivered at the receiver, one-way latency, the process's CPU time per message, and the
 //! store counters of the sender and the receiver (`Snapshot::store`: commits, fsyncs, writes,
 //! bytes written) over the measuring window, per message.
@@ -30,7 +30,7 @@ pub const SIZES: [usize; 2] = [64, 64 << 10];
 /// How a message goes from alice to bob.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Route {
-    /// alice → relay → bob over WebSocket; the relay keeps its state in memory.
+    /// alice → relay → bob over WebSocket; the relay has a store as the endpoints do.
     Relayed,
     /// alice → bob over WebSocket: alice knows bob's URL, and there is no relay.
     Direct,
@@ -215,6 +215,9 @@ impl Nodes {
                 let mut cfg = Config::ephemeral();
                 cfg.node = crate::peer::node_config(TransportPreference::WebsocketFirst, false);
                 cfg.peers = vec![trusted(&a, None), trusted(&b, None)];
+                // The relay is durable with the endpoints: it writes only what waits in a
+                // mailbox, so nothing while bob is linked.
+                cfg.storage = storage(case.store, dir.join("relay.redb"));
                 Some(Peerlink::start(cfg, r.duplicate()).await?)
             }
             Route::Direct => None,
@@ -462,7 +465,7 @@ pub fn section(s: &mut String, d: &Durable, cpus: usize) {
     let _ = writeln!(s, "\n## Durable storage\n");
     let _ = writeln!(
         s,
-        "alice sends to bob through a relay (the relay in memory) or directly, over WebSocket; \
+        "alice sends to bob through a relay (durable as the endpoints are) or directly, over WebSocket; \
          both endpoints keep their state in memory (the baseline) or each in a redb file of its \
          own (`StorageKind::Redb`, in {}), with `fsync` always (and once never). Every case \
          runs once per round, {} rounds, {} s each, {} messages in flight at most (each \

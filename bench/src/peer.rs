@@ -396,7 +396,7 @@ async fn client_node(
 /// A running client node and its event stream.
 struct Client {
     handle: Handle,
-    events: smol::channel::Receiver<Event>,
+    events: peerlink_host::Events,
 }
 
 impl Client {

@@ -647,7 +647,7 @@ async fn check_peer_node(url: &str, to: &EntityId, config: &Config) -> Fallible<
 /// counting the deliveries and failures reported meanwhile.
 async fn send_lines(
     node: &peerlink_host::Handle,
-    events: smol::channel::Receiver<Event>,
+    events: peerlink_host::Events,
     to: &EntityId,
     options: SendOptions,
 ) -> Fallible<()> {
@@ -709,7 +709,7 @@ async fn client_node(
     mut config: Config,
     peer: TrustedPeer,
     http_only: bool,
-) -> Fallible<(peerlink_host::Handle, smol::channel::Receiver<Event>)> {
+) -> Fallible<(peerlink_host::Handle, peerlink_host::Events)> {
     let identity = identity(cli, file, None)?;
     config.listen = ([127, 0, 0, 1], 0).into();
     if http_only {
@@ -1018,11 +1018,7 @@ async fn run(cli: Cli) -> Fallible<()> {
 
 /// A node's events until it stops: messages printed (`print`) or logged, requests answered
 /// with an echo.
-async fn answer_events(
-    node: peerlink_host::Handle,
-    events: smol::channel::Receiver<Event>,
-    print: bool,
-) {
+async fn answer_events(node: peerlink_host::Handle, events: peerlink_host::Events, print: bool) {
     while let Ok(e) = events.recv().await {
         match e {
             Event::Message { from, payload, .. } => {

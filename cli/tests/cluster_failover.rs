@@ -20,7 +20,6 @@ use peerlink_core::transport::TransportPreference;
 use peerlink_core::{EntityId, Event, Identity, MessageType};
 use peerlink_smol::{Config, Handle, Peerlink, TrustedPeer};
 use redis_server::RedisServer;
-use smol::channel::Receiver;
 use smol::future::FutureExt as _;
 
 /// A client node's configuration: timers short enough for a test, WebSocket first (the
@@ -100,7 +99,7 @@ impl Inbox {
 }
 
 /// Fails the test on any `Failed` event on `rx` (the events the handlers do not take).
-fn no_failures(rx: &Receiver<Event>) {
+fn no_failures(rx: &peerlink_host::Events) {
     while let Ok(e) = rx.try_recv() {
         assert!(!matches!(e, Event::Failed { .. }), "{e:?}");
     }

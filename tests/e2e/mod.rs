@@ -435,7 +435,7 @@ pub async fn within<T>(what: &str, f: impl Future<Output = T>) -> T {
 
 /// The next event matching `pick`, skipping others.
 pub async fn next_event<T>(
-    rx: &Receiver<Event>,
+    rx: &peerlink_host::Events,
     what: &str,
     mut pick: impl FnMut(&Event) -> Option<T>,
 ) -> T {
@@ -452,7 +452,7 @@ pub async fn next_event<T>(
 
 /// Receives `n` messages from `from` and returns their payloads, in arrival order. Events
 /// other than messages are skipped; a message from anyone else fails the test.
-pub async fn messages(rx: &Receiver<Event>, from: &EntityId, n: usize) -> Vec<Vec<u8>> {
+pub async fn messages(rx: &peerlink_host::Events, from: &EntityId, n: usize) -> Vec<Vec<u8>> {
     let mut out = Vec::new();
     while out.len() < n {
         let what = format!("message {} of {n} from {from}", out.len() + 1);
@@ -474,7 +474,7 @@ pub async fn messages(rx: &Receiver<Event>, from: &EntityId, n: usize) -> Vec<Ve
 
 /// Asserts that no message arrives on `rx` within `quiet` (a check for duplicates after all
 /// expected messages arrived; not a synchronisation).
-pub async fn assert_no_more_messages(rx: &Receiver<Event>, quiet: Duration) {
+pub async fn assert_no_more_messages(rx: &peerlink_host::Events, quiet: Duration) {
     let extra = async {
         loop {
             if let Ok(Event::Message { payload, .. }) = rx.recv().await {

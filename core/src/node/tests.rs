@@ -353,6 +353,12 @@ struct Pump {
     lost_outcomes: Vec<(String, MessageId)>,
     /// Durable nodes whose application takes none of its events (they wait in a queue).
     slow_apps: Vec<String>,
+    /// Per durable node, the payloads handed to its application that no committed receive
+    /// position covers yet.
+    handed: BTreeMap<String, Vec<Vec<u8>>>,
+    /// Payloads a crash of their receiver allows to be handed once more each (spec §26.2: a
+    /// crash between the application taking a message and the commit of its position).
+    repeats_allowed: BTreeMap<Vec<u8>, usize>,
     restarts: u64,
 }
 
@@ -376,6 +382,8 @@ impl Pump {
             crash_after_write: BTreeMap::new(),
             lost_outcomes: Vec::new(),
             slow_apps: Vec::new(),
+            handed: BTreeMap::new(),
+            repeats_allowed: BTreeMap::new(),
             restarts: 0,
         }
     }
@@ -433,6 +441,8 @@ impl Pump {
         } else {
             self.node(name).events_taken(now);
         }
+        // A position written in this round covers what was handed before it.
+        let handed_before = self.handed.get(name).map_or(0, Vec::len);
         let outputs = drain(self.node(name));
         let any = !outputs.is_empty();
         let (mut writes, mut held) = (Vec::new(), Vec::new());
@@ -446,8 +456,14 @@ impl Pump {
         if writes.is_empty() {
             return any;
         }
+        let positions = writes.iter().any(
+            |w| matches!(w, Output::Persist(crate::durable::StoreOp::Put { key, .. }) if key.first() == Some(&b'r')),
+        );
         for write in writes {
             self.carry(name, write);
+        }
+        if positions && let Some(h) = self.handed.get_mut(name) {
+            h.drain(..handed_before.min(h.len()));
         }
         if let Some(config) = self.crash_after_write.remove(name) {
             // The outcomes held behind the writes die with the process.
@@ -554,7 +570,14 @@ impl Pump {
                     }
                 }
             }
-            Output::Event(e) => self.events.push((from.to_owned(), e)),
+            Output::Event(e) => {
+                if let Event::Message { payload, .. } = &e
+                    && self.nodes.get(from).is_some_and(|n| n.config.durable)
+                {
+                    self.handed.entry(from.to_owned()).or_default().push(payload.clone());
+                }
+                self.events.push((from.to_owned(), e));
+            }
             Output::Cluster(action) => self.carry_cluster(from, action),
             Output::Persist(op) => {
                 let store = self.stores.entry(from.to_owned()).or_default();
@@ -595,6 +618,9 @@ impl Pump {
             }
         }
         self.held.retain(|(n, _)| n != name);
+        for payload in self.handed.remove(name).unwrap_or_default() {
+            *self.repeats_allowed.entry(payload).or_default() += 1;
+        }
         self.restarts += 1;
         let names = ["relay", "relay2", "alice", "bob", "carol"];
         let rng = ChaCha20Rng::seed_from_u64(1_000 + self.restarts);

@@ -2,10 +2,9 @@
 
 use std::time::Duration;
 
-use async_channel::Receiver;
 use peerlink_core::node::{SendOptions, TransportStats};
 use peerlink_core::{AppType, EntityId, Event, Identity, MessageId, MessageType};
-use peerlink_host::{ApiError, Config, Handle, Snapshot, TransportResult};
+use peerlink_host::{ApiError, Config, Events, Handle, Snapshot, TransportResult};
 
 /// A peerlink client for synchronous programs. Every call blocks until the node has taken it
 /// (its input queue is bounded: [`DriverLimits::input_queue`](crate::DriverLimits)); a
@@ -13,7 +12,7 @@ use peerlink_host::{ApiError, Config, Handle, Snapshot, TransportResult};
 /// it down.
 pub struct Client {
     handle: Handle,
-    events: Receiver<Event>,
+    events: Events,
 }
 
 impl std::fmt::Debug for Client {

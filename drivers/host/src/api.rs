@@ -234,6 +234,9 @@ impl Peerlink {
             store_stats: Default::default(),
             store_failed: None,
             deferred: Vec::new(),
+            taken: None,
+            in_flight: None,
+            group: Default::default(),
         };
         let route_ctx = Arc::new(RouteCtx {
             inputs: inputs.clone(),

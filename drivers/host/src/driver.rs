@@ -116,70 +116,8 @@ impl Core {
         self.node.shutdown(now);
     }
 
-    /// Carries out every output the node has. On a durable node (spec §26.2) the writes among
-    /// them are made durable together, in one transaction (group commit), and every output
-    /// queued after the first write waits for that commit, except events, which go to the
-    /// application at once; so do the answers to the application's calls ([`Core::deferred`]).
-    /// A failed commit stops the node (see [`Core::store_failed`]).
-    async fn drain(&mut self) {
-        loop {
-            let (mut writes, mut held, mut any) = (Vec::new(), Vec::new(), false);
-            while let Some(out) = self.node.poll_output() {
-                tracing::trace!(output = %out.describe(), "node output");
-                any = true;
-                match out {
-                    Output::Persist(op) => writes.push(op),
-                    out if !writes.is_empty() && out.waits_for_writes() => held.push(out),
-                    Output::Event(e) => self.event(e).await,
-                    out => self.carry(out),
-                }
-            }
-            if !any {
-                break;
-            }
-            if !writes.is_empty()
-                && let Some(store) = &self.store
-            {
-                match store.commit(writes).await {
-                    Ok(stats) => self.store_stats.add(&stats),
-                    Err(e) => {
-                        tracing::error!(
-                            error = %e,
-                            "the store refused a write: the node stops so that nothing it \
-                             accepted is lost; the calls of this batch were not accepted"
-                        );
-                        self.store_failed = Some(e.to_string());
-                        self.deferred.clear();
-                        return;
-                    }
-                }
-            }
-            // Carrying these out may give the node more to do (a lost HTTP answer), hence the
-            // loop.
-            for out in held {
-                match out {
-                    Output::Event(e) => self.event(e).await,
-                    out => self.carry(out),
-                }
-            }
-            if self.store.is_some() {
-                // The application may have taken every event by now: the receive positions held
-                // back until it had are written (spec §26.2), in the next round.
-                let backlog = self.events.as_ref().map_or(0, |tx| tx.len());
-                self.node.set_app_backlog(backlog);
-                if backlog == 0 {
-                    let now = self.clock.now();
-                    self.node.events_taken(now);
-                }
-            }
-        }
-        for reply in std::mem::take(&mut self.deferred) {
-            reply();
-        }
-    }
-
     /// Carries out one output other than an event or a write.
-    fn carry(&mut self, out: Output) {
+    pub(crate) fn carry(&mut self, out: Output) {
         match out {
             Output::Transmit { link, frame } => self.transmit(link, frame),
             Output::OpenLink { link, url, kind, node } => self.open_link(link, url, kind, node),
@@ -287,7 +225,7 @@ impl Core {
             .spawn(Box::pin(crate::outbound::run_outbound(ctx, link, url, node, queues, inputs)));
     }
 
-    async fn event(&mut self, e: Event) {
+    pub(crate) async fn event(&mut self, e: Event) {
         match &e {
             Event::Error { code, .. } => {
                 let n = self.errors_by_code.entry(*code).or_insert(0);
@@ -355,6 +293,22 @@ impl Core {
     }
 }
 
+/// What woke the node task. One lives on the stack per wake-up: boxing the input would cost an
+/// allocation each time.
+#[allow(clippy::large_enum_variant)]
+enum Step {
+    /// An input.
+    Input(Input),
+    /// Every sender of the input queue is gone.
+    End,
+    /// The node's timer.
+    Timer,
+    /// The application emptied its event queue.
+    Taken,
+    /// The group of writes in flight was committed (or refused).
+    Committed(Result<crate::store::CommitStats, crate::store::StoreFailure>),
+}
+
 /// At most this many inputs are handled before the node's outputs are carried out.
 const INPUT_BATCH: usize = 64;
 
@@ -379,9 +333,17 @@ pub(crate) async fn run(mut core: Core, inputs: Receiver<Input>) {
             timer = deadline.map(|t| rt.sleep_until(core.clock.instant_of(t)));
             armed = deadline;
         }
+        let full = core.group_full();
         let next = poll_fn(|cx| {
-            if let Poll::Ready(input) = inputs.as_mut().poll_next(cx) {
-                return Poll::Ready(Some(input));
+            if let Poll::Ready(result) = core.poll_commit(cx) {
+                return Poll::Ready(Step::Committed(result));
+            }
+            if core.poll_taken(cx).is_ready() {
+                return Poll::Ready(Step::Taken);
+            }
+            // A full next group takes no more input until the one in flight is committed.
+            if !full && let Poll::Ready(input) = inputs.as_mut().poll_next(cx) {
+                return Poll::Ready(input.map_or(Step::End, Step::Input));
             }
             if let Some(t) = timer.as_mut()
                 && t.as_mut().poll(cx).is_ready()
@@ -389,15 +351,30 @@ pub(crate) async fn run(mut core: Core, inputs: Receiver<Input>) {
                 timer = None;
                 // Fired: the next turn arms it again for the node's next deadline.
                 armed = None;
-                return Poll::Ready(None);
+                return Poll::Ready(Step::Timer);
             }
             Poll::Pending
         })
         .await;
         let done = match next {
-            Some(Some(input)) => handle_batch(input, &inputs, |input| core.handle(input)),
-            Some(None) => break,
-            None => None,
+            Step::Committed(result) => {
+                core.committed(result).await;
+                if core.store_failed.is_some() {
+                    break;
+                }
+                continue;
+            }
+            Step::Taken => {
+                core.settle_if_taken();
+                core.drain().await;
+                continue;
+            }
+            Step::Input(input) => handle_batch(input, &inputs, |input| core.handle(input)),
+            Step::End => {
+                core.flush_commits().await;
+                break;
+            }
+            Step::Timer => None,
         };
         if done.is_none() {
             // Also when inputs never stop coming: the timers run at least once per batch.
@@ -412,6 +389,8 @@ pub(crate) async fn run(mut core: Core, inputs: Receiver<Input>) {
             break;
         }
         if let Some(reply) = done {
+            // What the shutdown queued (a `BYE` on every link) may wait for a commit.
+            core.flush_commits().await;
             wait_for_closing(&mut core, inputs.as_mut(), &*rt).await;
             // A caller of `shutdown` may start the node again at once: its store is released.
             close_store(&mut core).await;

@@ -5,12 +5,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_channel::{Receiver, Sender};
+use async_channel::Sender;
 use peerlink_core::node::{SendOptions, TransportStats};
 use peerlink_core::{AppType, EntityId, Event, MessageId, MessageType, NodeAddr, SendError};
 
 use crate::delivery::{HandlerKey, TransportResult, Waiter};
 use crate::error::ApiError;
+use crate::events::{Events, TakenSignal};
 use crate::metrics::Snapshot;
 use crate::state::{Core, Input};
 
@@ -64,13 +65,9 @@ impl Handle {
         let call: crate::state::Call = Box::new(move |core, now| {
             let result = f(core, now);
             // On a durable node the answer waits for the commit of what the call wrote.
-            if core.store.is_some() {
-                core.deferred.push(Box::new(move || {
-                    let _ = tx.try_send(result);
-                }));
-            } else {
+            core.answer_after_writes(Box::new(move || {
                 let _ = tx.try_send(result);
-            }
+            }));
         });
         self.inputs.send(Input::Call(call)).await.map_err(|_| ApiError::Stopped)?;
         rx.recv().await.map_err(|_| ApiError::Stopped)
@@ -241,10 +238,16 @@ impl Handle {
     /// and failures (`Event::Failed`) are never dropped: while the stream is full the node
     /// refuses new data frames (their senders re-send them later), and the few events already
     /// under way wait for the application.
-    pub async fn incoming(&self) -> Result<Receiver<Event>, ApiError> {
+    pub async fn incoming(&self) -> Result<Events, ApiError> {
         let (tx, rx) = async_channel::bounded(self.event_queue.max(1));
-        self.call(move |c, _| c.events = Some(tx)).await?;
-        Ok(rx)
+        let (signal, woken) = TakenSignal::new();
+        let theirs = Arc::clone(&signal);
+        self.call(move |c, _| {
+            c.events = Some(tx);
+            c.taken = Some((theirs, Box::pin(woken)));
+        })
+        .await?;
+        Ok(Events::new(rx, signal))
     }
 
     /// Calls `handler` (on the node task: it must not block) for every `Event::Message` of

@@ -26,6 +26,7 @@ pub mod config;
 pub mod config_file;
 mod delivery;
 mod error;
+mod events;
 pub mod keys;
 pub mod metrics;
 pub mod origin;
@@ -56,6 +57,7 @@ mod routes;
 pub mod server;
 
 // The node task.
+mod commits;
 mod driver;
 
 // Starting a node.
@@ -68,6 +70,7 @@ pub use config::{
 };
 pub use delivery::{TransportResult, Undelivered};
 pub use error::ApiError;
+pub use events::Events;
 pub use handle::Handle;
 pub use metrics::Snapshot;
 pub use routes::RequestBody;

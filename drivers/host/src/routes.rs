@@ -204,7 +204,10 @@ async fn route<B: RequestBody>(ctx: &RouteCtx, req: Request<B>) -> Result<Resp, 
         (Method::GET, "/metrics") => {
             let snap: Snapshot = ask(ctx, |tx| {
                 Input::Call(Box::new(move |core, _| {
-                    let _ = tx.try_send(core.snapshot());
+                    let snapshot = core.snapshot();
+                    core.answer_after_writes(Box::new(move || {
+                        let _ = tx.try_send(snapshot);
+                    }));
                 }))
             })
             .await?;

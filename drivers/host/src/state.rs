@@ -10,7 +10,7 @@ use async_channel::Sender;
 use async_tungstenite::tungstenite::Bytes;
 use peerlink_core::auth::{AuthError, Authority, Bearer, Challenge, ChallengeAnswer};
 use peerlink_core::endpoints::{DiscoveredPeer, MAX_DISCOVERED};
-use peerlink_core::node::{ClusterAction, HttpCall, LinkId, LinkKind, RequestId};
+use peerlink_core::node::{ClusterAction, HttpCall, LinkId, LinkKind, Output, RequestId};
 use peerlink_core::{EntityId, ErrorCode, Event, MessageId, Node, Timestamp};
 use rand_chacha::ChaCha20Rng;
 
@@ -127,6 +127,9 @@ pub(crate) struct Core {
     pub waiting: BTreeMap<MessageId, Reply<Result<Vec<u8>, ApiError>>>,
     /// The application's event stream (`Handle::incoming`), once asked for.
     pub events: Option<Sender<Event>>,
+    /// How the application's end of `events` says it emptied the queue, and the node task's
+    /// end of that (`events.rs`).
+    pub taken: Option<crate::events::TakenWord>,
     /// Confirmed sends the application waits on (`Handle::send_confirmed`), by message id.
     pub delivering: BTreeMap<MessageId, Waiter>,
     /// Handlers the application registered (`Handle::on_message`, `Handle::on_app_type`).
@@ -158,7 +161,33 @@ pub(crate) struct Core {
     pub store_failed: Option<String>,
     /// Answers to the application's calls, held on a durable node until the writes of the
     /// calls' batch are committed (what `send` accepted is on disk when it returns).
-    pub deferred: Vec<Box<dyn FnOnce() + Send>>,
+    pub deferred: Vec<HeldReply>,
+    /// The group of writes being committed, with what waits for it (`commits.rs`).
+    pub in_flight: Option<InFlight>,
+    /// The next group of writes, gathered meanwhile.
+    pub group: Group,
+}
+
+/// The answer of an application's call, held until the writes before it are committed.
+pub(crate) type HeldReply = Box<dyn FnOnce() + Send>;
+
+/// The group being committed, and what waits for it.
+pub(crate) struct InFlight {
+    pub answer: std::pin::Pin<Box<crate::store::CommitAnswer>>,
+    pub held: Vec<Output>,
+    pub replies: Vec<HeldReply>,
+}
+
+/// The next group, gathered while one is in flight (or within one drain).
+#[derive(Default)]
+pub(crate) struct Group {
+    pub writes: Vec<peerlink_core::durable::StoreOp>,
+    /// Outputs queued after the group in flight and before this group's first write.
+    pub early: Vec<Output>,
+    pub early_replies: Vec<HeldReply>,
+    /// Outputs queued after this group's first write.
+    pub held: Vec<Output>,
+    pub replies: Vec<HeldReply>,
 }
 
 /// Totals of a durable node's commits.

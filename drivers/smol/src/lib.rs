@@ -27,8 +27,8 @@
 use peerlink_core::Identity;
 pub use peerlink_host::smol_runtime::{SmolRuntime, rt};
 pub use peerlink_host::{
-    ApiError, Config, DriverLimits, Handle, Snapshot, TlsFiles, TransportResult, TrustedPeer,
-    Undelivered, client, config, config_file, keys, metrics, server, tls,
+    ApiError, Config, DriverLimits, Events, Handle, Snapshot, TlsFiles, TransportResult,
+    TrustedPeer, Undelivered, client, config, config_file, keys, metrics, server, tls,
 };
 
 /// Starts nodes on smol.

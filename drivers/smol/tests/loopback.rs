@@ -49,7 +49,7 @@ async fn pair(pref: TransportPreference) -> (Handle, Handle, Identity, Identity)
     (alice, bob, a, b)
 }
 
-async fn next_message(rx: &smol::channel::Receiver<Event>) -> (EntityId, Vec<u8>) {
+async fn next_message(rx: &peerlink_smol::Events) -> (EntityId, Vec<u8>) {
     let deadline = smol::Timer::after(Duration::from_secs(20));
     let wait = async {
         loop {

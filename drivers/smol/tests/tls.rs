@@ -26,7 +26,7 @@ fn copy(i: &Identity) -> Identity {
     Identity::from_secret_bytes(i.id().clone(), &i.secret_bytes())
 }
 
-async fn delivered(rx: &smol::channel::Receiver<Event>, want: &[u8]) {
+async fn delivered(rx: &peerlink_smol::Events, want: &[u8]) {
     let wait = async {
         loop {
             if let Ok(Event::Message { payload, .. }) = rx.recv().await

@@ -36,8 +36,8 @@ use std::sync::Arc;
 
 use peerlink_core::Identity;
 pub use peerlink_host::{
-    ApiError, Config, DriverLimits, Handle, NodeService, Snapshot, TlsFiles, TransportResult,
-    TrustedPeer, Undelivered, client, config, config_file, keys, metrics, tls,
+    ApiError, Config, DriverLimits, Events, Handle, NodeService, Snapshot, TlsFiles,
+    TransportResult, TrustedPeer, Undelivered, client, config, config_file, keys, metrics, tls,
 };
 pub use runtime::TokioRuntime;
 

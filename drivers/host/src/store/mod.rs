@@ -35,7 +35,7 @@ mod writer;
 pub use check::{CheckReport, Integrity, KindUsage, check};
 pub use memory::MemoryStore;
 pub use redb::RedbStore;
-pub use writer::StoreWriter;
+pub use writer::{CommitAnswer, StoreWriter};
 
 /// Everything a store holds: `(key, value)` pairs in key order.
 pub type Entries = Vec<(Vec<u8>, Vec<u8>)>;

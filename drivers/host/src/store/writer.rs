@@ -10,6 +10,10 @@ use super::{CommitStats, Store, StoreFailure, StoreUsage};
 /// Batches waiting for the store thread; a node task that commits faster than the disk waits.
 const QUEUE: usize = 4;
 
+/// Where the answer to a batch handed over with [`StoreWriter::submit`] comes: once, when the
+/// batch is durable or refused (closed without an answer if the thread died).
+pub type CommitAnswer = async_channel::Receiver<Result<CommitStats, StoreFailure>>;
+
 /// One batch and where its answer goes.
 struct Request {
     ops: Vec<StoreOp>,
@@ -80,9 +84,16 @@ impl StoreWriter {
         if ops.is_empty() {
             return Ok(CommitStats::default());
         }
+        self.submit(ops).await?.recv().await.map_err(|_| StoreFailure::Stopped)?
+    }
+
+    /// Hands `ops` to the store thread, to be applied in one transaction after the batches
+    /// handed before, and returns where its answer will come (what [`commit`](Self::commit)
+    /// awaits): the caller goes on meanwhile. Waits only while the queue is full.
+    pub async fn submit(&self, ops: Vec<StoreOp>) -> Result<CommitAnswer, StoreFailure> {
         let (reply, answer) = async_channel::bounded(1);
         self.requests.send(Request { ops, reply }).await.map_err(|_| StoreFailure::Stopped)?;
-        answer.recv().await.map_err(|_| StoreFailure::Stopped)?
+        Ok(answer)
     }
 
     /// What the store held after its last commit.
