@@ -125,3 +125,66 @@ impl Stream for Events {
         polled
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use futures_lite::StreamExt as _;
+    use peerlink_core::EntityId;
+
+    use super::*;
+
+    fn event(n: u64) -> Event {
+        Event::Message {
+            from: EntityId::new("alice").unwrap(),
+            id: peerlink_core::MessageId::new(format!("m{n}")).unwrap(),
+            kind: peerlink_core::MessageType::PeerMessage,
+            app_type: None,
+            payload: vec![1],
+        }
+    }
+
+    fn setup() -> (Sender<Event>, Events, Arc<TakenSignal>, Receiver<()>) {
+        let (tx, rx) = async_channel::bounded(8);
+        let (signal, woken) = TakenSignal::new();
+        (tx, Events::new(rx, Arc::clone(&signal)), signal, woken)
+    }
+
+    #[test]
+    fn the_node_hears_when_the_queue_it_waits_on_is_emptied_and_only_then() {
+        let (tx, events, signal, woken) = setup();
+        tx.try_send(event(1)).unwrap();
+        tx.try_send(event(2)).unwrap();
+        // Not asked: no word.
+        events.try_recv().unwrap();
+        events.try_recv().unwrap();
+        assert!(woken.try_recv().is_err());
+        // Asked: no word while events remain, one when the last is taken, by any way of taking.
+        for how in 0..3 {
+            tx.try_send(event(3)).unwrap();
+            tx.try_send(event(4)).unwrap();
+            signal.want();
+            let take = || match how {
+                0 => events.try_recv().unwrap(),
+                1 => events.recv_blocking().unwrap(),
+                _ => smol::block_on(events.clone().next()).unwrap(),
+            };
+            take();
+            assert!(woken.try_recv().is_err(), "one event still queued");
+            take();
+            assert!(woken.try_recv().is_ok(), "emptied ({how})");
+            assert!(woken.try_recv().is_err(), "one word per wish");
+        }
+    }
+
+    #[test]
+    fn a_stopped_node_does_not_make_taking_fail() {
+        let (tx, events, signal, woken) = setup();
+        tx.try_send(event(1)).unwrap();
+        drop(woken);
+        signal.want();
+        assert!(events.try_recv().is_ok());
+        drop(tx);
+        assert!(events.try_recv().is_err());
+        assert!(events.is_closed());
+    }
+}

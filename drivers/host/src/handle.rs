@@ -237,7 +237,8 @@ impl Handle {
     /// called, events are logged and dropped; a second call replaces the first stream. Messages
     /// and failures (`Event::Failed`) are never dropped: while the stream is full the node
     /// refuses new data frames (their senders re-send them later), and the few events already
-    /// under way wait for the application.
+    /// under way wait for the application. A durable node acknowledges a message only once the
+    /// application has taken it from this stream ([`Events`] tells the node when it is empty).
     pub async fn incoming(&self) -> Result<Events, ApiError> {
         let (tx, rx) = async_channel::bounded(self.event_queue.max(1));
         let (signal, woken) = TakenSignal::new();
