@@ -409,10 +409,26 @@ impl World {
     }
 
     /// A relay restarts: a durable one crashes the way the run drew, else it loses everything.
+    /// A relay may write nothing for a long while (its mailboxes stay empty while its clients
+    /// are linked): a crash armed for its next commit that has not come within 2 s comes then,
+    /// cleanly, so that every durable relay does restart.
     pub(super) fn relay_restart(&mut self, i: usize) {
         match self.durable.relays {
-            Some(kind) if self.is_durable(i) => self.crash_due(i, kind),
+            Some(kind) if self.is_durable(i) => {
+                self.crash_due(i, kind);
+                if kind != CrashKind::Clean {
+                    self.schedule(ms(2_000), Net::CrashIfArmed { node: i });
+                }
+            }
             _ => self.crash_node(i),
+        }
+    }
+
+    /// The crash armed for node `i`'s next commit has not come: it crashes now, cleanly.
+    pub(super) fn crash_if_armed(&mut self, i: usize) {
+        if self.durable.armed.remove(&i).is_some() && !self.nodes[i].down {
+            self.durable.stats.crashes_clean += 1;
+            self.durable_crash(i, CrashKind::Clean);
         }
     }
 

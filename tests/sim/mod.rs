@@ -179,6 +179,10 @@ enum Net {
         node: usize,
         kind: durable::CrashKind,
     },
+    /// A crash armed for the node's next commit that has not come: the node crashes cleanly.
+    CrashIfArmed {
+        node: usize,
+    },
     /// The node runs again after a crash.
     Up {
         node: usize,
@@ -658,6 +662,7 @@ impl World {
             }
             Net::Restart { node } => self.relay_restart(node),
             Net::Crash { node, kind } => self.crash_due(node, kind),
+            Net::CrashIfArmed { node } => self.crash_if_armed(node),
             Net::Up { node } => self.node_up(node),
             Net::Cluster(event) => self.apply_cluster(event),
             Net::Partition { node, on } => {

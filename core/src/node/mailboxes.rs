@@ -373,8 +373,13 @@ impl Node {
         record: MailboxRecord,
         frame: Vec<u8>,
     ) -> bool {
-        let expires = Timestamp::from_unix_millis(record.expires);
+        // Hostile input: never later than a new entry's would be, so a forged far future cannot
+        // hold an entry (and those behind it) for ever; and one envelope, no line break (the
+        // answer to a poll is one envelope per line).
+        let latest = now.saturating_add(self.config.limits.max_clock_skew);
+        let expires = Timestamp::from_unix_millis(record.expires).min(latest);
         let fits = frame.len() <= self.config.limits.max_frame_bytes
+            && !frame.contains(&b'\n')
             && self.mailboxes.bytes().saturating_add(frame.len())
                 <= self.config.max_mailbox_total_bytes;
         let limits = self.box_limits();

@@ -30,6 +30,10 @@ impl Core {
     /// Carries out every output the node has, the writes among them as the module says. A
     /// refused commit stops the node (see [`Core::store_refused`]).
     pub(crate) async fn drain(&mut self) {
+        if self.store_failed.is_some() {
+            // Stopping: nothing that may depend on a refused write is carried out.
+            return;
+        }
         loop {
             let mut any = false;
             while let Some(out) = self.node.poll_output() {
@@ -91,15 +95,9 @@ impl Core {
     /// Polls the word of the application's end of the event queue that it emptied it.
     pub(crate) fn poll_taken(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
         let Some((_, woken)) = self.taken.as_mut() else { return std::task::Poll::Pending };
-        match woken.as_mut().poll_next(cx) {
-            std::task::Poll::Ready(Some(())) => std::task::Poll::Ready(()),
-            // Its end is gone (a new `incoming()` replaced it): no word will come.
-            std::task::Poll::Ready(None) => {
-                self.taken = None;
-                std::task::Poll::Pending
-            }
-            std::task::Poll::Pending => std::task::Poll::Pending,
-        }
+        // Never ends: the signal held here keeps its sender alive. A new `incoming()` replaces
+        // both ends.
+        woken.as_mut().poll_next(cx).map(|_| ())
     }
 
     /// Answers an application's call (or a `/metrics` request) once the writes queued before
@@ -177,7 +175,8 @@ impl Core {
             reply();
         }
         self.start_commit().await;
-        // Carrying these out may give the node more to do (a lost HTTP answer).
+        // Carrying these out may give the node more to do (a lost HTTP answer). (A refused
+        // hand-over of the next group makes `drain` do nothing.)
         self.drain().await;
     }
 

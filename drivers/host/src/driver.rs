@@ -367,6 +367,9 @@ pub(crate) async fn run(mut core: Core, inputs: Receiver<Input>) {
             Step::Taken => {
                 core.settle_if_taken();
                 core.drain().await;
+                if core.store_failed.is_some() {
+                    break;
+                }
                 continue;
             }
             Step::Input(input) => handle_batch(input, &inputs, |input| core.handle(input)),

@@ -587,6 +587,24 @@ fn expired_and_malformed_mailbox_entries_at_restore() {
         .count();
     assert_eq!(deleted, 20);
     assert_eq!(relay.mailbox_len(), 0);
+    // A forged far-future expiry is cut to a new entry's, and an entry that is not one line is
+    // dropped.
+    let mut forged = entries.clone();
+    let keys: Vec<Vec<u8>> = forged.keys().filter(|k| k[0] == b'm').cloned().collect();
+    for k in &keys {
+        let v = forged.get_mut(k).unwrap();
+        let body = v.split(|&b| b == b'\n').nth(1).unwrap().to_vec();
+        *v = [&b"{\"expires\":18446744073709551615}\n"[..], &body].concat();
+    }
+    forged.get_mut(&keys[0]).unwrap().extend_from_slice(b"\n{}");
+    let mut relay = fresh();
+    let summary = relay.restore(p.now, forged.clone()).unwrap();
+    assert_eq!((summary.mailboxed, summary.mailbox_dropped), (19, 1));
+    let mut relay = fresh();
+    let summary = relay.restore(later, forged).unwrap();
+    assert_eq!((summary.mailboxed, summary.mailbox_dropped), (19, 1), "within the skew of now");
+    relay.handle_timeout(later.saturating_add(Duration::from_secs(301)));
+    assert_eq!(relay.mailbox_len(), 0, "expired at most max_clock_skew after the restore");
     // An entry with no envelope, or no header, is corrupt.
     for bad in [b"{\"expires\":1}\n".to_vec(), b"no header".to_vec()] {
         let mut e = entries.clone();
