@@ -695,12 +695,25 @@ impl Pump {
 
 fn via_relay(preference: TransportPreference) -> Pump {
     let config = NodeConfig { preference, ..NodeConfig::default() };
-    let mut p =
-        Pump::new(&[("relay", NodeConfig::default()), ("alice", config.clone()), ("bob", config)]);
+    relayed(NodeConfig::default(), config.clone(), config)
+}
+
+/// A relay, and Alice and Bob routed through it, with these configurations.
+fn relayed(relay: NodeConfig, alice: NodeConfig, bob: NodeConfig) -> Pump {
+    let mut p = Pump::new(&[("relay", relay), ("alice", alice), ("bob", bob)]);
     for n in ["alice", "bob"] {
         let now = p.now;
         p.node(n).set_default_route(now, Pump::addr("relay"));
     }
+    p
+}
+
+/// [`relayed`], with a session between Alice and Bob (Bob connected to her).
+fn relayed_in_session(relay: NodeConfig, alice: NodeConfig, bob: NodeConfig) -> Pump {
+    let mut p = relayed(relay, alice, bob);
+    let now = p.now;
+    p.node("bob").connect(now, &id("alice")).unwrap();
+    p.run();
     p
 }
 

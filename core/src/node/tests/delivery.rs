@@ -72,18 +72,8 @@ fn a_message_that_never_left_fails_as_certainly_undelivered() {
 fn a_message_sent_and_not_confirmed_fails_as_maybe_delivered() {
     let mut config = NodeConfig::default();
     config.stream.send_timeout = Duration::from_secs(2);
-    let mut p = Pump::new(&[
-        ("relay", NodeConfig::default()),
-        ("alice", config),
-        ("bob", NodeConfig::default()),
-    ]);
-    for n in ["alice", "bob"] {
-        let now = p.now;
-        p.node(n).set_default_route(now, Pump::addr("relay"));
-    }
+    let mut p = relayed_in_session(NodeConfig::default(), config, NodeConfig::default());
     let now = p.now;
-    p.node("bob").connect(now, &id("alice")).unwrap();
-    p.run();
     // Bob's acknowledgements are lost: the message arrives, alice cannot know it did.
     p.lose.push(("bob".to_owned(), MessageType::Ack));
     let m = p.node("alice").send(now, &id("bob"), b"x".to_vec(), SendOptions::default()).unwrap();

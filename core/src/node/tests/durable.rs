@@ -493,14 +493,7 @@ fn messages_the_application_had_not_taken_are_received_again_after_a_crash() {
 fn mailboxed_at_relay(relay: NodeConfig) -> (Pump, Node) {
     let config =
         NodeConfig { preference: TransportPreference::WebsocketFirst, ..NodeConfig::default() };
-    let mut p = Pump::new(&[("relay", relay), ("alice", config.clone()), ("bob", config)]);
-    for n in ["alice", "bob"] {
-        let now = p.now;
-        p.node(n).set_default_route(now, Pump::addr("relay"));
-    }
-    let now = p.now;
-    p.node("bob").connect(now, &id("alice")).unwrap();
-    p.run();
+    let mut p = relayed_in_session(relay, config.clone(), config);
     send_all(&mut p, 5, "before");
     expect_in_order(&p, &[("before", 5)]);
     let bob = take_out(&mut p, "bob");
