@@ -106,6 +106,8 @@
 
 pub mod auth;
 pub mod backoff;
+/// A binary encoding of the envelope: the same members as the JSON wire form (issue 19).
+pub mod binary_envelope;
 pub mod canonical;
 pub mod capabilities;
 pub mod chunking;
