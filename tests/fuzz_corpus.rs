@@ -40,6 +40,11 @@ fn envelope_corpus() {
 }
 
 #[test]
+fn binary_envelope_corpus() {
+    replay("binary_envelope", fuzzing::binary_envelope);
+}
+
+#[test]
 fn handshake_corpus() {
     replay("handshake", fuzzing::handshake);
 }
