@@ -17,7 +17,6 @@ use peerlink_core::{EntityId, Event, Identity};
 use peerlink_host::metrics::StoreSnapshot;
 use peerlink_host::{Fsync, StorageKind, StorageSettings};
 use peerlink_smol::{Config, Handle, Peerlink, TrustedPeer};
-use smol::future::FutureExt as _;
 
 use crate::BoxError;
 use crate::load::Sink;
@@ -247,17 +246,6 @@ impl Nodes {
     }
 }
 
-/// Waits for `f` until `deadline`; `None` if it passed first.
-async fn until<T>(deadline: Instant, f: impl Future<Output = T>) -> Option<T> {
-    let left = deadline.saturating_duration_since(Instant::now());
-    async { Some(f.await) }
-        .or(async {
-            smol::Timer::after(left).await;
-            None
-        })
-        .await
-}
-
 /// One run of `case`: start the nodes, one message through (warm-up), then `window` messages
 /// in flight for `secs`, each send a task of its own (`send_message` returns after the
 /// sender's commit), a slot freed by `Event::Delivered`; arrivals counted at bob.
@@ -342,7 +330,7 @@ async fn measure(
     let start_ns = recorder.open();
     let end = Instant::now() + Duration::from_secs_f64(secs);
     while Instant::now() < end {
-        if until(end, slots.send(())).await.is_none() {
+        if crate::load::until(end, slots.send(())).await.is_none() {
             break;
         }
         sink.send(clock.stamp(case.size)).await?;

@@ -107,7 +107,8 @@ pub struct Measured {
     pub offered: Option<f64>,
 }
 
-async fn until<T>(deadline: Instant, f: impl Future<Output = T>) -> Option<T> {
+/// Waits for `f` until `deadline`; `None` if it passed first.
+pub(crate) async fn until<T>(deadline: Instant, f: impl Future<Output = T>) -> Option<T> {
     let left = deadline.saturating_duration_since(Instant::now());
     async { Some(f.await) }
         .or(async {

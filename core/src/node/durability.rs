@@ -357,6 +357,7 @@ impl Node {
                 p.stored_chunks.push(no);
             }
         }
+        self.schedule_mailbox_expiry();
         let peers: Vec<EntityId> = self.peers.keys().cloned().collect();
         for peer in &peers {
             let expired = self.peers.get_mut(peer).map(|p| p.send.expire(now)).unwrap_or_default();

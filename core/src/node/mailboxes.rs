@@ -322,10 +322,6 @@ impl Node {
         self.mailboxes_changed();
     }
 
-    pub(super) fn has_mail(&self, entity: &EntityId) -> bool {
-        self.mailboxes.has(entity)
-    }
-
     /// The answer to an HTTP call from `to` never reached it: its client had gone (a stopped
     /// process whose long poll was still held, spec §21). The envelopes the answer carried go
     /// back to the front of `to`'s mailbox, within its bounds (what does not fit, and anything
@@ -398,8 +394,13 @@ impl Node {
                 key: numbered_key(kind::MAILBOX, entity, number),
             }));
         }
-        self.schedule(Timer::Mailboxes, self.mailboxes.next_expiry());
         kept
+    }
+
+    /// Sets the expiry timer to the mailboxes' earliest entry (once a restore has put them
+    /// back).
+    pub(super) fn schedule_mailbox_expiry(&mut self) {
+        self.schedule(Timer::Mailboxes, self.mailboxes.next_expiry());
     }
 }
 

@@ -233,7 +233,7 @@ impl Node {
                 self.posting = None;
                 self.answer_poll(request, &entity);
                 // What did not fit in that answer releases a poll the caller holds.
-                if self.has_mail(&entity) {
+                if self.mailboxes.has(&entity) {
                     self.release_poll(&entity);
                 }
                 // In a cluster, what waits in its shared mailbox comes here for its next call.
@@ -241,7 +241,7 @@ impl Node {
             }
             HttpCall::Poll { wait } => {
                 let wait = wait.map_or(self.config.poll_wait, |w| w.min(self.config.poll_wait));
-                if self.has_mail(&entity) || wait.is_zero() {
+                if self.mailboxes.has(&entity) || wait.is_zero() {
                     self.answer_poll(request, &entity);
                 } else {
                     if let Some((old, _)) = self.polls.remove(&entity) {
