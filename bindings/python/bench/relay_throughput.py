@@ -6,7 +6,9 @@ own): Alice sends messages of SIZE bytes to Bob through it, at most WINDOW of th
 yet taken by Bob's application; the rate is what Bob's application takes per second over the
 measured time, after a one-second warm-up. The Rust side calls the node's `Handle` directly
 (`_native._bench_rust`, no Python in its loop); the Python side uses the package's API:
-`Client.send_message` in one thread and `Client.recv_many` in another. The sides alternate, a
+`Client.send_message` in one thread and `Client.recv_many` in another; the asyncio side
+`AsyncClient.send_message` in one task and `async for` over `AsyncClient.messages()` in
+another. The sides alternate, a
 run of each per size and round, and each keeps its median round.
 
     cargo build --release -p peerlink
@@ -101,6 +103,51 @@ def python_run(relay: Dict[str, str], size: int, seconds: float, window: int) ->
     return (after - before) / elapsed
 
 
+def asyncio_run(relay: Dict[str, str], size: int, seconds: float, window: int) -> float:
+    """The Python side through the asyncio API: a sender task and an `async for` receiver."""
+    import asyncio
+
+    async def main() -> float:
+        a_id, b_id = peerlink.Identity.generate("aio-alice"), peerlink.Identity.generate("aio-bob")
+        ta, tb = peerlink.TrustStore(), peerlink.TrustStore()
+        ta.trust("aio-bob", b_id.public_key)
+        tb.trust("aio-alice", a_id.public_key)
+        kw = dict(relay_id=relay["entity_id"], relay_key=relay["public_key"])
+        bob = await peerlink.AsyncClient.connect(b_id, relay["url"], trust=tb, **kw)
+        alice = await peerlink.AsyncClient.connect(a_id, relay["url"], trust=ta, **kw)
+        await bob.init_websocket_connection()
+        while not await bob.is_websocket_connected():
+            await asyncio.sleep(0.005)
+        credits = asyncio.Semaphore(window)
+        received = [0]
+
+        async def receive() -> None:
+            async for _ in bob.messages():
+                received[0] += 1
+                credits.release()
+
+        async def send() -> None:
+            payload = bytes(size)
+            while True:
+                await credits.acquire()
+                await alice.send_message("aio-bob", payload)
+
+        tasks = [asyncio.ensure_future(receive()), asyncio.ensure_future(send())]
+        await asyncio.sleep(1.0)
+        loop = asyncio.get_running_loop()
+        start, before = loop.time(), received[0]
+        await asyncio.sleep(seconds)
+        elapsed, after = loop.time() - start, received[0]
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await alice.close()
+        await bob.close()
+        return (after - before) / elapsed
+
+    return asyncio.run(main())
+
+
 def rust_run(relay: Dict[str, str], size: int, seconds: float, window: int) -> float:
     n, elapsed = _native._bench_rust(
         relay["url"], relay["entity_id"], relay["public_key"], size, seconds, window
@@ -124,20 +171,22 @@ def main(argv: List[str]) -> int:
             for r in range(args.rounds):
                 for size in sizes:
                     window = min(args.window, max(2, (32 << 20) // size))
-                    for side, run in (("rust", rust_run), ("python", python_run)):
+                    sides = (("rust", rust_run), ("python", python_run), ("asyncio", asyncio_run))
+                    for side, run in sides:
                         rate = run(relay, size, args.seconds, window)
                         runs.setdefault((side, size), []).append(rate)
-                        print(f"round {r + 1} {side:6} {size:>7} B: {rate:>9.0f} msg/s", file=sys.stderr)
+                        print(f"round {r + 1} {side:7} {size:>7} B: {rate:>9.0f} msg/s", file=sys.stderr)
         finally:
             relay_proc.terminate()
             relay_proc.wait()
-    print(f"| size | Rust client (msg/s) | Python client (msg/s) | Python / Rust |")
-    print(f"|---|---|---|---|")
+    print("| size | Rust client (msg/s) | Python, blocking (msg/s) | Python / Rust | Python, asyncio (msg/s) | asyncio / Rust |")
+    print("|---|---|---|---|---|---|")
     for size in sizes:
         rust = statistics.median(runs[("rust", size)])
         py = statistics.median(runs[("python", size)])
+        aio = statistics.median(runs[("asyncio", size)])
         label = f"{size} B" if size < 1024 else f"{size // 1024} KiB"
-        print(f"| {label} | {rust:,.0f} | {py:,.0f} | {py / rust:.2f}x |")
+        print(f"| {label} | {rust:,.0f} | {py:,.0f} | {py / rust:.2f}x | {aio:,.0f} | {aio / rust:.2f}x |")
     return 0
 
 

@@ -191,9 +191,11 @@ class Node:
         carried encrypted (``TASK_REQUEST``-like names: ``A-Z a-z 0-9 . _ -``).
 
         Raises ``TypeError`` (payload not bytes), ``MessageTooLargeError``,
-        ``UnknownRecipientError`` (no route, or not trusted), ``OutboxFullError`` (retry once
-        earlier messages are delivered), ``InvalidMessageError`` (a malformed id),
-        ``NodeStoppedError``.
+        ``UnknownRecipientError`` (no route at all), ``OutboxFullError`` (backpressure: wait
+        for an earlier receipt, then send again), ``InvalidMessageError`` (a malformed id or
+        type), ``NodeStoppedError``. A peer that is not trusted, or that no route reaches, is
+        reported by the receipt: ``wait()`` raises ``PeerUnreachableError`` (an
+        ``UnknownRecipientError``), at once, ``maybe_delivered`` False.
         """
         if prefer_websocket is not None and not isinstance(prefer_websocket, bool):
             raise TypeError("prefer_websocket must be True, False or None")
