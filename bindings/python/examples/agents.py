@@ -50,7 +50,7 @@ def worker(args: argparse.Namespace) -> None:
         where = f"through the relay {node.relay_id} at {args.relay}"
     else:
         node = peerlink.serve(me, args.listen, trust=trust)
-        where = f"at {node.url}"  # type: ignore[attr-defined]
+        where = f"at {node.url}"
     print(f"entity_id  {me.entity_id}\npublic_key {me.public_key}\nlistening  {where}", flush=True)
     with node:
         try:

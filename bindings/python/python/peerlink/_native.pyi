@@ -2,7 +2,7 @@
 rather than this module: it wraps these in dataclasses, enums and asyncio."""
 
 import os
-from typing import List, Optional, Tuple, Union
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 _Path = Union[str, "os.PathLike[str]"]
 _Peer = Tuple[str, str, Optional[str]]
@@ -17,6 +17,11 @@ def default_home() -> str:
 
 def _panic_for_test() -> None:
     """Panics in Rust; raises ``InternalError`` (tests that a panic never aborts Python)."""
+
+def _bench_rust(
+    relay_url: str, relay_id: str, relay_key: str, size: int, secs: float, window: int
+) -> Tuple[int, float]:
+    """The Rust side of ``bench/relay_throughput.py``: ``(messages received, seconds)``."""
 
 class Identity:
     """An entity id and its Ed25519 key pair. The secret never leaves the native module."""
@@ -109,7 +114,7 @@ class Node:
     def subscribe(self, hop: str, topic: str) -> None: ...
     def unsubscribe(self, hop: str, topic: str) -> None: ...
     def publish(self, hop: Optional[str], topic: str, data: str) -> int: ...
-    def transport_stats(self, peer: Optional[str] = None) -> Optional[dict]: ...
+    def transport_stats(self, peer: Optional[str] = None) -> Optional[Dict[str, Any]]: ...
     def recv(self, timeout: Optional[float] = None) -> Optional[_EventTuple]: ...
     def recv_many(self, max: int, timeout: Optional[float] = None) -> List[_EventTuple]: ...
     def try_recv(self) -> Optional[_EventTuple]: ...
