@@ -169,3 +169,13 @@ def test_a_relay_with_another_key_than_given_is_refused(relay: Relay) -> None:
     other = peerlink.Identity.generate("x").public_key
     with pytest.raises(peerlink.AuthenticationFailedError):
         peerlink.Client(peerlink.Identity.generate("a"), relay.url, relay_key=other)
+
+
+def test_status_and_broadcast_keep_their_kind(pair: Pair) -> None:
+    pair.alice.send_message("bob", b"busy", status=True).wait(DEADLINE)
+    m = next_message(pair.bob)
+    assert (m.kind, m.payload) == ("STATUS", b"busy")
+    sent = pair.alice.broadcast(b"to everyone")
+    assert [to for to, _ in sent] == ["bob"], "every peer with a session"
+    m = next_message(pair.bob)
+    assert (m.kind, m.payload, m.id) == ("BROADCAST", b"to everyone", sent[0][1])
