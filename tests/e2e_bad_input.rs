@@ -153,13 +153,16 @@ fn bad_input_gets_its_error_and_the_node_keeps_serving() {
     assert_eq!(next_error(&mut ws), "AUTHENTICATION_FAILED");
     assert!(matches!(until_closed(&mut ws), Seen::Closed(1008, _) | Seen::Gone));
 
-    // A binary frame: closed with 1003.
+    // Binary messages on a link that did not offer the binary envelope (spec §27.2): junk, and
+    // a well-formed binary envelope, are each INVALID_MESSAGE, and the link stays.
     let mut ws = ws_connect(addr, &peers, &token).unwrap();
     ws.send(tungstenite::Message::Binary(vec![0u8, 1, 2, 3].into())).unwrap();
-    match until_closed(&mut ws) {
-        Seen::Closed(code, _) => assert_eq!(code, 1003),
-        other => panic!("binary frame: {other:?}"),
-    }
+    assert_eq!(next_error(&mut ws), "INVALID_MESSAGE");
+    let binary = peerlink_core::binary_envelope::encode(&ping(&w.m));
+    ws.send(tungstenite::Message::Binary(binary.into())).unwrap();
+    assert_eq!(next_error(&mut ws), "INVALID_MESSAGE");
+    assert_alive(&mut ws, &w.m);
+    drop(ws);
 
     // An oversize frame (over 1 MiB): closed with 1009. The node refuses it from its header, so
     // it may reset the connection while the rest is still being written, and the reset can

@@ -30,6 +30,8 @@ struct Ran {
     violations: Vec<String>,
     summary: String,
     forgotten: u64,
+    /// Binary envelopes written on links.
+    binary_frames: u64,
     broker: BrokerStats,
     durable: DurableStats,
 }
@@ -43,6 +45,7 @@ fn run_seed(seed: u64, alone: bool) -> Ran {
         violations: world.violations(),
         summary: world.summary(),
         forgotten: world.peers_forgotten(),
+        binary_frames: world.binary_frames(),
         broker: world.broker_stats(),
         durable: world.durable_stats(),
     }
@@ -99,6 +102,7 @@ fn simulated_runs_keep_every_invariant() {
     let next = Arc::new(AtomicU64::new(first));
     let failures = Arc::new(Mutex::new(Vec::new()));
     let forgotten = Arc::new(AtomicU64::new(0));
+    let binary = Arc::new(AtomicU64::new(0));
     let broker = Arc::new(Mutex::new(BrokerStats::default()));
     let durable = Arc::new(Mutex::new(DurableStats::default()));
     let summaries = std::env::var_os("PEERLINK_SIM_SUMMARIES").is_some();
@@ -107,6 +111,7 @@ fn simulated_runs_keep_every_invariant() {
             let next = Arc::clone(&next);
             let failures = Arc::clone(&failures);
             let forgotten = Arc::clone(&forgotten);
+            let binary = Arc::clone(&binary);
             let broker = Arc::clone(&broker);
             let durable = Arc::clone(&durable);
             std::thread::spawn(move || {
@@ -119,6 +124,7 @@ fn simulated_runs_keep_every_invariant() {
                     }
                     let ran = run_seed(seed, false);
                     forgotten.fetch_add(ran.forgotten, Ordering::Relaxed);
+                    binary.fetch_add(ran.binary_frames, Ordering::Relaxed);
                     mine.add(&ran.broker);
                     mine_durable.add(&ran.durable);
                     if summaries {
@@ -154,6 +160,9 @@ fn simulated_runs_keep_every_invariant() {
     let forgotten = forgotten.load(Ordering::Relaxed);
     // Odd seeds forget idle peers after 61 s (sim/mod.rs): the runs must really exercise it.
     assert!(seeds < 2 || forgotten > 0, "no seed forgot an idle peer");
+    // Two seeds in three have binary links (sim/mod.rs): they must really carry frames.
+    let binary = binary.load(Ordering::Relaxed);
+    assert!(seeds < 3 || binary > 0, "no binary envelope crossed a link");
     let b = *broker.lock().unwrap();
     // The cluster's paths must really be exercised too (a sweep of a few hundred seeds has
     // every one of them many times over).
@@ -188,7 +197,7 @@ fn simulated_runs_keep_every_invariant() {
     }
     eprintln!(
         "seeds {first}..{end} passed ({seeds} seeds, {threads} threads, {:.0} s); \
-         {forgotten} idle peers forgotten; {} cluster runs: {b}; {} durable runs: {d}",
+         {forgotten} idle peers forgotten; {binary} binary frames; {} cluster runs: {b}; {} durable runs: {d}",
         started.elapsed().as_secs_f64(),
         b.cluster_runs,
         d.durable_runs

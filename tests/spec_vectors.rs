@@ -18,6 +18,9 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use x25519_dalek::{PublicKey as XPublicKey, StaticSecret};
 
+#[path = "spec_vectors/binary.rs"]
+mod binary;
+
 type HmacSha256 = Hmac<Sha256>;
 type Envelope = Map<String, Value>;
 

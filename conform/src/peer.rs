@@ -3,8 +3,10 @@
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use peerlink_core::binary_envelope;
 use peerlink_core::endpoints::PEERS_PATH;
 use peerlink_core::stream::{Ack, ChunkHeader, DataHeader, StreamControl, encode_data};
+use peerlink_core::wire::{self, Encoding};
 use peerlink_core::{
     Envelope, ErrorBody, ErrorCode, HandshakeConfig, HandshakeOutput, Initiator, MessageId,
     MessageType, Payload, Session, SessionId, Timestamp, TrustPolicy, TrustStore,
@@ -57,6 +59,15 @@ pub(crate) fn open_peers(ctx: &Ctx) -> Result<Ws, String> {
     open(ctx, PEERS_PATH)
 }
 
+/// A new authenticated peers link offering the binary envelope (§27.1); see [`Ws::binary`]
+/// for whether the node selected it.
+pub(crate) fn open_peers_offering_binary(ctx: &Ctx) -> Result<Ws, String> {
+    let token = ctx.token()?;
+    let url = ctx.ws_url(PEERS_PATH);
+    ws::connect_offering(&url, Auth::Header(&token), Some(wire::BINARY_SUBPROTOCOL))
+        .map_err(|e| e.to_string())
+}
+
 fn describe_close(code: Option<u16>, reason: &str) -> String {
     match code {
         Some(c) => format!("the node closed the connection ({c} {reason})"),
@@ -71,6 +82,9 @@ pub(crate) fn recv(ws: &mut Ws, timeout: Duration) -> Result<Envelope, String> {
         match ws.next(deadline) {
             None => return Err(format!("nothing from the node within {timeout:?}")),
             Some(Incoming::Text(t)) => {
+                if Encoding::of(&t) == Encoding::Binary {
+                    return Err("the node sent a binary envelope in a text message (§27.2)".into());
+                }
                 let env = Envelope::decode(&t, MAX_DECODE).map_err(|e| {
                     format!("the node sent a frame that is not an envelope ({e}): {}", preview(&t))
                 })?;
@@ -78,7 +92,23 @@ pub(crate) fn recv(ws: &mut Ws, timeout: Duration) -> Result<Envelope, String> {
                     return Ok(env);
                 }
             }
-            Some(Incoming::Binary) => return Err("the node sent a binary frame".into()),
+            Some(Incoming::Binary(b)) => {
+                if !ws.binary {
+                    return Err("the node sent a binary message on a JSON link (§27.2)".into());
+                }
+                if Encoding::of(&b) != Encoding::Binary {
+                    return Err(format!(
+                        "the node sent a binary message that is not a binary envelope: {}",
+                        preview(&b)
+                    ));
+                }
+                let env = binary_envelope::decode(&b, MAX_DECODE).map_err(|e| {
+                    format!("the node sent a binary envelope that does not decode ({e})")
+                })?;
+                if env.message_type != MessageType::Ping {
+                    return Ok(env);
+                }
+            }
             Some(Incoming::Closed(code, reason)) => return Err(describe_close(code, &reason)),
             Some(Incoming::Eof) => return Err("the connection ended without a close frame".into()),
         }
@@ -187,8 +217,13 @@ pub(crate) fn ping(ctx: &Ctx, at: Timestamp, rng: &mut ChaCha20Rng) -> Result<En
     signed(ctx, MessageType::Ping, None, serde_json::json!({}), at, rng)
 }
 
+/// Sends an envelope: binary on a link that agreed on it (§27.2), else JSON text.
 pub(crate) fn send(ws: &mut Ws, env: &Envelope) -> Result<(), String> {
-    ws.send_text(&env.encode())
+    if ws.binary {
+        ws.send_binary(binary_envelope::encode(env))
+    } else {
+        ws.send_text(&env.encode())
+    }
 }
 
 /// Sends a `PING` and expects the node's `PONG` naming it: proof the link is alive and

@@ -45,7 +45,7 @@ impl std::fmt::Display for ConnectError {
 #[derive(Debug)]
 pub(crate) enum Incoming {
     Text(Vec<u8>),
-    Binary,
+    Binary(Vec<u8>),
     /// A close frame: its code (None: no code) and reason.
     Closed(Option<u16>, String),
     /// The TCP connection ended without a close frame.
@@ -56,10 +56,22 @@ pub(crate) enum Incoming {
 pub(crate) struct Ws {
     ws: WebSocket<TcpStream>,
     closed: bool,
+    /// The upgrade agreed on the binary envelope (spec §27.1): envelopes go out binary.
+    pub binary: bool,
 }
 
 /// Opens `url` (ws://) presenting `auth`.
 pub(crate) fn connect(url: &str, auth: Auth<'_>) -> Result<Ws, ConnectError> {
+    connect_offering(url, auth, None)
+}
+
+/// [`connect`], offering `subprotocol` in `Sec-WebSocket-Protocol`; the link is binary when the
+/// node's `101` selects [`peerlink_core::wire::BINARY_SUBPROTOCOL`].
+pub(crate) fn connect_offering(
+    url: &str,
+    auth: Auth<'_>,
+    subprotocol: Option<&str>,
+) -> Result<Ws, ConnectError> {
     let other = |e: String| ConnectError::Other(e);
     let url = match auth {
         Auth::Query(t) | Auth::Both { query: t, .. } => format!("{url}?token={t}"),
@@ -69,6 +81,10 @@ pub(crate) fn connect(url: &str, auth: Auth<'_>) -> Result<Ws, ConnectError> {
     if let Auth::Header(t) | Auth::Both { header: t, .. } = auth {
         let v = format!("Bearer {t}").parse().map_err(|_| other("bad token header".into()))?;
         request.headers_mut().insert("authorization", v);
+    }
+    if let Some(p) = subprotocol {
+        let v = p.parse().map_err(|_| other("bad subprotocol".into()))?;
+        request.headers_mut().insert("sec-websocket-protocol", v);
     }
     let host = request.uri().host().unwrap_or_default();
     let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
@@ -87,7 +103,13 @@ pub(crate) fn connect(url: &str, auth: Auth<'_>) -> Result<Ws, ConnectError> {
     let config =
         WebSocketConfig::default().max_message_size(Some(64 << 20)).max_frame_size(Some(64 << 20));
     match tungstenite::client::client_with_config(request, stream, Some(config)) {
-        Ok((ws, _)) => Ok(Ws { ws, closed: false }),
+        Ok((ws, response)) => {
+            let selected =
+                response.headers().get("sec-websocket-protocol").and_then(|v| v.to_str().ok());
+            let binary = peerlink_core::wire::selected(selected, subprotocol.is_some())
+                == peerlink_core::wire::Encoding::Binary;
+            Ok(Ws { ws, closed: false, binary })
+        }
         Err(HandshakeError::Failure(WsError::Http(r))) => Err(ConnectError::Refused {
             status: r.status().as_u16(),
             body: r.body().clone().unwrap_or_default(),
@@ -130,7 +152,7 @@ impl Ws {
             let _ = self.ws.get_ref().set_read_timeout(Some(slice));
             match self.ws.read() {
                 Ok(Message::Text(t)) => return Some(Incoming::Text(t.as_bytes().to_vec())),
-                Ok(Message::Binary(_)) => return Some(Incoming::Binary),
+                Ok(Message::Binary(b)) => return Some(Incoming::Binary(b.to_vec())),
                 Ok(Message::Close(frame)) => {
                     self.closed = true;
                     let _ = self.ws.flush();

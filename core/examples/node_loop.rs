@@ -12,6 +12,7 @@ use peerlink_core::node::{
     Bearer, Event, Handled, Input, LinkId, LinkKind, Node, NodeAddr, Output,
 };
 use peerlink_core::transport::TransportPreference;
+use peerlink_core::wire::Encoding;
 use peerlink_core::{EntityId, Identity, NodeConfig, Timestamp, TrustPolicy, TrustStore};
 use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
@@ -85,14 +86,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                         alice_key,
                         now.saturating_add(Duration::from_secs(3600)),
                     );
-                    let Ok(Handled::Link(bob_link)) = nodes[1]
-                        .handle_input(now, Input::AcceptLink { kind: LinkKind::Peers, who })
-                    else {
+                    let Ok(Handled::Link(bob_link)) = nodes[1].handle_input(
+                        now,
+                        Input::AcceptLink { kind: LinkKind::Peers, who, encoding: Encoding::Json },
+                    ) else {
                         return Err("bob refused the link".into());
                     };
                     pairs.insert((0, from_link), (1, bob_link));
                     pairs.insert((1, bob_link), (0, from_link));
-                    nodes[0].handle_input(now, Input::LinkUp(from_link))?;
+                    nodes[0].handle_input(
+                        now,
+                        Input::LinkUp { link: from_link, encoding: Encoding::Json },
+                    )?;
                 }
                 Wire::Frame { to, link, frame } => {
                     nodes[to].handle_input(now, Input::Frame { link, frame: &frame })?;

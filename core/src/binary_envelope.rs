@@ -70,7 +70,7 @@
 use serde_json::Value;
 
 use crate::canonical::{self, StrictValue};
-use crate::encoding::{b64u, decode_b64u};
+use crate::encoding::decode_b64u;
 use crate::envelope::{Envelope, NONCE_LEN, PROTOCOL_VERSION, Payload};
 use crate::error::ProtocolError;
 use crate::identity::SIGNATURE_LEN;
@@ -156,12 +156,15 @@ pub const fn type_from_code(code: u8) -> Option<MessageType> {
 
 /// The raw ciphertext bytes, when the payload travels raw (flags bit 3): a session message whose
 /// payload is a canonical base64url string.
-fn raw_payload(env: &Envelope) -> Option<Vec<u8>> {
+fn raw_payload(env: &Envelope) -> Option<std::borrow::Cow<'_, [u8]>> {
     if env.message_type.class() != MessageClass::Session {
         return None;
     }
-    match env.payload.value() {
-        Value::String(s) => decode_b64u("payload", s).ok(),
+    if let Some(bytes) = env.payload.raw() {
+        return Some(std::borrow::Cow::Borrowed(bytes));
+    }
+    match env.payload.json() {
+        Some(Value::String(s)) => decode_b64u("payload", s).ok().map(std::borrow::Cow::Owned),
         _ => None,
     }
 }
@@ -191,7 +194,7 @@ pub fn encode(env: &Envelope) -> Vec<u8> {
             let mut json = Vec::new();
             // A `Payload` is canonical by construction: this cannot fail.
             let _ = canonical::write_value(&mut json, env.payload.value());
-            json
+            std::borrow::Cow::Owned(json)
         }
     };
     // Fixed part, four ids of at most 1 + 64 bytes, signature, payload length and bytes.
@@ -246,7 +249,7 @@ pub fn decode(frame: &[u8], max_frame_bytes: usize) -> Result<Envelope, Protocol
         return Err(ProtocolError::Malformed("bytes after the payload".to_owned()));
     }
     let payload = if header.raw_payload {
-        Payload::string(b64u(bytes))
+        Payload::ciphertext(bytes.to_vec())
     } else {
         json_payload(header.message_type, bytes)?
     };
@@ -278,6 +281,61 @@ pub fn decode(frame: &[u8], max_frame_bytes: usize) -> Result<Envelope, Protocol
 pub fn recipient(frame: &[u8]) -> Option<&str> {
     let (header, _) = parse_header(frame).ok()?;
     header.recipient_id.map(|(_, s)| s)
+}
+
+/// The members a relay routes by: what [`head`] reads from a binary frame, or what
+/// [`Head::of`] copies from a decoded envelope of either encoding.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Head {
+    /// The message type.
+    pub message_type: MessageType,
+    /// The message id.
+    pub message_id: MessageId,
+    /// The session, if any.
+    pub session_id: Option<SessionId>,
+    /// The sender.
+    pub sender_id: EntityId,
+    /// The recipient; `None` for the next hop itself.
+    pub recipient_id: Option<EntityId>,
+}
+
+impl Head {
+    /// The routing members of a decoded envelope.
+    pub fn of(env: &Envelope) -> Self {
+        Self {
+            message_type: env.message_type,
+            message_id: env.message_id.clone(),
+            session_id: env.session_id.clone(),
+            sender_id: env.sender_id.clone(),
+            recipient_id: env.recipient_id.clone(),
+        }
+    }
+}
+
+/// The routing header of a binary frame, without reading the payload's bytes: the frame size
+/// limit, everything before the payload (as [`decode`] checks it) and that the payload's length
+/// ends the frame exactly. A relay forwards a frame for another entity on this alone (spec
+/// §27.4); the recipient decodes it whole. Costs the same for any payload size.
+pub fn head(frame: &[u8], max_frame_bytes: usize) -> Result<Head, ProtocolError> {
+    if frame.len() > max_frame_bytes {
+        return Err(ProtocolError::FrameTooLarge { len: frame.len(), max: max_frame_bytes });
+    }
+    let (header, mut rest) = parse_header(frame)?;
+    let len = usize::try_from(rest.u32("payload")?).map_err(|_| truncated("payload"))?;
+    if rest.0.len() != len {
+        return Err(if rest.0.len() < len {
+            truncated("payload")
+        } else {
+            ProtocolError::Malformed("bytes after the payload".to_owned())
+        });
+    }
+    Ok(Head {
+        message_type: header.message_type,
+        message_id: header.message_id,
+        session_id: header.session_id,
+        sender_id: header.sender_id,
+        recipient_id: header.recipient_id.map(|(id, _)| id),
+    })
 }
 
 /// Everything before the payload, checked.

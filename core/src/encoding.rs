@@ -13,6 +13,17 @@ pub fn b64u(bytes: &[u8]) -> String {
     URL_SAFE_NO_PAD.encode(bytes)
 }
 
+/// Appends the unpadded base64url encoding of `bytes` to `out`.
+pub fn b64u_into(out: &mut Vec<u8>, bytes: &[u8]) {
+    let start = out.len();
+    let len = base64::encoded_len(bytes.len(), false).unwrap_or(0);
+    out.resize(start.saturating_add(len), 0);
+    if let Some(tail) = out.get_mut(start..) {
+        // The tail is exactly the encoded length: this cannot fail.
+        let _ = URL_SAFE_NO_PAD.encode_slice(bytes, tail);
+    }
+}
+
 /// Decodes unpadded base64url of any length.
 pub fn decode_b64u(field: &'static str, s: &str) -> Result<Vec<u8>, ProtocolError> {
     URL_SAFE_NO_PAD.decode(s).map_err(|_| ProtocolError::InvalidField {

@@ -21,7 +21,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::canonical::{self, StrictValue};
-use crate::encoding::{b64u, decode_b64u_array};
+use crate::encoding::{b64u, b64u_into, decode_b64u, decode_b64u_array};
 use crate::error::{ProtocolError, UsageError};
 use crate::identity::{Identity, PublicKey, SIGNATURE_LEN};
 use crate::ids::{EntityId, MessageId, SessionId};
@@ -40,9 +40,22 @@ pub const AAD_CONTEXT: &[u8] = b"peerlink v1 envelope aad\n";
 /// Length of the `nonce` field's value in bytes.
 pub const NONCE_LEN: usize = 12;
 
-/// A JSON value that has exactly one canonical form: integers only, within ±(2^53 - 1).
-#[derive(Clone, PartialEq)]
-pub struct Payload(Value);
+/// An envelope's `payload`: a JSON value that has exactly one canonical form (integers only,
+/// within ±(2^53 - 1)), or a session message's ciphertext held as raw bytes.
+///
+/// The two forms are one value: a ciphertext payload *is* the JSON string of its unpadded
+/// base64url encoding (spec §8.2), and it writes, signs, authenticates and compares as that
+/// string. Holding the bytes raw spares the base64 round trip when a frame travels in the binary
+/// encoding ([`crate::binary_envelope`]), which carries them as they are.
+#[derive(Clone)]
+pub struct Payload(Repr);
+
+#[derive(Clone)]
+enum Repr {
+    Json(Value),
+    /// The bytes, and their JSON string once [`Payload::value`] asked for it.
+    Ciphertext(Vec<u8>, std::sync::OnceLock<Value>),
+}
 
 impl Payload {
     /// Checks that `value` can be canonicalized.
@@ -53,28 +66,89 @@ impl Payload {
                 UsageError::NotCanonical("integer out of range")
             }
         })?;
-        Ok(Self(value))
+        Ok(Self(Repr::Json(value)))
     }
 
     /// A value built by this crate that is canonical by construction.
     pub(crate) fn trusted(value: Value) -> Self {
         debug_assert!(canonical::to_vec(&value).is_ok(), "non-canonical internal payload");
-        Self(value)
+        Self(Repr::Json(value))
     }
 
-    /// A JSON string payload (the form encrypted payloads take).
+    /// A JSON string payload.
     pub fn string(s: String) -> Self {
-        Self(Value::String(s))
+        Self(Repr::Json(Value::String(s)))
     }
 
-    /// The JSON value.
+    /// A session message's ciphertext: the JSON string of its base64url encoding, held raw.
+    pub fn ciphertext(bytes: Vec<u8>) -> Self {
+        Self(Repr::Ciphertext(bytes, std::sync::OnceLock::new()))
+    }
+
+    /// The JSON value; a ciphertext payload is encoded to its base64url string the first time
+    /// (frames never need it: they write, sign and decrypt from the bytes).
     pub fn value(&self) -> &Value {
-        &self.0
+        match &self.0 {
+            Repr::Json(v) => v,
+            Repr::Ciphertext(bytes, json) => json.get_or_init(|| Value::String(b64u(bytes))),
+        }
+    }
+
+    /// The ciphertext bytes of a session message's payload: the bytes themselves, or the strict
+    /// base64url decoding of a JSON string. Anything else is `INVALID_MESSAGE`.
+    pub fn ciphertext_bytes(&self) -> Result<std::borrow::Cow<'_, [u8]>, ProtocolError> {
+        match &self.0 {
+            Repr::Ciphertext(bytes, _) => Ok(std::borrow::Cow::Borrowed(bytes)),
+            Repr::Json(Value::String(s)) => decode_b64u("payload", s).map(std::borrow::Cow::Owned),
+            Repr::Json(_) => Err(ProtocolError::InvalidField {
+                field: "payload",
+                reason: "session payload must be a base64url string",
+            }),
+        }
+    }
+
+    /// The raw bytes, if this payload is held as ciphertext.
+    pub(crate) fn raw(&self) -> Option<&[u8]> {
+        match &self.0 {
+            Repr::Ciphertext(bytes, _) => Some(bytes),
+            Repr::Json(_) => None,
+        }
+    }
+
+    /// The JSON value, if this payload is held as JSON.
+    pub(crate) fn json(&self) -> Option<&Value> {
+        match &self.0 {
+            Repr::Json(v) => Some(v),
+            Repr::Ciphertext(..) => None,
+        }
     }
 
     fn write(&self, out: &mut Vec<u8>) {
-        // Checked at construction; cannot fail.
-        let _ = canonical::write_value(out, &self.0);
+        match &self.0 {
+            // Checked at construction; cannot fail.
+            Repr::Json(v) => {
+                let _ = canonical::write_value(out, v);
+            }
+            // The base64url alphabet needs no escaping in a JSON string.
+            Repr::Ciphertext(bytes, _) => {
+                out.push(b'"');
+                b64u_into(out, bytes);
+                out.push(b'"');
+            }
+        }
+    }
+}
+
+impl PartialEq for Payload {
+    fn eq(&self, other: &Self) -> bool {
+        match (&self.0, &other.0) {
+            (Repr::Json(a), Repr::Json(b)) => a == b,
+            (Repr::Ciphertext(a, _), Repr::Ciphertext(b, _)) => a == b,
+            (Repr::Ciphertext(bytes, _), Repr::Json(v))
+            | (Repr::Json(v), Repr::Ciphertext(bytes, _)) => {
+                v.as_str().is_some_and(|s| decode_b64u("payload", s).is_ok_and(|d| d == *bytes))
+            }
+        }
     }
 }
 
@@ -189,7 +263,7 @@ impl Envelope {
             session_id: wire.session_id,
             sender_id: wire.sender_id,
             recipient_id: wire.recipient_id,
-            payload: Payload(wire.payload.0),
+            payload: Payload(Repr::Json(wire.payload.0)),
             nonce: decode_b64u_array::<NONCE_LEN>("nonce", &wire.nonce)?,
             signature,
         })

@@ -21,6 +21,7 @@ use crate::message_type::MessageType;
 use crate::node::{HttpCall, LinkKind, Node, NodeConfig, Output, SendOptions};
 use crate::session::Session;
 use crate::time::Timestamp;
+use crate::wire::Encoding;
 
 const NOW: Timestamp = Timestamp::from_unix_millis(1_700_000_000_000);
 
@@ -395,8 +396,10 @@ pub fn node(data: &[u8]) {
         match input {
             NodeInput::Accept(n, events) => {
                 let kind = if events { LinkKind::Events } else { LinkKind::Peers };
+                // Odd names' links agree on the binary envelope, even ones' on JSON alone.
+                let encoding = if n % 2 == 1 { Encoding::Binary } else { Encoding::Json };
                 if let Some(e) = pick(n)
-                    && let Ok(l) = node.accept_link(now, kind, e)
+                    && let Ok(l) = node.accept_link(now, kind, e, encoding)
                 {
                     links.push(l);
                 }

@@ -30,7 +30,7 @@
 //!
 //! ```
 //! use peerlink_core::{EntityId, Identity, Input, Node, NodeConfig, Output, Timestamp};
-//! use peerlink_core::{TrustPolicy, TrustStore, node::NodeAddr};
+//! use peerlink_core::{TrustPolicy, TrustStore, node::NodeAddr, wire::Encoding};
 //! use rand_chacha::ChaCha20Rng;
 //! use rand_core::SeedableRng;
 //!
@@ -51,7 +51,7 @@
 //! let (link, url) = opened.ok_or("no link asked for")?;
 //! assert_eq!(url, "ws://relay:7447/ws/v1/peers");
 //! // Feed: the driver connected it (or reports `Input::LinkFailed`).
-//! node.handle_input(now, Input::LinkUp(link))?;
+//! node.handle_input(now, Input::LinkUp { link, encoding: Encoding::Json })?;
 //! // Sleep until the next deadline, then feed `Input::Timeout`.
 //! assert!(node.poll_timeout().is_some());
 //! # Ok::<(), Box<dyn std::error::Error>>(())
@@ -132,6 +132,7 @@ pub mod stream;
 pub mod time;
 pub mod timers;
 pub mod transport;
+pub mod wire;
 
 pub use capabilities::{Capabilities, Transport};
 pub use envelope::{Envelope, PROTOCOL_VERSION, Payload};

@@ -20,7 +20,6 @@ use zeroize::Zeroizing;
 
 use crate::canonical::MAX_SAFE_INTEGER;
 use crate::capabilities::Capabilities;
-use crate::encoding::{b64u, decode_b64u};
 use crate::envelope::{AAD_CONTEXT, Envelope, NONCE_LEN, PROTOCOL_VERSION, Payload};
 use crate::error::{ProtocolError, UsageError};
 use crate::handshake::keys::{Hash, KeySchedule};
@@ -240,7 +239,7 @@ impl Session {
             .send
             .encrypt(&nonce.into(), AeadPayload { msg: plaintext, aad: &aad })
             .map_err(|_| UsageError::TooLarge { len, max: self.max_frame_bytes })?;
-        env.payload = Payload::string(b64u(&ciphertext));
+        env.payload = Payload::ciphertext(ciphertext);
         if self.capabilities.sign_all {
             env.sign(&self.local);
         }
@@ -270,11 +269,7 @@ impl Session {
         }
         env.check_timestamp(now, self.max_skew)?;
         self.window.check(env.seq).map_err(ProtocolError::Replay)?;
-        let text = env.payload.value().as_str().ok_or(ProtocolError::InvalidField {
-            field: "payload",
-            reason: "session payload must be a base64url string",
-        })?;
-        let ciphertext = decode_b64u("payload", text)?;
+        let ciphertext = env.payload.ciphertext_bytes()?;
         let aad = env.associated_data();
         let plaintext = self
             .recv

@@ -22,6 +22,9 @@ use rand_chacha::ChaCha20Rng;
 use rand_core::{SeedableRng, TryCryptoRng, TryRng};
 use serde_json::{Value, json};
 
+#[path = "vectors/binary.rs"]
+mod binary;
+
 const NOW: Timestamp = Timestamp::from_unix_millis(1_700_000_000_000);
 const MIB: usize = 1 << 20;
 
@@ -477,6 +480,8 @@ fn generate() -> BTreeMap<&'static str, Value> {
     files.insert("session.json", session);
     files.insert("delivery.json", delivery_vectors(hs));
     files.insert("invalid.json", invalid_vectors());
+    let binary = binary::vectors(&files);
+    files.insert("binary.json", binary);
     files
 }
 

@@ -26,6 +26,7 @@ use peerlink_core::node::{
     Bearer, Handled, HttpCall, HttpMethod, Input, LinkId, LinkKind, RequestId,
 };
 use peerlink_core::transport::TransportPreference;
+use peerlink_core::wire::{self, Encoding};
 use peerlink_core::{
     AppType, EntityId, Event, Identity, MessageId, Node, NodeAddr, NodeConfig, Output, SendOptions,
     Timestamp, TrustPolicy, TrustStore,
@@ -104,6 +105,11 @@ pub struct Outcome {
     pub max_outbox: usize,
     /// Number of frames that crossed the network.
     pub frames: u64,
+    /// Binary envelopes written on links (spec §27).
+    pub binary_frames: u64,
+    /// Binary envelopes written on a link that did not agree on them, or put in an HTTP body
+    /// (must stay empty).
+    pub misframed: Vec<String>,
     /// Transport switches reported.
     pub switches: u64,
     /// Sessions resumed and established.
@@ -131,10 +137,14 @@ enum Net {
         server: usize,
         kind: LinkKind,
         generation: u64,
+        /// The client offers the binary envelope (spec §27.1).
+        offer_binary: bool,
     },
     Connected {
         client: usize,
         link: LinkId,
+        /// What the server's `101` selected, as the client reads it.
+        encoding: Encoding,
     },
     ConnectFailed {
         client: usize,
@@ -216,6 +226,8 @@ pub struct World {
     counter: u64,
     /// Link pairs: (node, link) → (other node, other link).
     pairs: BTreeMap<(usize, LinkId), (usize, LinkId)>,
+    /// Link ends (node, link) that agreed on the binary envelope.
+    binary_links: std::collections::BTreeSet<(usize, LinkId)>,
     /// Per-link time of the last scheduled delivery, to keep links in order.
     link_clock: BTreeMap<(usize, LinkId), Timestamp>,
     /// Server-side HTTP requests: (server, server request) → (client, client request, lose,
@@ -317,6 +329,7 @@ impl World {
             queue: BTreeMap::new(),
             counter: 0,
             pairs: BTreeMap::new(),
+            binary_links: Default::default(),
             link_clock: BTreeMap::new(),
             http: BTreeMap::new(),
             outcome: Outcome::default(),
@@ -405,6 +418,14 @@ impl World {
             config.cluster = Some(cluster::relay_config());
         }
         config.durable = self.is_durable(i);
+        // A third of the seeds keep every link on JSON, a third agree on binary wherever they
+        // can, and in the rest every other node is JSON-only, so relays translate (spec §27).
+        // Decided by the seed, not the RNG.
+        config.binary_links = match self.seed % 3 {
+            0 => false,
+            1 => true,
+            _ => (i as u64).wrapping_add(self.seed / 3).is_multiple_of(2),
+        };
         Node::new(config, identity, self.trust.clone(), ChaCha20Rng::seed_from_u64(node_seed))
             .expect("valid config")
     }
@@ -576,7 +597,7 @@ impl World {
         }
         match event {
             Net::Send { from } => self.app_send(from),
-            Net::Connect { client, link, server, kind, generation } => {
+            Net::Connect { client, link, server, kind, generation, offer_binary } => {
                 let alive =
                     self.nodes[server].generation == generation && self.reachable(client, server);
                 let d = self.latency();
@@ -586,22 +607,37 @@ impl World {
                 }
                 let entity = self.nodes[client].node.id().clone();
                 let who = Bearer::from(entity);
+                // Negotiated as a driver does: the server's rule, then the client reads its answer.
+                let offered = offer_binary.then_some(wire::BINARY_SUBPROTOCOL);
+                let encoding = wire::choose(offered, self.nodes[server].node.config().binary_links);
                 match self.nodes[server]
                     .node
-                    .handle_input(self.now, Input::AcceptLink { kind, who })
+                    .handle_input(self.now, Input::AcceptLink { kind, who, encoding })
                 {
                     Ok(Handled::Link(server_link)) => {
                         self.pairs.insert((client, link), (server, server_link));
                         self.pairs.insert((server, server_link), (client, link));
+                        // Link ids of a restarted node start again: the set says what this one is.
+                        if encoding == Encoding::Binary {
+                            self.binary_links.insert((server, server_link));
+                        } else {
+                            self.binary_links.remove(&(server, server_link));
+                        }
                         self.drain(server);
-                        self.schedule(d, Net::Connected { client, link });
+                        let encoding = wire::selected(encoding.subprotocol(), offer_binary);
+                        self.schedule(d, Net::Connected { client, link, encoding });
                     }
                     _ => self.schedule(d, Net::ConnectFailed { client, link }),
                 }
             }
-            Net::Connected { client, link } => {
+            Net::Connected { client, link, encoding } => {
                 if self.pairs.contains_key(&(client, link)) {
-                    self.feed(client, Input::LinkUp(link));
+                    if encoding == Encoding::Binary {
+                        self.binary_links.insert((client, link));
+                    } else {
+                        self.binary_links.remove(&(client, link));
+                    }
+                    self.feed(client, Input::LinkUp { link, encoding });
                 } else {
                     self.feed(client, Input::LinkFailed(link));
                 }
@@ -746,6 +782,15 @@ impl World {
         self.nodes.iter().position(|n| n.node.id() == id)
     }
 
+    /// Every NDJSON line of an HTTP body is a JSON envelope (spec §27.3).
+    fn check_json_lines(&mut self, i: usize, what: &str, body: &[u8]) {
+        for line in body.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+            if Encoding::of(line) == Encoding::Binary {
+                self.outcome.misframed.push(format!("node {i}: binary envelope in an {what}"));
+            }
+        }
+    }
+
     fn check_leak(&mut self, what: &str, bytes: &[u8]) {
         self.outcome.frames += 1;
         if bytes.windows(4).any(|w| w == b"MSG|") {
@@ -781,6 +826,12 @@ impl World {
         match out {
             Output::Transmit { link, frame } => {
                 self.check_leak("frame", &frame);
+                if Encoding::of(&frame) == Encoding::Binary {
+                    self.outcome.binary_frames += 1;
+                    if !self.binary_links.contains(&(i, link)) {
+                        self.outcome.misframed.push(format!("node {i}: binary frame on {link:?}"));
+                    }
+                }
                 if let Some((to, to_link)) = self.pairs.get(&(i, link)).copied() {
                     let at = self.now.saturating_add(self.latency());
                     let last = self.link_clock.get(&(to, to_link)).copied().unwrap_or(at);
@@ -790,14 +841,21 @@ impl World {
                     self.schedule(after, Net::Frame { to, link: to_link, frame });
                 }
             }
-            Output::OpenLink { link, url, kind, .. } => {
+            Output::OpenLink { link, url, kind, offer_binary, .. } => {
                 let d = self.latency();
                 match self.node_of_url(&url) {
                     Some(server) if self.reachable(i, server) => {
                         let generation = self.nodes[server].generation;
                         self.schedule(
                             d,
-                            Net::Connect { client: i, link, server, kind, generation },
+                            Net::Connect {
+                                client: i,
+                                link,
+                                server,
+                                kind,
+                                generation,
+                                offer_binary,
+                            },
                         );
                     }
                     _ => self.schedule(d + ms(1000), Net::ConnectFailed { client: i, link }),
@@ -812,6 +870,7 @@ impl World {
             }
             Output::HttpRequest { request, method, url, body, .. } => {
                 self.check_leak("http request", &body);
+                self.check_json_lines(i, "http request", &body);
                 let d = self.latency();
                 let Some(server) = self.node_of_url(&url).filter(|s| self.reachable(i, *s)) else {
                     self.schedule(d + ms(1000), Net::HttpFailure { client: i, request });
@@ -848,6 +907,7 @@ impl World {
             }
             Output::HttpRespond { request, status, body } => {
                 self.check_leak("http response", &body);
+                self.check_json_lines(i, "http response", &body);
                 if let Some((client, client_request, lose, generation)) =
                     self.http.remove(&(i, request))
                     && self.nodes[client].generation == generation
@@ -928,12 +988,18 @@ impl World {
         }
     }
 
+    /// Binary envelopes written on links so far.
+    pub fn binary_frames(&self) -> u64 {
+        self.outcome.binary_frames
+    }
+
     /// Checks the invariants; returns a description of every violation.
     pub fn violations(&self) -> Vec<String> {
         let o = &self.outcome;
         let mut v = Vec::new();
         v.extend(o.leaks.iter().map(|l| format!("plaintext left a session: {l}")));
         v.extend(o.mislabelled.iter().cloned());
+        v.extend(o.misframed.iter().map(|m| format!("misframed: {m}")));
         v.extend(self.cluster_violations());
         v.extend(o.restore_errors.iter().map(|e| format!("restore refused its store: {e}")));
         v.extend(o.reported_twice.iter().map(|e| format!("outcome reported twice: {e}")));

@@ -8,6 +8,7 @@ use crate::Outcome;
 use crate::ctx::Ctx;
 
 mod auth;
+mod binary;
 mod chunks;
 mod endpoints;
 mod frames;
@@ -129,6 +130,7 @@ pub(crate) static CASES: std::sync::LazyLock<Vec<Case>> = std::sync::LazyLock::n
     all.extend(chunks::cases());
     all.extend(http::cases());
     all.extend(topics::cases());
+    all.extend(binary::cases());
     all
 });
 

@@ -1,5 +1,6 @@
 //! Tests of the binary layout: round trips, every rejection, hostile bytes.
 use super::*;
+use crate::encoding::b64u;
 use crate::error::ErrorCode;
 use proptest::prelude::*;
 use serde_json::json;
@@ -79,7 +80,10 @@ impl Raw {
             sender_id: env.sender_id.as_str().into(),
             recipient_id: env.recipient_id.as_ref().map(|s| s.as_str().into()),
             signature: env.signature.map(|s| s.to_vec()),
-            payload: raw.unwrap_or_else(|| canonical::to_vec(env.payload.value()).unwrap()),
+            payload: raw.map_or_else(
+                || canonical::to_vec(env.payload.value()).unwrap(),
+                |r| r.into_owned(),
+            ),
         }
     }
 

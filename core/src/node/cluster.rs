@@ -230,6 +230,8 @@ impl Node {
         to: &EntityId,
         frame: Arc<[u8]>,
     ) -> Result<Transport, ErrorCode> {
+        // The broker carries JSON frames (spec §27.3).
+        let frame = self.json_frame(frame)?;
         let action = match route {
             ClusterRoute::Alone => return Err(ErrorCode::InternalError),
             ClusterRoute::Unavailable => return Err(ErrorCode::MailboxFull),

@@ -51,6 +51,10 @@ pub struct NodeConfig {
     /// Whether this node forwards envelopes addressed to other entities (acts as a relay).
     /// Default true.
     pub relay: bool,
+    /// Whether this node's WebSocket links may agree on the binary envelope (spec §27): it
+    /// offers [`BINARY_SUBPROTOCOL`](crate::wire::BINARY_SUBPROTOCOL) on the links it opens and
+    /// selects it on the upgrades it accepts. Default true; false keeps every link on JSON.
+    pub binary_links: bool,
     /// Envelopes held per offline entity. Default 256.
     pub mailbox_messages: usize,
     /// Bytes held per offline entity. Default 8 MiB.
@@ -126,6 +130,7 @@ impl Default for NodeConfig {
             link_rate: RateLimit::per_minute(100),
             ping_rate: RateLimit::per_minute(2),
             relay: true,
+            binary_links: true,
             mailbox_messages: 256,
             mailbox_bytes: 8 << 20,
             max_mailboxes: 10_000,

@@ -9,12 +9,14 @@ use super::{Event, HttpMethod, LinkId, LinkKind, Node, NodeAddr, Output, Request
 use crate::backoff::Backoff;
 use crate::capabilities::Transport;
 use crate::endpoints::{SESSION_PARAM, WAIT_PARAM};
+use crate::envelope::Envelope;
 use crate::ids::{EntityId, MessageId};
 use crate::stream::FailReason;
 use crate::time::Timestamp;
 use crate::transport::{
     HopTransport, HttpOutcome, Route, RouteQuery, TransportPreference, WsLink, classify_http, route,
 };
+use crate::wire::{self, Encoding};
 
 /// What a frame carries, so an HTTP refusal can be reported to the right place.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -196,6 +198,21 @@ impl Node {
         self.routes.get(peer).or(self.default_route.as_ref()).cloned()
     }
 
+    /// The encoding a frame for `peer` is best built in: that of the link it would leave on now
+    /// (its own inbound link, else its next hop's WebSocket), JSON when there is none. A frame
+    /// that ends up elsewhere is translated there ([`Node::transmit`], [`Node::json_frame`]).
+    pub(super) fn encoding_toward(&self, peer: &EntityId) -> Encoding {
+        let link = self.bound.get(peer).copied().or_else(|| {
+            self.route_of(peer).and_then(|hop| self.hops.get(&hop)).and_then(|h| h.ws_link)
+        });
+        link.map_or(Encoding::Json, |l| self.link_encoding(l))
+    }
+
+    /// `env` encoded for `peer` ([`Node::encoding_toward`]).
+    pub(super) fn frame_toward(&self, peer: &EntityId, env: &Envelope) -> Arc<[u8]> {
+        Arc::from(wire::encode(env, self.encoding_toward(peer)))
+    }
+
     /// Opens the WebSocket link to `hop` unless it is open, opening, backing off, or closed by
     /// the application.
     pub(super) fn ensure_ws(&mut self, now: Timestamp, hop: &EntityId) {
@@ -215,24 +232,10 @@ impl Node {
             url = format!("{url}?{SESSION_PARAM}={}", session.as_str());
         }
         let node = h.addr.clone();
-        let l = self.new_outbound_link(hop.clone(), now);
+        let l = self.new_link(LinkKind::Peers, Direction::Outbound(hop.clone()), false, now);
         self.links.insert(link, Box::new(l));
-        self.emit(Output::OpenLink { link, url, kind: LinkKind::Peers, node });
-    }
-
-    fn new_outbound_link(&self, hop: EntityId, now: Timestamp) -> super::links::Link {
-        super::links::Link {
-            kind: LinkKind::Peers,
-            direction: Direction::Outbound(hop),
-            key: None,
-            up: false,
-            rate: None,
-            pings: crate::rate_limit::TokenBucket::new(self.config.ping_rate, now),
-            errors: crate::rate_limit::TokenBucket::new(self.config.error_rate, now),
-            last_rx: now,
-            ping_sent: false,
-            subscriptions: Default::default(),
-        }
+        let offer_binary = self.config.binary_links;
+        self.emit(Output::OpenLink { link, url, kind: LinkKind::Peers, node, offer_binary });
     }
 
     pub(super) fn close_hop_ws(&mut self, now: Timestamp, hop: &EntityId) {
@@ -306,6 +309,9 @@ impl Node {
                 None => (None, HopSend::Wait),
             },
             Route::Http => {
+                // NDJSON bodies carry JSON frames (spec §27.3).
+                let Ok(frame) = self.json_frame(frame) else { return HopSend::Failed };
+                let Some(h) = self.hops.get_mut(hop) else { return HopSend::Failed };
                 self.stats.sent(Transport::Http, frame.len());
                 h.batch.push(BatchItem { frame, owner });
                 (Some(Transport::Http), HopSend::Sent(Some(Transport::Http)))

@@ -18,10 +18,19 @@ pub enum Input<'a> {
         kind: LinkKind,
         /// The token's holder: the entity and the key it proved.
         who: Bearer,
+        /// What the upgrade agreed: [`wire::choose`](crate::wire::choose) of the request's
+        /// `Sec-WebSocket-Protocol` header, whose subprotocol the `101` answer carried.
+        encoding: crate::wire::Encoding,
     },
     /// An outbound link the node asked for ([`Output::OpenLink`](super::Output::OpenLink)) is
     /// connected.
-    LinkUp(LinkId),
+    LinkUp {
+        /// The link.
+        link: LinkId,
+        /// What the server's `101` answer selected:
+        /// [`wire::selected`](crate::wire::selected).
+        encoding: crate::wire::Encoding,
+    },
     /// An outbound link could not be opened.
     LinkFailed(LinkId),
     /// A link closed, either side, for any reason.
@@ -116,10 +125,10 @@ impl Node {
     pub fn handle_input(&mut self, now: Timestamp, input: Input<'_>) -> Result<Handled, ErrorCode> {
         self.settle_positions(now);
         match input {
-            Input::AcceptLink { kind, who } => {
-                return self.accept_link(now, kind, who).map(Handled::Link);
+            Input::AcceptLink { kind, who, encoding } => {
+                return self.accept_link(now, kind, who, encoding).map(Handled::Link);
             }
-            Input::LinkUp(link) => self.link_up(now, link),
+            Input::LinkUp { link, encoding } => self.link_up(now, link, encoding),
             Input::LinkFailed(link) => self.link_failed(now, link),
             Input::LinkClosed(link) => self.link_closed(now, link),
             Input::Frame { link, frame } => self.handle_frame(now, link, frame),
@@ -149,8 +158,10 @@ impl Input<'_> {
     /// What this input is, with ids and sizes but no content: for trace logs.
     pub fn describe(&self) -> String {
         match self {
-            Input::AcceptLink { kind, who } => format!("accept {kind:?} link from {}", who.entity),
-            Input::LinkUp(link) => format!("link up {link:?}"),
+            Input::AcceptLink { kind, who, encoding } => {
+                format!("accept {kind:?} link ({encoding:?}) from {}", who.entity)
+            }
+            Input::LinkUp { link, encoding } => format!("link up {link:?} ({encoding:?})"),
             Input::LinkFailed(link) => format!("link failed {link:?}"),
             Input::LinkClosed(link) => format!("closed {link:?}"),
             Input::Frame { link, frame } => format!("frame on {link:?}: {} bytes", frame.len()),

@@ -55,7 +55,8 @@ pub enum HttpCall {
 #[must_use]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Output {
-    /// Write one frame (a WebSocket text message) on a link.
+    /// Write one frame on a link: a WebSocket binary message when the frame is a binary envelope
+    /// ([`Encoding::of`](crate::wire::Encoding::of)), else a text message.
     Transmit {
         /// The link.
         link: LinkId,
@@ -74,6 +75,10 @@ pub enum Output {
         kind: LinkKind,
         /// The node the link goes to: the entity its token must name and its HTTP base URL.
         node: super::NodeAddr,
+        /// Offer the binary envelope: send `Sec-WebSocket-Protocol:`
+        /// [`BINARY_SUBPROTOCOL`](crate::wire::BINARY_SUBPROTOCOL) with the upgrade, and report
+        /// the server's choice in [`Input::LinkUp`](super::Input::LinkUp) (spec §27.1).
+        offer_binary: bool,
     },
     /// Close a link.
     CloseLink {

@@ -17,6 +17,7 @@ use crate::rate_limit::TokenBucket;
 use crate::signed::signed_message;
 use crate::time::Timestamp;
 use crate::transport::WsLink;
+use crate::wire::{self, Encoding};
 
 /// Who is at the other end of a link.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,6 +39,8 @@ pub(super) struct Link {
     pub key: Option<Box<PublicKey>>,
     /// Outbound links are up once the driver says so; inbound links are up when accepted.
     pub up: bool,
+    /// The encodings the link speaks: JSON alone, or binary too (spec §27).
+    pub encoding: Encoding,
     /// Frames accepted from an inbound link.
     pub rate: Option<TokenBucket>,
     /// `PING`s accepted from the link.
@@ -62,13 +65,20 @@ pub(super) enum Source {
 }
 
 impl Node {
-    fn new_link(&self, kind: LinkKind, direction: Direction, up: bool, now: Timestamp) -> Link {
+    pub(super) fn new_link(
+        &self,
+        kind: LinkKind,
+        direction: Direction,
+        up: bool,
+        now: Timestamp,
+    ) -> Link {
         let inbound = matches!(direction, Direction::Inbound(_));
         Link {
             kind,
             direction,
             key: None,
             up,
+            encoding: Encoding::Json,
             rate: inbound.then(|| TokenBucket::new(self.config.link_rate, now)),
             pings: TokenBucket::new(self.config.ping_rate, now),
             errors: TokenBucket::new(self.config.error_rate, now),
@@ -83,11 +93,14 @@ impl Node {
     /// The link is bound to the entity and to the key it proved (spec §2.3, §19). Returns the
     /// link's id, or the code to close it with: `RATE_LIMIT_EXCEEDED` past `max_links`,
     /// `AUTHENTICATION_FAILED` for an entity (or entity and key) the trust store refuses.
+    /// `encoding` is what the upgrade agreed ([`wire::choose`]); binary only if this node's
+    /// `binary_links` allows it.
     pub fn accept_link(
         &mut self,
         now: Timestamp,
         kind: LinkKind,
         who: impl Into<Bearer>,
+        encoding: Encoding,
     ) -> Result<LinkId, ErrorCode> {
         let who = who.into();
         if self.links.len() >= self.config.max_links {
@@ -97,6 +110,7 @@ impl Node {
         let entity = who.entity.clone();
         let id = self.next_link_id();
         let mut link = self.new_link(kind, Direction::Inbound(entity.clone()), true, now);
+        link.encoding = self.agreed(encoding);
         if self.trust.get(&entity).is_none() {
             link.key = who.key().map(Box::new);
         }
@@ -114,10 +128,13 @@ impl Node {
         Ok(id)
     }
 
-    /// An outbound link this node asked for (`Output::OpenLink`) is connected.
-    pub fn link_up(&mut self, now: Timestamp, link: LinkId) {
+    /// An outbound link this node asked for (`Output::OpenLink`) is connected, speaking
+    /// `encoding` ([`wire::selected`] from the server's answer).
+    pub fn link_up(&mut self, now: Timestamp, link: LinkId, encoding: Encoding) {
+        let encoding = self.agreed(encoding);
         let Some(l) = self.links.get_mut(&link) else { return };
         l.up = true;
+        l.encoding = encoding;
         l.last_rx = now;
         let Direction::Outbound(hop) = l.direction.clone() else { return };
         let reconnected = match self.hops.get_mut(&hop) {
@@ -200,8 +217,13 @@ impl Node {
         l.last_rx = now;
         l.ping_sent = false;
         let limited = l.rate.as_mut().is_some_and(|r| !r.try_take(now));
+        let misframed = l.encoding == Encoding::Json && Encoding::of(frame) == Encoding::Binary;
         self.stats.received(Transport::WebSocket, frame.len());
-        if limited {
+        if misframed {
+            // A binary envelope on a link that did not agree on it (spec §27.2).
+            self.stats.rejected = self.stats.rejected.saturating_add(1);
+            self.reply_error(now, &Source::Link(link), None, ErrorCode::InvalidMessage, None);
+        } else if limited {
             self.stats.rejected = self.stats.rejected.saturating_add(1);
             self.reply_error(now, &Source::Link(link), None, ErrorCode::RateLimitExceeded, None);
         } else {
@@ -211,10 +233,39 @@ impl Node {
         self.finish(now);
     }
 
-    /// Writes one frame on a link.
+    /// Binary only where this node allows it: a driver's report cannot turn it on.
+    fn agreed(&self, encoding: Encoding) -> Encoding {
+        if self.config.binary_links { encoding } else { Encoding::Json }
+    }
+
+    /// The encoding a frame for `link` is best built in: binary on a link that agreed on it.
+    pub(super) fn link_encoding(&self, link: LinkId) -> Encoding {
+        self.links.get(&link).map_or(Encoding::Json, |l| l.encoding)
+    }
+
+    /// Writes one frame on a link: a binary frame on a JSON link is translated to JSON first
+    /// (spec §27.3).
     pub(super) fn transmit(&mut self, link: LinkId, frame: Arc<[u8]>) {
+        let frame = if self.link_encoding(link) == Encoding::Json {
+            match self.json_frame(frame) {
+                Ok(frame) => frame,
+                Err(_) => return,
+            }
+        } else {
+            frame
+        };
         self.stats.sent(Transport::WebSocket, frame.len());
         self.emit(Output::Transmit { link, frame });
+    }
+
+    /// `frame` in JSON, for a JSON link, an HTTP body, a mailbox or the cluster broker; the
+    /// code (counted as rejected) of a binary frame relayed on its header alone that does not
+    /// decode, or whose JSON is over the frame limit (spec §27.3, §27.4).
+    pub(super) fn json_frame(&mut self, frame: Arc<[u8]>) -> Result<Arc<[u8]>, ErrorCode> {
+        wire::to_json(frame, self.config.limits.max_frame_bytes).map_err(|e| {
+            self.stats.rejected = self.stats.rejected.saturating_add(1);
+            e.code()
+        })
     }
 
     /// Closes a link with a reason and forgets it.

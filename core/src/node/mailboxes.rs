@@ -275,6 +275,8 @@ impl Node {
         to: &EntityId,
         frame: Arc<[u8]>,
     ) -> Result<Transport, ErrorCode> {
+        // Mailboxes, their store and the HTTP answers they feed hold JSON (spec §27.3).
+        let frame = self.json_frame(frame)?;
         let expires = now.saturating_add(self.config.limits.max_clock_skew);
         let len = frame.len();
         if self.mailboxes.bytes().saturating_add(len) > self.config.max_mailbox_total_bytes {

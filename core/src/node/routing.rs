@@ -9,6 +9,7 @@ use serde_json::json;
 use super::links::Source;
 use super::{HttpCall, Node, Output, RequestId, Timer};
 use crate::auth::Bearer;
+use crate::binary_envelope::{self, Head};
 use crate::capabilities::Transport;
 use crate::envelope::{Envelope, Payload};
 use crate::error::ErrorCode;
@@ -19,6 +20,7 @@ use crate::rate_limit::TokenBucket;
 use crate::signed::{error_message, signed_message};
 use crate::time::Timestamp;
 use crate::transport::TransportPreference;
+use crate::wire::Encoding;
 
 /// Entities the trust store does not hold, admitted under the open policy by a token that binds
 /// them to a key (spec §2.3): until the token expires, replies to them may wait in their
@@ -64,15 +66,33 @@ impl Admissions {
 
 /// Whether undecodable bytes carry `"type":"ERROR"` (so they are not answered with an ERROR).
 fn looks_like_error(bytes: &[u8]) -> bool {
+    if Encoding::of(bytes) == Encoding::Binary {
+        return bytes.get(1) == Some(&binary_envelope::type_code(MessageType::Error));
+    }
     const NEEDLE: &[u8] = b"\"type\":\"ERROR\"";
     bytes.windows(NEEDLE.len()).any(|w| w == NEEDLE)
 }
 
 impl Node {
-    /// One frame from any source: decode, check the sender binding, then relay or handle.
+    /// One frame from any source: decode, check the sender binding, then relay or handle. A
+    /// binary frame for another entity is relayed on its header alone (spec §27.4).
     pub(super) fn process_frame(&mut self, now: Timestamp, source: Source, bytes: &[u8]) {
-        let env = match Envelope::decode(bytes, self.config.limits.max_frame_bytes) {
-            Ok(env) => env,
+        let max = self.config.limits.max_frame_bytes;
+        let decoded = if Encoding::of(bytes) == Encoding::Binary {
+            match binary_envelope::head(bytes, max) {
+                Ok(head)
+                    if head.recipient_id.as_ref().is_some_and(|to| to != self.identity.id()) =>
+                {
+                    Ok((head, None))
+                }
+                Ok(_) => binary_envelope::decode(bytes, max).map(|env| (Head::of(&env), Some(env))),
+                Err(e) => Err(e),
+            }
+        } else {
+            Envelope::decode(bytes, max).map(|env| (Head::of(&env), Some(env)))
+        };
+        let (head, env) = match decoded {
+            Ok(decoded) => decoded,
             Err(e) => {
                 self.stats.rejected = self.stats.rejected.saturating_add(1);
                 // Never answer an ERROR with an ERROR, even a malformed one.
@@ -83,11 +103,11 @@ impl Node {
             }
         };
         if let Some(bound) = self.bound_entity(&source)
-            && env.sender_id != bound
+            && head.sender_id != bound
         {
             // A link cannot send as an entity it is not.
             self.stats.rejected = self.stats.rejected.saturating_add(1);
-            if env.message_type != MessageType::Error {
+            if head.message_type != MessageType::Error {
                 self.reply_error(now, &source, None, ErrorCode::AuthenticationFailed, None);
             }
             if let Source::Link(link) = source {
@@ -95,17 +115,21 @@ impl Node {
             }
             return;
         }
-        if env.sender_id == *self.identity.id() {
+        if head.sender_id == *self.identity.id() {
             self.stats.rejected = self.stats.rejected.saturating_add(1);
             return;
         }
-        match env.recipient_id.clone() {
-            Some(to) if to != *self.identity.id() => self.forward(now, &source, &env, bytes, &to),
-            _ => match env.message_type.class() {
+        match (head.recipient_id.clone(), env) {
+            (Some(to), _) if to != *self.identity.id() => {
+                self.forward(now, &source, &head, bytes, &to)
+            }
+            (_, Some(env)) => match env.message_type.class() {
                 MessageClass::Handshake => self.on_handshake(now, &source, env),
                 MessageClass::Session => self.on_session(now, &source, env),
                 MessageClass::Signed => self.on_signed(now, &source, env),
             },
+            // Only frames for another entity skip the whole decode.
+            (_, None) => {}
         }
     }
 
@@ -114,18 +138,18 @@ impl Node {
         &mut self,
         now: Timestamp,
         source: &Source,
-        env: &Envelope,
+        head: &Head,
         bytes: &[u8],
         to: &EntityId,
     ) {
         let from_client = self.bound_entity(source).is_some();
         if !self.config.relay || !from_client {
             // Only a relay forwards, and only for its own clients: no forwarding loops.
-            self.answer(now, source, env, ErrorCode::UnknownRecipient);
+            self.answer_head(now, source, head, ErrorCode::UnknownRecipient);
             return;
         }
         if let Err(code) = self.deliver_to_entity(now, to, Arc::from(bytes)) {
-            self.answer(now, source, env, code);
+            self.answer_head(now, source, head, code);
         }
     }
 
@@ -139,6 +163,12 @@ impl Node {
     ) -> Result<Transport, ErrorCode> {
         use super::cluster::ClusterRoute;
         if let Some(link) = self.bound.get(to).copied() {
+            // A binary frame relayed on its header alone is decoded whole here if its link speaks
+            // JSON, so that its sender hears when it does not decode (spec §27.4).
+            let frame = match self.link_encoding(link) {
+                Encoding::Json => self.json_frame(frame)?,
+                Encoding::Binary => frame,
+            };
             self.transmit(link, frame);
             return Ok(Transport::WebSocket);
         }
@@ -311,6 +341,17 @@ impl Node {
         now: Timestamp,
         source: &Source,
         env: &Envelope,
+        code: ErrorCode,
+    ) {
+        self.answer_head(now, source, &Head::of(env), code);
+    }
+
+    /// [`Node::answer`] from the routing members alone.
+    pub(super) fn answer_head(
+        &mut self,
+        now: Timestamp,
+        source: &Source,
+        env: &Head,
         code: ErrorCode,
     ) {
         self.stats.rejected = self.stats.rejected.saturating_add(1);

@@ -1,6 +1,7 @@
 //! Node tests: hostile input on links and HTTP, relaying and mailboxes, heartbeats, topics, and
 //! end-to-end exchanges through an in-memory network with zero latency.
 
+use crate::wire::{self, Encoding};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,6 +20,7 @@ use crate::signed::{ErrorBody, signed_message};
 use crate::transport::TransportPreference;
 
 mod app_types;
+mod binary_links;
 mod cluster;
 mod delivery;
 mod durable;
@@ -77,7 +79,7 @@ fn drain(n: &mut Node) -> Vec<Output> {
 fn error_codes(outputs: &[Output]) -> Vec<ErrorCode> {
     frames(outputs)
         .iter()
-        .filter_map(|f| Envelope::decode(f, 1 << 20).ok())
+        .filter_map(|f| crate::wire::decode(f, 1 << 20).ok())
         .filter(|e| e.message_type == MessageType::Error)
         .filter_map(|e| ErrorBody::parse(&e.payload).ok().map(|b| b.code))
         .collect()
@@ -96,7 +98,7 @@ fn frames(outputs: &[Output]) -> Vec<Arc<[u8]>> {
 fn types(outputs: &[Output]) -> Vec<MessageType> {
     frames(outputs)
         .iter()
-        .filter_map(|f| Envelope::decode(f, 1 << 20).ok())
+        .filter_map(|f| crate::wire::decode(f, 1 << 20).ok())
         .map(|e| e.message_type)
         .collect()
 }
@@ -151,7 +153,7 @@ fn opaque_for(from: &str, to: &str, n: u64) -> Vec<u8> {
 #[test]
 fn hostile_frames_get_typed_errors_and_the_node_keeps_serving() {
     let mut relay = node("relay", NodeConfig::default());
-    let link = relay.accept_link(T0, LinkKind::Peers, id("alice")).unwrap();
+    let link = relay.accept_link(T0, LinkKind::Peers, id("alice"), Encoding::Json).unwrap();
     drain(&mut relay);
     let cases: Vec<(Vec<u8>, ErrorCode)> = vec![
         (b"not json".to_vec(), ErrorCode::InvalidMessage),
@@ -187,7 +189,7 @@ fn hostile_frames_get_typed_errors_and_the_node_keeps_serving() {
 #[test]
 fn a_link_cannot_send_as_another_entity() {
     let mut relay = node("relay", NodeConfig::default());
-    let link = relay.accept_link(T0, LinkKind::Peers, id("alice")).unwrap();
+    let link = relay.accept_link(T0, LinkKind::Peers, id("alice"), Encoding::Json).unwrap();
     relay.handle_frame(T0, link, &signed("bob", MessageType::Ping, None, json!({}), T0));
     let out = drain(&mut relay);
     assert_eq!(error_codes(&out), vec![ErrorCode::AuthenticationFailed]);
@@ -195,7 +197,7 @@ fn a_link_cannot_send_as_another_entity() {
     assert_eq!(relay.link_count(), 0);
     // Entities outside the allowlist cannot attach at all.
     assert_eq!(
-        relay.accept_link(T0, LinkKind::Peers, id("mallory")),
+        relay.accept_link(T0, LinkKind::Peers, id("mallory"), Encoding::Json),
         Err(ErrorCode::AuthenticationFailed)
     );
 }
@@ -204,7 +206,7 @@ fn a_link_cannot_send_as_another_entity() {
 fn links_are_rate_limited_and_heartbeats_more_so() {
     let config = NodeConfig { link_rate: RateLimit::per_minute(5), ..NodeConfig::default() };
     let mut relay = node("relay", config);
-    let link = relay.accept_link(T0, LinkKind::Peers, id("alice")).unwrap();
+    let link = relay.accept_link(T0, LinkKind::Peers, id("alice"), Encoding::Json).unwrap();
     let mut codes = Vec::new();
     for n in 0..8 {
         relay.handle_frame(T0, link, &opaque_for("alice", "bob", n));
@@ -214,7 +216,7 @@ fn links_are_rate_limited_and_heartbeats_more_so() {
     assert_eq!(relay.mailbox_len(), 5);
 
     let mut relay = node("relay", NodeConfig::default());
-    let link = relay.accept_link(T0, LinkKind::Peers, id("alice")).unwrap();
+    let link = relay.accept_link(T0, LinkKind::Peers, id("alice"), Encoding::Json).unwrap();
     let mut kinds = Vec::new();
     for n in 0..3u64 {
         let t = T0.saturating_add(Duration::from_millis(n));
@@ -229,7 +231,7 @@ fn links_are_rate_limited_and_heartbeats_more_so() {
 #[test]
 fn idle_links_are_pinged_and_silent_ones_closed() {
     let mut relay = node("relay", NodeConfig::default());
-    let link = relay.accept_link(T0, LinkKind::Peers, id("alice")).unwrap();
+    let link = relay.accept_link(T0, LinkKind::Peers, id("alice"), Encoding::Json).unwrap();
     drain(&mut relay);
     assert_eq!(relay.poll_timeout(), Some(T0.saturating_add(Duration::from_secs(30))));
     relay.handle_timeout(T0.saturating_add(Duration::from_secs(30)));
@@ -245,7 +247,7 @@ fn idle_links_are_pinged_and_silent_ones_closed() {
 fn relay_queues_for_offline_entities_and_refuses_unknown_ones() {
     let config = NodeConfig { mailbox_messages: 3, ..NodeConfig::default() };
     let mut relay = node("relay", config);
-    let alice = relay.accept_link(T0, LinkKind::Peers, id("alice")).unwrap();
+    let alice = relay.accept_link(T0, LinkKind::Peers, id("alice"), Encoding::Json).unwrap();
     let mut codes = Vec::new();
     for n in 0..4 {
         relay.handle_frame(T0, alice, &opaque_for("alice", "bob", n));
@@ -264,7 +266,7 @@ fn relay_queues_for_offline_entities_and_refuses_unknown_ones() {
     let ids: Vec<String> = body
         .split(|b| *b == b'\n')
         .filter(|l| !l.is_empty())
-        .map(|l| Envelope::decode(l, 1 << 20).unwrap().message_id.as_str().to_owned())
+        .map(|l| crate::wire::decode(l, 1 << 20).unwrap().message_id.as_str().to_owned())
         .collect();
     assert_eq!(ids, vec!["m0", "m1", "m2"]);
     assert_eq!(relay.mailbox_len(), 0);
@@ -284,7 +286,7 @@ fn relay_queues_for_offline_entities_and_refuses_unknown_ones() {
     // Frames for an entity that connects over WebSocket go to its link.
     relay.handle_frame(T0, alice, &opaque_for("alice", "bob", 8));
     drain(&mut relay);
-    let bob = relay.accept_link(T0, LinkKind::Peers, id("bob")).unwrap();
+    let bob = relay.accept_link(T0, LinkKind::Peers, id("bob"), Encoding::Json).unwrap();
     let out = drain(&mut relay);
     assert!(matches!(out.as_slice(), [Output::Transmit { link, .. }] if *link == bob));
 }
@@ -292,8 +294,8 @@ fn relay_queues_for_offline_entities_and_refuses_unknown_ones() {
 #[test]
 fn topics_send_the_same_bytes_to_every_subscriber() {
     let mut relay = node("relay", NodeConfig::default());
-    let a = relay.accept_link(T0, LinkKind::Events, id("alice")).unwrap();
-    let b = relay.accept_link(T0, LinkKind::Events, id("bob")).unwrap();
+    let a = relay.accept_link(T0, LinkKind::Events, id("alice"), Encoding::Json).unwrap();
+    let b = relay.accept_link(T0, LinkKind::Events, id("bob"), Encoding::Json).unwrap();
     let sub =
         |who: &str, t| signed(who, MessageType::Subscribe, None, json!({"topic": "training"}), t);
     relay.handle_frame(T0, a, &sub("alice", T0));
@@ -360,6 +362,18 @@ struct Pump {
     /// crash between the application taking a message and the commit of its position).
     repeats_allowed: BTreeMap<Vec<u8>, usize>,
     restarts: u64,
+    /// Link ends (node, link) that agreed on the binary envelope (spec §27.1).
+    binary: std::collections::BTreeSet<(String, LinkId)>,
+    /// Binary frames carried on links, and frames of either encoding.
+    binary_frames: u64,
+    link_frames: u64,
+}
+
+/// Every NDJSON line of an HTTP body is a JSON envelope (spec §27.3).
+fn assert_json_lines(body: &[u8]) {
+    for line in body.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+        assert_eq!(Encoding::of(line), Encoding::Json, "a binary envelope in an HTTP body");
+    }
 }
 
 impl Pump {
@@ -385,6 +399,9 @@ impl Pump {
             handed: BTreeMap::new(),
             repeats_allowed: BTreeMap::new(),
             restarts: 0,
+            binary: Default::default(),
+            binary_frames: 0,
+            link_frames: 0,
         }
     }
 
@@ -484,24 +501,37 @@ impl Pump {
     fn carry(&mut self, from: &str, out: Output) {
         let now = self.now;
         match out {
-            Output::OpenLink { link, url, kind, node } => {
+            Output::OpenLink { link, url, kind, node, offer_binary } => {
                 let to = Self::target(&url);
                 assert_eq!(node, Self::addr(&to), "the link names the node its URL is at");
                 self.opened.push((from.to_owned(), url.clone()));
                 let me = bearer(from, now);
+                // Negotiated as a driver does (spec §27.1): the server selects binary if offered
+                // and its `binary_links` allows; the client reads the server's answer.
+                let offered = offer_binary.then_some(wire::BINARY_SUBPROTOCOL);
                 let accepted = if self.no_ws.contains(&to) || !self.nodes.contains_key(&to) {
                     None
                 } else {
-                    match self.node(&to).handle_input(now, Input::AcceptLink { kind, who: me }) {
-                        Ok(Handled::Link(server)) => Some(server),
+                    let server_wants = self.node(&to).config().binary_links;
+                    let encoding = wire::choose(offered, server_wants);
+                    match self
+                        .node(&to)
+                        .handle_input(now, Input::AcceptLink { kind, who: me, encoding })
+                    {
+                        Ok(Handled::Link(server)) => Some((server, encoding)),
                         _ => None,
                     }
                 };
                 let answer = match accepted {
-                    Some(server) => {
+                    Some((server, encoding)) => {
                         self.pairs.insert((from.to_owned(), link), (to.clone(), server));
-                        self.pairs.insert((to, server), (from.to_owned(), link));
-                        Input::LinkUp(link)
+                        self.pairs.insert((to.clone(), server), (from.to_owned(), link));
+                        let encoding = wire::selected(encoding.subprotocol(), offer_binary);
+                        if encoding == Encoding::Binary {
+                            self.binary.insert((to, server));
+                            self.binary.insert((from.to_owned(), link));
+                        }
+                        Input::LinkUp { link, encoding }
                     }
                     None => Input::LinkFailed(link),
                 };
@@ -509,11 +539,19 @@ impl Pump {
             }
             Output::Transmit { link, frame } => {
                 let lost = !self.lose.is_empty()
-                    && Envelope::decode(&frame, 1 << 20).is_ok_and(|e| {
+                    && wire::decode(&frame, 1 << 20).is_ok_and(|e| {
                         self.lose.iter().any(|(n, t)| n == from && *t == e.message_type)
                     });
                 if lost {
                     return;
+                }
+                self.link_frames += 1;
+                if Encoding::of(&frame) == Encoding::Binary {
+                    assert!(
+                        self.binary.contains(&(from.to_owned(), link)),
+                        "a binary frame on a link that did not agree on it"
+                    );
+                    self.binary_frames += 1;
                 }
                 if let Some((to, l)) = self.pairs.get(&(from.to_owned(), link)).cloned() {
                     self.input(&to, Input::Frame { link: l, frame: &frame });
@@ -531,6 +569,7 @@ impl Pump {
                 self.held.push((from.to_owned(), out));
             }
             Output::HttpRequest { request, method, url, body, node } => {
+                assert_json_lines(&body);
                 let to = Self::target(&url);
                 assert_eq!(node, Self::addr(&to), "the request names the node its URL is at");
                 if let Some(status) = self.http_status.get(&to).copied() {
@@ -557,6 +596,7 @@ impl Pump {
                 self.http.insert((to, server), (from.to_owned(), request));
             }
             Output::HttpRespond { request, status, body } => {
+                assert_json_lines(&body);
                 if let Some((client, r)) = self.http.remove(&(from.to_owned(), request)) {
                     if self.nodes.contains_key(&client) {
                         self.input(
@@ -977,7 +1017,8 @@ fn direct_sessions_resume_after_a_reconnect_and_forged_resumes_fail() {
     };
     forged.sign(&ident("alice"));
     let now = p.now;
-    let link = p.node("bob").accept_link(now, LinkKind::Peers, id("alice")).unwrap();
+    let link =
+        p.node("bob").accept_link(now, LinkKind::Peers, id("alice"), Encoding::Json).unwrap();
     drain(p.node("bob"));
     p.node("bob").handle_frame(now, link, &forged.encode());
     assert_eq!(error_codes(&drain(p.node("bob"))), vec![ErrorCode::AuthenticationFailed]);
@@ -1031,7 +1072,7 @@ proptest! {
                 Fuzzed::Accept(n) => {
                     let who = names[usize::from(n) % names.len()];
                     let kind = if n % 2 == 0 { LinkKind::Peers } else { LinkKind::Events };
-                    if let Ok(l) = relay.accept_link(now, kind, id(who)) { links.push(l) }
+                    if let Ok(l) = relay.accept_link(now, kind, id(who), Encoding::Json) { links.push(l) }
                 }
                 Fuzzed::Frame(l, bytes) => if let Some(link) = links.get(usize::from(l) % links.len().max(1)) {
                     relay.handle_frame(now, *link, &bytes);
@@ -1217,7 +1258,7 @@ fn http_garbage_costs_a_bounded_number_of_signatures() {
     let errors = body.split(|b| *b == b'\n').filter(|l| !l.is_empty()).count();
     assert!(errors <= 60, "{errors} ERRORs signed for one request");
     // An ERROR is never answered, even a malformed one.
-    let link = relay.accept_link(T0, LinkKind::Peers, id("bob")).unwrap();
+    let link = relay.accept_link(T0, LinkKind::Peers, id("bob"), Encoding::Json).unwrap();
     drain(&mut relay);
     let bad_error = signed(
         "bob",
@@ -1244,7 +1285,7 @@ fn an_untrusted_init_through_a_relay_creates_no_state() {
             _ => None,
         })
         .unwrap();
-    alice.link_up(now, link);
+    alice.link_up(now, link, Encoding::Json);
     drain(&mut alice);
     let peers_before = alice.peers.len();
     let mallory = Identity::from_secret_bytes(id("mallory"), &[42; 32]);
@@ -1342,7 +1383,7 @@ proptest! {
                 }
                 ClientInput::Connect(p) => { let _ = alice.connect(now, &id(peers[usize::from(p) % 2])); }
                 ClientInput::Disconnect(p) => alice.disconnect(now, &id(peers[usize::from(p) % 2])),
-                ClientInput::LinkUp(l) => if let Some(l) = pick(&links, l) { alice.link_up(now, l) },
+                ClientInput::LinkUp(l) => if let Some(l) = pick(&links, l) { alice.link_up(now, l, Encoding::Json) },
                 ClientInput::LinkFailed(l) => if let Some(l) = pick(&links, l) { alice.link_failed(now, l) },
                 ClientInput::LinkClosed(l) => if let Some(l) = pick(&links, l) { alice.link_closed(now, l) },
                 ClientInput::Frame(l, bytes) => if let Some(l) = pick(&links, l) { alice.handle_frame(now, l, &bytes) },
@@ -1438,7 +1479,7 @@ fn a_polling_client_still_answers_session_not_found_to_the_remote_peer() {
         .collect();
     let codes: Vec<ErrorCode> = posted
         .split(|b| *b == b'\n')
-        .filter_map(|l| Envelope::decode(l, 1 << 20).ok())
+        .filter_map(|l| crate::wire::decode(l, 1 << 20).ok())
         .filter(|e| e.message_type == MessageType::Error && e.recipient_id == Some(id("bob")))
         .filter_map(|e| ErrorBody::parse(&e.payload).ok().map(|b| b.code))
         .collect();
@@ -1650,7 +1691,7 @@ fn shutdown_says_bye_on_every_link_and_reconnects_nothing() {
     let out = drain(p.node("alice"));
     let bye = out.iter().position(|o| {
         matches!(o, Output::Transmit { frame, .. }
-            if Envelope::decode(frame, 1 << 20).is_ok_and(|e| e.message_type == MessageType::Bye))
+            if crate::wire::decode(frame, 1 << 20).is_ok_and(|e| e.message_type == MessageType::Bye))
     });
     let close = out.iter().position(|o| matches!(o, Output::CloseLink { reason: None, .. }));
     assert!(bye.is_some() && close.is_some() && bye < close, "BYE, then an orderly close: {out:?}");

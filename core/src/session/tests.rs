@@ -1,5 +1,6 @@
 //! Session tests: round trips, tampering, replay, skew, sign_all.
 
+use crate::encoding::b64u;
 use std::time::Duration;
 
 use proptest::prelude::*;

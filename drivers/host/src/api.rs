@@ -134,6 +134,7 @@ impl Peerlink {
         let capabilities = config.node.capabilities.to_value();
         let max_frame = config.node.limits.max_frame_bytes;
         let max_body = config.node.max_http_body_bytes;
+        let binary_links = config.node.binary_links;
 
         // The event stream's bound is the node's too: past it, data frames wait at their senders.
         let mut node_config = config.node.clone();
@@ -245,6 +246,7 @@ impl Peerlink {
             limits: config.limits.clone(),
             max_frame_bytes: max_frame,
             max_http_body_bytes: max_body,
+            binary_links,
             public_key,
             capabilities,
             origins: crate::origin::OriginPolicy::new(&config.allowed_origins),

@@ -217,6 +217,8 @@ pub struct TransportSection {
 pub struct WebsocketSection {
     /// Largest frame/message, bytes.
     pub max_frame_bytes: Option<usize>,
+    /// Offer and accept the binary envelope on links (spec §27; default true).
+    pub binary: Option<bool>,
     /// tungstenite read buffer, bytes.
     pub read_buffer_bytes: Option<usize>,
     /// Frames queued per link before it counts as a slow reader.
@@ -337,6 +339,9 @@ impl FileConfig {
         let ws = &t.websocket;
         if let Some(v) = ws.max_frame_bytes {
             c.node.limits.max_frame_bytes = v;
+        }
+        if let Some(v) = ws.binary {
+            c.node.binary_links = v;
         }
         if let Some(v) = ws.read_buffer_bytes {
             c.limits.ws_read_buffer_bytes = v;
@@ -517,6 +522,9 @@ mod tests {
         assert_eq!(c.allowed_origins, ["https://app.example", "http://localhost:3000"]);
         let none = FileConfig::parse("").unwrap().to_config().unwrap();
         assert!(none.allowed_origins.is_empty(), "no page by default");
+        assert!(none.node.binary_links, "binary links by default (spec §27)");
+        let json_only = FileConfig::parse("[transport.websocket]\nbinary = false").unwrap();
+        assert!(!json_only.to_config().unwrap().node.binary_links);
     }
 
     #[test]

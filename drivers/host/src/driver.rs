@@ -42,8 +42,8 @@ impl Core {
             tracing::trace!(input = %what, "node input");
         }
         match input {
-            Input::Accept { kind, who, handle, reply } => {
-                let r = match self.feed(now, NodeInput::AcceptLink { kind, who }) {
+            Input::Accept { kind, who, encoding, handle, reply } => {
+                let r = match self.feed(now, NodeInput::AcceptLink { kind, who, encoding }) {
                     Ok(Handled::Link(link)) => {
                         self.links.insert(link, (kind, handle));
                         Ok(link)
@@ -61,11 +61,11 @@ impl Core {
                 self.forget_link(link);
                 let _ = self.feed(now, NodeInput::LinkClosed(link));
             }
-            Input::LinkUp { link } => {
+            Input::LinkUp { link, encoding } => {
                 if self.outbound.contains(&link) {
                     self.up.insert(link);
                 }
-                let _ = self.feed(now, NodeInput::LinkUp(link));
+                let _ = self.feed(now, NodeInput::LinkUp { link, encoding });
             }
             Input::LinkFailed { link } => {
                 self.forget_link(link);
@@ -120,7 +120,9 @@ impl Core {
     pub(crate) fn carry(&mut self, out: Output) {
         match out {
             Output::Transmit { link, frame } => self.transmit(link, frame),
-            Output::OpenLink { link, url, kind, node } => self.open_link(link, url, kind, node),
+            Output::OpenLink { link, url, kind, node, offer_binary } => {
+                self.open_link(link, url, kind, node, offer_binary)
+            }
             Output::CloseLink { link, reason } => {
                 if let Some((_, h)) = self.links.get(&link) {
                     let _ = h.kill.try_send(reason);
@@ -209,7 +211,14 @@ impl Core {
         }
     }
 
-    fn open_link(&mut self, link: LinkId, url: String, kind: LinkKind, node: NodeAddr) {
+    fn open_link(
+        &mut self,
+        link: LinkId,
+        url: String,
+        kind: LinkKind,
+        node: NodeAddr,
+        offer_binary: bool,
+    ) {
         if self.stopping {
             let now = self.clock.now();
             let _ = self.feed(now, NodeInput::LinkFailed(link));
@@ -220,9 +229,13 @@ impl Core {
         self.outbound.insert(link);
         let ctx = Arc::clone(&self.client);
         let inputs = self.inputs.clone();
-        self.client
-            .rt
-            .spawn(Box::pin(crate::outbound::run_outbound(ctx, link, url, node, queues, inputs)));
+        self.client.rt.spawn(Box::pin(crate::outbound::run_outbound(
+            ctx,
+            link,
+            crate::outbound::Target { url, node, offer_binary },
+            queues,
+            inputs,
+        )));
     }
 
     pub(crate) async fn event(&mut self, e: Event) {

@@ -30,6 +30,7 @@ use futures_lite::StreamExt as _;
 use futures_lite::io::{AsyncRead, AsyncWrite};
 use peerlink_core::ErrorCode;
 use peerlink_core::node::LinkId;
+use peerlink_core::wire::Encoding;
 
 use crate::corked::{Corked, HOLD_BYTES};
 use crate::link_queue::LinkQueues;
@@ -73,9 +74,13 @@ fn close_frame(reason: Option<ErrorCode>) -> CloseFrame {
     }
 }
 
-/// One frame of the node's as a text message, without copying it. The node only makes UTF-8
-/// JSON frames; anything else is logged and dropped.
-fn text_message(link: LinkId, frame: Arc<[u8]>) -> Option<Message> {
+/// One frame of the node's as a message, without copying it: a binary envelope as a binary
+/// message, JSON as a text message (spec §27.2). The node only makes UTF-8 JSON frames; anything
+/// else is logged and dropped.
+fn frame_message(link: LinkId, frame: Arc<[u8]>) -> Option<Message> {
+    if Encoding::of(&frame) == Encoding::Binary {
+        return Some(Message::Binary(Bytes::from_owner(frame)));
+    }
     match Utf8Bytes::try_from(Bytes::from_owner(frame)) {
         Ok(text) => Some(Message::Text(text)),
         Err(_) => {
@@ -107,7 +112,7 @@ where
     while let Some(frame) = next {
         count += 1;
         bytes = bytes.saturating_add(frame.len());
-        if let Some(message) = text_message(link, frame) {
+        if let Some(message) = frame_message(link, frame) {
             ws.send(message).await?;
         }
         next = if count < WRITE_BATCH_FRAMES && bytes < WRITE_BATCH_BYTES {
@@ -199,12 +204,11 @@ where
                             break Some(close_frame(None));
                         }
                     }
-                    Message::Binary(_) => {
-                        tracing::debug!(?link, "binary frame refused");
-                        break Some(CloseFrame {
-                            code: CloseCode::Unsupported,
-                            reason: Utf8Bytes::from_static("INVALID_MESSAGE"),
-                        });
+                    // The node refuses a binary envelope on a link that did not agree on it.
+                    Message::Binary(data) => {
+                        if inputs.send(Input::Frame { link, data }).await.is_err() {
+                            break Some(close_frame(None));
+                        }
                     }
                     Message::Close(_) => break None,
                     Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use async_channel::Sender;
 use hyper::Uri;
 use peerlink_core::node::{LinkId, NodeAddr};
+use peerlink_core::wire;
 
 use crate::client::{ClientCtx, ClientError, timeout, token_and_stream};
 use crate::corked::Corked;
@@ -13,16 +14,24 @@ use crate::link::{run_link, ws_config};
 use crate::link_queue::LinkQueues;
 use crate::state::Input;
 
-/// Opens an outbound link to `node` at `url` (the node's finished URL) and runs it; reports
-/// `LinkUp` or `LinkFailed`.
+/// Where an outbound link goes: the node's finished URL, the node, and whether to offer the
+/// binary envelope (spec §27.1).
+pub(crate) struct Target {
+    pub url: String,
+    pub node: NodeAddr,
+    pub offer_binary: bool,
+}
+
+/// Opens an outbound link to `target` and runs it; reports `LinkUp` (with the encoding the
+/// server selected) or `LinkFailed`.
 pub(crate) async fn run_outbound(
     ctx: Arc<ClientCtx>,
     link: LinkId,
-    url: String,
-    node: NodeAddr,
+    target: Target,
     queues: LinkQueues,
     inputs: Sender<Input>,
 ) {
+    let Target { url, node, offer_binary } = target;
     let connected = timeout(&*ctx.rt, ctx.limits.handshake_timeout.saturating_mul(3), async {
         let base = node.base_url.trim_end_matches('/');
         let uri: Uri = url.parse().map_err(|_| ClientError::BadUrl)?;
@@ -36,10 +45,22 @@ pub(crate) async fn run_outbound(
             .parse()
             .map_err(|_| ClientError::BadResponse("token is not a header value"))?;
         req.headers_mut().insert(hyper::header::AUTHORIZATION, auth);
+        if offer_binary {
+            req.headers_mut().insert(
+                hyper::header::SEC_WEBSOCKET_PROTOCOL,
+                hyper::header::HeaderValue::from_static(wire::BINARY_SUBPROTOCOL),
+            );
+        }
         let config = ws_config(ctx.max_frame_bytes, ctx.limits.ws_read_buffer_bytes);
         let stream = Corked::new(stream);
         match async_tungstenite::client_async_with_config(req, stream, Some(config)).await {
-            Ok((ws, _)) => Ok(ws),
+            Ok((ws, resp)) => {
+                let selected = resp
+                    .headers()
+                    .get(hyper::header::SEC_WEBSOCKET_PROTOCOL)
+                    .and_then(|v| v.to_str().ok());
+                Ok((ws, wire::selected(selected, offer_binary)))
+            }
             Err(async_tungstenite::tungstenite::Error::Http(resp)) => {
                 if resp.status() == 401 {
                     ctx.forget(base);
@@ -51,8 +72,8 @@ pub(crate) async fn run_outbound(
     })
     .await;
     match connected {
-        Ok(ws) => {
-            if inputs.send(Input::LinkUp { link }).await.is_err() {
+        Ok((ws, encoding)) => {
+            if inputs.send(Input::LinkUp { link, encoding }).await.is_err() {
                 return;
             }
             run_link(Arc::clone(&ctx.rt), ws, link, queues, inputs).await;

@@ -23,6 +23,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use peerlink_core::auth::{AuthError, Authority, Bearer, bearer_token};
 use peerlink_core::endpoints;
 use peerlink_core::node::{HttpCall, LinkId, LinkKind};
+use peerlink_core::wire;
 use peerlink_core::{EntityId, ErrorCode, PublicKey, SessionId};
 use serde_json::json;
 
@@ -62,6 +63,8 @@ pub(crate) struct RouteCtx {
     pub limits: DriverLimits,
     pub max_frame_bytes: usize,
     pub max_http_body_bytes: usize,
+    /// Whether upgrades may select the binary envelope (the node's `binary_links`).
+    pub binary_links: bool,
     pub public_key: PublicKey,
     pub capabilities: serde_json::Value,
     /// Which web pages may open links.
@@ -329,13 +332,19 @@ async fn upgrade<B: RequestBody>(
     if let Some(s) = query(&req, endpoints::SESSION_PARAM) {
         SessionId::new(s).map_err(|_| bad())?;
     }
+    // The core's rule picks the encoding (spec §27.1); the `101` names it.
+    let offered = req
+        .headers()
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .find_map(|v| v.to_str().ok().filter(|s| wire::offers_binary(Some(s))));
+    let encoding = wire::choose(offered, ctx.binary_links);
     let (handle, queues) = link_channels(ctx.limits.send_queue_frames);
-    let link =
-        ask(ctx, |reply| Input::Accept { kind, who, handle, reply }).await?.map_err(|code| {
-            match code {
-                ErrorCode::RateLimitExceeded => error(503, code),
-                _ => error(403, code),
-            }
+    let link = ask(ctx, |reply| Input::Accept { kind, who, encoding, handle, reply })
+        .await?
+        .map_err(|code| match code {
+            ErrorCode::RateLimitExceeded => error(503, code),
+            _ => error(403, code),
         })?;
     let on_upgrade = hyper::upgrade::on(&mut req);
     let inputs = ctx.inputs.clone();
@@ -350,6 +359,9 @@ async fn upgrade<B: RequestBody>(
     h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
     if let Ok(v) = HeaderValue::from_str(&accept) {
         h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
+    }
+    if let Some(p) = encoding.subprotocol() {
+        h.insert(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(p));
     }
     Ok(r)
 }

@@ -11,6 +11,7 @@ use async_tungstenite::tungstenite::Bytes;
 use peerlink_core::auth::{AuthError, Authority, Bearer, Challenge, ChallengeAnswer};
 use peerlink_core::endpoints::{DiscoveredPeer, MAX_DISCOVERED};
 use peerlink_core::node::{ClusterAction, HttpCall, LinkId, LinkKind, Output, RequestId};
+use peerlink_core::wire::Encoding;
 use peerlink_core::{EntityId, ErrorCode, Event, MessageId, Node, Timestamp};
 use rand_chacha::ChaCha20Rng;
 
@@ -38,17 +39,20 @@ pub(crate) enum Input {
         kind: LinkKind,
         /// The token's holder: the entity and the key it proved (spec §2.3).
         who: Bearer,
+        /// What the upgrade agreed (spec §27.1).
+        encoding: Encoding,
         /// The node task's end of the link's send queue.
         handle: LinkHandle,
         /// The new link's id, or why the node refused it.
         reply: Reply<Result<LinkId, ErrorCode>>,
     },
-    /// A text frame arrived on a link (the bytes tungstenite read it into, not a copy).
+    /// A text or binary message arrived on a link (the bytes tungstenite read it into, not a
+    /// copy).
     Frame { link: LinkId, data: Bytes },
     /// A link's task ended.
     Closed { link: LinkId },
-    /// An outbound link connected.
-    LinkUp { link: LinkId },
+    /// An outbound link connected, speaking what the server's `101` selected.
+    LinkUp { link: LinkId, encoding: Encoding },
     /// An outbound link could not be opened.
     LinkFailed { link: LinkId },
     /// An authenticated HTTP call to `/v1/messages`, bound to the token's holder (spec §2.3).

@@ -196,7 +196,7 @@ impl Node {
         let Some(env) = self.peers.get_mut(peer).and_then(|p| p.handshake_out.take()) else {
             return;
         };
-        let frame: Arc<[u8]> = Arc::from(env.encode());
+        let frame = self.frame_toward(peer, &env);
         let preference = self.config.preference;
         let owner = Some(crate::node::hops::Owner::Handshake(peer.clone()));
         match self.send_frame_to(now, peer, frame, preference, owner) {
@@ -251,7 +251,7 @@ impl Node {
                     continue;
                 }
             };
-            let frame: Arc<[u8]> = Arc::from(env.encode());
+            let frame = self.frame_toward(peer, &env);
             let owner = Some(crate::node::hops::Owner::Message(peer.clone(), logical.clone()));
             match self.send_frame_to(now, peer, frame, preference, owner) {
                 crate::node::hops::HopSend::Sent(carrier) => {
@@ -321,7 +321,8 @@ impl Node {
                 continue;
             };
             let preference = self.config.preference;
-            let _ = self.send_frame_to(now, peer, Arc::from(env.encode()), preference, None);
+            let frame = self.frame_toward(peer, &env);
+            let _ = self.send_frame_to(now, peer, frame, preference, None);
         }
     }
 }

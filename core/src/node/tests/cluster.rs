@@ -2,6 +2,7 @@
 //! local link, the node holding the entity's link, or its shared mailbox) with a broker that
 //! does what Redis would.
 
+use crate::wire::Encoding;
 use std::collections::VecDeque;
 
 use super::*;
@@ -45,12 +46,14 @@ impl Pump {
             }
             // A publication to a node that is gone is lost, as Redis loses it.
             ClusterAction::Forward { node, to, frame } => {
+                assert_eq!(Encoding::of(&frame), Encoding::Json, "the broker carries JSON");
                 if self.nodes.contains_key(node.as_str()) {
                     self.input(node.as_str(), Input::ClusterFrame { to, frame: &frame });
                 }
             }
             // Every member hears that something was parked (the host's park script publishes it).
             ClusterAction::Park { to, frame } => {
+                assert_eq!(Encoding::of(&frame), Encoding::Json, "the broker carries JSON");
                 self.broker.mailboxes.entry(to.clone()).or_default().push_back(frame.to_vec());
                 for m in self.broker.members.clone() {
                     self.input(&m, Input::ClusterMail { entity: to.clone() });
@@ -336,13 +339,13 @@ fn publications_reach_subscribers_on_every_node_once() {
     let (mut east, mut west) = (cluster("east"), cluster("west"));
     let sub = |who: &str, t| signed(who, MessageType::Subscribe, None, json!({"topic": "news"}), t);
     // Alice subscribes at east, bob at west: each node listens on the topic once.
-    let alice = east.accept_link(T0, LinkKind::Events, id("alice")).unwrap();
+    let alice = east.accept_link(T0, LinkKind::Events, id("alice"), Encoding::Json).unwrap();
     east.handle_frame(T0, alice, &sub("alice", T0));
     assert_eq!(cluster_actions(&drain(&mut east)), ["Listen(news)"]);
-    let bob = west.accept_link(T0, LinkKind::Events, id("bob")).unwrap();
+    let bob = west.accept_link(T0, LinkKind::Events, id("bob"), Encoding::Json).unwrap();
     west.handle_frame(T0, bob, &sub("bob", T0));
     assert_eq!(cluster_actions(&drain(&mut west)), ["Listen(news)"]);
-    let carol = west.accept_link(T0, LinkKind::Peers, id("carol")).unwrap();
+    let carol = west.accept_link(T0, LinkKind::Peers, id("carol"), Encoding::Json).unwrap();
     let t1 = T0.saturating_add(Duration::from_millis(1));
     west.handle_frame(t1, carol, &sub("carol", t1));
     let actions = cluster_actions(&drain(&mut west));
@@ -432,7 +435,7 @@ fn mail_for_an_entity_linked_or_polling_here_is_drained_at_once() {
         NodeConfig { cluster: Some(ClusterConfig::default()), ..NodeConfig::default() },
     );
     n.handle_input(T0, Input::ClusterUp).unwrap();
-    let _bob = n.accept_link(T0, LinkKind::Peers, id("bob")).unwrap();
+    let _bob = n.accept_link(T0, LinkKind::Peers, id("bob"), Encoding::Json).unwrap();
     drain(&mut n);
     n.handle_input(T0, Input::ClusterMail { entity: id("bob") }).unwrap();
     assert_eq!(cluster_actions(&drain(&mut n)), ["Drain(bob)"]);

@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::node::hops::FAILOVER_AFTER;
+use crate::wire::Encoding;
 
 fn opened_url(outputs: &[Output]) -> Option<(LinkId, String)> {
     outputs.iter().find_map(|o| match o {
@@ -24,7 +25,7 @@ fn alice_with_two_relay_urls() -> Node {
 /// Fails the link `link`, runs the reconnect timer, and returns the next link opened.
 fn fail_and_reconnect(alice: &mut Node, link: LinkId, up_first: bool) -> (LinkId, String) {
     if up_first {
-        alice.link_up(T0, link);
+        alice.link_up(T0, link, Encoding::Json);
         drain(alice);
         alice.link_closed(T0, link);
     } else {

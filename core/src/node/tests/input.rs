@@ -1,16 +1,26 @@
 //! The input side as one enum: [`Node::handle_input`] and the finished URLs of the outputs.
 
 use super::*;
+use crate::wire::Encoding;
 
 #[test]
 fn a_link_from_an_entity_the_trust_store_refuses_is_closed_with_its_code() {
     let mut bob = node("bob", NodeConfig::default());
     let now = T0;
     let mallory = Bearer::from(id("mallory"));
-    let refused = bob.handle_input(now, Input::AcceptLink { kind: LinkKind::Peers, who: mallory });
+    let refused = bob.handle_input(
+        now,
+        Input::AcceptLink { kind: LinkKind::Peers, who: mallory, encoding: Encoding::Json },
+    );
     assert_eq!(refused, Err(ErrorCode::AuthenticationFailed));
-    let alice = bob
-        .handle_input(now, Input::AcceptLink { kind: LinkKind::Peers, who: bearer("alice", now) });
+    let alice = bob.handle_input(
+        now,
+        Input::AcceptLink {
+            kind: LinkKind::Peers,
+            who: bearer("alice", now),
+            encoding: Encoding::Json,
+        },
+    );
     assert!(matches!(alice, Ok(Handled::Link(_))), "{alice:?}");
     assert_eq!(bob.link_count(), 1);
 }
@@ -65,9 +75,14 @@ fn a_reconnecting_link_carries_the_session_to_resume_in_its_url() {
 fn a_lost_answer_fed_as_an_input_goes_back_to_the_callers_link() {
     let mut bob = node("bob", NodeConfig::default());
     let now = T0;
-    let Ok(Handled::Link(link)) = bob
-        .handle_input(now, Input::AcceptLink { kind: LinkKind::Peers, who: bearer("alice", now) })
-    else {
+    let Ok(Handled::Link(link)) = bob.handle_input(
+        now,
+        Input::AcceptLink {
+            kind: LinkKind::Peers,
+            who: bearer("alice", now),
+            encoding: Encoding::Json,
+        },
+    ) else {
         panic!("alice is trusted");
     };
     let _ = drain(&mut bob);

@@ -4,6 +4,7 @@
 
 use super::*;
 use crate::handshake::{HandshakeConfig, HandshakeOutput, Initiator};
+use crate::wire::Encoding;
 
 /// The envelopes of the answer to `request` among `outputs` (`None`: not answered).
 fn answer(outputs: &[Output], request: RequestId) -> Option<Vec<Envelope>> {
@@ -11,7 +12,7 @@ fn answer(outputs: &[Output], request: RequestId) -> Option<Vec<Envelope>> {
         Output::HttpRespond { request: r, status: 200, body } if *r == request => Some(
             body.split(|b| *b == b'\n')
                 .filter(|l| !l.is_empty())
-                .map(|l| Envelope::decode(l, 1 << 20).unwrap())
+                .map(|l| crate::wire::decode(l, 1 << 20).unwrap())
                 .collect(),
         ),
         _ => None,
@@ -56,7 +57,7 @@ fn signed_messages_on_a_link_verify_with_the_key_proven_at_auth() {
     let mut relay = open_node("relay", NodeConfig::default());
     for (n, kind) in [LinkKind::Peers, LinkKind::Events].into_iter().enumerate() {
         let t = T0.saturating_add(Duration::from_secs(n as u64));
-        let link = relay.accept_link(t, kind, bearer("alice", t)).unwrap();
+        let link = relay.accept_link(t, kind, bearer("alice", t), Encoding::Json).unwrap();
         drain(&mut relay);
         relay.handle_frame(t, link, &ping(&ident("alice"), t, 10 + n as u64));
         assert_eq!(types(&drain(&mut relay)), vec![MessageType::Pong], "{kind:?}");
@@ -116,7 +117,7 @@ fn an_admitted_http_caller_is_answered_by_post_and_by_long_poll() {
 #[test]
 fn a_link_or_call_bound_to_a_key_cannot_handshake_with_another() {
     let mut relay = open_node("relay", NodeConfig::default());
-    let link = relay.accept_link(T0, LinkKind::Peers, bearer("alice", T0)).unwrap();
+    let link = relay.accept_link(T0, LinkKind::Peers, bearer("alice", T0), Encoding::Json).unwrap();
     drain(&mut relay);
     let (_, forged) = initiator(imposter("alice"), "relay", T0);
     relay.handle_frame(T0, link, &forged.encode());
@@ -149,7 +150,7 @@ fn the_trust_store_refuses_a_token_proving_another_key_for_an_entity_it_holds() 
         T0.saturating_add(TOKEN_LIFE),
     );
     assert_eq!(
-        relay.accept_link(T0, LinkKind::Peers, wrong.clone()),
+        relay.accept_link(T0, LinkKind::Peers, wrong.clone(), Encoding::Json),
         Err(ErrorCode::AuthenticationFailed)
     );
     let request = relay.handle_http_request(T0, wrong, HttpCall::Poll { wait: None });
@@ -157,7 +158,7 @@ fn the_trust_store_refuses_a_token_proving_another_key_for_an_entity_it_holds() 
     assert!(
         matches!(out.as_slice(), [Output::HttpRespond { request: r, status: 403, .. }] if *r == request)
     );
-    assert!(relay.accept_link(T0, LinkKind::Peers, bearer("alice", T0)).is_ok());
+    assert!(relay.accept_link(T0, LinkKind::Peers, bearer("alice", T0), Encoding::Json).is_ok());
 }
 
 #[test]
@@ -196,7 +197,8 @@ fn clients_unknown_to_an_open_relay_handshake_and_exchange_messages_through_it()
 fn admissions_are_bounded_and_end_with_the_token() {
     let config = NodeConfig { max_links: 3, ..NodeConfig::default() };
     let mut relay = open_node("relay", config);
-    let alice = relay.accept_link(T0, LinkKind::Peers, bearer("alice", T0)).unwrap();
+    let alice =
+        relay.accept_link(T0, LinkKind::Peers, bearer("alice", T0), Encoding::Json).unwrap();
     // Three HTTP-only entities, whose tokens end 10, 20 and 30 s from now.
     for (n, who) in ["carol", "dave", "erin"].into_iter().enumerate() {
         let until = T0.saturating_add(Duration::from_secs(10 * (n as u64 + 1)));

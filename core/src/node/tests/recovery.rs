@@ -27,7 +27,7 @@ fn error_frames(outputs: &[Output]) -> Vec<Arc<[u8]>> {
     frames(outputs)
         .into_iter()
         .filter(|f| {
-            Envelope::decode(f, 1 << 20).is_ok_and(|e| e.message_type == MessageType::Error)
+            crate::wire::decode(f, 1 << 20).is_ok_and(|e| e.message_type == MessageType::Error)
         })
         .collect()
 }
@@ -55,7 +55,8 @@ fn an_answer_to_a_copy_sealed_under_the_old_session_spares_the_new_one() {
     let copy = frames(&out)
         .into_iter()
         .find(|f| {
-            Envelope::decode(f, 1 << 20).is_ok_and(|e| e.message_type == MessageType::PeerMessage)
+            crate::wire::decode(f, 1 << 20)
+                .is_ok_and(|e| e.message_type == MessageType::PeerMessage)
         })
         .unwrap();
     // Bob answers each copy of the old session's frame: SESSION_NOT_FOUND, naming that session.
@@ -64,7 +65,7 @@ fn an_answer_to_a_copy_sealed_under_the_old_session_spares_the_new_one() {
         p.node("bob").handle_frame(now, bob_link, &copy);
         let errors = error_frames(&drain(p.node("bob")));
         assert_eq!(errors.len(), 1);
-        let env = Envelope::decode(&errors[0], 1 << 20).unwrap();
+        let env = crate::wire::decode(&errors[0], 1 << 20).unwrap();
         assert_eq!(env.session_id.as_ref(), Some(&old), "the answer names the session");
         answers.push(errors[0].clone());
     }

@@ -1,0 +1,205 @@
+//! Which encoding a frame travels in, and which encodings a WebSocket link speaks (spec §27).
+//!
+//! Every implementation speaks the JSON envelope (spec §4). A WebSocket link may also agree on
+//! the binary envelope ([`crate::binary_envelope`]) in its upgrade, per hop: the client offers
+//! the subprotocol [`BINARY_SUBPROTOCOL`] in `Sec-WebSocket-Protocol`, and the server selects it
+//! or answers without a subprotocol (the link then speaks JSON alone, as with a peer that never
+//! heard of the offer). On a binary link each WebSocket binary message is one binary envelope and
+//! each text message one JSON envelope; either side may send either. On a JSON link only text
+//! messages are allowed.
+//!
+//! The first byte tells the two encodings apart: a binary envelope starts with its layout
+//! version ([`LAYOUT_VERSION`], `0x01`), which no JSON text can start with. So frames stay plain
+//! bytes everywhere in the node, and are translated only where they must be:
+//! a binary frame bound for a JSON link, an HTTP body, a mailbox or the cluster broker
+//! becomes JSON ([`to_json`]). Translation keeps the envelope, hence its signing input and
+//! associated data, byte for byte.
+
+use std::sync::Arc;
+
+use crate::binary_envelope::{self, LAYOUT_VERSION};
+use crate::envelope::Envelope;
+use crate::error::ProtocolError;
+
+/// The WebSocket subprotocol that selects the binary envelope on a link.
+pub const BINARY_SUBPROTOCOL: &str = "peerlink.binary.v1";
+
+/// An envelope encoding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Encoding {
+    /// The JSON envelope (spec §4): text messages, NDJSON bodies. Every link speaks it.
+    #[default]
+    Json,
+    /// The binary envelope (spec §27): binary messages on a link that agreed on it.
+    Binary,
+}
+
+impl Encoding {
+    /// The encoding `frame` is in, from its first byte.
+    pub fn of(frame: &[u8]) -> Self {
+        if frame.first() == Some(&LAYOUT_VERSION) { Encoding::Binary } else { Encoding::Json }
+    }
+
+    /// The subprotocol a server answers with when it selects this encoding (`None`: answer
+    /// without one).
+    pub fn subprotocol(self) -> Option<&'static str> {
+        match self {
+            Encoding::Json => None,
+            Encoding::Binary => Some(BINARY_SUBPROTOCOL),
+        }
+    }
+}
+
+/// Whether a `Sec-WebSocket-Protocol` request header (its comma-separated tokens) offers
+/// [`BINARY_SUBPROTOCOL`]. Tokens are compared exactly, as RFC 6455 §4.1 has it.
+pub fn offers_binary(header: Option<&str>) -> bool {
+    header.is_some_and(|h| h.split(',').any(|t| t.trim() == BINARY_SUBPROTOCOL))
+}
+
+/// The encoding a server selects for an upgrade whose `Sec-WebSocket-Protocol` header is
+/// `offered`: binary when the client offers it and `accept_binary` (the node's
+/// `binary_links`), else JSON.
+pub fn choose(offered: Option<&str>, accept_binary: bool) -> Encoding {
+    if accept_binary && offers_binary(offered) { Encoding::Binary } else { Encoding::Json }
+}
+
+/// The encoding a client's link speaks, from the subprotocol the server's `101` answer selected
+/// (`None` when it selected none) and whether the client offered binary.
+pub fn selected(subprotocol: Option<&str>, offered_binary: bool) -> Encoding {
+    if offered_binary && subprotocol == Some(BINARY_SUBPROTOCOL) {
+        Encoding::Binary
+    } else {
+        Encoding::Json
+    }
+}
+
+/// Decodes a frame in either encoding, told apart by its first byte.
+pub fn decode(frame: &[u8], max_frame_bytes: usize) -> Result<Envelope, ProtocolError> {
+    match Encoding::of(frame) {
+        Encoding::Json => Envelope::decode(frame, max_frame_bytes),
+        Encoding::Binary => binary_envelope::decode(frame, max_frame_bytes),
+    }
+}
+
+/// Encodes an envelope in `encoding`.
+pub fn encode(env: &Envelope, encoding: Encoding) -> Vec<u8> {
+    match encoding {
+        Encoding::Json => env.encode(),
+        Encoding::Binary => binary_envelope::encode(env),
+    }
+}
+
+/// The frame in `encoding`: the same bytes (the same allocation) when it is in it already, else
+/// decoded and encoded again. Fails for a frame that does not decode, and for one whose new
+/// encoding is over `max_frame_bytes` (`MESSAGE_TOO_LARGE`).
+pub fn translate(
+    frame: Arc<[u8]>,
+    encoding: Encoding,
+    max_frame_bytes: usize,
+) -> Result<Arc<[u8]>, ProtocolError> {
+    if Encoding::of(&frame) == encoding {
+        return Ok(frame);
+    }
+    let env = decode(&frame, max_frame_bytes)?;
+    let out = encode(&env, encoding);
+    // A binary frame is always shorter than its JSON; the JSON of one near the limit may not
+    // fit, and a conforming sender never makes such a frame (spec §27.3).
+    if out.len() > max_frame_bytes {
+        return Err(ProtocolError::FrameTooLarge { len: out.len(), max: max_frame_bytes });
+    }
+    Ok(Arc::from(out))
+}
+
+/// The frame as JSON: what HTTP bodies, mailboxes and the cluster broker carry.
+pub fn to_json(frame: Arc<[u8]>, max_frame_bytes: usize) -> Result<Arc<[u8]>, ProtocolError> {
+    translate(frame, Encoding::Json, max_frame_bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::envelope::{NONCE_LEN, PROTOCOL_VERSION, Payload};
+    use crate::ids::{EntityId, MessageId, SessionId};
+    use crate::message_type::MessageType;
+    use crate::time::Timestamp;
+
+    fn session_message() -> Envelope {
+        Envelope {
+            message_id: MessageId::new("m1").unwrap(),
+            message_type: MessageType::PeerMessage,
+            version: PROTOCOL_VERSION.to_owned(),
+            timestamp: Timestamp::from_unix_millis(1_700_000_000_000),
+            seq: 3,
+            session_id: Some(SessionId::new("sess_1").unwrap()),
+            sender_id: EntityId::new("alice").unwrap(),
+            recipient_id: Some(EntityId::new("bob").unwrap()),
+            payload: Payload::ciphertext(vec![0xff, 0, 7, b'\n', b'"']),
+            nonce: [0; NONCE_LEN],
+            signature: None,
+        }
+    }
+
+    #[test]
+    fn the_first_byte_tells_the_encoding() {
+        let env = session_message();
+        assert_eq!(Encoding::of(&env.encode()), Encoding::Json);
+        assert_eq!(Encoding::of(&binary_envelope::encode(&env)), Encoding::Binary);
+        assert_eq!(Encoding::of(b""), Encoding::Json);
+        assert_eq!(Encoding::of(b" {"), Encoding::Json);
+    }
+
+    #[test]
+    fn translation_keeps_the_envelope_and_its_canonical_bytes() {
+        let env = session_message();
+        let json: Arc<[u8]> = Arc::from(env.encode());
+        let binary = translate(Arc::clone(&json), Encoding::Binary, 1 << 20).unwrap();
+        assert_eq!(Encoding::of(&binary), Encoding::Binary);
+        let back = to_json(Arc::clone(&binary), 1 << 20).unwrap();
+        assert_eq!(&*back, &*json);
+        let decoded = decode(&binary, 1 << 20).unwrap();
+        assert_eq!(decoded, env);
+        assert_eq!(decoded.signing_input(), env.signing_input());
+        assert_eq!(decoded.associated_data(), env.associated_data());
+        // Already in the wanted encoding: the same allocation, not a copy.
+        assert!(Arc::ptr_eq(
+            &translate(Arc::clone(&json), Encoding::Json, 1 << 20).unwrap(),
+            &json
+        ));
+    }
+
+    #[test]
+    fn a_translation_over_the_frame_limit_is_refused() {
+        let env = session_message();
+        let binary: Arc<[u8]> = Arc::from(binary_envelope::encode(&env));
+        let json_len = env.encode().len();
+        assert!(binary.len() < json_len, "binary is the shorter encoding");
+        assert!(to_json(Arc::clone(&binary), json_len).is_ok());
+        let err = to_json(binary, json_len - 1).unwrap_err();
+        assert_eq!(err.code(), crate::error::ErrorCode::MessageTooLarge);
+    }
+
+    #[test]
+    fn a_frame_that_does_not_decode_is_not_translated() {
+        let junk: Arc<[u8]> = Arc::from(&[LAYOUT_VERSION, 0xee][..]);
+        assert!(to_json(junk, 1 << 20).is_err());
+        let over: Arc<[u8]> = Arc::from(session_message().encode());
+        let len = over.len();
+        assert!(translate(over, Encoding::Binary, len - 1).is_err());
+    }
+
+    #[test]
+    fn negotiation_selects_binary_only_when_both_sides_want_it() {
+        let offer = Some("chat, peerlink.binary.v1");
+        assert_eq!(choose(offer, true), Encoding::Binary);
+        assert_eq!(choose(offer, false), Encoding::Json);
+        assert_eq!(choose(Some("peerlink.binary.v2"), true), Encoding::Json);
+        assert_eq!(choose(Some("PEERLINK.BINARY.V1"), true), Encoding::Json);
+        assert_eq!(choose(None, true), Encoding::Json);
+        assert_eq!(selected(Some(BINARY_SUBPROTOCOL), true), Encoding::Binary);
+        assert_eq!(selected(None, true), Encoding::Json);
+        // A server cannot force binary on a client that did not offer it.
+        assert_eq!(selected(Some(BINARY_SUBPROTOCOL), false), Encoding::Json);
+        assert_eq!(Encoding::Binary.subprotocol(), Some(BINARY_SUBPROTOCOL));
+        assert_eq!(Encoding::Json.subprotocol(), None);
+    }
+}
