@@ -119,3 +119,43 @@ def test_bad_node_arguments_are_refused_before_anything_starts() -> None:
     # Plain HTTP on a non-loopback address needs TLS files.
     with pytest.raises(peerlink.NodeStartError):
         peerlink.serve(me, "0.0.0.0:0")
+
+
+def test_waits_release_the_gil_and_ctrl_c_interrupts_them(tmp_path: Path) -> None:
+    import threading
+
+    with peerlink.Client(peerlink.Identity.generate("idle")) as node:
+        count = [0]
+        stop = threading.Event()
+
+        def spin() -> None:
+            while not stop.is_set():
+                count[0] += 1
+
+        t = threading.Thread(target=spin)
+        t.start()
+        node.recv(timeout=0.5)  # whatever comes (or nothing), Python ran meanwhile
+        stop.set()
+        t.join()
+        assert count[0] > 1000, "another Python thread ran while the node waited"
+
+    # A wait without timeout ends on SIGINT with KeyboardInterrupt, in a process of its own.
+    script = (
+        "import peerlink, signal\n"
+        "signal.signal(signal.SIGINT, signal.default_int_handler)  # even if inherited ignored\n"
+        "node = peerlink.Client(peerlink.Identity.generate('idle'))\n"
+        "try:\n"
+        "    print('ready', flush=True)\n"
+        "    node.recv()\n"
+        "except KeyboardInterrupt:\n"
+        "    print('interrupted', flush=True)\n"
+        "    node.close()\n"
+    )
+    import signal
+
+    p = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    assert p.stdout is not None
+    assert p.stdout.readline().strip() == "ready"
+    p.send_signal(signal.SIGINT)
+    out, _ = p.communicate(timeout=60)
+    assert (out.strip(), p.returncode) == ("interrupted", 0)
