@@ -74,7 +74,8 @@ struct Args {
     /// least 2, so that as many messages are in flight in all as on one pair elsewhere).
     #[arg(long, default_value_t = 8)]
     pairs: usize,
-    /// Run only these paths (`echo`, `forward`, `ws`, `ws-signed`, `http`, `ws-tokio`, `cluster`)
+    /// Run only these paths (`echo`, `forward`, `ws`, `ws-signed`, `ws-json`, `http`, `ws-tokio`,
+    /// `cluster`)
     /// and skip the floor, connection and memory measurements (for profiling one path);
     /// `cluster` brings `ws` along (the single relay it is compared with); `memory` also runs
     /// the memory measurement (`--only memory` alone: just that), `handshakes` the connection
@@ -111,10 +112,11 @@ pub enum Kind {
 
 impl Kind {
     /// Every scenario, baselines first.
-    pub const ALL: [Kind; 7] = [
+    pub const ALL: [Kind; 8] = [
         Kind::Echo,
         Kind::Forward,
         Kind::Peer(Path::Ws { sign_all: false }),
+        Kind::Peer(Path::WsJson),
         Kind::Peer(Path::Ws { sign_all: true }),
         Kind::Peer(Path::Http),
         Kind::Peer(Path::WsTokio),
@@ -131,6 +133,7 @@ impl Kind {
             Kind::Forward => "forward",
             Kind::Peer(Path::Ws { sign_all: false }) => "ws",
             Kind::Peer(Path::Ws { sign_all: true }) => "ws-signed",
+            Kind::Peer(Path::WsJson) => "ws-json",
             Kind::Peer(Path::Http) => "http",
             Kind::Peer(Path::WsTokio) => "ws-tokio",
             Kind::Peer(Path::Cluster) => "cluster",
@@ -144,6 +147,7 @@ impl Kind {
             Kind::Forward => "baseline forward (2 hops)",
             Kind::Peer(Path::Ws { sign_all: false }) => "peerlink ws, sign_all off",
             Kind::Peer(Path::Ws { sign_all: true }) => "peerlink ws, sign_all on",
+            Kind::Peer(Path::WsJson) => "peerlink ws, JSON links",
             Kind::Peer(Path::Http) => "peerlink http",
             Kind::Peer(Path::WsTokio) => "peerlink ws on tokio",
             Kind::Peer(Path::Cluster) => "peerlink cluster (2 nodes, Redis)",

@@ -29,6 +29,10 @@ pub enum Path {
         /// Whether every E2E message is also signed.
         sign_all: bool,
     },
+    /// WebSocket only, `sign_all` off, every link kept on the JSON envelope (`binary_links`
+    /// off on every node): the encoding every path used before spec §27, beside [`Path::Ws`]'s
+    /// binary links.
+    WsJson,
     /// HTTP only (POST to the relay, long-poll from it); `sign_all` off.
     Http,
     /// WebSocket only, `sign_all` off, the three nodes on tokio (`peerlink-tokio`, a
@@ -47,7 +51,9 @@ impl Path {
         match self {
             Path::Ws { sign_all } => (TransportPreference::WebsocketOnly, sign_all),
             Path::Http => (TransportPreference::HttpOnly, false),
-            Path::WsTokio | Path::Cluster => (TransportPreference::WebsocketOnly, false),
+            Path::WsTokio | Path::Cluster | Path::WsJson => {
+                (TransportPreference::WebsocketOnly, false)
+            }
         }
     }
 
@@ -175,6 +181,7 @@ async fn relays(
     let config = || {
         let mut cfg = Config::ephemeral();
         cfg.node = node_config(TransportPreference::WebsocketFirst, sign_all);
+        cfg.node.binary_links = path != Path::WsJson;
         cfg.peers = vec![trusted(a, None), trusted(b, None)];
         cfg
     };
@@ -209,6 +216,7 @@ pub async fn pipe(path: Path, window: usize, clock: Clock) -> Result<(Pipe, Trio
     let peer = |me: &Identity, via: &Handle| {
         let mut cfg = Config::ephemeral();
         cfg.node = node_config(pref, sign_all);
+        cfg.node.binary_links = path != Path::WsJson;
         cfg.peers = vec![trusted(other(me), None)];
         cfg.relay = Some(trusted(&r, Some(via.base_url())));
         (cfg, me.duplicate())
