@@ -87,9 +87,10 @@ pub fn envelope(data: &[u8]) {
 }
 
 /// Binary envelope decoding (`crate::binary_envelope`): never panics; whatever decodes
-/// re-encodes to the very same bytes (one encoding per envelope), the routing header gives the
-/// same recipient without the payload, and the envelope crosses to JSON and back unchanged (so a
-/// relay may translate between the two encodings).
+/// re-encodes to the very same bytes (one encoding per envelope), the routing header (`head`,
+/// what a relay forwards on) gives the same routing members without the payload, and the
+/// envelope crosses to JSON and back unchanged, as `wire::to_json` translates it (so a relay may
+/// translate between the two encodings).
 pub fn binary_envelope(data: &[u8]) {
     use crate::binary_envelope as bin;
     if let Ok(env) = bin::decode(data, 1 << 16) {
@@ -99,7 +100,13 @@ pub fn binary_envelope(data: &[u8]) {
         let json = env.encode();
         let back = Envelope::decode(&json, usize::MAX);
         assert!(back.is_ok_and(|e| e == env), "binary -> JSON -> envelope changed it");
+        let head = bin::head(data, 1 << 16);
+        assert!(head.is_ok_and(|h| h == bin::Head::of(&env)), "the header alone disagrees");
+        let translated = crate::wire::to_json(std::sync::Arc::from(data), usize::MAX);
+        assert!(translated.is_ok_and(|t| *t == *json), "translation is not the JSON encoding");
     }
+    // The header alone never panics either: it is what a relay reads of every binary frame.
+    let _ = bin::head(data, 1 << 16);
 }
 
 /// One step of the handshake fuzzer.
