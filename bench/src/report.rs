@@ -459,7 +459,57 @@ fn targets(r: &Results) -> String {
             verdict(r.handshakes.per_s >= 3_000.0)
         );
     }
+    issue19_targets(&mut s, r);
     s
+}
+
+/// Issue 19's targets (large messages, handshakes, latency), as far as this run measured them:
+/// a path or size the run left out gives no row.
+fn issue19_targets(s: &mut String, r: &Results) {
+    let _ = writeln!(s, "\n## Targets (issue 19)\n\n| target | measured | status |\n|---|---|---|");
+    let ratio = |kind: Kind, size: usize| {
+        let (p, e) = (find(&r.saturation, kind, size)?, find(&r.saturation, Kind::Echo, size)?);
+        let q = p.vs_echo.map_or(p.m.msgs_per_s / e.m.msgs_per_s.max(1e-9), |v| v.median);
+        Some((q, paired(p, p.m.msgs_per_s, e.m.msgs_per_s)))
+    };
+    let off = Kind::Peer(Path::Ws { sign_all: false });
+    let on = Kind::Peer(Path::Ws { sign_all: true });
+    let rows = [
+        ("relayed, sign_all off", off, 0.6),
+        ("relayed, sign_all on", on, 0.3),
+        ("HTTP fallback", Kind::Peer(Path::Http), 0.5),
+    ];
+    for (what, kind, want) in rows {
+        for (size, label) in [(64 << 10, "64 KiB"), (4 << 20, "4 MiB")] {
+            if let Some((q, shown)) = ratio(kind, size) {
+                let _ = writeln!(
+                    s,
+                    "| {what}, {label} ≥ {want}× echo MiB/s | {shown} | {} |",
+                    verdict(q >= want)
+                );
+            }
+        }
+    }
+    if r.handshakes.count > 0 {
+        let _ = writeln!(
+            s,
+            "| ≥ 3,500 full handshakes/s | {:.0}/s | {} |",
+            r.handshakes.per_s,
+            verdict(r.handshakes.per_s >= 3_500.0)
+        );
+    }
+    if let Some(p) = find(&r.fixed, off, 64) {
+        let offered = p.m.offered.unwrap_or(0.0);
+        let _ = writeln!(
+            s,
+            "| p99 ≤ 500 µs at 10,000 msg/s offered, 64 B relayed | {:.0} µs at {offered:.0} msg/s | {} |",
+            p.m.latency.p99,
+            verdict(p.m.latency.p99 <= 500.0 && offered >= 9_999.0)
+        );
+    }
+    if let Some((q, shown)) = ratio(off, 64) {
+        let _ = writeln!(s, "| relayed 64 B ≥ 0.6× echo msg/s | {shown} | {} |", verdict(q >= 0.6));
+    }
 }
 
 /// The protocol's CPU floor and the ceilings it puts on the targets.
