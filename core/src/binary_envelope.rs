@@ -1,6 +1,6 @@
-//! A binary encoding of the envelope (issue 19, first step): the same eleven members as the JSON
-//! wire form (spec §4), laid out as fixed-size fields and length-prefixed byte strings. It is not
-//! wired to any transport or negotiation yet.
+//! The binary envelope (spec §27.5): the same eleven members as the JSON wire form (spec §4),
+//! laid out as fixed-size fields and length-prefixed byte strings. WebSocket links that agree on
+//! it carry it in binary messages ([`crate::wire`] has the negotiation and translation).
 //!
 //! An envelope decoded from either encoding is the same [`Envelope`] value, so its
 //! [`signing_input`](Envelope::signing_input) and
@@ -59,9 +59,9 @@
 //! # Errors
 //!
 //! [`decode`] fails like [`Envelope::decode`]: `MESSAGE_TOO_LARGE` for a frame over the limit
-//! (checked before anything is read), `UNSUPPORTED_VERSION` when the first byte is present but
-//! is not [`LAYOUT_VERSION`] (the layout version stands for the protocol version, the way
-//! `version` does in JSON), and `INVALID_MESSAGE` for everything else: an empty or truncated frame,
+//! (checked before anything is read), and `INVALID_MESSAGE` for everything else (spec §27.6): a
+//! first byte other than [`LAYOUT_VERSION`] (another layout would come with another subprotocol,
+//! so on a link of this one it is simply not a binary envelope), an empty or truncated frame,
 //! bytes after the payload, reserved flag bits, bit 3 on a type that is not a session message, an
 //! unknown type code, an id of the wrong syntax, a timestamp or seq above 2^53 − 1, a payload that
 //! is not exactly canonical JSON of the values §3.1 allows, or a base64url session payload sent
@@ -405,7 +405,10 @@ impl<'a> Reader<'a> {
 fn parse_header(frame: &[u8]) -> Result<(Header<'_>, Reader<'_>), ProtocolError> {
     let mut r = Reader(frame);
     if r.u8("layout version")? != LAYOUT_VERSION {
-        return Err(ProtocolError::UnsupportedVersion);
+        return Err(ProtocolError::InvalidField {
+            field: "layout version",
+            reason: "not 0x01: not a binary envelope",
+        });
     }
     let message_type = type_from_code(r.u8("type")?)
         .ok_or(ProtocolError::InvalidField { field: "type", reason: "unknown type code" })?;

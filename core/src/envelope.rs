@@ -154,10 +154,18 @@ impl PartialEq for Payload {
 
 impl fmt::Debug for Payload {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // Payloads may be large; show the size, not the content.
-        let mut out = Vec::new();
-        self.write(&mut out);
-        write!(f, "Payload({} bytes)", out.len())
+        // Payloads may be large; show the size of their JSON, not the content.
+        let len = match &self.0 {
+            Repr::Ciphertext(bytes, _) => {
+                base64::encoded_len(bytes.len(), false).unwrap_or(usize::MAX).saturating_add(2)
+            }
+            Repr::Json(_) => {
+                let mut out = Vec::new();
+                self.write(&mut out);
+                out.len()
+            }
+        };
+        write!(f, "Payload({len} bytes)")
     }
 }
 

@@ -649,7 +649,12 @@ impl World {
             }
             Net::Frame { to, link, frame } => {
                 if self.pairs.contains_key(&(to, link)) {
-                    self.feed(to, Input::Frame { link, frame: &frame });
+                    // As a driver writes it: a binary envelope as a binary message.
+                    if Encoding::of(&frame) == Encoding::Binary {
+                        self.feed(to, Input::BinaryFrame { link, frame: &frame });
+                    } else {
+                        self.feed(to, Input::Frame { link, frame: &frame });
+                    }
                     self.drain(to);
                 }
             }

@@ -56,15 +56,14 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// §27.6: a frame in either encoding, told apart by its first byte; the binary one becomes its
-/// JSON envelope, checked by §4.2 as if it had arrived as JSON.
-fn decode_any(frame: &[u8], max_frame_bytes: usize) -> Result<Envelope, Rejection> {
+/// §27.6: a binary message becomes the JSON envelope it stands for, checked by §4.2 as if it
+/// had arrived as JSON.
+fn decode_binary(frame: &[u8], max_frame_bytes: usize) -> Result<Envelope, Rejection> {
     if frame.len() > max_frame_bytes {
         return Err(Rejection { code: "MESSAGE_TOO_LARGE", reason: "over the limit".into() });
     }
     if frame.first() != Some(&0x01) {
-        let text = std::str::from_utf8(frame).map_err(|_| invalid("not UTF-8 JSON"))?;
-        return decode_frame(text, max_frame_bytes);
+        return Err(invalid("a binary message whose first byte is not 0x01"));
     }
     let mut r = Reader(&frame[1..]);
     let code = r.take(1, "type")?[0];
@@ -129,6 +128,45 @@ fn decode_any(frame: &[u8], max_frame_bytes: usize) -> Result<Envelope, Rejectio
     decode_frame(&canonical(&env), usize::MAX)
 }
 
+/// §27.5: the binary encoding of a JSON envelope.
+fn encode_binary(env: &Envelope) -> Vec<u8> {
+    let text = |name: &str| env[name].as_str().map(str::to_owned);
+    let message_type = text("type").expect("type");
+    let code = TYPE_CODES.iter().find(|(_, t)| *t == message_type).expect("a known type").0;
+    let mut out = vec![0x01, code];
+    out.extend_from_slice(&env["timestamp"].as_u64().expect("timestamp").to_be_bytes());
+    out.extend_from_slice(&env["seq"].as_u64().expect("seq").to_be_bytes());
+    out.extend(b64u_decode(&text("nonce").expect("nonce")).expect("nonce"));
+    let session = class_of(&message_type) == Some(Class::Session);
+    let raw = env["payload"]
+        .as_str()
+        .filter(|_| session)
+        .and_then(|s| b64u_decode(s).ok().filter(|b| b64u_encode(b) == s));
+    let mut flags = 0u8;
+    for (bit, member) in [(0x01, "session_id"), (0x02, "recipient_id"), (0x04, "signature")] {
+        if !env[member].is_null() {
+            flags |= bit;
+        }
+    }
+    if raw.is_some() {
+        flags |= 0x08;
+    }
+    out.push(flags);
+    for member in ["message_id", "session_id", "sender_id", "recipient_id"] {
+        if let Some(id) = text(member) {
+            out.push(id.len() as u8);
+            out.extend_from_slice(id.as_bytes());
+        }
+    }
+    if let Some(sig) = text("signature") {
+        out.extend(b64u_decode(&sig).expect("signature"));
+    }
+    let payload = raw.unwrap_or_else(|| canonical(&env["payload"]).into_bytes());
+    out.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    out.extend(payload);
+    out
+}
+
 #[test]
 fn binary_vectors() {
     let v = load("binary.json");
@@ -139,10 +177,13 @@ fn binary_vectors() {
     for e in envelopes {
         let ctx = get_str(e, "description", "binary.json");
         let frame = hex_decode(get_str(e, "binary", ctx), ctx);
-        let env = decode_any(&frame, DEFAULT_FRAME_LIMIT)
+        let env = decode_binary(&frame, DEFAULT_FRAME_LIMIT)
             .unwrap_or_else(|r| panic!("{ctx}: rejected: {r:?}"));
-        // The binary frame stands for exactly the JSON wire form (§27.3).
+        // The binary frame stands for exactly the JSON wire form (§27.3), and is what §27.5
+        // makes of it.
         assert_eq!(wire(&env), get_str(e, "wire", ctx), "{ctx}");
+        let json = decode_valid(get_str(e, "wire", ctx), ctx);
+        assert_eq!(encode_binary(&json), frame, "{ctx}: encoding");
         // Its fields, concatenated, are the frame.
         let fields = get_array(e, "fields", ctx);
         let joined: Vec<u8> =
@@ -156,7 +197,7 @@ fn binary_vectors() {
         let frame = hex_decode(get_str(c, "binary", ctx), ctx);
         let max = get_u64(c, "max_frame_bytes", ctx) as usize;
         let code = get_str(c, "code", ctx);
-        match decode_any(&frame, max) {
+        match decode_binary(&frame, max) {
             Ok(_) => panic!("{ctx}: accepted"),
             Err(r) => assert_eq!(r.code, code, "{ctx}: {}", r.reason),
         }

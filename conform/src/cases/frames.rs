@@ -120,27 +120,41 @@ fn exact_limit(ctx: &Ctx) -> CaseResult {
 fn binary(ctx: &Ctx) -> CaseResult {
     let mut rng = peer::rng();
     let mut ws = peer::open_peers(ctx)?;
-    // A well-formed binary envelope (§27.5), on a link that did not agree on it.
-    let p = peer::ping(ctx, peer::now(), &mut rng)?;
-    ws.send_binary(peerlink_core::binary_envelope::encode(&p))?;
-    match peer::recv(&mut ws, ANSWER) {
-        Ok(env) if env.message_type == MessageType::Error => {
-            let b = peer::error_body(ctx, &env)?;
-            ensure!(
-                b.code == ErrorCode::InvalidMessage,
-                "expected INVALID_MESSAGE, got {}",
-                b.code
-            );
-            peer::ping_pong(ctx, &mut ws, &mut rng)
-                .map_err(|e| format!("after the refusal: {e}"))?;
-            ws.close();
-            Ok(())
+    // A well-formed binary envelope (§27.5), and a JSON envelope, each in a binary message, on a
+    // link that did not agree on binary messages.
+    let binary = peer::ping(ctx, peer::now(), &mut rng)?;
+    let json = peer::ping(ctx, peer::now(), &mut rng)?;
+    let messages = [peerlink_core::binary_envelope::encode(&binary), json.encode()];
+    for (what, message) in ["a binary envelope", "a JSON envelope"].into_iter().zip(messages) {
+        ws.send_binary(message)?;
+        match peer::recv(&mut ws, ANSWER) {
+            Ok(env) if env.message_type == MessageType::Error => {
+                let b = peer::error_body(ctx, &env)?;
+                ensure!(
+                    b.code == ErrorCode::InvalidMessage,
+                    "{what}: expected INVALID_MESSAGE, got {}",
+                    b.code
+                );
+            }
+            Ok(env) => {
+                return Err(format!(
+                    "{what}: expected ERROR INVALID_MESSAGE, got {}",
+                    env.message_type
+                )
+                .into());
+            }
+            // A node without §27 may close with 1003 (§23.3).
+            Err(e) if e.contains("(1003 ") => return Ok(()),
+            Err(e) => {
+                return Err(
+                    format!("{what}: expected ERROR INVALID_MESSAGE or close 1003: {e}").into()
+                );
+            }
         }
-        Ok(env) => Err(format!("expected ERROR INVALID_MESSAGE, got {}", env.message_type).into()),
-        // A node without §27 may close with 1003 (§23.3).
-        Err(e) if e.contains("(1003 ") => Ok(()),
-        Err(e) => Err(format!("expected ERROR INVALID_MESSAGE or close 1003: {e}").into()),
     }
+    peer::ping_pong(ctx, &mut ws, &mut rng).map_err(|e| format!("after the refusals: {e}"))?;
+    ws.close();
+    Ok(())
 }
 
 fn expect_too_large(ctx: &Ctx, ws: &mut crate::ws::Ws) -> CaseResult {

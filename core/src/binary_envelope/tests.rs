@@ -210,16 +210,17 @@ fn size_limit_is_checked_first_and_is_inclusive() {
 }
 
 #[test]
-fn layout_version_other_than_1_is_unsupported_version() {
+fn a_first_byte_other_than_the_layout_version_is_not_a_binary_envelope() {
     assert_eq!(code(&[]), ErrorCode::InvalidMessage, "empty frame");
     for layout in [0x00, 0x02, b'{', 0xff] {
         let mut raw = Raw::of(&session_sample());
         raw.layout = layout;
-        assert_eq!(code(&raw.build()), ErrorCode::UnsupportedVersion, "{layout:#04x}");
+        assert_eq!(code(&raw.build()), ErrorCode::InvalidMessage, "{layout:#04x}");
         assert_eq!(recipient(&raw.build()), None);
+        assert_eq!(head(&raw.build(), MAX).unwrap_err().code(), ErrorCode::InvalidMessage);
     }
-    // A JSON frame handed to the binary decoder.
-    assert_eq!(code(&session_sample().encode()), ErrorCode::UnsupportedVersion);
+    // A JSON frame handed to the binary decoder (a binary message holding JSON, spec §27.2).
+    assert_eq!(code(&session_sample().encode()), ErrorCode::InvalidMessage);
 }
 
 #[test]
@@ -534,10 +535,7 @@ proptest! {
                 );
                 prop_assert!(Envelope::decode(&decoded.encode(), MAX).is_ok());
             }
-            Err(e) => prop_assert!(matches!(
-                e.code(),
-                ErrorCode::InvalidMessage | ErrorCode::UnsupportedVersion
-            )),
+            Err(e) => prop_assert_eq!(e.code(), ErrorCode::InvalidMessage),
         }
     }
 }

@@ -534,7 +534,7 @@ impl Node {
     pub(super) fn process_ndjson(&mut self, now: Timestamp, source: Source, body: &[u8]) {
         for line in body.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
             self.stats.received(Transport::Http, line.len());
-            self.process_frame(now, source.clone(), line);
+            self.process_frame(now, source.clone(), line, Encoding::Json);
         }
     }
 

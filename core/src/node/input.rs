@@ -35,11 +35,19 @@ pub enum Input<'a> {
     LinkFailed(LinkId),
     /// A link closed, either side, for any reason.
     LinkClosed(LinkId),
-    /// One frame (a WebSocket text message) arrived on a link.
+    /// One frame (a WebSocket text message: a JSON envelope) arrived on a link.
     Frame {
         /// The link.
         link: LinkId,
         /// The frame's bytes.
+        frame: &'a [u8],
+    },
+    /// One WebSocket binary message arrived on a link: a binary envelope on a link that agreed
+    /// on them, refused on any other (spec §27.2).
+    BinaryFrame {
+        /// The link.
+        link: LinkId,
+        /// The message's bytes.
         frame: &'a [u8],
     },
     /// An inbound HTTP call to `/v1/messages`, already authenticated by the driver. Handled
@@ -132,6 +140,7 @@ impl Node {
             Input::LinkFailed(link) => self.link_failed(now, link),
             Input::LinkClosed(link) => self.link_closed(now, link),
             Input::Frame { link, frame } => self.handle_frame(now, link, frame),
+            Input::BinaryFrame { link, frame } => self.handle_binary_frame(now, link, frame),
             Input::HttpCall { who, call } => {
                 return Ok(Handled::Call(self.handle_http_request(now, who, call)));
             }
@@ -165,6 +174,9 @@ impl Input<'_> {
             Input::LinkFailed(link) => format!("link failed {link:?}"),
             Input::LinkClosed(link) => format!("closed {link:?}"),
             Input::Frame { link, frame } => format!("frame on {link:?}: {} bytes", frame.len()),
+            Input::BinaryFrame { link, frame } => {
+                format!("binary frame on {link:?}: {} bytes", frame.len())
+            }
             Input::HttpCall { who, .. } => format!("HTTP call from {}", who.entity),
             Input::HttpResponse { request, status, body } => {
                 format!("HTTP answer to {request:?}: {status}, {} bytes", body.len())

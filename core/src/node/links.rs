@@ -211,23 +211,37 @@ impl Node {
         }
     }
 
-    /// One frame received on a link.
+    /// One text message received on a link: a JSON envelope (spec §23.3).
     pub fn handle_frame(&mut self, now: Timestamp, link: LinkId, frame: &[u8]) {
+        self.receive(now, link, frame, Encoding::Json);
+    }
+
+    /// One binary message received on a link: a binary envelope, on a link that agreed on them
+    /// (spec §27.2); on any other link it is refused with `INVALID_MESSAGE`.
+    pub fn handle_binary_frame(&mut self, now: Timestamp, link: LinkId, frame: &[u8]) {
+        self.receive(now, link, frame, Encoding::Binary);
+    }
+
+    /// A message of `kind` (the WebSocket opcode's) on a link.
+    fn receive(&mut self, now: Timestamp, link: LinkId, frame: &[u8], kind: Encoding) {
         let Some(l) = self.links.get_mut(&link) else { return };
         l.last_rx = now;
         l.ping_sent = false;
         let limited = l.rate.as_mut().is_some_and(|r| !r.try_take(now));
-        let misframed = l.encoding == Encoding::Json && Encoding::of(frame) == Encoding::Binary;
+        let misframed = kind == Encoding::Binary && l.encoding == Encoding::Json;
         self.stats.received(Transport::WebSocket, frame.len());
         if misframed {
-            // A binary envelope on a link that did not agree on it (spec §27.2).
+            // A binary message on a link that did not agree on them (spec §27.2); never an
+            // ERROR for an ERROR.
             self.stats.rejected = self.stats.rejected.saturating_add(1);
-            self.reply_error(now, &Source::Link(link), None, ErrorCode::InvalidMessage, None);
+            if !super::routing::looks_like_error(frame) {
+                self.reply_error(now, &Source::Link(link), None, ErrorCode::InvalidMessage, None);
+            }
         } else if limited {
             self.stats.rejected = self.stats.rejected.saturating_add(1);
             self.reply_error(now, &Source::Link(link), None, ErrorCode::RateLimitExceeded, None);
         } else {
-            self.process_frame(now, Source::Link(link), frame);
+            self.process_frame(now, Source::Link(link), frame, kind);
         }
         self.reschedule_link(link);
         self.finish(now);

@@ -65,7 +65,7 @@ impl Admissions {
 }
 
 /// Whether undecodable bytes carry `"type":"ERROR"` (so they are not answered with an ERROR).
-fn looks_like_error(bytes: &[u8]) -> bool {
+pub(super) fn looks_like_error(bytes: &[u8]) -> bool {
     if Encoding::of(bytes) == Encoding::Binary {
         return bytes.get(1) == Some(&binary_envelope::type_code(MessageType::Error));
     }
@@ -74,30 +74,48 @@ fn looks_like_error(bytes: &[u8]) -> bool {
 }
 
 impl Node {
-    /// One frame from any source: decode, check the sender binding, then relay or handle. A
+    /// One frame from any source, in the encoding its carrier says (`kind`: the WebSocket
+    /// opcode; HTTP bodies are JSON): decode, check the sender binding, then relay or handle. A
     /// binary frame for another entity is relayed on its header alone (spec §27.4).
-    pub(super) fn process_frame(&mut self, now: Timestamp, source: Source, bytes: &[u8]) {
+    pub(super) fn process_frame(
+        &mut self,
+        now: Timestamp,
+        source: Source,
+        bytes: &[u8],
+        kind: Encoding,
+    ) {
         let max = self.config.limits.max_frame_bytes;
-        let decoded = if Encoding::of(bytes) == Encoding::Binary {
-            match binary_envelope::head(bytes, max) {
-                Ok(head)
-                    if head.recipient_id.as_ref().is_some_and(|to| to != self.identity.id()) =>
-                {
-                    Ok((head, None))
+        let me = self.identity.id();
+        let (decoded, head) = match kind {
+            Encoding::Binary => match binary_envelope::head(bytes, max) {
+                Ok(head) if head.recipient_id.as_ref().is_some_and(|to| to != me) => {
+                    (Ok((head, None)), None)
                 }
-                Ok(_) => binary_envelope::decode(bytes, max).map(|env| (Head::of(&env), Some(env))),
-                Err(e) => Err(e),
+                Ok(head) => {
+                    let env = binary_envelope::decode(bytes, max);
+                    (env.map(|env| (Head::of(&env), Some(env))), Some(head))
+                }
+                Err(e) => (Err(e), None),
+            },
+            Encoding::Json => {
+                (Envelope::decode(bytes, max).map(|env| (Head::of(&env), Some(env))), None)
             }
-        } else {
-            Envelope::decode(bytes, max).map(|env| (Head::of(&env), Some(env)))
         };
         let (head, env) = match decoded {
             Ok(decoded) => decoded,
             Err(e) => {
-                self.stats.rejected = self.stats.rejected.saturating_add(1);
-                // Never answer an ERROR with an ERROR, even a malformed one.
-                if !looks_like_error(bytes) {
-                    self.reply_error(now, &source, None, e.code(), None);
+                match head {
+                    // A binary frame whose header reads but whose payload does not: the answer
+                    // names the message and goes to its sender, as a relay's would have
+                    // (spec §27.4); `answer_head` never answers an ERROR.
+                    Some(head) => self.answer_head(now, &source, &head, e.code()),
+                    // Never answer an ERROR with an ERROR, even a malformed one.
+                    None => {
+                        self.stats.rejected = self.stats.rejected.saturating_add(1);
+                        if !looks_like_error(bytes) {
+                            self.reply_error(now, &source, None, e.code(), None);
+                        }
+                    }
                 }
                 return;
             }
@@ -253,7 +271,7 @@ impl Node {
                         .or_insert_with(|| TokenBucket::new(limit, now));
                     let source = Source::Http(entity.clone(), key);
                     if bucket.try_take(now) {
-                        self.process_frame(now, source, line);
+                        self.process_frame(now, source, line, Encoding::Json);
                     } else {
                         self.stats.rejected = self.stats.rejected.saturating_add(1);
                         self.reply_error(now, &source, None, ErrorCode::RateLimitExceeded, None);

@@ -85,6 +85,15 @@ fn error_codes(outputs: &[Output]) -> Vec<ErrorCode> {
         .collect()
 }
 
+/// Hands `frame` to `n` as a driver would: a binary envelope as a binary message.
+fn deliver(n: &mut Node, now: Timestamp, link: LinkId, frame: &[u8]) {
+    if Encoding::of(frame) == Encoding::Binary {
+        n.handle_binary_frame(now, link, frame);
+    } else {
+        n.handle_frame(now, link, frame);
+    }
+}
+
 fn frames(outputs: &[Output]) -> Vec<Arc<[u8]>> {
     outputs
         .iter()
@@ -554,7 +563,13 @@ impl Pump {
                     self.binary_frames += 1;
                 }
                 if let Some((to, l)) = self.pairs.get(&(from.to_owned(), link)).cloned() {
-                    self.input(&to, Input::Frame { link: l, frame: &frame });
+                    // As a driver writes it: a binary envelope as a binary message.
+                    let input = if Encoding::of(&frame) == Encoding::Binary {
+                        Input::BinaryFrame { link: l, frame: &frame }
+                    } else {
+                        Input::Frame { link: l, frame: &frame }
+                    };
+                    self.input(&to, input);
                 }
             }
             Output::CloseLink { link, .. } => {

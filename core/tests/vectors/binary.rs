@@ -62,9 +62,30 @@ fn fields(env: &Envelope, frame: &[u8]) -> Vec<Value> {
     out
 }
 
+/// Session messages whose payload is a string that is not canonical base64url: they travel with
+/// flag bit 3 clear, the string as JSON (an encoder with a lenient base64 decoder would get these
+/// wrong).
+fn json_string_sessions(
+    files: &std::collections::BTreeMap<&'static str, Value>,
+) -> Vec<(String, String)> {
+    let wire = files["session.json"]["messages"][0]["wire"].as_str().expect("a frame");
+    let base = Envelope::decode(wire.as_bytes(), MIB).expect("valid");
+    [("not base64url at all", "not base64!"), ("base64url with non-zero trailing bits", "QR")]
+        .into_iter()
+        .map(|(what, text)| {
+            let mut env = base.clone();
+            env.payload = peerlink_core::Payload::string(text.to_owned());
+            env.signature = None;
+            let description = format!("a session message whose payload string is {what}");
+            (description, String::from_utf8(env.encode()).expect("UTF-8"))
+        })
+        .collect()
+}
+
 fn envelopes(files: &std::collections::BTreeMap<&'static str, Value>) -> Vec<Value> {
     sources(files)
         .into_iter()
+        .chain(json_string_sessions(files))
         .map(|(description, json_frame)| {
             let env = Envelope::decode(json_frame.as_bytes(), MIB).expect(&description);
             let frame = binary_envelope::encode(&env);
@@ -120,9 +141,22 @@ fn invalid(files: &std::collections::BTreeMap<&'static str, Value>) -> Vec<Value
     above.copy_from_slice(&(1u64 << 53).to_be_bytes());
     let cases: Vec<(&str, Vec<u8>, usize)> = vec![
         ("frame over the limit", ping.clone(), 64),
+        ("first byte 0x02", splice(&ping, 0, 1, &[0x02]), MIB),
+        ("a JSON envelope in a binary message", ping_env.encode(), MIB),
         (
-            "first byte is not 0x01: not a binary envelope, and not JSON",
-            splice(&ping, 0, 1, &[0x02]),
+            "session_id with a space",
+            {
+                let at = 31 + 1 + sealed_env.message_id.as_str().len() + 1;
+                splice(&sealed, at, 1, b" ")
+            },
+            MIB,
+        ),
+        (
+            "session_id flag set, frame ends before it",
+            {
+                let end = 31 + 1 + sealed_env.message_id.as_str().len();
+                sealed[..end].to_vec()
+            },
             MIB,
         ),
         ("unknown type code", splice(&ping, 1, 1, &[0x07]), MIB),
@@ -168,7 +202,8 @@ fn invalid(files: &std::collections::BTreeMap<&'static str, Value>) -> Vec<Value
     cases
         .into_iter()
         .map(|(description, frame, max)| {
-            let code = wire::decode(&frame, max).expect_err(description).code();
+            // Each is a binary message: decoded as a binary envelope whatever its first byte.
+            let code = binary_envelope::decode(&frame, max).expect_err(description).code();
             json!({
                 "description": description,
                 "binary": hex(&frame),

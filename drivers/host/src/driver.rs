@@ -53,8 +53,14 @@ impl Core {
                 };
                 let _ = reply.try_send(r);
             }
-            Input::Frame { link, data } => {
-                let _ = self.feed(now, NodeInput::Frame { link, frame: &data });
+            Input::Frame { link, data, binary } => {
+                let frame = &data;
+                let input = if binary {
+                    NodeInput::BinaryFrame { link, frame }
+                } else {
+                    NodeInput::Frame { link, frame }
+                };
+                let _ = self.feed(now, input);
             }
             Input::Closed { link } => {
                 self.closing.remove(&link);

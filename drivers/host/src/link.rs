@@ -200,13 +200,13 @@ where
                     Message::Text(t) => {
                         // The frame's bytes as tungstenite read them, not a copy.
                         let data = Bytes::from(t);
-                        if inputs.send(Input::Frame { link, data }).await.is_err() {
+                        if inputs.send(Input::Frame { link, data, binary: false }).await.is_err() {
                             break Some(close_frame(None));
                         }
                     }
-                    // The node refuses a binary envelope on a link that did not agree on it.
+                    // The node refuses a binary message on a link that did not agree on them.
                     Message::Binary(data) => {
-                        if inputs.send(Input::Frame { link, data }).await.is_err() {
+                        if inputs.send(Input::Frame { link, data, binary: true }).await.is_err() {
                             break Some(close_frame(None));
                         }
                     }

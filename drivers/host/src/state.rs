@@ -48,7 +48,7 @@ pub(crate) enum Input {
     },
     /// A text or binary message arrived on a link (the bytes tungstenite read it into, not a
     /// copy).
-    Frame { link: LinkId, data: Bytes },
+    Frame { link: LinkId, data: Bytes, binary: bool },
     /// A link's task ended.
     Closed { link: LinkId },
     /// An outbound link connected, speaking what the server's `101` selected.

@@ -62,7 +62,7 @@ fn an_answer_to_a_copy_sealed_under_the_old_session_spares_the_new_one() {
     // Bob answers each copy of the old session's frame: SESSION_NOT_FOUND, naming that session.
     let mut answers = Vec::new();
     for _ in 0..3 {
-        p.node("bob").handle_frame(now, bob_link, &copy);
+        deliver(p.node("bob"), now, bob_link, &copy);
         let errors = error_frames(&drain(p.node("bob")));
         assert_eq!(errors.len(), 1);
         let env = crate::wire::decode(&errors[0], 1 << 20).unwrap();
@@ -71,7 +71,7 @@ fn an_answer_to_a_copy_sealed_under_the_old_session_spares_the_new_one() {
     }
     // The first answer ends the old session; alice starts a handshake (its INIT is in her
     // outputs, not yet carried).
-    p.node("alice").handle_frame(now, alice_link, &answers[0]);
+    deliver(p.node("alice"), now, alice_link, &answers[0]);
     let out = drain(p.node("alice"));
     assert!(out.iter().any(|o| matches!(o, Output::Event(Event::SessionLost { .. }))));
     assert!(types(&out).contains(&MessageType::HandshakeInit));
@@ -79,13 +79,13 @@ fn an_answer_to_a_copy_sealed_under_the_old_session_spares_the_new_one() {
         p.carry("alice", o);
     }
     // The second arrives while that handshake runs: it is about the old session, not this one.
-    p.node("alice").handle_frame(now, alice_link, &answers[1]);
+    deliver(p.node("alice"), now, alice_link, &answers[1]);
     p.run();
     let new = session_of(&mut p, "alice", "bob");
     assert!(new.is_some() && new.as_ref() != Some(&old), "the handshake completed: {new:?}");
     assert_eq!(p.messages_at("bob"), vec![b"one".to_vec()]);
     // The third arrives after "one" was re-sent under the new session with the same message id.
-    p.node("alice").handle_frame(now, alice_link, &answers[2]);
+    deliver(p.node("alice"), now, alice_link, &answers[2]);
     p.run();
     assert_eq!(session_of(&mut p, "alice", "bob"), new, "the new session stays");
     assert_eq!(sessions_lost(&p, "alice"), 1);
