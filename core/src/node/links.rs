@@ -258,18 +258,22 @@ impl Node {
     }
 
     /// Writes one frame on a link: a binary frame on a JSON link is translated to JSON first
-    /// (spec §27.3).
+    /// (spec §27.3). A frame that cannot be translated is dropped; see [`Node::try_transmit`].
     pub(super) fn transmit(&mut self, link: LinkId, frame: Arc<[u8]>) {
-        let frame = if self.link_encoding(link) == Encoding::Json {
-            match self.json_frame(frame) {
-                Ok(frame) => frame,
-                Err(_) => return,
-            }
-        } else {
-            frame
+        let _ = self.try_transmit(link, frame);
+    }
+
+    /// [`Node::transmit`], with the code of a frame it could not translate (a binary frame
+    /// relayed on its header alone that does not decode, spec §27.4), for a caller that answers
+    /// its sender.
+    pub(super) fn try_transmit(&mut self, link: LinkId, frame: Arc<[u8]>) -> Result<(), ErrorCode> {
+        let frame = match self.link_encoding(link) {
+            Encoding::Json => self.json_frame(frame)?,
+            Encoding::Binary => frame,
         };
         self.stats.sent(Transport::WebSocket, frame.len());
         self.emit(Output::Transmit { link, frame });
+        Ok(())
     }
 
     /// `frame` in JSON, for a JSON link, an HTTP body, a mailbox or the cluster broker; the

@@ -181,13 +181,9 @@ impl Node {
     ) -> Result<Transport, ErrorCode> {
         use super::cluster::ClusterRoute;
         if let Some(link) = self.bound.get(to).copied() {
-            // A binary frame relayed on its header alone is decoded whole here if its link speaks
-            // JSON, so that its sender hears when it does not decode (spec §27.4).
-            let frame = match self.link_encoding(link) {
-                Encoding::Json => self.json_frame(frame)?,
-                Encoding::Binary => frame,
-            };
-            self.transmit(link, frame);
+            // A binary frame relayed on its header alone is decoded whole if its link speaks
+            // JSON: its sender hears when it does not decode (spec §27.4).
+            self.try_transmit(link, frame)?;
             return Ok(Transport::WebSocket);
         }
         // An HTTP caller of this node (a poll held here, or the `POST` being answered) takes its
