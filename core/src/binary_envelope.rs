@@ -265,6 +265,7 @@ pub fn decode(frame: &[u8], max_frame_bytes: usize) -> Result<Envelope, Protocol
         payload,
         nonce: header.nonce,
         signature: header.signature,
+        verified: crate::envelope::Verified::NO,
     })
 }
 

@@ -194,6 +194,27 @@ pub struct Envelope {
     pub nonce: [u8; NONCE_LEN],
     /// Ed25519 signature over the signing input, if signed.
     pub signature: Option<[u8; SIGNATURE_LEN]>,
+    /// The key this envelope's signature was found valid for, off the node's task
+    /// ([`crate::node::Work`]); never on the wire, never compared.
+    pub(crate) verified: Verified,
+}
+
+/// The key an envelope's signature was already verified with, so that [`Envelope::verify`] with
+/// that key does not verify again: set only by the node, from the result of a
+/// [`crate::node::Work`] that verified this very envelope. Equal to every other value: it is a
+/// cache, not part of the message.
+#[derive(Clone, Copy, Default)]
+pub(crate) struct Verified(Option<PublicKey>);
+
+impl Verified {
+    /// Nothing verified yet.
+    pub(crate) const NO: Verified = Verified(None);
+}
+
+impl PartialEq for Verified {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
 }
 
 impl fmt::Debug for Envelope {
@@ -274,6 +295,7 @@ impl Envelope {
             payload: Payload(Repr::Json(wire.payload.0)),
             nonce: decode_b64u_array::<NONCE_LEN>("nonce", &wire.nonce)?,
             signature,
+            verified: Verified::NO,
         })
     }
 
@@ -311,7 +333,16 @@ impl Envelope {
     /// Verifies the envelope's signature with `key`.
     pub fn verify(&self, key: &PublicKey) -> Result<(), ProtocolError> {
         let sig = self.signature.as_ref().ok_or(ProtocolError::MissingSignature)?;
+        if self.verified.0.as_ref() == Some(key) {
+            return Ok(());
+        }
         key.verify(&self.signing_input(), sig)
+    }
+
+    /// Records that this envelope's signature is valid for `key` (a verification done
+    /// elsewhere, [`crate::node::Work`]): [`Envelope::verify`] with `key` then succeeds at once.
+    pub(crate) fn mark_verified(&mut self, key: PublicKey) {
+        self.verified = Verified(Some(key));
     }
 
     /// Rejects a timestamp further than `max_skew` from `now`.
@@ -393,6 +424,7 @@ mod tests {
             payload: Payload::new(json!({"z": 1, "a": ["x"]})).unwrap(),
             nonce: [7; NONCE_LEN],
             signature: None,
+            verified: crate::envelope::Verified::NO,
         }
     }
 

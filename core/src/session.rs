@@ -225,6 +225,7 @@ impl Session {
             payload: Payload::string(String::new()),
             nonce,
             signature: None,
+            verified: crate::envelope::Verified::NO,
         };
         let aad = env.associated_data();
         let len = frame_len(

@@ -45,6 +45,7 @@ pub(crate) fn build_signed(
         payload,
         nonce,
         signature: None,
+        verified: crate::envelope::Verified::NO,
     };
     env.sign(identity);
     env

@@ -136,6 +136,7 @@ mod tests {
             payload: Payload::ciphertext(vec![0xff, 0, 7, b'\n', b'"']),
             nonce: [0; NONCE_LEN],
             signature: None,
+            verified: crate::envelope::Verified::NO,
         }
     }
 

@@ -107,6 +107,8 @@ pub struct Outcome {
     pub frames: u64,
     /// Binary envelopes written on links (spec §27).
     pub binary_frames: u64,
+    /// Public-key work handed out and completed (`NodeConfig::offload_work`).
+    pub work_done: u64,
     /// Binary envelopes written on a link that did not agree on them, or put in an HTTP body
     /// (must stay empty).
     pub misframed: Vec<String>,
@@ -198,6 +200,11 @@ enum Net {
         node: usize,
     },
     Cluster(cluster::Event),
+    /// Public-key work a node handed out comes back, run (`NodeConfig::offload_work`).
+    WorkDone {
+        node: usize,
+        work: peerlink_core::node::Work,
+    },
     Partition {
         node: usize,
         on: bool,
@@ -426,6 +433,9 @@ impl World {
             1 => true,
             _ => (i as u64).wrapping_add(self.seed / 3).is_multiple_of(2),
         };
+        // Three seeds in four hand public-key work out, as the drivers do; it comes back after
+        // a random delay (`Net::WorkDone`). Decided by the seed.
+        config.offload_work = !(self.seed / 3).is_multiple_of(4);
         Node::new(config, identity, self.trust.clone(), ChaCha20Rng::seed_from_u64(node_seed))
             .expect("valid config")
     }
@@ -459,6 +469,7 @@ impl World {
             | Net::HttpResponse { client, .. }
             | Net::HttpFailure { client, .. } => Some(*client),
             Net::Frame { to, .. } => Some(*to),
+            Net::WorkDone { node, .. } => Some(*node),
             Net::Closed { node, .. } => Some(*node),
             _ => None,
         }
@@ -663,6 +674,12 @@ impl World {
                     self.feed(node, Input::LinkClosed(link));
                     self.drain(node);
                 }
+            }
+            Net::WorkDone { node, work } => {
+                let now = self.now;
+                self.outcome.work_done += 1;
+                self.nodes[node].node.complete_work(now, work.run());
+                self.drain(node);
             }
             Net::HttpRequest { client, request, server, call, lose_response, generation } => {
                 let d = self.latency();
@@ -934,6 +951,11 @@ impl World {
             Output::Event(e) => self.on_event(i, e),
             Output::Cluster(action) => self.cluster_command(i, action),
             Output::Persist(op) => unreachable!("node {i} is not durable but wrote {op:?}"),
+            Output::Work(work) => {
+                // Run elsewhere: back after 0 to 3 ms, in any order across the node's work.
+                let after = ms(self.rng.next_u64() % 4);
+                self.schedule(after, Net::WorkDone { node: i, work });
+            }
         }
     }
 
@@ -996,6 +1018,11 @@ impl World {
     /// Binary envelopes written on links so far.
     pub fn binary_frames(&self) -> u64 {
         self.outcome.binary_frames
+    }
+
+    /// Public-key work completed so far.
+    pub fn work_done(&self) -> u64 {
+        self.outcome.work_done
     }
 
     /// Checks the invariants; returns a description of every violation.

@@ -26,6 +26,7 @@ fn session_sample() -> Envelope {
         payload: Payload::string(b64u(&[0xde, 0xad, 0xbe, 0xef])),
         nonce: [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 7],
         signature: Some([0x5a; SIGNATURE_LEN]),
+        verified: crate::envelope::Verified::NO,
     }
 }
 
@@ -43,6 +44,7 @@ fn signed_sample() -> Envelope {
         payload: Payload::new(json!({"z": [1, -2, null], "a": "é\n"})).unwrap(),
         nonce: [9; NONCE_LEN],
         signature: None,
+        verified: crate::envelope::Verified::NO,
     }
 }
 
@@ -471,6 +473,7 @@ fn envelope() -> impl Strategy<Value = Envelope> {
             payload,
             nonce,
             signature: sig.map(|s| <[u8; SIGNATURE_LEN]>::try_from(s).unwrap()),
+            verified: crate::envelope::Verified::NO,
         })
 }
 

@@ -14,7 +14,7 @@ use super::{HandshakeOutput, SUPPORTED_VERSIONS};
 use crate::capabilities::Capabilities;
 use crate::envelope::Envelope;
 use crate::error::{ProtocolError, UsageError};
-use crate::identity::{Identity, TrustPolicy, TrustStore};
+use crate::identity::{Identity, PublicKey, TrustPolicy, TrustStore};
 use crate::ids::EntityId;
 use crate::message_type::MessageType;
 use crate::session::Role;
@@ -91,6 +91,11 @@ impl Initiator {
             6 => on_ready(s, env, now),
             _ => Err(ProtocolError::HandshakeEnded),
         })
+    }
+
+    /// The key the peer's messages must be signed with, once known.
+    pub fn peer_key(&self) -> Option<&PublicKey> {
+        self.shared.peer_key.as_ref()
     }
 
     /// The session id the responder assigned (from step 2 on).

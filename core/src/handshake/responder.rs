@@ -14,7 +14,7 @@ use super::{HandshakeOutput, Phase, SUPPORTED_VERSIONS};
 use crate::capabilities::Capabilities;
 use crate::envelope::Envelope;
 use crate::error::ProtocolError;
-use crate::identity::{Identity, TrustStore};
+use crate::identity::{Identity, PublicKey, TrustStore};
 use crate::ids::{EntityId, SessionId};
 use crate::message_type::MessageType;
 use crate::session::Role;
@@ -49,10 +49,54 @@ impl Responder {
         now: Timestamp,
         rng: &mut (impl CryptoRng + ?Sized),
     ) -> Result<(Self, Envelope), ProtocolError> {
-        let mut shared = Shared::new(Role::Responder, identity, config, now);
+        let shared = Shared::new(Role::Responder, identity, config, now);
         shared.check(init, MessageType::HandshakeInit, now)?;
         let offer = Init::parse(&init.payload)?;
         let key = trust.authorize(&init.sender_id, &offer.identity_key)?;
+        Self::answer(shared, &offer, key, init, now, rng)
+    }
+
+    /// The key a `HANDSHAKE_INIT` must be signed with: the one it presents, if `trust` lets its
+    /// sender use it. The cheap part of [`Responder::accept`], which a node does on its own task
+    /// before it hands the rest out ([`crate::node::Work`]).
+    pub fn authorize(trust: &TrustStore, init: &Envelope) -> Result<PublicKey, ProtocolError> {
+        if init.message_type != MessageType::HandshakeInit {
+            return Err(ProtocolError::UnexpectedMessage {
+                expected: "HANDSHAKE_INIT",
+                got: init.message_type,
+            });
+        }
+        let offer = Init::parse(&init.payload)?;
+        trust.authorize(&init.sender_id, &offer.identity_key)
+    }
+
+    /// [`Responder::accept`] once [`Responder::authorize`] gave `key`: the public-key work (the
+    /// signature check, the ephemeral key pair, the Diffie-Hellman and the answer's signature),
+    /// and nothing that needs the trust store.
+    pub fn accept_authorized(
+        identity: Arc<Identity>,
+        key: PublicKey,
+        config: HandshakeConfig,
+        init: &Envelope,
+        now: Timestamp,
+        rng: &mut (impl CryptoRng + ?Sized),
+    ) -> Result<(Self, Envelope), ProtocolError> {
+        let shared = Shared::new(Role::Responder, identity, config, now);
+        shared.check(init, MessageType::HandshakeInit, now)?;
+        let offer = Init::parse(&init.payload)?;
+        Self::answer(shared, &offer, key, init, now, rng)
+    }
+
+    /// The rest of an accept, in the order the spec gives: the signature, the version, the
+    /// key exchange, the answer.
+    fn answer(
+        mut shared: Shared,
+        offer: &Init,
+        key: PublicKey,
+        init: &Envelope,
+        now: Timestamp,
+        rng: &mut (impl CryptoRng + ?Sized),
+    ) -> Result<(Self, Envelope), ProtocolError> {
         init.verify(&key)?;
         let version = offer
             .versions
@@ -117,6 +161,11 @@ impl Responder {
     /// The initiator's entity id.
     pub fn peer(&self) -> Option<&EntityId> {
         self.shared.peer_id.as_ref()
+    }
+
+    /// The key the peer's messages must be signed with, once known.
+    pub fn peer_key(&self) -> Option<&PublicKey> {
+        self.shared.peer_key.as_ref()
     }
 
     /// The session id this responder assigned.

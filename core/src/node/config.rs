@@ -55,6 +55,11 @@ pub struct NodeConfig {
     /// offers [`BINARY_SUBPROTOCOL`](crate::wire::BINARY_SUBPROTOCOL) on the links it opens and
     /// selects it on the upgrades it accepts. Default true; false keeps every link on JSON.
     pub binary_links: bool,
+    /// Whether the node hands its public-key work out ([`Output::Work`](super::Output::Work)):
+    /// answering a `HANDSHAKE_INIT`, and checking the signatures of the other handshake steps
+    /// and of `sign_all` messages, so that a driver runs them off the node's task, in parallel.
+    /// Default false: a driver that runs work turns it on (the host driver does).
+    pub offload_work: bool,
     /// Envelopes held per offline entity. Default 256.
     pub mailbox_messages: usize,
     /// Bytes held per offline entity. Default 8 MiB.
@@ -131,6 +136,7 @@ impl Default for NodeConfig {
             ping_rate: RateLimit::per_minute(2),
             relay: true,
             binary_links: true,
+            offload_work: false,
             mailbox_messages: 256,
             mailbox_bytes: 8 << 20,
             max_mailboxes: 10_000,

@@ -123,6 +123,10 @@ pub enum Output {
     ///
     /// [`NodeConfig::durable`]: super::NodeConfig::durable
     Persist(crate::durable::StoreOp),
+    /// Run this public-key work anywhere ([`Work::run`](super::Work::run)) and hand its result
+    /// back with [`Node::complete_work`](super::Node::complete_work): only with
+    /// [`NodeConfig::offload_work`](super::NodeConfig::offload_work) on.
+    Work(super::Work),
 }
 
 impl Output {
@@ -134,7 +138,7 @@ impl Output {
     /// contradict one.
     pub fn waits_for_writes(&self) -> bool {
         match self {
-            Output::Persist(_) => false,
+            Output::Persist(_) | Output::Work(_) => false,
             Output::Event(e) => !matches!(
                 e,
                 Event::Message { .. }
@@ -163,6 +167,7 @@ impl Output {
             Output::Event(_) => "event".to_owned(),
             Output::Cluster(action) => format!("cluster {action:?}"),
             Output::Persist(op) => format!("persist {op:?}"),
+            Output::Work(work) => format!("{work:?}"),
         }
     }
 }

@@ -43,6 +43,7 @@ mod peers;
 mod routing;
 mod stats;
 mod topics;
+mod work;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
@@ -58,6 +59,7 @@ pub use input::{Handled, Input};
 pub use io::{Event, HttpCall, HttpMethod, LinkId, LinkKind, Output, RequestId};
 pub use stats::TransportStats;
 pub(crate) use topics::valid_topic;
+pub use work::{Work, WorkDone, WorkId};
 
 use crate::error::UsageError;
 use crate::handshake::HandshakeConfig;
@@ -199,6 +201,8 @@ pub struct Node {
     /// On a durable node: peers whose receive positions moved while the application had not
     /// taken every event yet; written (and acknowledged) once it has.
     unsettled: std::collections::BTreeSet<EntityId>,
+    /// Envelopes waiting for public-key work handed out ([`Output::Work`]).
+    parking: work::Parking,
 }
 
 impl std::fmt::Debug for Node {
@@ -249,6 +253,7 @@ impl Node {
             outputs: VecDeque::new(),
             cluster: config.cluster.clone().map(cluster::Cluster::new),
             unsettled: std::collections::BTreeSet::new(),
+            parking: work::Parking::default(),
             events_queued: 0,
             app_backlog: 0,
             events_dropped: 0,

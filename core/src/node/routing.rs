@@ -15,7 +15,7 @@ use crate::envelope::{Envelope, Payload};
 use crate::error::ErrorCode;
 use crate::identity::PublicKey;
 use crate::ids::{EntityId, MessageId, SessionId};
-use crate::message_type::{MessageClass, MessageType};
+use crate::message_type::MessageType;
 use crate::rate_limit::TokenBucket;
 use crate::signed::{error_message, signed_message};
 use crate::time::Timestamp;
@@ -141,11 +141,7 @@ impl Node {
             (Some(to), _) if to != *self.identity.id() => {
                 self.forward(now, &source, &head, bytes, &to)
             }
-            (_, Some(env)) => match env.message_type.class() {
-                MessageClass::Handshake => self.on_handshake(now, &source, env),
-                MessageClass::Session => self.on_session(now, &source, env),
-                MessageClass::Signed => self.on_signed(now, &source, env),
-            },
+            (_, Some(env)) => self.take_local(now, source, env, bytes.len()),
             // Only frames for another entity skip the whole decode.
             (_, None) => {}
         }

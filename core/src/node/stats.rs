@@ -39,6 +39,10 @@ pub struct TransportStats {
     pub handshakes: u64,
     /// Frames refused, by any check.
     pub rejected: u64,
+    /// Envelopes dropped because too many waited for public-key work handed out
+    /// ([`NodeConfig::offload_work`](super::NodeConfig::offload_work)); never acknowledged, so
+    /// their senders send them again (node-wide; always 0 in a peer's own counters).
+    pub parked_dropped: u64,
     /// Idle peers whose state was forgotten after `peer_idle_timeout` (node-wide; always 0 in a
     /// peer's own counters).
     pub peers_forgotten: u64,

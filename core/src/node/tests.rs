@@ -28,6 +28,7 @@ mod failover;
 mod http_answers;
 mod idle;
 mod input;
+mod offload;
 mod open;
 mod recovery;
 
@@ -71,8 +72,20 @@ fn open_node(name: &str, config: NodeConfig) -> Node {
     Node::new(config, ident(name), TrustStore::new(TrustPolicy::Open), rng).unwrap()
 }
 
+/// `n`'s outputs; work it handed out is run and completed at once, as a driver would, and the
+/// outputs that gives follow.
 fn drain(n: &mut Node) -> Vec<Output> {
-    std::iter::from_fn(|| n.poll_output()).collect()
+    let mut out = Vec::new();
+    while let Some(o) = n.poll_output() {
+        match o {
+            Output::Work(work) => {
+                let at = work.handed_out_at();
+                n.complete_work(at, work.run());
+            }
+            o => out.push(o),
+        }
+    }
+    out
 }
 
 /// The codes of the `ERROR` frames among `outputs`.
@@ -155,6 +168,7 @@ fn opaque_for(from: &str, to: &str, n: u64) -> Vec<u8> {
         payload: Payload::string("AAAA".to_owned()),
         nonce: [0; 12],
         signature: None,
+        verified: crate::envelope::Verified::NO,
     };
     env.encode()
 }
@@ -362,6 +376,10 @@ struct Pump {
     crash_after_write: BTreeMap<String, NodeConfig>,
     /// Outcomes (`Delivered`, `Failed`) a crash after a write kept from the application.
     lost_outcomes: Vec<(String, MessageId)>,
+    /// Work handed out is held here (by node) until [`Pump::finish_work`], rather than run at
+    /// once.
+    hold_work: bool,
+    held_work: Vec<(String, super::Work)>,
     /// Durable nodes whose application takes none of its events (they wait in a queue).
     slow_apps: Vec<String>,
     /// Per durable node, the payloads handed to its application that no committed receive
@@ -387,7 +405,14 @@ fn assert_json_lines(body: &[u8]) {
 
 impl Pump {
     fn new(names: &[(&str, NodeConfig)]) -> Self {
-        let nodes = names.iter().map(|(n, c)| ((*n).to_owned(), node(n, c.clone()))).collect();
+        // Every node of a pump hands its public-key work out, as the drivers' nodes do; the
+        // pump runs it at once unless a test holds it.
+        let nodes = names
+            .iter()
+            .map(|(n, c)| {
+                ((*n).to_owned(), node(n, NodeConfig { offload_work: true, ..c.clone() }))
+            })
+            .collect();
         Self {
             nodes,
             pairs: BTreeMap::new(),
@@ -404,6 +429,8 @@ impl Pump {
             stores: BTreeMap::new(),
             crash_after_write: BTreeMap::new(),
             lost_outcomes: Vec::new(),
+            hold_work: false,
+            held_work: Vec::new(),
             slow_apps: Vec::new(),
             handed: BTreeMap::new(),
             repeats_allowed: BTreeMap::new(),
@@ -634,6 +661,11 @@ impl Pump {
                 self.events.push((from.to_owned(), e));
             }
             Output::Cluster(action) => self.carry_cluster(from, action),
+            Output::Work(work) if self.hold_work => self.held_work.push((from.to_owned(), work)),
+            Output::Work(work) => {
+                let done = work.run();
+                self.node(from).complete_work(now, done);
+            }
             Output::Persist(op) => {
                 let store = self.stores.entry(from.to_owned()).or_default();
                 match op {
@@ -1029,6 +1061,7 @@ fn direct_sessions_resume_after_a_reconnect_and_forged_resumes_fail() {
         payload: Payload::new(json!({"proof": crate::encoding::b64u(&[0u8; 32])})).unwrap(),
         nonce: [9; 12],
         signature: None,
+        verified: crate::envelope::Verified::NO,
     };
     forged.sign(&ident("alice"));
     let now = p.now;

@@ -139,6 +139,7 @@ impl Peerlink {
         // The event stream's bound is the node's too: past it, data frames wait at their senders.
         let mut node_config = config.node.clone();
         node_config.max_events = node_config.max_events.min(config.limits.event_queue.max(1));
+        node_config.offload_work = config.offload_work;
         if let Some(c) = &config.cluster {
             node_config.cluster = Some(ClusterConfig {
                 max_presence: c.max_presence,

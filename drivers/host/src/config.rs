@@ -114,6 +114,11 @@ pub struct Config {
     pub tls: TlsFiles,
     /// Driver bounds.
     pub limits: DriverLimits,
+    /// Run the node's public-key work (answering a `HANDSHAKE_INIT`, checking signatures) on the
+    /// runtime's other tasks, in parallel, instead of on the node task (spec §7.12,
+    /// `docs/drivers.md`). Sets the node's `NodeConfig::offload_work`, whatever `node` says.
+    /// Default true.
+    pub offload_work: bool,
     /// Allowlist (default) or open trust.
     pub trust_policy: TrustPolicy,
     /// Trusted peers; those with a URL get a direct route.
@@ -259,6 +264,7 @@ impl Default for Config {
             reuse_port: false,
             tls: TlsFiles::default(),
             limits: DriverLimits::default(),
+            offload_work: true,
             trust_policy: TrustPolicy::Allowlist,
             peers: Vec::new(),
             relay: None,

@@ -106,6 +106,7 @@ impl Core {
             }
             Input::Call(call) => call(self, now),
             Input::Cluster(news) => self.cluster_news(now, news),
+            Input::WorkDone(done) => self.node.complete_work(now, done),
             Input::Shutdown { reply } => {
                 self.shutdown(now);
                 return Some(reply);
@@ -166,6 +167,13 @@ impl Core {
                 }
             }
             Output::Cluster(action) => self.cluster_action(action),
+            Output::Work(work) => {
+                // On another of the runtime's tasks (threads): the node task goes on meanwhile.
+                let inputs = self.inputs.clone();
+                self.client.rt.spawn(Box::pin(async move {
+                    let _ = inputs.send(Input::WorkDone(work.run())).await;
+                }));
+            }
             Output::Event(_) | Output::Persist(_) => {}
         }
     }

@@ -70,6 +70,8 @@ pub(crate) enum Input {
     Shutdown { reply: Reply<()> },
     /// What the cluster's broker says (a cluster node only).
     Cluster(ClusterNews),
+    /// Public-key work the node handed out, run on another task.
+    WorkDone(peerlink_core::node::WorkDone),
 }
 
 /// What the cluster's broker says, as the broker's task hands it to the node task.

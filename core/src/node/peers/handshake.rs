@@ -107,7 +107,15 @@ impl Node {
     }
 
     /// A handshake message addressed to this node.
-    pub(in crate::node) fn on_handshake(&mut self, now: Timestamp, source: &Source, env: Envelope) {
+    /// `accepted`: the answer to a `HANDSHAKE_INIT`, worked out off the task
+    /// ([`crate::node::Work`]).
+    pub(in crate::node) fn on_handshake(
+        &mut self,
+        now: Timestamp,
+        source: &Source,
+        env: Envelope,
+        accepted: Option<Box<crate::node::work::Accepted>>,
+    ) {
         let peer = env.sender_id.clone();
         if self.presents_another_key(source, &env) {
             // A link or HTTP call bound to a key (spec §2.3) cannot handshake with another.
@@ -127,14 +135,18 @@ impl Node {
                 return;
             }
             // Authorize and verify first: no state is created for an entity before that.
-            let accepted = Responder::accept(
-                Arc::clone(&self.identity),
-                &self.trust,
-                self.handshake.clone(),
-                &env,
-                now,
-                &mut *self.rng,
-            )
+            let answered = accepted.and_then(|a| a.answer_for(&self.trust, &env));
+            let accepted = match answered {
+                Some(answer) => answer,
+                None => Responder::accept(
+                    Arc::clone(&self.identity),
+                    &self.trust,
+                    self.handshake.clone(),
+                    &env,
+                    now,
+                    &mut *self.rng,
+                ),
+            }
             // A replayed INIT must not abandon a handshake in progress.
             .and_then(|r| self.guard.check_fresh(&env, now).map(|()| r));
             match accepted {
@@ -195,7 +207,7 @@ impl Node {
     /// Whether a `HANDSHAKE_INIT` or `HANDSHAKE_INIT_ACK` from a source bound to a key (an
     /// entity the trust store does not hold, admitted under the open policy) presents another
     /// `identity_key` (spec §2.3). The store's own key is checked by the handshake itself.
-    pub(super) fn presents_another_key(&self, source: &Source, env: &Envelope) -> bool {
+    pub(in crate::node) fn presents_another_key(&self, source: &Source, env: &Envelope) -> bool {
         if !matches!(env.message_type, MessageType::HandshakeInit | MessageType::HandshakeInitAck)
             || self.trust.get(&env.sender_id).is_some()
             || self.bound_entity(source).as_ref() != Some(&env.sender_id)

@@ -45,6 +45,7 @@ impl Node {
                 payload: Payload::trusted(json!({"proof": b64u(&proof)})),
                 nonce,
                 signature: None,
+                verified: crate::envelope::Verified::NO,
             };
             env.sign(&self.identity);
             p.resume = Some((message_id, nonce));

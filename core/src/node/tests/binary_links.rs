@@ -37,6 +37,7 @@ fn for_bob(payload: Payload) -> Envelope {
         payload,
         nonce: [0; 12],
         signature: None,
+        verified: crate::envelope::Verified::NO,
     }
 }
 

@@ -1,0 +1,216 @@
+//! Public-key work handed out ([`Output::Work`]): what waits for it, in what order it is
+//! handled, and that the results are those of the work done in place.
+
+use proptest::prelude::*;
+
+use super::*;
+use crate::capabilities::Capabilities;
+use crate::node::Work;
+
+impl Pump {
+    /// Completes held work in the order `pick` chooses (an index into what is still held),
+    /// carrying out what each completion gives; then runs the network.
+    fn finish_work(&mut self, mut pick: impl FnMut(usize) -> usize) {
+        while !self.held_work.is_empty() {
+            let i = pick(self.held_work.len()).min(self.held_work.len() - 1);
+            let (name, work) = self.held_work.remove(i);
+            let now = self.now;
+            self.node(&name).complete_work(now, work.run());
+            self.run();
+        }
+    }
+
+    fn held_kinds(&self) -> Vec<String> {
+        self.held_work.iter().map(|(_, w)| format!("{w:?}")).collect()
+    }
+}
+
+/// Alice sends `n` messages to Bob's own node over her link to it (so Bob answers her INIT
+/// from a link), each node holding its work until `finish` completes it.
+fn through_held_work(n: u8, mut finish: impl FnMut(&mut Pump)) -> Pump {
+    let mut p = Pump::new(&[("alice", NodeConfig::default()), ("bob", NodeConfig::default())]);
+    p.node("alice").add_route(id("bob"), Pump::addr("bob"));
+    p.hold_work = true;
+    let now = p.now;
+    p.node("alice").connect(now, &id("bob")).unwrap();
+    p.run();
+    finish(&mut p);
+    for i in 0..n {
+        let now = p.now;
+        p.node("alice").send(now, &id("bob"), vec![b'm', i], SendOptions::default()).unwrap();
+        p.run();
+    }
+    finish(&mut p);
+    p.advance(Duration::from_secs(3));
+    finish(&mut p);
+    p.advance(Duration::from_secs(3));
+    p
+}
+
+#[test]
+fn a_handshake_and_signed_messages_wait_for_their_work_and_arrive_in_order() {
+    let mut kinds = Vec::new();
+    let p = through_held_work(6, |p| {
+        kinds.extend(p.held_kinds());
+        // The newest first: results come back in any order.
+        p.finish_work(|held| held - 1);
+    });
+    let sent: Vec<Vec<u8>> = (0..6u8).map(|i| vec![b'm', i]).collect();
+    assert_eq!(p.messages_at("bob"), sent);
+    // Bob answered Alice's INIT off his task; every other signed envelope to a node (the
+    // handshake's other steps, and messages and acknowledgements under sign_all) was checked
+    // off it too.
+    assert!(kinds.iter().any(|k| k.contains("accept")), "{kinds:?}");
+    assert!(kinds.iter().filter(|k| k.contains("verify")).count() >= 6 + 2, "{kinds:?}");
+    let delivered =
+        p.events_of("alice").iter().filter(|e| matches!(e, Event::Delivered { .. })).count();
+    assert_eq!(delivered, 6);
+}
+
+#[test]
+fn nothing_from_a_sender_is_handled_while_its_work_is_out() {
+    let d = NodeConfig::default;
+    let mut p = relayed_in_session(d(), d(), d());
+    p.hold_work = true;
+    for i in 0..3u8 {
+        let now = p.now;
+        p.node("alice").send(now, &id("bob"), vec![i], SendOptions::default()).unwrap();
+        p.run();
+    }
+    // Bob holds the three messages behind the check of the first one's signature.
+    assert!(p.messages_at("bob").is_empty());
+    assert_eq!(p.node("bob").parking.len(), 3);
+    p.finish_work(|_| 0);
+    assert_eq!(p.messages_at("bob"), vec![vec![0], vec![1], vec![2]]);
+    assert_eq!(p.node("bob").parking.len(), 0);
+}
+
+#[test]
+fn a_forged_signature_is_refused_with_the_code_it_gets_without_offloading() {
+    // The same tampered INIT sent to a node that offloads and to one that does not.
+    let codes = [false, true].map(|offload| {
+        let config = NodeConfig { offload_work: offload, ..NodeConfig::default() };
+        let mut bob = node("bob", config);
+        let link = bob.accept_link(T0, LinkKind::Peers, id("alice"), Encoding::Json).unwrap();
+        drain(&mut bob);
+        let mut rng = ChaCha20Rng::seed_from_u64(5);
+        let trust = trust_all(&["alice", "bob"]);
+        let (_, mut init) = crate::handshake::Initiator::start(
+            Arc::new(ident("alice")),
+            id("bob"),
+            &trust,
+            HandshakeConfig::default(),
+            T0,
+            &mut rng,
+        )
+        .unwrap();
+        init.nonce[0] ^= 1;
+        bob.handle_frame(T0, link, &init.encode());
+        let out = drain(&mut bob);
+        (error_codes(&out), bob.peers.is_empty())
+    });
+    assert_eq!(codes[0], codes[1]);
+    assert_eq!(codes[0].0, vec![ErrorCode::AuthenticationFailed]);
+}
+
+#[test]
+fn parked_envelopes_are_bounded_and_the_dropped_ones_come_again() {
+    let d = NodeConfig::default;
+    let mut p = relayed_in_session(d(), d(), d());
+    p.hold_work = true;
+    let now = p.now;
+    p.node("alice").send(now, &id("bob"), b"once".to_vec(), SendOptions::default()).unwrap();
+    // Catch the frame on its way to Bob, then hand it to him far more times than he parks.
+    let out = drain(p.node("alice"));
+    let frame = frames(&out)
+        .into_iter()
+        .find(|f| {
+            crate::wire::decode(f, 1 << 20)
+                .is_ok_and(|e| e.message_type == MessageType::PeerMessage)
+        })
+        .unwrap();
+    let bob_link = p.pairs.keys().find(|(n, _)| n == "bob").map(|(_, l)| *l).unwrap();
+    for _ in 0..600 {
+        deliver(p.node("bob"), now, bob_link, &frame);
+    }
+    let parked = p.node("bob").parking.len();
+    assert_eq!(parked, 512);
+    assert_eq!(p.node("bob").stats.parked_dropped, 600 - 512);
+    p.run();
+    p.finish_work(|_| 0);
+    p.advance(Duration::from_secs(3));
+    p.finish_work(|_| 0);
+    // Delivered once, however many copies were parked or dropped.
+    assert_eq!(p.messages_at("bob"), vec![b"once".to_vec()]);
+    assert_eq!(p.node("bob").parking.len(), 0);
+}
+
+#[test]
+fn work_the_node_no_longer_waits_for_is_ignored() {
+    let d = NodeConfig::default;
+    let mut p = relayed_in_session(d(), d(), d());
+    p.hold_work = true;
+    let now = p.now;
+    p.node("alice").send(now, &id("bob"), b"x".to_vec(), SendOptions::default()).unwrap();
+    p.run();
+    let (name, work): (String, Work) = p.held_work.remove(0);
+    let copy = work.clone();
+    let now = p.now;
+    p.node(&name).complete_work(now, work.run());
+    p.run();
+    assert_eq!(p.messages_at("bob"), vec![b"x".to_vec()]);
+    // The same work again (a driver's mistake): nothing happens twice.
+    p.node(&name).complete_work(now, copy.run());
+    p.run();
+    assert_eq!(p.messages_at("bob"), vec![b"x".to_vec()]);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+
+    /// Whatever order work comes back in, and however it interleaves with the network, every
+    /// message arrives once and in its sender's order, both ways.
+    #[test]
+    fn any_completion_order_delivers_everything_once_in_order(
+        picks in proptest::collection::vec(any::<u16>(), 0..400),
+        sign_all in any::<bool>(),
+    ) {
+        let config = NodeConfig {
+            capabilities: Capabilities { sign_all, ..Capabilities::default() },
+            ..NodeConfig::default()
+        };
+        let mut p = relayed(config.clone(), config.clone(), config);
+        p.hold_work = true;
+        let mut picks = picks.into_iter().cycle();
+        let mut next = move |held: usize| usize::from(picks.next().unwrap_or(0)) % held.max(1);
+        for i in 0..4u8 {
+            let now = p.now;
+            p.node("alice").send(now, &id("bob"), vec![b'a', i], SendOptions::default()).unwrap();
+            p.node("bob").send(now, &id("alice"), vec![b'b', i], SendOptions::default()).unwrap();
+            p.run();
+            // Part of what is held comes back now, the rest later.
+            let some = next(4);
+            for _ in 0..some {
+                if p.held_work.is_empty() { break; }
+                let i = next(p.held_work.len());
+                let (name, work) = p.held_work.remove(i);
+                let now = p.now;
+                p.node(&name).complete_work(now, work.run());
+                p.run();
+            }
+        }
+        for _ in 0..4 {
+            p.finish_work(&mut next);
+            p.advance(Duration::from_secs(3));
+        }
+        let sent = |c: u8| (0..4u8).map(|i| vec![c, i]).collect::<Vec<_>>();
+        prop_assert_eq!(p.messages_at("bob"), sent(b'a'));
+        prop_assert_eq!(p.messages_at("alice"), sent(b'b'));
+        for n in ["relay", "alice", "bob"] {
+            prop_assert_eq!(p.node(n).parking.len(), 0);
+        }
+        // The ends checked signatures off their tasks (with sign_all, every message's too).
+        let handed = p.node("alice").parking.handed_out() + p.node("bob").parking.handed_out();
+        prop_assert!(handed >= if sign_all { 8 } else { 2 }, "{handed}");
+    }
+}
