@@ -197,6 +197,8 @@ pub struct Results {
     pub handshakes: peer::Handshakes,
     /// The same with the node and its client nodes on tokio.
     pub handshakes_tokio: peer::Handshakes,
+    /// The same with every node's public-key work on its own task (`offload_work` off).
+    pub handshakes_serial: peer::Handshakes,
     /// The same against a node in a child process, whose own CPU time is measured.
     pub handshakes_child_node: peer::Handshakes,
     /// Full peerlink handshakes including the start-up (and shutdown) of a new client node each.
@@ -327,7 +329,7 @@ async fn bench(args: &Args) -> Result<Results, BoxError> {
     // `handshakes` and `memory` ask for those.
     let (mut ws_connects_per_s, mut ws_connect_cpu_us) = (0.0, 0.0);
     let (mut handshakes, mut handshakes_tokio, mut handshakes_child_node) = Default::default();
-    let mut handshakes_with_startup = Default::default();
+    let (mut handshakes_with_startup, mut handshakes_serial) = Default::default();
     if wanted("handshakes") {
         eprintln!("connections");
         let echo = baseline::echo_server().await?;
@@ -352,6 +354,13 @@ async fn bench(args: &Args) -> Result<Results, BoxError> {
             handshakes_tokio.per_s,
             handshakes_tokio.cpu_us,
             handshakes_tokio.per_s / handshakes.per_s.max(f64::MIN_POSITIVE)
+        );
+        handshakes_serial =
+            peer::handshakes(args.seconds, args.concurrency, NodePlace::HereSerial).await?;
+        eprintln!(
+            "  {:.0} handshakes/s, public-key work on the node task ({:.2}x with it handed out)",
+            handshakes_serial.per_s,
+            handshakes.per_s / handshakes_serial.per_s.max(f64::MIN_POSITIVE)
         );
         handshakes_child_node =
             peer::handshakes(args.seconds, args.concurrency, NodePlace::Child).await?;
@@ -403,6 +412,7 @@ async fn bench(args: &Args) -> Result<Results, BoxError> {
         ws_connect_cpu_us,
         handshakes,
         handshakes_tokio,
+        handshakes_serial,
         handshakes_child_node,
         handshakes_with_startup,
         mem_node,

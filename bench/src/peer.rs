@@ -305,6 +305,9 @@ pub enum NodePlace {
     Here,
     /// In this process, the node and its client nodes on tokio (`peerlink-tokio`).
     HereOnTokio,
+    /// As `Here`, every node doing its public-key work on its own task (`Config::offload_work`
+    /// off): the comparison for the work handed out (spec §7.12).
+    HereSerial,
     /// In a child process of its own, so that its CPU time is measured apart from the clients'.
     Child,
 }
@@ -321,10 +324,11 @@ impl HandshakeNode {
     /// Starts the node; also returns what its clients need to know of it.
     async fn start(place: NodePlace) -> Result<(Self, TrustedPeer), BoxError> {
         match place {
-            NodePlace::Here | NodePlace::HereOnTokio => {
+            NodePlace::Here | NodePlace::HereOnTokio | NodePlace::HereSerial => {
                 let s = identity("server")?;
                 let mut cfg = Config::ephemeral();
                 cfg.node = node_config(TransportPreference::WebsocketOnly, true);
+                cfg.offload_work = place != NodePlace::HereSerial;
                 cfg.node.max_peers = 1 << 20;
                 cfg.trust_policy = TrustPolicy::Open;
                 let server = start_at(place, cfg, s.duplicate()).await?;
@@ -382,7 +386,9 @@ async fn start_at(
         NodePlace::HereOnTokio => {
             peerlink_host::Peerlink::start(tokio_rt()?, config, identity).await?
         }
-        NodePlace::Here | NodePlace::Child => Peerlink::start(config, identity).await?,
+        NodePlace::Here | NodePlace::HereSerial | NodePlace::Child => {
+            Peerlink::start(config, identity).await?
+        }
     })
 }
 
@@ -395,6 +401,7 @@ async fn client_node(
 ) -> Result<Client, BoxError> {
     let mut cfg = Config::ephemeral();
     cfg.node = node_config(TransportPreference::WebsocketOnly, true);
+    cfg.offload_work = place != NodePlace::HereSerial;
     cfg.peers = vec![server.clone()];
     let handle = start_at(place, cfg, identity(name)?).await?;
     let events = handle.incoming().await?;

@@ -154,6 +154,10 @@ pub fn markdown(r: &Results) -> String {
         ("peerlink full handshake (client node already running)", r.handshakes),
         ("the same, the node and its clients on tokio", r.handshakes_tokio),
         (
+            "the same, public-key work on each node's task (`offload_work` off, spec §7.12)",
+            r.handshakes_serial,
+        ),
+        (
             "peerlink full handshake, the node in a child process (CPU: both processes)",
             r.handshakes_child_node,
         ),
