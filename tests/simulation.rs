@@ -32,6 +32,8 @@ struct Ran {
     forgotten: u64,
     /// Binary envelopes written on links.
     binary_frames: u64,
+    /// HTTP bodies in the binary encoding.
+    binary_bodies: u64,
     broker: BrokerStats,
     durable: DurableStats,
 }
@@ -46,6 +48,7 @@ fn run_seed(seed: u64, alone: bool) -> Ran {
         summary: world.summary(),
         forgotten: world.peers_forgotten(),
         binary_frames: world.binary_frames(),
+        binary_bodies: world.binary_bodies(),
         broker: world.broker_stats(),
         durable: world.durable_stats(),
     }
@@ -103,6 +106,7 @@ fn simulated_runs_keep_every_invariant() {
     let failures = Arc::new(Mutex::new(Vec::new()));
     let forgotten = Arc::new(AtomicU64::new(0));
     let binary = Arc::new(AtomicU64::new(0));
+    let bodies = Arc::new(AtomicU64::new(0));
     let broker = Arc::new(Mutex::new(BrokerStats::default()));
     let durable = Arc::new(Mutex::new(DurableStats::default()));
     let summaries = std::env::var_os("PEERLINK_SIM_SUMMARIES").is_some();
@@ -112,6 +116,7 @@ fn simulated_runs_keep_every_invariant() {
             let failures = Arc::clone(&failures);
             let forgotten = Arc::clone(&forgotten);
             let binary = Arc::clone(&binary);
+            let bodies = Arc::clone(&bodies);
             let broker = Arc::clone(&broker);
             let durable = Arc::clone(&durable);
             std::thread::spawn(move || {
@@ -125,6 +130,7 @@ fn simulated_runs_keep_every_invariant() {
                     let ran = run_seed(seed, false);
                     forgotten.fetch_add(ran.forgotten, Ordering::Relaxed);
                     binary.fetch_add(ran.binary_frames, Ordering::Relaxed);
+                    bodies.fetch_add(ran.binary_bodies, Ordering::Relaxed);
                     mine.add(&ran.broker);
                     mine_durable.add(&ran.durable);
                     if summaries {
@@ -163,6 +169,9 @@ fn simulated_runs_keep_every_invariant() {
     // Two seeds in three have binary links (sim/mod.rs): they must really carry frames.
     let binary = binary.load(Ordering::Relaxed);
     assert!(seeds < 3 || binary > 0, "no binary envelope crossed a link");
+    // And, where HTTP carried anything, binary bodies between nodes that both speak them.
+    let bodies = bodies.load(Ordering::Relaxed);
+    assert!(seeds < 3 || bodies > 0, "no binary HTTP body crossed the network");
     let b = *broker.lock().unwrap();
     // The cluster's paths must really be exercised too (a sweep of a few hundred seeds has
     // every one of them many times over).
@@ -197,7 +206,7 @@ fn simulated_runs_keep_every_invariant() {
     }
     eprintln!(
         "seeds {first}..{end} passed ({seeds} seeds, {threads} threads, {:.0} s); \
-         {forgotten} idle peers forgotten; {binary} binary frames; {} cluster runs: {b}; {} durable runs: {d}",
+         {forgotten} idle peers forgotten; {binary} binary frames; {bodies} binary HTTP bodies; {} cluster runs: {b}; {} durable runs: {d}",
         started.elapsed().as_secs_f64(),
         b.cluster_runs,
         d.durable_runs

@@ -423,7 +423,16 @@ pub fn node(data: &[u8]) {
             }
             NodeInput::Post(n, body) => {
                 if let Some(e) = pick(n) {
-                    let call = HttpCall::PostMessages { body };
+                    // Odd names post binary bodies and accept binary answers, even ones NDJSON.
+                    let call = if n % 2 == 1 {
+                        HttpCall::PostMessages {
+                            body,
+                            encoding: Encoding::Binary,
+                            accept_binary: true,
+                        }
+                    } else {
+                        HttpCall::post(body)
+                    };
                     callers.insert(node.handle_http_request(now, e.clone(), call), e);
                 }
             }
@@ -431,10 +440,8 @@ pub fn node(data: &[u8]) {
                 if let Some(e) = pick(n) {
                     // The caller's wait: none, zero, or up to 25.5 s (past the node's own).
                     let wait = (n % 3 != 0).then(|| Duration::from_millis(u64::from(n) * 100));
-                    callers.insert(
-                        node.handle_http_request(now, e.clone(), HttpCall::Poll { wait }),
-                        e,
-                    );
+                    let call = HttpCall::Poll { wait, accept_binary: n % 2 == 1 };
+                    callers.insert(node.handle_http_request(now, e.clone(), call), e);
                 }
             }
             NodeInput::Advance(ms) => {
@@ -449,16 +456,17 @@ pub fn node(data: &[u8]) {
             NodeInput::LoseAnswers(on) => losing = on,
             NodeInput::Lost(n, body) => {
                 if let Some(e) = pick(n) {
-                    node.http_answer_lost(now, &e, &body);
+                    let encoding = if n % 2 == 1 { Encoding::Binary } else { Encoding::Json };
+                    node.http_answer_lost(now, &e, &body, encoding);
                 }
             }
         }
         while let Some(out) = node.poll_output() {
-            if let Output::HttpRespond { request, body, .. } = out
+            if let Output::HttpRespond { request, body, encoding, .. } = out
                 && let Some(e) = callers.remove(&request)
                 && losing
             {
-                node.http_answer_lost(now, &e, &body);
+                node.http_answer_lost(now, &e, &body, encoding);
             }
         }
         assert!(node.mailbox_bytes() <= 4 * 4096 && node.link_count() <= 8, "a bound was exceeded");
