@@ -63,8 +63,13 @@ impl Node {
         for hop in hops {
             let encoding = self.hop_body_encoding(&hop);
             let Some(h) = self.hops.get_mut(&hop) else { continue };
+            let batch = std::mem::take(&mut h.batch);
+            // In the encoding the hop speaks now (it may have changed since they were batched),
+            // so that their sizes are those of the body.
+            let batch = self.items_in(now, batch, encoding);
+            let Some(h) = self.hops.get_mut(&hop) else { continue };
             let mut free = MAX_HTTP_INFLIGHT.saturating_sub(h.inflight.len());
-            let mut items = std::mem::take(&mut h.batch).into_iter().peekable();
+            let mut items = batch.into_iter().peekable();
             while free > 0 && items.peek().is_some() {
                 // One request: at least one frame, then as many as fit in a body.
                 let mut group: Vec<BatchItem> = Vec::new();
@@ -86,7 +91,10 @@ impl Node {
                     size <= max_body
                 })
                 .collect();
+            // (Anything batched meanwhile, by a refusal's consequences, goes after them.)
             if let Some(h) = self.hops.get_mut(&hop) {
+                let mut waiting = waiting;
+                waiting.append(&mut h.batch);
                 h.batch = waiting;
             }
         }
@@ -103,17 +111,7 @@ impl Node {
         attempt: u32,
     ) {
         let encoding = self.hop_body_encoding(hop);
-        let mut kept = Vec::with_capacity(items.len());
-        let mut refused = Vec::new();
-        for item in items {
-            match self.body_frame(Arc::clone(&item.frame), encoding) {
-                Ok(frame) => kept.push(BatchItem { frame, owner: item.owner }),
-                Err(_) => refused.push(item),
-            }
-        }
-        if !refused.is_empty() {
-            self.fail_owners(now, refused, FailReason::Rejected);
-        }
+        let kept = self.items_in(now, items, encoding);
         if kept.is_empty() {
             return;
         }
@@ -272,20 +270,35 @@ impl Node {
         self.reschedule_hop(now, &hop);
     }
 
-    /// Puts the frames of a binary body refused with `415` back at the front of `hop`'s batch,
-    /// in JSON (a frame that has none fails its owner as refused).
-    fn requeue_as_json(&mut self, now: Timestamp, hop: &EntityId, items: Vec<BatchItem>) {
-        let mut again = Vec::with_capacity(items.len());
+    /// `items` with their frames in `encoding` (the same frames when they are in it already); a
+    /// frame that cannot be translated fails its owner as refused.
+    fn items_in(
+        &mut self,
+        now: Timestamp,
+        items: Vec<BatchItem>,
+        encoding: Encoding,
+    ) -> Vec<BatchItem> {
+        if items.iter().all(|i| Encoding::of(&i.frame) == encoding) {
+            return items;
+        }
+        let mut kept = Vec::with_capacity(items.len());
         let mut refused = Vec::new();
         for item in items {
-            match self.json_frame(Arc::clone(&item.frame)) {
-                Ok(frame) => again.push(BatchItem { frame, owner: item.owner }),
+            match self.body_frame(Arc::clone(&item.frame), encoding) {
+                Ok(frame) => kept.push(BatchItem { frame, owner: item.owner }),
                 Err(_) => refused.push(item),
             }
         }
         if !refused.is_empty() {
             self.fail_owners(now, refused, FailReason::Rejected);
         }
+        kept
+    }
+
+    /// Puts the frames of a binary body refused with `415` back at the front of `hop`'s batch,
+    /// in JSON (a frame that has none fails its owner as refused).
+    fn requeue_as_json(&mut self, now: Timestamp, hop: &EntityId, items: Vec<BatchItem>) {
+        let mut again = self.items_in(now, items, Encoding::Json);
         if let Some(h) = self.hops.get_mut(hop) {
             again.append(&mut h.batch);
             h.batch = again;
