@@ -90,7 +90,8 @@ pub fn envelope(data: &[u8]) {
 /// re-encodes to the very same bytes (one encoding per envelope), the routing header (`head`,
 /// what a relay forwards on) gives the same routing members without the payload, and the
 /// envelope crosses to JSON and back unchanged, as `wire::to_json` translates it (so a relay may
-/// translate between the two encodings).
+/// translate between the two encodings). The same bytes read as a binary HTTP body
+/// (`crate::http_body`, spec §27.7) stay within it and frame again as they were read.
 pub fn binary_envelope(data: &[u8]) {
     use crate::binary_envelope as bin;
     if let Ok(env) = bin::decode(data, 1 << 16) {
@@ -107,6 +108,27 @@ pub fn binary_envelope(data: &[u8]) {
     }
     // The header alone never panics either: it is what a relay reads of every binary frame.
     let _ = bin::head(data, 1 << 16);
+    // Read as a binary HTTP body (spec §27.7): every envelope is a slice within it, at most one
+    // error ends it, and the envelopes read frame a body again as they were.
+    let max = usize::from(data.first().copied().unwrap_or(0)).saturating_mul(64);
+    let mut good: Vec<&[u8]> = Vec::new();
+    let mut ended = false;
+    for r in crate::http_body::frames(data, crate::wire::Encoding::Binary, max) {
+        assert!(!ended, "a framing error did not end the body");
+        match r {
+            Ok(frame) => {
+                assert!(!frame.is_empty() && frame.len() <= max, "an envelope out of bounds");
+                good.push(frame);
+            }
+            Err(crate::http_body::BodyError::FrameTooLarge { .. }) => {}
+            Err(_) => ended = true,
+        }
+    }
+    let again = crate::http_body::encode(good.iter().copied(), crate::wire::Encoding::Binary);
+    let back: Vec<&[u8]> = crate::http_body::frames(&again, crate::wire::Encoding::Binary, max)
+        .filter_map(Result::ok)
+        .collect();
+    assert!(back == good, "a body of the envelopes read did not read back");
 }
 
 /// One step of the handshake fuzzer.
