@@ -1,5 +1,6 @@
 //! Next hops this node dials: the WebSocket link to each, reconnect with backoff, the transport
-//! decision per frame, HTTP batches with retries, and long-polls while WebSocket is down.
+//! decision per frame, and failover between a hop's URLs. HTTP batches with retries, long-polls
+//! and the body encoding per hop are in [`super::hop_http`].
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

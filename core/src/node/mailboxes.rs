@@ -321,7 +321,7 @@ impl Node {
     }
 
     /// Answers an HTTP call of `entity` with what waits for it, in a body of `encoding` (the
-    /// call's [`wire::answer_encoding`](crate::wire::answer_encoding)).
+    /// call's [`wire::answer_encoding`]).
     pub(super) fn answer_poll(
         &mut self,
         request: RequestId,

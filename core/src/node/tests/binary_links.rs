@@ -1,5 +1,6 @@
 //! Binary links (spec §27): negotiation, frames a relay forwards on their header alone, and
-//! translation to JSON for JSON links, HTTP bodies and mailboxes.
+//! translation to JSON for JSON links, NDJSON bodies and mailboxes (binary HTTP bodies:
+//! `http_bodies.rs`).
 
 use super::*;
 use crate::binary_envelope;
