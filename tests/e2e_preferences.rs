@@ -22,9 +22,14 @@ struct Net {
 
 /// Alice (with `pref`) behind a proxy that refuses WebSocket when `ws_blocked`; bob direct.
 async fn net(pref: TransportPreference, ws_blocked: bool) -> Net {
+    net_recording(pref, ws_blocked, false).await
+}
+
+/// [`net`], with a proxy that records what crosses it when `record`.
+async fn net_recording(pref: TransportPreference, ws_blocked: bool, record: bool) -> Net {
     let (r, a, b) = (identity("relay"), identity("alice"), identity("bob"));
     let relay = start_relay(&r, &[&a, &b], "127.0.0.1:0".parse().unwrap()).await;
-    let proxy = Proxy::start(&relay, false);
+    let proxy = Proxy::start(&relay, record);
     proxy.block_websocket(ws_blocked);
     let alice = start_peer(&a, &r, &proxy.url(), &[&b], pref).await;
     let bob =
@@ -132,6 +137,36 @@ fn http_only_never_opens_a_websocket() {
         assert!(s.http_messages_sent >= 6, "{s:?}");
         assert_eq!(s.ws_messages_sent, 0, "{s:?}");
         assert_eq!(n.proxy.ws_attempts(), 0, "HTTP_ONLY tried a WebSocket");
+        n.stop().await;
+    });
+}
+
+#[test]
+fn http_bodies_between_peerlink_nodes_are_binary() {
+    smol::block_on(async {
+        // Alice posts and polls the relay through a proxy that records the bytes (spec §27.7).
+        let n = net_recording(TransportPreference::HttpOnly, false, true).await;
+        for i in 0..4 {
+            n.send(i, None).await;
+        }
+        n.expect(0..4).await;
+        let wire = String::from_utf8_lossy(&n.proxy.recorded()).to_ascii_lowercase();
+        let binary = "content-type: application/vnd.peerlink.binary.v1";
+        let accept = "accept: application/vnd.peerlink.binary.v1, application/x-ndjson";
+        assert!(wire.contains(accept), "Alice offers binary bodies");
+        // The relay answers in binary, and Alice posts binary once an answer was: a request's
+        // head is one write, so it is one piece of the recording.
+        let post = format!("post {}", n.relay.path("/v1/messages")).to_ascii_lowercase();
+        let heads: Vec<&str> = wire
+            .split(post.as_str())
+            .skip(1)
+            .map(|r| r.split("\r\n\r\n").next().unwrap_or(""))
+            .collect();
+        assert!(heads.iter().any(|h| h.contains(binary)), "no binary post in {}", heads.len());
+        let answers = wire.split("http/1.1 200").skip(1);
+        let binary_answers =
+            answers.filter(|r| r.split("\r\n\r\n").next().unwrap_or("").contains(binary));
+        assert!(binary_answers.count() > 0, "no binary answer");
         n.stop().await;
     });
 }

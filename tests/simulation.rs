@@ -34,6 +34,8 @@ struct Ran {
     binary_frames: u64,
     /// Public-key work handed out and completed.
     work_done: u64,
+    /// HTTP bodies in the binary encoding.
+    binary_bodies: u64,
     broker: BrokerStats,
     durable: DurableStats,
 }
@@ -49,6 +51,7 @@ fn run_seed(seed: u64, alone: bool) -> Ran {
         forgotten: world.peers_forgotten(),
         binary_frames: world.binary_frames(),
         work_done: world.work_done(),
+        binary_bodies: world.binary_bodies(),
         broker: world.broker_stats(),
         durable: world.durable_stats(),
     }
@@ -107,6 +110,7 @@ fn simulated_runs_keep_every_invariant() {
     let forgotten = Arc::new(AtomicU64::new(0));
     let binary = Arc::new(AtomicU64::new(0));
     let work = Arc::new(AtomicU64::new(0));
+    let bodies = Arc::new(AtomicU64::new(0));
     let broker = Arc::new(Mutex::new(BrokerStats::default()));
     let durable = Arc::new(Mutex::new(DurableStats::default()));
     let summaries = std::env::var_os("PEERLINK_SIM_SUMMARIES").is_some();
@@ -117,6 +121,7 @@ fn simulated_runs_keep_every_invariant() {
             let forgotten = Arc::clone(&forgotten);
             let binary = Arc::clone(&binary);
             let work = Arc::clone(&work);
+            let bodies = Arc::clone(&bodies);
             let broker = Arc::clone(&broker);
             let durable = Arc::clone(&durable);
             std::thread::spawn(move || {
@@ -131,6 +136,7 @@ fn simulated_runs_keep_every_invariant() {
                     forgotten.fetch_add(ran.forgotten, Ordering::Relaxed);
                     binary.fetch_add(ran.binary_frames, Ordering::Relaxed);
                     work.fetch_add(ran.work_done, Ordering::Relaxed);
+                    bodies.fetch_add(ran.binary_bodies, Ordering::Relaxed);
                     mine.add(&ran.broker);
                     mine_durable.add(&ran.durable);
                     if summaries {
@@ -169,6 +175,9 @@ fn simulated_runs_keep_every_invariant() {
     // Two seeds in three have binary links (sim/mod.rs): they must really carry frames.
     let binary = binary.load(Ordering::Relaxed);
     assert!(seeds < 3 || binary > 0, "no binary envelope crossed a link");
+    // And, where HTTP carried anything, binary bodies between nodes that both speak them.
+    let bodies = bodies.load(Ordering::Relaxed);
+    assert!(seeds < 3 || bodies > 0, "no binary HTTP body crossed the network");
     // Three seeds in four hand public-key work out (sim/mod.rs): it must really come back.
     let work = work.load(Ordering::Relaxed);
     assert!(seeds < 12 || work > 0, "no node handed public-key work out");
@@ -206,7 +215,8 @@ fn simulated_runs_keep_every_invariant() {
     }
     eprintln!(
         "seeds {first}..{end} passed ({seeds} seeds, {threads} threads, {:.0} s); \
-         {forgotten} idle peers forgotten; {binary} binary frames; {work} public-key works; {} cluster runs: {b}; {} durable runs: {d}",
+         {forgotten} idle peers forgotten; {binary} binary frames; {bodies} binary HTTP bodies; \
+         {work} public-key works; {} cluster runs: {b}; {} durable runs: {d}",
         started.elapsed().as_secs_f64(),
         b.cluster_runs,
         d.durable_runs

@@ -86,7 +86,22 @@ pub(crate) fn post(
     content_type: &str,
     body: &[u8],
 ) -> Result<Resp, String> {
+    post_accepting(agent, url, token, content_type, None, body)
+}
+
+/// [`post`] with an `Accept` header when `accept` is given.
+pub(crate) fn post_accepting(
+    agent: &ureq::Agent,
+    url: &str,
+    token: Option<&str>,
+    content_type: &str,
+    accept: Option<&str>,
+    body: &[u8],
+) -> Result<Resp, String> {
     let mut req = agent.post(url).header("content-type", content_type);
+    if let Some(a) = accept {
+        req = req.header("accept", a);
+    }
     if let Some(t) = token {
         req = req.header("authorization", &format!("Bearer {t}"));
     }

@@ -22,7 +22,7 @@ use tokio::runtime::Runtime;
 static TURN: Mutex<()> = Mutex::new(());
 
 /// The cases over HTTP: the message endpoint, and the open policy's (spec §21, §19, §2.3).
-const HTTP_CASES: &str = "C-21.,C-2.3.4,C-2.3.5,C-19.2";
+const HTTP_CASES: &str = "C-21.,C-2.3.4,C-2.3.5,C-19.2,C-27.5";
 
 /// Which of our nodes is under test.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -121,6 +121,13 @@ fn check(report: &Report, options: &Options, min: usize) {
         typed.is_none_or(|c| matches!(c.outcome, Outcome::Pass)),
         "{:?}",
         typed.map(|c| c.line())
+    );
+    // It speaks binary HTTP bodies too (spec §27.7): C-27.5 is not skipped.
+    let body = report.cases.iter().find(|c| c.id == "C-27.5");
+    assert!(
+        body.is_none_or(|c| matches!(c.outcome, Outcome::Pass)),
+        "{:?}",
+        body.map(|c| c.line())
     );
     if std::env::var_os("PEERLINK_CONFORM_ONLY").is_none() {
         assert!(report.passed() >= min, "{} (options {options:?})", report.summary());

@@ -90,7 +90,8 @@ pub fn envelope(data: &[u8]) {
 /// re-encodes to the very same bytes (one encoding per envelope), the routing header (`head`,
 /// what a relay forwards on) gives the same routing members without the payload, and the
 /// envelope crosses to JSON and back unchanged, as `wire::to_json` translates it (so a relay may
-/// translate between the two encodings).
+/// translate between the two encodings). The same bytes read as a binary HTTP body
+/// (`crate::http_body`, spec §27.7) stay within it and frame again as they were read.
 pub fn binary_envelope(data: &[u8]) {
     use crate::binary_envelope as bin;
     if let Ok(env) = bin::decode(data, 1 << 16) {
@@ -107,6 +108,27 @@ pub fn binary_envelope(data: &[u8]) {
     }
     // The header alone never panics either: it is what a relay reads of every binary frame.
     let _ = bin::head(data, 1 << 16);
+    // Read as a binary HTTP body (spec §27.7): every envelope is a slice within it, at most one
+    // error ends it, and the envelopes read frame a body again as they were.
+    let max = usize::from(data.first().copied().unwrap_or(0)).saturating_mul(64);
+    let mut good: Vec<&[u8]> = Vec::new();
+    let mut ended = false;
+    for r in crate::http_body::frames(data, crate::wire::Encoding::Binary, max) {
+        assert!(!ended, "a framing error did not end the body");
+        match r {
+            Ok(frame) => {
+                assert!(!frame.is_empty() && frame.len() <= max, "an envelope out of bounds");
+                good.push(frame);
+            }
+            Err(crate::http_body::BodyError::FrameTooLarge { .. }) => {}
+            Err(_) => ended = true,
+        }
+    }
+    let again = crate::http_body::encode(good.iter().copied(), crate::wire::Encoding::Binary);
+    let back: Vec<&[u8]> = crate::http_body::frames(&again, crate::wire::Encoding::Binary, max)
+        .filter_map(Result::ok)
+        .collect();
+    assert!(back == good, "a body of the envelopes read did not read back");
 }
 
 /// One step of the handshake fuzzer.
@@ -423,7 +445,16 @@ pub fn node(data: &[u8]) {
             }
             NodeInput::Post(n, body) => {
                 if let Some(e) = pick(n) {
-                    let call = HttpCall::PostMessages { body };
+                    // Odd names post binary bodies and accept binary answers, even ones NDJSON.
+                    let call = if n % 2 == 1 {
+                        HttpCall::PostMessages {
+                            body,
+                            encoding: Encoding::Binary,
+                            accept_binary: true,
+                        }
+                    } else {
+                        HttpCall::post(body)
+                    };
                     callers.insert(node.handle_http_request(now, e.clone(), call), e);
                 }
             }
@@ -431,10 +462,8 @@ pub fn node(data: &[u8]) {
                 if let Some(e) = pick(n) {
                     // The caller's wait: none, zero, or up to 25.5 s (past the node's own).
                     let wait = (n % 3 != 0).then(|| Duration::from_millis(u64::from(n) * 100));
-                    callers.insert(
-                        node.handle_http_request(now, e.clone(), HttpCall::Poll { wait }),
-                        e,
-                    );
+                    let call = HttpCall::Poll { wait, accept_binary: n % 2 == 1 };
+                    callers.insert(node.handle_http_request(now, e.clone(), call), e);
                 }
             }
             NodeInput::Advance(ms) => {
@@ -449,16 +478,17 @@ pub fn node(data: &[u8]) {
             NodeInput::LoseAnswers(on) => losing = on,
             NodeInput::Lost(n, body) => {
                 if let Some(e) = pick(n) {
-                    node.http_answer_lost(now, &e, &body);
+                    let encoding = if n % 2 == 1 { Encoding::Binary } else { Encoding::Json };
+                    node.http_answer_lost(now, &e, &body, encoding);
                 }
             }
         }
         while let Some(out) = node.poll_output() {
-            if let Output::HttpRespond { request, body, .. } = out
+            if let Output::HttpRespond { request, body, encoding, .. } = out
                 && let Some(e) = callers.remove(&request)
                 && losing
             {
-                node.http_answer_lost(now, &e, &body);
+                node.http_answer_lost(now, &e, &body, encoding);
             }
         }
         assert!(node.mailbox_bytes() <= 4 * 4096 && node.link_count() <= 8, "a bound was exceeded");

@@ -119,6 +119,7 @@ pub mod error;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 pub mod handshake;
+pub mod http_body;
 pub mod identity;
 pub mod ids;
 pub mod limits;

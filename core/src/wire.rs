@@ -14,6 +14,14 @@
 //! a binary frame bound for a JSON link, an HTTP body, a mailbox or the cluster broker
 //! becomes JSON ([`to_json`]). Translation keeps the envelope, hence its signing input and
 //! associated data, byte for byte.
+//!
+//! HTTP bodies of `/v1/messages` (spec §27.7) negotiate per hop too, with media types: a client
+//! whose `binary_links` is on sends `Accept:` [`accept_header`] on its polls and posts; a server
+//! whose `binary_links` is on answers a request that accepts [`BINARY_MEDIA_TYPE`] with a binary
+//! body ([`crate::http_body`]) and that `Content-Type`, any other with NDJSON. A client posts
+//! binary bodies to a hop only once an answer from it was binary ([`hop_speaks_binary`]); a
+//! server that does not speak binary refuses a binary body with `415`
+//! ([`accepts_post_body`]), after which the client posts JSON again.
 
 use std::sync::Arc;
 
@@ -23,6 +31,15 @@ use crate::error::ProtocolError;
 
 /// The WebSocket subprotocol that selects the binary envelope on a link.
 pub const BINARY_SUBPROTOCOL: &str = "peerlink.binary.v1";
+
+/// The media type of an HTTP body of binary envelopes, each behind its length (spec §27.7).
+pub const BINARY_MEDIA_TYPE: &str = "application/vnd.peerlink.binary.v1";
+
+/// The media type of an NDJSON body: one JSON envelope per line (spec §21, §23.3).
+pub const NDJSON_MEDIA_TYPE: &str = "application/x-ndjson";
+
+/// The `Accept` header of a client that speaks both body encodings, binary preferred.
+const ACCEPT_BOTH: &str = "application/vnd.peerlink.binary.v1, application/x-ndjson";
 
 /// An envelope encoding.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -48,6 +65,84 @@ impl Encoding {
             Encoding::Binary => Some(BINARY_SUBPROTOCOL),
         }
     }
+
+    /// The media type of an HTTP body in this encoding: [`NDJSON_MEDIA_TYPE`] or
+    /// [`BINARY_MEDIA_TYPE`].
+    pub fn media_type(self) -> &'static str {
+        match self {
+            Encoding::Json => NDJSON_MEDIA_TYPE,
+            Encoding::Binary => BINARY_MEDIA_TYPE,
+        }
+    }
+}
+
+/// The `Accept` header a client sends on its polls and posts: both media types when
+/// `binary_links` is on, NDJSON alone when it is off.
+pub fn accept_header(binary_links: bool) -> &'static str {
+    if binary_links { ACCEPT_BOTH } else { NDJSON_MEDIA_TYPE }
+}
+
+/// The bare media type of a `Content-Type` or `Accept` element: parameters cut off, trimmed.
+fn bare_media_type(element: &str) -> &str {
+    element.split(';').next().unwrap_or("").trim()
+}
+
+/// Whether an `Accept` request header names [`BINARY_MEDIA_TYPE`] (media types compare without
+/// case, RFC 9110 §8.3.1) with a quality above zero. Wildcards (`*/*`) do not count: binary is
+/// only for a client that asks for it by name.
+pub fn accepts_binary(accept: Option<&str>) -> bool {
+    accept.is_some_and(|h| {
+        h.split(',').any(|element| {
+            let refused = element.split(';').skip(1).any(|param| {
+                let mut kv = param.splitn(2, '=');
+                let key = kv.next().unwrap_or("").trim();
+                let value = kv.next().unwrap_or("").trim();
+                key.eq_ignore_ascii_case("q") && value.parse::<f32>().is_ok_and(|q| q <= 0.0)
+            });
+            !refused && bare_media_type(element).eq_ignore_ascii_case(BINARY_MEDIA_TYPE)
+        })
+    })
+}
+
+/// The encoding of an HTTP body from its `Content-Type` header: binary for
+/// [`BINARY_MEDIA_TYPE`] (parameters ignored), JSON for anything else, a missing header
+/// included (NDJSON, what every node spoke before spec §27.7).
+pub fn body_encoding(content_type: Option<&str>) -> Encoding {
+    match content_type {
+        Some(t) if bare_media_type(t).eq_ignore_ascii_case(BINARY_MEDIA_TYPE) => Encoding::Binary,
+        _ => Encoding::Json,
+    }
+}
+
+/// The encoding of a server's answer to a poll or post: binary when the request accepted it
+/// ([`accepts_binary`]) and the server's `binary_links` is on, else NDJSON.
+pub fn answer_encoding(accept_binary: bool, binary_links: bool) -> Encoding {
+    if accept_binary && binary_links { Encoding::Binary } else { Encoding::Json }
+}
+
+/// Whether a server takes a `POST` body in `encoding`: NDJSON always, binary only when its
+/// `binary_links` is on; the answer to one it does not take is `415 Unsupported Media Type`.
+pub fn accepts_post_body(encoding: Encoding, binary_links: bool) -> bool {
+    encoding == Encoding::Json || binary_links
+}
+
+/// The encoding a client reads an answer's body in: the one its `Content-Type` names
+/// ([`body_encoding`]) when the client accepted binary, else NDJSON (a server cannot force
+/// binary on a client that did not ask for it).
+pub fn answer_body_encoding(stated: Encoding, accepted_binary: bool) -> Encoding {
+    if accepted_binary { stated } else { Encoding::Json }
+}
+
+/// Whether a client posts binary bodies to a hop after an answer from it, given whether it did
+/// before (`known`), the answer's status, the encoding its `Content-Type` names, and whether the
+/// client accepts binary at all (its `binary_links`): a `2xx` answer tells (binary or NDJSON);
+/// a `415` means the hop stopped taking binary bodies; any other status (a proxy's error page,
+/// a `5xx`) leaves what was known.
+pub fn hop_speaks_binary(known: bool, status: u16, stated: Encoding, binary_links: bool) -> bool {
+    if !binary_links || status == 415 {
+        return false;
+    }
+    if (200..300).contains(&status) { stated == Encoding::Binary } else { known }
 }
 
 /// Whether a `Sec-WebSocket-Protocol` request header (its comma-separated tokens) offers
@@ -202,5 +297,62 @@ mod tests {
         assert_eq!(selected(Some(BINARY_SUBPROTOCOL), false), Encoding::Json);
         assert_eq!(Encoding::Binary.subprotocol(), Some(BINARY_SUBPROTOCOL));
         assert_eq!(Encoding::Json.subprotocol(), None);
+    }
+
+    #[test]
+    fn an_accept_header_asks_for_binary_only_by_name() {
+        assert!(accepts_binary(Some(accept_header(true))));
+        assert!(!accepts_binary(Some(accept_header(false))));
+        assert!(accepts_binary(Some("application/VND.peerlink.binary.v1;q=0.9")));
+        assert!(accepts_binary(Some("text/html , application/vnd.peerlink.binary.v1 ")));
+        assert!(!accepts_binary(Some("application/vnd.peerlink.binary.v1;q=0")));
+        assert!(!accepts_binary(Some("application/vnd.peerlink.binary.v1; q=0.000")));
+        assert!(!accepts_binary(Some("*/*")));
+        assert!(!accepts_binary(Some("application/*")));
+        assert!(!accepts_binary(Some("application/vnd.peerlink.binary.v2")));
+        assert!(!accepts_binary(Some("")));
+        assert!(!accepts_binary(None));
+    }
+
+    #[test]
+    fn a_content_type_names_the_body_encoding() {
+        assert_eq!(body_encoding(Some(BINARY_MEDIA_TYPE)), Encoding::Binary);
+        assert_eq!(
+            body_encoding(Some("Application/Vnd.Peerlink.Binary.V1; x=y")),
+            Encoding::Binary
+        );
+        assert_eq!(body_encoding(Some(NDJSON_MEDIA_TYPE)), Encoding::Json);
+        assert_eq!(body_encoding(Some("application/json")), Encoding::Json);
+        assert_eq!(body_encoding(None), Encoding::Json);
+        assert_eq!(Encoding::Binary.media_type(), BINARY_MEDIA_TYPE);
+        assert_eq!(Encoding::Json.media_type(), NDJSON_MEDIA_TYPE);
+    }
+
+    #[test]
+    fn a_server_answers_binary_only_when_both_sides_want_it() {
+        assert_eq!(answer_encoding(true, true), Encoding::Binary);
+        assert_eq!(answer_encoding(true, false), Encoding::Json);
+        assert_eq!(answer_encoding(false, true), Encoding::Json);
+        assert_eq!(answer_encoding(false, false), Encoding::Json);
+        assert!(accepts_post_body(Encoding::Json, false));
+        assert!(accepts_post_body(Encoding::Binary, true));
+        assert!(!accepts_post_body(Encoding::Binary, false));
+        // A binary answer to a client that did not ask is read as NDJSON.
+        assert_eq!(answer_body_encoding(Encoding::Binary, false), Encoding::Json);
+        assert_eq!(answer_body_encoding(Encoding::Binary, true), Encoding::Binary);
+        assert_eq!(answer_body_encoding(Encoding::Json, true), Encoding::Json);
+    }
+
+    #[test]
+    fn a_client_learns_per_hop_from_its_answers() {
+        let (b, j) = (Encoding::Binary, Encoding::Json);
+        assert!(hop_speaks_binary(false, 200, b, true));
+        assert!(hop_speaks_binary(false, 204, b, true));
+        assert!(!hop_speaks_binary(true, 200, j, true), "a 2xx in NDJSON unlearns");
+        assert!(!hop_speaks_binary(true, 415, j, true), "415 unlearns");
+        assert!(hop_speaks_binary(true, 503, j, true), "a 5xx tells nothing");
+        assert!(!hop_speaks_binary(false, 503, b, true));
+        assert!(hop_speaks_binary(true, 429, j, true));
+        assert!(!hop_speaks_binary(true, 200, b, false), "never without binary_links");
     }
 }

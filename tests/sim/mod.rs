@@ -109,8 +109,11 @@ pub struct Outcome {
     pub binary_frames: u64,
     /// Public-key work handed out and completed (`NodeConfig::offload_work`).
     pub work_done: u64,
-    /// Binary envelopes written on a link that did not agree on them, or put in an HTTP body
-    /// (must stay empty).
+    /// HTTP bodies (requests and answers) in the binary encoding (spec §27.7).
+    pub binary_bodies: u64,
+    /// Binary envelopes written on a link that did not agree on them, HTTP bodies in binary
+    /// between ends that did not both agree on it, and envelopes of the other encoding than
+    /// their body's (must stay empty).
     pub misframed: Vec<String>,
     /// Transport switches reported.
     pub switches: u64,
@@ -174,6 +177,8 @@ enum Net {
         request: RequestId,
         status: u16,
         body: Vec<u8>,
+        /// What the answer's `Content-Type` names.
+        encoding: Encoding,
     },
     HttpFailure {
         client: usize,
@@ -240,6 +245,8 @@ pub struct World {
     /// Server-side HTTP requests: (server, server request) → (client, client request, lose,
     /// the client's generation when it made the request).
     http: BTreeMap<(usize, RequestId), (usize, RequestId, bool, u64)>,
+    /// Whether each HTTP request a client made (client, its request id) accepted binary.
+    accepts: BTreeMap<(usize, RequestId), bool>,
     outcome: Outcome,
     config: NodeConfig,
     identities: Vec<[u8; 32]>,
@@ -339,6 +346,7 @@ impl World {
             binary_links: Default::default(),
             link_clock: BTreeMap::new(),
             http: BTreeMap::new(),
+            accepts: BTreeMap::new(),
             outcome: Outcome::default(),
             config,
             identities,
@@ -706,11 +714,12 @@ impl World {
                     .insert((server, server_request), (client, request, lose_response, addressed));
                 self.drain(server);
             }
-            Net::HttpResponse { client, request, status, body } => {
+            Net::HttpResponse { client, request, status, body, encoding } => {
                 if self.nodes[client].partitioned {
                     self.feed(client, Input::HttpFailed(request));
                 } else {
-                    self.feed(client, Input::HttpResponse { request, status, body: &body });
+                    let response = Input::HttpResponse { request, status, body: &body, encoding };
+                    self.feed(client, response);
                 }
                 self.drain(client);
             }
@@ -805,10 +814,22 @@ impl World {
     }
 
     /// Every NDJSON line of an HTTP body is a JSON envelope (spec §27.3).
-    fn check_json_lines(&mut self, i: usize, what: &str, body: &[u8]) {
-        for line in body.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-            if Encoding::of(line) == Encoding::Binary {
-                self.outcome.misframed.push(format!("node {i}: binary envelope in an {what}"));
+    /// An HTTP body of node `i` in `encoding`: binary only if `agreed` (both ends' config),
+    /// well framed, every envelope in the body's encoding (spec §27.7).
+    fn check_body(&mut self, i: usize, what: &str, body: &[u8], encoding: Encoding, agreed: bool) {
+        if encoding == Encoding::Binary {
+            self.outcome.binary_bodies += u64::from(!body.is_empty());
+            if !agreed {
+                self.outcome.misframed.push(format!("node {i}: binary {what} not agreed on"));
+            }
+        }
+        for frame in peerlink_core::http_body::frames(body, encoding, usize::MAX) {
+            match frame {
+                Ok(f) if Encoding::of(f) == encoding => {}
+                Ok(_) => {
+                    self.outcome.misframed.push(format!("node {i}: {what} of mixed encodings"));
+                }
+                Err(e) => self.outcome.misframed.push(format!("node {i}: {what}: {e}")),
             }
         }
     }
@@ -890,10 +911,27 @@ impl World {
                     self.schedule(d, Net::Closed { node: other, link: other_link });
                 }
             }
-            Output::HttpRequest { request, method, url, body, .. } => {
+            Output::HttpRequest {
+                request,
+                method,
+                url,
+                body,
+                body_encoding,
+                accept_binary,
+                ..
+            } => {
                 self.check_leak("http request", &body);
-                self.check_json_lines(i, "http request", &body);
                 let d = self.latency();
+                // Nodes keep their configuration across restarts: a client posts binary only to
+                // a server whose `binary_links` is on, as both are.
+                let binary_links = |n: &Self, s: usize| n.nodes[s].node.config().binary_links;
+                let agreed = self
+                    .node_of_url(&url)
+                    .is_some_and(|s| binary_links(self, i) && binary_links(self, s));
+                self.check_body(i, "http request", &body, body_encoding, agreed);
+                if accept_binary != binary_links(self, i) {
+                    self.outcome.misframed.push(format!("node {i}: Accept against its config"));
+                }
                 let Some(server) = self.node_of_url(&url).filter(|s| self.reachable(i, *s)) else {
                     self.schedule(d + ms(1000), Net::HttpFailure { client: i, request });
                     return;
@@ -901,7 +939,13 @@ impl World {
                 if self.chance(self.faults.http_5xx_per_mille) {
                     self.schedule(
                         d,
-                        Net::HttpResponse { client: i, request, status: 503, body: Vec::new() },
+                        Net::HttpResponse {
+                            client: i,
+                            request,
+                            status: 503,
+                            body: Vec::new(),
+                            encoding: Encoding::Json,
+                        },
                     );
                     return;
                 }
@@ -910,10 +954,17 @@ impl World {
                     return;
                 }
                 let lose_response = self.chance(self.faults.http_lost_response_per_mille);
+                // As a driver carries the headers: `Content-Type` and `Accept`, read back.
+                let accept_binary = wire::accepts_binary(Some(wire::accept_header(accept_binary)));
                 let call = match method {
-                    HttpMethod::Post => HttpCall::PostMessages { body },
-                    HttpMethod::Get => HttpCall::Poll { wait: poll_wait_in(&url) },
+                    HttpMethod::Post => HttpCall::PostMessages {
+                        body,
+                        encoding: wire::body_encoding(Some(body_encoding.media_type())),
+                        accept_binary,
+                    },
+                    HttpMethod::Get => HttpCall::Poll { wait: poll_wait_in(&url), accept_binary },
                 };
+                self.accepts.insert((i, request), accept_binary);
                 let generation = self.nodes[server].generation;
                 self.schedule(
                     d,
@@ -927,13 +978,19 @@ impl World {
                     },
                 );
             }
-            Output::HttpRespond { request, status, body } => {
+            Output::HttpRespond { request, status, body, encoding } => {
                 self.check_leak("http response", &body);
-                self.check_json_lines(i, "http response", &body);
+                let asked = self
+                    .http
+                    .get(&(i, request))
+                    .and_then(|(c, r, ..)| self.accepts.get(&(*c, *r)).copied());
+                let agreed = asked != Some(false) && self.nodes[i].node.config().binary_links;
+                self.check_body(i, "http response", &body, encoding, agreed);
                 if let Some((client, client_request, lose, generation)) =
                     self.http.remove(&(i, request))
                     && self.nodes[client].generation == generation
                 {
+                    self.accepts.remove(&(client, client_request));
                     let d = self.latency();
                     if lose {
                         self.schedule(
@@ -943,7 +1000,13 @@ impl World {
                     } else {
                         self.schedule(
                             d,
-                            Net::HttpResponse { client, request: client_request, status, body },
+                            Net::HttpResponse {
+                                client,
+                                request: client_request,
+                                status,
+                                body,
+                                encoding: wire::body_encoding(Some(encoding.media_type())),
+                            },
                         );
                     }
                 }
@@ -1015,7 +1078,12 @@ impl World {
         }
     }
 
-    /// Binary envelopes written on links so far.
+    /// HTTP bodies in the binary encoding so far (spec §27.7).
+    pub fn binary_bodies(&self) -> u64 {
+        self.outcome.binary_bodies
+    }
+
+    /// Binary envelopes written on links.
     pub fn binary_frames(&self) -> u64 {
         self.outcome.binary_frames
     }
@@ -1191,12 +1259,18 @@ fn short(e: &Net) -> String {
         Net::HttpRequest { client, request, server, call, .. } => format!(
             "HttpRequest {client}->{server} {request:?} {}",
             match call {
-                HttpCall::PostMessages { body } => format!("POST {} B{}", body.len(), kinds(body)),
+                HttpCall::PostMessages { body, encoding, .. } => {
+                    format!("POST {} B {encoding:?}{}", body.len(), kinds(body))
+                }
                 HttpCall::Poll { .. } => "GET".to_owned(),
             }
         ),
-        Net::HttpResponse { client, request, status, body } => {
-            format!("HttpResponse to {client} {request:?} {status} {} B{}", body.len(), kinds(body))
+        Net::HttpResponse { client, request, status, body, encoding } => {
+            let n = body.len();
+            format!(
+                "HttpResponse to {client} {request:?} {status} {n} B {encoding:?}{}",
+                kinds(body)
+            )
         }
         other => format!("{other:?}"),
     }

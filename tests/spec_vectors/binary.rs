@@ -167,6 +167,57 @@ fn encode_binary(env: &Envelope) -> Vec<u8> {
     out
 }
 
+/// §27.7: what a receiver reads in a binary HTTP body, in order: `Ok` for each envelope, `Err`
+/// with the code of each framing error. Nothing is allocated for a length before it is checked.
+fn read_body(body: &[u8], max: usize) -> Vec<Result<Vec<u8>, &'static str>> {
+    let mut out = Vec::new();
+    let mut rest = body;
+    while !rest.is_empty() {
+        if rest.len() < 4 {
+            out.push(Err("INVALID_MESSAGE"));
+            break;
+        }
+        let (prefix, after) = rest.split_at(4);
+        let len = u32::from_be_bytes(prefix.try_into().expect("4 bytes")) as usize;
+        if len == 0 || len > after.len() {
+            out.push(Err("INVALID_MESSAGE"));
+            break;
+        }
+        let (frame, tail) = after.split_at(len);
+        rest = tail;
+        out.push(if len > max { Err("MESSAGE_TOO_LARGE") } else { Ok(frame.to_vec()) });
+    }
+    out
+}
+
+#[test]
+fn binary_http_body_vectors() {
+    let v = load("binary.json");
+    let h = &v["http_bodies"];
+    assert_eq!(get_str(h, "media_type", "binary.json"), "application/vnd.peerlink.binary.v1");
+    let bodies = get_array(h, "bodies", "binary.json");
+    assert!(bodies.len() >= 6);
+    for c in bodies {
+        let ctx = get_str(c, "description", "binary.json");
+        let body = hex_decode(get_str(c, "body", ctx), ctx);
+        let max = get_u64(c, "max_frame_bytes", ctx) as usize;
+        let want: Vec<Result<Vec<u8>, String>> = get_array(c, "reads", ctx)
+            .iter()
+            .map(|r| match r.get("binary") {
+                Some(_) => Ok(hex_decode(get_str(r, "binary", ctx), ctx)),
+                None => Err(get_str(r, "error", ctx).to_owned()),
+            })
+            .collect();
+        let got: Vec<Result<Vec<u8>, String>> =
+            read_body(&body, max).into_iter().map(|r| r.map_err(str::to_owned)).collect();
+        assert_eq!(got, want, "{ctx}");
+        // Every envelope read is a valid binary envelope.
+        for frame in got.into_iter().flatten() {
+            decode_binary(&frame, max).unwrap_or_else(|r| panic!("{ctx}: rejected: {r:?}"));
+        }
+    }
+}
+
 #[test]
 fn binary_vectors() {
     let v = load("binary.json");

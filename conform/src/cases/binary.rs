@@ -1,11 +1,15 @@
 //! §27: the binary envelope on a link that agreed on it. A node that does not select the
-//! subprotocol passes C-27.1 and skips the rest: binary framing is optional.
+//! subprotocol passes C-27.1 and skips the rest: binary framing is optional. C-27.5 posts a binary
+//! body (§27.7); a node that answers it 415 skips it.
 
 use peerlink_core::encoding::hex;
-use peerlink_core::{ErrorCode, MessageType};
+use peerlink_core::endpoints::MESSAGES_PATH;
+use peerlink_core::wire::{self, Encoding};
+use peerlink_core::{ErrorCode, MessageType, binary_envelope, http_body};
 
 use super::{Case, CaseResult, Verdict, case, ensure};
 use crate::ctx::Ctx;
+use crate::http;
 use crate::peer::{self, ANSWER};
 use crate::ws::Ws;
 
@@ -35,6 +39,12 @@ pub(super) fn cases() -> Vec<Case> {
             "§27.5",
             "handshake and a data message in binary frames; the ACK opens",
             session,
+        ),
+        case(
+            "C-27.5",
+            "§27.7",
+            "a binary POST body accepting binary: PONG in the body its Content-Type names, or 415",
+            http_body,
         ),
     ]
 }
@@ -112,6 +122,47 @@ fn session(ctx: &Ctx) -> CaseResult {
     let ack = peer::expect_ack(ctx, &mut ws, &mut s, epoch, |a| a.cumulative >= 1)?;
     ensure!(ack.cumulative == 1, "ACK cumulative {} after one frame", ack.cumulative);
     ws.close();
+    Ok(())
+}
+
+fn http_body(ctx: &Ctx) -> CaseResult {
+    let token = ctx.token()?;
+    super::http::quiet(ctx, &token)?;
+    let mut rng = peer::rng();
+    let p = peer::ping(ctx, peer::now(), &mut rng)?;
+    let body = http_body::encode([&binary_envelope::encode(&p)[..]], Encoding::Binary);
+    let r = http::post_accepting(
+        &ctx.agent,
+        &ctx.url(MESSAGES_PATH),
+        Some(&token),
+        wire::BINARY_MEDIA_TYPE,
+        Some(wire::accept_header(true)),
+        &body,
+    )?;
+    if r.status == 415 {
+        return Err(Verdict::Skip("the node keeps HTTP bodies to NDJSON (415, §27.7)".into()));
+    }
+    ensure!(
+        r.status == 200,
+        "expected HTTP 200 or 415, got {}: {}",
+        r.status,
+        peer::preview(&r.body)
+    );
+    // A node that speaks binary bodies may still answer NDJSON; the Content-Type says which.
+    let encoding = wire::body_encoding(r.content_type.as_deref());
+    let mut envelopes = Vec::new();
+    for frame in http_body::frames(&r.body, encoding, LIMIT as usize) {
+        let frame = frame.map_err(|e| format!("the {encoding:?} answer does not frame: {e}"))?;
+        ensure!(Encoding::of(frame) == encoding, "an envelope of the other encoding in the answer");
+        let env = wire::decode(frame, LIMIT as usize)
+            .map_err(|e| format!("an envelope of the answer does not decode: {e}"))?;
+        envelopes.push(env);
+    }
+    let pong = envelopes
+        .iter()
+        .find(|e| e.message_type == MessageType::Pong)
+        .ok_or("the binary PING got no PONG")?;
+    peer::check_pong(ctx, pong, &p)?;
     Ok(())
 }
 

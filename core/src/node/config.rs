@@ -53,7 +53,10 @@ pub struct NodeConfig {
     pub relay: bool,
     /// Whether this node's WebSocket links may agree on the binary envelope (spec §27): it
     /// offers [`BINARY_SUBPROTOCOL`](crate::wire::BINARY_SUBPROTOCOL) on the links it opens and
-    /// selects it on the upgrades it accepts. Default true; false keeps every link on JSON.
+    /// selects it on the upgrades it accepts. It also speaks binary HTTP bodies (spec §27.7):
+    /// it accepts them in its polls and posts, posts them to a hop that answered binary, answers
+    /// them to a caller that accepts them, and takes binary `POST` bodies (without it, `415`).
+    /// Default true; false keeps every link and HTTP body on JSON.
     pub binary_links: bool,
     /// Whether the node hands its public-key work out ([`Output::Work`](super::Output::Work)):
     /// answering a `HANDSHAKE_INIT`, and checking the signatures of the other handshake steps

@@ -1,21 +1,19 @@
 //! Next hops this node dials: the WebSocket link to each, reconnect with backoff, the transport
-//! decision per frame, HTTP batches with retries, and long-polls while WebSocket is down.
+//! decision per frame, and failover between a hop's URLs. HTTP batches with retries, long-polls
+//! and the body encoding per hop are in [`super::hop_http`].
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use super::links::{Direction, Source};
-use super::{Event, HttpMethod, LinkId, LinkKind, Node, NodeAddr, Output, RequestId, Timer};
+use super::links::Direction;
+use super::{Event, LinkId, LinkKind, Node, NodeAddr, Output, RequestId, Timer};
 use crate::backoff::Backoff;
 use crate::capabilities::Transport;
-use crate::endpoints::{SESSION_PARAM, WAIT_PARAM};
+use crate::endpoints::SESSION_PARAM;
 use crate::envelope::Envelope;
 use crate::ids::{EntityId, MessageId};
-use crate::stream::FailReason;
 use crate::time::Timestamp;
-use crate::transport::{
-    HopTransport, HttpOutcome, Route, RouteQuery, TransportPreference, WsLink, classify_http, route,
-};
+use crate::transport::{HopTransport, Route, RouteQuery, TransportPreference, WsLink, route};
 use crate::wire::{self, Encoding};
 
 /// What a frame carries, so an HTTP refusal can be reported to the right place.
@@ -40,6 +38,8 @@ pub(super) struct Exchange {
     pub items: Vec<BatchItem>,
     pub attempt: u32,
     pub retry_at: Option<Timestamp>,
+    /// The encoding of its body: a `415` to a binary one sends its frames again in JSON.
+    pub encoding: Encoding,
 }
 
 /// One next hop.
@@ -68,6 +68,9 @@ pub(super) struct Hop {
     pub urls: Vec<String>,
     /// Attempts to reach it at `addr.base_url` that failed in a row.
     pub failures: u32,
+    /// Whether this node posts it binary bodies: an answer from it was binary, and none since
+    /// said otherwise ([`wire::hop_speaks_binary`], spec §27.7).
+    pub binary_bodies: bool,
 }
 
 /// Failed attempts in a row (a WebSocket link that could not be opened or dropped, an HTTP
@@ -98,15 +101,10 @@ pub fn messages_url(base_url: &str) -> String {
 }
 
 /// HTTP `POST`s in flight to one hop at once.
-const MAX_HTTP_INFLIGHT: usize = 16;
-
-/// Bytes a frame takes in an NDJSON body: the frame and its `\n`.
-fn line_len(item: &BatchItem) -> usize {
-    item.frame.len().saturating_add(1)
-}
+pub(super) const MAX_HTTP_INFLIGHT: usize = 16;
 
 /// Shortest pause between two long-polls when the last one came back empty.
-const MIN_POLL_INTERVAL: std::time::Duration = std::time::Duration::from_millis(500);
+pub(super) const MIN_POLL_INTERVAL: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// What happened to a frame handed to a hop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -139,6 +137,7 @@ impl Node {
             poll_backoff: Backoff::new(reconnect),
             urls: Vec::new(),
             failures: 0,
+            binary_bodies: false,
         });
     }
 
@@ -199,13 +198,18 @@ impl Node {
     }
 
     /// The encoding a frame for `peer` is best built in: that of the link it would leave on now
-    /// (its own inbound link, else its next hop's WebSocket), JSON when there is none. A frame
-    /// that ends up elsewhere is translated there ([`Node::transmit`], [`Node::json_frame`]).
+    /// (its own inbound link, else its next hop's WebSocket), else that of the bodies its next
+    /// hop is posted ([`Node::hop_body_encoding`]). A frame that ends up elsewhere is translated
+    /// there ([`Node::transmit`], [`Node::json_frame`], [`Node::body_frame`]).
     pub(super) fn encoding_toward(&self, peer: &EntityId) -> Encoding {
-        let link = self.bound.get(peer).copied().or_else(|| {
-            self.route_of(peer).and_then(|hop| self.hops.get(&hop)).and_then(|h| h.ws_link)
-        });
-        link.map_or(Encoding::Json, |l| self.link_encoding(l))
+        if let Some(link) = self.bound.get(peer) {
+            return self.link_encoding(*link);
+        }
+        let Some(hop) = self.route_of(peer) else { return Encoding::Json };
+        match self.hops.get(&hop).and_then(|h| h.ws_link) {
+            Some(link) => self.link_encoding(link),
+            None => self.hop_body_encoding(&hop),
+        }
     }
 
     /// `env` encoded for `peer` ([`Node::encoding_toward`]).
@@ -309,8 +313,9 @@ impl Node {
                 None => (None, HopSend::Wait),
             },
             Route::Http => {
-                // NDJSON bodies carry JSON frames (spec §27.3).
-                let Ok(frame) = self.json_frame(frame) else { return HopSend::Failed };
+                // A body carries frames in the encoding the hop speaks (spec §27.7).
+                let encoding = self.hop_body_encoding(hop);
+                let Ok(frame) = self.body_frame(frame, encoding) else { return HopSend::Failed };
                 let Some(h) = self.hops.get_mut(hop) else { return HopSend::Failed };
                 self.stats.sent(Transport::Http, frame.len());
                 h.batch.push(BatchItem { frame, owner });
@@ -340,109 +345,10 @@ impl Node {
         result
     }
 
-    /// Posts the frames batched for each hop, in as few requests as the body size allows, while
-    /// the hop has fewer than [`MAX_HTTP_INFLIGHT`] requests in flight. What does not fit waits
-    /// in the batch for the next request to finish (every step ends here, a response too), up to
-    /// one request body (`max_http_body_bytes`); only frames past that bound are dropped and
-    /// left to the delivery layer's retransmission (spec §13.3). Dropping every frame met by a
-    /// full set of requests instead held a few percent of a busy HTTP stream for a whole
-    /// retransmission timeout (200 ms at least) although a slot was free a few ms later.
-    pub(super) fn flush_http_batches(&mut self, now: Timestamp) {
-        let hops: Vec<EntityId> =
-            self.hops.iter().filter(|(_, h)| !h.batch.is_empty()).map(|(k, _)| k.clone()).collect();
-        let max_body = self.config.max_http_body_bytes;
-        for hop in hops {
-            let Some(h) = self.hops.get_mut(&hop) else { continue };
-            let mut free = MAX_HTTP_INFLIGHT.saturating_sub(h.inflight.len());
-            let mut items = std::mem::take(&mut h.batch).into_iter().peekable();
-            while free > 0 && items.peek().is_some() {
-                // One request: at least one frame, then as many as fit in a body.
-                let mut group: Vec<BatchItem> = Vec::new();
-                let mut size = 0usize;
-                while let Some(item) = items.next_if(|item| {
-                    group.is_empty() || size.saturating_add(line_len(item)) <= max_body
-                }) {
-                    size = size.saturating_add(line_len(&item));
-                    group.push(item);
-                }
-                self.post(now, &hop, group, 1);
-                free = free.saturating_sub(1);
-            }
-            // The rest waits for a request to finish, oldest first, within one body.
-            let mut size = 0usize;
-            let waiting: Vec<BatchItem> = items
-                .take_while(|item| {
-                    size = size.saturating_add(line_len(item));
-                    size <= max_body
-                })
-                .collect();
-            if let Some(h) = self.hops.get_mut(&hop) {
-                h.batch = waiting;
-            }
-        }
-        self.ensure_polls(now);
-    }
-
-    fn post(&mut self, _now: Timestamp, hop: &EntityId, items: Vec<BatchItem>, attempt: u32) {
-        let request = self.next_request_id();
-        let Some(h) = self.hops.get_mut(hop) else { return };
-        // Bounded in-flight requests per hop. Callers post only with a slot free (a batch waits,
-        // a retry takes its own request's slot); were it full, the frames would be dropped here
-        // and the delivery layer would re-send them later (spec §13.3).
-        if h.inflight.len() >= MAX_HTTP_INFLIGHT {
-            return;
-        }
-        let mut body = Vec::new();
-        for item in &items {
-            body.extend_from_slice(&item.frame);
-            body.push(b'\n');
-        }
-        let url = messages_url(&h.addr.base_url);
-        let node = h.addr.clone();
-        h.inflight.insert(request, Exchange { items, attempt, retry_at: None });
-        self.emit(Output::HttpRequest { request, method: HttpMethod::Post, url, node, body });
-    }
-
-    /// Keeps one long-poll open to each hop that has traffic for us while WebSocket is unusable.
-    /// A `WEBSOCKET_ONLY` node never polls, it uses no HTTP at all (spec §16): it keeps a link
-    /// to such a hop open (or reconnecting) instead.
-    fn ensure_polls(&mut self, now: Timestamp) {
-        let candidates: Vec<EntityId> = self
-            .hops
-            .iter()
-            .filter(|(_, h)| {
-                h.poll.is_none() && h.poll_retry_at.is_none() && !h.transport.websocket_usable(now)
-            })
-            .map(|(k, _)| k.clone())
-            .collect();
-        for hop in candidates {
-            if !self.hop_active(&hop) {
-                continue;
-            }
-            if self.config.preference == TransportPreference::WebsocketOnly {
-                self.ensure_ws(now, &hop);
-                continue;
-            }
-            let request = self.next_request_id();
-            let wait = self.config.poll_wait.as_millis();
-            let Some(h) = self.hops.get_mut(&hop) else { continue };
-            h.poll = Some(request);
-            let url = format!("{}?{WAIT_PARAM}={wait}", messages_url(&h.addr.base_url));
-            let node = h.addr.clone();
-            self.emit(Output::HttpRequest {
-                request,
-                method: HttpMethod::Get,
-                url,
-                node,
-                body: Vec::new(),
-            });
-        }
-    }
-
     /// Whether anything is expected from `hop`: it is the default route (the relay this node is
     /// reachable through, so anyone may write to it there at any time), the application wants
     /// it, or a peer routed through it has a session, a handshake or messages in flight.
-    fn hop_active(&self, hop: &EntityId) -> bool {
+    pub(super) fn hop_active(&self, hop: &EntityId) -> bool {
         if self.default_route.as_ref() == Some(hop) || self.hops.get(hop).is_some_and(|h| h.wanted)
         {
             return true;
@@ -452,106 +358,6 @@ impl Node {
                 && !self.bound.contains_key(id)
                 && (p.session.is_some() || p.handshaking() || p.needs_session())
         })
-    }
-
-    /// The answer to an HTTP request this node made.
-    pub fn handle_http_response(
-        &mut self,
-        now: Timestamp,
-        request: RequestId,
-        status: u16,
-        body: &[u8],
-    ) {
-        self.on_http_result(now, request, Some(status), body);
-        self.finish(now);
-    }
-
-    /// An HTTP request this node made failed without an answer (connection refused, timeout).
-    pub fn handle_http_failure(&mut self, now: Timestamp, request: RequestId) {
-        self.on_http_result(now, request, None, &[]);
-        self.finish(now);
-    }
-
-    fn on_http_result(
-        &mut self,
-        now: Timestamp,
-        request: RequestId,
-        status: Option<u16>,
-        body: &[u8],
-    ) {
-        let Some(hop) = self
-            .hops
-            .iter()
-            .find(|(_, h)| h.poll == Some(request) || h.inflight.contains_key(&request))
-            .map(|(k, _)| k.clone())
-        else {
-            return;
-        };
-        let outcome = classify_http(status);
-        // No answer, or a server failing: this URL may be down. (A 429 or 408 is an answer.)
-        match status {
-            None | Some(500..=599) => self.hop_attempt_failed(&hop),
-            Some(200..=299) => self.hop_attempt_succeeded(&hop),
-            Some(_) => {}
-        }
-        let Some(h) = self.hops.get_mut(&hop) else { return };
-        if h.poll == Some(request) {
-            h.poll = None;
-            if outcome == HttpOutcome::Delivered {
-                h.poll_backoff.reset();
-                // An empty answer: poll again after a pause, so a server that does not hold
-                // polls cannot drive a request loop.
-                if body.is_empty() {
-                    h.poll_retry_at = Some(now.saturating_add(MIN_POLL_INTERVAL));
-                }
-            } else {
-                let delay = h.poll_backoff.next_delay(&mut self.rng);
-                h.poll_retry_at = Some(now.saturating_add(delay));
-            }
-        } else if let Some(mut ex) = h.inflight.remove(&request) {
-            match outcome {
-                HttpOutcome::Delivered => {}
-                HttpOutcome::Retry => match self.config.http_retry.delay_after(ex.attempt) {
-                    Some(delay) => {
-                        ex.retry_at = Some(now.saturating_add(delay));
-                        h.inflight.insert(request, ex);
-                    }
-                    // Retries exhausted: the next hop cannot be reached.
-                    None => self.fail_owners(now, ex.items, FailReason::Unreachable),
-                },
-                HttpOutcome::Rejected | HttpOutcome::Unexpected => {
-                    self.fail_owners(now, ex.items, FailReason::Rejected)
-                }
-            }
-        }
-        if outcome == HttpOutcome::Delivered {
-            self.process_ndjson(now, Source::Hop(hop.clone()), body);
-        }
-        self.reschedule_hop(now, &hop);
-    }
-
-    /// Processes an NDJSON body: one envelope per non-empty line.
-    pub(super) fn process_ndjson(&mut self, now: Timestamp, source: Source, body: &[u8]) {
-        for line in body.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
-            self.stats.received(Transport::Http, line.len());
-            self.process_frame(now, source.clone(), line, Encoding::Json);
-        }
-    }
-
-    fn fail_owners(&mut self, now: Timestamp, items: Vec<BatchItem>, reason: FailReason) {
-        // A durable node does not give up on a message because a next hop did not answer for a
-        // while: its stream re-sends the message until the message's lifetime ends (spec
-        // §26.3). What a next hop refused still fails at once.
-        let keep = self.config.durable && reason == FailReason::Unreachable;
-        for item in items {
-            match item.owner {
-                Some(Owner::Message(peer, _)) if keep => self.reschedule_peer(&peer),
-                Some(Owner::Message(peer, id)) => self.fail_message(now, &peer, &id, reason),
-                Some(Owner::Handshake(peer)) if keep => self.handshake_unanswered(now, &peer),
-                Some(Owner::Handshake(peer)) => self.handshake_refused(now, &peer, reason),
-                None => {}
-            }
-        }
     }
 
     pub(super) fn on_hop_timer(&mut self, now: Timestamp, hop: &EntityId) {

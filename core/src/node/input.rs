@@ -67,6 +67,9 @@ pub enum Input<'a> {
         status: u16,
         /// Its body.
         body: &'a [u8],
+        /// What its `Content-Type` names:
+        /// [`wire::body_encoding`](crate::wire::body_encoding).
+        encoding: crate::wire::Encoding,
     },
     /// An HTTP request the node made failed without an answer (refused, timed out).
     HttpFailed(RequestId),
@@ -77,6 +80,8 @@ pub enum Input<'a> {
         to: EntityId,
         /// The answer's body, as the node emitted it.
         body: &'a [u8],
+        /// The answer's encoding, as the node emitted it.
+        encoding: crate::wire::Encoding,
     },
     /// The deadline from [`Node::poll_timeout`] has passed (harmless if it has not).
     Timeout,
@@ -144,11 +149,13 @@ impl Node {
             Input::HttpCall { who, call } => {
                 return Ok(Handled::Call(self.handle_http_request(now, who, call)));
             }
-            Input::HttpResponse { request, status, body } => {
-                self.handle_http_response(now, request, status, body)
+            Input::HttpResponse { request, status, body, encoding } => {
+                self.handle_http_response(now, request, status, body, encoding)
             }
             Input::HttpFailed(request) => self.handle_http_failure(now, request),
-            Input::HttpAnswerLost { to, body } => self.http_answer_lost(now, &to, body),
+            Input::HttpAnswerLost { to, body, encoding } => {
+                self.http_answer_lost(now, &to, body, encoding)
+            }
             Input::Timeout => self.handle_timeout(now),
             Input::ClusterUp => self.cluster_up(now),
             Input::ClusterDown => self.cluster_down(now),
@@ -178,11 +185,11 @@ impl Input<'_> {
                 format!("binary frame on {link:?}: {} bytes", frame.len())
             }
             Input::HttpCall { who, .. } => format!("HTTP call from {}", who.entity),
-            Input::HttpResponse { request, status, body } => {
-                format!("HTTP answer to {request:?}: {status}, {} bytes", body.len())
+            Input::HttpResponse { request, status, body, encoding } => {
+                format!("HTTP answer to {request:?}: {status}, {} bytes ({encoding:?})", body.len())
             }
             Input::HttpFailed(request) => format!("HTTP request {request:?} got no answer"),
-            Input::HttpAnswerLost { to, body } => {
+            Input::HttpAnswerLost { to, body, .. } => {
                 format!("answer for {to} lost: {} bytes", body.len())
             }
             Input::Timeout => "timeout".to_owned(),

@@ -7,6 +7,7 @@ use crate::capabilities::Transport;
 use crate::error::ErrorCode;
 use crate::ids::{EntityId, MessageId, SessionId};
 use crate::stream::FailReason;
+use crate::wire::Encoding;
 
 /// Names one link (a WebSocket connection) for the lifetime of the node; never reused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -37,10 +38,16 @@ pub enum HttpMethod {
 /// An inbound HTTP call, already authenticated by the driver (spec §"Endpoints").
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HttpCall {
-    /// `POST /v1/messages`: envelopes, one per line (NDJSON).
+    /// `POST /v1/messages`: envelopes, NDJSON or binary ([`crate::http_body`]).
     PostMessages {
         /// The request body.
         body: Vec<u8>,
+        /// What its `Content-Type` names: [`wire::body_encoding`](crate::wire::body_encoding).
+        /// A binary body to a node whose `binary_links` is off is answered `415` (spec §27.7).
+        encoding: Encoding,
+        /// Whether its `Accept` names the binary body:
+        /// [`wire::accepts_binary`](crate::wire::accepts_binary).
+        accept_binary: bool,
     },
     /// `GET /v1/messages`: wait for messages to this entity, up to the lesser of `wait` and
     /// the node's `poll_wait` (spec §21).
@@ -48,7 +55,22 @@ pub enum HttpCall {
         /// The caller's `wait_ms` ([`crate::endpoints::poll_wait_of`]), if it gave one; zero
         /// answers at once.
         wait: Option<Duration>,
+        /// Whether its `Accept` names the binary body:
+        /// [`wire::accepts_binary`](crate::wire::accepts_binary).
+        accept_binary: bool,
     },
+}
+
+impl HttpCall {
+    /// A `POST` of an NDJSON body from a client that accepts NDJSON answers only.
+    pub fn post(body: Vec<u8>) -> Self {
+        HttpCall::PostMessages { body, encoding: Encoding::Json, accept_binary: false }
+    }
+
+    /// A poll from a client that accepts NDJSON answers only.
+    pub fn poll(wait: Option<Duration>) -> Self {
+        HttpCall::Poll { wait, accept_binary: false }
+    }
 }
 
 /// Something the driver must do.
@@ -99,8 +121,15 @@ pub enum Output {
         url: String,
         /// The node asked: the entity its token must name and its HTTP base URL.
         node: super::NodeAddr,
-        /// NDJSON body (empty for `GET`).
+        /// The body (empty for `GET`), in `body_encoding`.
         body: Vec<u8>,
+        /// The body's encoding: send `Content-Type:` its
+        /// [`media_type`](Encoding::media_type) with a `POST`.
+        body_encoding: Encoding,
+        /// Send `Accept:` [`wire::accept_header`](crate::wire::accept_header)`(accept_binary)`,
+        /// and report the answer's `Content-Type` in
+        /// [`Input::HttpResponse`](super::Input::HttpResponse) (spec §27.7).
+        accept_binary: bool,
     },
     /// Answer an inbound HTTP call.
     HttpRespond {
@@ -108,8 +137,11 @@ pub enum Output {
         request: RequestId,
         /// The status code.
         status: u16,
-        /// NDJSON body: envelopes for the caller.
+        /// Envelopes for the caller, in `encoding`.
         body: Vec<u8>,
+        /// The body's encoding: answer with `Content-Type:` its
+        /// [`media_type`](Encoding::media_type).
+        encoding: Encoding,
     },
     /// Tell the application something.
     Event(Event),
@@ -158,11 +190,11 @@ impl Output {
             }
             Output::OpenLink { link, url, .. } => format!("open {link:?} to {url}"),
             Output::CloseLink { link, reason } => format!("close {link:?} ({reason:?})"),
-            Output::HttpRequest { request, method, url, body, .. } => {
-                format!("{method:?} {url} as {request:?}: {} bytes", body.len())
+            Output::HttpRequest { request, method, url, body, body_encoding, .. } => {
+                format!("{method:?} {url} as {request:?}: {} bytes ({body_encoding:?})", body.len())
             }
-            Output::HttpRespond { request, status, body } => {
-                format!("answer {request:?}: {status}, {} bytes", body.len())
+            Output::HttpRespond { request, status, body, encoding } => {
+                format!("answer {request:?}: {status}, {} bytes ({encoding:?})", body.len())
             }
             Output::Event(_) => "event".to_owned(),
             Output::Cluster(action) => format!("cluster {action:?}"),

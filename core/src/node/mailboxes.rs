@@ -13,8 +13,10 @@ use super::{Node, Output, RequestId, Timer};
 use crate::capabilities::Transport;
 use crate::durable::{MailboxRecord, StoreOp, encode_with_body, kind, numbered_key};
 use crate::error::ErrorCode;
+use crate::http_body;
 use crate::ids::EntityId;
 use crate::time::Timestamp;
+use crate::wire::{self, Encoding};
 
 /// Where a node's first mailbox numbers start: far enough from both ends of `u64` that entries
 /// put back at the front (numbered downwards) and new ones (upwards) never run out.
@@ -312,29 +314,61 @@ impl Node {
 
     /// Answers the long poll `entity` holds, if any, with what waits for it.
     pub(super) fn release_poll(&mut self, entity: &EntityId) {
-        if let Some((request, _)) = self.polls.remove(entity) {
+        if let Some((request, _, encoding)) = self.polls.remove(entity) {
             self.timers.cancel(&Timer::Poll(entity.clone()));
-            self.answer_poll(request, entity);
+            self.answer_poll(request, entity, encoding);
         }
     }
 
-    pub(super) fn answer_poll(&mut self, request: RequestId, entity: &EntityId) {
+    /// Answers an HTTP call of `entity` with what waits for it, in a body of `encoding` (the
+    /// call's [`wire::answer_encoding`]).
+    pub(super) fn answer_poll(
+        &mut self,
+        request: RequestId,
+        entity: &EntityId,
+        encoding: Encoding,
+    ) {
         let frames = self.mailboxes.drain(entity, self.config.max_http_body_bytes);
-        self.emit(Output::HttpRespond { request, status: 200, body: ndjson(&frames) });
+        let (body, encoding) = self.answer_body(&frames, encoding);
+        self.emit(Output::HttpRespond { request, status: 200, body, encoding });
         self.mailboxes_changed();
+    }
+
+    /// A body of `frames` (JSON, as mailboxes hold them) in `encoding`. Should one of them have
+    /// no binary form within the frame limit, the whole body is NDJSON instead: a client that
+    /// accepts binary reads both, and nothing is lost.
+    fn answer_body(&self, frames: &[Arc<[u8]>], encoding: Encoding) -> (Vec<u8>, Encoding) {
+        if encoding == Encoding::Binary {
+            let max = self.config.limits.max_frame_bytes;
+            let binary: Result<Vec<Arc<[u8]>>, _> = frames
+                .iter()
+                .map(|f| wire::translate(Arc::clone(f), Encoding::Binary, max))
+                .collect();
+            if let Ok(binary) = binary {
+                return (http_body::encode(binary.iter().map(|f| &**f), encoding), encoding);
+            }
+        }
+        (http_body::encode(frames.iter().map(|f| &**f), Encoding::Json), Encoding::Json)
     }
 
     /// The answer to an HTTP call from `to` never reached it: its client had gone (a stopped
     /// process whose long poll was still held, spec §21). The envelopes the answer carried go
     /// back to the front of `to`'s mailbox, within its bounds (what does not fit, and anything
     /// that is not an envelope line, is dropped: senders re-send data, §13.3), and then to its
-    /// link or a poll it holds now. `body` is the answer's NDJSON body, as this node emitted it.
-    pub fn http_answer_lost(&mut self, now: Timestamp, to: &EntityId, body: &[u8]) {
+    /// link or a poll it holds now. `body` is the answer's body and `encoding` its encoding, as
+    /// this node emitted them; binary envelopes go back in JSON, as mailboxes hold them.
+    pub fn http_answer_lost(
+        &mut self,
+        now: Timestamp,
+        to: &EntityId,
+        body: &[u8],
+        encoding: Encoding,
+    ) {
         let max_frame = self.config.limits.max_frame_bytes;
-        let frames: Vec<Arc<[u8]>> = body
-            .split(|&b| b == b'\n')
-            .filter(|l| !l.is_empty() && l.len() <= max_frame)
-            .map(Arc::from)
+        let frames: Vec<Arc<[u8]>> = http_body::frames(body, encoding, max_frame)
+            .filter_map(Result::ok)
+            .filter(|f| f.len() <= max_frame)
+            .filter_map(|f| wire::to_json(Arc::from(f), max_frame).ok())
             .collect();
         if frames.is_empty() {
             return;
@@ -404,15 +438,6 @@ impl Node {
     pub(super) fn schedule_mailbox_expiry(&mut self) {
         self.schedule(Timer::Mailboxes, self.mailboxes.next_expiry());
     }
-}
-
-fn ndjson(frames: &[Arc<[u8]>]) -> Vec<u8> {
-    let mut body = Vec::new();
-    for f in frames {
-        body.extend_from_slice(f);
-        body.push(b'\n');
-    }
-    body
 }
 
 #[cfg(test)]

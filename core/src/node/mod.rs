@@ -33,6 +33,7 @@ mod cluster;
 mod cluster_topics;
 mod config;
 mod durability;
+mod hop_http;
 mod hops;
 mod idle;
 mod input;
@@ -173,8 +174,9 @@ pub struct Node {
     mailboxes: Mailboxes,
     /// Entities admitted under the open policy, until their tokens expire (spec §2.3, §19).
     admitted: Admissions,
-    /// Held long-polls by entity: the request and when to answer it empty.
-    polls: BTreeMap<EntityId, (RequestId, Timestamp)>,
+    /// Held long-polls by entity: the request, when to answer it empty, and the encoding of
+    /// its answer's body.
+    polls: BTreeMap<EntityId, (RequestId, Timestamp, crate::wire::Encoding)>,
     /// The entity whose `POST` is being processed: frames for it wait in its mailbox for that
     /// `POST`'s answer and release no poll it holds (spec §21).
     posting: Option<EntityId>,
@@ -685,8 +687,8 @@ impl Node {
         }
         let held: Vec<EntityId> = self.polls.keys().cloned().collect();
         for entity in held {
-            if let Some((request, _)) = self.polls.remove(&entity) {
-                self.answer_poll(request, &entity);
+            if let Some((request, _, encoding)) = self.polls.remove(&entity) {
+                self.answer_poll(request, &entity, encoding);
             }
         }
         self.finish(now);

@@ -13,6 +13,7 @@ use crate::binary_envelope::{self, Head};
 use crate::capabilities::Transport;
 use crate::envelope::{Envelope, Payload};
 use crate::error::ErrorCode;
+use crate::http_body;
 use crate::identity::PublicKey;
 use crate::ids::{EntityId, MessageId, SessionId};
 use crate::message_type::MessageType;
@@ -20,7 +21,7 @@ use crate::rate_limit::TokenBucket;
 use crate::signed::{error_message, signed_message};
 use crate::time::Timestamp;
 use crate::transport::TransportPreference;
-use crate::wire::Encoding;
+use crate::wire::{self, Encoding};
 
 /// Entities the trust store does not hold, admitted under the open policy by a token that binds
 /// them to a key (spec §2.3): until the token expires, replies to them may wait in their
@@ -216,8 +217,8 @@ impl Node {
     }
 
     pub(super) fn on_poll_timer(&mut self, _now: Timestamp, entity: &EntityId) {
-        if let Some((request, _)) = self.polls.remove(entity) {
-            self.answer_poll(request, entity);
+        if let Some((request, _, encoding)) = self.polls.remove(entity) {
+            self.answer_poll(request, entity, encoding);
         }
     }
 
@@ -236,17 +237,37 @@ impl Node {
         let who = who.into();
         let request = self.next_request_id();
         if self.admit(now, &who).is_err() {
-            self.emit(Output::HttpRespond { request, status: 403, body: Vec::new() });
+            self.emit(Output::HttpRespond {
+                request,
+                status: 403,
+                body: Vec::new(),
+                encoding: Encoding::Json,
+            });
             return request;
         }
         let key = who.key();
         let entity = who.entity;
         match call {
-            HttpCall::PostMessages { body } => {
-                if body.len() > self.config.max_http_body_bytes {
-                    self.emit(Output::HttpRespond { request, status: 413, body: Vec::new() });
+            HttpCall::PostMessages { body, encoding, accept_binary } => {
+                let binary_links = self.config.binary_links;
+                let refusal = if body.len() > self.config.max_http_body_bytes {
+                    Some(413)
+                } else if !wire::accepts_post_body(encoding, binary_links) {
+                    Some(415)
+                } else {
+                    None
+                };
+                if let Some(status) = refusal {
+                    let body = Vec::new();
+                    self.emit(Output::HttpRespond {
+                        request,
+                        status,
+                        body,
+                        encoding: Encoding::Json,
+                    });
                     return request;
                 }
+                let answer = wire::answer_encoding(accept_binary, binary_links);
                 let limit = self.config.link_rate;
                 // One bucket per HTTP caller, at most `max_links` of them (the oldest goes first).
                 if !self.http_rate.contains_key(&entity)
@@ -255,15 +276,25 @@ impl Node {
                     self.http_rate.pop_first();
                 }
                 self.posting = Some(entity.clone());
-                for line in body.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
-                    self.stats.received(Transport::Http, line.len());
+                let source = Source::Http(entity.clone(), key);
+                let max = self.config.limits.max_frame_bytes;
+                for frame in http_body::frames(&body, encoding, max) {
+                    let frame = match frame {
+                        Ok(frame) => frame,
+                        // A body that cannot be framed further: answered as a bad line is.
+                        Err(e) => {
+                            self.stats.rejected = self.stats.rejected.saturating_add(1);
+                            self.reply_error(now, &source, None, e.code(), None);
+                            continue;
+                        }
+                    };
+                    self.stats.received(Transport::Http, frame.len());
                     let bucket = self
                         .http_rate
                         .entry(entity.clone())
                         .or_insert_with(|| TokenBucket::new(limit, now));
-                    let source = Source::Http(entity.clone(), key);
                     if bucket.try_take(now) {
-                        self.process_frame(now, source, line, Encoding::Json);
+                        self.process_frame(now, source.clone(), frame, encoding);
                     } else {
                         self.stats.rejected = self.stats.rejected.saturating_add(1);
                         self.reply_error(now, &source, None, ErrorCode::RateLimitExceeded, None);
@@ -271,7 +302,7 @@ impl Node {
                 }
                 self.finish(now);
                 self.posting = None;
-                self.answer_poll(request, &entity);
+                self.answer_poll(request, &entity, answer);
                 // What did not fit in that answer releases a poll the caller holds.
                 if self.mailboxes.has(&entity) {
                     self.release_poll(&entity);
@@ -279,32 +310,40 @@ impl Node {
                 // In a cluster, what waits in its shared mailbox comes here for its next call.
                 self.cluster_polled(now, &entity);
             }
-            HttpCall::Poll { wait } => {
+            HttpCall::Poll { wait, accept_binary } => {
+                let answer = wire::answer_encoding(accept_binary, self.config.binary_links);
                 let wait = wait.map_or(self.config.poll_wait, |w| w.min(self.config.poll_wait));
                 if self.mailboxes.has(&entity) || wait.is_zero() {
-                    self.answer_poll(request, &entity);
+                    self.answer_poll(request, &entity, answer);
                 } else {
-                    if let Some((old, _)) = self.polls.remove(&entity) {
+                    if let Some((old, _, encoding)) = self.polls.remove(&entity) {
+                        let body = Vec::new();
                         self.emit(Output::HttpRespond {
                             request: old,
                             status: 200,
-                            body: Vec::new(),
+                            body,
+                            encoding,
                         });
                     }
                     // At most `max_links` polls are held; past that the oldest is released empty.
                     if self.polls.len() >= self.config.max_links {
                         let oldest =
-                            self.polls.iter().min_by_key(|(_, (r, _))| *r).map(|(e, _)| e.clone());
-                        if let Some((other, (old, _))) =
+                            self.polls.iter().min_by_key(|(_, (r, ..))| *r).map(|(e, _)| e.clone());
+                        if let Some((other, (old, _, encoding))) =
                             oldest.and_then(|e| self.polls.remove_entry(&e))
                         {
                             self.timers.cancel(&Timer::Poll(other));
                             let body = Vec::new();
-                            self.emit(Output::HttpRespond { request: old, status: 200, body });
+                            self.emit(Output::HttpRespond {
+                                request: old,
+                                status: 200,
+                                body,
+                                encoding,
+                            });
                         }
                     }
                     let until = now.saturating_add(wait);
-                    self.polls.insert(entity.clone(), (request, until));
+                    self.polls.insert(entity.clone(), (request, until, answer));
                     // In a cluster, what waits in its shared mailbox comes to this poll.
                     self.cluster_polled(now, &entity);
                     self.schedule(Timer::Poll(entity), Some(until));

@@ -26,6 +26,7 @@ mod delivery;
 mod durable;
 mod failover;
 mod http_answers;
+mod http_bodies;
 mod idle;
 mod input;
 mod offload;
@@ -280,9 +281,9 @@ fn relay_queues_for_offline_entities_and_refuses_unknown_ones() {
     relay.handle_frame(T0, alice, &opaque_for("alice", "mallory", 9));
     assert_eq!(error_codes(&drain(&mut relay)), vec![ErrorCode::UnknownRecipient]);
     // Bob polls over HTTP: the poll drains the mailbox in order.
-    let poll = relay.handle_http_request(T0, id("bob"), HttpCall::Poll { wait: None });
+    let poll = relay.handle_http_request(T0, id("bob"), HttpCall::poll(None));
     let out = drain(&mut relay);
-    let Some(Output::HttpRespond { request, status: 200, body }) = out.first() else {
+    let Some(Output::HttpRespond { request, status: 200, body, .. }) = out.first() else {
         panic!("{out:?}")
     };
     assert_eq!(*request, poll);
@@ -294,15 +295,15 @@ fn relay_queues_for_offline_entities_and_refuses_unknown_ones() {
     assert_eq!(ids, vec!["m0", "m1", "m2"]);
     assert_eq!(relay.mailbox_len(), 0);
     // A held poll is answered as soon as something arrives.
-    let poll = relay.handle_http_request(T0, id("bob"), HttpCall::Poll { wait: None });
+    let poll = relay.handle_http_request(T0, id("bob"), HttpCall::poll(None));
     assert!(drain(&mut relay).is_empty());
     relay.handle_frame(T0, alice, &opaque_for("alice", "bob", 7));
     let out = drain(&mut relay);
     assert!(
-        matches!(out.as_slice(), [Output::HttpRespond { request, status: 200, body }] if *request == poll && !body.is_empty())
+        matches!(out.as_slice(), [Output::HttpRespond { request, status: 200, body, .. }] if *request == poll && !body.is_empty())
     );
     // Or empty once the poll wait passes.
-    let poll = relay.handle_http_request(T0, id("bob"), HttpCall::Poll { wait: None });
+    let poll = relay.handle_http_request(T0, id("bob"), HttpCall::poll(None));
     relay.handle_timeout(T0.saturating_add(Duration::from_secs(25)));
     let out = drain(&mut relay);
     assert!(out.iter().any(|o| matches!(o, Output::HttpRespond { request, body, .. } if *request == poll && body.is_empty())));
@@ -394,12 +395,25 @@ struct Pump {
     /// Binary frames carried on links, and frames of either encoding.
     binary_frames: u64,
     link_frames: u64,
+    /// Whether each HTTP call held by a server (server, its request id) accepted binary.
+    accepts: BTreeMap<(String, RequestId), bool>,
+    /// Binary `POST`s held by a server (server, its request id).
+    binary_posts: std::collections::BTreeSet<(String, RequestId)>,
+    /// (client, server) pairs where the server answered the client in binary.
+    learned: std::collections::BTreeSet<(String, String)>,
+    /// Binary HTTP bodies (requests and answers), and bodies of either encoding.
+    binary_bodies: u64,
+    http_bodies: u64,
+    /// `415` answers (a binary body to a node that speaks JSON alone).
+    unsupported: u64,
 }
 
-/// Every NDJSON line of an HTTP body is a JSON envelope (spec §27.3).
-fn assert_json_lines(body: &[u8]) {
-    for line in body.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-        assert_eq!(Encoding::of(line), Encoding::Json, "a binary envelope in an HTTP body");
+/// Every envelope of an HTTP body is in the encoding the body says (spec §27.7): JSON lines in
+/// NDJSON, well-framed binary envelopes in a binary body.
+fn assert_body(body: &[u8], encoding: Encoding) {
+    for frame in crate::http_body::frames(body, encoding, usize::MAX) {
+        let frame = frame.expect("a body the node made frames well");
+        assert_eq!(Encoding::of(frame), encoding, "an envelope of the other encoding in a body");
     }
 }
 
@@ -438,6 +452,12 @@ impl Pump {
             binary: Default::default(),
             binary_frames: 0,
             link_frames: 0,
+            accepts: BTreeMap::new(),
+            binary_posts: Default::default(),
+            learned: Default::default(),
+            binary_bodies: 0,
+            http_bodies: 0,
+            unsupported: 0,
         }
     }
 
@@ -610,23 +630,60 @@ impl Pump {
             {
                 self.held.push((from.to_owned(), out));
             }
-            Output::HttpRequest { request, method, url, body, node } => {
-                assert_json_lines(&body);
+            Output::HttpRequest {
+                request,
+                method,
+                url,
+                body,
+                node,
+                body_encoding,
+                accept_binary,
+            } => {
+                // As a driver carries it: the headers, and what the other side reads in them.
+                let content_type = body_encoding.media_type();
+                let accept = wire::accept_header(accept_binary);
+                assert_body(&body, body_encoding);
                 let to = Self::target(&url);
                 assert_eq!(node, Self::addr(&to), "the request names the node its URL is at");
+                let binary_links =
+                    |n: &str| self.nodes.get(n).is_some_and(|n| n.config.binary_links);
+                assert_eq!(
+                    accept_binary,
+                    binary_links(from),
+                    "a client offers binary per its config"
+                );
+                // A client posts binary only to a server that answered it binary before; a
+                // server that has stopped speaking binary since (a restart) answers 415.
+                let binary_post = method == HttpMethod::Post && body_encoding == Encoding::Binary;
+                if binary_post {
+                    assert!(
+                        binary_links(from) && self.learned.contains(&(from.to_owned(), to.clone())),
+                        "a binary body from {from} to {to}, which never answered it binary"
+                    );
+                }
+                if !body.is_empty() {
+                    self.http_bodies += 1;
+                    self.binary_bodies += u64::from(body_encoding == Encoding::Binary);
+                }
                 if let Some(status) = self.http_status.get(&to).copied() {
-                    self.input(from, Input::HttpResponse { request, status, body: &[] });
+                    let encoding = Encoding::Json;
+                    self.input(from, Input::HttpResponse { request, status, body: &[], encoding });
                     return;
                 }
                 if !self.nodes.contains_key(&to) {
                     self.input(from, Input::HttpFailed(request));
                     return;
                 }
+                let accept_binary = wire::accepts_binary(Some(accept));
                 let call = match method {
-                    HttpMethod::Post => HttpCall::PostMessages { body },
+                    HttpMethod::Post => {
+                        let encoding = wire::body_encoding(Some(content_type));
+                        HttpCall::PostMessages { body, encoding, accept_binary }
+                    }
                     HttpMethod::Get => {
                         let query = url.split_once('?').map(|(_, q)| q);
-                        HttpCall::Poll { wait: crate::endpoints::poll_wait_of(query).unwrap() }
+                        let wait = crate::endpoints::poll_wait_of(query).unwrap();
+                        HttpCall::Poll { wait, accept_binary }
                     }
                 };
                 let me = bearer(from, now);
@@ -635,20 +692,50 @@ impl Pump {
                 else {
                     panic!("an HTTP call is always taken");
                 };
+                self.accepts.insert((to.clone(), server), accept_binary);
+                if binary_post {
+                    self.binary_posts.insert((to.clone(), server));
+                }
                 self.http.insert((to, server), (from.to_owned(), request));
             }
-            Output::HttpRespond { request, status, body } => {
-                assert_json_lines(&body);
+            Output::HttpRespond { request, status, body, encoding } => {
+                assert_body(&body, encoding);
+                let accepted = self.accepts.remove(&(from.to_owned(), request));
+                let binary_links = self.nodes.get(from).is_some_and(|n| n.config.binary_links);
+                if self.binary_posts.remove(&(from.to_owned(), request)) && !binary_links {
+                    assert_eq!(status, 415, "a binary body to {from}, which speaks JSON alone");
+                }
+                self.unsupported += u64::from(status == 415);
+                if encoding == Encoding::Binary {
+                    let binary_links = self.nodes.get(from).is_some_and(|n| n.config.binary_links);
+                    assert!(
+                        accepted == Some(true) && binary_links,
+                        "a binary answer from {from} to a call that did not agree on it"
+                    );
+                }
+                if !body.is_empty() {
+                    self.http_bodies += 1;
+                    self.binary_bodies += u64::from(encoding == Encoding::Binary);
+                }
                 if let Some((client, r)) = self.http.remove(&(from.to_owned(), request)) {
                     if self.nodes.contains_key(&client) {
+                        if encoding == Encoding::Binary {
+                            self.learned.insert((client.clone(), from.to_owned()));
+                        }
+                        let stated = wire::body_encoding(Some(encoding.media_type()));
                         self.input(
                             &client,
-                            Input::HttpResponse { request: r, status, body: &body },
+                            Input::HttpResponse {
+                                request: r,
+                                status,
+                                body: &body,
+                                encoding: stated,
+                            },
                         );
                     } else {
                         // The client is gone (taken out of the network): the answer cannot be
                         // written, as a driver finds.
-                        self.node(from).http_answer_lost(now, &id(&client), &body);
+                        self.node(from).http_answer_lost(now, &id(&client), &body, encoding);
                     }
                 }
             }
@@ -697,6 +784,8 @@ impl Pump {
             let (server, _) = &key;
             let client = self.http.get(&key).map(|(c, _)| c.clone()).unwrap_or_default();
             if server == name {
+                self.accepts.remove(&key);
+                self.binary_posts.remove(&key);
                 if let Some((c, r)) = self.http.remove(&key) {
                     self.input(&c, Input::HttpFailed(r));
                 }
@@ -1139,10 +1228,10 @@ proptest! {
                     let mut b = body;
                     b.extend_from_slice(b"\n");
                     b.extend_from_slice(&valid[usize::from(e) % valid.len()]);
-                    relay.handle_http_request(now, id(who), HttpCall::PostMessages { body: b });
+                    relay.handle_http_request(now, id(who), HttpCall::post(b));
                 }
                 Fuzzed::Poll(e) => {
-                    relay.handle_http_request(now, id(names[usize::from(e) % names.len()]), HttpCall::Poll { wait: None });
+                    relay.handle_http_request(now, id(names[usize::from(e) % names.len()]), HttpCall::poll(None));
                 }
                 Fuzzed::Advance(ms) => {
                     now = now.saturating_add(Duration::from_millis(u64::from(ms) * 50));
@@ -1296,7 +1385,7 @@ fn disconnect_stays_disconnected_until_the_application_acts() {
 fn http_garbage_costs_a_bounded_number_of_signatures() {
     let mut relay = node("relay", NodeConfig::default());
     let body: Vec<u8> = b"x\n".repeat(5000);
-    let request = relay.handle_http_request(T0, id("alice"), HttpCall::PostMessages { body });
+    let request = relay.handle_http_request(T0, id("alice"), HttpCall::post(body));
     let out = drain(&mut relay);
     let Some(Output::HttpRespond { body, .. }) =
         out.iter().find(|o| matches!(o, Output::HttpRespond { request: r, .. } if *r == request))
@@ -1448,7 +1537,7 @@ proptest! {
                         let mut body = body;
                         body.push(b'\n');
                         body.extend_from_slice(&valid[usize::from(status) % valid.len()]);
-                        alice.handle_http_response(now, r, 100 + status % 500, &body);
+                        alice.handle_http_response(now, r, 100 + status % 500, &body, Encoding::Json);
                     }
                 }
                 ClientInput::HttpFailure(r) => {
@@ -1516,7 +1605,7 @@ fn a_polling_client_still_answers_session_not_found_to_the_remote_peer() {
     // The relay's poll answer carries a message from bob for a session alice does not hold.
     let mut body = opaque_for("bob", "alice", 3);
     body.push(b'\n');
-    alice.handle_http_response(T0, poll, 200, &body);
+    alice.handle_http_response(T0, poll, 200, &body, Encoding::Json);
     let posted: Vec<u8> = drain(&mut alice)
         .into_iter()
         .filter_map(|o| match o {
@@ -1562,7 +1651,7 @@ fn a_client_with_nothing_to_send_stays_reachable_at_its_relay() {
     };
     let first = polls(drain(&mut alice));
     assert_eq!(first.len(), 1, "one poll, at once");
-    alice.handle_http_response(T0, first[0], 200, &[]);
+    alice.handle_http_response(T0, first[0], 200, &[], Encoding::Json);
     assert!(polls(drain(&mut alice)).is_empty(), "no poll loop on empty answers");
     let later = alice.poll_timeout().expect("a poll is scheduled");
     assert!(later >= T0.saturating_add(Duration::from_millis(500)));

@@ -3,6 +3,8 @@
 
 use peerlink_core::binary_envelope::{self, type_code};
 use peerlink_core::encoding::hex;
+use peerlink_core::http_body;
+use peerlink_core::wire::Encoding;
 use peerlink_core::{Envelope, MessageType, wire};
 use serde_json::{Value, json};
 
@@ -214,12 +216,73 @@ fn invalid(files: &std::collections::BTreeMap<&'static str, Value>) -> Vec<Value
         .collect()
 }
 
+/// What a receiver reads in `body` (spec §27.7), in order: each envelope, or the code of each
+/// framing error.
+fn reads(body: &[u8], max: usize) -> Vec<Value> {
+    http_body::frames(body, Encoding::Binary, max)
+        .map(|r| match r {
+            Ok(frame) => json!({"binary": hex(frame)}),
+            Err(e) => json!({"error": e.code().as_str()}),
+        })
+        .collect()
+}
+
+/// Binary HTTP bodies (spec §27.7): two made of envelopes of this file, and bodies whose framing
+/// fails, each with what a receiver reads in it.
+fn bodies(files: &std::collections::BTreeMap<&'static str, Value>) -> Value {
+    let frames: Vec<Vec<u8>> = sources(files)
+        .into_iter()
+        .take(2)
+        .map(|(d, json_frame)| {
+            binary_envelope::encode(&Envelope::decode(json_frame.as_bytes(), MIB).expect(&d))
+        })
+        .collect();
+    let (a, b) = (&frames[0][..], &frames[1][..]);
+    let two = http_body::encode([a, b], Encoding::Binary);
+    let (long, short) = if a.len() > b.len() { (a, b) } else { (b, a) };
+    let mut cut = http_body::encode([a], Encoding::Binary);
+    cut.extend_from_slice(&[0, 0]);
+    let mut zero = http_body::encode([a], Encoding::Binary);
+    zero.extend_from_slice(&[0, 0, 0, 0]);
+    zero.extend_from_slice(&http_body::encode([b], Encoding::Binary));
+    let mut past = http_body::encode([a], Encoding::Binary);
+    past.extend_from_slice(&[0, 0, 0, 200, 1, 2, 3]);
+    let cases: Vec<(&str, Vec<u8>, usize)> = vec![
+        ("two envelopes", two, MIB),
+        ("an empty body: no envelope", Vec::new(), MIB),
+        ("an envelope, then a length prefix cut short: INVALID_MESSAGE, the body ends", cut, MIB),
+        ("an envelope, then a length of 0: INVALID_MESSAGE, nothing after it is read", zero, MIB),
+        ("an envelope, then a length past the end of the body: INVALID_MESSAGE", past, MIB),
+        (
+            "an envelope over the frame limit (MESSAGE_TOO_LARGE, skipped unread), then one within it",
+            http_body::encode([long, short], Encoding::Binary),
+            long.len() - 1,
+        ),
+    ];
+    let cases: Vec<Value> = cases
+        .into_iter()
+        .map(|(description, body, max)| {
+            json!({
+                "description": description,
+                "body": hex(&body),
+                "max_frame_bytes": max,
+                "reads": reads(&body, max),
+            })
+        })
+        .collect();
+    json!({
+        "media_type": wire::BINARY_MEDIA_TYPE,
+        "bodies": cases,
+    })
+}
+
 /// The whole file.
 pub(super) fn vectors(files: &std::collections::BTreeMap<&'static str, Value>) -> Value {
     json!({
-        "description": "Envelopes of envelopes.json, handshake.json and session.json in the binary encoding (spec §27.5), each cut into its fields; and binary frames a receiver MUST reject, with the limit to apply and the error code (spec §27.6)",
+        "description": "Envelopes of envelopes.json, handshake.json and session.json in the binary encoding (spec §27.5), each cut into its fields; binary frames a receiver MUST reject, with the limit to apply and the error code (spec §27.6); and binary HTTP bodies with what a receiver reads in each, envelope by envelope or the code of a framing error (spec §27.7)",
         "subprotocol": wire::BINARY_SUBPROTOCOL,
         "envelopes": envelopes(files),
         "invalid": invalid(files),
+        "http_bodies": bodies(files),
     })
 }

@@ -217,7 +217,8 @@ pub struct TransportSection {
 pub struct WebsocketSection {
     /// Largest frame/message, bytes.
     pub max_frame_bytes: Option<usize>,
-    /// Offer and accept the binary envelope on links (spec §27; default true).
+    /// Offer and accept the binary envelope on links and in HTTP bodies (spec §27, §27.7;
+    /// default true).
     pub binary: Option<bool>,
     /// tungstenite read buffer, bytes.
     pub read_buffer_bytes: Option<usize>,

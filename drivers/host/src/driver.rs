@@ -17,6 +17,7 @@ use peerlink_core::node::{
 use peerlink_core::{ErrorCode, Event, Timestamp};
 
 use crate::client;
+use crate::client::HttpAnswer;
 use crate::delivery::HandlerKey;
 use crate::error::ApiError;
 use crate::link::CLOSE_BOUND;
@@ -85,8 +86,9 @@ impl Core {
                     self.pending_http.insert(request, (caller, reply));
                 }
             }
-            Input::HttpResult { request, result: Some((status, body)) } => {
-                let _ = self.feed(now, NodeInput::HttpResponse { request, status, body: &body });
+            Input::HttpResult { request, result: Some(HttpAnswer { status, body, encoding }) } => {
+                let response = NodeInput::HttpResponse { request, status, body: &body, encoding };
+                let _ = self.feed(now, response);
             }
             Input::HttpResult { request, result: None } => {
                 let _ = self.feed(now, NodeInput::HttpFailed(request));
@@ -142,28 +144,39 @@ impl Core {
                 }
                 self.forget_link(link);
             }
-            Output::HttpRequest { request, method, url, node, body } => {
+            Output::HttpRequest {
+                request,
+                method,
+                url,
+                node,
+                body,
+                body_encoding,
+                accept_binary,
+            } => {
                 if self.stopping {
                     return;
                 }
                 let ctx = Arc::clone(&self.client);
                 let inputs = self.inputs.clone();
                 let poll_wait = self.node.config().poll_wait;
+                let req = client::NodeRequest { method, url, body, body_encoding, accept_binary };
                 self.client.rt.spawn(Box::pin(async move {
-                    let result =
-                        client::node_request(&ctx, &node, method, &url, body, poll_wait).await;
+                    let result = client::node_request(&ctx, &node, req, poll_wait).await;
                     let _ = inputs.send(Input::HttpResult { request, result }).await;
                 }));
             }
-            Output::HttpRespond { request, status, body } => {
+            Output::HttpRespond { request, status, body, encoding } => {
                 if let Some((caller, reply)) = self.pending_http.remove(&request)
-                    && let Err(TrySendError::Closed((_, body))) = reply.try_send((status, body))
+                    && let Err(TrySendError::Closed(answer)) =
+                        reply.try_send(HttpAnswer { status, body, encoding })
                 {
                     // The caller's connection is gone (a stopped client's long poll): what
                     // the answer carried goes back to its mailbox (spec §21).
                     tracing::debug!(%caller, ?request, "HTTP caller gone; answer kept");
                     let now = self.clock.now();
-                    let _ = self.feed(now, NodeInput::HttpAnswerLost { to: caller, body: &body });
+                    let HttpAnswer { body, encoding, .. } = answer;
+                    let lost = NodeInput::HttpAnswerLost { to: caller, body: &body, encoding };
+                    let _ = self.feed(now, lost);
                 }
             }
             Output::Cluster(action) => self.cluster_action(action),

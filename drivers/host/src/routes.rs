@@ -178,6 +178,11 @@ async fn ask<T>(ctx: &RouteCtx, make: impl FnOnce(Sender<T>) -> Input) -> Result
     rx.recv().await.map_err(|_| unavailable())
 }
 
+/// A request header as text (`None` when missing or not visible ASCII).
+fn header_str<B>(req: &Request<B>, name: header::HeaderName) -> Option<&str> {
+    req.headers().get(name).and_then(|v| v.to_str().ok())
+}
+
 async fn read_body<B: RequestBody>(req: Request<B>, max: usize) -> Result<Vec<u8>, Resp> {
     match Limited::new(req.into_body(), max).collect().await {
         Ok(b) => Ok(b.to_bytes().to_vec()),
@@ -222,18 +227,23 @@ async fn route<B: RequestBody>(ctx: &RouteCtx, req: Request<B>) -> Result<Resp, 
         (Method::GET, "/ws/v1/events") => upgrade(ctx, req, LinkKind::Events).await,
         (Method::POST, "/v1/messages") => {
             let who = authenticate(ctx, &req)?;
+            // The node decides what the headers mean (spec §27.7): a binary body it does not
+            // speak is answered 415, and the answer's encoding follows `Accept`.
+            let encoding = wire::body_encoding(header_str(&req, header::CONTENT_TYPE));
+            let accept_binary = wire::accepts_binary(header_str(&req, header::ACCEPT));
             let body = read_body(req, ctx.max_http_body_bytes).await?;
-            let call = HttpCall::PostMessages { body };
-            let (status, body) = ask(ctx, |reply| Input::Http { who, call, reply }).await?;
-            Ok(respond(status, "application/x-ndjson", body))
+            let call = HttpCall::PostMessages { body, encoding, accept_binary };
+            let answer = ask(ctx, |reply| Input::Http { who, call, reply }).await?;
+            Ok(respond(answer.status, answer.encoding.media_type(), answer.body))
         }
         (Method::GET, "/v1/messages") => {
             let who = authenticate(ctx, &req)?;
             let wait = endpoints::poll_wait_of(req.uri().query())
                 .map_err(|_| error(400, ErrorCode::InvalidMessage))?;
-            let call = HttpCall::Poll { wait };
-            let (status, body) = ask(ctx, |reply| Input::Http { who, call, reply }).await?;
-            Ok(respond(status, "application/x-ndjson", body))
+            let accept_binary = wire::accepts_binary(header_str(&req, header::ACCEPT));
+            let call = HttpCall::Poll { wait, accept_binary };
+            let answer = ask(ctx, |reply| Input::Http { who, call, reply }).await?;
+            Ok(respond(answer.status, answer.encoding.media_type(), answer.body))
         }
         (Method::GET, "/peers/discover") => {
             authenticate(ctx, &req)?;

@@ -15,7 +15,7 @@ use peerlink_core::wire::Encoding;
 use peerlink_core::{EntityId, ErrorCode, Event, MessageId, Node, Timestamp};
 use rand_chacha::ChaCha20Rng;
 
-use crate::client::ClientCtx;
+use crate::client::{ClientCtx, HttpAnswer};
 use crate::clock::Clock;
 use crate::delivery::{Handler, HandlerKey, Waiter};
 use crate::error::ApiError;
@@ -25,8 +25,8 @@ use crate::metrics::{ClusterCounters, Snapshot};
 /// A one-shot reply channel (a bounded channel of one).
 pub(crate) type Reply<T> = Sender<T>;
 
-/// Where the answer to an inbound HTTP call goes: its status and body.
-pub(crate) type HttpReply = Reply<(u16, Vec<u8>)>;
+/// Where the answer to an inbound HTTP call goes.
+pub(crate) type HttpReply = Reply<HttpAnswer>;
 
 /// A command run on the node task with the node and the current time.
 pub(crate) type Call = Box<dyn FnOnce(&mut Core, Timestamp) + Send>;
@@ -56,9 +56,9 @@ pub(crate) enum Input {
     /// An outbound link could not be opened.
     LinkFailed { link: LinkId },
     /// An authenticated HTTP call to `/v1/messages`, bound to the token's holder (spec §2.3).
-    Http { who: Bearer, call: HttpCall, reply: Reply<(u16, Vec<u8>)> },
+    Http { who: Bearer, call: HttpCall, reply: HttpReply },
     /// The outcome of an HTTP request the node asked for (`None`: no answer).
-    HttpResult { request: RequestId, result: Option<(u16, Vec<u8>)> },
+    HttpResult { request: RequestId, result: Option<HttpAnswer> },
     /// `GET /auth/token`.
     Challenge { entity: EntityId, pubkey: String, reply: Reply<Result<Challenge, AuthError>> },
     /// `POST /auth/verify`: the pending challenge, taken out; the connection's task checks the

@@ -501,7 +501,7 @@ fn an_entity_that_posts_without_polling_gets_its_shared_mailbox_on_that_relay() 
     // relay2, for the answer to his next call there (spec §21), as a single relay's mailbox
     // would give it him. (Found by the cluster simulator.)
     let now = p.now;
-    let call = HttpCall::PostMessages { body: Vec::new() };
+    let call = HttpCall::post(Vec::new());
     p.node("relay2").handle_http_request(now, bearer("bob", now), call);
     p.run();
     assert_eq!(p.parked("bob"), 0, "{:?}", p.broker.log);

@@ -17,8 +17,7 @@ fn a_cold_first_message_is_delivered_at_once_though_a_dead_client_left_a_poll_he
     let now = p.now;
     // A previous process of alice's left a long poll held at bob and exited: whatever answers
     // it is written to a closed connection (the pump has no one waiting for it).
-    let stale =
-        p.node("bob").handle_http_request(now, bearer("alice", now), HttpCall::Poll { wait: None });
+    let stale = p.node("bob").handle_http_request(now, bearer("alice", now), HttpCall::poll(None));
     assert!(drain(p.node("bob")).is_empty(), "the stale poll is held");
     // The new alice, with no session and no link: the handshake goes out in a POST.
     let m = p.node("alice").send(now, &id("bob"), b"hi".to_vec(), SendOptions::default()).unwrap();
@@ -53,11 +52,11 @@ fn frames_arriving_for_a_caller_between_its_posts_still_release_its_poll() {
 /// When a poll of `wait` from bob is answered, empty, by a node with a 25 s poll wait.
 fn empty_poll_answered_after(wait: Option<Duration>) -> Duration {
     let mut relay = node("relay", NodeConfig::default());
-    let poll = relay.handle_http_request(T0, bearer("bob", T0), HttpCall::Poll { wait });
+    let poll = relay.handle_http_request(T0, bearer("bob", T0), HttpCall::poll(wait));
     let mut now = T0;
     loop {
         for out in drain(&mut relay) {
-            if let Output::HttpRespond { request, status, body } = out {
+            if let Output::HttpRespond { request, status, body, .. } = out {
                 assert_eq!((request, status, body.is_empty()), (poll, 200, true));
                 return Duration::from_millis(now.as_unix_millis() - T0.as_unix_millis());
             }
@@ -79,12 +78,12 @@ fn a_poll_is_held_for_the_lesser_of_its_wait_ms_and_the_nodes_own_wait() {
 #[test]
 fn an_answer_written_to_a_gone_client_goes_back_to_the_mailbox_in_order() {
     let mut relay = node("relay", NodeConfig::default());
-    let stale = relay.handle_http_request(T0, bearer("bob", T0), HttpCall::Poll { wait: None });
+    let stale = relay.handle_http_request(T0, bearer("bob", T0), HttpCall::poll(None));
     drain(&mut relay);
     // Alice sends bob two frames through the relay: the first releases the stale poll.
     let mut lost = Vec::new();
     for n in 1..=2 {
-        let call = HttpCall::PostMessages { body: ndjson_line(&opaque_for("alice", "bob", n)) };
+        let call = HttpCall::post(ndjson_line(&opaque_for("alice", "bob", n)));
         relay.handle_http_request(T0, bearer("alice", T0), call);
         for out in drain(&mut relay) {
             if let Output::HttpRespond { request, body, .. } = out
@@ -96,9 +95,9 @@ fn an_answer_written_to_a_gone_client_goes_back_to_the_mailbox_in_order() {
     }
     assert_eq!(lost, ndjson_line(&opaque_for("alice", "bob", 1)), "the stale poll took frame 1");
     // Its client had gone: the driver hands the answer back.
-    relay.http_answer_lost(T0, &id("bob"), &lost);
+    relay.http_answer_lost(T0, &id("bob"), &lost, Encoding::Json);
     // Bob's new poll gets both frames, in order.
-    let poll = relay.handle_http_request(T0, bearer("bob", T0), HttpCall::Poll { wait: None });
+    let poll = relay.handle_http_request(T0, bearer("bob", T0), HttpCall::poll(None));
     let got = drain(&mut relay).into_iter().find_map(|o| match o {
         Output::HttpRespond { request, body, .. } if request == poll => Some(body),
         _ => None,
@@ -113,12 +112,12 @@ fn a_lost_answer_that_does_not_fit_the_mailbox_is_dropped_not_grown_past_its_bou
     let config = NodeConfig { mailbox_messages: 2, ..NodeConfig::default() };
     let mut relay = node("relay", config);
     for n in 1..=2 {
-        let call = HttpCall::PostMessages { body: ndjson_line(&opaque_for("alice", "bob", n)) };
+        let call = HttpCall::post(ndjson_line(&opaque_for("alice", "bob", n)));
         relay.handle_http_request(T0, bearer("alice", T0), call);
     }
     drain(&mut relay);
     let mut lost = ndjson_line(&opaque_for("alice", "bob", 7));
     lost.extend(b"garbage that is not an envelope\n");
-    relay.http_answer_lost(T0, &id("bob"), &lost);
+    relay.http_answer_lost(T0, &id("bob"), &lost, Encoding::Json);
     assert_eq!(relay.mailboxes.len(), 2, "the mailbox holds at most 2");
 }

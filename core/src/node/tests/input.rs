@@ -29,7 +29,7 @@ fn a_link_from_an_entity_the_trust_store_refuses_is_closed_with_its_code() {
 fn an_inbound_call_gives_the_id_its_answer_carries() {
     let mut bob = node("bob", NodeConfig::default());
     let now = T0;
-    let call = HttpCall::Poll { wait: Some(Duration::ZERO) };
+    let call = HttpCall::poll(Some(Duration::ZERO));
     let Ok(Handled::Call(request)) =
         bob.handle_input(now, Input::HttpCall { who: bearer("alice", now), call })
     else {
@@ -88,7 +88,10 @@ fn a_lost_answer_fed_as_an_input_goes_back_to_the_callers_link() {
     let _ = drain(&mut bob);
     let body = b"{\"not\":\"checked here\"}\n";
     assert_eq!(
-        bob.handle_input(now, Input::HttpAnswerLost { to: id("alice"), body }),
+        bob.handle_input(
+            now,
+            Input::HttpAnswerLost { to: id("alice"), body, encoding: Encoding::Json }
+        ),
         Ok(Handled::Done)
     );
     let out = drain(&mut bob);

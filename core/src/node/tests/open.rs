@@ -9,7 +9,7 @@ use crate::wire::Encoding;
 /// The envelopes of the answer to `request` among `outputs` (`None`: not answered).
 fn answer(outputs: &[Output], request: RequestId) -> Option<Vec<Envelope>> {
     outputs.iter().find_map(|o| match o {
-        Output::HttpRespond { request: r, status: 200, body } if *r == request => Some(
+        Output::HttpRespond { request: r, status: 200, body, .. } if *r == request => Some(
             body.split(|b| *b == b'\n')
                 .filter(|l| !l.is_empty())
                 .map(|l| crate::wire::decode(l, 1 << 20).unwrap())
@@ -73,7 +73,7 @@ fn signed_messages_on_a_link_verify_with_the_key_proven_at_auth() {
 fn an_admitted_http_caller_is_answered_by_post_and_by_long_poll() {
     let mut relay = open_node("relay", NodeConfig::default());
     let post = |relay: &mut Node, now: Timestamp, frame: &[u8]| {
-        let call = HttpCall::PostMessages { body: ndjson_line(frame) };
+        let call = HttpCall::post(ndjson_line(frame));
         let request = relay.handle_http_request(now, bearer("alice", now), call);
         let out = drain(relay);
         answer(&out, request).expect("a POST is answered at once")
@@ -98,16 +98,16 @@ fn an_admitted_http_caller_is_answered_by_post_and_by_long_poll() {
     // Bob, admitted by his token alone (no session), holds a long poll: the ERROR for his bad
     // line comes in his POST's answer and leaves the poll held (spec §21) ...
     let t1 = T0.saturating_add(Duration::from_secs(1));
-    let poll = relay.handle_http_request(t1, bearer("bob", t1), HttpCall::Poll { wait: None });
+    let poll = relay.handle_http_request(t1, bearer("bob", t1), HttpCall::poll(None));
     assert!(drain(&mut relay).is_empty(), "held");
-    let call = HttpCall::PostMessages { body: b"not json\n".to_vec() };
+    let call = HttpCall::post(b"not json\n".to_vec());
     let request = relay.handle_http_request(t1, bearer("bob", t1), call);
     let out = drain(&mut relay);
     assert_eq!(answer(&out, poll), None, "the poll stays held");
     let direct = answer(&out, request).expect("a POST is answered at once");
     assert_eq!(codes(&direct), vec![ErrorCode::InvalidMessage]);
     // ... and what alice then sends him through the relay releases it.
-    let call = HttpCall::PostMessages { body: ndjson_line(&opaque_for("alice", "bob", 1)) };
+    let call = HttpCall::post(ndjson_line(&opaque_for("alice", "bob", 1)));
     relay.handle_http_request(t1, bearer("alice", t1), call);
     let out = drain(&mut relay);
     let held = answer(&out, poll).expect("the held poll is released");
@@ -126,7 +126,7 @@ fn a_link_or_call_bound_to_a_key_cannot_handshake_with_another() {
     // The same over HTTP (Bob holds no link: the answer comes in the POST's).
     let t1 = T0.saturating_add(Duration::from_millis(1));
     let (_, forged) = initiator(imposter("bob"), "relay", t1);
-    let call = HttpCall::PostMessages { body: ndjson_line(&forged.encode()) };
+    let call = HttpCall::post(ndjson_line(&forged.encode()));
     let request = relay.handle_http_request(t1, bearer("bob", t1), call);
     let got = answer(&drain(&mut relay), request).unwrap();
     assert_eq!(codes(&got), vec![ErrorCode::AuthenticationFailed]);
@@ -153,7 +153,7 @@ fn the_trust_store_refuses_a_token_proving_another_key_for_an_entity_it_holds() 
         relay.accept_link(T0, LinkKind::Peers, wrong.clone(), Encoding::Json),
         Err(ErrorCode::AuthenticationFailed)
     );
-    let request = relay.handle_http_request(T0, wrong, HttpCall::Poll { wait: None });
+    let request = relay.handle_http_request(T0, wrong, HttpCall::poll(None));
     let out = drain(&mut relay);
     assert!(
         matches!(out.as_slice(), [Output::HttpRespond { request: r, status: 403, .. }] if *r == request)
@@ -203,7 +203,7 @@ fn admissions_are_bounded_and_end_with_the_token() {
     for (n, who) in ["carol", "dave", "erin"].into_iter().enumerate() {
         let until = T0.saturating_add(Duration::from_secs(10 * (n as u64 + 1)));
         let token = Bearer::with_key(id(who), ident(who).public_key(), until);
-        relay.handle_http_request(T0, token, HttpCall::Poll { wait: None });
+        relay.handle_http_request(T0, token, HttpCall::poll(None));
     }
     drain(&mut relay);
     assert_eq!(relay.admitted.len(), 3, "at most max_links admissions");

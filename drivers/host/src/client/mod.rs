@@ -35,9 +35,18 @@ mod tests;
 mod token;
 
 use pool::KeepAlive;
-pub(crate) use request::node_request;
+pub(crate) use request::{NodeRequest, node_request};
 pub use request::{capabilities, get_public};
 pub(crate) use token::token_and_stream;
+
+/// An HTTP answer: the status, the body, and the body's encoding (its `Content-Type`, spec
+/// §27.7).
+#[derive(Debug)]
+pub(crate) struct HttpAnswer {
+    pub status: u16,
+    pub body: Vec<u8>,
+    pub encoding: peerlink_core::wire::Encoding,
+}
 
 /// Why a request to another node failed.
 #[derive(Debug, thiserror::Error)]

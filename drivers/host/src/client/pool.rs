@@ -43,6 +43,28 @@ pub(super) async fn connect_within(ctx: &ClientCtx, uri: &Uri) -> Result<Stream,
 
 /// An HTTP/1.1 connection kept open across requests. It can hand its socket back, so a client
 /// fetches its token and then upgrades to WebSocket on one connection (spec §23.2).
+/// The headers of a request that say what its body is and what it takes back.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Media<'a> {
+    pub content_type: &'a str,
+    /// `Accept`, if any.
+    pub accept: Option<&'a str>,
+}
+
+impl<'a> Media<'a> {
+    /// A body of `content_type`, no `Accept`.
+    pub fn of(content_type: &'a str) -> Self {
+        Media { content_type, accept: None }
+    }
+}
+
+/// An answer read on a [`KeepAlive`]: its status, body, and `Content-Type` header.
+pub(super) struct Answer {
+    pub status: u16,
+    pub body: Vec<u8>,
+    pub content_type: Option<String>,
+}
+
 pub(super) struct KeepAlive {
     send: SendRequest<Full<Bytes>>,
     /// The connection's task's outcome: its socket back, once `send` is dropped.
@@ -75,17 +97,20 @@ impl KeepAlive {
         method: Method,
         uri: &Uri,
         bearer: Option<&str>,
-        content_type: &str,
+        media: Media<'_>,
         body: Bytes,
         max_body: usize,
-    ) -> Result<(u16, Vec<u8>), ClientError> {
+    ) -> Result<Answer, ClientError> {
         let path = uri.path_and_query().map_or("/", |p| p.as_str());
         let host = uri.authority().map_or("", |a| a.as_str());
         let mut req = Request::builder()
             .method(method)
             .uri(path)
             .header(hyper::header::HOST, host)
-            .header(hyper::header::CONTENT_TYPE, content_type);
+            .header(hyper::header::CONTENT_TYPE, media.content_type);
+        if let Some(accept) = media.accept {
+            req = req.header(hyper::header::ACCEPT, accept);
+        }
         if let Some(token) = bearer {
             req = req.header(hyper::header::AUTHORIZATION, format!("Bearer {token}"));
         }
@@ -93,6 +118,11 @@ impl KeepAlive {
         self.send.ready().await?;
         let resp = self.send.send_request(req).await?;
         let status = resp.status().as_u16();
+        let content_type = resp
+            .headers()
+            .get(hyper::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
         self.reusable = !resp
             .headers()
             .get_all(hyper::header::CONNECTION)
@@ -104,7 +134,7 @@ impl KeepAlive {
             .map_err(|_| ClientError::BadResponse("body too large or cut"))?
             .to_bytes()
             .to_vec();
-        Ok((status, body))
+        Ok(Answer { status, body, content_type })
     }
 
     /// The socket back, once every answer has been read; refuses one with bytes left over.

@@ -8,11 +8,12 @@ use futures_rustls::rustls;
 use hyper::body::Bytes;
 use hyper::{Method, Uri};
 use peerlink_core::node::{HttpMethod, NodeAddr};
+use peerlink_core::wire::{self, Encoding};
 use peerlink_core::{EntityId, endpoints};
 
-use super::pool::{KeepAlive, connect};
+use super::pool::{KeepAlive, Media, connect};
 use super::token::token;
-use super::{ClientCtx, ClientError, timeout};
+use super::{ClientCtx, ClientError, HttpAnswer, timeout};
 use crate::config::DriverLimits;
 use crate::runtime::Rt;
 
@@ -28,54 +29,90 @@ async fn http(
 ) -> Result<(u16, Vec<u8>), ClientError> {
     let uri: Uri = url.parse().map_err(|_| ClientError::BadUrl)?;
     let mut conn = KeepAlive::open(&*ctx.rt, connect(ctx, &uri).await?).await?;
-    conn.request(method, &uri, bearer, content_type, Bytes::from(body), max_body).await
+    let body = Bytes::from(body);
+    let answer =
+        conn.request(method, &uri, bearer, Media::of(content_type), body, max_body).await?;
+    Ok((answer.status, answer.body))
 }
 
-/// An HTTP request the node asked for, at `url` (the node's finished URL) of `node`: `None`
-/// when there was no answer (the node retries). A 401 to a cached token is answered by one
-/// fresh login and one more try (the node may have restarted with a new key, spec §23.2); a
-/// second 401 goes to the node.
+/// An HTTP request the node asked for ([`Output::HttpRequest`]), as the driver carries it.
+///
+/// [`Output::HttpRequest`]: peerlink_core::node::Output::HttpRequest
+pub(crate) struct NodeRequest {
+    pub method: HttpMethod,
+    /// The node's finished URL.
+    pub url: String,
+    pub body: Vec<u8>,
+    /// Sent as `Content-Type` (its media type) with a `POST`.
+    pub body_encoding: Encoding,
+    /// Sent as `Accept:` [`wire::accept_header`].
+    pub accept_binary: bool,
+}
+
+/// An HTTP request the node asked for, `req` to `node`: `None` when there was no answer (the
+/// node retries). A 401 to a cached token is answered by one fresh login and one more try (the
+/// node may have restarted with a new key, spec §23.2); a second 401 goes to the node. The
+/// answer's encoding is what its `Content-Type` names ([`wire::body_encoding`]).
 pub(crate) async fn node_request(
     ctx: &ClientCtx,
     node: &NodeAddr,
-    method: HttpMethod,
-    url: &str,
-    body: Vec<u8>,
+    req: NodeRequest,
     poll_wait: Duration,
-) -> Option<(u16, Vec<u8>)> {
+) -> Option<HttpAnswer> {
     let base = node.base_url.trim_end_matches('/');
+    let NodeRequest { method, url, body, body_encoding, accept_binary } = req;
     let body = Bytes::from(body);
+    let media = Media {
+        content_type: body_encoding.media_type(),
+        accept: Some(wire::accept_header(accept_binary)),
+    };
     for attempt in 0..2 {
         let had_token = ctx.cached(base).is_some();
-        let answer =
-            node_request_once(ctx, base, &node.entity, method, url, body.clone(), poll_wait).await;
+        let answer = node_request_once(
+            ctx,
+            base,
+            &node.entity,
+            method,
+            &url,
+            media,
+            body.clone(),
+            poll_wait,
+        )
+        .await;
         match answer {
-            Some((401, _)) if attempt == 0 && had_token => continue,
+            Some(HttpAnswer { status: 401, .. }) if attempt == 0 && had_token => continue,
             answer => return answer,
         }
     }
     None
 }
 
+/// An answer without a body, for a refusal the client itself reports.
+fn bare(status: u16) -> HttpAnswer {
+    HttpAnswer { status, body: Vec::new(), encoding: Encoding::Json }
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn node_request_once(
     ctx: &ClientCtx,
     base: &str,
     node: &EntityId,
     method: HttpMethod,
     url: &str,
+    media: Media<'_>,
     body: Bytes,
     poll_wait: Duration,
-) -> Option<(u16, Vec<u8>)> {
+) -> Option<HttpAnswer> {
     let token = match token(ctx, base, node).await {
         Ok(t) => t,
         // The node refused us outright: report it as the HTTP refusal it is.
-        Err(ClientError::Status(s)) if (400..500).contains(&s) => return Some((s, Vec::new())),
+        Err(ClientError::Status(s)) if (400..500).contains(&s) => return Some(bare(s)),
         // Another node answers at that URL (spec §23.2): no retry can change that, so the
         // frames fail as refused at once (421 Misdirected Request, a 4xx of §16.4) rather
         // than as unreachable after the retries.
         Err(e @ ClientError::WrongNode { .. }) => {
             tracing::warn!(error = %e, "not authenticating: another node than the one meant");
-            return Some((421, Vec::new()));
+            return Some(bare(421));
         }
         Err(e) => {
             tracing::debug!(%url, error = %e, "authentication failed");
@@ -90,30 +127,30 @@ async fn node_request_once(
     let d = ctx.limits.http_timeout.saturating_add(wait);
     let exchange = async {
         let uri: Uri = url.parse().map_err(|_| ClientError::BadUrl)?;
-        let ndjson = "application/x-ndjson";
         // A kept connection the node closed just as this request went out fails at once:
         // the request is made again, once, on a fresh connection (the stream makes a repeated
         // post harmless, §13).
         if let Some(mut conn) = ctx.take_idle(base) {
             let again = body.clone();
             if let Ok(answer) =
-                conn.request(m.clone(), &uri, Some(&token), ndjson, again, limit).await
+                conn.request(m.clone(), &uri, Some(&token), media, again, limit).await
             {
                 ctx.keep_idle(base, conn);
                 return Ok(answer);
             }
         }
         let mut conn = KeepAlive::connect(ctx, &uri).await?;
-        let answer = conn.request(m, &uri, Some(&token), ndjson, body, limit).await?;
+        let answer = conn.request(m, &uri, Some(&token), media, body, limit).await?;
         ctx.keep_idle(base, conn);
         Ok(answer)
     };
     match timeout(&*ctx.rt, d, exchange).await {
-        Ok((status, body)) => {
-            if status == 401 {
+        Ok(answer) => {
+            if answer.status == 401 {
                 ctx.forget(base);
             }
-            Some((status, body))
+            let encoding = wire::body_encoding(answer.content_type.as_deref());
+            Some(HttpAnswer { status: answer.status, body: answer.body, encoding })
         }
         Err(e) => {
             tracing::debug!(%url, error = %e, "HTTP request failed");

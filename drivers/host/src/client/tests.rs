@@ -4,6 +4,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use peerlink_core::endpoints;
 use peerlink_core::node::{HttpMethod, NodeAddr};
+use peerlink_core::wire::{self, Encoding};
 
 use super::token::token;
 use super::*;
@@ -66,6 +67,7 @@ fn serve(
             return;
         }
         let mut length = 0usize;
+        let mut accept = String::new();
         loop {
             let mut h = String::new();
             reader.read_line(&mut h).unwrap();
@@ -75,6 +77,14 @@ fn serve(
             if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
                 length = v.trim().parse().unwrap();
             }
+            if let Some(v) = h.strip_prefix("accept:") {
+                accept = v.trim().to_owned();
+            }
+        }
+        // A message endpoint answers in the body encoding the request accepts (spec §27.7).
+        let mut content_type = "application/json";
+        if line.starts_with("POST /v1/messages") && wire::accepts_binary(Some(&accept)) {
+            content_type = wire::BINARY_MEDIA_TYPE;
         }
         let mut body = vec![0u8; length];
         reader.read_exact(&mut body).unwrap();
@@ -99,7 +109,7 @@ fn serve(
         };
         let connection = if close { "Connection: close\r\n" } else { "" };
         let head = format!(
-            "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{connection}\r\n",
+            "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n{connection}\r\n",
             json.len()
         );
         out.write_all(head.as_bytes()).unwrap();
@@ -220,15 +230,44 @@ fn capabilities_tell_who_the_node_is_without_logging_in() {
 
 /// Posts `n` times to the fake node at `base`, `pause` apart; every answer must be 200.
 fn post(ctx: &ClientCtx, base: &str, n: usize, pause: Duration) {
+    post_accepting(ctx, base, n, pause, false);
+}
+
+/// [`post`], offering binary answers or not; returns the encoding of the last answer.
+fn post_accepting(
+    ctx: &ClientCtx,
+    base: &str,
+    n: usize,
+    pause: Duration,
+    accept_binary: bool,
+) -> Option<Encoding> {
     let node = NodeAddr { entity: EntityId::new("node").unwrap(), base_url: base.to_owned() };
     let url = format!("{base}/v1/messages");
     smol::block_on(async {
+        let mut last = None;
         for _ in 0..n {
-            let r = node_request(ctx, &node, HttpMethod::Post, &url, b"x".to_vec(), pause).await;
-            assert_eq!(r.map(|(s, _)| s), Some(200));
+            let req = NodeRequest {
+                method: HttpMethod::Post,
+                url: url.clone(),
+                body: b"x".to_vec(),
+                body_encoding: Encoding::Json,
+                accept_binary,
+            };
+            let r = node_request(ctx, &node, req, pause).await;
+            assert_eq!(r.as_ref().map(|a| a.status), Some(200));
+            last = r.map(|a| a.encoding);
             smol::Timer::after(pause).await;
         }
-    });
+        last
+    })
+}
+
+#[test]
+fn a_post_offers_binary_answers_and_reports_the_encoding_of_the_answer() {
+    let (base, _, _) = fake_node(false);
+    let ctx = ctx();
+    assert_eq!(post_accepting(&ctx, &base, 1, Duration::ZERO, true), Some(Encoding::Binary));
+    assert_eq!(post_accepting(&ctx, &base, 1, Duration::ZERO, false), Some(Encoding::Json));
 }
 
 #[test]

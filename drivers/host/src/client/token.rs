@@ -10,7 +10,7 @@ use peerlink_core::EntityId;
 use peerlink_core::auth::sign_challenge;
 use peerlink_core::endpoints;
 
-use super::pool::{KeepAlive, Stream, connect_within};
+use super::pool::{Answer, KeepAlive, Media, Stream, connect_within};
 use super::{ClientCtx, ClientError, timeout};
 
 impl ClientCtx {
@@ -93,10 +93,10 @@ async fn fetch_token(
     let url = endpoints::token_url(base, me.as_str(), &ctx.identity.public_key().to_b64u());
     let uri: Uri = url.parse().map_err(|_| ClientError::BadUrl)?;
     let max = ctx.limits.max_auth_body_bytes;
-    let (status, body) = timeout(
+    let Answer { status, body, .. } = timeout(
         &*ctx.rt,
         ctx.limits.http_timeout,
-        conn.request(Method::GET, &uri, None, "text/plain", Bytes::new(), max),
+        conn.request(Method::GET, &uri, None, Media::of("text/plain"), Bytes::new(), max),
     )
     .await?;
     if status != 200 {
@@ -115,10 +115,17 @@ async fn fetch_token(
     if !conn.open_for_more() {
         *conn = KeepAlive::connect(ctx, &uri).await?;
     }
-    let (status, body) = timeout(
+    let Answer { status, body, .. } = timeout(
         &*ctx.rt,
         ctx.limits.http_timeout,
-        conn.request(Method::POST, &uri, None, "application/json", Bytes::from(body), max),
+        conn.request(
+            Method::POST,
+            &uri,
+            None,
+            Media::of("application/json"),
+            Bytes::from(body),
+            max,
+        ),
     )
     .await?;
     if status != 200 {
