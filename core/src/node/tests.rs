@@ -419,12 +419,18 @@ fn assert_body(body: &[u8], encoding: Encoding) {
 
 impl Pump {
     fn new(names: &[(&str, NodeConfig)]) -> Self {
-        // Every node of a pump hands its public-key work out, as the drivers' nodes do; the
-        // pump runs it at once unless a test holds it.
+        // Every node of a pump hands its public-key work out, as the drivers' nodes do, every
+        // signature check included; the pump runs it at once unless a test holds it.
         let nodes = names
             .iter()
             .map(|(n, c)| {
-                ((*n).to_owned(), node(n, NodeConfig { offload_work: true, ..c.clone() }))
+                (
+                    (*n).to_owned(),
+                    node(
+                        n,
+                        NodeConfig { offload_work: true, offload_verify_min_bytes: 0, ..c.clone() },
+                    ),
+                )
             })
             .collect();
         Self {

@@ -7,8 +7,10 @@
 //!   the ephemeral key pair, the Diffie-Hellman and the answer's signature, the costliest step
 //!   of a handshake, with randomness the node drew for it (a seed), so one seed still replays a
 //!   run byte for byte;
-//! - **checking a signature** with the key the node expects: the other handshake steps, and
-//!   session messages signed under `sign_all`. The result is a hint: an envelope found valid
+//! - **checking a signature** with the key the node expects, on an envelope of at least
+//!   [`NodeConfig::offload_verify_min_bytes`](super::NodeConfig::offload_verify_min_bytes):
+//!   session messages signed under `sign_all`, signed messages, the handshake's other steps.
+//!   The result is a hint: an envelope found valid
 //!   for a key skips that one check later ([`Envelope::verify`]); a failure, or a key that turns
 //!   out not to be the one asked for, leaves the check to be done as before, with the same
 //!   error. So every rule, every error and its precedence stay where they were.
@@ -245,7 +247,7 @@ impl Node {
         }
         let queued = self.parking.queues.get(&env.sender_id).map_or(0, VecDeque::len);
         let want = match source {
-            Source::Link(_) => self.want(&source, &env),
+            Source::Link(_) => self.want(&source, &env, bytes),
             Source::Http(..) | Source::Hop(_) => None,
         };
         if queued == 0 && want.is_none() {
@@ -365,9 +367,10 @@ impl Node {
         }
     }
 
-    /// The work worth handing out for `env`, if any: an INIT the node would answer, or a
-    /// signature it would check with a key it can name now.
-    fn want(&self, source: &Source, env: &Envelope) -> Option<Want> {
+    /// The work worth handing out for `env` (`bytes` as received), if any: an INIT the node
+    /// would answer, or the signature of a large enough envelope it would check with a key it
+    /// can name now.
+    fn want(&self, source: &Source, env: &Envelope, bytes: usize) -> Option<Want> {
         env.signature?;
         let sender = &env.sender_id;
         let peer = self.peers.get(sender);
@@ -379,6 +382,9 @@ impl Node {
                 return None;
             }
             return Responder::authorize(&self.trust, env).ok().map(Want::Accept);
+        }
+        if bytes < self.config.offload_verify_min_bytes {
+            return None;
         }
         let key = self
             .trust

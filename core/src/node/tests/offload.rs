@@ -68,6 +68,27 @@ fn a_handshake_and_signed_messages_wait_for_their_work_and_arrive_in_order() {
 }
 
 #[test]
+fn only_large_envelopes_have_their_signatures_checked_elsewhere_by_default() {
+    // The drivers' threshold: Bob checks small signatures himself, large ones elsewhere.
+    let d = NodeConfig::default;
+    let mut p = relayed_in_session(d(), d(), d());
+    let bob = NodeConfig { offload_verify_min_bytes: 16 * 1024, ..p.node("bob").config().clone() };
+    p.node("bob").config = bob;
+    p.hold_work = true;
+    let now = p.now;
+    p.node("alice").send(now, &id("bob"), vec![1; 64], SendOptions::default()).unwrap();
+    p.run();
+    assert!(p.held_work.iter().all(|(n, _)| n != "bob"), "{:?}", p.held_kinds());
+    assert_eq!(p.messages_at("bob").len(), 1);
+    p.node("alice").send(now, &id("bob"), vec![2; 64 * 1024], SendOptions::default()).unwrap();
+    p.run();
+    assert!(p.held_work.iter().any(|(n, _)| n == "bob"), "{:?}", p.held_kinds());
+    assert_eq!(p.messages_at("bob").len(), 1, "the large one waits for its check");
+    p.finish_work(|_| 0);
+    assert_eq!(p.messages_at("bob"), vec![vec![1; 64], vec![2; 64 * 1024]]);
+}
+
+#[test]
 fn nothing_from_a_sender_is_handled_while_its_work_is_out() {
     let d = NodeConfig::default;
     let mut p = relayed_in_session(d(), d(), d());
