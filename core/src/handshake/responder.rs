@@ -49,9 +49,7 @@ impl Responder {
         now: Timestamp,
         rng: &mut (impl CryptoRng + ?Sized),
     ) -> Result<(Self, Envelope), ProtocolError> {
-        let shared = Shared::new(Role::Responder, identity, config, now);
-        shared.check(init, MessageType::HandshakeInit, now)?;
-        let offer = Init::parse(&init.payload)?;
+        let (shared, offer) = Self::read_init(identity, config, init, now)?;
         let key = trust.authorize(&init.sender_id, &offer.identity_key)?;
         Self::answer(shared, &offer, key, init, now, rng)
     }
@@ -81,10 +79,22 @@ impl Responder {
         now: Timestamp,
         rng: &mut (impl CryptoRng + ?Sized),
     ) -> Result<(Self, Envelope), ProtocolError> {
+        let (shared, offer) = Self::read_init(identity, config, init, now)?;
+        Self::answer(shared, &offer, key, init, now, rng)
+    }
+
+    /// The checks of §7.9 on a `HANDSHAKE_INIT` (no key is known yet, so no signature), and its
+    /// offer.
+    fn read_init(
+        identity: Arc<Identity>,
+        config: HandshakeConfig,
+        init: &Envelope,
+        now: Timestamp,
+    ) -> Result<(Shared, Init), ProtocolError> {
         let shared = Shared::new(Role::Responder, identity, config, now);
         shared.check(init, MessageType::HandshakeInit, now)?;
         let offer = Init::parse(&init.payload)?;
-        Self::answer(shared, &offer, key, init, now, rng)
+        Ok((shared, offer))
     }
 
     /// The rest of an accept, in the order the spec gives: the signature, the version, the
