@@ -12,7 +12,7 @@ use peerlink_host::{ApiError, Config, Peerlink, TrustedPeer};
 use pyo3::prelude::*;
 
 use crate::errors;
-use crate::node::{seconds, wait};
+use crate::waiting::{seconds, wait};
 
 /// Alice sends `size`-byte messages to Bob through the relay for `secs` seconds, at most
 /// `window` of them sent and not yet received by Bob's application; returns the messages Bob

@@ -12,10 +12,17 @@
 #![deny(unused_must_use)]
 #![warn(missing_docs)]
 
+mod args;
 mod bench;
+mod delivery;
 mod errors;
+mod events;
 mod identity;
 mod node;
+mod receipt;
+mod start;
+mod stats;
+mod waiting;
 
 use pyo3::prelude::*;
 
@@ -31,7 +38,7 @@ fn _panic_for_test(py: Python<'_>) -> PyResult<()> {
 fn peerlink_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<identity::PyIdentity>()?;
     m.add_class::<node::PyNode>()?;
-    m.add_class::<node::PyReceipt>()?;
+    m.add_class::<receipt::PyReceipt>()?;
     m.add_function(wrap_pyfunction!(identity::default_home, m)?)?;
     m.add_function(wrap_pyfunction!(_panic_for_test, m)?)?;
     m.add_function(wrap_pyfunction!(bench::_bench_rust, m)?)?;

@@ -20,31 +20,8 @@ from __future__ import annotations
 
 from typing import Optional, Tuple
 
-from . import _native
-from ._errors import (
-    ERRORS_BY_CODE,
-    AuthenticationFailedError,
-    DeliveryFailedError,
-    DeliveryTimeoutError,
-    IdentityError,
-    InternalError,
-    InvalidMessageError,
-    InvalidStateError,
-    MailboxFullError,
-    MessageTooLargeError,
-    NodeStartError,
-    NodeStoppedError,
-    OutboxFullError,
-    PeerlinkError,
-    PeerUnreachableError,
-    RateLimitExceededError,
-    ReplayDetectedError,
-    SessionExpiredError,
-    SessionNotFoundError,
-    TimeoutError,
-    UnknownRecipientError,
-    UnsupportedVersionError,
-)
+from . import _errors, _native
+from ._errors import *  # noqa: F403 - the exceptions, as listed in _errors.__all__
 from ._native import Identity, default_home
 from ._node import AsyncClient, AsyncNode, Client, Node, Receipt, Server, serve
 from ._types import (
@@ -97,26 +74,6 @@ __all__ = [
     "Receipt",
     "AsyncNode",
     "AsyncClient",
-    "PeerlinkError",
-    "SessionNotFoundError",
-    "SessionExpiredError",
-    "InvalidMessageError",
-    "AuthenticationFailedError",
-    "RateLimitExceededError",
-    "MessageTooLargeError",
-    "InvalidStateError",
-    "ReplayDetectedError",
-    "UnsupportedVersionError",
-    "UnknownRecipientError",
-    "MailboxFullError",
-    "TimeoutError",
-    "InternalError",
-    "OutboxFullError",
-    "NodeStoppedError",
-    "DeliveryFailedError",
-    "PeerUnreachableError",
-    "DeliveryTimeoutError",
-    "NodeStartError",
-    "IdentityError",
-    "ERRORS_BY_CODE",
 ]
+# The exceptions: `_errors.__all__` is their one list.
+__all__ += _errors.__all__

@@ -13,6 +13,7 @@ from __future__ import annotations
 import builtins
 from typing import Dict, Optional, Type
 
+# The one list of the exceptions: the package `peerlink` exports these from it.
 __all__ = [
     "PeerlinkError",
     "SessionNotFoundError",
