@@ -327,6 +327,7 @@ impl Envelope {
     /// Signs the envelope with `identity`, replacing any previous signature.
     pub fn sign(&mut self, identity: &Identity) {
         self.signature = None;
+        self.verified = Verified::NO;
         self.signature = Some(identity.sign(&self.signing_input()));
     }
 

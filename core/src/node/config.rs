@@ -66,9 +66,11 @@ pub struct NodeConfig {
     /// With [`offload_work`](Self::offload_work): the signature of an envelope smaller than
     /// this (in bytes, as received) is checked in place, not handed out. A `HANDSHAKE_INIT` is
     /// always handed out. Handing out a check costs a task, a message and a wake-up of the node
-    /// task, about as much as checking a small envelope's signature: measured on 2 cores, 64 B
-    /// messages under `sign_all` ran 10-20 % slower handed out, 64 KiB ones 45-60 % faster
-    /// (`docs/benchmarks.md`). Default 16 KiB; 0 hands out every check.
+    /// task, about as much as checking a small envelope's signature. Measured on 2 cores under
+    /// `sign_all`, against checking everything in place: this default left 64 B messages as
+    /// they were and made 64 KiB ones 1.1-1.2x faster; handing out every check (0) made 64 B
+    /// ones 10-15 % slower and 64 KiB ones 1.4-1.6x faster (`docs/benchmarks.md`). Default
+    /// 16 KiB; 0 hands out every check.
     pub offload_verify_min_bytes: usize,
     /// Envelopes held per offline entity. Default 256.
     pub mailbox_messages: usize,

@@ -173,6 +173,7 @@ impl Node {
 
     /// Forgets a link and repairs everything that used it.
     pub(super) fn drop_link(&mut self, now: Timestamp, link: LinkId) {
+        self.settle_parked_link(now, link);
         let Some(l) = self.links.remove(&link) else { return };
         self.timers.cancel(&Timer::Link(link));
         for emptied in self.topics.remove_link(link, &l.subscriptions) {
@@ -288,6 +289,8 @@ impl Node {
 
     /// Closes a link with a reason and forgets it.
     pub(super) fn close_link(&mut self, now: Timestamp, link: LinkId, reason: Option<ErrorCode>) {
+        // What the link delivered goes before its close, as it would have without offloading.
+        self.settle_parked_link(now, link);
         if self.links.contains_key(&link) {
             self.emit(Output::CloseLink { link, reason });
             self.drop_link(now, link);

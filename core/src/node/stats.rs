@@ -39,9 +39,11 @@ pub struct TransportStats {
     pub handshakes: u64,
     /// Frames refused, by any check.
     pub rejected: u64,
-    /// Envelopes dropped because too many waited for public-key work handed out
-    /// ([`NodeConfig::offload_work`](super::NodeConfig::offload_work)); never acknowledged, so
-    /// their senders send them again (node-wide; always 0 in a peer's own counters).
+    /// Envelopes that waited for public-key work handed out
+    /// ([`NodeConfig::offload_work`](super::NodeConfig::offload_work)) and were dropped: the one
+    /// that found the wait full (its link is closed with `RATE_LIMIT_EXCEEDED`), and those whose
+    /// link closed while they waited. Never acknowledged (node-wide; always 0 in a peer's own
+    /// counters).
     pub parked_dropped: u64,
     /// Idle peers whose state was forgotten after `peer_idle_timeout` (node-wide; always 0 in a
     /// peer's own counters).

@@ -15,12 +15,16 @@
 //!   out not to be the one asked for, leaves the check to be done as before, with the same
 //!   error. So every rule, every error and its precedence stay where they were.
 //!
-//! While a sender has work out, what else arrives from it waits behind it, in order: a sender's
-//! envelopes are handled in the order they arrived, as without offloading. Only envelopes from
-//! WebSocket links are offloaded (HTTP answers are built while their call is processed). The
-//! parked envelopes are bounded; one over the bounds is dropped and counted
-//! ([`TransportStats::parked_dropped`](super::TransportStats::parked_dropped)): none of them was
-//! acknowledged, so their senders send them again.
+//! While a sender has work out, what else arrives from it on the same link waits behind it: a
+//! sender's envelopes on a link are handled in the order they arrived, as without offloading
+//! (nothing orders envelopes across links or HTTP calls). Only envelopes from WebSocket links
+//! are offloaded or parked; HTTP answers are built while their call is processed. What waits is
+//! bounded: past the bounds the envelope is dropped and its link closed with
+//! `RATE_LIMIT_EXCEEDED` (its peer reconnects, and its session re-sends what was not
+//! acknowledged), counted in
+//! [`TransportStats::parked_dropped`](super::TransportStats::parked_dropped). When a link closes,
+//! what it delivered and still waits is handled first, in place, while the link's binding
+//! (spec §2.3) stands, as it would have been without offloading.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
@@ -29,11 +33,11 @@ use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
 
 use super::links::Source;
-use super::{Node, Output};
+use super::{LinkId, Node, Output};
 use crate::envelope::Envelope;
-use crate::error::ProtocolError;
+use crate::error::{ErrorCode, ProtocolError};
 use crate::handshake::{HandshakeConfig, Responder};
-use crate::identity::{Identity, PublicKey};
+use crate::identity::{Identity, PublicKey, SIGNATURE_LEN};
 use crate::ids::EntityId;
 use crate::message_type::{MessageClass, MessageType};
 use crate::time::Timestamp;
@@ -42,8 +46,12 @@ use crate::time::Timestamp;
 const MAX_PARKED: usize = 4096;
 /// Envelopes parked behind work, per sender: a window's worth.
 const MAX_PARKED_PER_SENDER: usize = 512;
-/// Bytes (as received) parked behind work, across all senders.
+/// Bytes parked behind work, across all senders: a ciphertext or string payload counts as
+/// received, any other JSON payload [`JSON_EXPANSION`] times that (a decoded JSON value can be
+/// many times its text: `[0,0,…]`).
 const MAX_PARKED_BYTES: usize = 64 << 20;
+/// How much more than its text a parked JSON payload other than a string is counted as.
+const JSON_EXPANSION: usize = 16;
 
 /// Names one piece of [`Work`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -93,6 +101,10 @@ impl Work {
 
     /// Does the work. Pure: the same work gives the same result, wherever and whenever it runs.
     pub fn run(self) -> WorkDone {
+        let signature = match &self.task {
+            Task::Verify { env, .. } => env.signature,
+            Task::Accept(a) => a.init.signature,
+        };
         let outcome = match self.task {
             Task::Verify { env, key } => Outcome::Verified(env.verify(&key).ok().map(|()| key)),
             Task::Accept(a) => {
@@ -103,7 +115,7 @@ impl Work {
                 Outcome::Accepted(Box::new(Accepted { key: a.key, answer }))
             }
         };
-        WorkDone { id: self.id, outcome }
+        WorkDone { id: self.id, signature, outcome }
     }
 }
 
@@ -128,6 +140,9 @@ impl std::fmt::Debug for Work {
 /// The result of [`Work::run`], for [`Node::complete_work`].
 pub struct WorkDone {
     id: WorkId,
+    /// The signature of the envelope the work was about: a result is only taken for the
+    /// envelope it was computed for (not one another node gave the same id).
+    signature: Option<[u8; SIGNATURE_LEN]>,
     outcome: Outcome,
 }
 
@@ -135,6 +150,12 @@ impl WorkDone {
     /// Which work it is the result of.
     pub fn id(&self) -> WorkId {
         self.id
+    }
+
+    /// What a driver hands back for work `id` that could not run (it panicked, its thread was
+    /// lost): the node then does that work in place, so its sender does not wait for ever.
+    pub fn undone(id: WorkId) -> Self {
+        WorkDone { id, signature: None, outcome: Outcome::Undone }
     }
 }
 
@@ -145,6 +166,7 @@ impl std::fmt::Debug for WorkDone {
             Outcome::Verified(None) => "not verified",
             Outcome::Accepted(a) if a.answer.is_ok() => "accepted",
             Outcome::Accepted(_) => "refused",
+            Outcome::Undone => "undone",
         };
         f.debug_struct("WorkDone").field("id", &self.id).field("outcome", &kind).finish()
     }
@@ -154,6 +176,8 @@ enum Outcome {
     /// The key the signature is valid for, if it is.
     Verified(Option<PublicKey>),
     Accepted(Box<Accepted>),
+    /// The work did not run: the node does it in place.
+    Undone,
 }
 
 /// A `HANDSHAKE_INIT` answered off the task, and the key it was answered for.
@@ -175,13 +199,16 @@ impl Accepted {
     }
 }
 
-/// The envelopes waiting for work, per sender, in arrival order.
+/// A sender on a link: whose envelopes are kept in order.
+type QueueKey = (EntityId, LinkId);
+
+/// The envelopes waiting for work, per sender and link, in arrival order.
 #[derive(Default)]
 pub(super) struct Parking {
     next: u64,
-    /// Work out, and the sender whose queue waits for it.
-    out: BTreeMap<WorkId, EntityId>,
-    queues: BTreeMap<EntityId, VecDeque<Parked>>,
+    /// Work out, and the queue that waits for it.
+    out: BTreeMap<WorkId, QueueKey>,
+    queues: BTreeMap<QueueKey, VecDeque<Parked>>,
     count: usize,
     bytes: usize,
 }
@@ -203,6 +230,12 @@ impl Parking {
         self.count
     }
 
+    /// Bytes charged for what is parked now.
+    #[cfg(test)]
+    pub(super) fn bytes(&self) -> usize {
+        self.bytes
+    }
+
     /// Work handed out so far.
     #[cfg(test)]
     pub(super) fn handed_out(&self) -> u64 {
@@ -211,8 +244,8 @@ impl Parking {
 }
 
 struct Parked {
-    source: Source,
     env: Arc<Envelope>,
+    /// What it is charged against [`MAX_PARKED_BYTES`].
     bytes: usize,
     state: State,
 }
@@ -242,28 +275,33 @@ impl Node {
         env: Envelope,
         bytes: usize,
     ) {
-        if !self.config.offload_work {
-            return self.handle_local(now, &source, env, None);
-        }
-        let queued = self.parking.queues.get(&env.sender_id).map_or(0, VecDeque::len);
-        let want = match source {
-            Source::Link(_) => self.want(&source, &env, bytes),
-            Source::Http(..) | Source::Hop(_) => None,
+        let link = match source {
+            Source::Link(link) if self.config.offload_work => link,
+            _ => return self.handle_local(now, &source, env, None),
         };
+        let key = (env.sender_id.clone(), link);
+        let queued = self.parking.queues.get(&key).map_or(0, VecDeque::len);
+        let want = self.want(&source, &env, bytes);
         if queued == 0 && want.is_none() {
             return self.handle_local(now, &source, env, None);
         }
+        let charge = match (env.payload.raw(), env.payload.json()) {
+            (Some(_), _) | (_, Some(serde_json::Value::String(_))) => bytes,
+            _ => bytes.saturating_mul(JSON_EXPANSION),
+        };
         let p = &self.parking;
         if queued >= MAX_PARKED_PER_SENDER
             || p.count >= MAX_PARKED
-            || bytes > MAX_PARKED_BYTES.saturating_sub(p.bytes)
+            || charge > MAX_PARKED_BYTES.saturating_sub(p.bytes)
         {
             if queued == 0 {
-                // Nothing of its sender waits: handled here, in order.
+                // Nothing of its sender waits on this link: handled here, in order.
                 return self.handle_local(now, &source, env, None);
             }
-            // Never acknowledged: its sender sends it again.
+            // The link sends faster than its work comes back: it is closed, as a full input
+            // queue closes it; what it sent and was not acknowledged comes again.
             self.stats.parked_dropped = self.stats.parked_dropped.saturating_add(1);
+            self.close_link(now, link, Some(ErrorCode::RateLimitExceeded));
             return;
         }
         let env = Arc::new(env);
@@ -287,20 +325,14 @@ impl Node {
                         }))
                     }
                 };
-                self.parking.out.insert(id, env.sender_id.clone());
+                self.parking.out.insert(id, key.clone());
                 self.outputs.push_back(Output::Work(Work { id, task, at: now }));
                 State::Waiting(id)
             }
         };
-        let sender = env.sender_id.clone();
         self.parking.count = self.parking.count.saturating_add(1);
-        self.parking.bytes = self.parking.bytes.saturating_add(bytes);
-        self.parking.queues.entry(sender).or_default().push_back(Parked {
-            source,
-            env,
-            bytes,
-            state,
-        });
+        self.parking.bytes = self.parking.bytes.saturating_add(charge);
+        self.parking.queues.entry(key).or_default().push_back(Parked { env, bytes: charge, state });
     }
 
     /// Takes back [`Work`] the node handed out ([`Output::Work`]), run: the envelopes of its
@@ -308,36 +340,66 @@ impl Node {
     /// longer waits for is ignored.
     pub fn complete_work(&mut self, now: Timestamp, done: WorkDone) {
         self.settle_positions(now);
-        let Some(sender) = self.parking.out.remove(&done.id) else { return };
-        let waiting = self.parking.queues.get_mut(&sender).and_then(|q| {
+        let Some(key) = self.parking.out.remove(&done.id) else { return };
+        let waiting = self.parking.queues.get_mut(&key).and_then(|q| {
             q.iter_mut().find(|p| matches!(p.state, State::Waiting(id) if id == done.id))
         });
         if let Some(parked) = waiting {
             parked.state = match done.outcome {
+                // A result about another envelope than this one is no result.
+                _ if done.signature != parked.env.signature => State::Plain,
                 Outcome::Verified(key) => State::Verified(key),
                 Outcome::Accepted(a) => State::Accepted(a),
+                Outcome::Undone => State::Plain,
             };
         }
-        self.release_parked(now, &sender);
+        self.release_parked(now, &key);
         self.finish(now);
     }
 
-    /// Handles `sender`'s parked envelopes from the oldest, up to the first still waiting.
-    fn release_parked(&mut self, now: Timestamp, sender: &EntityId) {
+    /// Handles now, in place, everything parked for `link`: its work still out is done here
+    /// (its result is ignored when it comes). The link is about to close, and what it delivered
+    /// is handled while its binding (spec §2.3) stands, as it would have been without
+    /// offloading.
+    pub(super) fn settle_parked_link(&mut self, now: Timestamp, link: LinkId) {
+        let keys: Vec<QueueKey> =
+            self.parking.queues.keys().filter(|(_, l)| *l == link).cloned().collect();
+        for key in keys {
+            let Parking { queues, out, .. } = &mut self.parking;
+            for parked in queues.get_mut(&key).into_iter().flatten() {
+                if let State::Waiting(id) = parked.state {
+                    out.remove(&id);
+                    parked.state = State::Plain;
+                }
+            }
+            self.release_parked(now, &key);
+        }
+    }
+
+    /// Handles a queue's parked envelopes from the oldest, up to the first still waiting.
+    fn release_parked(&mut self, now: Timestamp, key: &QueueKey) {
+        let link = key.1;
         loop {
-            let Some(queue) = self.parking.queues.get_mut(sender) else { return };
+            let Some(queue) = self.parking.queues.get_mut(key) else { return };
             if queue.front().is_none_or(|p| matches!(p.state, State::Waiting(_))) {
                 if queue.is_empty() {
-                    self.parking.queues.remove(sender);
+                    self.parking.queues.remove(key);
                 }
                 return;
             }
             let Some(parked) = queue.pop_front() else { return };
             if queue.is_empty() {
-                self.parking.queues.remove(sender);
+                self.parking.queues.remove(key);
             }
             self.parking.count = self.parking.count.saturating_sub(1);
             self.parking.bytes = self.parking.bytes.saturating_sub(parked.bytes);
+            if !self.links.contains_key(&link) {
+                // Its link is gone (a close settles what waits first, so this is only a
+                // safety net): what bound the link to an entity and a key (spec §2.3) is gone,
+                // so it is not judged without it. Never acknowledged.
+                self.stats.parked_dropped = self.stats.parked_dropped.saturating_add(1);
+                continue;
+            }
             // The work holds no clone once it has run; a driver that kept one costs a copy.
             let mut env = Arc::try_unwrap(parked.env).unwrap_or_else(|env| (*env).clone());
             let accepted = match parked.state {
@@ -348,7 +410,7 @@ impl Node {
                 State::Accepted(a) => Some(a),
                 State::Verified(None) | State::Plain | State::Waiting(_) => None,
             };
-            self.handle_local(now, &parked.source, env, accepted);
+            self.handle_local(now, &Source::Link(link), env, accepted);
         }
     }
 

@@ -184,7 +184,15 @@ impl Core {
                 // On another of the runtime's tasks (threads): the node task goes on meanwhile.
                 let inputs = self.inputs.clone();
                 self.client.rt.spawn(Box::pin(async move {
-                    let _ = inputs.send(Input::WorkDone(work.run())).await;
+                    let id = work.id();
+                    let run = std::panic::AssertUnwindSafe(|| work.run());
+                    // Work that panics is handed back undone: the node does it in place
+                    // rather than leave its sender waiting.
+                    let done = std::panic::catch_unwind(run).unwrap_or_else(|_| {
+                        tracing::error!(?id, "public-key work panicked; done on the node task");
+                        peerlink_core::node::WorkDone::undone(id)
+                    });
+                    let _ = inputs.send(Input::WorkDone(done)).await;
                 }));
             }
             Output::Event(_) | Output::Persist(_) => {}

@@ -135,7 +135,7 @@ fn a_forged_signature_is_refused_with_the_code_it_gets_without_offloading() {
 }
 
 #[test]
-fn parked_envelopes_are_bounded_and_the_dropped_ones_come_again() {
+fn a_link_sending_faster_than_its_work_returns_is_closed_and_nothing_is_lost() {
     let d = NodeConfig::default;
     let mut p = relayed_in_session(d(), d(), d());
     p.hold_work = true;
@@ -151,19 +151,140 @@ fn parked_envelopes_are_bounded_and_the_dropped_ones_come_again() {
         })
         .unwrap();
     let bob_link = p.pairs.keys().find(|(n, _)| n == "bob").map(|(_, l)| *l).unwrap();
-    for _ in 0..600 {
+    for _ in 0..512 {
         deliver(p.node("bob"), now, bob_link, &frame);
     }
-    let parked = p.node("bob").parking.len();
-    assert_eq!(parked, 512);
-    assert_eq!(p.node("bob").stats.parked_dropped, 600 - 512);
+    assert_eq!(p.node("bob").parking.len(), 512);
+    assert!(p.node("bob").parking.bytes() >= 512 * frame.len());
+    assert_eq!(p.node("bob").stats.parked_dropped, 0);
+    deliver(p.node("bob"), now, bob_link, &frame);
+    // The 513th found the wait full: dropped, and its link closed, after what waited was
+    // handled in place.
+    assert_eq!(p.node("bob").parking.len(), 0);
+    assert_eq!(p.node("bob").stats.parked_dropped, 1);
+    let out = drain(p.node("bob"));
+    assert!(
+        out.iter().any(|o| matches!(o, Output::CloseLink { link, reason: Some(ErrorCode::RateLimitExceeded) } if *link == bob_link)),
+        "the link that overflowed is closed"
+    );
+    for o in out {
+        p.carry("bob", o);
+    }
+    // What the link delivered before it closed was handled first, in place: the message once.
+    assert_eq!(p.node("bob").parking.len(), 0);
+    assert_eq!(p.node("bob").parking.bytes(), 0);
+    assert_eq!(p.messages_at("bob"), vec![b"once".to_vec()]);
+    p.run();
+    // The work still out for it comes back to nothing.
+    p.finish_work(|_| 0);
+    for _ in 0..3 {
+        p.advance(Duration::from_secs(3));
+        p.finish_work(|_| 0);
+    }
+    assert_eq!(p.messages_at("bob"), vec![b"once".to_vec()]);
+    assert_eq!(p.node("bob").stats.parked_dropped, 1);
+}
+
+#[test]
+fn what_waits_when_its_link_closes_is_handled_before_the_close() {
+    let d = NodeConfig::default;
+    let mut p = relayed_in_session(d(), d(), d());
+    p.hold_work = true;
+    let now = p.now;
+    p.node("alice").send(now, &id("bob"), b"late".to_vec(), SendOptions::default()).unwrap();
+    p.run();
+    assert_eq!(p.node("bob").parking.len(), 1);
+    p.cut("bob");
+    assert_eq!(p.node("bob").parking.len(), 0);
+    p.run();
+    assert_eq!(p.messages_at("bob"), vec![b"late".to_vec()], "handled as the link closed");
+    p.finish_work(|_| 0);
+    assert_eq!(p.node("bob").stats.parked_dropped, 0);
+    for _ in 0..3 {
+        p.advance(Duration::from_secs(3));
+        p.finish_work(|_| 0);
+    }
+    assert_eq!(p.messages_at("bob"), vec![b"late".to_vec()]);
+}
+
+#[test]
+fn an_init_answered_elsewhere_is_answered_again_if_the_trust_store_changed_meanwhile() {
+    let mut p = Pump::new(&[("alice", NodeConfig::default()), ("bob", NodeConfig::default())]);
+    p.node("alice").add_route(id("bob"), Pump::addr("bob"));
+    p.hold_work = true;
+    let now = p.now;
+    p.node("alice").connect(now, &id("bob")).unwrap();
+    p.run();
+    assert!(p.held_kinds().iter().any(|k| k.contains("accept")), "{:?}", p.held_kinds());
+    // Bob now expects another key for alice: the answer worked out for her key is not used.
+    let other = ident("carol").public_key();
+    p.node("bob").trust_entity(id("alice"), other);
+    p.finish_work(|_| 0);
+    p.advance(Duration::from_secs(1));
+    p.finish_work(|_| 0);
+    assert!(!p.node("bob").has_session(&id("alice")));
+    assert!(p.events_of("alice").iter().any(|e| matches!(e, Event::Error { .. })));
+}
+
+#[test]
+fn work_a_driver_could_not_run_is_done_in_place() {
+    let d = NodeConfig::default;
+    let mut p = relayed_in_session(d(), d(), d());
+    p.hold_work = true;
+    let now = p.now;
+    p.node("alice").send(now, &id("bob"), b"x".to_vec(), SendOptions::default()).unwrap();
+    p.run();
+    let (name, work) = p.held_work.remove(0);
+    let now = p.now;
+    p.node(&name).complete_work(now, crate::node::WorkDone::undone(work.id()));
     p.run();
     p.finish_work(|_| 0);
-    p.advance(Duration::from_secs(3));
-    p.finish_work(|_| 0);
-    // Delivered once, however many copies were parked or dropped.
-    assert_eq!(p.messages_at("bob"), vec![b"once".to_vec()]);
-    assert_eq!(p.node("bob").parking.len(), 0);
+    assert_eq!(p.messages_at("bob"), vec![b"x".to_vec()]);
+}
+
+#[test]
+fn a_forged_signature_checked_elsewhere_gets_the_code_it_gets_in_place() {
+    // Bob's session messages under sign_all, one with its signature broken, to a node that
+    // checks signatures elsewhere and to one that does not.
+    let outcome = [false, true].map(|offload| {
+        let config = NodeConfig { offload_verify_min_bytes: 0, ..NodeConfig::default() };
+        let mut p = relayed_in_session(config.clone(), config.clone(), config);
+        p.node("bob").config.offload_work = offload;
+        let now = p.now;
+        p.node("alice").send(now, &id("bob"), b"signed".to_vec(), SendOptions::default()).unwrap();
+        let out = drain(p.node("alice"));
+        let frame = frames(&out)
+            .into_iter()
+            .find(|f| {
+                crate::wire::decode(f, 1 << 20)
+                    .is_ok_and(|e| e.message_type == MessageType::PeerMessage)
+            })
+            .unwrap();
+        let mut env = crate::wire::decode(&frame, 1 << 20).unwrap();
+        if let Some(sig) = env.signature.as_mut() {
+            sig[0] ^= 1;
+        }
+        let bob_link = p.pairs.keys().find(|(n, _)| n == "bob").map(|(_, l)| *l).unwrap();
+        let now = p.now;
+        p.node("bob").handle_frame(now, bob_link, &env.encode());
+        let handed_out = p.node("bob").parking.len();
+        let mut out = Vec::new();
+        while let Some(o) = p.node("bob").poll_output() {
+            match o {
+                Output::Work(work) => {
+                    let done = work.run();
+                    p.node("bob").complete_work(now, done);
+                }
+                o => out.push(o),
+            }
+        }
+        (handed_out, error_codes(&out), p.messages_at("bob").len())
+    });
+    assert_eq!(outcome[0].0, 0, "checked in place");
+    assert_eq!(outcome[1].0, 1, "the check was handed out");
+    assert_eq!(outcome[0].1, outcome[1].1);
+    assert_eq!(outcome[0].1, vec![ErrorCode::AuthenticationFailed]);
+    assert_eq!(outcome[0].2, 0);
 }
 
 #[test]
@@ -229,6 +350,7 @@ proptest! {
         prop_assert_eq!(p.messages_at("alice"), sent(b'b'));
         for n in ["relay", "alice", "bob"] {
             prop_assert_eq!(p.node(n).parking.len(), 0);
+            prop_assert_eq!(p.node(n).parking.bytes(), 0);
         }
         // The ends checked signatures off their tasks (with sign_all, every message's too).
         let handed = p.node("alice").parking.handed_out() + p.node("bob").parking.handed_out();
