@@ -134,7 +134,7 @@ struct Target {
     /// The peer's entity id.
     #[arg(long)]
     to: String,
-    /// The HTTP base URL of the peer's own node [default: through the config file's [relay] if
+    /// The HTTP base URL of the peer's own node [default: through the config file's `[relay]` if
     /// it has one, else http://127.0.0.1:7420]. The node there must be the peer: to go through
     /// a relay, use --relay instead.
     #[arg(long, conflicts_with = "relay")]

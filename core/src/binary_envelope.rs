@@ -14,12 +14,12 @@
 //!
 //! | field | size | content |
 //! |---|---|---|
-//! | layout version | 1 | `0x01` ([`LAYOUT_VERSION`]); implies `version` = `"1.2"` |
+//! | layout version | 1 | `0x01` ([`LAYOUT_VERSION`](crate::binary_envelope::LAYOUT_VERSION)); implies `version` = `"1.2"` |
 //! | type | 1 | the message type's code (table below) |
 //! | timestamp | 8 | u64, ms since the epoch, ≤ 2^53 − 1 |
 //! | seq | 8 | u64, ≤ 2^53 − 1 |
 //! | nonce | 12 | the 12 nonce bytes |
-//! | flags | 1 | bit 0 [`FLAG_SESSION_ID`], bit 1 [`FLAG_RECIPIENT_ID`], bit 2 [`FLAG_SIGNATURE`], bit 3 [`FLAG_RAW_PAYLOAD`]; bits 4–7 are 0 |
+//! | flags | 1 | bit 0 [`FLAG_SESSION_ID`](crate::binary_envelope::FLAG_SESSION_ID), bit 1 [`FLAG_RECIPIENT_ID`](crate::binary_envelope::FLAG_RECIPIENT_ID), bit 2 [`FLAG_SIGNATURE`](crate::binary_envelope::FLAG_SIGNATURE), bit 3 [`FLAG_RAW_PAYLOAD`](crate::binary_envelope::FLAG_RAW_PAYLOAD); bits 4–7 are 0 |
 //! | message_id | 1 + n | u8 length n, then the id's bytes |
 //! | session_id | 1 + n | only if bit 0 is set: u8 length n, then the id's bytes |
 //! | sender_id | 1 + n | u8 length n, then the id's bytes |
@@ -58,9 +58,9 @@
 //!
 //! # Errors
 //!
-//! [`decode`] fails like [`Envelope::decode`]: `MESSAGE_TOO_LARGE` for a frame over the limit
+//! [`decode`](crate::binary_envelope::decode) fails like [`Envelope::decode`]: `MESSAGE_TOO_LARGE` for a frame over the limit
 //! (checked before anything is read), and `INVALID_MESSAGE` for everything else (spec §27.6): a
-//! first byte other than [`LAYOUT_VERSION`] (another layout would come with another subprotocol,
+//! first byte other than [`LAYOUT_VERSION`](crate::binary_envelope::LAYOUT_VERSION) (another layout would come with another subprotocol,
 //! so on a link of this one it is simply not a binary envelope), an empty or truncated frame,
 //! bytes after the payload, reserved flag bits, bit 3 on a type that is not a session message, an
 //! unknown type code, an id of the wrong syntax, a timestamp or seq above 2^53 − 1, a payload that

@@ -142,7 +142,7 @@ impl Node {
     }
 
     /// `hop` is served at every one of `urls` too (the nodes of one cluster, sharing its
-    /// identity): after [`FAILOVER_AFTER`] failed attempts in a row to reach it at the URL in
+    /// identity): after `FAILOVER_AFTER` (2) failed attempts in a row to reach it at the URL in
     /// use, this node reaches it at the next one, in turn. Sessions are end to end, so they
     /// resume through the new node (spec §15.3). The hop must be known (a route to it);
     /// duplicates and its current URL are ignored.

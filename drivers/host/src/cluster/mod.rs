@@ -1,7 +1,7 @@
 //! A node that is one of a cluster sharing a Redis broker (`docs/cluster.md`, spec §25): the
 //! broker's task. The node decides where each frame goes ([`peerlink_core::node::ClusterAction`]);
 //! this task carries those decisions out against Redis and hands what Redis says back to the
-//! node task ([`ClusterNews`](crate::state::ClusterNews)). It owns two connections, one for
+//! node task (`ClusterNews`). It owns two connections, one for
 //! requests (`carrier`) and one for the node's subscriptions (the presence, mail and topic
 //! channels and its own forward channel, read by `reader` on a task of its own), and when either
 //! is lost it tells the node (which answers "retry later" for entities
