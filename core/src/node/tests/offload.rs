@@ -25,6 +25,21 @@ impl Pump {
     }
 }
 
+/// Alice sends `payload` to Bob, and the data frame is caught on its way (her outputs are
+/// carried out, but for it).
+fn caught_message(p: &mut Pump, payload: &[u8]) -> Arc<[u8]> {
+    let now = p.now;
+    p.node("alice").send(now, &id("bob"), payload.to_vec(), SendOptions::default()).unwrap();
+    let out = drain(p.node("alice"));
+    frames(&out)
+        .into_iter()
+        .find(|f| {
+            crate::wire::decode(f, 1 << 20)
+                .is_ok_and(|e| e.message_type == MessageType::PeerMessage)
+        })
+        .unwrap()
+}
+
 /// Alice sends `n` messages to Bob's own node over her link to it (so Bob answers her INIT
 /// from a link), each node holding its work until `finish` completes it.
 fn through_held_work(n: u8, mut finish: impl FnMut(&mut Pump)) -> Pump {
@@ -140,16 +155,8 @@ fn a_link_sending_faster_than_its_work_returns_is_closed_and_nothing_is_lost() {
     let mut p = relayed_in_session(d(), d(), d());
     p.hold_work = true;
     let now = p.now;
-    p.node("alice").send(now, &id("bob"), b"once".to_vec(), SendOptions::default()).unwrap();
-    // Catch the frame on its way to Bob, then hand it to him far more times than he parks.
-    let out = drain(p.node("alice"));
-    let frame = frames(&out)
-        .into_iter()
-        .find(|f| {
-            crate::wire::decode(f, 1 << 20)
-                .is_ok_and(|e| e.message_type == MessageType::PeerMessage)
-        })
-        .unwrap();
+    // Catch the frame on its way to Bob, then hand it to him more times than he parks.
+    let frame = caught_message(&mut p, b"once");
     let bob_link = p.pairs.keys().find(|(n, _)| n == "bob").map(|(_, l)| *l).unwrap();
     for _ in 0..512 {
         deliver(p.node("bob"), now, bob_link, &frame);
@@ -250,16 +257,7 @@ fn a_forged_signature_checked_elsewhere_gets_the_code_it_gets_in_place() {
         let config = NodeConfig { offload_verify_min_bytes: 0, ..NodeConfig::default() };
         let mut p = relayed_in_session(config.clone(), config.clone(), config);
         p.node("bob").config.offload_work = offload;
-        let now = p.now;
-        p.node("alice").send(now, &id("bob"), b"signed".to_vec(), SendOptions::default()).unwrap();
-        let out = drain(p.node("alice"));
-        let frame = frames(&out)
-            .into_iter()
-            .find(|f| {
-                crate::wire::decode(f, 1 << 20)
-                    .is_ok_and(|e| e.message_type == MessageType::PeerMessage)
-            })
-            .unwrap();
+        let frame = caught_message(&mut p, b"signed");
         let mut env = crate::wire::decode(&frame, 1 << 20).unwrap();
         if let Some(sig) = env.signature.as_mut() {
             sig[0] ^= 1;
