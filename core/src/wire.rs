@@ -89,7 +89,9 @@ fn bare_media_type(element: &str) -> &str {
 
 /// Whether an `Accept` request header names [`BINARY_MEDIA_TYPE`] (media types compare without
 /// case, RFC 9110 §8.3.1) with a quality above zero. Wildcards (`*/*`) do not count: binary is
-/// only for a client that asks for it by name.
+/// only for a client that asks for it by name. A weight that is not a well-formed `qvalue`
+/// (RFC 9110 §12.4.2: `0`, `1`, or one of them with up to three decimals, at most `1`) refuses
+/// too: binary is never sent on a doubt.
 pub fn accepts_binary(accept: Option<&str>) -> bool {
     accept.is_some_and(|h| {
         h.split(',').any(|element| {
@@ -97,11 +99,25 @@ pub fn accepts_binary(accept: Option<&str>) -> bool {
                 let mut kv = param.splitn(2, '=');
                 let key = kv.next().unwrap_or("").trim();
                 let value = kv.next().unwrap_or("").trim();
-                key.eq_ignore_ascii_case("q") && value.parse::<f32>().is_ok_and(|q| q <= 0.0)
+                key.eq_ignore_ascii_case("q") && !qvalue_above_zero(value)
             });
             !refused && bare_media_type(element).eq_ignore_ascii_case(BINARY_MEDIA_TYPE)
         })
     })
+}
+
+/// Whether `value` is a well-formed RFC 9110 `qvalue` above zero.
+fn qvalue_above_zero(value: &str) -> bool {
+    let (whole, decimals) = match value.split_once('.') {
+        Some((w, d)) => (w, d),
+        None => (value, ""),
+    };
+    let digits = decimals.len() <= 3 && decimals.bytes().all(|b| b.is_ascii_digit());
+    match whole {
+        "0" => digits && decimals.bytes().any(|b| b != b'0'),
+        "1" => digits && decimals.bytes().all(|b| b == b'0'),
+        _ => false,
+    }
 }
 
 /// The encoding of an HTTP body from its `Content-Type` header: binary for
@@ -307,6 +323,15 @@ mod tests {
         assert!(accepts_binary(Some("text/html , application/vnd.peerlink.binary.v1 ")));
         assert!(!accepts_binary(Some("application/vnd.peerlink.binary.v1;q=0")));
         assert!(!accepts_binary(Some("application/vnd.peerlink.binary.v1; q=0.000")));
+        // Weights are RFC 9110 qvalues; a malformed one refuses.
+        assert!(accepts_binary(Some("application/vnd.peerlink.binary.v1;q=1.000")));
+        assert!(accepts_binary(Some("application/vnd.peerlink.binary.v1;q=0.001")));
+        assert!(accepts_binary(Some("application/vnd.peerlink.binary.v1;Q=1")));
+        for bad in ["NaN", "abc", "2", "1.5", "0.0001", "-1", "", "1.", "+1", "0.5x"] {
+            let h = format!("application/vnd.peerlink.binary.v1;q={bad}");
+            let expect = bad == "1.";
+            assert_eq!(accepts_binary(Some(&h)), expect, "q={bad}");
+        }
         assert!(!accepts_binary(Some("*/*")));
         assert!(!accepts_binary(Some("application/*")));
         assert!(!accepts_binary(Some("application/vnd.peerlink.binary.v2")));

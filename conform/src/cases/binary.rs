@@ -158,6 +158,20 @@ fn http_body(ctx: &Ctx) -> CaseResult {
             .map_err(|e| format!("an envelope of the answer does not decode: {e}"))?;
         envelopes.push(env);
     }
+    let read_as_ndjson = encoding == Encoding::Json
+        && envelopes.iter().all(|e| {
+            e.message_type == MessageType::Error
+                && peerlink_core::signed::ErrorBody::parse(&e.payload)
+                    .is_ok_and(|b| b.code == ErrorCode::InvalidMessage)
+        })
+        && !envelopes.is_empty();
+    if read_as_ndjson {
+        // A node from before §27.7 reads the body as NDJSON lines and refuses them: it does not
+        // speak binary bodies, which §27.7 allows.
+        return Err(Verdict::Skip(
+            "the node read the binary body as NDJSON (INVALID_MESSAGE): no binary bodies".into(),
+        ));
+    }
     let pong = envelopes
         .iter()
         .find(|e| e.message_type == MessageType::Pong)

@@ -192,8 +192,10 @@ impl NodeConfig {
         if self.stream.send_window == 0 || self.stream.recv_window < self.stream.send_window {
             return Err(bad("send_window must be positive and at most recv_window"));
         }
-        if self.max_http_body_bytes < self.limits.max_frame_bytes {
-            return Err(bad("max_http_body_bytes must hold at least one frame"));
+        if self.max_http_body_bytes
+            < self.limits.max_frame_bytes.saturating_add(crate::http_body::LENGTH_PREFIX_LEN)
+        {
+            return Err(bad("max_http_body_bytes must hold at least one frame and its framing"));
         }
         if self.ping_interval.is_zero() {
             return Err(bad("ping_interval must be positive"));

@@ -115,6 +115,17 @@ impl Node {
         if kept.is_empty() {
             return;
         }
+        let size = kept.iter().fold(0usize, |n, i| n.saturating_add(framed_len(i, encoding)));
+        if kept.len() > 1 && size > self.config.max_http_body_bytes {
+            // Sized in another encoding (a retry after the hop stopped answering binary, or a
+            // new URL): back to the front of the batch, which sizes them again, in order.
+            if let Some(h) = self.hops.get_mut(hop) {
+                let mut kept = kept;
+                kept.append(&mut h.batch);
+                h.batch = kept;
+            }
+            return;
+        }
         let request = self.next_request_id();
         let accept_binary = self.config.binary_links;
         let Some(h) = self.hops.get_mut(hop) else { return };

@@ -178,6 +178,8 @@ impl Node {
         let next = at.saturating_add(1) % h.urls.len();
         if let Some(url) = h.urls.get(next) {
             h.addr.base_url = url.clone();
+            // What the last URL's server spoke says nothing of this one's (spec §27.7).
+            h.binary_bodies = false;
             self.stats.failovers = self.stats.failovers.saturating_add(1);
         }
     }

@@ -193,10 +193,13 @@ impl Mailboxes {
         let Some(b) = self.boxes.get_mut(entity) else { return out };
         let mut size = 0usize;
         while let Some(e) = b.front() {
-            if !out.is_empty() && size.saturating_add(e.frame.len()) > max_bytes {
+            // Each frame with its framing: the `\n` of NDJSON, or the length of a binary body
+            // (whose frames are shorter than their JSON), so the body stays within `max_bytes`.
+            let framed = e.frame.len().saturating_add(http_body::LENGTH_PREFIX_LEN);
+            if !out.is_empty() && size.saturating_add(framed) > max_bytes {
                 break;
             }
-            size = size.saturating_add(e.frame.len().saturating_add(1));
+            size = size.saturating_add(framed);
             if let Some(e) = b.pop_front() {
                 self.bytes = self.bytes.saturating_sub(e.frame.len());
                 self.count = self.count.saturating_sub(1);
@@ -365,11 +368,19 @@ impl Node {
         encoding: Encoding,
     ) {
         let max_frame = self.config.limits.max_frame_bytes;
+        let mut untranslatable = 0u64;
         let frames: Vec<Arc<[u8]>> = http_body::frames(body, encoding, max_frame)
             .filter_map(Result::ok)
             .filter(|f| f.len() <= max_frame)
-            .filter_map(|f| wire::to_json(Arc::from(f), max_frame).ok())
+            .filter_map(|f| {
+                let json = wire::to_json(Arc::from(f), max_frame).ok();
+                untranslatable += u64::from(json.is_none());
+                json
+            })
             .collect();
+        // A binary frame whose JSON form is over the limit cannot go back: counted, as a
+        // translation refused elsewhere is (its sender re-sends it, §13.3).
+        self.stats.rejected = self.stats.rejected.saturating_add(untranslatable);
         if frames.is_empty() {
             return;
         }

@@ -206,3 +206,80 @@ fn a_lost_binary_answer_goes_back_to_the_mailbox_in_json() {
     let (_, body, encoding) = answer(&drain(&mut relay), poll);
     assert_eq!((body, encoding), (ndjson_line(&frame), Encoding::Json));
 }
+
+/// Three data frames for bob, each with a ciphertext of `len` bytes, in the binary encoding.
+fn big_binary_frames(len: usize) -> Vec<super::super::hops::BatchItem> {
+    (0..3u8)
+        .map(|i| {
+            let env = Envelope {
+                message_id: MessageId::new(format!("m{i}")).unwrap(),
+                message_type: MessageType::PeerMessage,
+                version: crate::PROTOCOL_VERSION.to_owned(),
+                timestamp: T0,
+                seq: u64::from(i) + 1,
+                session_id: Some(crate::ids::SessionId::new("sess_x").unwrap()),
+                sender_id: id("alice"),
+                recipient_id: Some(id("bob")),
+                payload: Payload::ciphertext(vec![i; len]),
+                nonce: [0; 12],
+                signature: None,
+                verified: crate::envelope::Verified::NO,
+            };
+            super::super::hops::BatchItem {
+                frame: Arc::from(binary_envelope::encode(&env)),
+                owner: None,
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn a_post_sized_in_binary_is_sized_again_when_its_hop_speaks_json_by_then() {
+    // Three frames fit one body in binary but not in JSON (base64 is 4/3 of the bytes): a
+    // retry after the hop stopped answering binary must not post them as one JSON body over
+    // the limit (a 413 would fail them for good).
+    let max_body = (1 << 20) + 64 * 1024;
+    let config = NodeConfig { max_http_body_bytes: max_body, ..http_only(true) };
+    let mut alice = node("alice", config);
+    alice.set_default_route(T0, Pump::addr("relay"));
+    drain(&mut alice);
+    let items = big_binary_frames(300_000);
+    let binary_total: usize = items.iter().map(|i| i.frame.len() + 4).sum();
+    assert!(binary_total <= max_body, "one binary body would hold them");
+    alice.post(T0, &id("relay"), items, 2);
+    alice.finish(T0);
+    let posts: Vec<(Vec<u8>, Encoding)> = drain(&mut alice)
+        .into_iter()
+        .filter_map(|o| match o {
+            Output::HttpRequest { method: HttpMethod::Post, body, body_encoding, .. } => {
+                Some((body, body_encoding))
+            }
+            _ => None,
+        })
+        .collect();
+    assert!(posts.len() >= 2, "split into bodies within the limit: {}", posts.len());
+    let mut ids = Vec::new();
+    for (body, encoding) in &posts {
+        assert_eq!(*encoding, Encoding::Json);
+        assert!(body.len() <= max_body, "{} > {max_body}", body.len());
+        ids.extend(envelopes(body, *encoding).into_iter().map(|e| e.message_id));
+    }
+    let want: Vec<MessageId> = (0..3).map(|i| MessageId::new(format!("m{i}")).unwrap()).collect();
+    assert_eq!(ids, want, "every frame once, in order");
+}
+
+#[test]
+fn a_hop_reached_at_another_url_is_posted_json_until_it_answers_binary() {
+    let mut alice = node("alice", http_only(true));
+    alice.set_default_route(T0, Pump::addr("relay"));
+    let urls = vec!["http://relay.test".to_owned(), "http://relay2.test".to_owned()];
+    alice.set_failover_urls(&id("relay"), urls).unwrap();
+    alice.hops.get_mut(&id("relay")).unwrap().binary_bodies = true;
+    assert_eq!(alice.hop_body_encoding(&id("relay")), Encoding::Binary);
+    for _ in 0..crate::node::hops::FAILOVER_AFTER {
+        alice.hop_attempt_failed(&id("relay"));
+    }
+    let h = alice.hops.get(&id("relay")).unwrap();
+    assert_eq!(h.addr.base_url, "http://relay2.test", "failed over");
+    assert_eq!(alice.hop_body_encoding(&id("relay")), Encoding::Json);
+}
