@@ -474,8 +474,8 @@ fn a_relay_killed_with_messages_in_its_mailbox_delivers_them_after_its_restart()
     const HELD: usize = 30;
     // Messages of 100 kB and HTTP answers of at most 400 kB: one answer carries at most two
     // envelopes, so the few requests Bob may still have under way when he stops cannot empty
-    // the mailbox.
-    const SMALL: &str = "[transport.websocket]\nmax_frame_bytes = 400000\n\
+    // the mailbox. (A body holds a frame of the largest size and its 4-byte framing.)
+    const SMALL: &str = "[transport.websocket]\nmax_frame_bytes = 399996\n\
                          [transport.http]\nmax_body_bytes = 400000\n";
     let padding = "x".repeat(100_000);
     let (w, relay_proc) = World::new_with("durable-relay", "bob", "alice", "redb", SMALL);

@@ -36,7 +36,8 @@ pub struct NodeConfig {
     pub http_retry: HttpRetry,
     /// How long a client's long-poll waits at the server. Default 25 s.
     pub poll_wait: Duration,
-    /// Largest HTTP body this node sends or accepts, in bytes. Default 8 MiB.
+    /// Largest HTTP body this node sends or accepts, in bytes: at least the frame limit plus 4,
+    /// so that one frame of the largest size fits with its framing (spec §27.7). Default 8 MiB.
     pub max_http_body_bytes: usize,
     /// Reconnect backoff for links this node opened.
     pub reconnect: BackoffConfig,

@@ -238,7 +238,7 @@ pub struct WebsocketSection {
 pub struct HttpSection {
     /// Long-poll hold, seconds.
     pub poll_wait_secs: Option<u64>,
-    /// Largest body, bytes.
+    /// Largest body, bytes: at least `max_frame_bytes` + 4.
     pub max_body_bytes: Option<usize>,
     /// Outbound request timeout, seconds.
     pub timeout_secs: Option<u64>,
