@@ -279,9 +279,13 @@ impl Node {
             Source::Link(link) if self.config.offload_work => link,
             _ => return self.handle_local(now, &source, env, None),
         };
+        let want = self.want(&source, &env, bytes);
+        if want.is_none() && self.parking.queues.is_empty() {
+            // The common case: nothing to hand out, nothing waiting (no id cloned for a key).
+            return self.handle_local(now, &source, env, None);
+        }
         let key = (env.sender_id.clone(), link);
         let queued = self.parking.queues.get(&key).map_or(0, VecDeque::len);
-        let want = self.want(&source, &env, bytes);
         if queued == 0 && want.is_none() {
             return self.handle_local(now, &source, env, None);
         }
@@ -362,6 +366,9 @@ impl Node {
     /// is handled while its binding (spec §2.3) stands, as it would have been without
     /// offloading.
     pub(super) fn settle_parked_link(&mut self, now: Timestamp, link: LinkId) {
+        if self.parking.queues.is_empty() {
+            return;
+        }
         let keys: Vec<QueueKey> =
             self.parking.queues.keys().filter(|(_, l)| *l == link).cloned().collect();
         for key in keys {
@@ -435,11 +442,11 @@ impl Node {
     fn want(&self, source: &Source, env: &Envelope, bytes: usize) -> Option<Want> {
         env.signature?;
         let sender = &env.sender_id;
-        let peer = self.peers.get(sender);
         if env.message_type == MessageType::HandshakeInit {
             // An INIT that loses a simultaneous open is ignored, one that presents another
             // key than its link's is refused (`on_handshake`): no work for either.
-            let loses = peer.is_some_and(|p| p.initiator.is_some()) && self.identity.id() < sender;
+            let loses = self.peers.get(sender).is_some_and(|p| p.initiator.is_some())
+                && self.identity.id() < sender;
             if loses || self.presents_another_key(source, env) {
                 return None;
             }
@@ -448,6 +455,7 @@ impl Node {
         if bytes < self.config.offload_verify_min_bytes {
             return None;
         }
+        let peer = self.peers.get(sender);
         let key = self
             .trust
             .get(sender)
