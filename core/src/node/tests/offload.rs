@@ -40,6 +40,18 @@ fn caught_message(p: &mut Pump, payload: &[u8]) -> Arc<[u8]> {
         .unwrap()
 }
 
+/// A relay, and Alice and Bob in session through it, every node holding the work it hands out;
+/// Alice has sent `payload` to Bob.
+fn sent_with_work_held(payload: &[u8]) -> Pump {
+    let d = NodeConfig::default;
+    let mut p = relayed_in_session(d(), d(), d());
+    p.hold_work = true;
+    let now = p.now;
+    p.node("alice").send(now, &id("bob"), payload.to_vec(), SendOptions::default()).unwrap();
+    p.run();
+    p
+}
+
 /// Alice sends `n` messages to Bob's own node over her link to it (so Bob answers her INIT
 /// from a link), each node holding its work until `finish` completes it.
 fn through_held_work(n: u8, mut finish: impl FnMut(&mut Pump)) -> Pump {
@@ -194,12 +206,7 @@ fn a_link_sending_faster_than_its_work_returns_is_closed_and_nothing_is_lost() {
 
 #[test]
 fn what_waits_when_its_link_closes_is_handled_before_the_close() {
-    let d = NodeConfig::default;
-    let mut p = relayed_in_session(d(), d(), d());
-    p.hold_work = true;
-    let now = p.now;
-    p.node("alice").send(now, &id("bob"), b"late".to_vec(), SendOptions::default()).unwrap();
-    p.run();
+    let mut p = sent_with_work_held(b"late");
     assert_eq!(p.node("bob").parking.len(), 1);
     p.cut("bob");
     assert_eq!(p.node("bob").parking.len(), 0);
@@ -235,12 +242,7 @@ fn an_init_answered_elsewhere_is_answered_again_if_the_trust_store_changed_meanw
 
 #[test]
 fn work_a_driver_could_not_run_is_done_in_place() {
-    let d = NodeConfig::default;
-    let mut p = relayed_in_session(d(), d(), d());
-    p.hold_work = true;
-    let now = p.now;
-    p.node("alice").send(now, &id("bob"), b"x".to_vec(), SendOptions::default()).unwrap();
-    p.run();
+    let mut p = sent_with_work_held(b"x");
     let (name, work) = p.held_work.remove(0);
     let now = p.now;
     p.node(&name).complete_work(now, crate::node::WorkDone::undone(work.id()));
@@ -287,12 +289,7 @@ fn a_forged_signature_checked_elsewhere_gets_the_code_it_gets_in_place() {
 
 #[test]
 fn work_the_node_no_longer_waits_for_is_ignored() {
-    let d = NodeConfig::default;
-    let mut p = relayed_in_session(d(), d(), d());
-    p.hold_work = true;
-    let now = p.now;
-    p.node("alice").send(now, &id("bob"), b"x".to_vec(), SendOptions::default()).unwrap();
-    p.run();
+    let mut p = sent_with_work_held(b"x");
     let (name, work): (String, Work) = p.held_work.remove(0);
     let copy = work.clone();
     let now = p.now;
